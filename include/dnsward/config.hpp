@@ -1,0 +1,66 @@
+// Options are declared once, in one table (name, type, default, bounds, help), which serves
+// the command line, the config file (the same names as "key = value") and --help.
+// parse_serve_config() validates and normalises them into an immutable ServeConfig.
+#pragma once
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dnsward {
+
+/// A socket address with the text it was written as.
+struct Endpoint {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string text;
+  int family() const { return addr.ss_family; }
+  uint16_t port() const;
+  bool same_address(const Endpoint& o) const;  ///< same family, IP and port
+  bool is_wildcard() const;                     ///< 0.0.0.0 or ::
+};
+
+/// Parses "ADDR:PORT", "[V6]:PORT", or, with a default port, "ADDR" / "V6" / "[V6]".
+std::optional<Endpoint> parse_endpoint(const std::string& s, std::optional<uint16_t> default_port);
+
+/// Log verbosity.
+enum class LogLevel { Debug, Info, Warn, Error };
+
+/// Everything `dnsward serve` needs, validated.
+struct ServeConfig {
+  std::vector<Endpoint> listen;
+  std::vector<Endpoint> upstreams;
+  std::vector<std::string> allowlists;  ///< empty: the embedded default list
+  bool no_nft = false;
+  uint32_t negative_ttl = 30;
+  uint16_t udp_payload = 1232;
+  uint32_t upstream_timeout_ms = 1000;
+  uint32_t upstream_tries = 2;
+  uint32_t max_inflight = 4096;
+  uint32_t tcp_max_connections = 256;
+  uint32_t tcp_idle_timeout_ms = 10000;
+  uint32_t tcp_max_pipelined = 32;
+  LogLevel log_level = LogLevel::Info;
+  std::string upstream_source;  ///< "--upstream" or "/etc/resolv.conf", for the banner
+};
+
+/// Outcome of parsing: a config, or a one-line error (exit 2), or help was printed (exit 0).
+struct ParseOutcome {
+  std::optional<ServeConfig> config;
+  std::string error;
+  bool help_shown = false;
+};
+
+/// Parses `dnsward serve` arguments (argv after "serve"), the config file they name, and
+/// the defaults; checks bounds and refuses an upstream that is one of our listen addresses.
+/// resolv_conf is read only when no upstream is given.
+ParseOutcome parse_serve_config(const std::vector<std::string>& args,
+                                const std::string& resolv_conf = "/etc/resolv.conf");
+
+/// The --help text of `dnsward serve`, generated from the option table.
+std::string serve_help();
+
+}  // namespace dnsward

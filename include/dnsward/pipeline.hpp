@@ -1,0 +1,116 @@
+// The per-query stages. A query flows through named stage functions that each return an
+// explicit Step:  receive -> screen -> answer_locally -> apply_policy -> forward, and an
+// upstream answer through  on_upstream_answer -> relay -> (vouch, issue 3) -> deliver.
+#pragma once
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dnsward/config.hpp"
+#include "dnsward/event_loop.hpp"
+#include "dnsward/packet.hpp"
+#include "dnsward/policy.hpp"
+#include "dnsward/upstream.hpp"
+
+namespace dnsward {
+
+/// Where a reply goes back to: a UDP peer (and the local address it wrote to, for sockets
+/// bound to a wildcard address) or a TCP connection.
+struct ClientAddr {
+  enum class Transport : uint8_t { Udp, Tcp } transport = Transport::Udp;
+  int udp_fd = -1;
+  sockaddr_storage peer{};
+  socklen_t peer_len = 0;
+  bool has_local = false;
+  in6_pktinfo local6{};
+  in_pktinfo local4{};
+  uint64_t tcp_conn = 0;
+  std::string peer_text() const;
+};
+
+/// A transport that can carry replies back to its clients.
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  /// Sends a reply (len > 0) or none (len == 0). was_forwarded: this closes a query that
+  /// on_query() reported as Forwarded.
+  virtual void deliver(const ClientAddr& to, const uint8_t* data, std::size_t len,
+                       bool was_forwarded) = 0;
+};
+
+/// What became of a received query.
+enum class Verdict : uint8_t {
+  Drop,       ///< nothing was sent and nothing will be
+  Replied,    ///< a reply was delivered at once
+  Forwarded,  ///< sent upstream; the reply comes later through the sink
+};
+
+/// Query counters; the metrics issue exposes them.
+struct Counters {
+  uint64_t received = 0, dropped = 0, formerr = 0, notimp = 0, refused = 0, badvers = 0,
+           denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
+           upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0;
+};
+
+class Pipeline {
+ public:
+  Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy);
+  ~Pipeline();
+
+  /// Entry point for every received message.
+  Verdict on_query(const uint8_t* pkt, std::size_t len, const ClientAddr& from, ReplySink& sink);
+
+  /// Stops the upstream and forgets pending queries, sending nothing more to any sink.
+  /// Call before the transports go away.
+  void shutdown();
+
+  void set_policy(std::shared_ptr<const Policy> p) { policy_ = std::move(p); }
+  const Counters& counters() const { return counters_; }
+  std::size_t inflight() const { return pending_.size(); }
+
+ private:
+  /// Result of one stage.
+  enum class Step : uint8_t { Continue, Reply, Drop, Forward };
+
+  struct Pending {
+    Query query;
+    ClientAddr client;
+    ReplySink* sink;
+    uint64_t deadline_ms;
+    bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
+  };
+
+  Step receive(const uint8_t* pkt, std::size_t len, Query& q);
+  Step screen(const Query& q);
+  Step answer_locally(const Query& q);
+  Step apply_policy(const Query& q);
+  Step forward(const Query& q, const ClientAddr& from, ReplySink& sink);
+
+  void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
+  std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
+  void sweep_overdue();
+  void arm_sweep();
+  uint16_t fresh_upstream_id();
+
+  EventLoop& loop_;
+  const ServeConfig& cfg_;
+  std::shared_ptr<const Policy> policy_;
+  ReplyOptions reply_opts_;
+  std::unique_ptr<Upstream> upstream_;
+  std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
+  Counters counters_;
+  EventLoop::TimerId sweep_timer_ = 0;
+  uint64_t overdue_ms_ = 0;
+  bool shutting_down_ = false;
+  std::vector<uint8_t> out_;  // reply buffer, reused (one thread)
+  std::size_t out_len_ = 0;
+  uint16_t random_ids_[256];  // from getrandom(), refilled when used up
+  std::size_t random_left_ = 0;
+};
+
+}  // namespace dnsward

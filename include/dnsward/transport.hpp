@@ -1,0 +1,76 @@
+// The two transports: UDP (one socket per listen address) and TCP (RFC 7766: pipelined,
+// length-prefixed, bounded). Both hand messages to the Pipeline and carry replies back.
+#pragma once
+#include <sys/epoll.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "dnsward/config.hpp"
+#include "dnsward/event_loop.hpp"
+#include "dnsward/pipeline.hpp"
+
+namespace dnsward {
+
+class UdpListener : public ReplySink {
+ public:
+  /// Binds ep; throws std::system_error naming the address on failure.
+  UdpListener(EventLoop& loop, Pipeline& pipeline, const Endpoint& ep);
+  ~UdpListener() override;
+  void deliver(const ClientAddr& to, const uint8_t* data, std::size_t len, bool) override;
+  uint16_t bound_port() const;
+
+ private:
+  void on_readable();
+  EventLoop& loop_;
+  Pipeline& pipeline_;
+  int fd_ = -1;
+  bool wildcard_ = false;  // replies must leave from the address the query came to
+  std::vector<uint8_t> buf_;
+};
+
+class TcpListener : public ReplySink {
+ public:
+  TcpListener(EventLoop& loop, Pipeline& pipeline, const Endpoint& ep, const ServeConfig& cfg);
+  ~TcpListener() override;
+  void deliver(const ClientAddr& to, const uint8_t* data, std::size_t len,
+               bool was_forwarded) override;
+  std::size_t connections() const { return conns_.size(); }
+
+ private:
+  struct Conn {
+    int fd = -1;
+    uint64_t id = 0;
+    ClientAddr client;
+    std::vector<uint8_t> in;     // bytes of the message being read
+    std::vector<uint8_t> out;    // length-prefixed replies not yet written
+    std::size_t out_off = 0;
+    uint32_t forwarded = 0;      // queries of this connection still upstream
+    bool reading = true;
+    bool eof = false;            // the client half-closed
+    uint32_t events = EPOLLIN;
+    EventLoop::TimerId idle = 0;
+  };
+  void on_accept();
+  void on_event(uint64_t id, uint32_t events);
+  bool read_some(Conn& c);       // false: connection closed
+  bool process_input(Conn& c);   // false: connection closed
+  bool finish_if_done(Conn& c);  // closes a half-closed connection with nothing owed
+  bool write_some(Conn& c);   // false: connection closed
+  void update_events(Conn& c);
+  void touch(Conn& c);
+  void on_idle(uint64_t id);
+  void close_conn(uint64_t id, const char* why);
+
+  EventLoop& loop_;
+  Pipeline& pipeline_;
+  const ServeConfig& cfg_;
+  int fd_ = -1;
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+};
+
+}  // namespace dnsward

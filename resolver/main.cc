@@ -1,0 +1,119 @@
+// Wiring only: parse the command line, build the parts, run the loop.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "dnsward/config.hpp"
+#include "dnsward/event_loop.hpp"
+#include "dnsward/log.hpp"
+#include "dnsward/pipeline.hpp"
+#include "dnsward/policy.hpp"
+#include "dnsward/transport.hpp"
+
+namespace dnsward {
+extern const char kDefaultAllowlist[];  // zones/default.allow, embedded at build time
+}
+
+using namespace dnsward;
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: dnsward COMMAND [OPTION]...\n\n"
+    "Commands:\n"
+    "  serve     run the filtering resolver (dnsward serve --help)\n";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "dnsward: %s\n", msg.c_str());
+  return 2;
+}
+
+/// Reads the configured allowlists, or the embedded default when none is named.
+bool load_policy(const ServeConfig& cfg, std::shared_ptr<const Policy>& out) {
+  std::vector<PolicySource> sources;
+  if (cfg.allowlists.empty()) {
+    sources.push_back({"default.allow (embedded)", kDefaultAllowlist});
+  }
+  for (const auto& path : cfg.allowlists) {
+    std::ifstream in(path);
+    if (!in) {
+      std::fprintf(stderr, "dnsward: %s: cannot open: %s\n", path.c_str(), std::strerror(errno));
+      return false;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    sources.push_back({path, ss.str()});
+  }
+  std::vector<std::string> errors;
+  Policy p = Policy::parse(sources, errors);
+  for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
+  if (!errors.empty()) return false;
+  out = std::make_shared<const Policy>(std::move(p));
+  return true;
+}
+
+int serve(const std::vector<std::string>& args) {
+  ParseOutcome parsed = parse_serve_config(args);
+  if (parsed.help_shown) {
+    std::fputs(serve_help().c_str(), stdout);
+    return 0;
+  }
+  if (!parsed.config) return usage_error("serve: " + parsed.error);
+  const ServeConfig& cfg = *parsed.config;
+  log::threshold = cfg.log_level;
+
+  std::shared_ptr<const Policy> policy;
+  if (!load_policy(cfg, policy)) return 2;
+
+  signal(SIGPIPE, SIG_IGN);
+  try {
+    EventLoop loop;
+    Pipeline pipeline(loop, cfg, policy);
+    std::vector<std::unique_ptr<UdpListener>> udp;
+    std::vector<std::unique_ptr<TcpListener>> tcp;
+    for (const auto& ep : cfg.listen) {
+      udp.push_back(std::make_unique<UdpListener>(loop, pipeline, ep));
+      tcp.push_back(std::make_unique<TcpListener>(loop, pipeline, ep, cfg));
+    }
+    loop.on_signal(SIGTERM, [&] { loop.stop(); });
+    loop.on_signal(SIGINT, [&] { loop.stop(); });
+
+    std::string listen, ups, lists;
+    for (const auto& e : cfg.listen) listen += (listen.empty() ? "" : ",") + e.text;
+    for (const auto& e : cfg.upstreams) ups += (ups.empty() ? "" : ",") + e.text;
+    for (const auto& l : cfg.allowlists) lists += (lists.empty() ? "" : ",") + l;
+    log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={}",
+              listen, ups, log::quote(cfg.upstream_source),
+              lists.empty() ? "embedded-default" : lists, policy->entries().size());
+    if (cfg.no_nft)
+      log::warn("event=no-nft msg={}", log::quote("--no-nft: answered addresses are NOT added to "
+                                                  "any nftables set; the firewall enforces nothing for them"));
+    else
+      log::warn("event=nft-hook-missing msg={}", log::quote("this build has no nftables hook yet: "
+                                                           "answered addresses are NOT added to any set"));
+    loop.run();
+    log::info("event=stop");
+    pipeline.shutdown();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dnsward: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  args.erase(args.begin());
+  if (cmd == "serve") return serve(args);
+  return usage_error("unknown command '" + cmd + "' (try dnsward --help)");
+}

@@ -1,0 +1,284 @@
+#include "dnsward/pipeline.hpp"
+
+#include <arpa/inet.h>
+#include <sys/random.h>
+
+#include "dnsward/log.hpp"
+
+namespace dnsward {
+using namespace wire;
+
+namespace {
+const char* type_name(uint16_t t) {
+  switch (t) {
+    case type::A: return "A";
+    case type::AAAA: return "AAAA";
+    case type::CNAME: return "CNAME";
+    case type::HTTPS: return "HTTPS";
+    case type::SVCB: return "SVCB";
+    case type::TXT: return "TXT";
+    case type::ANY: return "ANY";
+    default: return nullptr;
+  }
+}
+std::string type_text(uint16_t t) {
+  const char* n = type_name(t);
+  return n ? n : fmt::format("TYPE{}", t);
+}
+}  // namespace
+
+std::string ClientAddr::peer_text() const {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (peer.ss_family == AF_INET) {
+    const auto* s = reinterpret_cast<const sockaddr_in*>(&peer);
+    inet_ntop(AF_INET, &s->sin_addr, buf, sizeof buf);
+    port = ntohs(s->sin_port);
+    return fmt::format("{}:{}", buf, port);
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* s = reinterpret_cast<const sockaddr_in6*>(&peer);
+    inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof buf);
+    port = ntohs(s->sin6_port);
+    return fmt::format("[{}]:{}", buf, port);
+  }
+  return "?";
+}
+
+Pipeline::Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy)
+    : loop_(loop), cfg_(cfg), policy_(std::move(policy)), out_(kMaxMessage + 2) {
+  reply_opts_.our_udp_size = cfg.udp_payload;
+  reply_opts_.negative_ttl = cfg.negative_ttl;
+  upstream_ = std::make_unique<Upstream>(
+      loop, cfg, [this](uint64_t token, int status, const uint8_t* ans, std::size_t len) {
+        on_upstream_answer(token, status, ans, len);
+      });
+  // c-ares bounds every query by its own timeouts; this sweep is the safety net that keeps
+  // "SERVFAIL in bounded time" true even if that bound were ever missed.
+  overdue_ms_ = upstream_->worst_case_ms() + 500;
+  arm_sweep();
+}
+
+void Pipeline::arm_sweep() {
+  sweep_timer_ = loop_.after(250, [this] {
+    sweep_overdue();
+    arm_sweep();
+  });
+}
+
+Pipeline::~Pipeline() { shutdown(); }
+
+void Pipeline::shutdown() {
+  if (sweep_timer_) loop_.cancel(sweep_timer_);
+  sweep_timer_ = 0;
+  shutting_down_ = true;
+  upstream_.reset();  // its EDESTRUCTION callbacks find shutting_down_ and send nothing
+  pending_.clear();
+}
+
+uint16_t Pipeline::fresh_upstream_id() {
+  // Random and unique among queries in flight: c-ares 1.18 puts our ID on the wire as is,
+  // and a predictable ID invites spoofed answers (RFC 5452 4.3).
+  for (;;) {
+    if (random_left_ == 0) {
+      if (getrandom(random_ids_, sizeof random_ids_, 0) != ssize_t(sizeof random_ids_))
+        throw std::runtime_error("getrandom failed");
+      random_left_ = sizeof random_ids_ / sizeof random_ids_[0];
+    }
+    const uint16_t id = random_ids_[--random_left_];
+    if (!pending_.count(id)) return id;
+  }
+}
+
+Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr& from,
+                           ReplySink& sink) {
+  ++counters_.received;
+  Query q;
+  Step s;
+  try {
+    s = receive(pkt, len, q);
+    if (s == Step::Continue) s = screen(q);
+    if (s == Step::Continue) s = answer_locally(q);
+    if (s == Step::Continue) s = apply_policy(q);
+    if (s == Step::Continue) s = forward(q, from, sink);
+  } catch (const std::exception& e) {
+    // The one place exceptions stop: the client gets SERVFAIL, the loop goes on.
+    log::error("event=internal-error error={}", log::quote(e.what()));
+    out_len_ = servfail(q, edns::EDE_OTHER, "dnsward internal error");
+    s = out_len_ ? Step::Reply : Step::Drop;
+  }
+  switch (s) {
+    case Step::Reply:
+      sink.deliver(from, out_.data(), out_len_, false);
+      return Verdict::Replied;
+    case Step::Forward:
+      return Verdict::Forwarded;
+    default:
+      ++counters_.dropped;
+      return Verdict::Drop;
+  }
+}
+
+Pipeline::Step Pipeline::receive(const uint8_t* pkt, std::size_t len, Query& q) {
+  switch (parse_query(pkt, len, q)) {
+    case ParseStatus::Ok:
+      return Step::Continue;
+    case ParseStatus::Drop:
+      return Step::Drop;
+    case ParseStatus::FormErr:
+      ++counters_.formerr;
+      out_len_ = build_header_error(pkt, len, rcode::FORMERR, out_.data(), out_.size());
+      return out_len_ ? Step::Reply : Step::Drop;
+    case ParseStatus::NotImp:
+      ++counters_.notimp;
+      out_len_ = build_header_error(pkt, len, rcode::NOTIMP, out_.data(), out_.size());
+      return out_len_ ? Step::Reply : Step::Drop;
+  }
+  return Step::Drop;
+}
+
+Pipeline::Step Pipeline::screen(const Query& q) {
+  auto reply = [&](uint16_t rc, uint16_t ede, std::string_view why) {
+    out_len_ = build_rcode(q, rc, reply_opts_, out_.data(), out_.size(), ede, why);
+    return out_len_ ? Step::Reply : Step::Drop;
+  };
+  if (q.has_edns && q.edns_version != 0) {  // RFC 6891 6.1.3: we implement version 0 only
+    ++counters_.badvers;
+    return reply(rcode::BADVERS, 0xffff, {});
+  }
+  if (q.qtype == type::OPT) {  // RFC 6891 6.1.1: OPT is a pseudo-RR, never a question
+    ++counters_.formerr;
+    return reply(rcode::FORMERR, 0xffff, {});
+  }
+  if (q.qclass != klass::IN) {
+    ++counters_.refused;
+    return reply(rcode::REFUSED, edns::EDE_NOT_SUPPORTED, "dnsward answers class IN only");
+  }
+  if (q.qtype == type::AXFR || q.qtype == type::IXFR) {
+    ++counters_.refused;
+    return reply(rcode::REFUSED, edns::EDE_PROHIBITED, "zone transfers are not served");
+  }
+  if (q.qtype >= 128 && q.qtype != type::ANY && q.qtype <= 254) {  // meta-types (RFC 6895 3.1)
+    ++counters_.notimp;
+    return reply(rcode::NOTIMP, 0xffff, {});
+  }
+  return Step::Continue;
+}
+
+Pipeline::Step Pipeline::answer_locally(const Query& q) {
+  // RFC 6761 6.3: localhost is answered with loopback addresses and never sent upstream.
+  if (!is_localhost(q.qname_lc, q.qname_len)) return Step::Continue;
+  ++counters_.localhost;
+  out_len_ = build_localhost(q, reply_opts_, out_.data(), out_.size());
+  return out_len_ ? Step::Reply : Step::Drop;
+}
+
+Pipeline::Step Pipeline::apply_policy(const Query& q) {
+  const Match m = policy_->match(q.qname_lc, q.qname_len);
+  switch (m.verdict) {
+    case Match::Verdict::Allow:
+      if (q.qtype == type::ANY) {
+        // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
+        ++counters_.any_minimal;
+        out_len_ = build_any_hinfo(q, reply_opts_, out_.data(), out_.size());
+        return out_len_ ? Step::Reply : Step::Drop;
+      }
+      return Step::Continue;
+    case Match::Verdict::Ancestor: {
+      // NODATA, not NXDOMAIN: under RFC 8020 an NXDOMAIN here would tell caches that the
+      // allowed names below this one do not exist either.
+      ++counters_.ancestor_nodata;
+      const std::string why = fmt::format(
+          "dnsward: {} is not on the allowlist; names below it are", q.qname_text());
+      out_len_ = build_negative(q, rcode::NOERROR, reply_opts_, out_.data(), out_.size(),
+                                edns::EDE_BLOCKED, why);
+      log::debug("event=nodata name={} type={}", log::quote(q.qname_text()), type_text(q.qtype));
+      return out_len_ ? Step::Reply : Step::Drop;
+    }
+    case Match::Verdict::Deny: {
+      ++counters_.denied;
+      const std::string name = q.qname_text();
+      const std::string why = fmt::format("dnsward: {} is not on the allowlist", name);
+      out_len_ = build_negative(q, rcode::NXDOMAIN, reply_opts_, out_.data(), out_.size(),
+                                edns::EDE_BLOCKED, why);
+      log::debug("event=denied name={} type={}", log::quote(name), type_text(q.qtype));
+      return out_len_ ? Step::Reply : Step::Drop;
+    }
+  }
+  return Step::Drop;
+}
+
+Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySink& sink) {
+  if (pending_.size() >= cfg_.max_inflight) {
+    ++counters_.overload;
+    out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: too many queries in flight upstream");
+    return out_len_ ? Step::Reply : Step::Drop;
+  }
+  const uint16_t id = fresh_upstream_id();
+  uint8_t buf[kHeaderSize + kMaxNameWire + 4 + 11];
+  const std::size_t n = build_upstream_query(q, id, cfg_.udp_payload, buf, sizeof buf);
+  if (n == 0) {
+    out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
+    return out_len_ ? Step::Reply : Step::Drop;
+  }
+  // Registered before ares_send: c-ares may call back from inside it.
+  pending_.emplace(id, Pending{q, from, &sink, loop_.now_ms() + overdue_ms_});
+  ++counters_.forwarded;
+  log::debug("event=forward name={} type={} id={}", log::quote(q.qname_text()), type_text(q.qtype), id);
+  upstream_->send(buf, n, id);
+  return Step::Forward;
+}
+
+std::size_t Pipeline::servfail(const Query& q, uint16_t ede, std::string_view why) {
+  if (q.qname_len == 0) return 0;  // not parsed far enough to echo a question
+  return build_rcode(q, rcode::SERVFAIL, reply_opts_, out_.data(), out_.size(), ede, why);
+}
+
+void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len) {
+  const auto it = pending_.find(uint16_t(token));
+  if (it == pending_.end() || shutting_down_) return;
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  if (p.abandoned) return;  // the client already had its SERVFAIL
+
+  std::size_t n = 0;
+  if (status == ARES_SUCCESS && ans) {
+    ++counters_.upstream_answers;
+    const std::size_t limit = p.client.transport == ClientAddr::Transport::Udp
+                                  ? p.query.udp_limit(cfg_.udp_payload)
+                                  : kMaxMessage;
+    const RelayStatus rs = relay_answer(p.query, uint16_t(token), ans, len, limit, reply_opts_,
+                                        out_.data(), out_.size(), n);
+    if (rs != RelayStatus::Ok) {
+      ++counters_.upstream_failures;
+      log::warn("event=upstream-bad-answer name={} status={}", log::quote(p.query.qname_text()),
+                rs == RelayStatus::Mismatch ? "mismatch" : rs == RelayStatus::Malformed ? "malformed" : "unrelayable");
+      n = servfail(p.query, edns::EDE_OTHER, "dnsward: the upstream's answer was unusable");
+    } else if (out_[2] & (flag::TC >> 8)) {
+      ++counters_.truncated;
+    }
+  } else {
+    ++counters_.upstream_failures;
+    log::warn("event=upstream-failed name={} type={} error={}", log::quote(p.query.qname_text()),
+              type_text(p.query.qtype), log::quote(ares_strerror(status)));
+    const bool timeout = status == ARES_ETIMEOUT;
+    n = servfail(p.query, timeout ? edns::EDE_NO_REACHABLE_AUTHORITY : edns::EDE_NETWORK_ERROR,
+                 fmt::format("dnsward: upstream {}", ares_strerror(status)));
+  }
+  p.sink->deliver(p.client, out_.data(), n, true);
+}
+
+void Pipeline::sweep_overdue() {
+  const uint64_t now = loop_.now_ms();
+  for (auto& [id, p] : pending_) {
+    if (p.abandoned || p.deadline_ms > now) continue;
+    p.abandoned = true;
+    ++counters_.upstream_failures;
+    log::warn("event=upstream-overdue name={}", log::quote(p.query.qname_text()));
+    const std::size_t n = servfail(p.query, edns::EDE_NO_REACHABLE_AUTHORITY,
+                                   "dnsward: upstream did not answer in time");
+    p.sink->deliver(p.client, out_.data(), n, true);
+  }
+}
+
+}  // namespace dnsward

@@ -1,0 +1,83 @@
+#include "dnsward/wire.hpp"
+
+namespace dnsward::wire {
+
+void Writer::text_name(const char* name) {
+  // Callers pass fixed, known-good names ("dnsward.invalid"); "" or "." is the root.
+  const char* p = name;
+  while (*p) {
+    const char* dot = std::strchr(p, '.');
+    std::size_t n = dot ? std::size_t(dot - p) : std::strlen(p);
+    if (n == 0 || n > kMaxLabel) { ok_ = false; return; }
+    u8(uint8_t(n));
+    bytes(p, n);
+    if (!dot) break;
+    p = dot + 1;
+  }
+  u8(0);
+}
+
+bool read_name(Reader& r, uint8_t* out, std::size_t* out_len) {
+  const uint8_t* d = r.data();
+  const std::size_t size = r.size();
+  std::size_t pos = r.pos();
+  std::size_t resume = 0;     // where the reader continues after a compressed name
+  std::size_t limit = pos;    // every pointer must land strictly before this (RFC 1035
+                              // 4.1.4: pointers refer to prior occurrences), which makes
+                              // loops impossible: each jump lands earlier than the last
+  std::size_t total = 0;
+  for (;;) {
+    if (pos >= size) return false;
+    const uint8_t len = d[pos];
+    if ((len & 0xC0) == 0xC0) {
+      if (size - pos < 2) return false;
+      const std::size_t target = std::size_t(len & 0x3F) << 8 | d[pos + 1];
+      if (target < kHeaderSize || target >= limit || target >= pos) return false;
+      if (resume == 0) resume = pos + 2;
+      pos = limit = target;
+      continue;
+    }
+    if (len & 0xC0) return false;  // 0x40 / 0x80 label types are obsolete (RFC 6891 5)
+    if (total + 1u + len > kMaxNameWire) return false;
+    if (len == 0) {
+      if (out) out[total] = 0;
+      ++total;
+      ++pos;
+      break;
+    }
+    if (size - pos - 1 < len) return false;
+    if (out) {
+      out[total] = len;
+      for (std::size_t i = 0; i < len; ++i) out[total + 1 + i] = lower(d[pos + 1 + i]);
+    }
+    total += 1u + len;
+    pos += 1u + len;
+  }
+  if (out_len) *out_len = total;
+  return r.seek(resume ? resume : pos);
+}
+
+std::string name_to_text(const uint8_t* wire, std::size_t len) {
+  std::string s;
+  std::size_t i = 0;
+  while (i < len && wire[i] != 0) {
+    const std::size_t n = wire[i];
+    if (i + 1 + n > len) break;
+    if (!s.empty()) s += '.';
+    for (std::size_t k = 0; k < n; ++k) {
+      const uint8_t c = wire[i + 1 + k];
+      const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '*';
+      if (plain) {
+        s += char(c);
+      } else {
+        char esc[5] = {'\\', char('0' + c / 100), char('0' + c / 10 % 10), char('0' + c % 10), 0};
+        s += esc;
+      }
+    }
+    i += 1 + n;
+  }
+  return s.empty() ? std::string(".") : s;
+}
+
+}  // namespace dnsward::wire

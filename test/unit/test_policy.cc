@@ -1,0 +1,156 @@
+// The matcher, table-driven in the manner of CoreDNS's acl_test.go, including the traps
+// other resolvers shipped: label boundaries (Unbound matched anytext1domain.com against
+// domain.com until 2023), case, trailing dots, wildcard apexes.
+#include <doctest/doctest.h>
+
+#include "dnsward/policy.hpp"
+
+using dnsward::Match;
+using dnsward::Policy;
+using V = Match::Verdict;
+
+namespace {
+Policy load(const std::string& text, std::vector<std::string>* errs = nullptr) {
+  std::vector<std::string> e;
+  Policy p = Policy::parse({{"t.allow", text}}, e);
+  if (errs) *errs = e;
+  else REQUIRE_MESSAGE(e.empty(), (e.empty() ? "" : e.front()));
+  return p;
+}
+const char* name(V v) { return v == V::Allow ? "Allow" : v == V::Ancestor ? "Ancestor" : "Deny"; }
+}  // namespace
+
+TEST_CASE("patterns match whole labels, case-insensitively, with or without a trailing dot") {
+  const Policy p = load(
+      "example.com\n"
+      "*.one.test\n"
+      "**.many.test\n"
+      "Sub.Mixed.TEST.\n"
+      "www.allowed.test   # trailing comment\n");
+  const struct { const char* name; V verdict; } cases[] = {
+      {"example.com", V::Allow},
+      {"EXAMPLE.com.", V::Allow},
+      {"eXaMpLe.CoM", V::Allow},
+      {"www.example.com", V::Deny},        // exact entries cover no subdomain
+      {"anytext1example.com", V::Deny},    // not a label boundary
+      {"notexample.com", V::Deny},
+      {"example.com.evil", V::Deny},
+      {"example.co", V::Deny},
+      {"xample.com", V::Deny},
+      {"com", V::Ancestor},                // NODATA, not NXDOMAIN (RFC 8020)
+      {".", V::Ancestor},
+      {"a.one.test", V::Allow},
+      {"A.ONE.TEST.", V::Allow},
+      {"a.b.one.test", V::Deny},           // "*." is exactly one label
+      {"one.test", V::Ancestor},           // never the apex
+      {"xone.test", V::Deny},
+      {"a.many.test", V::Allow},
+      {"a.b.c.many.test", V::Allow},       // "**." is one or more labels
+      {"many.test", V::Ancestor},
+      {"a.manyx.test", V::Deny},
+      {"sub.mixed.test", V::Allow},
+      {"mixed.test", V::Ancestor},
+      {"www.allowed.test", V::Allow},
+      {"allowed.test", V::Ancestor},
+      {"test", V::Ancestor},
+      {"x.allowed.test", V::Deny},
+      {"wwwallowed.test", V::Deny},
+      {"org", V::Deny},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    CHECK(name(p.match_text(c.name).verdict) == std::string(name(c.verdict)));
+  }
+}
+
+TEST_CASE("the most specific entry decides: exact, then *., then the longest **.") {
+  const Policy p = load(
+      "**.example.com\n"
+      "**.deep.example.com\n"
+      "*.deep.example.com\n"
+      "x.deep.example.com\n");
+  auto pattern = [&](const char* n) {
+    const Match m = p.match_text(n);
+    REQUIRE(m.verdict == V::Allow);
+    return p.entries()[std::size_t(m.entry)].pattern;
+  };
+  CHECK(pattern("x.deep.example.com") == "x.deep.example.com");
+  CHECK(pattern("y.deep.example.com") == "*.deep.example.com");
+  CHECK(pattern("a.y.deep.example.com") == "**.deep.example.com");
+  CHECK(pattern("deep.example.com") == "**.example.com");
+}
+
+TEST_CASE("entries carry their file, line and justification") {
+  const Policy p = load(
+      "# comment\n\n"
+      "pypi.org owner=ml-team why=\"pip install\" data=\"package names\" "
+      "unreachable=\"no packages\" reviewed=2024-02-29 expires=2027-01-01\n");
+  REQUIRE(p.entries().size() == 1);
+  const auto& e = p.entries()[0];
+  CHECK(e.source == "t.allow");
+  CHECK(e.line == 3);
+  CHECK(e.owner == "ml-team");
+  CHECK(e.why == "pip install");
+  CHECK(e.data == "package names");
+  CHECK(e.unreachable == "no packages");
+  CHECK(e.reviewed == "2024-02-29");
+  CHECK(e.expires == "2027-01-01");
+}
+
+TEST_CASE("bad lines are reported as FILE:LINE: reason, and nothing else is lost") {
+  const struct { const char* line; const char* reason; } cases[] = {
+      {"*", "would allow every name"},
+      {"**", "would allow every name"},
+      {"*.", "would allow every name"},
+      {"ex*.com", "only as the whole first label"},
+      {"a.*.com", "only as the whole first label"},
+      {"*.*.com", "only as the whole first label"},
+      {"***.com", "only as the whole first label"},
+      {"b\xc3\xbc" "cher.de", "punycode"},
+      {"a..com", "empty label"},
+      {"-bad.com", "starts or ends with '-'"},
+      {"bad-.com", "starts or ends with '-'"},
+      {"a_b!.com", "invalid character"},
+      {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.com", "longer than 63"},
+      {"example.com foo=bar", "unknown key 'foo'"},
+      {"example.com owner", "expected key=value"},
+      {"example.com =x", "expected key=value"},
+      {"example.com owner=", "empty value"},
+      {"example.com owner=a owner=b", "given twice"},
+      {"example.com reviewed=2026-13-01", "not a date"},
+      {"example.com reviewed=2026-02-29", "not a date"},
+      {"example.com expires=26-01-01", "not a date"},
+      {"example.com why=\"unterminated", "unterminated double quote"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.line);
+    std::vector<std::string> errs;
+    const Policy p = load(std::string("ok.example\n") + c.line + "\n", &errs);
+    REQUIRE(errs.size() == 1);
+    CHECK(errs[0].rfind("t.allow:2: ", 0) == 0);
+    CHECK(errs[0].find(c.reason) != std::string::npos);
+    CHECK(p.match_text("ok.example").verdict == V::Allow);  // the good line still loaded
+  }
+  std::string long_name;
+  for (int i = 0; i < 5; ++i) long_name += std::string(60, 'a') + ".";
+  std::vector<std::string> errs;
+  load(long_name + "com\n", &errs);
+  REQUIRE(errs.size() == 1);
+  CHECK(errs[0].find("longer than 255") != std::string::npos);
+}
+
+TEST_CASE("a '#' inside quotes is text, outside it starts a comment") {
+  const Policy p = load("a.example why=\"issue #12\" # owner=ignored\n");
+  REQUIRE(p.entries().size() == 1);
+  CHECK(p.entries()[0].why == "issue #12");
+  CHECK(p.entries()[0].owner.empty());
+}
+
+TEST_CASE("lookup cost does not depend on the list: a large list still answers exactly") {
+  std::string text;
+  for (int i = 0; i < 100000; ++i) text += "host" + std::to_string(i) + ".bulk.test\n";
+  const Policy p = load(text);
+  CHECK(p.match_text("host99999.bulk.test").verdict == V::Allow);
+  CHECK(p.match_text("host100000.bulk.test").verdict == V::Deny);
+  CHECK(p.match_text("bulk.test").verdict == V::Ancestor);
+}
