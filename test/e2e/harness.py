@@ -1,0 +1,306 @@
+"""Shared fixtures for the end-to-end tests: a real knot upstream serving test zones on
+loopback, an optional recording relay in front of it (to see what reached the upstream),
+and the real dnsward binary. Nothing here talks to the machine's own resolver."""
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+BIN = os.environ.get("DNSWARD_BIN") or os.path.join(ROOT, "build", "dnsward")
+LO = "127.0.0.1"
+
+ZONE = """$ORIGIN test.
+$TTL 300
+@ SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+@ NS ns
+ns A 127.0.0.1
+www.allowed A 198.18.0.1
+www.allowed AAAA 2001:db8::1
+alias.allowed CNAME target.elsewhere
+target.elsewhere A 198.18.0.2
+*.wild A 198.18.3.1
+a.b.deep A 198.18.4.1
+""" + "".join(f"many.allowed A 198.18.2.{i}\n" for i in range(1, 41)) + "".join(
+    f'big.allowed TXT "{str(i) * 250}"\n' for i in range(8))
+
+ALLOWLIST = """# test allowlist
+www.allowed.test owner=tests why="plain A/AAAA"
+alias.allowed.test why="CNAME to an unlisted name"
+many.allowed.test why="40 A records: over 512 bytes"
+big.allowed.test why="TXT over 1232 bytes"
+nothere.allowed.test why="allowed but absent upstream: NXDOMAIN is relayed"
+*.wild.test
+**.deep.test
+"""
+
+
+def free_port():
+    """A port free for both UDP and TCP on LO."""
+    for _ in range(100):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind((LO, 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind((LO, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+    raise RuntimeError("no free port")
+
+
+def wait_for(fn, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = fn()
+            if r:
+                return r
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached in {timeout}s (last error: {last})")
+
+
+class Knot:
+    """knotd from Debian, authoritative for test. on a loopback port."""
+
+    def __init__(self, zone=ZONE):
+        self.dir = tempfile.mkdtemp(prefix="dnsward-knot-")
+        self.port = free_port()
+        with open(os.path.join(self.dir, "test.zone"), "w") as f:
+            f.write(zone)
+        with open(os.path.join(self.dir, "knot.conf"), "w") as f:
+            f.write(f"""server:
+    rundir: "{self.dir}"
+    listen: {LO}@{self.port}
+database:
+    storage: "{self.dir}"
+log:
+  - target: stderr
+    any: warning
+zone:
+  - domain: test
+    file: "{self.dir}/test.zone"
+""")
+        self.log = open(os.path.join(self.dir, "knot.log"), "w")
+        self.proc = subprocess.Popen(["knotd", "-c", os.path.join(self.dir, "knot.conf")],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        q = dns.message.make_query("test.", "SOA")
+        wait_for(lambda: dns.query.udp(q, LO, port=self.port, timeout=0.2).answer,
+                 what="knot answering")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+class Relay:
+    """Forwards UDP and TCP DNS to knot and records every question that passed, so tests
+    can assert what reached the upstream. blackhole=True swallows queries."""
+
+    def __init__(self, upstream_port, blackhole=False):
+        self.upstream_port = upstream_port
+        self.blackhole = blackhole
+        self.seen = []  # (qname as sent, qtype, transport, message id)
+        self.lock = threading.Lock()
+        self.port = free_port()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((LO, self.port))
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((LO, self.port))
+        self.tcp.listen(16)
+        self.running = True
+        threading.Thread(target=self._udp_loop, daemon=True).start()
+        threading.Thread(target=self._tcp_loop, daemon=True).start()
+
+    def _record(self, wire, transport):
+        try:
+            m = dns.message.from_wire(wire)
+            with self.lock:
+                self.seen.append((m.question[0].name.to_text(), m.question[0].rdtype,
+                                  transport, m.id))
+        except Exception:  # noqa: BLE001 - a malformed query is recorded as such
+            with self.lock:
+                self.seen.append(("<malformed>", 0, transport, -1))
+
+    def names(self):
+        with self.lock:
+            return [s[0] for s in self.seen]
+
+    def ids(self):
+        with self.lock:
+            return [s[3] for s in self.seen]
+
+    def clear(self):
+        with self.lock:
+            self.seen.clear()
+
+    def _udp_loop(self):
+        self.udp.settimeout(0.2)
+        while self.running:
+            try:
+                data, peer = self.udp.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._record(data, "udp")
+            if not self.blackhole:  # one thread per query: a slow one delays no other
+                threading.Thread(target=self._udp_forward, args=(data, peer), daemon=True).start()
+
+    def _udp_forward(self, data, peer):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        try:
+            s.sendto(data, (LO, self.upstream_port))
+            self.udp.sendto(s.recv(65535), peer)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def _tcp_loop(self):
+        self.tcp.settimeout(0.2)
+        while self.running:
+            try:
+                conn, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+
+    def _tcp_conn(self, conn):
+        conn.settimeout(5)
+        try:
+            while True:
+                n = struct.unpack("!H", recv_exact(conn, 2))[0]
+                data = recv_exact(conn, n)
+                self._record(data, "tcp")
+                if self.blackhole:
+                    continue
+                with socket.create_connection((LO, self.upstream_port), timeout=5) as up:
+                    up.sendall(struct.pack("!H", len(data)) + data)
+                    m = struct.unpack("!H", recv_exact(up, 2))[0]
+                    conn.sendall(struct.pack("!H", m) + recv_exact(up, m))
+        except (OSError, EOFError):
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.running = False
+        self.udp.close()
+        self.tcp.close()
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return buf
+
+
+class Dnsward:
+    """The real binary on a loopback port."""
+
+    def __init__(self, upstream_port=None, allowlist=ALLOWLIST, extra=(), listen=None,
+                 wait=True):
+        self.dir = tempfile.mkdtemp(prefix="dnsward-")
+        self.port = free_port()
+        args = [BIN, "serve", "--no-nft", "--listen", listen or f"{LO}:{self.port}"]
+        if allowlist is not None:  # None: the embedded default list
+            self.allowlist = os.path.join(self.dir, "test.allow")
+            with open(self.allowlist, "w") as f:
+                f.write(allowlist)
+            args += ["--allowlist", self.allowlist]
+        if upstream_port:
+            args += ["--upstream", f"{LO}:{upstream_port}"]
+        args += list(extra)
+        self.logpath = os.path.join(self.dir, "dnsward.log")
+        self.log = open(self.logpath, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        q = dns.message.make_query("localhost.", "A")  # answered locally: needs no upstream
+        wait_for(lambda: self.alive() and self.udp(q, timeout=0.2), what="dnsward answering")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def udp(self, q, timeout=3.0):
+        return dns.query.udp(q, LO, port=self.port, timeout=timeout)
+
+    def tcp(self, q, timeout=3.0):
+        return dns.query.tcp(q, LO, port=self.port, timeout=timeout)
+
+    def query(self, name, rdtype="A", tcp=False, **kw):
+        q = dns.message.make_query(name, rdtype, **kw)
+        return self.tcp(q) if tcp else self.udp(q)
+
+    def raw_udp(self, data, timeout=0.5):
+        """Sends raw bytes; returns the reply's bytes, or None if none came."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(data, (LO, self.port))
+            try:
+                return s.recv(65535)
+            except socket.timeout:
+                return None
+
+    def logtext(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.logpath) as f:
+            return f.read()
+
+    def stop(self):
+        try:
+            if self.alive():
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    return self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    return None
+            return self.proc.returncode
+        finally:
+            self.log.close()
+
+
+def ede(msg):
+    """(code, text) of the first Extended DNS Error in a reply, or None."""
+    for o in msg.options:
+        if o.otype == dns.edns.EDE:
+            return o.code, o.text
+    return None
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)

@@ -1,0 +1,278 @@
+"""The resolver against a real upstream (knot) over UDP and TCP: what clients get, and
+what reaches the upstream."""
+import time
+import unittest
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+
+from harness import Dnsward, Knot, LO, Relay, ede, free_port, run
+
+knot = relay = dw = None
+
+
+def setUpModule():
+    global knot, relay, dw
+    knot = Knot()
+    relay = Relay(knot.port)
+    dw = Dnsward(relay.port)
+
+
+def tearDownModule():
+    code = dw.stop()
+    relay.stop()
+    knot.stop()
+    assert code == 0, f"dnsward exited with {code} on SIGTERM"
+
+
+class DeniedNames(unittest.TestCase):
+    def test_denied_name_gets_nxdomain_with_soa_and_ede_15_naming_it(self):
+        for tcp in (False, True):
+            r = dw.query("evil.test.", "A", tcp=tcp, use_edns=0)
+            self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+            self.assertEqual(len(r.answer), 0)
+            self.assertEqual(len(r.authority), 1)
+            soa = r.authority[0]
+            self.assertEqual(soa.rdtype, dns.rdatatype.SOA)
+            self.assertLessEqual(soa.ttl, 30)  # a short negative TTL (RFC 2308)
+            self.assertEqual(ede(r), (15, "dnsward: evil.test is not on the allowlist"))
+            self.assertTrue(r.flags & dns.flags.RA)
+
+    def test_dig_shows_the_reason(self):
+        out = run(["dig", f"@{LO}", "-p", str(dw.port), "blocked.example.", "A"]).stdout
+        self.assertIn("status: NXDOMAIN", out)
+        self.assertIn("EDE: 15 (Blocked): (dnsward: blocked.example is not on the allowlist)", out)
+
+    def test_kdig_shows_the_reason_too(self):
+        out = run(["kdig", f"@{LO}", "-p", str(dw.port), "+edns", "blocked.example.",
+                   "A"]).stdout
+        self.assertIn("NXDOMAIN", out)
+        self.assertIn("dnsward: blocked.example is not on the allowlist", out)
+
+    def test_denial_echoes_id_question_case_and_rd(self):
+        q = dns.message.make_query("EvIl.TeSt.", "AAAA")
+        q.id = 0x5A5A
+        q.flags &= ~dns.flags.RD
+        r = dw.udp(q)
+        self.assertEqual(r.id, 0x5A5A)
+        self.assertEqual(r.question[0].name.to_text(), "EvIl.TeSt.")
+        self.assertFalse(r.flags & dns.flags.RD)
+
+    def test_without_edns_the_denial_has_no_opt(self):
+        r = dw.query("evil.test.", "A", use_edns=False)
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(r.edns, -1)
+
+    def test_denied_names_never_reach_the_upstream_in_any_case(self):
+        relay.clear()
+        names = ["evil.test.", "EVIL.TEST.", "eViL.tEsT.", "www.allowed.test.evil.",
+                 "notwww.allowed.test.", "x.www.allowed.test.", "a.b.wild.test.",
+                 "wild.test.", "deep.test."]
+        for n in names:
+            for tcp in (False, True):
+                r = dw.query(n, "A", tcp=tcp)
+                self.assertIn(r.rcode(), (dns.rcode.NXDOMAIN, dns.rcode.NOERROR), n)
+                self.assertEqual(len(r.answer), 0, n)
+        # An allowed name afterwards proves the relay is recording.
+        dw.query("www.allowed.test.", "A")
+        seen = [n.lower() for n in relay.names()]
+        self.assertEqual(seen, ["www.allowed.test."])
+
+    def test_ancestor_of_an_entry_gets_nodata_not_nxdomain(self):
+        for name in ("allowed.test.", "test.", "wild.test.", "deep.test."):
+            r = dw.query(name, "A")
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR, name)
+            self.assertEqual(len(r.answer), 0, name)
+            self.assertEqual(r.authority[0].rdtype, dns.rdatatype.SOA, name)
+
+
+class AllowedNames(unittest.TestCase):
+    def test_allowed_a_and_aaaa_are_relayed_over_udp_and_tcp(self):
+        for tcp in (False, True):
+            r = dw.query("www.allowed.test.", "A", tcp=tcp)
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+            self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+            r = dw.query("www.allowed.test.", "AAAA", tcp=tcp)
+            self.assertEqual([x.address for x in r.answer[0]], ["2001:db8::1"])
+
+    def test_cname_to_an_unlisted_name_is_relayed_whole(self):
+        r = dw.query("alias.allowed.test.", "A")
+        self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+        types = {rr.rdtype for rr in r.answer}
+        self.assertEqual(types, {dns.rdatatype.CNAME, dns.rdatatype.A})
+        a = [rr for rr in r.answer if rr.rdtype == dns.rdatatype.A][0]
+        self.assertEqual(a.name.to_text(), "target.elsewhere.test.")
+
+    def test_wildcard_entries_forward_their_names(self):
+        r = dw.query("anything.wild.test.", "A")
+        self.assertEqual([x.address for x in r.answer[0]], ["198.18.3.1"])
+        r = dw.query("a.b.deep.test.", "A")
+        self.assertEqual([x.address for x in r.answer[0]], ["198.18.4.1"])
+
+    def test_upstream_nxdomain_is_relayed_as_is(self):
+        r = dw.query("nothere.allowed.test.", "A")
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        self.assertIsNone(ede(r))  # the upstream's NXDOMAIN, not a policy denial
+        self.assertEqual(r.authority[0].name.to_text(), "test.")
+
+    def test_reply_has_the_clients_id_and_0x20_question(self):
+        q = dns.message.make_query("WwW.AlLoWeD.tEsT.", "A")
+        q.id = 4242
+        r = dw.udp(q)
+        self.assertEqual(r.id, 4242)
+        self.assertEqual(r.question[0].name.to_text(), "WwW.AlLoWeD.tEsT.")
+        self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+
+    def test_upstream_sees_a_random_id_not_the_clients(self):
+        relay.clear()
+        for _ in range(20):
+            q = dns.message.make_query("www.allowed.test.", "A")
+            q.id = 7
+            self.assertEqual(dw.udp(q).id, 7)
+        ids = relay.ids()
+        self.assertEqual(len(ids), 20)
+        self.assertNotIn(7, ids)
+        self.assertGreater(len(set(ids)), 15)  # 20 draws from 65536: repeats are rare
+
+    def test_localhost_is_answered_locally_and_never_forwarded(self):
+        relay.clear()
+        r = dw.query("localhost.", "A")
+        self.assertEqual([x.address for x in r.answer[0]], ["127.0.0.1"])
+        r = dw.query("db.LocalHost.", "AAAA")
+        self.assertEqual([x.address for x in r.answer[0]], ["::1"])
+        r = dw.query("localhost.", "MX")
+        self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(len(r.answer), 0)
+        self.assertEqual(relay.names(), [])
+
+    def test_any_gets_the_rfc8482_minimal_answer_and_is_not_forwarded(self):
+        relay.clear()
+        r = dw.query("www.allowed.test.", "ANY")
+        self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(r.answer[0].rdtype, dns.rdatatype.HINFO)
+        self.assertEqual(r.answer[0][0].cpu, b"RFC8482")
+        self.assertEqual(relay.names(), [])
+        self.assertEqual(dw.query("evil.test.", "ANY").rcode(), dns.rcode.NXDOMAIN)
+
+    def test_zone_transfers_are_refused(self):
+        for t in ("AXFR", "IXFR"):
+            q = dns.message.make_query("www.allowed.test.", t)
+            self.assertEqual(dw.tcp(q).rcode(), dns.rcode.REFUSED, t)
+        out = run(["dig", f"@{LO}", "-p", str(dw.port), "test.", "AXFR"]).stdout
+        self.assertIn("Transfer failed", out)
+
+    def test_other_opcodes_get_notimp(self):
+        q = dns.message.make_query("www.allowed.test.", "A")
+        q.set_opcode(dns.opcode.NOTIFY)
+        r = dns.message.from_wire(dw.raw_udp(q.to_wire()), question_only=True)
+        self.assertEqual(r.rcode(), dns.rcode.NOTIMP)
+        self.assertEqual(r.opcode(), dns.opcode.NOTIFY)
+
+    def test_other_classes_are_refused(self):
+        q = dns.message.make_query("www.allowed.test.", "A", rdclass="CH")
+        self.assertEqual(dw.udp(q).rcode(), dns.rcode.REFUSED)
+
+
+class Edns(unittest.TestCase):
+    def test_opt_in_query_gets_opt_in_reply_and_none_without(self):
+        r = dw.query("www.allowed.test.", "A", use_edns=0)
+        self.assertEqual(r.edns, 0)
+        self.assertEqual(r.payload, 1232)
+        r = dw.query("www.allowed.test.", "A", use_edns=False)
+        self.assertEqual(r.edns, -1)
+
+    def test_unknown_edns_version_gets_badvers(self):
+        q = dns.message.make_query("www.allowed.test.", "A")
+        q.use_edns(edns=1)
+        self.assertEqual(q.edns, 1)
+        r = dw.udp(q)
+        self.assertEqual(r.rcode(), dns.rcode.BADVERS)
+        self.assertEqual(r.edns, 0)
+        out = run(["dig", f"@{LO}", "-p", str(dw.port), "+edns=1", "+noednsnegotiation",
+                   "www.allowed.test."]).stdout
+        self.assertIn("BADVERS", out)
+
+    def test_do_bit_is_copied(self):
+        r = dw.query("www.allowed.test.", "A", want_dnssec=True)
+        self.assertTrue(r.ednsflags & dns.flags.DO)
+        r = dw.query("evil.test.", "A", want_dnssec=True)
+        self.assertTrue(r.ednsflags & dns.flags.DO)
+
+    def test_large_answer_is_truncated_for_udp_and_whole_over_tcp(self):
+        # 40 A records: about 700 bytes. Without EDNS the limit is 512 bytes.
+        q = dns.message.make_query("many.allowed.test.", "A", use_edns=False)
+        r = dw.udp(q)
+        self.assertTrue(r.flags & dns.flags.TC)
+        self.assertEqual(len(r.answer), 0)
+        self.assertEqual(r.question[0].name.to_text(), "many.allowed.test.")
+        r = dw.tcp(q)
+        self.assertFalse(r.flags & dns.flags.TC)
+        self.assertEqual(len(r.answer[0]), 40)
+        # With EDNS 1232 the same answer fits over UDP.
+        r = dw.query("many.allowed.test.", "A", use_edns=0, payload=1232)
+        self.assertFalse(r.flags & dns.flags.TC)
+        self.assertEqual(len(r.answer[0]), 40)
+
+    def test_answer_over_our_payload_is_truncated_even_with_edns_4096(self):
+        r = dw.query("big.allowed.test.", "TXT", use_edns=0, payload=4096)
+        self.assertTrue(r.flags & dns.flags.TC)
+        r = dw.query("big.allowed.test.", "TXT", tcp=True, use_edns=0)
+        self.assertEqual(len(r.answer[0]), 8)
+
+    def test_dig_retries_over_tcp_after_truncation(self):
+        out = run(["dig", f"@{LO}", "-p", str(dw.port), "+noedns", "many.allowed.test.",
+                   "A"]).stdout
+        self.assertIn("Truncated, retrying in TCP mode", out)
+        self.assertIn("ANSWER: 40", out)
+
+
+class UpstreamFailure(unittest.TestCase):
+    def test_upstream_down_gives_servfail_quickly(self):
+        dead = free_port()  # nothing listens there: ICMP port unreachable
+        d = Dnsward(dead, extra=["--upstream-timeout", "300", "--upstream-tries", "1"])
+        try:
+            t0 = time.monotonic()
+            r = d.query("www.allowed.test.", "A", use_edns=0)
+            elapsed = time.monotonic() - t0
+            self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+            self.assertLess(elapsed, 2.0)
+            code, text = ede(r)
+            self.assertIn(code, (22, 23))
+            self.assertIn("upstream", text)
+            self.assertEqual(d.query("evil.test.").rcode(), dns.rcode.NXDOMAIN)
+        finally:
+            d.stop()
+
+    def test_silent_upstream_gives_servfail_in_bounded_time(self):
+        hole = Relay(knot.port, blackhole=True)
+        d = Dnsward(hole.port, extra=["--upstream-timeout", "300", "--upstream-tries", "2"])
+        try:
+            t0 = time.monotonic()
+            r = d.query("www.allowed.test.", "A", use_edns=0)
+            elapsed = time.monotonic() - t0
+            self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+            # 300 ms, then 600 ms on the second round: about 0.9 s, never "never".
+            self.assertGreater(elapsed, 0.8)
+            self.assertLess(elapsed, 2.5)
+            self.assertEqual(ede(r)[0], 22)
+            self.assertEqual(len(hole.names()), 2)
+        finally:
+            d.stop()
+            hole.stop()
+
+    def test_failover_to_the_second_upstream(self):
+        dead = free_port()
+        d = Dnsward(None, extra=["--upstream", f"{LO}:{dead}", "--upstream", f"{LO}:{knot.port}",
+                                 "--upstream-timeout", "300"])
+        try:
+            r = d.query("www.allowed.test.", "A")
+            self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+        finally:
+            d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
