@@ -1,7 +1,9 @@
 // Wiring only: parse the command line, build the parts, run the loop.
 #include <signal.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -31,28 +33,24 @@ int usage_error(const std::string& msg) {
   return 2;
 }
 
-/// Reads the configured allowlists, or the embedded default when none is named.
-bool load_policy(const ServeConfig& cfg, std::shared_ptr<const Policy>& out) {
+/// Reads and parses the configured allowlists, or the embedded default when none is named.
+/// Returns null and fills errors ("FILE:LINE: reason") if any file cannot be used.
+std::shared_ptr<const Policy> load_policy(const ServeConfig& cfg, std::vector<std::string>& errors) {
   std::vector<PolicySource> sources;
-  if (cfg.allowlists.empty()) {
-    sources.push_back({"default.allow (embedded)", kDefaultAllowlist});
-  }
+  if (cfg.allowlists.empty()) sources.push_back({"default.allow (embedded)", kDefaultAllowlist});
   for (const auto& path : cfg.allowlists) {
     std::ifstream in(path);
     if (!in) {
-      std::fprintf(stderr, "dnsward: %s: cannot open: %s\n", path.c_str(), std::strerror(errno));
-      return false;
+      errors.push_back(path + ": cannot open: " + std::strerror(errno));
+      continue;
     }
     std::ostringstream ss;
     ss << in.rdbuf();
     sources.push_back({path, ss.str()});
   }
-  std::vector<std::string> errors;
   Policy p = Policy::parse(sources, errors);
-  for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
-  if (!errors.empty()) return false;
-  out = std::make_shared<const Policy>(std::move(p));
-  return true;
+  if (!errors.empty()) return nullptr;
+  return std::make_shared<const Policy>(std::move(p));
 }
 
 int serve(const std::vector<std::string>& args) {
@@ -65,8 +63,10 @@ int serve(const std::vector<std::string>& args) {
   const ServeConfig& cfg = *parsed.config;
   log::threshold = cfg.log_level;
 
-  std::shared_ptr<const Policy> policy;
-  if (!load_policy(cfg, policy)) return 2;
+  std::vector<std::string> errors;
+  std::shared_ptr<const Policy> policy = load_policy(cfg, errors);
+  for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
+  if (!policy) return 2;
 
   signal(SIGPIPE, SIG_IGN);
   try {
@@ -80,6 +80,22 @@ int serve(const std::vector<std::string>& args) {
     }
     loop.on_signal(SIGTERM, [&] { loop.stop(); });
     loop.on_signal(SIGINT, [&] { loop.stop(); });
+    // SIGHUP re-reads the allowlists. The new policy replaces the old in one pointer swap
+    // between two queries, so no query sees half a list; if any file fails, the old policy
+    // stays in force and every error is logged.
+    loop.on_signal(SIGHUP, [&] {
+      std::vector<std::string> errs;
+      auto fresh = load_policy(cfg, errs);
+      if (!fresh) {
+        for (const auto& e : errs) log::error("event=reload-failed error={}", log::quote(e));
+        log::error("event=reload-failed msg={} entries={}",
+                   log::quote("the previous allowlist stays in force"), policy->entries().size());
+        return;
+      }
+      policy = fresh;
+      pipeline.set_policy(policy);
+      log::info("event=reload entries={}", policy->entries().size());
+    });
 
     std::string listen, ups, lists;
     for (const auto& e : cfg.listen) listen += (listen.empty() ? "" : ",") + e.text;

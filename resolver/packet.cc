@@ -222,16 +222,35 @@ std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
 }
 
 std::size_t build_upstream_query(const Query& q, uint16_t upstream_id, uint16_t payload,
-                                 uint8_t* out, std::size_t cap) {
+                                 uint8_t* out, std::size_t cap, bool with_opt) {
   Writer w(out, cap);
-  write_header(w, upstream_id, q.flags & (flag::RD | flag::CD | flag::AD), 1, 0, 0, 1);
+  write_header(w, upstream_id, q.flags & (flag::RD | flag::CD | flag::AD), 1, 0, 0,
+               with_opt ? 1 : 0);
   write_question(w, q);
-  w.u8(0);
-  w.u16(type::OPT);
-  w.u16(payload);
-  w.u32(q.edns_do ? 0x8000u : 0u);
-  w.u16(0);
+  if (with_opt) {
+    w.u8(0);
+    w.u16(type::OPT);
+    w.u16(payload);
+    w.u32(q.edns_do ? 0x8000u : 0u);
+    w.u16(0);
+  }
   return finish(w);
+}
+
+bool is_edns_formerr(const uint8_t* ans, std::size_t len) {
+  if (len < kHeaderSize || (get16(ans + 2) & flag::RCODE_MASK) != rcode::FORMERR) return false;
+  Reader r(ans, len, kHeaderSize);
+  const uint32_t records = uint32_t(get16(ans + 6)) + get16(ans + 8) + get16(ans + 10);
+  for (uint16_t i = 0; i < get16(ans + 4); ++i)
+    if (!read_name(r) || !r.skip(4)) return true;
+  for (uint32_t i = 0; i < records; ++i) {
+    uint16_t t, c, rdlen;
+    uint32_t ttl;
+    if (!read_name(r) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) || !r.skip(rdlen))
+      return true;  // unreadable after the header: no OPT we could see
+    if (t == type::OPT) return false;
+  }
+  return true;
 }
 
 RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,

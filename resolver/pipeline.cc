@@ -214,19 +214,26 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: too many queries in flight upstream");
     return out_len_ ? Step::Reply : Step::Drop;
   }
-  const uint16_t id = fresh_upstream_id();
-  uint8_t buf[kHeaderSize + kMaxNameWire + 4 + 11];
-  const std::size_t n = build_upstream_query(q, id, cfg_.udp_payload, buf, sizeof buf);
-  if (n == 0) {
+  if (!send_upstream(Pending{q, from, &sink, loop_.now_ms() + overdue_ms_})) {
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
     return out_len_ ? Step::Reply : Step::Drop;
   }
-  // Registered before ares_send: c-ares may call back from inside it.
-  pending_.emplace(id, Pending{q, from, &sink, loop_.now_ms() + overdue_ms_});
   ++counters_.forwarded;
-  log::debug("event=forward name={} type={} id={}", log::quote(q.qname_text()), type_text(q.qtype), id);
-  upstream_->send(buf, n, id);
   return Step::Forward;
+}
+
+bool Pipeline::send_upstream(Pending p) {
+  const uint16_t id = fresh_upstream_id();
+  uint8_t buf[kHeaderSize + kMaxNameWire + 4 + 11];
+  const std::size_t n =
+      build_upstream_query(p.query, id, cfg_.udp_payload, buf, sizeof buf, p.with_opt);
+  if (n == 0) return false;
+  log::debug("event=forward name={} type={} id={}", log::quote(p.query.qname_text()),
+             type_text(p.query.qtype), id);
+  // Registered before ares_send: c-ares may call back from inside it.
+  pending_.emplace(id, std::move(p));
+  upstream_->send(buf, n, id);
+  return true;
 }
 
 std::size_t Pipeline::servfail(const Query& q, uint16_t ede, std::string_view why) {
@@ -242,6 +249,13 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   if (p.abandoned) return;  // the client already had its SERVFAIL
 
   std::size_t n = 0;
+  if (status == ARES_SUCCESS && ans && p.with_opt && is_edns_formerr(ans, len)) {
+    // An upstream that does not speak EDNS (RFC 6891 7): ask once more without our OPT.
+    // c-ares 1.18 does this itself only for the first such answer on a channel.
+    log::info("event=upstream-no-edns name={}", log::quote(p.query.qname_text()));
+    p.with_opt = false;
+    if (send_upstream(p)) return;
+  }
   if (status == ARES_SUCCESS && ans) {
     ++counters_.upstream_answers;
     const std::size_t limit = p.client.transport == ClientAddr::Transport::Udp

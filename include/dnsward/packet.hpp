@@ -80,12 +80,16 @@ std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
 bool is_localhost(const uint8_t* name_lc, std::size_t len);
 
 /// The query sent upstream: a fresh header with our ID and the client's RD/CD/AD bits, the
-/// client's question as received, and always exactly one plain OPT of 11 bytes (our payload
-/// size, the client's DO bit, no options). The client's own additional records are never
-/// forwarded. Always ending in our plain OPT also keeps c-ares 1.18 safe: after an
+/// client's question as received, and (with_opt) exactly one plain OPT of 11 bytes (our
+/// payload size, the client's DO bit, no options). The client's own additional records are
+/// never forwarded. Always ending in our plain OPT also keeps c-ares 1.18 safe: after an
 /// upstream FORMERR it cuts 11 bytes off the query, which then removes exactly that OPT.
 std::size_t build_upstream_query(const Query& q, uint16_t upstream_id, uint16_t payload,
-                                 uint8_t* out, std::size_t cap);
+                                 uint8_t* out, std::size_t cap, bool with_opt = true);
+
+/// True for a FORMERR answer without an OPT: the mark of a server that does not speak EDNS
+/// (RFC 6891 7), to be asked again without one.
+bool is_edns_formerr(const uint8_t* ans, std::size_t len);
 
 /// Result of relay_answer().
 enum class RelayStatus {

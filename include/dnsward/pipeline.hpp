@@ -83,6 +83,7 @@ class Pipeline {
     ReplySink* sink;
     uint64_t deadline_ms;
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
+    bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
   };
 
   Step receive(const uint8_t* pkt, std::size_t len, Query& q);
@@ -90,6 +91,8 @@ class Pipeline {
   Step answer_locally(const Query& q);
   Step apply_policy(const Query& q);
   Step forward(const Query& q, const ClientAddr& from, ReplySink& sink);
+  /// Registers p under a fresh upstream ID and sends its query; false if it cannot be built.
+  bool send_upstream(Pending p);
 
   void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
   std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);

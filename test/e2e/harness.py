@@ -214,6 +214,81 @@ class Relay:
         self.tcp.close()
 
 
+class NoEdnsUpstream:
+    """An old-style server that answers FORMERR (without OPT) to any query carrying EDNS,
+    as RFC 6891 7 describes for servers that do not implement it, and otherwise answers
+    A 198.18.9.9 (40 addresses for names starting with "many"). UDP answers obey the
+    512-byte limit with TC=1, so clients must retry over TCP."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.queries = []  # (had_opt, transport)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((LO, self.port))
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((LO, self.port))
+        self.tcp.listen(8)
+        self.running = True
+        threading.Thread(target=self._udp_loop, daemon=True).start()
+        threading.Thread(target=self._tcp_loop, daemon=True).start()
+
+    def answer(self, wire, transport):
+        import dns.rrset
+        q = dns.message.from_wire(wire)
+        self.queries.append((q.edns >= 0, transport))
+        r = dns.message.make_response(q)
+        r.use_edns(False)
+        if q.edns >= 0:
+            r.set_rcode(dns.rcode.FORMERR)
+            return r.to_wire()
+        name = q.question[0].name
+        n = 40 if name.labels[0].lower().startswith(b"many") else 1
+        r.answer.append(dns.rrset.from_text_list(name, 300, "IN", "A",
+                                                 [f"198.18.9.{i + 9}" for i in range(n)]))
+        w = r.to_wire()
+        if transport == "udp" and len(w) > 512:
+            r.answer.clear()
+            r.flags |= dns.flags.TC
+            w = r.to_wire()
+        return w
+
+    def _udp_loop(self):
+        self.udp.settimeout(0.2)
+        while self.running:
+            try:
+                data, peer = self.udp.recvfrom(65535)
+                self.udp.sendto(self.answer(data, "udp"), peer)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def _tcp_loop(self):
+        self.tcp.settimeout(0.2)
+        while self.running:
+            try:
+                conn, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while True:
+                        n = struct.unpack("!H", recv_exact(conn, 2))[0]
+                        w = self.answer(recv_exact(conn, n), "tcp")
+                        conn.sendall(struct.pack("!H", len(w)) + w)
+                except (OSError, EOFError):
+                    pass
+
+    def stop(self):
+        self.running = False
+        self.udp.close()
+        self.tcp.close()
+
+
 def recv_exact(sock, n):
     buf = b""
     while len(buf) < n:

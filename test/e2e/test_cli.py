@@ -1,6 +1,7 @@
 """The command line and the config file: errors are one line with exit code 2 and start
 nothing; the embedded default list, config files and IPv6 listeners work."""
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -159,6 +160,29 @@ class Starting(unittest.TestCase):
             self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
             r = dns.query.tcp(q, "::1", port=port, timeout=2)
             self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+        finally:
+            d.stop()
+
+    def test_sighup_reloads_and_a_broken_file_keeps_the_old_list(self):
+        d = Dnsward(knot.port, allowlist="www.allowed.test\n")
+        try:
+            self.assertEqual(d.query("www.allowed.test.").rcode(), dns.rcode.NOERROR)
+            self.assertEqual(d.query("a.wild.test.").rcode(), dns.rcode.NXDOMAIN)
+            with open(d.allowlist, "w") as f:
+                f.write("*.wild.test\n")
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: d.query("a.wild.test.").rcode() == dns.rcode.NOERROR,
+                     timeout=5, what="new list in force")
+            self.assertEqual(d.query("www.allowed.test.").rcode(), dns.rcode.NXDOMAIN)
+            with open(d.allowlist, "w") as f:
+                f.write("www.allowed.test\nbad*.test\n")
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload-failed" in d.logtext(), timeout=5, what="reload failure")
+            self.assertIn(f"{d.allowlist}:2: bad pattern", d.logtext())
+            # The old list (*.wild.test) still answers; nothing of the broken file took hold.
+            self.assertEqual(d.query("a.wild.test.").rcode(), dns.rcode.NOERROR)
+            self.assertEqual(d.query("www.allowed.test.").rcode(), dns.rcode.NXDOMAIN)
+            self.assertTrue(d.alive())
         finally:
             d.stop()
 

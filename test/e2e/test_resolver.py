@@ -9,7 +9,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from harness import Dnsward, Knot, LO, Relay, ede, free_port, run
+from harness import Dnsward, Knot, LO, NoEdnsUpstream, Relay, ede, free_port, run
 
 knot = relay = dw = None
 
@@ -262,6 +262,27 @@ class UpstreamFailure(unittest.TestCase):
         finally:
             d.stop()
             hole.stop()
+
+    def test_upstream_without_edns_is_asked_again_without_opt(self):
+        # c-ares 1.18 handles the first EDNS FORMERR itself and then turns EDNS off for the
+        # whole channel; dnsward must keep answering every later query too.
+        old = NoEdnsUpstream()
+        d = Dnsward(old.port)
+        try:
+            for i in range(4):
+                r = d.query(f"www{i}.wild.test.", "A", use_edns=0)
+                self.assertEqual(r.rcode(), dns.rcode.NOERROR, i)
+                self.assertEqual([x.address for x in r.answer[0]], ["198.18.9.9"])
+                self.assertEqual(r.edns, 0)  # the client still gets its OPT from us
+            r = d.query("many.wild.test.", "A", tcp=True)
+            self.assertEqual(len(r.answer[0]), 40)
+            r = d.query("many.wild.test.", "A", use_edns=0)  # 40 A fit in our 1232 bytes
+            self.assertEqual(len(r.answer[0]), 40)
+            self.assertIn((True, "udp"), old.queries)
+            self.assertIn((False, "tcp"), old.queries)
+        finally:
+            d.stop()
+            old.stop()
 
     def test_failover_to_the_second_upstream(self):
         dead = free_port()
