@@ -35,9 +35,9 @@ struct OptionSpec {
 const std::vector<OptionSpec>& serve_options() {
   static const std::vector<OptionSpec> table = {
       {"config", Kind::Text, "FILE", "read options from FILE: one 'key = value' per line, same names as here, '#' comments", "none"},
-      {"listen", Kind::List, "ADDR:PORT", "address to serve DNS on, UDP and TCP; repeatable; IPv6 as [::1]:53", "127.0.0.1:53"},
-      {"upstream", Kind::List, "ADDR[:PORT]", "DNS server that answers allowed names; repeatable (failover in order)", "the nameservers of /etc/resolv.conf"},
-      {"allowlist", Kind::List, "FILE", "allowlist file; repeatable, entries of all files are merged", "the embedded zones/default.allow"},
+      {"listen", Kind::List, "ADDR:PORT", "address to serve DNS on, UDP and TCP; IPv6 as [::1]:53", "127.0.0.1:53"},
+      {"upstream", Kind::List, "ADDR[:PORT]", "DNS server that answers allowed names; several fail over in order", "the nameservers of /etc/resolv.conf"},
+      {"allowlist", Kind::List, "FILE", "allowlist file; the entries of all files are merged", "the embedded zones/default.allow"},
       {"no-nft", Kind::Flag, "", "run without the nftables hook: answers are not vouched for in the firewall", "off", 0, 0, 1, &ServeConfig::no_nft},
       {"negative-ttl", Kind::Int, "SECONDS", "TTL of the SOA in denials: how long stubs cache a denial (RFC 2308)", "30", 30, 0, 86400, &ServeConfig::negative_ttl},
       {"udp-payload", Kind::Int, "BYTES", "largest UDP reply we send and the EDNS size we advertise (DNS flag day 2020)", "1232", 1232, 512, 4096, &ServeConfig::udp_payload},
