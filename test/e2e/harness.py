@@ -16,6 +16,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -113,15 +114,12 @@ zone:
         self.log.close()
 
 
-class Relay:
-    """Forwards UDP and TCP DNS to knot and records every question that passed, so tests
-    can assert what reached the upstream. blackhole=True swallows queries."""
+class LoopbackServer:
+    """A DNS server on LO, UDP and TCP, for test doubles. Subclasses implement
+    handle(wire, transport) -> reply bytes or None (no reply). Each UDP query is handled
+    in its own thread, so a slow one delays no other."""
 
-    def __init__(self, upstream_port, blackhole=False):
-        self.upstream_port = upstream_port
-        self.blackhole = blackhole
-        self.seen = []  # (qname as sent, qtype, transport, message id)
-        self.lock = threading.Lock()
+    def __init__(self):
         self.port = free_port()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind((LO, self.port))
@@ -133,27 +131,16 @@ class Relay:
         threading.Thread(target=self._udp_loop, daemon=True).start()
         threading.Thread(target=self._tcp_loop, daemon=True).start()
 
-    def _record(self, wire, transport):
-        try:
-            m = dns.message.from_wire(wire)
-            with self.lock:
-                self.seen.append((m.question[0].name.to_text(), m.question[0].rdtype,
-                                  transport, m.id))
-        except Exception:  # noqa: BLE001 - a malformed query is recorded as such
-            with self.lock:
-                self.seen.append(("<malformed>", 0, transport, -1))
+    def handle(self, wire, transport):
+        raise NotImplementedError
 
-    def names(self):
-        with self.lock:
-            return [s[0] for s in self.seen]
-
-    def ids(self):
-        with self.lock:
-            return [s[3] for s in self.seen]
-
-    def clear(self):
-        with self.lock:
-            self.seen.clear()
+    def _udp_one(self, data, peer):
+        reply = self.handle(data, "udp")
+        if reply is not None:
+            try:
+                self.udp.sendto(reply, peer)
+            except OSError:
+                pass
 
     def _udp_loop(self):
         self.udp.settimeout(0.2)
@@ -164,20 +151,7 @@ class Relay:
                 continue
             except OSError:
                 return
-            self._record(data, "udp")
-            if not self.blackhole:  # one thread per query: a slow one delays no other
-                threading.Thread(target=self._udp_forward, args=(data, peer), daemon=True).start()
-
-    def _udp_forward(self, data, peer):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        try:
-            s.sendto(data, (LO, self.upstream_port))
-            self.udp.sendto(s.recv(65535), peer)
-        except OSError:
-            pass
-        finally:
-            s.close()
+            threading.Thread(target=self._udp_one, args=(data, peer), daemon=True).start()
 
     def _tcp_loop(self):
         self.tcp.settimeout(0.2)
@@ -195,14 +169,9 @@ class Relay:
         try:
             while True:
                 n = struct.unpack("!H", recv_exact(conn, 2))[0]
-                data = recv_exact(conn, n)
-                self._record(data, "tcp")
-                if self.blackhole:
-                    continue
-                with socket.create_connection((LO, self.upstream_port), timeout=5) as up:
-                    up.sendall(struct.pack("!H", len(data)) + data)
-                    m = struct.unpack("!H", recv_exact(up, 2))[0]
-                    conn.sendall(struct.pack("!H", m) + recv_exact(up, m))
+                reply = self.handle(recv_exact(conn, n), "tcp")
+                if reply is not None:
+                    conn.sendall(struct.pack("!H", len(reply)) + reply)
         except (OSError, EOFError):
             pass
         finally:
@@ -214,27 +183,63 @@ class Relay:
         self.tcp.close()
 
 
-class NoEdnsUpstream:
+class Relay(LoopbackServer):
+    """Forwards UDP and TCP DNS to knot and records every question that passed, so tests
+    can assert what reached the upstream. blackhole=True swallows queries."""
+
+    def __init__(self, upstream_port, blackhole=False):
+        self.upstream_port = upstream_port
+        self.blackhole = blackhole
+        self.seen = []  # (qname as sent, qtype, transport, message id)
+        self.lock = threading.Lock()
+        super().__init__()
+
+    def handle(self, wire, transport):
+        try:
+            m = dns.message.from_wire(wire)
+            entry = (m.question[0].name.to_text(), m.question[0].rdtype, transport, m.id)
+        except Exception:  # noqa: BLE001 - a malformed query is recorded as such
+            entry = ("<malformed>", 0, transport, -1)
+        with self.lock:
+            self.seen.append(entry)
+        if self.blackhole:
+            return None
+        try:
+            if transport == "udp":
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.settimeout(2)
+                    s.sendto(wire, (LO, self.upstream_port))
+                    return s.recv(65535)
+            with socket.create_connection((LO, self.upstream_port), timeout=5) as up:
+                up.sendall(struct.pack("!H", len(wire)) + wire)
+                return recv_exact(up, struct.unpack("!H", recv_exact(up, 2))[0])
+        except (OSError, EOFError):
+            return None
+
+    def names(self):
+        with self.lock:
+            return [s[0] for s in self.seen]
+
+    def ids(self):
+        with self.lock:
+            return [s[3] for s in self.seen]
+
+    def clear(self):
+        with self.lock:
+            self.seen.clear()
+
+
+class NoEdnsUpstream(LoopbackServer):
     """An old-style server that answers FORMERR (without OPT) to any query carrying EDNS,
     as RFC 6891 7 describes for servers that do not implement it, and otherwise answers
     A 198.18.9.9 (40 addresses for names starting with "many"). UDP answers obey the
     512-byte limit with TC=1, so clients must retry over TCP."""
 
     def __init__(self):
-        self.port = free_port()
         self.queries = []  # (had_opt, transport)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((LO, self.port))
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((LO, self.port))
-        self.tcp.listen(8)
-        self.running = True
-        threading.Thread(target=self._udp_loop, daemon=True).start()
-        threading.Thread(target=self._tcp_loop, daemon=True).start()
+        super().__init__()
 
-    def answer(self, wire, transport):
-        import dns.rrset
+    def handle(self, wire, transport):
         q = dns.message.from_wire(wire)
         self.queries.append((q.edns >= 0, transport))
         r = dns.message.make_response(q)
@@ -253,40 +258,21 @@ class NoEdnsUpstream:
             w = r.to_wire()
         return w
 
-    def _udp_loop(self):
-        self.udp.settimeout(0.2)
-        while self.running:
-            try:
-                data, peer = self.udp.recvfrom(65535)
-                self.udp.sendto(self.answer(data, "udp"), peer)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
 
-    def _tcp_loop(self):
-        self.tcp.settimeout(0.2)
-        while self.running:
-            try:
-                conn, _ = self.tcp.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                try:
-                    while True:
-                        n = struct.unpack("!H", recv_exact(conn, 2))[0]
-                        w = self.answer(recv_exact(conn, n), "tcp")
-                        conn.sendall(struct.pack("!H", len(w)) + w)
-                except (OSError, EOFError):
-                    pass
+class Stack:
+    """The usual test world: knot, a recording relay in front of it, and dnsward."""
+
+    def __init__(self, **dnsward_kw):
+        self.knot = Knot()
+        self.relay = Relay(self.knot.port)
+        self.dw = Dnsward(self.relay.port, **dnsward_kw)
 
     def stop(self):
-        self.running = False
-        self.udp.close()
-        self.tcp.close()
+        """Stops everything; returns dnsward's exit code (0 after a clean SIGTERM)."""
+        code = self.dw.stop()
+        self.relay.stop()
+        self.knot.stop()
+        return code
 
 
 def recv_exact(sock, n):

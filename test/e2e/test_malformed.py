@@ -10,23 +10,20 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from harness import Dnsward, Knot, LO, Relay, recv_exact
+from harness import LO, Stack, recv_exact
 
-knot = relay = dw = None
+stack = knot = relay = dw = None
 
 
 def setUpModule():
-    global knot, relay, dw
-    knot = Knot()
-    relay = Relay(knot.port)
-    dw = Dnsward(relay.port)
+    global stack, knot, relay, dw
+    stack = Stack()
+    knot, relay, dw = stack.knot, stack.relay, stack.dw
 
 
 def tearDownModule():
-    code = dw.stop()
-    relay.stop()
-    knot.stop()
-    assert code == 0, f"dnsward exited with {code}"
+    code = stack.stop()
+    assert code == 0, f"dnsward exited with {code} on SIGTERM"
 
 
 def header(id=0x1111, flags=0x0100, qd=1, an=0, ns=0, ar=0):

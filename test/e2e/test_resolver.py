@@ -9,22 +9,19 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from harness import Dnsward, Knot, LO, NoEdnsUpstream, Relay, ede, free_port, run
+from harness import Dnsward, LO, NoEdnsUpstream, Relay, Stack, ede, free_port, run
 
-knot = relay = dw = None
+stack = knot = relay = dw = None
 
 
 def setUpModule():
-    global knot, relay, dw
-    knot = Knot()
-    relay = Relay(knot.port)
-    dw = Dnsward(relay.port)
+    global stack, knot, relay, dw
+    stack = Stack()
+    knot, relay, dw = stack.knot, stack.relay, stack.dw
 
 
 def tearDownModule():
-    code = dw.stop()
-    relay.stop()
-    knot.stop()
+    code = stack.stop()
     assert code == 0, f"dnsward exited with {code} on SIGTERM"
 
 
