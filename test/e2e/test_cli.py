@@ -186,6 +186,37 @@ class Starting(unittest.TestCase):
         finally:
             d.stop()
 
+    def test_wildcard_listener_answers_from_the_address_it_was_asked_on(self):
+        # In a network namespace of its own (only loopback exists there), dnsward listens on
+        # 0.0.0.0 and [::] and is asked on 127.0.0.5 and ::1; dnspython refuses a reply from
+        # any other source address.
+        script = f"""
+import subprocess, sys, time
+import dns.message, dns.query, dns.rcode
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+p = subprocess.Popen(["{BIN}", "serve", "--no-nft", "--listen", "0.0.0.0:5353",
+                      "--listen", "[::]:5353", "--upstream", "127.0.0.1:1"])
+try:
+    q = dns.message.make_query("evil.test.", "A")
+    for addr in ("127.0.0.5", "::1"):
+        for _ in range(100):
+            try:
+                r = dns.query.udp(q, addr, port=5353, timeout=0.2)
+                break
+            except dns.exception.Timeout:
+                time.sleep(0.05)
+        assert r.rcode() == dns.rcode.NXDOMAIN, r
+        r = dns.query.tcp(q, addr, port=5353, timeout=2)
+        assert r.rcode() == dns.rcode.NXDOMAIN, r
+    print("ok")
+finally:
+    p.terminate()
+    p.wait()
+"""
+        r = run(["unshare", "-n", "/usr/bin/python3", "-c", script])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "ok")
+
     def test_sigterm_stops_cleanly(self):
         d = Dnsward(knot.port)
         self.assertEqual(d.stop(), 0)
