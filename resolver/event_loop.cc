@@ -48,7 +48,12 @@ void EventLoop::watch(int fd, uint32_t events, FdHandler h) {
   ev.events = events;
   ev.data.u64 = uint64_t(gen) << 32 | uint32_t(fd);
   const bool known = watches_.count(fd) != 0;
-  if (epoll_ctl(epfd_, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0) fail("epoll_ctl watch");
+  if (epoll_ctl(epfd_, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0) {
+    // A known number may be a new file whose predecessor was closed without unwatch():
+    // epoll forgot it on close, so add it afresh.
+    if (!(known && errno == ENOENT && epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0))
+      fail("epoll_ctl watch");
+  }
   watches_[fd] = Watch{gen, std::move(h)};
 }
 

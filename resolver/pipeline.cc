@@ -56,13 +56,14 @@ Pipeline::Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<cons
   // c-ares bounds every query by its own timeouts; this sweep is the safety net that keeps
   // "SERVFAIL in bounded time" true even if that bound were ever missed.
   overdue_ms_ = upstream_->worst_case_ms() + 500;
-  arm_sweep();
 }
 
 void Pipeline::arm_sweep() {
+  // Runs only while queries are upstream, so an idle resolver never wakes up.
   sweep_timer_ = loop_.after(250, [this] {
+    sweep_timer_ = 0;
     sweep_overdue();
-    arm_sweep();
+    if (!pending_.empty()) arm_sweep();
   });
 }
 
@@ -232,6 +233,7 @@ bool Pipeline::send_upstream(Pending p) {
              type_text(p.query.qtype), id);
   // Registered before ares_send: c-ares may call back from inside it.
   pending_.emplace(id, std::move(p));
+  if (!sweep_timer_) arm_sweep();
   upstream_->send(buf, n, id);
   return true;
 }

@@ -56,6 +56,12 @@ TEST_CASE("patterns match whole labels, case-insensitively, with or without a tr
       {"x.allowed.test", V::Deny},
       {"wwwallowed.test", V::Deny},
       {"org", V::Deny},
+      {"examp1e.com", V::Deny},            // lookalikes
+      {"exarnple.com", V::Deny},
+      {"example.com-evil.net", V::Deny},
+      {"example-com.net", V::Deny},
+      {"xn--exmple-cua.com", V::Deny},     // punycode of a homoglyph
+      {"www.allowed.test.attacker.net", V::Deny},
   };
   for (const auto& c : cases) {
     CAPTURE(c.name);
