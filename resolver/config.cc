@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -29,7 +30,7 @@ struct OptionSpec {
   const char* default_text;  // shown in --help
   long def = 0, min = 0, max = 0;
   std::variant<std::monostate, bool ServeConfig::*, uint32_t ServeConfig::*,
-               uint16_t ServeConfig::*> field = {};
+               uint16_t ServeConfig::*, std::string ServeConfig::*> field = {};
 };
 
 const std::vector<OptionSpec>& serve_options() {
@@ -48,6 +49,16 @@ const std::vector<OptionSpec>& serve_options() {
       {"tcp-idle-timeout", Kind::Int, "MS", "close a TCP connection with no complete query and nothing pending for this long (RFC 7766 6.2.3)", "10000", 10000, 100, 3600000, &ServeConfig::tcp_idle_timeout_ms},
       {"tcp-max-pipelined", Kind::Int, "N", "queries in progress per TCP connection; reading pauses beyond it", "32", 32, 1, 1024, &ServeConfig::tcp_max_pipelined},
       {"log-level", Kind::Text, "LEVEL", "debug, info, warn or error", "info"},
+      {"nft-family", Kind::Text, "FAMILY", "nftables family of dnsward's table: inet, ip or ip6", "inet", 0, 0, 0, &ServeConfig::nft_family},
+      {"nft-table", Kind::Text, "NAME", "nftables table that holds the sets (created if missing)", "dnsward", 0, 0, 0, &ServeConfig::nft_table},
+      {"nft-set4", Kind::Text, "NAME", "set of vouched IPv4 addresses (type ipv4_addr, flags timeout)", "allowed4", 0, 0, 0, &ServeConfig::nft_set4},
+      {"nft-set6", Kind::Text, "NAME", "set of vouched IPv6 addresses (type ipv6_addr, flags timeout)", "allowed6", 0, 0, 0, &ServeConfig::nft_set6},
+      {"nft-set-size", Kind::Int, "N", "size of each set when dnsward creates it; a full set fails the answer (SERVFAIL)", "65536", 65536, 1024, 16777216, &ServeConfig::nft_set_size},
+      {"nft-refresh", Kind::Text, "MODE", "how an element's timeout is extended: auto (probe the kernel), update (in place, kernel 6.12+) or replace (delete+add)", "auto", 0, 0, 0, &ServeConfig::nft_refresh},
+      {"min-ttl", Kind::Int, "SECONDS", "shortest element timeout before grace, whatever the answer's TTL (0 would mean forever)", "30", 30, 1, 86400, &ServeConfig::min_ttl},
+      {"max-ttl", Kind::Int, "SECONDS", "longest element timeout before grace; TTLs sent to clients are lowered to it", "3600", 3600, 1, 604800, &ServeConfig::max_ttl},
+      {"grace", Kind::Int, "SECONDS", "added to every element timeout, so a client that uses an address until its TTL ends still gets through", "30", 30, 1, 3600, &ServeConfig::grace},
+      {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
   };
   return table;
 }
@@ -228,6 +239,9 @@ ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std:
       }
       if (auto f = std::get_if<uint32_t ServeConfig::*>(&o.field)) c.*(*f) = uint32_t(v);
       if (auto f = std::get_if<uint16_t ServeConfig::*>(&o.field)) c.*(*f) = uint16_t(v);
+    } else if (o.kind == Kind::Text) {
+      if (auto f = std::get_if<std::string ServeConfig::*>(&o.field))
+        if (vm.count(o.name)) c.*(*f) = vm[o.name].as<std::string>();
     } else if (o.kind == Kind::Flag) {
       if (auto f = std::get_if<bool ServeConfig::*>(&o.field))
         c.*(*f) = vm.count(o.name) && vm[o.name].as<bool>();
@@ -247,6 +261,39 @@ ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std:
       out.error = fmt::format("--log-level {}: must be debug, info, warn or error", l);
       return out;
     }
+  }
+
+  if (c.nft_family == "inet") c.nft_family_code = 1;       // NFPROTO_INET
+  else if (c.nft_family == "ip") c.nft_family_code = 2;    // NFPROTO_IPV4
+  else if (c.nft_family == "ip6") c.nft_family_code = 10;  // NFPROTO_IPV6
+  else {
+    out.error = fmt::format("--nft-family {}: must be inet, ip or ip6", c.nft_family);
+    return out;
+  }
+  for (const auto& [opt, name] : {std::pair{"nft-table", c.nft_table}, std::pair{"nft-set4", c.nft_set4},
+                                   std::pair{"nft-set6", c.nft_set6}}) {
+    // nftables identifiers: a letter or underscore, then letters, digits, underscores.
+    const bool ok = !name.empty() && name.size() < 64 &&
+                    (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&
+                    std::all_of(name.begin(), name.end(), [](char ch) {
+                      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+                    });
+    if (!ok) {
+      out.error = fmt::format("--{} {}: not an nftables name (letters, digits, '_')", opt, name);
+      return out;
+    }
+  }
+  if (c.nft_set4 == c.nft_set6) {
+    out.error = "--nft-set4 and --nft-set6 must name different sets";
+    return out;
+  }
+  if (c.nft_refresh != "auto" && c.nft_refresh != "update" && c.nft_refresh != "replace") {
+    out.error = fmt::format("--nft-refresh {}: must be auto, update or replace", c.nft_refresh);
+    return out;
+  }
+  if (c.min_ttl > c.max_ttl) {
+    out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
+    return out;
   }
 
   auto listens = list("listen");

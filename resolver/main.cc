@@ -1,5 +1,6 @@
 // Wiring only: parse the command line, build the parts, run the loop.
 #include <signal.h>
+#include <sys/epoll.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -11,6 +12,8 @@
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
 #include "dnsward/log.hpp"
+#include "dnsward/nft_rules.hpp"
+#include "dnsward/nftset.hpp"
 #include "dnsward/pipeline.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
@@ -26,7 +29,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: dnsward COMMAND [OPTION]...\n\n"
     "Commands:\n"
-    "  serve     run the filtering resolver (dnsward serve --help)\n";
+    "  serve      run the filtering resolver (dnsward serve --help)\n"
+    "  nft-rules  print the nftables ruleset for a sandbox (dnsward nft-rules --help)\n";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "dnsward: %s\n", msg.c_str());
@@ -71,7 +75,28 @@ int serve(const std::vector<std::string>& args) {
   signal(SIGPIPE, SIG_IGN);
   try {
     EventLoop loop;
+    // The hook comes first: if the sets cannot be managed, nothing is served (fail closed).
+    std::unique_ptr<NftSets> nft;
+    if (!cfg.no_nft) {
+      NftTarget target;
+      target.family = cfg.nft_family_code;
+      target.table = cfg.nft_table;
+      target.set4 = cfg.nft_set4;
+      target.set6 = cfg.nft_set6;
+      target.set_size = cfg.nft_set_size;
+      const RefreshMode mode = cfg.nft_refresh == "update"    ? RefreshMode::Update
+                               : cfg.nft_refresh == "replace" ? RefreshMode::Replace
+                                                              : RefreshMode::Auto;
+      try {
+        nft = std::make_unique<NftSets>(target, mode);
+      } catch (const NftError& e) {
+        std::fprintf(stderr, "dnsward: nftables: %s\n", e.what());
+        return 1;
+      }
+      loop.watch(nft->event_fd(), EPOLLIN, [&nft](uint32_t) { nft->on_events(); });
+    }
     Pipeline pipeline(loop, cfg, policy);
+    pipeline.set_nft(nft.get());
     std::vector<std::unique_ptr<UdpListener>> udp;
     std::vector<std::unique_ptr<TcpListener>> tcp;
     for (const auto& ep : cfg.listen) {
@@ -108,8 +133,10 @@ int serve(const std::vector<std::string>& args) {
       log::warn("event=no-nft msg={}", log::quote("--no-nft: answered addresses are NOT added to "
                                                   "any nftables set; the firewall enforces nothing for them"));
     else
-      log::warn("event=nft-hook-missing msg={}", log::quote("this build has no nftables hook yet: "
-                                                           "answered addresses are NOT added to any set"));
+      log::info("event=nft table={} {} set4={} set6={} refresh={} min_ttl={} max_ttl={} grace={}",
+                cfg.nft_family, cfg.nft_table, cfg.nft_set4, cfg.nft_set6,
+                nft->mode() == RefreshMode::Update ? "update" : "replace", cfg.min_ttl,
+                cfg.max_ttl, cfg.grace);
     loop.run();
     log::info("event=stop");
     pipeline.shutdown();
@@ -131,5 +158,6 @@ int main(int argc, char** argv) {
   const std::string cmd = args[0];
   args.erase(args.begin());
   if (cmd == "serve") return serve(args);
+  if (cmd == "nft-rules") return nft_rules_main(args);
   return usage_error("unknown command '" + cmd + "' (try dnsward --help)");
 }

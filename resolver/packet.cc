@@ -253,25 +253,15 @@ bool is_edns_formerr(const uint8_t* ans, std::size_t len) {
   return true;
 }
 
-RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
-                         std::size_t ans_len, std::size_t limit, const ReplyOptions& o,
-                         uint8_t* out, std::size_t cap, std::size_t& out_len) {
-  out_len = 0;
+RelayStatus check_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
+                         std::size_t ans_len) {
   if (ans_len < kHeaderSize) return RelayStatus::Malformed;
   const uint16_t uflags = get16(ans + 2);
   if (get16(ans) != upstream_id || !(uflags & flag::QR)) return RelayStatus::Mismatch;
-  const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8),
-                 ar = get16(ans + 10);
-  Reader r(ans, ans_len, kHeaderSize);
-
-  if (qd == 0) {
-    // Some servers omit the question in errors (FORMERR, REFUSED): relay the RCODE alone.
-    if (an != 0 || ns != 0) return RelayStatus::Malformed;
-    const std::size_t n = build_rcode(q, uflags & 0x0f, o, out, cap);
-    out_len = n;
-    return n ? RelayStatus::Ok : RelayStatus::Malformed;
-  }
+  const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8);
+  if (qd == 0) return an == 0 && ns == 0 ? RelayStatus::Ok : RelayStatus::Malformed;
   if (qd != 1) return RelayStatus::Malformed;
+  Reader r(ans, ans_len, kHeaderSize);
   uint8_t name[kMaxNameWire];
   std::size_t name_len = 0;
   uint16_t qtype, qclass;
@@ -282,6 +272,26 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
   if (name_len != q.qname_len || std::memcmp(name, q.qname_lc, name_len) != 0 ||
       qtype != q.qtype || qclass != q.qclass || r.pos() != kHeaderSize + q.qname_len + 4)
     return RelayStatus::Mismatch;
+  return RelayStatus::Ok;
+}
+
+RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
+                         std::size_t ans_len, std::size_t limit, const ReplyOptions& o,
+                         uint8_t* out, std::size_t cap, std::size_t& out_len,
+                         uint16_t extra_ede, std::string_view extra_text) {
+  out_len = 0;
+  const RelayStatus checked = check_answer(q, upstream_id, ans, ans_len);
+  if (checked != RelayStatus::Ok) return checked;
+  const uint16_t uflags = get16(ans + 2);
+  const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8),
+                 ar = get16(ans + 10);
+  if (qd == 0) {
+    // Some servers omit the question in errors (FORMERR, REFUSED): relay the RCODE alone.
+    const std::size_t n = build_rcode(q, uflags & 0x0f, o, out, cap);
+    out_len = n;
+    return n ? RelayStatus::Ok : RelayStatus::Malformed;
+  }
+  Reader r(ans, ans_len, kHeaderSize + q.qname_len + 4);
   const std::size_t question_end = r.pos();
 
   struct Rr {
@@ -307,10 +317,9 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
     if (!skip_rr(rr)) return RelayStatus::Malformed;
   const std::size_t sections_end = r.pos();
 
-  // Additional records are copied up to the upstream's OPT; what follows the OPT is dropped,
-  // which is always allowed for additional data and keeps every copied pointer valid.
-  uint16_t ar_copied = 0;
-  std::size_t additional_end = sections_end;
+  // The additional section is never relayed: it is optional (RFC 2181 9 lets us omit it
+  // without TC) and its addresses (glue) would reach the client without being vouched for.
+  // Only the upstream's OPT is read from it, for the extended RCODE and EDE options.
   uint8_t ext_rcode = 0;
   std::size_t opt_rdata = 0, opt_rdlen = 0;
   for (uint16_t i = 0; i < ar; ++i) {
@@ -322,8 +331,6 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
       opt_rdlen = rr.rdlen;
       break;
     }
-    ++ar_copied;
-    additional_end = r.pos();
   }
   const uint16_t full_rcode = uint16_t(ext_rcode) << 4 | (uflags & 0x0f);
   if (ext_rcode != 0 && !q.has_edns) return RelayStatus::Unrelayable;
@@ -345,12 +352,19 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
       opts.skip(olen);
     }
   }
+  if (q.has_edns && extra_ede != 0xffff) {
+    extra_text = extra_text.substr(0, kMaxEdeText);
+    if (ede_bytes + 6 + extra_text.size() <= sizeof ede_buf) {
+      put16(ede_buf + ede_bytes, edns::OPT_EDE);
+      put16(ede_buf + ede_bytes + 2, uint16_t(2 + extra_text.size()));
+      put16(ede_buf + ede_bytes + 4, extra_ede);
+      std::memcpy(ede_buf + ede_bytes + 6, extra_text.data(), extra_text.size());
+      ede_bytes += 6 + extra_text.size();
+    }
+  }
   const std::size_t opt_size = q.has_edns ? kOptFixed + ede_bytes : 0;
 
-  const std::size_t full = additional_end + opt_size;
-  const std::size_t no_additional = sections_end + opt_size;
-  enum { Full, DropAdditional, Truncate } shape =
-      full <= limit ? Full : no_additional <= limit ? DropAdditional : Truncate;
+  const bool truncate = sections_end + opt_size > limit;
 
   Writer w(out, cap);
   // RD is the client's; RA is set because dnsward offers recursion through its upstream
@@ -358,17 +372,12 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
   // not the authority for what it relays (and will serve it from its cache).
   uint16_t f = uint16_t((uflags & ~(flag::RD | flag::OPCODE_MASK | flag::AA | flag::TC)) |
                         (q.flags & flag::RD) | flag::RA);
-  if (uflags & flag::TC) f |= flag::TC;
-  if (shape == Truncate) f |= flag::TC;  // RFC 2181 9: required records did not fit
+  if ((uflags & flag::TC) || truncate) f |= flag::TC;  // RFC 2181 9: records did not fit
   const uint16_t opt_count = q.has_edns ? 1 : 0;
-  switch (shape) {
-    case Full: write_header(w, q.id, f, 1, an, ns, uint16_t(ar_copied + opt_count)); break;
-    case DropAdditional: write_header(w, q.id, f, 1, an, ns, opt_count); break;
-    case Truncate: write_header(w, q.id, f, 1, 0, 0, opt_count); break;
-  }
+  if (truncate) write_header(w, q.id, f, 1, 0, 0, opt_count);
+  else write_header(w, q.id, f, 1, an, ns, opt_count);
   write_question(w, q);
-  if (shape != Truncate) w.bytes(ans + question_end, sections_end - question_end);
-  if (shape == Full) w.bytes(ans + sections_end, additional_end - sections_end);
+  if (!truncate) w.bytes(ans + question_end, sections_end - question_end);
   if (q.has_edns) {
     w.u8(0);
     w.u16(type::OPT);

@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <sys/random.h>
 
+#include <algorithm>
+
 #include "dnsward/log.hpp"
 
 namespace dnsward {
@@ -46,7 +48,8 @@ std::string ClientAddr::peer_text() const {
 }
 
 Pipeline::Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy)
-    : loop_(loop), cfg_(cfg), policy_(std::move(policy)), out_(kMaxMessage + 2) {
+    : loop_(loop), cfg_(cfg), policy_(std::move(policy)), cache_(cfg.cache_size),
+      out_(kMaxMessage + 2) {
   reply_opts_.our_udp_size = cfg.udp_payload;
   reply_opts_.negative_ttl = cfg.negative_ttl;
   upstream_ = std::make_unique<Upstream>(
@@ -101,6 +104,7 @@ Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr
     if (s == Step::Continue) s = screen(q);
     if (s == Step::Continue) s = answer_locally(q);
     if (s == Step::Continue) s = apply_policy(q);
+    if (s == Step::Continue) s = answer_from_cache(q, from);
     if (s == Step::Continue) s = forward(q, from, sink);
   } catch (const std::exception& e) {
     // The one place exceptions stop: the client gets SERVFAIL, the loop goes on.
@@ -178,6 +182,7 @@ Pipeline::Step Pipeline::apply_policy(const Query& q) {
   const Match m = policy_->match(q.qname_lc, q.qname_len);
   switch (m.verdict) {
     case Match::Verdict::Allow:
+      allow_private_ = policy_->entries()[std::size_t(m.entry)].allow_private;
       if (q.qtype == type::ANY) {
         // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
         ++counters_.any_minimal;
@@ -209,13 +214,79 @@ Pipeline::Step Pipeline::apply_policy(const Query& q) {
   return Step::Drop;
 }
 
+Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& from) {
+  const CacheEntry* e = cache_.find(AnswerCache::key(q), loop_.now_ms());
+  if (!e) return Step::Continue;
+  ++counters_.cache_hits;
+  // Age the TTLs (RFC 1035 7.4 / RFC 2308 5) on a copy, then take the same exit as an
+  // upstream answer: a cache hit vouches again, so an element that expired or was flushed
+  // is back in the set before the client sees the address.
+  const uint32_t age = uint32_t((loop_.now_ms() - e->stored_ms) / 1000u);
+  scratch_.assign(e->msg.begin(), e->msg.end());
+  rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
+  bool vouched = false;
+  out_len_ = vouch_and_relay(q, from, scratch_.data(), scratch_.size(), get16(scratch_.data()),
+                             e->vouch, age, e->dropped_special, vouched);
+  return out_len_ ? Step::Reply : Step::Drop;
+}
+
+std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
+                                      const uint8_t* msg, std::size_t len, uint16_t upstream_id,
+                                      const std::vector<VouchAddr>& addrs, uint32_t age_s,
+                                      uint32_t dropped_special, bool& vouched) {
+  vouched = false;
+  if (nft_ && !addrs.empty()) {
+    // Element timeout = clamp(remaining TTL, min-ttl, max-ttl) + grace: never 0 (which
+    // nftables reads as "forever"), and never shorter than the TTL the client is given,
+    // which relay lowers to max-ttl.
+    std::vector<VouchItem> items;
+    items.reserve(addrs.size());
+    for (const auto& a : addrs) {
+      const uint32_t remaining = a.ttl > age_s ? a.ttl - age_s : 0;
+      const uint32_t t = std::clamp(remaining, cfg_.min_ttl, cfg_.max_ttl);
+      items.push_back({a.addr, t + cfg_.grace});
+    }
+    std::string err;
+    if (!nft_->vouch(items, loop_.now_ms(), err)) {
+      ++counters_.vouch_failures;
+      log::error("event=vouch-failed name={} addresses={} error={}", log::quote(q.qname_text()),
+                 addrs.size(), log::quote(err));
+      return servfail(q, edns::EDE_OTHER,
+                      "dnsward: the firewall update failed, so the answer is withheld");
+    }
+    ++counters_.vouched_answers;
+  }
+  vouched = true;
+  std::string why;
+  if (dropped_special)
+    why = fmt::format("dnsward: removed {} record(s) with special-purpose addresses "
+                      "(loopback, private, link-local...) from the answer: DNS rebinding protection",
+                      dropped_special);
+  const std::size_t limit = client.transport == ClientAddr::Transport::Udp
+                                ? q.udp_limit(cfg_.udp_payload)
+                                : kMaxMessage;
+  std::size_t n = 0;
+  const RelayStatus rs = relay_answer(q, upstream_id, msg, len, limit, reply_opts_, out_.data(),
+                                      out_.size(), n, dropped_special ? edns::EDE_BLOCKED : 0xffff, why);
+  if (rs != RelayStatus::Ok) {
+    ++counters_.upstream_failures;
+    log::warn("event=upstream-bad-answer name={} status={}", log::quote(q.qname_text()),
+              rs == RelayStatus::Mismatch ? "mismatch" : rs == RelayStatus::Malformed ? "malformed" : "unrelayable");
+    return servfail(q, edns::EDE_OTHER, "dnsward: the upstream's answer was unusable");
+  }
+  if (out_[2] & (flag::TC >> 8)) ++counters_.truncated;
+  return n;
+}
+
 Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySink& sink) {
   if (pending_.size() >= cfg_.max_inflight) {
     ++counters_.overload;
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: too many queries in flight upstream");
     return out_len_ ? Step::Reply : Step::Drop;
   }
-  if (!send_upstream(Pending{q, from, &sink, loop_.now_ms() + overdue_ms_})) {
+  Pending p{q, from, &sink, loop_.now_ms() + overdue_ms_};
+  p.allow_private = allow_private_;
+  if (!send_upstream(std::move(p))) {
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
     return out_len_ ? Step::Reply : Step::Drop;
   }
@@ -260,19 +331,7 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   }
   if (status == ARES_SUCCESS && ans) {
     ++counters_.upstream_answers;
-    const std::size_t limit = p.client.transport == ClientAddr::Transport::Udp
-                                  ? p.query.udp_limit(cfg_.udp_payload)
-                                  : kMaxMessage;
-    const RelayStatus rs = relay_answer(p.query, uint16_t(token), ans, len, limit, reply_opts_,
-                                        out_.data(), out_.size(), n);
-    if (rs != RelayStatus::Ok) {
-      ++counters_.upstream_failures;
-      log::warn("event=upstream-bad-answer name={} status={}", log::quote(p.query.qname_text()),
-                rs == RelayStatus::Mismatch ? "mismatch" : rs == RelayStatus::Malformed ? "malformed" : "unrelayable");
-      n = servfail(p.query, edns::EDE_OTHER, "dnsward: the upstream's answer was unusable");
-    } else if (out_[2] & (flag::TC >> 8)) {
-      ++counters_.truncated;
-    }
+    n = answer_from_upstream(p, uint16_t(token), ans, len);
   } else {
     ++counters_.upstream_failures;
     log::warn("event=upstream-failed name={} type={} error={}", log::quote(p.query.qname_text()),
@@ -282,6 +341,55 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
                  fmt::format("dnsward: upstream {}", ares_strerror(status)));
   }
   p.sink->deliver(p.client, out_.data(), n, true);
+}
+
+std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
+                                           std::size_t len) {
+  const Query& q = p.query;
+  auto unusable = [&](const char* why) {
+    ++counters_.upstream_failures;
+    log::warn("event=upstream-bad-answer name={} status={}", log::quote(q.qname_text()), why);
+    return servfail(q, edns::EDE_OTHER, "dnsward: the upstream's answer was unusable");
+  };
+  // Nothing is taken from an answer to another question (c-ares checks this too).
+  const RelayStatus checked = check_answer(q, id, ans, len);
+  if (checked != RelayStatus::Ok)
+    return unusable(checked == RelayStatus::Mismatch ? "mismatch" : "malformed");
+  AnswerScan scan = scan_answer(ans, len, q.qname_lc, q.qname_len, p.allow_private);
+  if (!scan.ok) return unusable("malformed");
+
+  std::vector<uint8_t> msg;
+  const uint32_t dropped_special = scan.dropped_special;
+  if (!scan.drop.empty()) {
+    // Records that must not reach the client (special-purpose or off-chain addresses):
+    // rebuilt without them, then read again to find the TTLs in the new layout.
+    if (!rebuild_without(ans, len, scan.drop, msg)) return unusable("unparseable");
+    counters_.special_dropped += dropped_special;
+    log::info("event=records-dropped name={} dropped={} special={}", log::quote(q.qname_text()),
+              scan.drop.size(), dropped_special);
+    scan = scan_answer(msg.data(), msg.size(), q.qname_lc, q.qname_len, p.allow_private);
+    if (!scan.ok || !scan.drop.empty()) return unusable("rebuild");
+  } else {
+    msg.assign(ans, ans + len);
+  }
+  // No client keeps a record longer than max-ttl: the set holds addresses that long (+grace).
+  rewrite_ttls(msg.data(), scan.ttl_offsets, cfg_.max_ttl, 0);
+
+  bool vouched = false;
+  const std::size_t n = vouch_and_relay(q, p.client, msg.data(), msg.size(), id, scan.vouch, 0,
+                                        dropped_special, vouched);
+  if (vouched && scan.cache_ttl > 0 &&
+      (scan.rcode == rcode::NOERROR || scan.rcode == rcode::NXDOMAIN)) {
+    CacheEntry e;
+    e.ttl = uint32_t(std::min<int64_t>(scan.cache_ttl, cfg_.max_ttl));
+    e.stored_ms = loop_.now_ms();
+    e.ttl_offsets = std::move(scan.ttl_offsets);
+    e.vouch = std::move(scan.vouch);
+    e.dropped_special = dropped_special;
+    e.msg = std::move(msg);
+    cache_.store(AnswerCache::key(q), std::move(e));
+  }
+  return n;
 }
 
 void Pipeline::sweep_overdue() {

@@ -176,12 +176,20 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
           break;
         }
         const std::string k = tok[i].substr(0, eq), v = tok[i].substr(eq + 1);
+        if (k == "private") {
+          if (v != "yes" && v != "no") {
+            fail(fmt::format("private={}: must be yes or no", v));
+            ok = false;
+          }
+          e.allow_private = v == "yes";
+          continue;
+        }
         std::string* field = k == "owner" ? &e.owner : k == "why" ? &e.why
                            : k == "data" ? &e.data : k == "unreachable" ? &e.unreachable
                            : k == "reviewed" ? &e.reviewed : k == "expires" ? &e.expires
                            : nullptr;
         if (!field) {
-          fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires)", k));
+          fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires, private)", k));
           ok = false;
         } else if (!field->empty()) {
           fail(fmt::format("key '{}' given twice", k));

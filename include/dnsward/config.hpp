@@ -45,6 +45,20 @@ struct ServeConfig {
   uint32_t tcp_max_pipelined = 32;
   LogLevel log_level = LogLevel::Info;
   std::string upstream_source;  ///< "--upstream" or "/etc/resolv.conf", for the banner
+
+  // The nftables hook.
+  std::string nft_family = "inet";
+  uint16_t nft_family_code = 1;  ///< NFPROTO_* of nft_family
+  std::string nft_table = "dnsward";
+  std::string nft_set4 = "allowed4";
+  std::string nft_set6 = "allowed6";
+  uint32_t nft_set_size = 65536;
+  std::string nft_refresh = "auto";
+  // Element timeout = clamp(TTL, min_ttl, max_ttl) + grace; reply TTLs are lowered to max_ttl.
+  uint32_t min_ttl = 30;
+  uint32_t max_ttl = 3600;
+  uint32_t grace = 30;
+  uint32_t cache_size = 10000;
 };
 
 /// Outcome of parsing: a config, or a one-line error (exit 2), or help was printed (exit 0).

@@ -100,12 +100,19 @@ enum class RelayStatus {
 };
 
 /// Rewrites an upstream answer for the client: the client's ID and question bytes (0x20 case
-/// preserved), answer and authority sections verbatim, additional records that precede the
-/// upstream's OPT, and our own OPT (with the upstream's EDE options) only if the client sent
-/// EDNS. If the result exceeds limit, the additional records are dropped (RFC 2181 9: no
-/// TC for that); if it still does not fit, the reply carries only the question, TC=1.
+/// preserved), answer and authority sections verbatim, no additional records (never relayed:
+/// their addresses are not vouched for), and our own OPT (with the upstream's EDE options)
+/// only if the client sent EDNS. If that exceeds limit, the reply carries only the question,
+/// with TC=1.
+/// extra_ede/extra_text add an Extended DNS Error of dnsward's own after the upstream's.
 RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
                          std::size_t ans_len, std::size_t limit, const ReplyOptions& o,
-                         uint8_t* out, std::size_t cap, std::size_t& out_len);
+                         uint8_t* out, std::size_t cap, std::size_t& out_len,
+                         uint16_t extra_ede = 0xffff, std::string_view extra_text = {});
+
+/// The checks relay_answer() starts with: a response with our ID and exactly our question
+/// (compared case-insensitively). Nothing may be taken from an answer that fails them.
+RelayStatus check_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
+                         std::size_t ans_len);
 
 }  // namespace dnsward

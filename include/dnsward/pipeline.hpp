@@ -11,10 +11,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dnsward/cache.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
 #include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
+#include "dnsward/nftset.hpp"
 #include "dnsward/upstream.hpp"
 
 namespace dnsward {
@@ -54,7 +56,8 @@ enum class Verdict : uint8_t {
 struct Counters {
   uint64_t received = 0, dropped = 0, formerr = 0, notimp = 0, refused = 0, badvers = 0,
            denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
-           upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0;
+           upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
+           cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0;
 };
 
 class Pipeline {
@@ -69,7 +72,13 @@ class Pipeline {
   /// Call before the transports go away.
   void shutdown();
 
-  void set_policy(std::shared_ptr<const Policy> p) { policy_ = std::move(p); }
+  /// A new policy; cached answers, filtered under the old one, are forgotten.
+  void set_policy(std::shared_ptr<const Policy> p) {
+    policy_ = std::move(p);
+    cache_.clear();
+  }
+  /// The set writer every answer's addresses go through; null with --no-nft.
+  void set_nft(NftSets* nft) { nft_ = nft; }
   const Counters& counters() const { return counters_; }
   std::size_t inflight() const { return pending_.size(); }
 
@@ -84,17 +93,28 @@ class Pipeline {
     uint64_t deadline_ms;
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
+    bool allow_private = false;  ///< the deciding entry says private=yes
   };
 
   Step receive(const uint8_t* pkt, std::size_t len, Query& q);
   Step screen(const Query& q);
   Step answer_locally(const Query& q);
   Step apply_policy(const Query& q);
+  Step answer_from_cache(const Query& q, const ClientAddr& from);
   Step forward(const Query& q, const ClientAddr& from, ReplySink& sink);
   /// Registers p under a fresh upstream ID and sends its query; false if it cannot be built.
   bool send_upstream(Pending p);
 
   void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
+  std::size_t answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
+                                   std::size_t len);
+  /// The end of every answer path (upstream or cache): vouch for the addresses in the
+  /// firewall, then relay. Fails closed: if vouching fails the client gets SERVFAIL.
+  /// Returns the reply length in out_ (0: none); vouched tells whether the sets took them.
+  std::size_t vouch_and_relay(const Query& q, const ClientAddr& client, const uint8_t* msg,
+                              std::size_t len, uint16_t upstream_id,
+                              const std::vector<VouchAddr>& addrs, uint32_t age_s,
+                              uint32_t dropped_special, bool& vouched);
   std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
   void sweep_overdue();
   void arm_sweep();
@@ -105,6 +125,10 @@ class Pipeline {
   std::shared_ptr<const Policy> policy_;
   ReplyOptions reply_opts_;
   std::unique_ptr<Upstream> upstream_;
+  NftSets* nft_ = nullptr;
+  AnswerCache cache_;
+  bool allow_private_ = false;  // of the entry that allowed the query being processed
+  std::vector<uint8_t> scratch_;  // a cached answer being aged
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;
   EventLoop::TimerId sweep_timer_ = 0;

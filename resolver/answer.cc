@@ -1,0 +1,252 @@
+#include "dnsward/answer.hpp"
+
+#include <arpa/inet.h>
+#include <ldns/ldns.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dnsward/wire.hpp"
+
+namespace dnsward {
+using namespace wire;
+
+bool IpAddr::operator==(const IpAddr& o) const {
+  return family == o.family && std::memcmp(bytes, o.bytes, size()) == 0;
+}
+
+std::size_t IpAddrHash::operator()(const IpAddr& a) const {
+  uint64_t h = 1469598103934665603ull ^ a.family;  // FNV-1a
+  for (std::size_t i = 0; i < a.size(); ++i) h = (h ^ a.bytes[i]) * 1099511628211ull;
+  return std::size_t(h);
+}
+
+std::string IpAddr::text() const {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(family, bytes, buf, sizeof buf);
+  return buf;
+}
+
+IpAddr IpAddr::v4(const uint8_t* p) {
+  IpAddr a;
+  a.family = AF_INET;
+  std::memcpy(a.bytes, p, 4);
+  return a;
+}
+
+IpAddr IpAddr::v6(const uint8_t* p) {
+  IpAddr a;
+  a.family = AF_INET6;
+  std::memcpy(a.bytes, p, 16);
+  return a;
+}
+
+bool IpAddr::parse(const std::string& s, IpAddr& out) {
+  out = IpAddr{};
+  if (inet_pton(AF_INET, s.c_str(), out.bytes) == 1) {
+    out.family = AF_INET;
+    return true;
+  }
+  if (inet_pton(AF_INET6, s.c_str(), out.bytes) == 1) {
+    out.family = AF_INET6;
+    return true;
+  }
+  return false;
+}
+
+namespace {
+
+bool special_v4(const uint8_t* b) {
+  return b[0] == 0                                  // "this network", unspecified
+         || b[0] == 10                              // RFC 1918
+         || b[0] == 127                             // loopback
+         || (b[0] == 100 && (b[1] & 0xC0) == 64)    // 100.64/10 CGNAT (RFC 6598)
+         || (b[0] == 169 && b[1] == 254)            // link-local, 169.254.169.254 metadata
+         || (b[0] == 172 && (b[1] & 0xF0) == 16)    // RFC 1918
+         || (b[0] == 192 && b[1] == 168)            // RFC 1918
+         || (b[0] == 192 && b[1] == 0 && b[2] == 0) // IETF protocol assignments (RFC 6890)
+         || b[0] >= 224;                            // multicast, reserved, broadcast
+}
+
+}  // namespace
+
+bool is_special_purpose(const IpAddr& a) {
+  if (a.family == AF_INET) return special_v4(a.bytes);
+  const uint8_t* b = a.bytes;
+  static constexpr uint8_t zero[16] = {};
+  if (std::memcmp(b, zero, 15) == 0 && b[15] <= 1) return true;          // :: and ::1
+  if (b[0] == 0xff) return true;                                          // multicast
+  if (b[0] == 0xfe && (b[1] & 0xC0) == 0x80) return true;                 // fe80::/10
+  if (b[0] == 0xfe && (b[1] & 0xC0) == 0xC0) return true;                 // fec0::/10
+  if ((b[0] & 0xFE) == 0xfc) return true;                                 // fc00::/7 ULA
+  // Forms that embed an IPv4 address: judge the IPv4 address.
+  static constexpr uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  static constexpr uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+  if (std::memcmp(b, mapped, 12) == 0 || std::memcmp(b, nat64, 12) == 0 ||
+      std::memcmp(b, zero, 12) == 0)                                      // ::a.b.c.d
+    return special_v4(b + 12);
+  if (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 1)
+    return true;                                                          // 64:ff9b:1::/48 local NAT64
+  if (b[0] == 0x20 && b[1] == 0x02) return special_v4(b + 2);             // 6to4
+  return false;
+}
+
+AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname_lc,
+                       std::size_t qname_len, bool allow_private) {
+  AnswerScan s;
+  if (len < kHeaderSize) return s;
+  s.rcode = get16(ans + 2) & flag::RCODE_MASK;
+  const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8);
+  Reader r(ans, len, kHeaderSize);
+  for (uint16_t i = 0; i < qd; ++i)
+    if (!read_name(r) || !r.skip(4)) return s;
+
+  struct Rr {
+    uint8_t owner[kMaxNameWire];
+    std::size_t owner_len;
+    uint16_t type;
+    uint32_t ttl;
+    std::size_t rdata, rdlen;
+    bool answer_section;
+  };
+  std::vector<Rr> rrs(std::size_t(an) + ns);
+  uint32_t min_answer_ttl = UINT32_MAX;
+  int64_t negative_ttl = -1;
+  for (std::size_t i = 0; i < rrs.size(); ++i) {
+    Rr& rr = rrs[i];
+    uint16_t klass, rdlen;
+    if (!read_name(r, rr.owner, &rr.owner_len) || !r.u16(rr.type) || !r.u16(klass)) return s;
+    s.ttl_offsets.push_back(uint32_t(r.pos()));
+    if (!r.u32(rr.ttl) || !r.u16(rdlen)) return s;
+    rr.rdata = r.pos();
+    rr.rdlen = rdlen;
+    rr.answer_section = i < an;
+    if (!r.skip(rdlen)) return s;
+    // RFC 2181 8: a TTL with the top bit set is treated as zero.
+    if (rr.ttl & 0x80000000u) rr.ttl = 0;
+    if (rr.answer_section) min_answer_ttl = std::min(min_answer_ttl, rr.ttl);
+    if (!rr.answer_section && rr.type == type::SOA && rdlen >= 20)
+      negative_ttl = std::min<int64_t>(rr.ttl, get32(ans + rr.rdata + rdlen - 4));
+  }
+
+  // The CNAME chain from the query name, bounded, in the answer section only.
+  std::vector<std::basic_string<uint8_t>> chain;
+  chain.emplace_back(qname_lc, qname_len);
+  for (int link = 0; link < kMaxChain; ++link) {
+    const auto& tail = chain.back();
+    bool advanced = false;
+    for (const Rr& rr : rrs) {
+      if (!rr.answer_section || rr.type != type::CNAME) continue;
+      if (rr.owner_len != tail.size() || std::memcmp(rr.owner, tail.data(), tail.size()) != 0)
+        continue;
+      Reader t(ans, rr.rdata + rr.rdlen, rr.rdata);
+      uint8_t target[kMaxNameWire];
+      std::size_t target_len = 0;
+      if (!read_name(t, target, &target_len)) return s;
+      if (std::find(chain.begin(), chain.end(),
+                    std::basic_string<uint8_t>(target, target_len)) != chain.end())
+        break;  // a CNAME loop: stop here
+      chain.emplace_back(target, target_len);
+      advanced = true;
+      break;
+    }
+    if (!advanced) break;
+  }
+  auto on_chain = [&chain](const Rr& rr) {
+    for (const auto& n : chain)
+      if (n.size() == rr.owner_len && std::memcmp(n.data(), rr.owner, n.size()) == 0) return true;
+    return false;
+  };
+
+  for (std::size_t i = 0; i < rrs.size(); ++i) {
+    const Rr& rr = rrs[i];
+    std::vector<IpAddr> addrs;
+    if (rr.type == type::A || rr.type == type::AAAA) {
+      const std::size_t want = rr.type == type::A ? 4 : 16;
+      if (rr.rdlen != want) return s;
+      addrs.push_back(rr.type == type::A ? IpAddr::v4(ans + rr.rdata) : IpAddr::v6(ans + rr.rdata));
+    } else if (rr.type == type::SVCB || rr.type == type::HTTPS) {
+      // RFC 9460 2.2: priority, target name, then key/length/value parameters. Hints are
+      // addresses a client may connect to without an A/AAAA lookup: vouch or drop them.
+      Reader p(ans, rr.rdata + rr.rdlen, rr.rdata);
+      uint16_t prio;
+      if (!p.u16(prio) || !read_name(p)) return s;
+      while (p.remaining() > 0) {
+        uint16_t key, vlen;
+        if (!p.u16(key) || !p.u16(vlen) || p.remaining() < vlen) return s;
+        const uint8_t* v = ans + p.pos();
+        if (key == 4 /*ipv4hint*/ || key == 6 /*ipv6hint*/) {
+          const std::size_t step = key == 4 ? 4 : 16;
+          if (vlen % step != 0) return s;
+          for (std::size_t k = 0; k < vlen; k += step)
+            addrs.push_back(key == 4 ? IpAddr::v4(v + k) : IpAddr::v6(v + k));
+        }
+        p.skip(vlen);
+      }
+      if (addrs.empty()) continue;  // no hints: nothing to vouch, nothing to hide
+    } else {
+      continue;
+    }
+    if (!rr.answer_section || !on_chain(rr)) {
+      s.drop.push_back(uint16_t(i));
+      continue;
+    }
+    const bool special = std::any_of(addrs.begin(), addrs.end(), is_special_purpose);
+    if (special && !allow_private) {
+      s.drop.push_back(uint16_t(i));
+      ++s.dropped_special;
+      continue;
+    }
+    for (const IpAddr& a : addrs) s.vouch.push_back({a, rr.ttl});
+  }
+
+  if (s.rcode == rcode::NOERROR && an > 0) s.cache_ttl = min_answer_ttl;
+  else if (s.rcode == rcode::NXDOMAIN || (s.rcode == rcode::NOERROR && an == 0)) s.cache_ttl = negative_ttl;
+  s.ok = true;
+  return s;
+}
+
+void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t max_ttl,
+                  uint32_t age) {
+  for (uint32_t off : offsets) {
+    uint32_t ttl = get32(msg + off);
+    if (ttl & 0x80000000u) ttl = 0;
+    ttl = std::min(ttl, max_ttl);
+    put32(msg + off, ttl > age ? ttl - age : 0);
+  }
+}
+
+bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
+                     std::vector<uint8_t>& out) {
+  ldns_pkt* pkt = nullptr;
+  if (ldns_wire2pkt(&pkt, ans, len) != LDNS_STATUS_OK) return false;
+  const std::size_t an = ldns_rr_list_rr_count(ldns_pkt_answer(pkt));
+  auto filtered = [&](ldns_rr_list* list, std::size_t base) {
+    ldns_rr_list* keep = ldns_rr_list_new();
+    for (std::size_t i = 0; i < ldns_rr_list_rr_count(list); ++i)
+      if (std::find(drop.begin(), drop.end(), uint16_t(base + i)) == drop.end())
+        ldns_rr_list_push_rr(keep, ldns_rr_clone(ldns_rr_list_rr(list, i)));
+    return keep;
+  };
+  ldns_rr_list* answer = filtered(ldns_pkt_answer(pkt), 0);
+  ldns_rr_list* authority = filtered(ldns_pkt_authority(pkt), an);
+  ldns_rr_list_deep_free(ldns_pkt_answer(pkt));
+  ldns_rr_list_deep_free(ldns_pkt_authority(pkt));
+  ldns_rr_list_deep_free(ldns_pkt_additional(pkt));
+  ldns_pkt_set_answer(pkt, answer);
+  ldns_pkt_set_authority(pkt, authority);
+  ldns_pkt_set_additional(pkt, ldns_rr_list_new());
+  ldns_pkt_set_ancount(pkt, uint16_t(ldns_rr_list_rr_count(answer)));
+  ldns_pkt_set_nscount(pkt, uint16_t(ldns_rr_list_rr_count(authority)));
+  ldns_pkt_set_arcount(pkt, 0);
+  // Keep the upstream's OPT (its extended RCODE and EDE travel there).
+  uint8_t* wire = nullptr;
+  std::size_t wlen = 0;
+  const bool ok = ldns_pkt2wire(&wire, pkt, &wlen) == LDNS_STATUS_OK;
+  if (ok) out.assign(wire, wire + wlen);
+  LDNS_FREE(wire);
+  ldns_pkt_free(pkt);
+  return ok;
+}
+
+}  // namespace dnsward
