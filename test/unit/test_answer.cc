@@ -1,0 +1,211 @@
+// Which addresses an answer vouches for, which records it loses, and special-purpose
+// address classification. Answers are built from zone text by ldns.
+#include <doctest/doctest.h>
+#include <ldns/ldns.h>
+
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+#include "dnsward/answer.hpp"
+#include "dnsward/policy.hpp"
+#include "dnsward/wire.hpp"
+
+using namespace dnsward;
+
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+// An answer to `qname A` with the given answer and authority records (zone text).
+Bytes answer(const char* qname, std::vector<std::string> an, std::vector<std::string> ns = {},
+             std::vector<std::string> ar = {}, ldns_pkt_rcode rc = LDNS_RCODE_NOERROR) {
+  ldns_pkt* p = ldns_pkt_new();
+  ldns_pkt_set_id(p, 1);
+  ldns_pkt_set_qr(p, true);
+  ldns_pkt_set_rcode(p, rc);
+  ldns_rr* q = nullptr;
+  REQUIRE(ldns_rr_new_question_frm_str(&q, (std::string(qname) + " IN A").c_str(), nullptr, nullptr) ==
+          LDNS_STATUS_OK);
+  ldns_pkt_push_rr(p, LDNS_SECTION_QUESTION, q);
+  auto push = [&](const std::vector<std::string>& rrs, ldns_pkt_section sec) {
+    for (const auto& t : rrs) {
+      ldns_rr* rr = nullptr;
+      REQUIRE_MESSAGE(ldns_rr_new_frm_str(&rr, t.c_str(), 0, nullptr, nullptr) == LDNS_STATUS_OK, t);
+      ldns_pkt_push_rr(p, sec, rr);
+    }
+  };
+  push(an, LDNS_SECTION_ANSWER);
+  push(ns, LDNS_SECTION_AUTHORITY);
+  push(ar, LDNS_SECTION_ADDITIONAL);
+  uint8_t* wire = nullptr;
+  std::size_t len = 0;
+  REQUIRE(ldns_pkt2wire(&wire, p, &len) == LDNS_STATUS_OK);
+  Bytes b(wire, wire + len);
+  LDNS_FREE(wire);
+  ldns_pkt_free(p);
+  return b;
+}
+
+AnswerScan scan(const Bytes& b, const char* qname, bool allow_private = false) {
+  std::string w;
+  REQUIRE(text_to_wire(qname, w));
+  return scan_answer(b.data(), b.size(), reinterpret_cast<const uint8_t*>(w.data()), w.size(),
+                     allow_private);
+}
+
+std::vector<std::string> texts(const AnswerScan& s) {
+  std::vector<std::string> out;
+  for (const auto& v : s.vouch) out.push_back(v.addr.text() + "/" + std::to_string(v.ttl));
+  return out;
+}
+
+bool special(const char* a) {
+  IpAddr ip;
+  REQUIRE(IpAddr::parse(a, ip));
+  return is_special_purpose(ip);
+}
+
+}  // namespace
+
+TEST_CASE("special-purpose addresses are recognised, ordinary ones are not") {
+  for (const char* a : {"0.0.0.0", "0.1.2.3", "10.0.0.1", "127.0.0.1", "127.255.0.9", "100.64.0.1",
+                        "100.127.255.255", "169.254.169.254", "172.16.0.1", "172.31.255.255",
+                        "192.168.1.1", "192.0.0.8", "224.0.0.1", "239.1.1.1", "240.0.0.1",
+                        "255.255.255.255", "::", "::1", "fe80::1", "febf::1", "fec0::1", "fc00::1",
+                        "fd12:3456::1", "ff02::1", "::ffff:10.0.0.1", "::ffff:127.0.0.1",
+                        "::ffff:169.254.169.254", "64:ff9b::a00:1", "64:ff9b::7f00:1",
+                        "64:ff9b:1::1", "::10.0.0.1", "2002:a00:1::1", "2002:c0a8:101::1"}) {
+    CAPTURE(a);
+    CHECK(special(a));
+  }
+  for (const char* a : {"1.1.1.1", "8.8.8.8", "151.101.0.223", "198.18.0.1", "100.63.255.255",
+                        "100.128.0.0", "172.15.255.255", "172.32.0.0", "192.169.0.1",
+                        "169.253.0.1", "223.255.255.255", "2001:db8::1", "2a04:4e42::223",
+                        "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "fe00::1"}) {
+    CAPTURE(a);
+    CHECK_FALSE(special(a));
+  }
+}
+
+TEST_CASE("A and AAAA of the query name are vouched for with their TTLs") {
+  const auto s = scan(answer("www.example.", {"www.example. 300 IN A 198.18.0.1",
+                                              "www.example. 60 IN A 198.18.0.2"}),
+                      "www.example");
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.0.1/300", "198.18.0.2/60"});
+  CHECK(s.drop.empty());
+  CHECK(s.cache_ttl == 60);
+  CHECK(s.ttl_offsets.size() == 2);
+}
+
+TEST_CASE("the CNAME chain is followed from the query name; targets need no entry") {
+  const auto s = scan(answer("alias.example.", {"alias.example. 300 IN CNAME mid.cdn.",
+                                                "mid.cdn. 300 IN CNAME edge.cdn.",
+                                                "edge.cdn. 20 IN A 198.18.1.1",
+                                                "unrelated.example. 300 IN A 198.18.9.9"}),
+                      "ALIAS.example.");
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.1.1/20"});
+  CHECK(s.drop == std::vector<uint16_t>{3});  // an address off the chain never reaches the client
+}
+
+TEST_CASE("a CNAME loop or an over-long chain stops safely") {
+  const auto loop = scan(answer("a.example.", {"a.example. 300 IN CNAME b.example.",
+                                               "b.example. 300 IN CNAME a.example.",
+                                               "a.example. 300 IN A 198.18.1.1"}),
+                         "a.example");
+  REQUIRE(loop.ok);
+  CHECK(texts(loop) == std::vector<std::string>{"198.18.1.1/300"});
+  std::vector<std::string> rrs;
+  for (int i = 0; i < 20; ++i)
+    rrs.push_back(fmt::format("n{}.example. 300 IN CNAME n{}.example.", i, i + 1));
+  rrs.push_back("n20.example. 300 IN A 198.18.1.2");
+  const auto longchain = scan(answer("n0.example.", rrs), "n0.example");
+  REQUIRE(longchain.ok);
+  CHECK(longchain.vouch.empty());  // beyond kMaxChain links: not vouched, dropped
+  CHECK(longchain.drop == std::vector<uint16_t>{20});
+}
+
+TEST_CASE("special-purpose addresses are dropped unless the entry says private=yes") {
+  const Bytes b = answer("mixed.example.", {"mixed.example. 300 IN A 10.1.2.3",
+                                            "mixed.example. 300 IN A 198.18.0.7",
+                                            "mixed.example. 300 IN A 169.254.169.254"});
+  const auto s = scan(b, "mixed.example");
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.0.7/300"});
+  CHECK(s.drop == std::vector<uint16_t>{0, 2});
+  CHECK(s.dropped_special == 2);
+  const auto p = scan(b, "mixed.example", true);
+  CHECK(p.vouch.size() == 3);
+  CHECK(p.drop.empty());
+
+  Bytes rebuilt;
+  REQUIRE(rebuild_without(b.data(), b.size(), s.drop, rebuilt));
+  const auto again = scan(rebuilt, "mixed.example");
+  REQUIRE(again.ok);
+  CHECK(texts(again) == std::vector<std::string>{"198.18.0.7/300"});
+  CHECK(again.drop.empty());
+  CHECK(wire::get16(rebuilt.data() + 6) == 1);  // ANCOUNT
+}
+
+TEST_CASE("address records outside the answer section are dropped, never vouched") {
+  const auto s = scan(answer("www.deleg.example.", {}, {"deleg.example. 300 IN NS ns.deleg.example.",
+                                                        "www.deleg.example. 300 IN A 198.18.3.3"},
+                             {"ns.deleg.example. 300 IN A 198.18.8.8"}),
+                      "www.deleg.example");
+  REQUIRE(s.ok);
+  CHECK(s.vouch.empty());
+  CHECK(s.drop == std::vector<uint16_t>{1});
+}
+
+TEST_CASE("SVCB/HTTPS hints are vouched for, or the record is dropped") {
+  const auto s = scan(answer("svc.example.", {"svc.example. 300 IN HTTPS 1 . alpn=h2 ipv4hint=198.18.5.5 ipv6hint=2001:db8::5",
+                                              "svc.example. 300 IN A 198.18.5.5"}),
+                      "svc.example");
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.5.5/300", "2001:db8::5/300", "198.18.5.5/300"});
+  const auto bad = scan(answer("svc.example.", {"svc.example. 300 IN HTTPS 1 . ipv4hint=10.0.0.1",
+                                                "svc.example. 300 IN HTTPS 2 . alpn=h3"}),
+                        "svc.example");
+  REQUIRE(bad.ok);
+  CHECK(bad.vouch.empty());
+  CHECK(bad.drop == std::vector<uint16_t>{0});
+  CHECK(bad.dropped_special == 1);
+}
+
+TEST_CASE("negative answers are cached for min(SOA TTL, SOA MINIMUM)") {
+  const auto s = scan(answer("nx.example.", {},
+                             {"example. 300 IN SOA ns.example. h.example. 1 2 3 4 45"}, {},
+                             LDNS_RCODE_NXDOMAIN),
+                      "nx.example");
+  REQUIRE(s.ok);
+  CHECK(s.cache_ttl == 45);
+  const auto nosoa = scan(answer("nx.example.", {}, {}, {}, LDNS_RCODE_NXDOMAIN), "nx.example");
+  CHECK(nosoa.cache_ttl == -1);
+  const auto servfail = scan(answer("x.example.", {}, {}, {}, LDNS_RCODE_SERVFAIL), "x.example");
+  CHECK(servfail.cache_ttl == -1);
+}
+
+TEST_CASE("TTLs are clamped to max-ttl and aged, never below zero") {
+  Bytes b = answer("t.example.", {"t.example. 7200 IN A 198.18.0.1", "t.example. 10 IN A 198.18.0.2"});
+  const auto s = scan(b, "t.example");
+  rewrite_ttls(b.data(), s.ttl_offsets, 3600, 0);
+  CHECK(wire::get32(b.data() + s.ttl_offsets[0]) == 3600);
+  CHECK(wire::get32(b.data() + s.ttl_offsets[1]) == 10);
+  rewrite_ttls(b.data(), s.ttl_offsets, UINT32_MAX, 20);
+  CHECK(wire::get32(b.data() + s.ttl_offsets[0]) == 3580);
+  CHECK(wire::get32(b.data() + s.ttl_offsets[1]) == 0);
+}
+
+TEST_CASE("truncated or corrupted answers are rejected without reading out of bounds") {
+  const Bytes b = answer("www.example.", {"www.example. 300 IN CNAME e.cdn.", "e.cdn. 300 IN A 198.18.0.1"});
+  std::string w;
+  text_to_wire("www.example", w);
+  for (std::size_t cut = 12; cut < b.size(); ++cut) {
+    CAPTURE(cut);
+    const auto s = scan_answer(b.data(), cut, reinterpret_cast<const uint8_t*>(w.data()), w.size(), false);
+    CHECK_FALSE(s.ok);
+  }
+}
