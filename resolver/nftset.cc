@@ -21,6 +21,19 @@
 namespace dnsward {
 namespace {
 
+constexpr const char* kNeedCap =
+    " (dnsward needs CAP_NET_ADMIN to manage its nftables sets; run with --no-nft to serve DNS "
+    "without the firewall hook)";
+
+// An operator-facing error for a failed netlink step, with the remedy when it is a matter
+// of privilege.
+std::string failure(const std::string& what) {
+  const int e = errno;
+  std::string m = what + ": " + std::strerror(e);
+  if (e == EPERM || e == EACCES) m += kNeedCap;
+  return m;
+}
+
 // nftables' datatype numbers for set keys (nftables src/datatype.h): what `nft list set`
 // shows as ipv4_addr and ipv6_addr.
 constexpr uint32_t kTypeIpv4 = 7, kTypeIpv6 = 8;
@@ -60,14 +73,14 @@ NftSets::NftSets(NftTarget target, RefreshMode mode)
     : t_(std::move(target)), mode_(mode), seq_(uint32_t(time(nullptr))), buf_(1 << 17) {
   nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (!nl_ || mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0)
-    throw NftError(std::string("cannot open a netfilter netlink socket: ") + std::strerror(errno));
+    throw NftError(failure("cannot open a netfilter netlink socket"));
   portid_ = mnl_socket_get_portid(nl_);
   events_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (!events_ || mnl_socket_bind(events_, 0, MNL_SOCKET_AUTOPID) < 0)
-    throw NftError(std::string("cannot open the nftables event socket: ") + std::strerror(errno));
+    throw NftError(failure("cannot open the nftables event socket"));
   int group = NFNLGRP_NFTABLES;
   if (mnl_socket_setsockopt(events_, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0)
-    throw NftError(std::string("cannot subscribe to nftables events: ") + std::strerror(errno));
+    throw NftError(failure("cannot subscribe to nftables events"));
   // A larger receive buffer for the command socket: one ACK per message of a batch.
   const int rcvbuf = 1 << 20;
   setsockopt(mnl_socket_get_fd(nl_), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
@@ -217,9 +230,7 @@ bool NftSets::ensure(std::string& err) {
   bool have4 = false, have6 = false;
   if (!check_set(t_.set4, kTypeIpv4, 4, have4, err) ||
       !check_set(t_.set6, kTypeIpv6, 16, have6, err)) {
-    if (err.find("Operation not permitted") != std::string::npos)
-      err += " (dnsward needs CAP_NET_ADMIN to manage its nftables sets; run with --no-nft "
-             "to serve DNS without the firewall hook)";
+    if (err.find("Operation not permitted") != std::string::npos) err += kNeedCap;
     return false;
   }
   if (have4 && have6) return true;
@@ -250,8 +261,7 @@ bool NftSets::ensure(std::string& err) {
   }
   if (!transact(msgs, err)) {
     if (err.find("Operation not permitted") != std::string::npos)
-      err += " (dnsward needs CAP_NET_ADMIN to create its nftables table and sets; run with "
-             "--no-nft to serve DNS without the firewall hook)";
+      err += kNeedCap;
     else
       err = "creating table " + t_.table + ": " + err;
     return false;

@@ -289,14 +289,18 @@ class Dnsward:
     """The real binary on a loopback port."""
 
     def __init__(self, upstream_port=None, allowlist=ALLOWLIST, extra=(), listen=None,
-                 wait=True):
+                 wait=True, nft=False, prefix=()):
         self.dir = tempfile.mkdtemp(prefix="dnsward-")
         self.port = free_port()
-        args = [BIN, "serve", "--no-nft", "--listen", listen or f"{LO}:{self.port}"]
+        os.chmod(self.dir, 0o755)  # readable by an unprivileged dnsward (prefix: setpriv)
+        args = [*prefix, BIN, "serve", "--listen", listen or f"{LO}:{self.port}"]
+        if not nft:
+            args.append("--no-nft")
         if allowlist is not None:  # None: the embedded default list
             self.allowlist = os.path.join(self.dir, "test.allow")
             with open(self.allowlist, "w") as f:
                 f.write(allowlist)
+            os.chmod(self.allowlist, 0o644)
             args += ["--allowlist", self.allowlist]
         if upstream_port:
             args += ["--upstream", f"{LO}:{upstream_port}"]
@@ -360,6 +364,51 @@ def ede(msg):
     for o in msg.options:
         if o.otype == dns.edns.EDE:
             return o.code, o.text
+    return None
+
+
+def enter_new_netns():
+    """Moves this process (and so every child it starts) into a network namespace of its
+    own with only loopback: nftables changes made there never touch the machine's."""
+    import ctypes
+    CLONE_NEWNET = 0x40000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def nft_set(table, name, family="inet"):
+    """The elements of an nftables set: {address: (timeout s, expires s)} via `nft -j`."""
+    import json
+    r = subprocess.run(["nft", "-j", "list", "set", family, table, name], capture_output=True,
+                       text=True, timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    out = {}
+    for item in json.loads(r.stdout)["nftables"]:
+        s = item.get("set")
+        if not s:
+            continue
+        for e in s.get("elem", []):
+            if isinstance(e, dict) and "elem" in e:
+                out[e["elem"]["val"]] = (e["elem"].get("timeout"), e["elem"].get("expires"))
+            else:
+                out[e] = (None, None)
+    return out
+
+
+def nft_set_info(table, name, family="inet"):
+    """(type, flags, size) of a set."""
+    import json
+    r = subprocess.run(["nft", "-j", "list", "set", family, table, name], capture_output=True,
+                       text=True, timeout=10)
+    if r.returncode != 0:
+        return None
+    for item in json.loads(r.stdout)["nftables"]:
+        if "set" in item:
+            s = item["set"]
+            return s.get("type"), s.get("flags", []), s.get("size")
     return None
 
 

@@ -1,0 +1,322 @@
+"""The enforcement hook against the real kernel: this test process moves into a network
+namespace of its own, where dnsward fills nftables sets that `nft` then reads back."""
+import os
+import subprocess
+import time
+import unittest
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from harness import (BIN, Dnsward, Knot, LO, ede, enter_new_netns, free_port, nft_set,
+                     nft_set_info, run, wait_for)
+
+ZONE = """$ORIGIN test.
+$TTL 300
+@ SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+@ NS ns
+ns A 127.0.0.1
+www A 198.18.0.1
+www AAAA 2001:db8::1
+alias CNAME target.other
+target.other A 198.18.0.2
+zero 0 A 198.18.0.3
+long 86400 A 198.18.0.4
+short 10 A 198.18.0.5
+priv A 10.1.2.3
+meta A 169.254.169.254
+mixed A 10.1.2.4
+mixed A 198.18.0.6
+lo6 AAAA ::1
+mapped AAAA ::ffff:10.0.0.1
+nat64 AAAA 64:ff9b::a00:1
+optin A 10.5.5.5
+svc HTTPS 1 . alpn=h2 ipv4hint=198.18.0.8
+svcbad HTTPS 1 . ipv4hint=10.0.0.8
+deleg NS ns.deleg
+ns.deleg A 198.18.0.9
+*.wild A 198.18.4.1
+""" + "".join(f"many A 198.18.3.{i}\n" for i in range(1, 41))
+
+ALLOW = """www.test
+alias.test
+zero.test
+long.test
+short.test
+priv.test
+meta.test
+mixed.test
+lo6.test
+mapped.test
+nat64.test
+optin.test private=yes why="an internal mirror on purpose"
+svc.test
+svcbad.test
+**.deleg.test
+*.wild.test
+many.test
+"""
+
+knot = None
+
+
+def setUpModule():
+    global knot
+    enter_new_netns()
+    knot = Knot(ZONE)
+
+
+def tearDownModule():
+    knot.stop()
+
+
+def nft(*args, check=True):
+    r = subprocess.run(["nft", *args], capture_output=True, text=True, timeout=10)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(args)}: {r.stderr}")
+    return r
+
+
+def drop_table():
+    nft("delete", "table", "inet", "dnsward", check=False)
+
+
+def addrs(r):
+    return sorted(x.address for rrset in r.answer
+                  if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for x in rrset)
+
+
+class Hook(unittest.TestCase):
+    """One dnsward with the hook on, as the operator would start it."""
+
+    @classmethod
+    def setUpClass(cls):
+        drop_table()
+        cls.dw = Dnsward(knot.port, allowlist=ALLOW, nft=True,
+                         extra=["--max-ttl", "600", "--min-ttl", "30", "--grace", "30"])
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dw.stop() == 0
+        drop_table()
+
+    def v4(self):
+        return nft_set("dnsward", "allowed4")
+
+    def v6(self):
+        return nft_set("dnsward", "allowed6")
+
+    def test_sets_are_created_with_the_right_type_and_timeout_flag(self):
+        self.assertEqual(nft_set_info("dnsward", "allowed4")[:2], ("ipv4_addr", ["timeout"]))
+        self.assertEqual(nft_set_info("dnsward", "allowed6")[:2], ("ipv6_addr", ["timeout"]))
+
+    def test_answered_addresses_are_in_the_sets_when_the_reply_arrives(self):
+        r = self.dw.query("www.test.", "A")
+        self.assertEqual(addrs(r), ["198.18.0.1"])
+        self.assertIn("198.18.0.1", self.v4())  # no waiting: vouched before the reply left
+        r = self.dw.query("www.test.", "AAAA")
+        self.assertEqual(addrs(r), ["2001:db8::1"])
+        self.assertIn("2001:db8::1", self.v6())
+
+    def test_a_cname_target_is_vouched_without_an_entry_of_its_own(self):
+        r = self.dw.query("alias.test.", "A")
+        self.assertEqual(addrs(r), ["198.18.0.2"])
+        self.assertIn("198.18.0.2", self.v4())
+
+    def test_element_timeout_is_the_clamped_ttl_plus_grace(self):
+        r = self.dw.query("www.test.", "A")  # TTL 300: element 330 s
+        self.assertEqual(self.v4()["198.18.0.1"][0], 330)
+        r = self.dw.query("long.test.", "A")  # TTL 86400: clamped to 600, element 630 s
+        self.assertEqual(r.answer[0].ttl, 600)  # no client keeps it longer than the set
+        self.assertEqual(self.v4()["198.18.0.4"][0], 630)
+        r = self.dw.query("zero.test.", "A")  # TTL 0 must never become "forever"
+        self.assertEqual(r.answer[0].ttl, 0)
+        self.assertEqual(self.v4()["198.18.0.3"][0], 60)
+
+    def test_special_purpose_addresses_are_never_vouched_nor_answered(self):
+        for name, rdtype in (("priv.test.", "A"), ("meta.test.", "A"), ("lo6.test.", "AAAA"),
+                             ("mapped.test.", "AAAA"), ("nat64.test.", "AAAA")):
+            r = self.dw.query(name, rdtype, use_edns=0)  # EDE needs EDNS
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR, name)
+            self.assertEqual(addrs(r), [], name)
+            code, text = ede(r)
+            self.assertEqual(code, 15, name)
+            self.assertIn("rebinding", text)
+        r = self.dw.query("mixed.test.", "A")
+        self.assertEqual(addrs(r), ["198.18.0.6"])
+        v4, v6 = self.v4(), self.v6()
+        for a in ("10.1.2.3", "169.254.169.254", "10.1.2.4"):
+            self.assertNotIn(a, v4)
+        for a in ("::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"):
+            self.assertNotIn(a, v6)
+        self.assertIn("198.18.0.6", v4)
+
+    def test_an_entry_with_private_yes_may_vouch_for_a_private_address(self):
+        r = self.dw.query("optin.test.", "A")
+        self.assertEqual(addrs(r), ["10.5.5.5"])
+        self.assertIn("10.5.5.5", self.v4())
+
+    def test_https_hints_are_vouched_or_the_record_removed(self):
+        r = self.dw.query("svc.test.", "HTTPS")
+        self.assertEqual(r.answer[0].rdtype, dns.rdatatype.HTTPS)
+        self.assertIn("198.18.0.8", self.v4())
+        r = self.dw.query("svcbad.test.", "HTTPS")
+        self.assertEqual(r.answer, [])
+        self.assertNotIn("10.0.0.8", self.v4())
+
+    def test_glue_is_neither_relayed_nor_vouched(self):
+        r = self.dw.query("www.deleg.test.", "A")  # a referral with glue in additional
+        self.assertEqual(r.additional, [])
+        self.assertNotIn("198.18.0.9", self.v4())
+
+    def test_answers_over_tcp_vouch_too(self):
+        r = self.dw.query("tcp1.wild.test.", "A", tcp=True)
+        self.assertEqual(addrs(r), ["198.18.4.1"])
+        self.assertIn("198.18.4.1", self.v4())
+
+    def test_a_flushed_set_is_refilled_by_the_next_answer_even_from_cache(self):
+        self.dw.query("www.test.", "A")
+        self.assertIn("198.18.0.1", self.v4())
+        nft("flush", "set", "inet", "dnsward", "allowed4")
+        self.assertNotIn("198.18.0.1", self.v4())
+        r = self.dw.query("www.test.", "A")  # a cache hit: dnsward's view was reset
+        self.assertEqual(addrs(r), ["198.18.0.1"])
+        self.assertIn("198.18.0.1", self.v4())
+
+    def test_a_deleted_table_is_recreated_and_refilled(self):
+        self.dw.query("www.test.", "A")
+        nft("delete", "table", "inet", "dnsward")
+        wait_for(lambda: nft_set_info("dnsward", "allowed4") is not None, timeout=5,
+                 what="table recreated")
+        self.dw.query("www.test.", "A")
+        self.assertIn("198.18.0.1", self.v4())
+        self.assertIn("nft-external-change", self.dw.logtext())
+
+
+class Refresh(unittest.TestCase):
+    """Re-answering a name extends its element, whether the kernel updates in place or
+    dnsward has to delete and add (the only way on kernels before 6.12, Debian 12's 6.1)."""
+
+    def check_mode(self, mode):
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True,
+                    extra=["--nft-refresh", mode, "--cache-size", "0", "--min-ttl", "1",
+                           "--grace", "1"])
+        try:
+            d.query("short.test.", "A")  # TTL 10: element 11 s
+            self.assertEqual(nft_set("dnsward", "allowed4")["198.18.0.5"][0], 11)
+            time.sleep(4)
+            self.assertLessEqual(nft_set("dnsward", "allowed4")["198.18.0.5"][1], 8)
+            d.query("short.test.", "A")  # a fresh upstream answer: 11 s from now
+            expires = nft_set("dnsward", "allowed4")["198.18.0.5"][1]
+            self.assertGreaterEqual(expires, 10, mode)
+            self.assertIn(f"refresh={mode}", d.logtext())
+        finally:
+            d.stop()
+            drop_table()
+
+    def test_update_in_place(self):
+        self.check_mode("update")
+
+    def test_delete_and_add(self):
+        self.check_mode("replace")
+
+
+class FailClosed(unittest.TestCase):
+    def tearDown(self):
+        drop_table()
+
+    def test_a_full_set_gives_servfail_not_an_unvouched_answer(self):
+        drop_table()
+        r = subprocess.run(["nft", "-f", "-"], input="""
+table inet dnsward {
+  set allowed4 { type ipv4_addr; flags timeout; size 4; }
+  set allowed6 { type ipv6_addr; flags timeout; size 4; }
+}""", capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            r = d.query("many.test.", "A", use_edns=0)  # 40 addresses into a set of 4
+            self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+            self.assertEqual(r.answer, [])
+            self.assertIn("firewall update failed", ede(r)[1])
+            self.assertEqual(nft_set("dnsward", "allowed4"), {})  # the batch was all or nothing
+            self.assertIn("vouch-failed", d.logtext())
+            r = d.query("www.test.", "A")  # others still work
+            self.assertEqual(addrs(r), ["198.18.0.1"])
+        finally:
+            d.stop()
+
+    def start_expecting_failure(self, *extra, prefix=()):
+        port = free_port()
+        return subprocess.run([*prefix, BIN, "serve", "--listen", f"{LO}:{port}", "--upstream",
+                               f"{LO}:{knot.port}", *extra], capture_output=True, text=True,
+                              timeout=20)
+
+    def test_a_set_of_the_wrong_type_is_a_start_up_error(self):
+        drop_table()
+        nft("add", "table", "inet", "dnsward")
+        nft("add", "set", "inet", "dnsward", "allowed4", "{ type ipv6_addr; flags timeout; }")
+        r = self.start_expecting_failure()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("allowed4 exists with another type", r.stderr)
+
+    def test_a_set_without_the_timeout_flag_is_a_start_up_error(self):
+        drop_table()
+        nft("add", "table", "inet", "dnsward")
+        nft("add", "set", "inet", "dnsward", "allowed4", "{ type ipv4_addr; }")
+        r = self.start_expecting_failure()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("without 'flags timeout'", r.stderr)
+
+    def test_without_cap_net_admin_it_refuses_to_start_and_names_no_nft(self):
+        drop_table()
+        r = self.start_expecting_failure(
+            "--allowlist", "/dev/null",
+            prefix=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("CAP_NET_ADMIN", r.stderr)
+        self.assertIn("--no-nft", r.stderr)
+        self.assertIsNone(nft_set_info("dnsward", "allowed4"))
+
+
+class Rules(unittest.TestCase):
+    def test_nft_rules_output_passes_nft_check_and_serve_accepts_its_sets(self):
+        drop_table()
+        r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root",
+                 "--listen", f"{LO}:53", "--allow", "192.0.2.0/24", "--allow", "2001:db8::/32"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rules = r.stdout
+        for needle in ("ct state established,related accept", 'meta skuid "root"',
+                       "ip daddr @allowed4 accept", "ip6 daddr @allowed6 accept",
+                       'log prefix "dnsward-drop: "', "reject", "policy drop",
+                       'oif "lo" accept', "udp dport 53", "tcp dport 53"):
+            self.assertIn(needle, rules)
+        check = subprocess.run(["nft", "-c", "-f", "-"], input=rules, capture_output=True,
+                               text=True, timeout=10)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        load = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True,
+                              timeout=10)
+        self.assertEqual(load.returncode, 0, load.stderr)
+        load = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True,
+                              timeout=10)
+        self.assertEqual(load.returncode, 0, "loading twice must work too: " + load.stderr)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            self.assertIn("198.18.0.1", nft_set("dnsward", "allowed4"))
+        finally:
+            d.stop()
+            drop_table()
+
+    def test_nft_rules_rejects_bad_arguments(self):
+        r = run([BIN, "nft-rules", "--allow", "not-a-cidr"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--allow not-a-cidr", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
