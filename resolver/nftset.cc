@@ -71,31 +71,30 @@ struct NftSets::Msg {
 
 NftSets::NftSets(NftTarget target, RefreshMode mode)
     : t_(std::move(target)), mode_(mode), seq_(uint32_t(time(nullptr))), buf_(1 << 17) {
-  nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (!nl_ || mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0)
+  nl_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (!nl_ || mnl_socket_bind(nl_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
     throw NftError(failure("cannot open a netfilter netlink socket"));
-  portid_ = mnl_socket_get_portid(nl_);
-  events_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (!events_ || mnl_socket_bind(events_, 0, MNL_SOCKET_AUTOPID) < 0)
+  portid_ = mnl_socket_get_portid(nl_.get());
+  events_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (!events_ || mnl_socket_bind(events_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
     throw NftError(failure("cannot open the nftables event socket"));
   int group = NFNLGRP_NFTABLES;
-  if (mnl_socket_setsockopt(events_, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0)
+  if (mnl_socket_setsockopt(events_.get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0)
     throw NftError(failure("cannot subscribe to nftables events"));
   // A larger receive buffer for the command socket: one ACK per message of a batch.
   const int rcvbuf = 1 << 20;
-  setsockopt(mnl_socket_get_fd(nl_), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  setsockopt(mnl_socket_get_fd(nl_.get()), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
 
   std::string err;
   if (!ensure(err)) throw NftError(err);
   if (mode_ == RefreshMode::Auto) mode_ = probe_update() ? RefreshMode::Update : RefreshMode::Replace;
 }
 
-NftSets::~NftSets() {
-  if (events_) mnl_socket_close(events_);
-  if (nl_) mnl_socket_close(nl_);
-}
+NftSets::~NftSets() = default;
 
-int NftSets::event_fd() const { return mnl_socket_get_fd(events_); }
+void NftSets::SocketCloser::operator()(mnl_socket* s) const { mnl_socket_close(s); }
+
+int NftSets::event_fd() const { return mnl_socket_get_fd(events_.get()); }
 
 bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* first_errno) {
   mnl_nlmsg_batch* b = mnl_nlmsg_batch_start(buf_.data(), buf_.size());
@@ -117,7 +116,7 @@ bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* firs
   const uint32_t end_seq = seq_++;
   nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(b)), end_seq);
   mnl_nlmsg_batch_next(b);
-  const ssize_t sent = mnl_socket_sendto(nl_, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b));
+  const ssize_t sent = mnl_socket_sendto(nl_.get(), mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b));
   mnl_nlmsg_batch_stop(b);
   ++batches_;
   if (sent < 0) {
@@ -133,11 +132,11 @@ bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* firs
   const uint64_t deadline = monotonic_ms() + kAckWaitMs;
   char rbuf[16384];
   while (acked < want) {
-    const ssize_t n = recv(mnl_socket_get_fd(nl_), rbuf, sizeof rbuf, 0);
+    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         const int64_t left = int64_t(deadline) - int64_t(monotonic_ms());
-        pollfd p{mnl_socket_get_fd(nl_), POLLIN, 0};
+        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
         if (left <= 0 || poll(&p, 1, int(left)) <= 0) {
           err = "no netlink ACK from the kernel in time";
           return false;
@@ -179,17 +178,17 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSET, t_.family, NLM_F_ACK, seq_++);
   nftnl_set_nlmsg_build_payload(nlh, q.get());
   const uint32_t seq = nlh->nlmsg_seq;
-  if (mnl_socket_sendto(nl_, nlh, nlh->nlmsg_len) < 0) {
+  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
     err = std::string("netlink send: ") + std::strerror(errno);
     return false;
   }
   const uint64_t deadline = monotonic_ms() + 1000;
   char rbuf[16384];
   for (;;) {
-    const ssize_t n = recv(mnl_socket_get_fd(nl_), rbuf, sizeof rbuf, 0);
+    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
     if (n < 0) {
       if (errno == EAGAIN && monotonic_ms() < deadline) {
-        pollfd p{mnl_socket_get_fd(nl_), POLLIN, 0};
+        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
         poll(&p, 1, 100);
         continue;
       }
@@ -303,14 +302,14 @@ bool NftSets::probe_update() {
     nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSETELEM, t_.family, NLM_F_DUMP, seq_++);
     nftnl_set_elems_nlmsg_build_payload(nlh, q.get());
     const uint32_t seq = nlh->nlmsg_seq;
-    if (mnl_socket_sendto(nl_, nlh, nlh->nlmsg_len) >= 0) {
+    if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) >= 0) {
       char rbuf[16384];
       const uint64_t deadline = monotonic_ms() + 1000;
       bool done = false;
       while (!done && monotonic_ms() < deadline) {
-        const ssize_t n = recv(mnl_socket_get_fd(nl_), rbuf, sizeof rbuf, 0);
+        const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
         if (n < 0) {
-          pollfd p{mnl_socket_get_fd(nl_), POLLIN, 0};
+          pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
           poll(&p, 1, 50);
           continue;
         }
@@ -434,7 +433,7 @@ void NftSets::on_events() {
   char rbuf[65536];
   bool changed = false, recreate = false;
   for (;;) {
-    const ssize_t n = recv(mnl_socket_get_fd(events_), rbuf, sizeof rbuf, MSG_DONTWAIT);
+    const ssize_t n = recv(mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == ENOBUFS) {  // events were lost: assume the worst
         changed = recreate = true;

@@ -4,6 +4,7 @@
 // table is noticed, recreated, and its user-space view of expiries forgotten.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -82,8 +83,12 @@ class NftSets {
 
   NftTarget t_;
   RefreshMode mode_;
-  mnl_socket* nl_ = nullptr;      // commands
-  mnl_socket* events_ = nullptr;  // NFNLGRP_NFTABLES notifications
+  struct SocketCloser {
+    void operator()(mnl_socket* s) const;
+  };
+  using Socket = std::unique_ptr<mnl_socket, SocketCloser>;  // released even if a constructor throws
+  Socket nl_;      // commands
+  Socket events_;  // NFNLGRP_NFTABLES notifications
   uint32_t portid_ = 0;
   uint32_t seq_;
   std::vector<char> buf_;
