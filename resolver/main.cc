@@ -9,8 +9,10 @@
 #include <iostream>
 #include <sstream>
 
+#include "dnsward/allowlist_files.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
+#include "dnsward/lint.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
 #include "dnsward/nftset.hpp"
@@ -18,9 +20,6 @@
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
 
-namespace dnsward {
-extern const char kDefaultAllowlist[];  // zones/default.allow, embedded at build time
-}
 
 using namespace dnsward;
 
@@ -30,31 +29,12 @@ constexpr const char* kUsage =
     "usage: dnsward COMMAND [OPTION]...\n\n"
     "Commands:\n"
     "  serve      run the filtering resolver (dnsward serve --help)\n"
-    "  nft-rules  print the nftables ruleset for a sandbox (dnsward nft-rules --help)\n";
+    "  nft-rules  print the nftables ruleset for a sandbox (dnsward nft-rules --help)\n"
+    "  check      lint allowlist files (dnsward check --help)\n";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "dnsward: %s\n", msg.c_str());
   return 2;
-}
-
-/// Reads and parses the configured allowlists, or the embedded default when none is named.
-/// Returns null and fills errors ("FILE:LINE: reason") if any file cannot be used.
-std::shared_ptr<const Policy> load_policy(const ServeConfig& cfg, std::vector<std::string>& errors) {
-  std::vector<PolicySource> sources;
-  if (cfg.allowlists.empty()) sources.push_back({"default.allow (embedded)", kDefaultAllowlist});
-  for (const auto& path : cfg.allowlists) {
-    std::ifstream in(path);
-    if (!in) {
-      errors.push_back(path + ": cannot open: " + std::strerror(errno));
-      continue;
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    sources.push_back({path, ss.str()});
-  }
-  Policy p = Policy::parse(sources, errors);
-  if (!errors.empty()) return nullptr;
-  return std::make_shared<const Policy>(std::move(p));
 }
 
 int serve(const std::vector<std::string>& args) {
@@ -68,7 +48,7 @@ int serve(const std::vector<std::string>& args) {
   log::threshold = cfg.log_level;
 
   std::vector<std::string> errors;
-  std::shared_ptr<const Policy> policy = load_policy(cfg, errors);
+  std::shared_ptr<const Policy> policy = load_policy(cfg.allowlists, errors);
   for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
   if (!policy) return 2;
 
@@ -110,7 +90,7 @@ int serve(const std::vector<std::string>& args) {
     // stays in force and every error is logged.
     loop.on_signal(SIGHUP, [&] {
       std::vector<std::string> errs;
-      auto fresh = load_policy(cfg, errs);
+      auto fresh = load_policy(cfg.allowlists, errs);
       if (!fresh) {
         for (const auto& e : errs) log::error("event=reload-failed error={}", log::quote(e));
         log::error("event=reload-failed msg={} entries={}",
@@ -159,5 +139,6 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   if (cmd == "serve") return serve(args);
   if (cmd == "nft-rules") return nft_rules_main(args);
+  if (cmd == "check") return check_main(args);
   return usage_error("unknown command '" + cmd + "' (try dnsward --help)");
 }

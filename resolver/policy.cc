@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 
 #include "dnsward/wire.hpp"
@@ -137,6 +138,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       Entry e;
       e.source = src.name;
       e.line = lineno;
+      e.shipped = src.shipped;
       std::string pat = tok[0];
       for (char& c : pat) c = char(std::tolower(static_cast<unsigned char>(c)));
       if (!pat.empty() && pat.back() == '.') pat.pop_back();
@@ -207,7 +209,33 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       if (ok) p.add(std::move(e), key);
     }
   }
+  // FNV-1a over the canonical form of every entry: the same list in another file order or
+  // with other comments has the same version.
+  std::vector<std::string> canon;
+  for (const Entry& e : p.entries_)
+    canon.push_back(fmt::format("{}|{}|{}|{}|{}|{}|{}|{}", e.pattern, e.owner, e.why, e.data,
+                                e.unreachable, e.reviewed, e.expires, e.allow_private));
+  std::sort(canon.begin(), canon.end());
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& c : canon)
+    for (char ch : c + "\n") h = (h ^ uint8_t(ch)) * 1099511628211ull;
+  p.version_ = fmt::format("{:08x}", uint32_t(h ^ (h >> 32)));
   return p;
+}
+
+bool Policy::has_pattern(const std::string& pattern) const {
+  for (const Entry& e : entries_)
+    if (e.pattern == pattern) return true;
+  return false;
+}
+
+std::vector<std::string> missing_justification(const Entry& e) {
+  std::vector<std::string> missing;
+  if (e.shipped) return missing;
+  const std::string* fields[] = {&e.owner, &e.why, &e.data, &e.unreachable, &e.reviewed};
+  for (std::size_t i = 0; i < 5; ++i)
+    if (fields[i]->empty()) missing.push_back(kJustificationKeys[i]);
+  return missing;
 }
 
 const Policy::Node* Policy::find(const uint8_t* p, std::size_t n) const {

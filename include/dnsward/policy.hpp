@@ -25,7 +25,17 @@ struct Entry {
   /// private=yes: addresses of this entry's answers may be special-purpose ones (RFC 1918,
   /// loopback, ...), which dnsward otherwise refuses to vouch for (DNS rebinding).
   bool allow_private = false;
+  /// From the shipped default list (zones/default.allow): justified upstream, not custom.
+  bool shipped = false;
+  std::string where() const { return source + ":" + std::to_string(line); }
 };
+
+/// The justification keys every custom entry must carry, in the order they are reported.
+inline constexpr const char* kJustificationKeys[] = {"owner", "why", "data", "unreachable",
+                                                     "reviewed"};
+/// The justification keys an entry lacks (empty for shipped entries): for private=yes the
+/// `why` must also say what internal endpoint the sandbox reaches through it.
+std::vector<std::string> missing_justification(const Entry& e);
 
 /// The matcher's answer for a name.
 struct Match {
@@ -42,6 +52,7 @@ struct Match {
 struct PolicySource {
   std::string name;
   std::string text;
+  bool shipped = false;  ///< the embedded default list, or a file identical to it
 };
 
 class Policy {
@@ -57,6 +68,11 @@ class Policy {
   Match match_text(std::string_view name) const;
 
   const std::vector<Entry>& entries() const { return entries_; }
+  /// A short version of the loaded policy: 8 hex digits of a hash over every entry's
+  /// pattern and keys, so logs and denials can say which list decided.
+  const std::string& version() const { return version_; }
+  /// True if some entry has exactly this pattern.
+  bool has_pattern(const std::string& pattern) const;
 
  private:
   struct Node {
@@ -71,6 +87,7 @@ class Policy {
   const Node* find(const uint8_t* p, std::size_t n) const;
 
   std::vector<Entry> entries_;
+  std::string version_ = "00000000";
   std::unordered_map<std::string, Node, Hash, std::equal_to<>> nodes_;  // key: wire suffix
 };
 
