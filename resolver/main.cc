@@ -12,6 +12,7 @@
 #include "dnsward/allowlist_files.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
+#include "dnsward/explain.hpp"
 #include "dnsward/lint.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
@@ -30,7 +31,9 @@ constexpr const char* kUsage =
     "Commands:\n"
     "  serve      run the filtering resolver (dnsward serve --help)\n"
     "  nft-rules  print the nftables ruleset for a sandbox (dnsward nft-rules --help)\n"
-    "  check      lint allowlist files (dnsward check --help)\n";
+    "  check      lint allowlist files (dnsward check --help)\n"
+    "  explain    why a name is allowed or denied (dnsward explain --help)\n"
+    "  report     unused entries, stale reviews, most denied names (dnsward report --help)\n";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "dnsward: %s\n", msg.c_str());
@@ -140,5 +143,7 @@ int main(int argc, char** argv) {
   if (cmd == "serve") return serve(args);
   if (cmd == "nft-rules") return nft_rules_main(args);
   if (cmd == "check") return check_main(args);
+  if (cmd == "explain") return explain_main(args);
+  if (cmd == "report") return report_main(args);
   return usage_error("unknown command '" + cmd + "' (try dnsward --help)");
 }
