@@ -58,6 +58,9 @@ const std::vector<OptionSpec>& serve_options() {
       {"min-ttl", Kind::Int, "SECONDS", "shortest element timeout before grace, whatever the answer's TTL (0 would mean forever)", "30", 30, 1, 86400, &ServeConfig::min_ttl},
       {"max-ttl", Kind::Int, "SECONDS", "longest element timeout before grace; TTLs sent to clients are lowered to it", "3600", 3600, 1, 604800, &ServeConfig::max_ttl},
       {"grace", Kind::Int, "SECONDS", "added to every element timeout, so a client that uses an address until its TTL ends still gets through", "30", 30, 1, 3600, &ServeConfig::grace},
+      {"mode", Kind::Text, "MODE", "enforce (deny names off the list) or audit (forward every name, vouch its addresses, log and count what enforce would deny)", "enforce", 0, 0, 0, &ServeConfig::mode},
+      {"state", Kind::Text, "FILE", "keep usage counts (per entry, per denied name) in FILE, written atomically every --state-interval and on SIGTERM", "none", 0, 0, 0, &ServeConfig::state},
+      {"state-interval", Kind::Int, "SECONDS", "how often the state file is written", "60", 60, 1, 86400, &ServeConfig::state_interval},
       {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
   };
   return table;
@@ -291,6 +294,11 @@ ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std:
     out.error = fmt::format("--nft-refresh {}: must be auto, update or replace", c.nft_refresh);
     return out;
   }
+  if (c.mode != "enforce" && c.mode != "audit") {
+    out.error = fmt::format("--mode {}: must be enforce or audit", c.mode);
+    return out;
+  }
+  c.audit = c.mode == "audit";
   if (c.min_ttl > c.max_ttl) {
     out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
     return out;

@@ -5,10 +5,15 @@
 namespace dnsward::log {
 
 LogLevel threshold = LogLevel::Info;
+std::string policy_version;
 
 void write(LogLevel level, const std::string& line) {
   static constexpr const char* names[] = {"debug", "info", "warn", "error"};
-  std::fprintf(stderr, "level=%s %s\n", names[int(level)], line.c_str());
+  if (policy_version.empty())
+    std::fprintf(stderr, "level=%s %s\n", names[int(level)], line.c_str());
+  else
+    std::fprintf(stderr, "level=%s %s policy=%s\n", names[int(level)], line.c_str(),
+                 policy_version.c_str());
   std::fflush(stderr);
 }
 

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <functional>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -20,6 +22,7 @@
 #include "dnsward/pipeline.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
+#include "dnsward/usage.hpp"
 
 
 using namespace dnsward;
@@ -40,6 +43,19 @@ int usage_error(const std::string& msg) {
   return 2;
 }
 
+/// Logs each custom entry that lacks its justification: `serve` loads it anyway, `check`
+/// calls it an error.
+void warn_unjustified(const Policy& p) {
+  for (const Entry& e : p.entries()) {
+    const auto missing = missing_justification(e);
+    if (missing.empty()) continue;
+    std::string keys;
+    for (const auto& k : missing) keys += (keys.empty() ? "" : ",") + k;
+    log::warn("event=unjustified-entry where={} pattern={} missing={}", log::quote(e.where()),
+              log::quote(e.pattern), keys);
+  }
+}
+
 int serve(const std::vector<std::string>& args) {
   ParseOutcome parsed = parse_serve_config(args);
   if (parsed.help_shown) {
@@ -54,6 +70,25 @@ int serve(const std::vector<std::string>& args) {
   std::shared_ptr<const Policy> policy = load_policy(cfg.allowlists, errors);
   for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
   if (!policy) return 2;
+  log::policy_version = policy->version();
+
+  // The usage state: a corrupt file is reported and set aside, never fatal.
+  Usage usage;
+  if (!cfg.state.empty()) {
+    std::string err;
+    if (Usage::load(cfg.state, usage, err) == Usage::Load::Corrupt) {
+      const std::string aside = fmt::format("{}.corrupt-{}", cfg.state, long(time(nullptr)));
+      std::rename(cfg.state.c_str(), aside.c_str());
+      log::error("event=state-corrupt error={} moved_to={} msg={}", log::quote(err), log::quote(aside),
+                 log::quote("starting with empty usage counts"));
+      usage = Usage();
+    }
+  }
+  auto save_state = [&] {
+    if (cfg.state.empty()) return;
+    std::string err;
+    if (!usage.save(cfg.state, err)) log::error("event=state-save-failed error={}", log::quote(err));
+  };
 
   signal(SIGPIPE, SIG_IGN);
   try {
@@ -80,6 +115,7 @@ int serve(const std::vector<std::string>& args) {
     }
     Pipeline pipeline(loop, cfg, policy);
     pipeline.set_nft(nft.get());
+    pipeline.set_usage(&usage);
     std::vector<std::unique_ptr<UdpListener>> udp;
     std::vector<std::unique_ptr<TcpListener>> tcp;
     for (const auto& ep : cfg.listen) {
@@ -88,30 +124,51 @@ int serve(const std::vector<std::string>& args) {
     }
     loop.on_signal(SIGTERM, [&] { loop.stop(); });
     loop.on_signal(SIGINT, [&] { loop.stop(); });
-    // SIGHUP re-reads the allowlists. The new policy replaces the old in one pointer swap
-    // between two queries, so no query sees half a list; if any file fails, the old policy
-    // stays in force and every error is logged.
+    // SIGHUP re-reads the config file's list options and the allowlists. The new policy
+    // replaces the old between two queries, so no query sees half a list; if anything fails,
+    // the old policy stays in force and every error is logged.
     loop.on_signal(SIGHUP, [&] {
       std::vector<std::string> errs;
-      auto fresh = load_policy(cfg.allowlists, errs);
+      std::vector<std::string> lists = cfg.allowlists;
+      const ParseOutcome again = parse_serve_config(args);
+      if (!again.config) errs.push_back("config: " + again.error);
+      else lists = again.config->allowlists;
+      auto fresh = errs.empty() ? load_policy(lists, errs) : nullptr;
       if (!fresh) {
+        pipeline.reload_failed();
         for (const auto& e : errs) log::error("event=reload-failed error={}", log::quote(e));
         log::error("event=reload-failed msg={} entries={}",
                    log::quote("the previous allowlist stays in force"), policy->entries().size());
         return;
       }
+      const std::string old = policy->version();
       policy = fresh;
-      pipeline.set_policy(policy);
-      log::info("event=reload entries={}", policy->entries().size());
+      log::policy_version = policy->version();
+      pipeline.reload(policy);
+      warn_unjustified(*policy);
+      log::info("event=reload entries={} previous_policy={}", policy->entries().size(), old);
     });
+    std::function<void()> periodic_save;
+    if (!cfg.state.empty()) {
+      periodic_save = [&] {
+        save_state();
+        loop.after(uint64_t(cfg.state_interval) * 1000u, periodic_save);
+      };
+      loop.after(uint64_t(cfg.state_interval) * 1000u, periodic_save);
+    }
 
     std::string listen, ups, lists;
     for (const auto& e : cfg.listen) listen += (listen.empty() ? "" : ",") + e.text;
     for (const auto& e : cfg.upstreams) ups += (ups.empty() ? "" : ",") + e.text;
     for (const auto& l : cfg.allowlists) lists += (lists.empty() ? "" : ",") + l;
-    log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={}",
+    log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={} mode={}",
               listen, ups, log::quote(cfg.upstream_source),
-              lists.empty() ? "embedded-default" : lists, policy->entries().size());
+              lists.empty() ? "embedded-default" : lists, policy->entries().size(), cfg.mode);
+    warn_unjustified(*policy);
+    if (cfg.audit)
+      log::warn("event=audit-mode msg={}", log::quote("AUDIT MODE: the allowlist is NOT enforced; every "
+                                                     "name is forwarded and its addresses vouched for; "
+                                                     "names it would deny are logged as would-deny"));
     if (cfg.no_nft)
       log::warn("event=no-nft msg={}", log::quote("--no-nft: answered addresses are NOT added to "
                                                   "any nftables set; the firewall enforces nothing for them"));
@@ -121,6 +178,7 @@ int serve(const std::vector<std::string>& args) {
                 nft->mode() == RefreshMode::Update ? "update" : "replace", cfg.min_ttl,
                 cfg.max_ttl, cfg.grace);
     loop.run();
+    save_state();
     log::info("event=stop");
     pipeline.shutdown();
   } catch (const std::exception& e) {

@@ -204,6 +204,33 @@ std::size_t build_localhost(const Query& q, const ReplyOptions& o, uint8_t* out,
   return finish(w);
 }
 
+std::size_t build_txt(const Query& q, const std::vector<std::string>& lines,
+                      const ReplyOptions& o, uint8_t* out, std::size_t cap) {
+  Writer w(out, cap);
+  write_header(w, q.id, reply_flags(q, rcode::NOERROR, true), 1, uint16_t(lines.size()), 0,
+               q.has_edns ? 1 : 0);
+  write_question(w, q);
+  for (const auto& line : lines) {
+    w.u16(0xC000 | kHeaderSize);
+    w.u16(type::TXT);
+    w.u16(q.qclass);
+    w.u32(0);
+    const std::size_t rdlen_at = w.len();
+    w.u16(0);
+    const std::size_t start = w.len();
+    std::string_view rest = line;
+    do {  // RFC 1035 3.3.14: character-strings of at most 255 bytes
+      const std::string_view part = rest.substr(0, 255);
+      w.u8(uint8_t(part.size()));
+      w.bytes(part.data(), part.size());
+      rest.remove_prefix(part.size());
+    } while (!rest.empty());
+    w.patch16(rdlen_at, uint16_t(w.len() - start));
+  }
+  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, 0xffff, {});
+  return finish(w);
+}
+
 std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
                             std::size_t cap) {
   Writer w(out, cap);

@@ -4,7 +4,10 @@
 #include <sys/random.h>
 
 #include <algorithm>
+#include <ctime>
+#include <unordered_set>
 
+#include "dnsward/explain.hpp"
 #include "dnsward/log.hpp"
 
 namespace dnsward {
@@ -103,7 +106,7 @@ Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr
     s = receive(pkt, len, q);
     if (s == Step::Continue) s = screen(q);
     if (s == Step::Continue) s = answer_locally(q);
-    if (s == Step::Continue) s = apply_policy(q);
+    if (s == Step::Continue) s = apply_policy(q, from);
     if (s == Step::Continue) s = answer_from_cache(q, from);
     if (s == Step::Continue) s = forward(q, from, sink);
   } catch (const std::exception& e) {
@@ -155,6 +158,14 @@ Pipeline::Step Pipeline::screen(const Query& q) {
     ++counters_.formerr;
     return reply(rcode::FORMERR, 0xffff, {});
   }
+  if (q.qclass == klass::CH && q.qtype == type::TXT && q.qname_len > 5 && q.qname_lc[0] == 3 &&
+      std::memcmp(q.qname_lc + 1, kWhyLabel.data(), 3) == 0 && q.qname_lc[4] != 0) {
+    // `dig CH TXT why.NAME`: the verdict for NAME and its reason, answered locally.
+    ++counters_.chaos_why;
+    const std::string name = wire::name_to_text(q.qname_lc + 4, q.qname_len - 4);
+    out_len_ = build_txt(q, explain_lines(*policy_, name), reply_opts_, out_.data(), out_.size());
+    return out_len_ ? Step::Reply : Step::Drop;
+  }
   if (q.qclass != klass::IN) {
     ++counters_.refused;
     return reply(rcode::REFUSED, edns::EDE_NOT_SUPPORTED, "dnsward answers class IN only");
@@ -178,40 +189,60 @@ Pipeline::Step Pipeline::answer_locally(const Query& q) {
   return out_len_ ? Step::Reply : Step::Drop;
 }
 
-Pipeline::Step Pipeline::apply_policy(const Query& q) {
+Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
   const Match m = policy_->match(q.qname_lc, q.qname_len);
-  switch (m.verdict) {
-    case Match::Verdict::Allow:
-      allow_private_ = policy_->entries()[std::size_t(m.entry)].allow_private;
-      if (q.qtype == type::ANY) {
-        // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
-        ++counters_.any_minimal;
-        out_len_ = build_any_hinfo(q, reply_opts_, out_.data(), out_.size());
-        return out_len_ ? Step::Reply : Step::Drop;
-      }
-      return Step::Continue;
-    case Match::Verdict::Ancestor: {
-      // NODATA, not NXDOMAIN: under RFC 8020 an NXDOMAIN here would tell caches that the
-      // allowed names below this one do not exist either.
-      ++counters_.ancestor_nodata;
-      const std::string why = fmt::format(
-          "dnsward: {} is not on the allowlist; names below it are", q.qname_text());
-      out_len_ = build_negative(q, rcode::NOERROR, reply_opts_, out_.data(), out_.size(),
-                                edns::EDE_BLOCKED, why);
-      log::debug("event=nodata name={} type={}", log::quote(q.qname_text()), type_text(q.qtype));
-      return out_len_ ? Step::Reply : Step::Drop;
-    }
-    case Match::Verdict::Deny: {
-      ++counters_.denied;
-      const std::string name = q.qname_text();
-      const std::string why = fmt::format("dnsward: {} is not on the allowlist", name);
-      out_len_ = build_negative(q, rcode::NXDOMAIN, reply_opts_, out_.data(), out_.size(),
-                                edns::EDE_BLOCKED, why);
-      log::debug("event=denied name={} type={}", log::quote(name), type_text(q.qtype));
-      return out_len_ ? Step::Reply : Step::Drop;
-    }
+  const int64_t now = int64_t(std::time(nullptr));
+  if (m.verdict == Match::Verdict::Allow) {
+    const Entry& e = policy_->entries()[std::size_t(m.entry)];
+    allow_private_ = e.allow_private;
+    current_pattern_ = e.pattern;
+    if (usage_) usage_->allowed(e.pattern, now);
+  } else if (cfg_.audit) {
+    // Audit mode: what enforce would deny is forwarded and vouched for like any other name,
+    // and logged and counted so that `dnsward report` can list the lines to add.
+    ++counters_.would_deny;
+    const std::string name = q.qname_text();
+    if (usage_) usage_->would_deny(name, now);
+    log::info("event=would-deny name={} type={} client={} msg={}", log::quote(name),
+              type_text(q.qtype), from.peer_text(), log::quote("audit mode: not enforced"));
+    allow_private_ = false;
+    current_pattern_.clear();
+  } else {
+    const std::string name = q.qname_text();
+    if (usage_) usage_->denied(name, now);
+    log::debug("event=denied name={} type={} client={}", log::quote(name), type_text(q.qtype),
+               from.peer_text());
+    return deny(q, m.verdict);
   }
-  return Step::Drop;
+  if (q.qtype == type::ANY) {
+    // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
+    ++counters_.any_minimal;
+    out_len_ = build_any_hinfo(q, reply_opts_, out_.data(), out_.size());
+    return out_len_ ? Step::Reply : Step::Drop;
+  }
+  return Step::Continue;
+}
+
+Pipeline::Step Pipeline::deny(const Query& q, Match::Verdict v) {
+  const std::string name = q.qname_text();
+  if (v == Match::Verdict::Ancestor) {
+    // NODATA, not NXDOMAIN: under RFC 8020 an NXDOMAIN here would tell caches that the
+    // allowed names below this one do not exist either.
+    ++counters_.ancestor_nodata;
+    const std::string why = fmt::format(
+        "dnsward: {} is not on the allowlist; names below it are (policy {}; dig CH TXT why.{})",
+        name, policy_->version(), name);
+    out_len_ = build_negative(q, rcode::NOERROR, reply_opts_, out_.data(), out_.size(),
+                              edns::EDE_BLOCKED, why);
+  } else {
+    ++counters_.denied;
+    const std::string why = fmt::format(
+        "dnsward: {} is not on the allowlist (policy {}; dig CH TXT why.{})", name,
+        policy_->version(), name);
+    out_len_ = build_negative(q, rcode::NXDOMAIN, reply_opts_, out_.data(), out_.size(),
+                              edns::EDE_BLOCKED, why);
+  }
+  return out_len_ ? Step::Reply : Step::Drop;
 }
 
 Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& from) {
@@ -226,14 +257,15 @@ Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& fro
   rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
   bool vouched = false;
   out_len_ = vouch_and_relay(q, from, scratch_.data(), scratch_.size(), get16(scratch_.data()),
-                             e->vouch, age, e->dropped_special, vouched);
+                             e->vouch, age, e->dropped_special, current_pattern_, vouched);
   return out_len_ ? Step::Reply : Step::Drop;
 }
 
 std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
                                       const uint8_t* msg, std::size_t len, uint16_t upstream_id,
                                       const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                                      uint32_t dropped_special, bool& vouched) {
+                                      uint32_t dropped_special, const std::string& pattern,
+                                      bool& vouched) {
   vouched = false;
   if (nft_ && !addrs.empty()) {
     // Element timeout = clamp(remaining TTL, min-ttl, max-ttl) + grace: never 0 (which
@@ -255,6 +287,16 @@ std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
                       "dnsward: the firewall update failed, so the answer is withheld");
     }
     ++counters_.vouched_answers;
+    const uint64_t now = loop_.now_ms();
+    for (const auto& i : items) {
+      VouchedBy& v = vouched_by_[i.addr];
+      v.expires_ms = std::max(v.expires_ms, now + uint64_t(i.timeout_s) * 1000u);
+      if (!pattern.empty() && std::find(v.patterns.begin(), v.patterns.end(), pattern) == v.patterns.end())
+        v.patterns.push_back(pattern);
+    }
+    if (vouched_by_.size() > 2 * std::size_t(cfg_.nft_set_size))
+      for (auto it = vouched_by_.begin(); it != vouched_by_.end();)
+        it = it->second.expires_ms <= now ? vouched_by_.erase(it) : std::next(it);
   }
   vouched = true;
   std::string why;
@@ -284,8 +326,14 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: too many queries in flight upstream");
     return out_len_ ? Step::Reply : Step::Drop;
   }
-  Pending p{q, from, &sink, loop_.now_ms() + overdue_ms_};
+  Pending p;
+  p.query = q;
+  p.client = from;
+  p.sink = &sink;
+  p.deadline_ms = loop_.now_ms() + overdue_ms_;
   p.allow_private = allow_private_;
+  p.pattern = current_pattern_;
+  p.policy_version = policy_->version();
   if (!send_upstream(std::move(p))) {
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
     return out_len_ ? Step::Reply : Step::Drop;
@@ -346,6 +394,11 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
 std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
                                            std::size_t len) {
   const Query& q = p.query;
+  if (p.policy_version != policy_->version() && !cfg_.audit) {
+    // A reload happened while the query was upstream: the policy in force now decides.
+    const Match m = policy_->match(q.qname_lc, q.qname_len);
+    if (m.verdict != Match::Verdict::Allow) return deny(q, m.verdict) == Step::Reply ? out_len_ : 0;
+  }
   auto unusable = [&](const char* why) {
     ++counters_.upstream_failures;
     log::warn("event=upstream-bad-answer name={} status={}", log::quote(q.qname_text()), why);
@@ -377,7 +430,7 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
 
   bool vouched = false;
   const std::size_t n = vouch_and_relay(q, p.client, msg.data(), msg.size(), id, scan.vouch, 0,
-                                        dropped_special, vouched);
+                                        dropped_special, p.pattern, vouched);
   if (vouched && scan.cache_ttl > 0 &&
       (scan.rcode == rcode::NOERROR || scan.rcode == rcode::NXDOMAIN)) {
     CacheEntry e;
@@ -390,6 +443,41 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
     cache_.store(AnswerCache::key(q), std::move(e));
   }
   return n;
+}
+
+void Pipeline::reload(std::shared_ptr<const Policy> p) {
+  std::unordered_set<std::string> kept;
+  for (const Entry& e : p->entries()) kept.insert(e.pattern);
+  std::vector<IpAddr> revoke;
+  for (auto it = vouched_by_.begin(); it != vouched_by_.end();) {
+    auto& pats = it->second.patterns;
+    if (pats.empty()) {  // vouched in audit mode: no entry to revoke it by
+      ++it;
+      continue;
+    }
+    pats.erase(std::remove_if(pats.begin(), pats.end(),
+                              [&](const std::string& x) { return !kept.count(x); }),
+               pats.end());
+    if (pats.empty()) {
+      revoke.push_back(it->first);
+      it = vouched_by_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  policy_ = std::move(p);
+  cache_.clear();
+  ++counters_.reloads_ok;
+  if (nft_ && !revoke.empty()) {
+    std::string err;
+    if (nft_->revoke(revoke, err)) {
+      counters_.revoked += revoke.size();
+      log::info("event=revoked addresses={} msg={}", revoke.size(),
+                log::quote("vouched only by entries the reload removed"));
+    } else {
+      log::error("event=revoke-failed addresses={} error={}", revoke.size(), log::quote(err));
+    }
+  }
 }
 
 void Pipeline::sweep_overdue() {

@@ -59,6 +59,12 @@ struct ServeConfig {
   uint32_t max_ttl = 3600;
   uint32_t grace = 30;
   uint32_t cache_size = 10000;
+
+  // The policy lifecycle.
+  std::string mode = "enforce";  ///< or "audit": forward everything, log what would be denied
+  bool audit = false;
+  std::string state;             ///< usage state file ("": not kept)
+  uint32_t state_interval = 60;
 };
 
 /// Outcome of parsing: a config, or a one-line error (exit 2), or help was printed (exit 0).

@@ -7,6 +7,9 @@
 namespace dnsward::log {
 
 extern LogLevel threshold;
+/// The loaded policy's version, carried by every line so an operator can tell which list
+/// decided ("" before one is loaded).
+extern std::string policy_version;
 void write(LogLevel level, const std::string& line);
 
 inline bool enabled(LogLevel l) { return l >= threshold; }

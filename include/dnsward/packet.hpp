@@ -4,7 +4,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "dnsward/wire.hpp"
 
@@ -75,6 +77,11 @@ std::size_t build_localhost(const Query& q, const ReplyOptions& o, uint8_t* out,
 /// Minimal answer to qtype ANY: one HINFO "RFC8482" "" (RFC 8482 4.2).
 std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
                             std::size_t cap);
+
+/// A local TXT answer in the query's class (CHAOS for `why.NAME`): one TXT record per line,
+/// each line cut into character-strings of at most 255 bytes, TTL 0.
+std::size_t build_txt(const Query& q, const std::vector<std::string>& lines,
+                      const ReplyOptions& o, uint8_t* out, std::size_t cap);
 
 /// True if the lower-cased wire name is "localhost." or below it (RFC 6761 6.3).
 bool is_localhost(const uint8_t* name_lc, std::size_t len);

@@ -18,6 +18,7 @@
 #include "dnsward/policy.hpp"
 #include "dnsward/nftset.hpp"
 #include "dnsward/upstream.hpp"
+#include "dnsward/usage.hpp"
 
 namespace dnsward {
 
@@ -57,7 +58,8 @@ struct Counters {
   uint64_t received = 0, dropped = 0, formerr = 0, notimp = 0, refused = 0, badvers = 0,
            denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
            upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
-           cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0;
+           cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0,
+           would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0;
 };
 
 class Pipeline {
@@ -72,11 +74,15 @@ class Pipeline {
   /// Call before the transports go away.
   void shutdown();
 
-  /// A new policy; cached answers, filtered under the old one, are forgotten.
-  void set_policy(std::shared_ptr<const Policy> p) {
-    policy_ = std::move(p);
-    cache_.clear();
-  }
+  /// Puts a new policy in force between two queries. Addresses that were vouched for only
+  /// because of entries the new policy no longer has are deleted from the sets at once;
+  /// cached answers, filtered under the old policy, are forgotten.
+  void reload(std::shared_ptr<const Policy> p);
+  /// Counts a reload that failed (the old policy stays).
+  void reload_failed() { ++counters_.reloads_failed; }
+  const Policy& policy() const { return *policy_; }
+  /// Where usage is counted (per entry, per denied name); null: not counted.
+  void set_usage(Usage* u) { usage_ = u; }
   /// The set writer every answer's addresses go through; null with --no-nft.
   void set_nft(NftSets* nft) { nft_ = nft; }
   const Counters& counters() const { return counters_; }
@@ -89,17 +95,21 @@ class Pipeline {
   struct Pending {
     Query query;
     ClientAddr client;
-    ReplySink* sink;
-    uint64_t deadline_ms;
+    ReplySink* sink = nullptr;
+    uint64_t deadline_ms = 0;
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
     bool allow_private = false;  ///< the deciding entry says private=yes
+    std::string pattern;         ///< the deciding entry ("" in audit mode for a would-deny)
+    std::string policy_version;  ///< the policy that allowed it
   };
 
   Step receive(const uint8_t* pkt, std::size_t len, Query& q);
   Step screen(const Query& q);
   Step answer_locally(const Query& q);
-  Step apply_policy(const Query& q);
+  Step apply_policy(const Query& q, const ClientAddr& from);
+  /// The reply for a name the policy denies: NXDOMAIN, or NODATA for an ancestor of entries.
+  Step deny(const Query& q, Match::Verdict v);
   Step answer_from_cache(const Query& q, const ClientAddr& from);
   Step forward(const Query& q, const ClientAddr& from, ReplySink& sink);
   /// Registers p under a fresh upstream ID and sends its query; false if it cannot be built.
@@ -114,7 +124,7 @@ class Pipeline {
   std::size_t vouch_and_relay(const Query& q, const ClientAddr& client, const uint8_t* msg,
                               std::size_t len, uint16_t upstream_id,
                               const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                              uint32_t dropped_special, bool& vouched);
+                              uint32_t dropped_special, const std::string& pattern, bool& vouched);
   std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
   void sweep_overdue();
   void arm_sweep();
@@ -128,6 +138,15 @@ class Pipeline {
   NftSets* nft_ = nullptr;
   AnswerCache cache_;
   bool allow_private_ = false;  // of the entry that allowed the query being processed
+  std::string current_pattern_;  // its pattern
+  Usage* usage_ = nullptr;
+  // Which entries vouched for each address, so a reload can revoke what only removed
+  // entries had vouched for.
+  struct VouchedBy {
+    uint64_t expires_ms = 0;
+    std::vector<std::string> patterns;
+  };
+  std::unordered_map<IpAddr, VouchedBy, IpAddrHash> vouched_by_;
   std::vector<uint8_t> scratch_;  // a cached answer being aged
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;
