@@ -1,6 +1,7 @@
 """The enforcement hook against the real kernel: this test process moves into a network
 namespace of its own, where dnsward fills nftables sets that `nft` then reads back."""
 import os
+import signal
 import subprocess
 import time
 import unittest
@@ -193,6 +194,51 @@ class Hook(unittest.TestCase):
         self.dw.query("www.test.", "A")
         self.assertIn("198.18.0.1", self.v4())
         self.assertIn("nft-external-change", self.dw.logtext())
+
+
+class Reload(unittest.TestCase):
+    def test_sighup_revokes_removed_entries_and_a_broken_list_changes_nothing(self):
+        drop_table()
+        d0 = os.path.dirname(os.path.abspath(__file__))
+        import tempfile
+        work = tempfile.mkdtemp(prefix="dnsward-reload-")
+        os.chmod(work, 0o755)
+        first, second = os.path.join(work, "first.allow"), os.path.join(work, "second.allow")
+        with open(first, "w") as f:
+            f.write("www.test\nalias.test\n")
+        conf = os.path.join(work, "dnsward.conf")
+        with open(conf, "w") as f:
+            f.write(f"allowlist = {first}\n")
+        d = Dnsward(knot.port, allowlist=None, nft=True, extra=["--config", conf])
+        try:
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            self.assertEqual(addrs(d.query("alias.test.", "A")), ["198.18.0.2"])
+            self.assertLessEqual({"198.18.0.1", "198.18.0.2"}, set(nft_set("dnsward", "allowed4")))
+            # The config now names another list: www stays, alias goes, short comes.
+            with open(second, "w") as f:
+                f.write("www.test\nshort.test\n")
+            with open(conf, "w") as f:
+                f.write(f"allowlist = {second}\n")
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "event=reload " in d.logtext(), timeout=5, what="the reload")
+            held = set(nft_set("dnsward", "allowed4"))
+            self.assertNotIn("198.18.0.2", held)  # revoked at once, before any new query
+            self.assertIn("198.18.0.1", held)
+            self.assertIn("event=revoked addresses=1", d.logtext())
+            self.assertEqual(d.query("alias.test.", "A").rcode(), dns.rcode.NXDOMAIN)
+            self.assertEqual(addrs(d.query("short.test.", "A")), ["198.18.0.5"])
+            # A broken list: logged with FILE:LINE, and the second list stays in force.
+            with open(second, "w") as f:
+                f.write("www.test\nbad pattern here\n")
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload-failed" in d.logtext(), timeout=5, what="the failed reload")
+            self.assertIn(f"{second}:2: expected key=value", d.logtext())
+            self.assertEqual(addrs(d.query("short.test.", "A")), ["198.18.0.5"])
+            self.assertEqual(d.query("alias.test.", "A").rcode(), dns.rcode.NXDOMAIN)
+            self.assertTrue(d.alive())
+        finally:
+            d.stop()
+            drop_table()
 
 
 class Refresh(unittest.TestCase):
