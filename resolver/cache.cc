@@ -1,18 +1,21 @@
 #include "dnsward/cache.hpp"
 
+#include <cstring>
+
 namespace dnsward {
 
-std::string AnswerCache::key(const Query& q) {
-  std::string k(reinterpret_cast<const char*>(q.qname_lc), q.qname_len);
-  k += char(q.qtype >> 8);
-  k += char(q.qtype);
-  k += char(q.qclass >> 8);
-  k += char(q.qclass);
-  k += char((q.edns_do ? 1 : 0) | ((q.flags & wire::flag::CD) ? 2 : 0));
-  return k;
+std::size_t AnswerCache::key(const Query& q, char* buf) {
+  std::memcpy(buf, q.qname_lc, q.qname_len);
+  std::size_t n = q.qname_len;
+  buf[n++] = char(q.qtype >> 8);
+  buf[n++] = char(q.qtype);
+  buf[n++] = char(q.qclass >> 8);
+  buf[n++] = char(q.qclass);
+  buf[n++] = char((q.edns_do ? 1 : 0) | ((q.flags & wire::flag::CD) ? 2 : 0));
+  return n;
 }
 
-const CacheEntry* AnswerCache::find(const std::string& key, uint64_t now_ms) {
+const CacheEntry* AnswerCache::find(std::string_view key, uint64_t now_ms) {
   auto it = map_.find(key);
   if (it == map_.end()) {
     ++misses_;

@@ -32,7 +32,7 @@ std::vector<std::string> explain_lines(const Policy& p, std::string_view name_in
   if (localhost) {
     out.push_back(fmt::format("{}: answered locally with loopback addresses (RFC 6761), never forwarded", name));
   } else if (m.verdict == Match::Verdict::Allow) {
-    const Entry& e = p.entries()[std::size_t(m.entry)];
+    const Entry e = p.entry(std::size_t(m.entry));
     out.push_back(fmt::format("{}: allowed by '{}' at {}", name, e.pattern, e.where()));
     auto field = [&](const char* k, const std::string& v) {
       out.push_back(fmt::format("  {}: {}", k, v.empty() ? "(not given)" : v));
@@ -171,7 +171,8 @@ int report_main(const std::vector<std::string>& args) {
 
   struct Row { std::string pattern, where; uint64_t count; int64_t last; };
   std::vector<Row> unused, stale;
-  for (const Entry& e : policy->entries()) {
+  for (std::size_t i = 0; i < policy->size(); ++i) {
+    const Entry e = policy->entry(i);
     const auto it = usage.entries().find(e.pattern);
     const uint64_t count = it == usage.entries().end() ? 0 : it->second.count;
     const int64_t last = it == usage.entries().end() ? 0 : it->second.last;

@@ -153,11 +153,14 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
   auto add = [&out](const Entry& e, bool error, std::string msg) {
     out.push_back({e.where(), error, std::move(msg)});
   };
+  std::vector<Entry> all;
+  all.reserve(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) all.push_back(p.entry(i));
   std::unordered_map<std::string, const Entry*> first_of;  // pattern -> first entry
-  for (const Entry& e : p.entries())
+  for (const Entry& e : all)
     if (!first_of.count(e.pattern)) first_of[e.pattern] = &e;
 
-  for (const Entry& e : p.entries()) {
+  for (const Entry& e : all) {
     const bool wildcard = e.kind != Entry::Kind::Exact;
     const std::string base = wildcard ? e.pattern.substr(e.kind == Entry::Kind::OneLabel ? 2 : 3)
                                       : e.pattern;
@@ -183,7 +186,7 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
     }
     for (const auto& r : known_encrypted_resolvers()) {
       const Match m = p.match_text(r);
-      if (m.verdict == Match::Verdict::Allow && &p.entries()[std::size_t(m.entry)] == &e) {
+      if (m.verdict == Match::Verdict::Allow && &all[std::size_t(m.entry)] == &e) {
         add(e, true, fmt::format("'{}' allows {}, a DNS-over-HTTPS/TLS resolver: the sandbox could "
                                  "resolve any name through it and bypass dnsward", e.pattern, r));
         break;  // one is enough to say it
@@ -313,7 +316,7 @@ int check_main(const std::vector<std::string>& args) {
     (f.error ? n_err : n_warn)++;
   }
   std::fprintf(stderr, "dnsward: check: %zu entries, %zu errors, %zu warnings (policy %s)\n",
-               p.entries().size(), n_err, n_warn, p.version().c_str());
+               p.size(), n_err, n_warn, p.version().c_str());
   return n_err ? 1 : 0;
 }
 

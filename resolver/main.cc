@@ -46,7 +46,8 @@ int usage_error(const std::string& msg) {
 /// Logs each custom entry that lacks its justification: `serve` loads it anyway, `check`
 /// calls it an error.
 void warn_unjustified(const Policy& p) {
-  for (const Entry& e : p.entries()) {
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const Entry e = p.entry(i);
     const auto missing = missing_justification(e);
     if (missing.empty()) continue;
     std::string keys;
@@ -115,7 +116,7 @@ int serve(const std::vector<std::string>& args) {
     }
     Pipeline pipeline(loop, cfg, policy);
     pipeline.set_nft(nft.get());
-    pipeline.set_usage(&usage);
+    if (!cfg.state.empty()) pipeline.set_usage(&usage);  // counting only where it is kept
     std::vector<std::unique_ptr<UdpListener>> udp;
     std::vector<std::unique_ptr<TcpListener>> tcp;
     for (const auto& ep : cfg.listen) {
@@ -138,7 +139,7 @@ int serve(const std::vector<std::string>& args) {
         pipeline.reload_failed();
         for (const auto& e : errs) log::error("event=reload-failed error={}", log::quote(e));
         log::error("event=reload-failed msg={} entries={}",
-                   log::quote("the previous allowlist stays in force"), policy->entries().size());
+                   log::quote("the previous allowlist stays in force"), policy->size());
         return;
       }
       const std::string old = policy->version();
@@ -146,7 +147,7 @@ int serve(const std::vector<std::string>& args) {
       log::policy_version = policy->version();
       pipeline.reload(policy);
       warn_unjustified(*policy);
-      log::info("event=reload entries={} previous_policy={}", policy->entries().size(), old);
+      log::info("event=reload entries={} previous_policy={}", policy->size(), old);
     });
     std::function<void()> periodic_save;
     if (!cfg.state.empty()) {
@@ -163,7 +164,7 @@ int serve(const std::vector<std::string>& args) {
     for (const auto& l : cfg.allowlists) lists += (lists.empty() ? "" : ",") + l;
     log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={} mode={}",
               listen, ups, log::quote(cfg.upstream_source),
-              lists.empty() ? "embedded-default" : lists, policy->entries().size(), cfg.mode);
+              lists.empty() ? "embedded-default" : lists, policy->size(), cfg.mode);
     warn_unjustified(*policy);
     if (cfg.audit)
       log::warn("event=audit-mode msg={}", log::quote("AUDIT MODE: the allowlist is NOT enforced; every "

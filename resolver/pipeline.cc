@@ -191,12 +191,11 @@ Pipeline::Step Pipeline::answer_locally(const Query& q) {
 
 Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
   const Match m = policy_->match(q.qname_lc, q.qname_len);
-  const int64_t now = int64_t(std::time(nullptr));
+  const int64_t now = usage_ ? int64_t(std::time(nullptr)) : 0;
   if (m.verdict == Match::Verdict::Allow) {
-    const Entry& e = policy_->entries()[std::size_t(m.entry)];
-    allow_private_ = e.allow_private;
-    current_pattern_ = e.pattern;
-    if (usage_) usage_->allowed(e.pattern, now);
+    allow_private_ = policy_->allow_private(std::size_t(m.entry));
+    current_entry_ = m.entry;
+    if (usage_) usage_->allowed(policy_->pattern(std::size_t(m.entry)), now);
   } else if (cfg_.audit) {
     // Audit mode: what enforce would deny is forwarded and vouched for like any other name,
     // and logged and counted so that `dnsward report` can list the lines to add.
@@ -206,12 +205,12 @@ Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
     log::info("event=would-deny name={} type={} client={} msg={}", log::quote(name),
               type_text(q.qtype), from.peer_text(), log::quote("audit mode: not enforced"));
     allow_private_ = false;
-    current_pattern_.clear();
+    current_entry_ = -1;
   } else {
-    const std::string name = q.qname_text();
-    if (usage_) usage_->denied(name, now);
-    log::debug("event=denied name={} type={} client={}", log::quote(name), type_text(q.qtype),
-               from.peer_text());
+    if (usage_) usage_->denied(q.qname_text(), now);
+    if (log::enabled(LogLevel::Debug))
+      log::debug("event=denied name={} type={} client={}", log::quote(q.qname_text()),
+                 type_text(q.qtype), from.peer_text());
     return deny(q, m.verdict);
   }
   if (q.qtype == type::ANY) {
@@ -224,29 +223,27 @@ Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
 }
 
 Pipeline::Step Pipeline::deny(const Query& q, Match::Verdict v) {
-  const std::string name = q.qname_text();
-  if (v == Match::Verdict::Ancestor) {
-    // NODATA, not NXDOMAIN: under RFC 8020 an NXDOMAIN here would tell caches that the
-    // allowed names below this one do not exist either.
-    ++counters_.ancestor_nodata;
-    const std::string why = fmt::format(
-        "dnsward: {} is not on the allowlist; names below it are (policy {}; dig CH TXT why.{})",
-        name, policy_->version(), name);
-    out_len_ = build_negative(q, rcode::NOERROR, reply_opts_, out_.data(), out_.size(),
-                              edns::EDE_BLOCKED, why);
-  } else {
-    ++counters_.denied;
-    const std::string why = fmt::format(
-        "dnsward: {} is not on the allowlist (policy {}; dig CH TXT why.{})", name,
-        policy_->version(), name);
-    out_len_ = build_negative(q, rcode::NXDOMAIN, reply_opts_, out_.data(), out_.size(),
-                              edns::EDE_BLOCKED, why);
-  }
+  // Built without the heap: denials are the hot path of a sandbox that probes the network.
+  char name[4 * kMaxNameWire];
+  const std::size_t n = wire::name_to_text(q.qname_lc, q.qname_len, name, sizeof name);
+  const std::string_view nm(name, n);
+  char why[512];
+  const bool ancestor = v == Match::Verdict::Ancestor;
+  // NODATA, not NXDOMAIN, for an ancestor of entries: under RFC 8020 an NXDOMAIN there would
+  // tell caches that the allowed names below it do not exist either.
+  const auto r = fmt::format_to_n(why, sizeof why,
+                                  "dnsward: {} is not on the allowlist{} (policy {}; dig CH TXT why.{})",
+                                  nm, ancestor ? "; names below it are" : "", policy_->version(), nm);
+  const std::string_view text(why, std::min(r.size, sizeof why));
+  ++(ancestor ? counters_.ancestor_nodata : counters_.denied);
+  out_len_ = build_negative(q, ancestor ? rcode::NOERROR : rcode::NXDOMAIN, reply_opts_,
+                            out_.data(), out_.size(), edns::EDE_BLOCKED, text);
   return out_len_ ? Step::Reply : Step::Drop;
 }
 
 Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& from) {
-  const CacheEntry* e = cache_.find(AnswerCache::key(q), loop_.now_ms());
+  char key[AnswerCache::kMaxKey];
+  const CacheEntry* e = cache_.find(std::string_view(key, AnswerCache::key(q, key)), loop_.now_ms());
   if (!e) return Step::Continue;
   ++counters_.cache_hits;
   // Age the TTLs (RFC 1035 7.4 / RFC 2308 5) on a copy, then take the same exit as an
@@ -257,14 +254,14 @@ Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& fro
   rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
   bool vouched = false;
   out_len_ = vouch_and_relay(q, from, scratch_.data(), scratch_.size(), get16(scratch_.data()),
-                             e->vouch, age, e->dropped_special, current_pattern_, vouched);
+                             e->vouch, age, e->dropped_special, current_entry_, vouched);
   return out_len_ ? Step::Reply : Step::Drop;
 }
 
 std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
                                       const uint8_t* msg, std::size_t len, uint16_t upstream_id,
                                       const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                                      uint32_t dropped_special, const std::string& pattern,
+                                      uint32_t dropped_special, int32_t entry,
                                       bool& vouched) {
   vouched = false;
   if (nft_ && !addrs.empty()) {
@@ -291,8 +288,8 @@ std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
     for (const auto& i : items) {
       VouchedBy& v = vouched_by_[i.addr];
       v.expires_ms = std::max(v.expires_ms, now + uint64_t(i.timeout_s) * 1000u);
-      if (!pattern.empty() && std::find(v.patterns.begin(), v.patterns.end(), pattern) == v.patterns.end())
-        v.patterns.push_back(pattern);
+      if (entry >= 0 && std::find(v.entries.begin(), v.entries.end(), uint32_t(entry)) == v.entries.end())
+        v.entries.push_back(uint32_t(entry));
     }
     if (vouched_by_.size() > 2 * std::size_t(cfg_.nft_set_size))
       for (auto it = vouched_by_.begin(); it != vouched_by_.end();)
@@ -332,7 +329,7 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
   p.sink = &sink;
   p.deadline_ms = loop_.now_ms() + overdue_ms_;
   p.allow_private = allow_private_;
-  p.pattern = current_pattern_;
+  p.entry = current_entry_;
   p.policy_version = policy_->version();
   if (!send_upstream(std::move(p))) {
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
@@ -394,10 +391,13 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
 std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
                                            std::size_t len) {
   const Query& q = p.query;
-  if (p.policy_version != policy_->version() && !cfg_.audit) {
+  int32_t entry = p.entry;
+  if (p.policy_version != policy_->version()) {
     // A reload happened while the query was upstream: the policy in force now decides.
     const Match m = policy_->match(q.qname_lc, q.qname_len);
-    if (m.verdict != Match::Verdict::Allow) return deny(q, m.verdict) == Step::Reply ? out_len_ : 0;
+    if (m.verdict != Match::Verdict::Allow && !cfg_.audit)
+      return deny(q, m.verdict) == Step::Reply ? out_len_ : 0;
+    entry = m.entry;
   }
   auto unusable = [&](const char* why) {
     ++counters_.upstream_failures;
@@ -430,7 +430,7 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
 
   bool vouched = false;
   const std::size_t n = vouch_and_relay(q, p.client, msg.data(), msg.size(), id, scan.vouch, 0,
-                                        dropped_special, p.pattern, vouched);
+                                        dropped_special, entry, vouched);
   if (vouched && scan.cache_ttl > 0 &&
       (scan.rcode == rcode::NOERROR || scan.rcode == rcode::NXDOMAIN)) {
     CacheEntry e;
@@ -440,28 +440,35 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
     e.vouch = std::move(scan.vouch);
     e.dropped_special = dropped_special;
     e.msg = std::move(msg);
-    cache_.store(AnswerCache::key(q), std::move(e));
+    char key[AnswerCache::kMaxKey];
+    cache_.store(std::string(key, AnswerCache::key(q, key)), std::move(e));
   }
   return n;
 }
 
 void Pipeline::reload(std::shared_ptr<const Policy> p) {
-  std::unordered_set<std::string> kept;
-  for (const Entry& e : p->entries()) kept.insert(e.pattern);
+  // Entry indices change with the list: carry each over by its pattern. An address none of
+  // whose entries survive was vouched for only by what the reload removed.
+  std::unordered_map<uint32_t, int32_t> carried;  // old index -> new index or -1
   std::vector<IpAddr> revoke;
   for (auto it = vouched_by_.begin(); it != vouched_by_.end();) {
-    auto& pats = it->second.patterns;
-    if (pats.empty()) {  // vouched in audit mode: no entry to revoke it by
+    auto& ids = it->second.entries;
+    if (ids.empty()) {  // vouched in audit mode: no entry to revoke it by
       ++it;
       continue;
     }
-    pats.erase(std::remove_if(pats.begin(), pats.end(),
-                              [&](const std::string& x) { return !kept.count(x); }),
-               pats.end());
-    if (pats.empty()) {
+    std::vector<uint32_t> kept;
+    for (uint32_t old : ids) {
+      auto c = carried.find(old);
+      if (c == carried.end())
+        c = carried.emplace(old, old < policy_->size() ? p->find_pattern(policy_->pattern(old)) : -1).first;
+      if (c->second >= 0) kept.push_back(uint32_t(c->second));
+    }
+    if (kept.empty()) {
       revoke.push_back(it->first);
       it = vouched_by_.erase(it);
     } else {
+      ids = std::move(kept);
       ++it;
     }
   }

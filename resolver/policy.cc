@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 
 #include "dnsward/wire.hpp"
 
@@ -100,28 +101,86 @@ bool text_to_wire(std::string_view text, std::string& out) {
   return out.size() <= wire::kMaxNameWire;
 }
 
-void Policy::add(Entry e, const std::string& key) {
-  const auto idx = int32_t(entries_.size());
-  Node& n = nodes_[key];
-  int32_t& slot = e.kind == Entry::Kind::Exact ? n.exact
-                  : e.kind == Entry::Kind::OneLabel ? n.one : n.many;
-  if (slot < 0) slot = idx;  // a duplicate keeps the first entry; `check` reports it
-  // Every proper ancestor of a matched name is an ancestor; for wildcards the base name
-  // itself is one too, since the matched names lie strictly below it.
-  std::size_t off = e.kind == Entry::Kind::Exact ? std::size_t(uint8_t(key[0])) + 1u : 0;
-  while (off < key.size()) {
-    nodes_[key.substr(off)].ancestor = true;
-    if (key[off] == 0) break;
-    off += std::size_t(uint8_t(key[off])) + 1u;
+namespace {
+uint64_t fnv(uint64_t h, const void* p, std::size_t n) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+constexpr uint64_t kFnvBasis = 1469598103934665603ull;
+}  // namespace
+
+uint32_t Policy::find_child(uint32_t parent, const uint8_t* label, std::size_t len) const {
+  if (slots_.empty()) return kNone;
+  const uint64_t h = fnv(fnv(kFnvBasis, &parent, sizeof parent), label, len);
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+    const uint32_t s = slots_[i];
+    if (s == 0) return kNone;
+    const Node& n = nodes_[s - 1];
+    const uint8_t* l = labels_.data() + (n.label & ~kWildBit);
+    if (n.parent == parent && l[0] == len && std::memcmp(l + 1, label, len) == 0) return s - 1;
   }
-  entries_.push_back(std::move(e));
+}
+
+void Policy::grow() {
+  std::vector<uint32_t> bigger(slots_.empty() ? 1024 : slots_.size() * 2, 0);
+  const std::size_t mask = bigger.size() - 1;
+  for (uint32_t id = 1; id < nodes_.size(); ++id) {
+    const Node& n = nodes_[id];
+    const uint8_t* l = labels_.data() + (n.label & ~kWildBit);
+    const uint64_t h = fnv(fnv(kFnvBasis, &n.parent, sizeof n.parent), l + 1, l[0]);
+    std::size_t i = h & mask;
+    while (bigger[i]) i = (i + 1) & mask;
+    bigger[i] = id + 1;
+  }
+  slots_.swap(bigger);
+}
+
+uint32_t Policy::add_child(uint32_t parent, const uint8_t* label, std::size_t len) {
+  // At most half full, so a probe for a missing label ends quickly.
+  if ((nodes_.size() + 1) * 2 > slots_.size()) grow();
+  const auto id = uint32_t(nodes_.size());
+  nodes_.push_back({parent, uint32_t(labels_.size()), kNone});
+  labels_.push_back(uint8_t(len));
+  labels_.insert(labels_.end(), label, label + len);
+  const uint64_t h = fnv(fnv(kFnvBasis, &parent, sizeof parent), label, len);
+  const std::size_t mask = slots_.size() - 1;
+  std::size_t i = h & mask;
+  while (slots_[i]) i = (i + 1) & mask;
+  slots_[i] = id + 1;
+  return id;
+}
+
+uint32_t Policy::walk(const uint8_t* wire, std::size_t len, bool create) {
+  std::size_t offs[128];
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < len && wire[i] != 0 && n < 128; i += 1u + wire[i]) offs[n++] = i;
+  uint32_t node = 0;
+  while (n > 0) {
+    const std::size_t o = offs[--n];
+    uint32_t child = find_child(node, wire + o + 1, wire[o]);
+    if (child == kNone) {
+      if (!create) return kNone;
+      child = add_child(node, wire + o + 1, wire[o]);
+    }
+    node = child;
+  }
+  return node;
 }
 
 Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::string>& errors) {
   Policy p;
+  p.nodes_.push_back({kNone, 0, kNone});  // the root
+  p.labels_.push_back(0);
+  uint64_t version_sum = 0;  // order-independent: a sum of per-entry hashes
   for (const auto& src : sources) {
+    const auto source_index = uint16_t(p.sources_.size());
+    p.sources_.push_back(src.name);
     std::string_view text = src.text;
     uint32_t lineno = 0;
+    std::vector<std::string> tok;
+    std::string err, pat, key;
     while (!text.empty()) {
       ++lineno;
       const std::size_t nl = text.find('\n');
@@ -130,24 +189,20 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       auto fail = [&](const std::string& reason) {
         errors.push_back(fmt::format("{}:{}: {}", src.name, lineno, reason));
       };
-      std::vector<std::string> tok;
-      std::string err;
+      tok.clear();
       if (!tokenize(line, tok, err)) { fail(err); continue; }
       if (tok.empty()) continue;
 
-      Entry e;
-      e.source = src.name;
-      e.line = lineno;
-      e.shipped = src.shipped;
-      std::string pat = tok[0];
+      pat = tok[0];
       for (char& c : pat) c = char(std::tolower(static_cast<unsigned char>(c)));
       if (!pat.empty() && pat.back() == '.') pat.pop_back();
+      Entry::Kind kind = Entry::Kind::Exact;
       std::string_view base = pat;
       if (base.rfind("**.", 0) == 0) {
-        e.kind = Entry::Kind::AnyLabels;
+        kind = Entry::Kind::AnyLabels;
         base.remove_prefix(3);
       } else if (base.rfind("*.", 0) == 0) {
-        e.kind = Entry::Kind::OneLabel;
+        kind = Entry::Kind::OneLabel;
         base.remove_prefix(2);
       }
       if (pat == "*" || pat == "**" || base.empty()) {
@@ -162,14 +217,14 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
         if (dot == std::string_view::npos) break;
         rest.remove_prefix(dot + 1);
       }
-      std::string key;
       if (ok && !text_to_wire(base, key)) {
         ok = false;
         err = "name longer than 255 bytes";
       }
       if (!ok) { fail(fmt::format("bad pattern '{}': {}", tok[0], err)); continue; }
-      e.pattern = pat;
 
+      Meta meta;
+      bool has_meta = false, allow_private = false;
       for (std::size_t i = 1; i < tok.size() && ok; ++i) {
         const std::size_t eq = tok[i].find('=');
         if (eq == std::string::npos || eq == 0) {
@@ -183,12 +238,12 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
             fail(fmt::format("private={}: must be yes or no", v));
             ok = false;
           }
-          e.allow_private = v == "yes";
+          allow_private = v == "yes";
           continue;
         }
-        std::string* field = k == "owner" ? &e.owner : k == "why" ? &e.why
-                           : k == "data" ? &e.data : k == "unreachable" ? &e.unreachable
-                           : k == "reviewed" ? &e.reviewed : k == "expires" ? &e.expires
+        std::string* field = k == "owner" ? &meta.owner : k == "why" ? &meta.why
+                           : k == "data" ? &meta.data : k == "unreachable" ? &meta.unreachable
+                           : k == "reviewed" ? &meta.reviewed : k == "expires" ? &meta.expires
                            : nullptr;
         if (!field) {
           fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires, private)", k));
@@ -204,29 +259,97 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
           ok = false;
         } else {
           *field = v;
+          has_meta = true;
         }
       }
-      if (ok) p.add(std::move(e), key);
+      if (!ok) continue;
+
+      const auto index = uint32_t(p.entries_.size());
+      const uint32_t node = p.walk(reinterpret_cast<const uint8_t*>(key.data()), key.size(), true);
+      Rec r{node, lineno, kNone, source_index, uint8_t(kind),
+            uint8_t((allow_private ? kPrivate : 0) | (src.shipped ? kShipped : 0))};
+      if (has_meta) {
+        r.meta = uint32_t(p.meta_.size());
+        p.meta_.push_back(std::move(meta));
+      }
+      p.entries_.push_back(r);
+      // A duplicate keeps the first entry; `check` reports it.
+      if (kind == Entry::Kind::Exact) {
+        if (p.nodes_[node].exact == kNone) p.nodes_[node].exact = index;
+      } else {
+        Wild& w = p.wild_[node];
+        uint32_t& slot = kind == Entry::Kind::OneLabel ? w.one : w.many;
+        if (slot == kNone) slot = index;
+        p.nodes_[node].label |= kWildBit;
+      }
+      uint64_t h = fnv(kFnvBasis, pat.data(), pat.size());
+      if (has_meta) {
+        const Meta& m = p.meta_[r.meta];
+        for (const std::string* f : {&m.owner, &m.why, &m.data, &m.unreachable, &m.reviewed, &m.expires})
+          h = fnv(fnv(h, "|", 1), f->data(), f->size());
+      }
+      h = fnv(h, &allow_private, 1);
+      version_sum += h;
     }
   }
-  // FNV-1a over the canonical form of every entry: the same list in another file order or
-  // with other comments has the same version.
-  std::vector<std::string> canon;
-  for (const Entry& e : p.entries_)
-    canon.push_back(fmt::format("{}|{}|{}|{}|{}|{}|{}|{}", e.pattern, e.owner, e.why, e.data,
-                                e.unreachable, e.reviewed, e.expires, e.allow_private));
-  std::sort(canon.begin(), canon.end());
-  uint64_t h = 1469598103934665603ull;
-  for (const auto& c : canon)
-    for (char ch : c + "\n") h = (h ^ uint8_t(ch)) * 1099511628211ull;
-  p.version_ = fmt::format("{:08x}", uint32_t(h ^ (h >> 32)));
+  p.version_ = fmt::format("{:08x}", uint32_t(version_sum ^ (version_sum >> 32)));
+  if (p.slots_.empty()) p.grow();
   return p;
 }
 
-bool Policy::has_pattern(const std::string& pattern) const {
-  for (const Entry& e : entries_)
-    if (e.pattern == pattern) return true;
-  return false;
+Entry Policy::entry(std::size_t i) const {
+  const Rec& r = entries_[i];
+  Entry e;
+  e.pattern = pattern(i);
+  e.kind = Entry::Kind(r.kind);
+  e.source = sources_[r.source];
+  e.line = r.line;
+  e.allow_private = r.flags & kPrivate;
+  e.shipped = r.flags & kShipped;
+  if (r.meta != kNone) {
+    const Meta& m = meta_[r.meta];
+    e.owner = m.owner;
+    e.why = m.why;
+    e.data = m.data;
+    e.unreachable = m.unreachable;
+    e.reviewed = m.reviewed;
+    e.expires = m.expires;
+  }
+  return e;
+}
+
+std::string Policy::pattern(std::size_t i) const {
+  const Rec& r = entries_[i];
+  std::string s = r.kind == uint8_t(Entry::Kind::OneLabel) ? "*" : r.kind == uint8_t(Entry::Kind::AnyLabels) ? "**" : "";
+  for (uint32_t n = r.node; n != 0; n = nodes_[n].parent) {
+    const uint8_t* l = labels_.data() + (nodes_[n].label & ~kWildBit);
+    if (!s.empty()) s += '.';
+    s.append(reinterpret_cast<const char*>(l + 1), l[0]);
+  }
+  return s;
+}
+
+int32_t Policy::find_pattern(std::string_view pat) const {
+  Entry::Kind kind = Entry::Kind::Exact;
+  if (pat.rfind("**.", 0) == 0) {
+    kind = Entry::Kind::AnyLabels;
+    pat.remove_prefix(3);
+  } else if (pat.rfind("*.", 0) == 0) {
+    kind = Entry::Kind::OneLabel;
+    pat.remove_prefix(2);
+  }
+  std::string w;
+  if (!text_to_wire(pat, w)) return -1;
+  const uint32_t node =
+      const_cast<Policy*>(this)->walk(reinterpret_cast<const uint8_t*>(w.data()), w.size(), false);
+  if (node == kNone) return -1;
+  uint32_t idx = kNone;
+  if (kind == Entry::Kind::Exact) {
+    idx = nodes_[node].exact;
+  } else if (const auto it = wild_.find(node); it != wild_.end()) {
+    idx = kind == Entry::Kind::OneLabel ? it->second.one : it->second.many;
+  }
+  return idx == kNone ? -1 : int32_t(idx);
 }
 
 std::vector<std::string> missing_justification(const Entry& e) {
@@ -238,28 +361,34 @@ std::vector<std::string> missing_justification(const Entry& e) {
   return missing;
 }
 
-const Policy::Node* Policy::find(const uint8_t* p, std::size_t n) const {
-  const auto it = nodes_.find(std::string_view(reinterpret_cast<const char*>(p), n));
-  return it == nodes_.end() ? nullptr : &it->second;
-}
-
 Match Policy::match(const uint8_t* name, std::size_t len) const {
   if (len == 0) return {};
-  const Node* self = find(name, len);
-  if (self && self->exact >= 0) return {Match::Verdict::Allow, self->exact};
-  if (name[0] != 0) {
-    // "*.base" and "**.base" for base = the name less its first label, then "**." for every
-    // shorter suffix: the longest matching suffix is the most specific entry.
-    std::size_t off = 1u + name[0];
-    const Node* parent = find(name + off, len - off);
-    if (parent && parent->one >= 0) return {Match::Verdict::Allow, parent->one};
-    while (off < len && name[off] != 0) {
-      const Node* n = off == 1u + name[0] ? parent : find(name + off, len - off);
-      if (n && n->many >= 0) return {Match::Verdict::Allow, n->many};
-      off += 1u + name[off];
+  std::size_t offs[128];
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < len && name[i] != 0 && n < 128; i += 1u + name[i]) offs[n++] = i;
+  // Down the trie from the root, one probe per label. On the way, "**.x" at a node matches
+  // (the deepest one is the most specific) and "*.x" matches when one label is left.
+  uint32_t node = 0, many = kNone, one = kNone;
+  bool whole = true;
+  for (std::size_t k = n; k > 0; --k) {
+    if (nodes_[node].label & kWildBit) {
+      const Wild& w = wild_.at(node);
+      if (w.many != kNone) many = w.many;
+      if (k == 1 && w.one != kNone) one = w.one;
     }
+    const std::size_t o = offs[k - 1];
+    const uint32_t child = find_child(node, name + o + 1, name[o]);
+    if (child == kNone) {
+      whole = false;
+      break;
+    }
+    node = child;
   }
-  if (self && self->ancestor) return {Match::Verdict::Ancestor, -1};
+  if (whole && nodes_[node].exact != kNone) return {Match::Verdict::Allow, int32_t(nodes_[node].exact)};
+  if (one != kNone) return {Match::Verdict::Allow, int32_t(one)};
+  if (many != kNone) return {Match::Verdict::Allow, int32_t(many)};
+  // The whole name is in the trie but matched nothing: entries lie below it (RFC 8020).
+  if (whole && !entries_.empty()) return {Match::Verdict::Ancestor, -1};
   return {};
 }
 

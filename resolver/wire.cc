@@ -57,27 +57,38 @@ bool read_name(Reader& r, uint8_t* out, std::size_t* out_len) {
   return r.seek(resume ? resume : pos);
 }
 
-std::string name_to_text(const uint8_t* wire, std::size_t len) {
-  std::string s;
+std::size_t name_to_text(const uint8_t* wire, std::size_t len, char* buf, std::size_t cap) {
+  std::size_t n = 0;
+  auto put = [&](char c) {
+    if (n < cap) buf[n++] = c;
+  };
   std::size_t i = 0;
   while (i < len && wire[i] != 0) {
-    const std::size_t n = wire[i];
-    if (i + 1 + n > len) break;
-    if (!s.empty()) s += '.';
-    for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t l = wire[i];
+    if (i + 1 + l > len) break;
+    if (i != 0) put('.');
+    for (std::size_t k = 0; k < l; ++k) {
       const uint8_t c = wire[i + 1 + k];
       const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                          (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '*';
       if (plain) {
-        s += char(c);
-      } else {
-        char esc[5] = {'\\', char('0' + c / 100), char('0' + c / 10 % 10), char('0' + c % 10), 0};
-        s += esc;
+        put(char(c));
+      } else {  // RFC 1035 5.1: \DDD for bytes that are not plain
+        put('\\');
+        put(char('0' + c / 100));
+        put(char('0' + c / 10 % 10));
+        put(char('0' + c % 10));
       }
     }
-    i += 1 + n;
+    i += 1 + l;
   }
-  return s.empty() ? std::string(".") : s;
+  if (n == 0) put('.');
+  return n;
+}
+
+std::string name_to_text(const uint8_t* wire, std::size_t len) {
+  char buf[4 * kMaxNameWire];
+  return std::string(buf, name_to_text(wire, len, buf, sizeof buf));
 }
 
 }  // namespace dnsward::wire

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <list>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -27,11 +28,13 @@ class AnswerCache {
  public:
   explicit AnswerCache(std::size_t max_entries) : max_(max_entries) {}
 
-  /// The key: lower-cased name, type, class, and the DO and CD bits (they change answers).
-  static std::string key(const Query& q);
+  /// The key: lower-cased name, type, class, and the DO and CD bits (they change answers),
+  /// written into buf (kMaxKey bytes); returns its length. No heap on the hit path.
+  static constexpr std::size_t kMaxKey = wire::kMaxNameWire + 5;
+  static std::size_t key(const Query& q, char* buf);
 
   /// A live entry, or null (an expired one is removed).
-  const CacheEntry* find(const std::string& key, uint64_t now_ms);
+  const CacheEntry* find(std::string_view key, uint64_t now_ms);
   void store(std::string key, CacheEntry e);
   void clear() { map_.clear(); lru_.clear(); }
   std::size_t size() const { return map_.size(); }
@@ -44,7 +47,11 @@ class AnswerCache {
     std::list<std::string>::iterator lru;
   };
   std::size_t max_;
-  std::unordered_map<std::string, Slot> map_;
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, Slot, Hash, std::equal_to<>> map_;
   std::list<std::string> lru_;  // front: most recently used
   uint64_t hits_ = 0, misses_ = 0;
 };

@@ -100,7 +100,7 @@ class Pipeline {
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
     bool allow_private = false;  ///< the deciding entry says private=yes
-    std::string pattern;         ///< the deciding entry ("" in audit mode for a would-deny)
+    int32_t entry = -1;          ///< the deciding entry (-1 in audit mode for a would-deny)
     std::string policy_version;  ///< the policy that allowed it
   };
 
@@ -124,7 +124,7 @@ class Pipeline {
   std::size_t vouch_and_relay(const Query& q, const ClientAddr& client, const uint8_t* msg,
                               std::size_t len, uint16_t upstream_id,
                               const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                              uint32_t dropped_special, const std::string& pattern, bool& vouched);
+                              uint32_t dropped_special, int32_t entry, bool& vouched);
   std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
   void sweep_overdue();
   void arm_sweep();
@@ -138,13 +138,13 @@ class Pipeline {
   NftSets* nft_ = nullptr;
   AnswerCache cache_;
   bool allow_private_ = false;  // of the entry that allowed the query being processed
-  std::string current_pattern_;  // its pattern
+  int32_t current_entry_ = -1;   // that entry
   Usage* usage_ = nullptr;
   // Which entries vouched for each address, so a reload can revoke what only removed
   // entries had vouched for.
   struct VouchedBy {
     uint64_t expires_ms = 0;
-    std::vector<std::string> patterns;
+    std::vector<uint32_t> entries;  ///< indices into the current policy
   };
   std::unordered_map<IpAddr, VouchedBy, IpAddrHash> vouched_by_;
   std::vector<uint8_t> scratch_;  // a cached answer being aged

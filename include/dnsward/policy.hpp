@@ -55,40 +55,73 @@ struct PolicySource {
   bool shipped = false;  ///< the embedded default list, or a file identical to it
 };
 
+/// The parsed allowlists, compact enough for a million entries: a trie of labels (each
+/// node its parent, its own label and its exact entry) behind one open-addressing hash table
+/// keyed by (parent, label), plus 16 bytes per entry; justification text is kept only for
+/// entries that have some.
 class Policy {
  public:
   /// Parses every source; each problem is appended to errors as "FILE:LINE: reason". The
   /// policy is usable only if errors stayed empty.
   static Policy parse(const std::vector<PolicySource>& sources, std::vector<std::string>& errors);
 
-  /// Verdict for a lower-cased, uncompressed wire name including its root byte. The most
-  /// specific entry wins: exact, then "*.", then the longest "**." suffix.
+  /// Verdict for a lower-cased, uncompressed wire name including its root byte: one hash
+  /// probe per label, whatever the size of the list. The most specific entry wins: exact,
+  /// then "*.", then the "**." with the longest suffix.
   Match match(const uint8_t* name_lc, std::size_t len) const;
   /// Convenience for tests and tools: the same for a presentation-form name.
   Match match_text(std::string_view name) const;
 
-  const std::vector<Entry>& entries() const { return entries_; }
+  std::size_t size() const { return entries_.size(); }
+  /// Entry i in full (pattern, place, justification): for tools, not the query path.
+  Entry entry(std::size_t i) const;
+  /// Entry i's pattern, e.g. "*.example.com".
+  std::string pattern(std::size_t i) const;
+  bool allow_private(std::size_t i) const { return entries_[i].flags & kPrivate; }
+  /// The first entry with exactly this pattern, or -1.
+  int32_t find_pattern(std::string_view pattern) const;
   /// A short version of the loaded policy: 8 hex digits of a hash over every entry's
   /// pattern and keys, so logs and denials can say which list decided.
   const std::string& version() const { return version_; }
-  /// True if some entry has exactly this pattern.
-  bool has_pattern(const std::string& pattern) const;
 
  private:
+  static constexpr uint8_t kPrivate = 1, kShipped = 2;
+  static constexpr uint32_t kNone = UINT32_MAX;
+  static constexpr uint32_t kWildBit = 0x80000000u;  // in Node::label: node has wildcards
   struct Node {
-    int32_t exact = -1, one = -1, many = -1;
-    bool ancestor = false;  ///< some entry matches names strictly below this one
+    uint32_t parent;
+    uint32_t label;  ///< offset of [length][bytes] in labels_, | kWildBit
+    uint32_t exact;  ///< entry index or kNone
   };
-  struct Hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  struct Wild {
+    uint32_t one = kNone, many = kNone;
   };
-  void add(Entry e, const std::string& key);
-  const Node* find(const uint8_t* p, std::size_t n) const;
+  struct Rec {  // 16 bytes an entry
+    uint32_t node;
+    uint32_t line;
+    uint32_t meta;  ///< index into meta_, or kNone
+    uint16_t source;
+    uint8_t kind;
+    uint8_t flags;
+  };
+  struct Meta {
+    std::string owner, why, data, unreachable, reviewed, expires;
+  };
 
-  std::vector<Entry> entries_;
+  uint32_t find_child(uint32_t parent, const uint8_t* label, std::size_t len) const;
+  uint32_t add_child(uint32_t parent, const uint8_t* label, std::size_t len);
+  void grow();
+  /// The node of a lower-cased wire name (without wildcard prefix), creating it if asked.
+  uint32_t walk(const uint8_t* wire, std::size_t len, bool create);
+
+  std::vector<Node> nodes_;
+  std::vector<uint8_t> labels_;
+  std::vector<uint32_t> slots_;  // node index + 1; 0 is empty
+  std::unordered_map<uint32_t, Wild> wild_;
+  std::vector<Rec> entries_;
+  std::vector<Meta> meta_;
+  std::vector<std::string> sources_;
   std::string version_ = "00000000";
-  std::unordered_map<std::string, Node, Hash, std::equal_to<>> nodes_;  // key: wire suffix
 };
 
 /// Converts "a.example.com" / "A.Example.COM." to lower-cased wire form with root byte.

@@ -105,5 +105,7 @@ bool read_name(Reader& r, uint8_t* out = nullptr, std::size_t* out_len = nullptr
 /// Formats a wire name (uncompressed, with root byte) as text for logs and EDE texts:
 /// "a.example.com", "." for the root, bytes outside [-_a-z0-9A-Z] escaped as \DDD.
 std::string name_to_text(const uint8_t* wire, std::size_t len);
+/// The same into buf (at most cap bytes, cut there); returns the length written. No heap.
+std::size_t name_to_text(const uint8_t* wire, std::size_t len, char* buf, std::size_t cap);
 
 }  // namespace dnsward::wire

@@ -78,7 +78,7 @@ TEST_CASE("the most specific entry decides: exact, then *., then the longest **.
   auto pattern = [&](const char* n) {
     const Match m = p.match_text(n);
     REQUIRE(m.verdict == V::Allow);
-    return p.entries()[std::size_t(m.entry)].pattern;
+    return p.entry(std::size_t(m.entry)).pattern;
   };
   CHECK(pattern("x.deep.example.com") == "x.deep.example.com");
   CHECK(pattern("y.deep.example.com") == "*.deep.example.com");
@@ -91,8 +91,8 @@ TEST_CASE("entries carry their file, line and justification") {
       "# comment\n\n"
       "pypi.org owner=ml-team why=\"pip install\" data=\"package names\" "
       "unreachable=\"no packages\" reviewed=2024-02-29 expires=2027-01-01\n");
-  REQUIRE(p.entries().size() == 1);
-  const auto& e = p.entries()[0];
+  REQUIRE(p.size() == 1);
+  const auto e = p.entry(0);
   CHECK(e.source == "t.allow");
   CHECK(e.line == 3);
   CHECK(e.owner == "ml-team");
@@ -147,9 +147,9 @@ TEST_CASE("bad lines are reported as FILE:LINE: reason, and nothing else is lost
 
 TEST_CASE("a '#' inside quotes is text, outside it starts a comment") {
   const Policy p = load("a.example why=\"issue #12\" # owner=ignored\n");
-  REQUIRE(p.entries().size() == 1);
-  CHECK(p.entries()[0].why == "issue #12");
-  CHECK(p.entries()[0].owner.empty());
+  REQUIRE(p.size() == 1);
+  CHECK(p.entry(0).why == "issue #12");
+  CHECK(p.entry(0).owner.empty());
 }
 
 TEST_CASE("lookup cost does not depend on the list: a large list still answers exactly") {
