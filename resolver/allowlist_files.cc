@@ -1,5 +1,7 @@
 #include "dnsward/allowlist_files.hpp"
 
+#include <malloc.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -30,9 +32,12 @@ std::shared_ptr<const Policy> load_policy(const std::vector<std::string>& paths,
                                           std::vector<std::string>& errors) {
   const auto sources = read_allowlists(paths, errors);
   if (!errors.empty()) return nullptr;
-  Policy p = Policy::parse(sources, errors);
+  auto p = std::make_shared<const Policy>(Policy::parse(sources, errors));
+  // Hand the parser's scratch memory (the files' text, tokens) back to the system: a large
+  // list must not leave a large heap behind.
+  malloc_trim(0);
   if (!errors.empty()) return nullptr;
-  return std::make_shared<const Policy>(std::move(p));
+  return p;
 }
 
 }  // namespace dnsward

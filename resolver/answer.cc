@@ -1,7 +1,6 @@
 #include "dnsward/answer.hpp"
 
 #include <arpa/inet.h>
-#include <ldns/ldns.h>
 
 #include <algorithm>
 #include <cstring>
@@ -216,37 +215,112 @@ void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t m
   }
 }
 
+namespace {
+// RFC 3597 4: compression is allowed only in the RDATA of these RFC 1035 types; every other
+// type's RDATA is copied byte for byte, pointers being forbidden there.
+int compressed_names_in(uint16_t t, std::size_t& fixed_before, std::size_t& fixed_after) {
+  fixed_before = fixed_after = 0;
+  switch (t) {
+    case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12:  // NS MD MF CNAME MB MG MR PTR
+      return 1;
+    case 6:  // SOA: mname, rname, five 32-bit numbers
+      fixed_after = 20;
+      return 2;
+    case 14:  // MINFO
+      return 2;
+    case 15:  // MX: preference, exchange
+      fixed_before = 2;
+      return 1;
+    default:
+      return 0;
+  }
+}
+}  // namespace
+
 bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
                      std::vector<uint8_t>& out) {
-  ldns_pkt* pkt = nullptr;
-  if (ldns_wire2pkt(&pkt, ans, len) != LDNS_STATUS_OK) return false;
-  const std::size_t an = ldns_rr_list_rr_count(ldns_pkt_answer(pkt));
-  auto filtered = [&](ldns_rr_list* list, std::size_t base) {
-    ldns_rr_list* keep = ldns_rr_list_new();
-    for (std::size_t i = 0; i < ldns_rr_list_rr_count(list); ++i)
-      if (std::find(drop.begin(), drop.end(), uint16_t(base + i)) == drop.end())
-        ldns_rr_list_push_rr(keep, ldns_rr_clone(ldns_rr_list_rr(list, i)));
-    return keep;
-  };
-  ldns_rr_list* answer = filtered(ldns_pkt_answer(pkt), 0);
-  ldns_rr_list* authority = filtered(ldns_pkt_authority(pkt), an);
-  ldns_rr_list_deep_free(ldns_pkt_answer(pkt));
-  ldns_rr_list_deep_free(ldns_pkt_authority(pkt));
-  ldns_rr_list_deep_free(ldns_pkt_additional(pkt));
-  ldns_pkt_set_answer(pkt, answer);
-  ldns_pkt_set_authority(pkt, authority);
-  ldns_pkt_set_additional(pkt, ldns_rr_list_new());
-  ldns_pkt_set_ancount(pkt, uint16_t(ldns_rr_list_rr_count(answer)));
-  ldns_pkt_set_nscount(pkt, uint16_t(ldns_rr_list_rr_count(authority)));
-  ldns_pkt_set_arcount(pkt, 0);
-  // Keep the upstream's OPT (its extended RCODE and EDE travel there).
-  uint8_t* wire = nullptr;
-  std::size_t wlen = 0;
-  const bool ok = ldns_pkt2wire(&wire, pkt, &wlen) == LDNS_STATUS_OK;
-  if (ok) out.assign(wire, wire + wlen);
-  LDNS_FREE(wire);
-  ldns_pkt_free(pkt);
-  return ok;
+  // Every name is written uncompressed, so no pointer can refer to a record that is gone.
+  if (len < kHeaderSize) return false;
+  out.assign(kMaxMessage, 0);
+  Writer w(out.data(), out.size());
+  Reader r(ans, len, kHeaderSize);
+  const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8), ar = get16(ans + 10);
+  w.bytes(ans, 4);
+  w.u16(qd);
+  w.u16(0);  // counts patched below
+  w.u16(0);
+  w.u16(0);
+  uint8_t name[kMaxNameWire];
+  std::size_t name_len = 0;
+  for (uint16_t i = 0; i < qd; ++i) {
+    uint16_t t, c;
+    if (!read_name(r, name, &name_len) || !r.u16(t) || !r.u16(c)) return false;
+    const std::size_t at = w.len();
+    w.bytes(name, name_len);
+    if (w.ok() && i == 0) std::memcpy(out.data() + at, ans + at, name_len);  // keep its case
+    w.u16(t);
+    w.u16(c);
+  }
+  uint16_t kept[2] = {0, 0};
+  for (uint32_t i = 0; i < uint32_t(an) + ns; ++i) {
+    uint16_t t, c, rdlen;
+    uint32_t ttl;
+    if (!read_name(r, name, &name_len) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) ||
+        r.remaining() < rdlen)
+      return false;
+    const std::size_t rdata = r.pos();
+    r.skip(rdlen);
+    if (std::find(drop.begin(), drop.end(), uint16_t(i)) != drop.end()) continue;
+    ++kept[i < an ? 0 : 1];
+    w.bytes(name, name_len);
+    w.u16(t);
+    w.u16(c);
+    w.u32(ttl);
+    std::size_t before, after;
+    const int names = compressed_names_in(t, before, after);
+    if (names == 0) {
+      w.u16(rdlen);
+      w.bytes(ans + rdata, rdlen);
+      continue;
+    }
+    const std::size_t rdlen_at = w.len();
+    w.u16(0);
+    const std::size_t start = w.len();
+    Reader d(ans, rdata + rdlen, rdata);
+    if (!d.skip(before)) return false;
+    w.bytes(ans + rdata, before);
+    for (int k = 0; k < names; ++k) {
+      if (!read_name(d, name, &name_len)) return false;
+      w.bytes(name, name_len);
+    }
+    if (d.remaining() != after) return false;
+    w.bytes(ans + d.pos(), after);
+    w.patch16(rdlen_at, uint16_t(w.len() - start));
+  }
+  // The additional section is never relayed, but its OPT carries the extended RCODE and
+  // the upstream's EDE options: keep that record alone.
+  uint16_t opt = 0;
+  for (uint16_t i = 0; i < ar; ++i) {
+    const std::size_t start = r.pos();
+    uint16_t t, c, rdlen;
+    uint32_t ttl;
+    std::size_t owner_len = 0;
+    if (!read_name(r, name, &owner_len) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) ||
+        !r.skip(rdlen))
+      return false;
+    if (t == type::OPT && owner_len == 1 && opt == 0) {
+      w.u8(0);
+      w.bytes(ans + r.pos() - rdlen - 10, 10 + rdlen);
+      opt = 1;
+    }
+    (void)start;
+  }
+  if (!w.ok()) return false;
+  put16(out.data() + 6, kept[0]);
+  put16(out.data() + 8, kept[1]);
+  put16(out.data() + 10, opt);
+  out.resize(w.len());
+  return true;
 }
 
 }  // namespace dnsward

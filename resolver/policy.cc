@@ -294,6 +294,12 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
   }
   p.version_ = fmt::format("{:08x}", uint32_t(version_sum ^ (version_sum >> 32)));
   if (p.slots_.empty()) p.grow();
+  // Growth by doubling left up to half of each array unused: a million entries must fit in
+  // a few tens of MiB.
+  p.nodes_.shrink_to_fit();
+  p.labels_.shrink_to_fit();
+  p.entries_.shrink_to_fit();
+  p.meta_.shrink_to_fit();
   return p;
 }
 

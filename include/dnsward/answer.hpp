@@ -66,9 +66,9 @@ void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t m
                   uint32_t age);
 
 /// Rebuilds an answer without the records listed in drop (numbered over answer+authority)
-/// and without its additional section. Uses ldns: names are decompressed and compressed
-/// again for every record type it knows, so no pointer can dangle. Returns false if the
-/// message cannot be parsed.
+/// and without its additional section (but for the OPT). Every name is written
+/// uncompressed (owners, and the RDATA names of the RFC 1035 types that may be compressed,
+/// RFC 3597 4), so no pointer can dangle. Returns false if the message cannot be walked.
 bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
                      std::vector<uint8_t>& out);
 

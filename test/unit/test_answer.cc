@@ -209,3 +209,55 @@ TEST_CASE("truncated or corrupted answers are rejected without reading out of bo
     CHECK_FALSE(s.ok);
   }
 }
+
+TEST_CASE("a rebuilt answer has no pointer into a dropped record, and keeps the OPT") {
+  // ldns compresses: the A owners point into the CNAME's RDATA or into each other, and the
+  // first A (a special-purpose address) is dropped.
+  ldns_pkt* p = ldns_pkt_new();
+  ldns_pkt_set_id(p, 9);
+  ldns_pkt_set_qr(p, true);
+  ldns_rr* q = nullptr;
+  REQUIRE(ldns_rr_new_question_frm_str(&q, "Alias.Example. IN A", nullptr, nullptr) == LDNS_STATUS_OK);
+  ldns_pkt_push_rr(p, LDNS_SECTION_QUESTION, q);
+  for (const char* t : {"alias.example. 300 IN CNAME x.cdn.example.", "x.cdn.example. 300 IN A 10.1.1.1",
+                        "x.cdn.example. 300 IN A 198.18.0.1"}) {
+    ldns_rr* rr = nullptr;
+    REQUIRE(ldns_rr_new_frm_str(&rr, t, 0, nullptr, nullptr) == LDNS_STATUS_OK);
+    ldns_pkt_push_rr(p, LDNS_SECTION_ANSWER, rr);
+  }
+  ldns_rr* soa = nullptr;
+  REQUIRE(ldns_rr_new_frm_str(&soa, "example. 60 IN SOA ns.example. h.example. 1 2 3 4 5", 0, nullptr, nullptr) ==
+          LDNS_STATUS_OK);
+  ldns_pkt_push_rr(p, LDNS_SECTION_AUTHORITY, soa);
+  ldns_pkt_set_edns_udp_size(p, 1232);
+  ldns_pkt_set_edns_data(p, ldns_rdf_new_frm_data(LDNS_RDF_TYPE_UNKNOWN, 6, "\x00\x0f\x00\x02\x00\x16"));
+  uint8_t* wire = nullptr;
+  std::size_t len = 0;
+  REQUIRE(ldns_pkt2wire(&wire, p, &len) == LDNS_STATUS_OK);
+  const Bytes b(wire, wire + len);
+  LDNS_FREE(wire);
+  ldns_pkt_free(p);
+
+  const auto s = scan(b, "alias.example");
+  REQUIRE(s.drop == std::vector<uint16_t>{1});
+  Bytes out;
+  REQUIRE(rebuild_without(b.data(), b.size(), s.drop, out));
+  CHECK(std::memcmp(out.data() + 12, "\x05" "Alias\x07" "Example", 14) == 0);  // question case kept
+  ldns_pkt* back = nullptr;
+  REQUIRE(ldns_wire2pkt(&back, out.data(), out.size()) == LDNS_STATUS_OK);
+  REQUIRE(ldns_pkt_ancount(back) == 2);
+  char* a0 = ldns_rr2str(ldns_rr_list_rr(ldns_pkt_answer(back), 0));
+  char* a1 = ldns_rr2str(ldns_rr_list_rr(ldns_pkt_answer(back), 1));
+  char* ns0 = ldns_rr2str(ldns_rr_list_rr(ldns_pkt_authority(back), 0));
+  CHECK(std::string(a0) == "alias.example.\t300\tIN\tCNAME\tx.cdn.example.\n");
+  CHECK(std::string(a1) == "x.cdn.example.\t300\tIN\tA\t198.18.0.1\n");
+  CHECK(std::string(ns0) == "example.\t60\tIN\tSOA\tns.example. h.example. 1 2 3 4 5\n");
+  CHECK(ldns_pkt_edns(back));
+  CHECK(ldns_pkt_edns_udp_size(back) == 1232);
+  LDNS_FREE(a0);
+  LDNS_FREE(a1);
+  LDNS_FREE(ns0);
+  ldns_pkt_free(back);
+  const auto again = scan(out, "alias.example");
+  CHECK(texts(again) == std::vector<std::string>{"198.18.0.1/300"});
+}
