@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
 RUNS = int(os.environ.get("RUNS", "3"))
 DURATION = int(os.environ.get("DURATION", "4"))  # seconds per saturation measurement
+RATE = int(os.environ.get("RATE", "5000"))  # queries per second for CPU per forwarded query
 LO = "127.0.0.1"
 UPSTREAM_PORT = 5399
 HZ = os.sysconf("SC_CLK_TCK")
@@ -75,14 +76,15 @@ zone:
         (f"**.{n}\n" if n in ("m.bench", "n.bench") else f"{n}\n") for n in ALLOWED))
     write("d.txt", "".join(f"d{i}.denied.example A\n" for i in range(20000)))
     write("c.txt", "c.bench A\n")
-    write("m.txt", "".join(f"q{i}.m.bench A\n" for i in range(600000)))
-    write("n.txt", "".join(f"r{i}.n.bench A\n" for i in range(N_UNIQUE)))
+    write("n1.txt", "".join(f"r{i}.n.bench A\n" for i in range(N_UNIQUE // 2)))
+    write("n2.txt", "".join(f"r{i}.n.bench A\n" for i in range(N_UNIQUE // 2, N_UNIQUE)))
 
 
 def dnsmasq_cmd(port, nft):
     args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
             f"--listen-address={LO}", "--bind-interfaces", f"--port={port}", "--user=root",
-            "--cache-size=10000", "--log-facility=/dev/null", "--address=/#/"]
+            "--cache-size=10000", "--dns-forward-max=1000", "--log-facility=/dev/null",
+            "--address=/#/"]
     for n in ALLOWED:
         args.append(f"--server=/{n}/{LO}#{UPSTREAM_PORT}")
     if nft:
@@ -189,10 +191,12 @@ def status(pid, key):
     return 0
 
 
-def dnsperf(port, qfile, once=False):
+def dnsperf(port, qfile, once=False, rate=None):
     args = ["taskset", "-c", "1", "dnsperf", "-s", LO, "-p", str(port), "-d", qfile, "-c", "4",
             "-q", "200", "-t", "2"]
     args += ["-n", "1"] if once else ["-l", str(DURATION)]
+    if rate:
+        args += ["-Q", str(rate)]
     out = subprocess.run(args, capture_output=True, text=True).stdout
     val = {}
     for line in out.splitlines():
@@ -213,14 +217,27 @@ def latency(port, qfile, count=5000):
     return float(kv["p50_us"]), float(kv["p99_us"])
 
 
-def scenario(p, port, qfile, once=False, lat_file=None):
+def scenario(p, port, qfile, once=False, lat_file=None, rate_file=None):
+    """Saturation throughput; CPU per query (at a fixed moderate rate when rate_file is
+    given, so that a server that falls over at saturation is not charged for its retries)."""
     t0 = cpu_ticks(p.pid)
     r = dnsperf(port, qfile, once)
     t1 = cpu_ticks(p.pid)
     r["cpu_us"] = (t1 - t0) * 1e6 / HZ / max(r.get("done", 1), 1)
+    if rate_file:
+        t0 = cpu_ticks(p.pid)
+        fixed = dnsperf(port, rate_file, rate=RATE)
+        t1 = cpu_ticks(p.pid)
+        r["cpu_us"] = (t1 - t0) * 1e6 / HZ / max(fixed.get("done", 1), 1)
+        r["lost"] = r.get("lost", 0) + fixed.get("lost", 0)
     if lat_file:
         r["p50"], r["p99"] = latency(port, lat_file)
     return r
+
+
+def names(tag, count, suffix="m.bench"):
+    """A query file of names never asked before: tagged by run, resolver and scenario."""
+    return write(f"{tag}.txt", "".join(f"q{i}.{tag}.{suffix} A\n" for i in range(count)))
 
 
 def loadavg():
@@ -228,10 +245,15 @@ def loadavg():
         return float(f.read().split()[0])
 
 
-def run_once(offset):
-    """One run of every resolver through every scenario. offset picks fresh M/N names."""
+def run_once(run):
+    """One run of every resolver through every scenario, each with names of its own."""
     res = {}
-    m_all = open(os.path.join(work, "m.txt")).read().splitlines()
+    # The floor for D: copy-and-patch NXDOMAIN, nothing else (bench/bare_responder.cc).
+    bare = subprocess.Popen(["taskset", "-c", "0", os.path.join(BUILD, "bench", "bare_responder"), "5309"])
+    procs.append(bare)
+    time.sleep(0.2)
+    res["bare"] = {"D": scenario(bare, 5309, os.path.join(work, "d.txt"))}
+    stop(bare)
     for name in ("dnsward", "dnsmasq", "unbound"):
         port = 5301 + len(res)
         cmd = {"dnsward": dnsward_cmd(port, False), "dnsmasq": dnsmasq_cmd(port, False),
@@ -242,11 +264,9 @@ def run_once(offset):
         lat_d = write("lat-d.txt", "".join(f"l{i}.denied.example A\n" for i in range(5000)))
         r["D"] = scenario(p, port, os.path.join(work, "d.txt"), lat_file=lat_d)
         r["C"] = scenario(p, port, os.path.join(work, "c.txt"), lat_file=os.path.join(work, "c.txt"))
-        # M: names never asked before, each file used once per resolver.
-        chunk = m_all[offset:offset + 150000]
-        mfile = write(f"m-{name}.txt", "\n".join(chunk) + "\n")
-        lat_m = write(f"lat-m-{name}.txt", "\n".join(m_all[offset + 150000:offset + 155000]) + "\n")
-        r["M"] = scenario(p, port, mfile, once=True, lat_file=lat_m)
+        tag = f"r{run}{name}"
+        r["M"] = scenario(p, port, names(tag + "s", 250000), lat_file=names(tag + "l", 5000),
+                          rate_file=names(tag + "f", 60000))
         r["peak_rss_kb"] = status(p.pid, "VmHWM")
         stop(p)
         res[name] = r
@@ -260,11 +280,14 @@ def run_once(offset):
         port = 5310
         cmd = dnsward_cmd(port, True) if name == "dnsward" else dnsmasq_cmd(port, True)
         p, _ = start(cmd, port)
-        chunk = m_all[offset + 300000:offset + 450000]
-        res[name]["M+nft"] = scenario(p, port, write("mn.txt", "\n".join(chunk) + "\n"), once=True)
-        res[name]["N+nft"] = scenario(p, port, os.path.join(work, "n.txt"), once=True)
-        held = sh("nft", "list", "set", "inet", "dnsward", "allowed4").stdout.count("expires")
-        res[name]["set_elements"] = held
+        tag = f"r{run}{name}nft"
+        res[name]["M+nft"] = scenario(p, port, names(tag + "s", 250000), rate_file=names(tag + "f", 60000))
+        # N+nft: every answer a new address; the names are split between the two passes.
+        res[name]["N+nft"] = scenario(p, port, os.path.join(work, "n1.txt"), once=True,
+                                      rate_file=os.path.join(work, "n2.txt"))
+        listing = json.loads(sh("nft", "-j", "list", "set", "inet", "dnsward", "allowed4").stdout)
+        res[name]["set_elements"] = sum(len(i["set"].get("elem", [])) for i in listing["nftables"]
+                                        if "set" in i)
         stop(p)
     return res
 
@@ -299,24 +322,26 @@ def main():
     while not answers(UPSTREAM_PORT, wait=0.2):
         time.sleep(0.05)
     load_before = loadavg()
-    runs = [run_once(i * 5000) for i in range(RUNS)]
+    runs = [run_once(i) for i in range(RUNS)]
     sc = scale()
     load_after = loadavg()
 
     def med(res, scen, key):
-        return median([r[res].get(scen, {}).get(key) if scen else r[res].get(key) for r in runs])
+        return median([r.get(res, {}).get(scen, {}).get(key) if scen else r.get(res, {}).get(key)
+                       for r in runs])
 
     lines = []
     say = lines.append
-    say(f"runs: {RUNS} (medians below), {DURATION} s per saturation point, kernel "
+    say(f"runs: {RUNS} (medians below), {DURATION} s per saturation point; CPU per query of "
+        f"M, M+nft, N+nft at a fixed {RATE} qps; kernel "
         f"{os.uname().release}, {os.cpu_count()} cpus")
     say(f"load average before {load_before:.2f}, after {load_after:.2f}"
         + ("  << other load on the machine: treat this run as unreliable" if max(load_before, load_after) > 1.5 else ""))
     say("")
     say(f"{'scenario':8} {'resolver':8} {'qps':>9} {'cpu us/q':>9} {'lost':>6} {'p50 us':>8} {'p99 us':>8}")
     for scen in ("D", "C", "M", "M+nft", "N+nft"):
-        for res in ("dnsward", "dnsmasq", "unbound"):
-            if res == "unbound" and "nft" in scen:
+        for res in ("dnsward", "dnsmasq", "unbound", "bare"):
+            if (res == "unbound" and "nft" in scen) or (res == "bare" and scen != "D"):
                 continue
             q, c, l = med(res, scen, "qps"), med(res, scen, "cpu_us"), med(res, scen, "lost")
             p50, p99 = med(res, scen, "p50"), med(res, scen, "p99")
@@ -327,7 +352,7 @@ def main():
     for scen in ("D", "C", "M", "M+nft", "N+nft"):
         d = med("dnsward", scen, "cpu_us")
         parts = []
-        for peer in ("dnsmasq", "unbound"):
+        for peer in ("dnsmasq", "unbound", "bare"):
             v = med(peer, scen, "cpu_us")
             if v:
                 parts.append(f"{d / v:.2f}x {peer}")
