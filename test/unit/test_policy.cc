@@ -160,3 +160,16 @@ TEST_CASE("lookup cost does not depend on the list: a large list still answers e
   CHECK(p.match_text("host100000.bulk.test").verdict == V::Deny);
   CHECK(p.match_text("bulk.test").verdict == V::Ancestor);
 }
+
+TEST_CASE("entries are found again by their pattern, and patterns are rebuilt from the trie") {
+  const Policy p = load("a.example\n*.b.example\n**.b.example\nA.Example\n");
+  CHECK(p.find_pattern("a.example") == 0);   // the first of two identical entries
+  CHECK(p.find_pattern("*.b.example") == 1);
+  CHECK(p.find_pattern("**.b.example") == 2);
+  CHECK(p.find_pattern("b.example") == -1);
+  CHECK(p.find_pattern("*.a.example") == -1);
+  CHECK(p.pattern(1) == "*.b.example");
+  CHECK(p.pattern(3) == "a.example");
+  CHECK(p.entry(2).kind == dnsward::Entry::Kind::AnyLabels);
+  CHECK(p.entry(3).line == 4);
+}
