@@ -61,6 +61,7 @@ const std::vector<OptionSpec>& serve_options() {
       {"mode", Kind::Text, "MODE", "enforce (deny names off the list) or audit (forward every name, vouch its addresses, log and count what enforce would deny)", "enforce", 0, 0, 0, &ServeConfig::mode},
       {"state", Kind::Text, "FILE", "keep usage counts (per entry, per denied name) in FILE, written atomically every --state-interval and on SIGTERM", "none", 0, 0, 0, &ServeConfig::state},
       {"state-interval", Kind::Int, "SECONDS", "how often the state file is written", "60", 60, 1, 86400, &ServeConfig::state_interval},
+      {"user", Kind::Text, "NAME", "after binding its sockets and opening netlink as root, run as this user keeping only CAP_NET_ADMIN (no other capability, no new privileges)", "dnsward, if that user exists", 0, 0, 0, &ServeConfig::user},
       {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
   };
   return table;
@@ -299,6 +300,7 @@ ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std:
     return out;
   }
   c.audit = c.mode == "audit";
+  c.user_explicit = vm.count("user") != 0;
   if (c.min_ttl > c.max_ttl) {
     out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
     return out;

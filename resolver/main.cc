@@ -20,6 +20,7 @@
 #include "dnsward/nft_rules.hpp"
 #include "dnsward/nftset.hpp"
 #include "dnsward/pipeline.hpp"
+#include "dnsward/privilege.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
 #include "dnsward/usage.hpp"
@@ -123,6 +124,16 @@ int serve(const std::vector<std::string>& args) {
       udp.push_back(std::make_unique<UdpListener>(loop, pipeline, ep));
       tcp.push_back(std::make_unique<TcpListener>(loop, pipeline, ep, cfg));
     }
+    // Everything that needed root is done: sockets bound, netlink open, sets created.
+    const DropResult drop = drop_privileges(cfg.user, cfg.user_explicit, !cfg.no_nft);
+    if (!drop.ok) {
+      std::fprintf(stderr, "dnsward: %s\n", drop.message.c_str());
+      return 1;
+    }
+    if (drop.dropped)
+      log::info("event=privileges-dropped user={} kept={}", cfg.user, cfg.no_nft ? "none" : "CAP_NET_ADMIN");
+    else if (!drop.message.empty())
+      log::warn("event=still-root msg={}", log::quote(drop.message));
     loop.on_signal(SIGTERM, [&] { loop.stop(); });
     loop.on_signal(SIGINT, [&] { loop.stop(); });
     // SIGHUP re-reads the config file's list options and the allowlists. The new policy

@@ -64,6 +64,8 @@ struct ServeConfig {
   std::string mode = "enforce";  ///< or "audit": forward everything, log what would be denied
   bool audit = false;
   std::string state;             ///< usage state file ("": not kept)
+  std::string user = "dnsward";  ///< the user to drop to after start-up (as root)
+  bool user_explicit = false;    ///< --user was given
   uint32_t state_interval = 60;
 };
 

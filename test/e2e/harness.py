@@ -285,15 +285,33 @@ def recv_exact(sock, n):
     return buf
 
 
+def ensure_user(name="dnsward"):
+    """The unprivileged user dnsward drops to after start-up (tests run as root)."""
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        name], check=True, capture_output=True)
+
+
+def shared_tempdir(prefix="dnsward-"):
+    """A temporary directory the dropped dnsward user can write to (state files)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o777)
+    return d
+
+
 class Dnsward:
-    """The real binary on a loopback port."""
+    """The real binary on a loopback port. Started as root, as in production, it drops to
+    the user dnsward after binding (so the tests run the drop too)."""
 
     def __init__(self, upstream_port=None, allowlist=ALLOWLIST, extra=(), listen=None,
                  wait=True, nft=False, prefix=()):
         self.dir = tempfile.mkdtemp(prefix="dnsward-")
         self.port = free_port()
         os.chmod(self.dir, 0o755)  # readable by an unprivileged dnsward (prefix: setpriv)
+        ensure_user()
         args = [*prefix, BIN, "serve", "--listen", listen or f"{LO}:{self.port}"]
+        if not prefix:
+            args += ["--user", "dnsward"]
         if not nft:
             args.append("--no-nft")
         if allowlist is not None:  # None: the embedded default list

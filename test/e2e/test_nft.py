@@ -241,6 +241,41 @@ class Reload(unittest.TestCase):
             drop_table()
 
 
+class Privilege(unittest.TestCase):
+    def test_after_start_up_it_runs_unprivileged_with_cap_net_admin_only_and_still_vouches(self):
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            status = open(f"/proc/{d.proc.pid}/status").read()
+            f = dict(l.split(":\t", 1) for l in status.splitlines() if ":\t" in l)
+            uid = int(subprocess.run(["id", "-u", "dnsward"], capture_output=True, text=True).stdout)
+            self.assertEqual([int(x) for x in f["Uid"].split()], [uid] * 4)
+            cap_net_admin = 1 << 12
+            for field in ("CapEff", "CapPrm", "CapBnd"):
+                self.assertEqual(int(f[field], 16), cap_net_admin, field)
+            self.assertEqual(int(f["CapInh"], 16), 0)
+            self.assertEqual(int(f["CapAmb"], 16), 0)
+            self.assertEqual(f["NoNewPrivs"].strip(), "1")
+            self.assertIn("event=privileges-dropped user=dnsward kept=CAP_NET_ADMIN", d.logtext())
+            # And the hook still works, including after the kernel's set was flushed.
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            self.assertIn("198.18.0.1", nft_set("dnsward", "allowed4"))
+            nft("flush", "set", "inet", "dnsward", "allowed4")
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            self.assertIn("198.18.0.1", nft_set("dnsward", "allowed4"))
+        finally:
+            d.stop()
+            drop_table()
+
+    def test_an_unknown_user_named_explicitly_is_a_start_up_error(self):
+        drop_table()
+        r = subprocess.run([BIN, "serve", "--listen", f"{LO}:{free_port()}", "--upstream",
+                            f"{LO}:{knot.port}", "--no-nft", "--user", "no-such-user-here"],
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--user no-such-user-here: no such user", r.stderr)
+
+
 class Refresh(unittest.TestCase):
     """Re-answering a name extends its element, whether the kernel updates in place or
     dnsward has to delete and add (the only way on kernels before 6.12, Debian 12's 6.1)."""

@@ -11,7 +11,7 @@ import dns.message
 import dns.rcode
 import dns.rdataclass
 
-from harness import BIN, ROOT, Dnsward, LO, Stack, run, wait_for
+from harness import BIN, ROOT, Dnsward, LO, Stack, run, shared_tempdir, wait_for
 
 JUST = ' owner=tests why="e2e" data="none" unreachable="tests fail" reviewed={today}'
 
@@ -99,7 +99,7 @@ class Usage(unittest.TestCase):
                        extra=["--state", state, "--state-interval", "1", "--cache-size", "0", *extra])
 
     def test_report_after_a_mix_of_queries(self):
-        state = os.path.join(tempfile.mkdtemp(), "state")
+        state = os.path.join(shared_tempdir(), "state")
         allow = ("www.allowed.test" + JUST.format(today=today()) + "\n" +
                  "alias.allowed.test" + JUST.format(today=today()) + "\n" +
                  "never.allowed.test" + JUST.format(today="2026-01-01") + "\n")
@@ -127,7 +127,7 @@ class Usage(unittest.TestCase):
         self.assertEqual([x["pattern"] for x in j["unused"]], ["never.allowed.test"])
 
     def test_state_survives_a_restart_and_a_corrupt_file_is_set_aside(self):
-        state = os.path.join(tempfile.mkdtemp(), "state")
+        state = os.path.join(shared_tempdir(), "state")
         allow = "www.allowed.test" + JUST.format(today=today()) + "\n"
         d = self.start(state, allow)
         d.query("www.allowed.test.")
@@ -153,7 +153,7 @@ class Usage(unittest.TestCase):
         self.assertIn("entry\twww.allowed.test\t1\t", open(state).read())
 
     def test_audit_mode_forwards_what_enforce_denies_and_reports_it(self):
-        state = os.path.join(tempfile.mkdtemp(), "state")
+        state = os.path.join(shared_tempdir(), "state")
         d = self.start(state, "www.allowed.test" + JUST.format(today=today()) + "\n",
                        "--mode", "audit")
         try:
