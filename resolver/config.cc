@@ -61,6 +61,7 @@ const std::vector<OptionSpec>& serve_options() {
       {"mode", Kind::Text, "MODE", "enforce (deny names off the list) or audit (forward every name, vouch its addresses, log and count what enforce would deny)", "enforce", 0, 0, 0, &ServeConfig::mode},
       {"state", Kind::Text, "FILE", "keep usage counts (per entry, per denied name) in FILE, written atomically every --state-interval and on SIGTERM", "none", 0, 0, 0, &ServeConfig::state},
       {"state-interval", Kind::Int, "SECONDS", "how often the state file is written", "60", 60, 1, 86400, &ServeConfig::state_interval},
+      {"state-max-names", Kind::Int, "N", "denied names (and would-deny names) kept in the state, least recently seen dropped first: bounds the state file", "10000", 10000, 1, 1000000, &ServeConfig::state_max_names},
       {"user", Kind::Text, "NAME", "after binding its sockets and opening netlink as root, run as this user keeping only CAP_NET_ADMIN (no other capability, no new privileges)", "dnsward, if that user exists", 0, 0, 0, &ServeConfig::user},
       {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
   };

@@ -75,7 +75,7 @@ int serve(const std::vector<std::string>& args) {
   log::policy_version = policy->version();
 
   // The usage state: a corrupt file is reported and set aside, never fatal.
-  Usage usage;
+  Usage usage(cfg.state_max_names);
   if (!cfg.state.empty()) {
     std::string err;
     if (Usage::load(cfg.state, usage, err) == Usage::Load::Corrupt) {
@@ -83,7 +83,7 @@ int serve(const std::vector<std::string>& args) {
       std::rename(cfg.state.c_str(), aside.c_str());
       log::error("event=state-corrupt error={} moved_to={} msg={}", log::quote(err), log::quote(aside),
                  log::quote("starting with empty usage counts"));
-      usage = Usage();
+      usage = Usage(cfg.state_max_names);
     }
   }
   auto save_state = [&] {

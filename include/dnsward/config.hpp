@@ -67,6 +67,7 @@ struct ServeConfig {
   std::string user = "dnsward";  ///< the user to drop to after start-up (as root)
   bool user_explicit = false;    ///< --user was given
   uint32_t state_interval = 60;
+  uint32_t state_max_names = 10000;  ///< denied (and would-deny) names kept in the state
 };
 
 /// Outcome of parsing: a config, or a one-line error (exit 2), or help was printed (exit 0).

@@ -120,7 +120,7 @@ class LoopbackServer:
     in its own thread, so a slow one delays no other."""
 
     def __init__(self):
-        self.port = free_port()
+        self.port = getattr(self, "_want", None) or free_port()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind((LO, self.port))
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -128,6 +128,7 @@ class LoopbackServer:
         self.tcp.bind((LO, self.port))
         self.tcp.listen(16)
         self.running = True
+        self.last = b""
         threading.Thread(target=self._udp_loop, daemon=True).start()
         threading.Thread(target=self._tcp_loop, daemon=True).start()
 
@@ -342,9 +343,9 @@ class Dnsward:
     def tcp(self, q, timeout=3.0):
         return dns.query.tcp(q, LO, port=self.port, timeout=timeout)
 
-    def query(self, name, rdtype="A", tcp=False, **kw):
+    def query(self, name, rdtype="A", tcp=False, timeout=3.0, **kw):
         q = dns.message.make_query(name, rdtype, **kw)
-        return self.tcp(q) if tcp else self.udp(q)
+        return self.tcp(q, timeout) if tcp else self.udp(q, timeout)
 
     def raw_udp(self, data, timeout=0.5):
         """Sends raw bytes; returns the reply's bytes, or None if none came."""
