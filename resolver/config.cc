@@ -62,6 +62,9 @@ const std::vector<OptionSpec>& serve_options() {
       {"state", Kind::Text, "FILE", "keep usage counts (per entry, per denied name) in FILE, written atomically every --state-interval and on SIGTERM", "none", 0, 0, 0, &ServeConfig::state},
       {"state-interval", Kind::Int, "SECONDS", "how often the state file is written", "60", 60, 1, 86400, &ServeConfig::state_interval},
       {"state-max-names", Kind::Int, "N", "denied names (and would-deny names) kept in the state, least recently seen dropped first: bounds the state file", "10000", 10000, 1, 1000000, &ServeConfig::state_max_names},
+      {"metrics-listen", Kind::Text, "ADDR:PORT", "serve Prometheus metrics at http://ADDR:PORT/metrics (loopback only)", "none", 0, 0, 0, &ServeConfig::metrics_listen},
+      {"metrics-file", Kind::Text, "FILE", "write the same metrics to FILE atomically every --metrics-interval (node_exporter's textfile collector)", "none", 0, 0, 0, &ServeConfig::metrics_file},
+      {"metrics-interval", Kind::Int, "SECONDS", "how often --metrics-file is written", "15", 15, 1, 3600, &ServeConfig::metrics_interval},
       {"user", Kind::Text, "NAME", "after binding its sockets and opening netlink as root, run as this user keeping only CAP_NET_ADMIN (no other capability, no new privileges)", "dnsward, if that user exists", 0, 0, 0, &ServeConfig::user},
       {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
   };

@@ -16,6 +16,7 @@
 #include "dnsward/event_loop.hpp"
 #include "dnsward/explain.hpp"
 #include "dnsward/lint.hpp"
+#include "dnsward/metrics.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
 #include "dnsward/nftset.hpp"
@@ -124,6 +125,28 @@ int serve(const std::vector<std::string>& args) {
       udp.push_back(std::make_unique<UdpListener>(loop, pipeline, ep));
       tcp.push_back(std::make_unique<TcpListener>(loop, pipeline, ep, cfg));
     }
+    MetricsSources sources{&pipeline, nft.get(), uint64_t(time(nullptr))};
+    std::unique_ptr<MetricsServer> metrics_server;
+    if (!cfg.metrics_listen.empty()) metrics_server = std::make_unique<MetricsServer>(loop, cfg.metrics_listen, sources);
+    std::function<void()> write_metrics;
+    if (!cfg.metrics_file.empty()) {
+      write_metrics = [&] {
+        std::string err;
+        if (!write_metrics_file(cfg.metrics_file, sources, err))
+          log::error("event=metrics-write-failed error={}", log::quote(err));
+        loop.after(uint64_t(cfg.metrics_interval) * 1000u, write_metrics);
+      };
+      write_metrics();
+    }
+    // SIGUSR1: the counters that matter, in the log.
+    loop.on_signal(SIGUSR1, [&] {
+      const Counters& k = pipeline.counters();
+      log::info("event=stats received={} denied={} forwarded={} cache_hits={} upstream_failures={} "
+                "vouched={} vouch_failures={} inflight={} cache={} nft_known={} reloads_ok={} reloads_failed={}",
+                k.received, k.denied + k.ancestor_nodata, k.forwarded, k.cache_hits, k.upstream_failures,
+                k.vouched_answers, k.vouch_failures, pipeline.inflight(), pipeline.cache_size(),
+                nft ? nft->known() : 0, k.reloads_ok, k.reloads_failed);
+    });
     // Everything that needed root is done: sockets bound, netlink open, sets created.
     const DropResult drop = drop_privileges(cfg.user, cfg.user_explicit, !cfg.no_nft);
     if (!drop.ok) {

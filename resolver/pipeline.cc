@@ -14,6 +14,12 @@ namespace dnsward {
 using namespace wire;
 
 namespace {
+uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
 const char* type_name(uint16_t t) {
   switch (t) {
     case type::A: return "A";
@@ -276,7 +282,10 @@ std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
       items.push_back({a.addr, t + cfg_.grace});
     }
     std::string err;
-    if (!nft_->vouch(items, loop_.now_ms(), err)) {
+    const uint64_t t0 = mono_ns();
+    const bool ok = nft_->vouch(items, loop_.now_ms(), err);
+    vouch_latency_.observe(double(mono_ns() - t0) / 1e9);
+    if (!ok) {
       ++counters_.vouch_failures;
       log::error("event=vouch-failed name={} addresses={} error={}", log::quote(q.qname_text()),
                  addrs.size(), log::quote(err));
@@ -328,6 +337,7 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
   p.client = from;
   p.sink = &sink;
   p.deadline_ms = loop_.now_ms() + overdue_ms_;
+  p.sent_ns = mono_ns();
   p.allow_private = allow_private_;
   p.entry = current_entry_;
   p.policy_version = policy_->version();
@@ -376,6 +386,7 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   }
   if (status == ARES_SUCCESS && ans) {
     ++counters_.upstream_answers;
+    upstream_latency_.observe(double(mono_ns() - p.sent_ns) / 1e9);
     n = answer_from_upstream(p, uint16_t(token), ans, len);
   } else {
     ++counters_.upstream_failures;

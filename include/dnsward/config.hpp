@@ -65,6 +65,9 @@ struct ServeConfig {
   bool audit = false;
   std::string state;             ///< usage state file ("": not kept)
   std::string user = "dnsward";  ///< the user to drop to after start-up (as root)
+  std::string metrics_listen;    ///< loopback ADDR:PORT for GET /metrics ("": none)
+  std::string metrics_file;      ///< textfile-collector file ("": none)
+  uint32_t metrics_interval = 15;
   bool user_explicit = false;    ///< --user was given
   uint32_t state_interval = 60;
   uint32_t state_max_names = 10000;  ///< denied (and would-deny) names kept in the state

@@ -14,6 +14,7 @@
 #include "dnsward/cache.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
+#include "dnsward/metrics.hpp"
 #include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/nftset.hpp"
@@ -59,7 +60,8 @@ struct Counters {
            denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
            upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
            cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0,
-           would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0;
+           would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0,
+           filtered_type = 0, over_budget = 0;
 };
 
 class Pipeline {
@@ -86,6 +88,9 @@ class Pipeline {
   /// The set writer every answer's addresses go through; null with --no-nft.
   void set_nft(NftSets* nft) { nft_ = nft; }
   const Counters& counters() const { return counters_; }
+  std::size_t cache_size() const { return cache_.size(); }
+  const Histogram& upstream_latency() const { return upstream_latency_; }
+  const Histogram& vouch_latency() const { return vouch_latency_; }
   std::size_t inflight() const { return pending_.size(); }
 
  private:
@@ -97,6 +102,7 @@ class Pipeline {
     ClientAddr client;
     ReplySink* sink = nullptr;
     uint64_t deadline_ms = 0;
+    uint64_t sent_ns = 0;    ///< when it went upstream, for the latency histogram
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
     bool allow_private = false;  ///< the deciding entry says private=yes
@@ -150,6 +156,7 @@ class Pipeline {
   std::vector<uint8_t> scratch_;  // a cached answer being aged
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;
+  Histogram upstream_latency_, vouch_latency_;
   EventLoop::TimerId sweep_timer_ = 0;
   uint64_t overdue_ms_ = 0;
   bool shutting_down_ = false;
