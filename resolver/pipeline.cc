@@ -199,7 +199,43 @@ Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
   const Match m = policy_->match(q.qname_lc, q.qname_len);
   const int64_t now = usage_ ? int64_t(std::time(nullptr)) : 0;
   if (m.verdict == Match::Verdict::Allow) {
-    allow_private_ = policy_->allow_private(std::size_t(m.entry));
+    const auto idx = std::size_t(m.entry);
+    if (!policy_->allows_type(idx, q.qtype) && q.qtype != type::ANY) {
+      // Names under a wildcard are a channel to whoever runs that zone: only the types a
+      // sandbox needs to connect go out (RFC 8914 17, Filtered).
+      ++counters_.filtered_type;
+      char why[512];
+      const auto r = fmt::format_to_n(why, sizeof why, "dnsward: type {} is not allowed under '{}' (types=)",
+                                      type_text(q.qtype), policy_->pattern(idx));
+      out_len_ = build_negative(q, rcode::NOERROR, reply_opts_, out_.data(), out_.size(),
+                                edns::EDE_FILTERED, std::string_view(why, std::min(r.size, sizeof why)));
+      return out_len_ ? Step::Reply : Step::Drop;
+    }
+    if (const uint32_t budget = policy_->budget(idx)) {
+      Window& w = budgets_[uint32_t(idx)];
+      const uint64_t minute = loop_.now_ms() / 60000u;
+      if (w.minute != minute) {
+        w.minute = minute;
+        w.names.clear();
+      }
+      std::string name = q.qname_text();
+      if (!w.names.count(name)) {
+        if (w.names.size() >= budget) {
+          ++counters_.over_budget;
+          log::warn("event=over-budget name={} entry={} budget={} client={}", log::quote(name),
+                    log::quote(policy_->pattern(idx)), budget, from.peer_text());
+          char why[512];
+          const auto r = fmt::format_to_n(why, sizeof why,
+              "dnsward: '{}' allows {} new names a minute and has used them; {} is denied for now",
+              policy_->pattern(idx), budget, name);
+          out_len_ = build_negative(q, rcode::NXDOMAIN, reply_opts_, out_.data(), out_.size(),
+                                    edns::EDE_BLOCKED, std::string_view(why, std::min(r.size, sizeof why)));
+          return out_len_ ? Step::Reply : Step::Drop;
+        }
+        w.names.insert(std::move(name));
+      }
+    }
+    allow_private_ = policy_->allow_private(idx);
     current_entry_ = m.entry;
     if (usage_) usage_->allowed(policy_->pattern(std::size_t(m.entry)), now);
   } else if (cfg_.audit) {
@@ -485,6 +521,7 @@ void Pipeline::reload(std::shared_ptr<const Policy> p) {
   }
   policy_ = std::move(p);
   cache_.clear();
+  budgets_.clear();  // entry indices changed
   ++counters_.reloads_ok;
   if (nft_ && !revoke.empty()) {
     std::string err;

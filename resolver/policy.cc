@@ -11,6 +11,20 @@
 namespace dnsward {
 namespace {
 
+uint16_t type_code(const std::string& t) {
+  static const std::pair<const char*, uint16_t> known[] = {
+      {"A", 1}, {"NS", 2}, {"CNAME", 5}, {"SOA", 6}, {"PTR", 12}, {"MX", 15}, {"TXT", 16},
+      {"AAAA", 28}, {"SRV", 33}, {"SVCB", 64}, {"HTTPS", 65}, {"CAA", 257}};
+  for (const auto& [name, code] : known)
+    if (t == name) return code;
+  if (t.rfind("TYPE", 0) == 0 && t.size() > 4 && t.size() <= 9 &&
+      t.find_first_not_of("0123456789", 4) == std::string::npos) {
+    const unsigned long v = std::stoul(t.substr(4));
+    if (v > 0 && v < 65536) return uint16_t(v);
+  }
+  return 0;
+}
+
 bool valid_date(std::string_view s) {
   if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
   for (std::size_t i : {0, 1, 2, 3, 5, 6, 8, 9})
@@ -233,6 +247,35 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
           break;
         }
         const std::string k = tok[i].substr(0, eq), v = tok[i].substr(eq + 1);
+        if (k == "types") {
+          std::string_view list = v;
+          while (ok && !list.empty()) {
+            const std::size_t comma = list.find(',');
+            std::string t(list.substr(0, comma));
+            for (char& ch : t) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+            const uint16_t code = type_code(t);
+            if (code == 0) {
+              fail(fmt::format("types: unknown type '{}' (use A, AAAA, CNAME, HTTPS, SVCB, TXT, MX, "
+                               "SRV, CAA, NS, PTR, SOA or TYPEnnn)", t));
+              ok = false;
+            }
+            meta.types.push_back(code);
+            list.remove_prefix(comma == std::string_view::npos ? list.size() : comma + 1);
+          }
+          has_meta = true;
+          continue;
+        }
+        if (k == "budget") {
+          if (v.empty() || v.size() > 7 || v.find_first_not_of("0123456789") != std::string::npos ||
+              std::stoul(v) == 0) {
+            fail(fmt::format("budget={}: must be a number of names per minute, 1 to 9999999", v));
+            ok = false;
+          } else {
+            meta.budget = uint32_t(std::stoul(v));
+            has_meta = true;
+          }
+          continue;
+        }
         if (k == "private") {
           if (v != "yes" && v != "no") {
             fail(fmt::format("private={}: must be yes or no", v));
@@ -246,7 +289,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
                            : k == "reviewed" ? &meta.reviewed : k == "expires" ? &meta.expires
                            : nullptr;
         if (!field) {
-          fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires, private)", k));
+          fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires, private, types, budget)", k));
           ok = false;
         } else if (!field->empty()) {
           fail(fmt::format("key '{}' given twice", k));
@@ -287,6 +330,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
         const Meta& m = p.meta_[r.meta];
         for (const std::string* f : {&m.owner, &m.why, &m.data, &m.unreachable, &m.reviewed, &m.expires})
           h = fnv(fnv(h, "|", 1), f->data(), f->size());
+        h = fnv(fnv(h, m.types.data(), m.types.size() * sizeof(uint16_t)), &m.budget, sizeof m.budget);
       }
       h = fnv(h, &allow_private, 1);
       version_sum += h;
@@ -312,8 +356,12 @@ Entry Policy::entry(std::size_t i) const {
   e.line = r.line;
   e.allow_private = r.flags & kPrivate;
   e.shipped = r.flags & kShipped;
+  if (e.kind != Entry::Kind::Exact)
+    e.types = {wire::type::A, wire::type::AAAA, wire::type::CNAME, wire::type::HTTPS, wire::type::SVCB};
   if (r.meta != kNone) {
     const Meta& m = meta_[r.meta];
+    if (!m.types.empty()) e.types = m.types;
+    e.budget = m.budget;
     e.owner = m.owner;
     e.why = m.why;
     e.data = m.data;
@@ -322,6 +370,22 @@ Entry Policy::entry(std::size_t i) const {
     e.expires = m.expires;
   }
   return e;
+}
+
+bool Policy::allows_type(std::size_t i, uint16_t qtype) const {
+  const Rec& r = entries_[i];
+  if (r.kind == uint8_t(Entry::Kind::Exact)) return true;
+  if (r.meta != kNone && !meta_[r.meta].types.empty()) {
+    const auto& t = meta_[r.meta].types;
+    return std::find(t.begin(), t.end(), qtype) != t.end();
+  }
+  using namespace wire::type;
+  return qtype == A || qtype == AAAA || qtype == CNAME || qtype == HTTPS || qtype == SVCB;
+}
+
+uint32_t Policy::budget(std::size_t i) const {
+  const Rec& r = entries_[i];
+  return r.meta == kNone ? 0 : meta_[r.meta].budget;
 }
 
 std::string Policy::pattern(std::size_t i) const {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "dnsward/cache.hpp"
@@ -153,6 +154,12 @@ class Pipeline {
     std::vector<uint32_t> entries;  ///< indices into the current policy
   };
   std::unordered_map<IpAddr, VouchedBy, IpAddrHash> vouched_by_;
+  // Distinct names asked under each budgeted entry in the current minute.
+  struct Window {
+    uint64_t minute = 0;
+    std::unordered_set<std::string> names;
+  };
+  std::unordered_map<uint32_t, Window> budgets_;
   std::vector<uint8_t> scratch_;  // a cached answer being aged
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;

@@ -25,6 +25,11 @@ struct Entry {
   /// private=yes: addresses of this entry's answers may be special-purpose ones (RFC 1918,
   /// loopback, ...), which dnsward otherwise refuses to vouch for (DNS rebinding).
   bool allow_private = false;
+  /// For wildcard entries: the query types allowed below it (types=; default A, AAAA,
+  /// CNAME, HTTPS, SVCB) and the distinct names allowed per minute (budget=; 0: no limit).
+  /// Names under a wildcard are a channel to whoever runs that zone: these limit it.
+  std::vector<uint16_t> types;
+  uint32_t budget = 0;
   /// From the shipped default list (zones/default.allow): justified upstream, not custom.
   bool shipped = false;
   std::string where() const { return source + ":" + std::to_string(line); }
@@ -78,6 +83,11 @@ class Policy {
   /// Entry i's pattern, e.g. "*.example.com".
   std::string pattern(std::size_t i) const;
   bool allow_private(std::size_t i) const { return entries_[i].flags & kPrivate; }
+  bool is_wildcard(std::size_t i) const { return entries_[i].kind != uint8_t(Entry::Kind::Exact); }
+  /// May a query of this type go out under entry i? Exact entries allow every type.
+  bool allows_type(std::size_t i, uint16_t qtype) const;
+  /// Entry i's budget of distinct names per minute (0: none).
+  uint32_t budget(std::size_t i) const;
   /// The first entry with exactly this pattern, or -1.
   int32_t find_pattern(std::string_view pattern) const;
   /// A short version of the loaded policy: 8 hex digits of a hash over every entry's
@@ -106,6 +116,8 @@ class Policy {
   };
   struct Meta {
     std::string owner, why, data, unreachable, reviewed, expires;
+    std::vector<uint16_t> types;  // empty: the default set
+    uint32_t budget = 0;
   };
 
   uint32_t find_child(uint32_t parent, const uint8_t* label, std::size_t len) const;

@@ -206,3 +206,38 @@ class RelayOn(Relay):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ExfiltrationBudget(unittest.TestCase):
+    def test_wildcards_forward_only_connection_types_and_types_widens_it(self):
+        relay = Relay(knot.port)
+        d = Dnsward(relay.port, allowlist="*.wild.test\n**.deep.test types=A,TXT\nwww.allowed.test\n",
+                    extra=["--cache-size", "0"])
+        try:
+            r = d.query("t1.wild.test.", "TXT", use_edns=0)
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+            self.assertEqual(r.answer, [])
+            code, text = ede(r)
+            self.assertEqual(code, 17)  # Filtered
+            self.assertIn("type TXT is not allowed under '*.wild.test'", text)
+            self.assertEqual(relay.names(), [])  # never left the machine
+            d.query("x.a.b.deep.test.", "TXT")
+            d.query("www.allowed.test.", "TXT")  # exact names are not limited
+            d.query("t2.wild.test.", "A")
+            self.assertEqual(relay.names(), ["x.a.b.deep.test.", "www.allowed.test.", "t2.wild.test."])
+        finally:
+            d.stop()
+            relay.stop()
+
+    def test_a_budget_of_new_names_per_minute_is_enforced(self):
+        d = Dnsward(knot.port, allowlist="*.wild.test budget=3\n")
+        try:
+            for i in range(3):
+                self.assertEqual(d.query(f"b{i}.wild.test.").rcode(), dns.rcode.NOERROR)
+            r = d.query("b3.wild.test.", use_edns=0)
+            self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+            self.assertIn("allows 3 new names a minute", ede(r)[1])
+            self.assertEqual(d.query("b1.wild.test.").rcode(), dns.rcode.NOERROR)  # seen: fine
+            self.assertIn("event=over-budget name=b3.wild.test", d.logtext())
+        finally:
+            d.stop()

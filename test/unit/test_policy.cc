@@ -173,3 +173,23 @@ TEST_CASE("entries are found again by their pattern, and patterns are rebuilt fr
   CHECK(p.entry(2).kind == dnsward::Entry::Kind::AnyLabels);
   CHECK(p.entry(3).line == 4);
 }
+
+TEST_CASE("wildcard entries allow only the types a sandbox connects with, unless types= says") {
+  const Policy p = load("*.cdn.example\n**.api.example types=A,TXT,type99 budget=5\nexact.example\n");
+  CHECK(p.allows_type(0, 1));     // A
+  CHECK(p.allows_type(0, 28));    // AAAA
+  CHECK(p.allows_type(0, 65));    // HTTPS
+  CHECK_FALSE(p.allows_type(0, 16));  // TXT: a channel out
+  CHECK(p.allows_type(1, 16));
+  CHECK(p.allows_type(1, 99));
+  CHECK_FALSE(p.allows_type(1, 28));
+  CHECK(p.allows_type(2, 16));    // exact names are not limited
+  CHECK(p.budget(1) == 5);
+  CHECK(p.budget(0) == 0);
+  CHECK(p.entry(1).types == std::vector<uint16_t>{1, 16, 99});
+  std::vector<std::string> errs;
+  load("*.x.example types=A,BOGUS\n*.y.example budget=0\n*.z.example budget=lots\n", &errs);
+  REQUIRE(errs.size() == 3);
+  CHECK(errs[0].find("unknown type 'BOGUS'") != std::string::npos);
+  CHECK(errs[1].find("budget=0") != std::string::npos);
+}
