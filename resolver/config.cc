@@ -49,6 +49,7 @@ const std::vector<OptionSpec>& serve_options() {
       {"tcp-idle-timeout", Kind::Int, "MS", "close a TCP connection with no complete query and nothing pending for this long (RFC 7766 6.2.3)", "10000", 10000, 100, 3600000, &ServeConfig::tcp_idle_timeout_ms},
       {"tcp-max-pipelined", Kind::Int, "N", "queries in progress per TCP connection; reading pauses beyond it", "32", 32, 1, 1024, &ServeConfig::tcp_max_pipelined},
       {"log-level", Kind::Text, "LEVEL", "debug, info, warn or error", "info"},
+      {"log-format", Kind::Text, "FORMAT", "logfmt (key=value) or json: one line per event on stderr", "logfmt", 0, 0, 0, &ServeConfig::log_format},
       {"nft-family", Kind::Text, "FAMILY", "nftables family of dnsward's table: inet, ip or ip6", "inet", 0, 0, 0, &ServeConfig::nft_family},
       {"nft-table", Kind::Text, "NAME", "nftables table that holds the sets (created if missing)", "dnsward", 0, 0, 0, &ServeConfig::nft_table},
       {"nft-set4", Kind::Text, "NAME", "set of vouched IPv4 addresses (type ipv4_addr, flags timeout)", "allowed4", 0, 0, 0, &ServeConfig::nft_set4},
@@ -297,6 +298,10 @@ ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std:
   }
   if (c.nft_refresh != "auto" && c.nft_refresh != "update" && c.nft_refresh != "replace") {
     out.error = fmt::format("--nft-refresh {}: must be auto, update or replace", c.nft_refresh);
+    return out;
+  }
+  if (c.log_format != "logfmt" && c.log_format != "json") {
+    out.error = fmt::format("--log-format {}: must be logfmt or json", c.log_format);
     return out;
   }
   if (c.mode != "enforce" && c.mode != "audit") {

@@ -1,5 +1,6 @@
 // Wiring only: parse the command line, build the parts, run the loop.
 #include <signal.h>
+#include <systemd/sd-daemon.h>
 #include <sys/epoll.h>
 
 #include <cerrno>
@@ -68,6 +69,7 @@ int serve(const std::vector<std::string>& args) {
   if (!parsed.config) return usage_error("serve: " + parsed.error);
   const ServeConfig& cfg = *parsed.config;
   log::threshold = cfg.log_level;
+  log::format = cfg.log_format == "json" ? log::Format::Json : log::Format::Logfmt;
 
   std::vector<std::string> errors;
   std::shared_ptr<const Policy> policy = load_policy(cfg.allowlists, errors);
@@ -163,6 +165,10 @@ int serve(const std::vector<std::string>& args) {
     // replaces the old between two queries, so no query sees half a list; if anything fails,
     // the old policy stays in force and every error is logged.
     loop.on_signal(SIGHUP, [&] {
+      sd_notify(0, "RELOADING=1");
+      struct Ready {
+        ~Ready() { sd_notify(0, "READY=1"); }
+      } ready_again;
       std::vector<std::string> errs;
       std::vector<std::string> lists = cfg.allowlists;
       const ParseOutcome again = parse_serve_config(args);
@@ -212,7 +218,10 @@ int serve(const std::vector<std::string>& args) {
                 cfg.nft_family, cfg.nft_table, cfg.nft_set4, cfg.nft_set6,
                 nft->mode() == RefreshMode::Update ? "update" : "replace", cfg.min_ttl,
                 cfg.max_ttl, cfg.grace);
+    // Under systemd (Type=notify) the unit is started once dnsward answers.
+    sd_notifyf(0, "READY=1\nSTATUS=serving %zu entries, policy %s", policy->size(), policy->version().c_str());
     loop.run();
+    sd_notify(0, "STOPPING=1");
     save_state();
     log::info("event=stop");
     pipeline.shutdown();

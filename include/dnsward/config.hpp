@@ -44,6 +44,7 @@ struct ServeConfig {
   uint32_t tcp_idle_timeout_ms = 10000;
   uint32_t tcp_max_pipelined = 32;
   LogLevel log_level = LogLevel::Info;
+  std::string log_format = "logfmt";
   std::string upstream_source;  ///< "--upstream" or "/etc/resolv.conf", for the banner
 
   // The nftables hook.

@@ -7,6 +7,9 @@
 namespace dnsward::log {
 
 extern LogLevel threshold;
+/// One line per event: logfmt (key=value) or one JSON object.
+enum class Format { Logfmt, Json };
+extern Format format;
 /// The loaded policy's version, carried by every line so an operator can tell which list
 /// decided ("" before one is loaded).
 extern std::string policy_version;

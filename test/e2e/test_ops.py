@@ -84,3 +84,48 @@ class Metrics(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Daemon(unittest.TestCase):
+    def test_json_logs_carry_the_same_fields(self):
+        import json
+        d = Dnsward(knot.port, extra=["--log-format", "json", "--log-level", "debug"])
+        try:
+            d.query("evil.test.")
+            wait_for(lambda: '"event":"denied"' in d.logtext(), timeout=5, what="a denial logged")
+        finally:
+            d.stop()
+        lines = [json.loads(l) for l in d.logtext().splitlines() if l.startswith("{")]
+        self.assertTrue(lines)
+        denied = [l for l in lines if l.get("event") == "denied"][0]
+        for key in ("ts", "level", "name", "type", "client", "policy"):
+            self.assertIn(key, denied)
+        self.assertEqual(denied["name"], "evil.test")
+        self.assertEqual(denied["type"], "A")
+        self.assertRegex(denied["ts"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    def test_systemd_readiness_reload_and_stop_are_notified(self):
+        import socket as s
+        path = os.path.join(shared_tempdir(), "notify")
+        sock = s.socket(s.AF_UNIX, s.SOCK_DGRAM)
+        sock.bind(path)
+        os.chmod(path, 0o777)
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            d = Dnsward(knot.port, wait=False)
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        sock.settimeout(10)
+        try:
+            first = sock.recv(4096).decode()
+            self.assertIn("READY=1", first)
+            self.assertIn("STATUS=serving", first)
+            self.assertEqual(d.query("evil.test.").rcode(), dns.rcode.NXDOMAIN)  # ready means ready
+            d.proc.send_signal(signal.SIGHUP)
+            self.assertIn("RELOADING=1", sock.recv(4096).decode())
+            self.assertIn("READY=1", sock.recv(4096).decode())
+            d.proc.send_signal(signal.SIGTERM)
+            self.assertIn("STOPPING=1", sock.recv(4096).decode())
+        finally:
+            d.stop()
+            sock.close()
