@@ -169,7 +169,10 @@ uint32_t Policy::add_child(uint32_t parent, const uint8_t* label, std::size_t le
 uint32_t Policy::walk(const uint8_t* wire, std::size_t len, bool create) {
   std::size_t offs[128];
   std::size_t n = 0;
-  for (std::size_t i = 0; i < len && wire[i] != 0 && n < 128; i += 1u + wire[i]) offs[n++] = i;
+  for (std::size_t i = 0; i < len && wire[i] != 0; i += 1u + wire[i]) {
+    if (n == 128 || i + 1u + wire[i] >= len) return kNone;
+    offs[n++] = i;
+  }
   uint32_t node = 0;
   while (n > 0) {
     const std::size_t o = offs[--n];
@@ -435,7 +438,12 @@ Match Policy::match(const uint8_t* name, std::size_t len) const {
   if (len == 0) return {};
   std::size_t offs[128];
   std::size_t n = 0;
-  for (std::size_t i = 0; i < len && name[i] != 0 && n < 128; i += 1u + name[i]) offs[n++] = i;
+  // Callers pass names parse_query checked; still, a label that runs past the end (found
+  // by fuzzing) denies rather than reads out of bounds.
+  for (std::size_t i = 0; i < len && name[i] != 0; i += 1u + name[i]) {
+    if (n == 128 || name[i] > wire::kMaxLabel || i + 1u + name[i] >= len) return {};
+    offs[n++] = i;
+  }
   // Down the trie from the root, one probe per label. On the way, "**.x" at a node matches
   // (the deepest one is the most specific) and "*.x" matches when one label is left.
   uint32_t node = 0, many = kNone, one = kNone;

@@ -193,3 +193,15 @@ TEST_CASE("wildcard entries allow only the types a sandbox connects with, unless
   CHECK(errs[0].find("unknown type 'BOGUS'") != std::string::npos);
   CHECK(errs[1].find("budget=0") != std::string::npos);
 }
+
+TEST_CASE("a malformed wire name is denied without reading past its end (found by fuzzing)") {
+  const Policy p = load("example.com\n");
+  const uint8_t runs_past[] = {7, 'e', 'x', 'a'};                // label longer than the bytes
+  const uint8_t no_root[] = {7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm'};
+  const uint8_t too_long_label[] = {70, 'a', 0};
+  CHECK(p.match(runs_past, sizeof runs_past).verdict == Match::Verdict::Deny);
+  CHECK(p.match(no_root, sizeof no_root).verdict == Match::Verdict::Deny);
+  CHECK(p.match(too_long_label, sizeof too_long_label).verdict == Match::Verdict::Deny);
+  const uint8_t ok[] = {7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm', 0};
+  CHECK(p.match(ok, sizeof ok).verdict == Match::Verdict::Allow);
+}
