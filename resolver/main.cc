@@ -1,6 +1,7 @@
 // Wiring only: parse the command line, build the parts, run the loop.
 #include <signal.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 #include <sys/epoll.h>
 
 #include <cerrno>
@@ -156,7 +157,7 @@ int serve(const std::vector<std::string>& args) {
       return 1;
     }
     if (drop.dropped)
-      log::info("event=privileges-dropped user={} kept={}", cfg.user, cfg.no_nft ? "none" : "CAP_NET_ADMIN");
+      log::info("event=privileges-dropped uid={} kept={}", getuid(), cfg.no_nft ? "none" : "CAP_NET_ADMIN");
     else if (!drop.message.empty())
       log::warn("event=still-root msg={}", log::quote(drop.message));
     loop.on_signal(SIGTERM, [&] { loop.stop(); });

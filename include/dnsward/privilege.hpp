@@ -16,7 +16,8 @@ struct DropResult {
 /// As root: switch to `user` (its uid, gid, no supplementary groups), keep only
 /// CAP_NET_ADMIN (if keep_net_admin) in the permitted, effective and bounding sets, and set
 /// PR_SET_NO_NEW_PRIVS. user_explicit: the operator named the user, so a missing one is an
-/// error rather than a warning. Not root: nothing to drop (started unprivileged already).
+/// error rather than a warning. Not root (started with ambient or file capabilities):
+/// everything but CAP_NET_ADMIN is given up all the same.
 DropResult drop_privileges(const std::string& user, bool user_explicit, bool keep_net_admin);
 
 }  // namespace dnsward
