@@ -104,3 +104,14 @@ TEST_CASE("--help is generated from the option table") {
     CHECK(h.find(opt) != std::string::npos);
   CHECK(h.find("50..30000") != std::string::npos);
 }
+
+TEST_CASE("a '%' in options is refused before Boost's error formatting loops on it (fuzzing)") {
+  const auto r = parse_serve_config({"--max-infm-ptod%original_token%ime", "x"});
+  CHECK_FALSE(r.config);
+  CHECK(r.error.find("'%' is not allowed") != std::string::npos);
+  const std::string f = write_temp("listen = 127.0.0.1:53\nbogus%value% = 1\n");
+  const auto c = parse_serve_config({"--config", f});
+  std::remove(f.c_str());
+  CHECK_FALSE(c.config);
+  CHECK(c.error.find("'%' is not allowed") != std::string::npos);
+}
