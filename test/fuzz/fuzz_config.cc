@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -12,8 +13,19 @@
 
 using namespace dnsward;
 
+namespace {
+const std::string& scratch_path() {
+  static const std::string path = [] {
+    std::string p = "/tmp/dnsward-fuzz-config-" + std::to_string(getpid());
+    std::atexit([] { std::remove(scratch_path().c_str()); });
+    return p;
+  }();
+  return path;
+}
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
-  static const std::string path = "/tmp/dnsward-fuzz-config-" + std::to_string(getpid());
+  const std::string& path = scratch_path();
   if (FILE* f = std::fopen(path.c_str(), "wb")) {
     std::fwrite(data, 1, size, f);
     std::fclose(f);
