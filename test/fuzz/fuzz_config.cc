@@ -1,5 +1,6 @@
 // libFuzzer: a config file (key = value lines), and the same bytes split into command-line
 // arguments, through the option table's parser and checks.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -13,23 +14,11 @@
 
 using namespace dnsward;
 
-namespace {
-const std::string& scratch_path() {
-  static const std::string path = [] {
-    std::string p = "/tmp/dnsward-fuzz-config-" + std::to_string(getpid());
-    std::atexit([] { std::remove(scratch_path().c_str()); });
-    return p;
-  }();
-  return path;
-}
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
-  const std::string& path = scratch_path();
-  if (FILE* f = std::fopen(path.c_str(), "wb")) {
-    std::fwrite(data, 1, size, f);
-    std::fclose(f);
-  }
+  // The config "file" lives in memory (memfd): nothing is left on disk.
+  static const int fd = memfd_create("dnsward-fuzz-config", 0);
+  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, data, size, 0) != ssize_t(size)) return 0;
   (void)parse_serve_config({"--config", path, "--upstream", "192.0.2.1"}, "/dev/null");
   std::vector<std::string> args;
   std::string cur;
