@@ -1,8 +1,8 @@
 # Multi-stage: the same install script as CI, a release build, then a slim runtime image
 # that runs as the unprivileged user dnsward. The binary carries file capabilities for the
 # two things it needs (CAP_NET_BIND_SERVICE for port 53, CAP_NET_ADMIN for its nftables
-# sets); the container must be granted CAP_NET_ADMIN (--cap-add NET_ADMIN), or dnsward run
-# with --no-nft.
+# sets); the container must be granted CAP_NET_ADMIN (--cap-add NET_ADMIN), even with
+# --no-nft, or the kernel refuses to run a binary whose capabilities it cannot grant.
 FROM debian:bookworm-slim AS build
 COPY scripts/install-deps /src/scripts/install-deps
 RUN /src/scripts/install-deps build
