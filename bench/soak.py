@@ -21,20 +21,19 @@ os.environ.setdefault("DNSWARD_BIN", os.path.join(BUILD, "dnsward"))
 import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 
-from harness import Dnsward, Knot, LoopbackServer, LO, recv_exact  # noqa: E402
+from harness import Dnsward, Knot, LO, Relay  # noqa: E402
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 MODES = ["ok", "drop", "ok", "servfail", "ok", "garbage", "ok", "slow"]
 PERIOD = 20  # seconds per fault mode
 
 
-class FaultyUpstream(LoopbackServer):
-    """Forwards to knot, but on a schedule drops, SERVFAILs, sends garbage or answers late."""
+class FaultyUpstream(Relay):
+    """Relays to knot, but on a schedule drops, SERVFAILs, sends garbage or answers late."""
 
     def __init__(self, knot_port):
-        self.knot_port = knot_port
         self.t0 = time.monotonic()
-        super().__init__()
+        super().__init__(knot_port)
 
     def mode(self):
         return MODES[int((time.monotonic() - self.t0) / PERIOD) % len(MODES)]
@@ -54,17 +53,9 @@ class FaultyUpstream(LoopbackServer):
                 return None
         if m == "slow":
             time.sleep(0.5)
-        try:
-            if transport == "udp":
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.settimeout(2)
-                    s.sendto(wire, (LO, self.knot_port))
-                    return s.recv(65535)
-            with socket.create_connection((LO, self.knot_port), timeout=2) as up:
-                up.sendall(len(wire).to_bytes(2, "big") + wire)
-                return recv_exact(up, int.from_bytes(recv_exact(up, 2), "big"))
-        except (OSError, EOFError):
-            return None
+        with self.lock:
+            self.seen.clear()  # a relay remembers what it saw; a soak must not
+        return super().handle(wire, transport)
 
 
 def sample(pid):
