@@ -100,32 +100,18 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
   for (uint16_t i = 0; i < qd; ++i)
     if (!read_name(r) || !r.skip(4)) return s;
 
-  struct Rr {
-    uint8_t owner[kMaxNameWire];
-    std::size_t owner_len;
-    uint16_t type;
-    uint32_t ttl;
-    std::size_t rdata, rdlen;
-    bool answer_section;
-  };
   std::vector<Rr> rrs(std::size_t(an) + ns);
+  auto in_answer = [&](const Rr& rr) { return &rr < rrs.data() + an; };
   uint32_t min_answer_ttl = UINT32_MAX;
   int64_t negative_ttl = -1;
-  for (std::size_t i = 0; i < rrs.size(); ++i) {
-    Rr& rr = rrs[i];
-    uint16_t klass, rdlen;
-    if (!read_name(r, rr.owner, &rr.owner_len) || !r.u16(rr.type) || !r.u16(klass)) return s;
-    s.ttl_offsets.push_back(uint32_t(r.pos()));
-    if (!r.u32(rr.ttl) || !r.u16(rdlen)) return s;
-    rr.rdata = r.pos();
-    rr.rdlen = rdlen;
-    rr.answer_section = i < an;
-    if (!r.skip(rdlen)) return s;
+  for (Rr& rr : rrs) {
+    if (!read_rr(r, rr)) return s;
+    s.ttl_offsets.push_back(uint32_t(rr.ttl_at));
     // RFC 2181 8: a TTL with the top bit set is treated as zero.
     if (rr.ttl & 0x80000000u) rr.ttl = 0;
-    if (rr.answer_section) min_answer_ttl = std::min(min_answer_ttl, rr.ttl);
-    if (!rr.answer_section && rr.type == type::SOA && rdlen >= 20)
-      negative_ttl = std::min<int64_t>(rr.ttl, get32(ans + rr.rdata + rdlen - 4));
+    if (in_answer(rr)) min_answer_ttl = std::min(min_answer_ttl, rr.ttl);
+    if (!in_answer(rr) && rr.type == type::SOA && rr.rdlen >= 20)
+      negative_ttl = std::min<int64_t>(rr.ttl, get32(ans + rr.rdata + rr.rdlen - 4));
   }
 
   // The CNAME chain from the query name, bounded, in the answer section only.
@@ -135,7 +121,7 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
     const auto& tail = chain.back();
     bool advanced = false;
     for (const Rr& rr : rrs) {
-      if (!rr.answer_section || rr.type != type::CNAME) continue;
+      if (!in_answer(rr) || rr.type != type::CNAME) continue;
       if (rr.owner_len != tail.size() || std::memcmp(rr.owner, tail.data(), tail.size()) != 0)
         continue;
       Reader t(ans, rr.rdata + rr.rdlen, rr.rdata);
@@ -186,7 +172,7 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
     } else {
       continue;
     }
-    if (!rr.answer_section || !on_chain(rr)) {
+    if (!in_answer(rr) || !on_chain(rr)) {
       s.drop.push_back(uint16_t(i));
       continue;
     }
@@ -262,33 +248,28 @@ bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint
     w.u16(c);
   }
   uint16_t kept[2] = {0, 0};
+  Rr rr;
   for (uint32_t i = 0; i < uint32_t(an) + ns; ++i) {
-    uint16_t t, c, rdlen;
-    uint32_t ttl;
-    if (!read_name(r, name, &name_len) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) ||
-        r.remaining() < rdlen)
-      return false;
-    const std::size_t rdata = r.pos();
-    r.skip(rdlen);
+    if (!read_rr(r, rr)) return false;
     if (std::find(drop.begin(), drop.end(), uint16_t(i)) != drop.end()) continue;
     ++kept[i < an ? 0 : 1];
-    w.bytes(name, name_len);
-    w.u16(t);
-    w.u16(c);
-    w.u32(ttl);
+    w.bytes(rr.owner, rr.owner_len);
+    w.u16(rr.type);
+    w.u16(rr.klass);
+    w.u32(rr.ttl);
     std::size_t before, after;
-    const int names = compressed_names_in(t, before, after);
+    const int names = compressed_names_in(rr.type, before, after);
     if (names == 0) {
-      w.u16(rdlen);
-      w.bytes(ans + rdata, rdlen);
+      w.u16(uint16_t(rr.rdlen));
+      w.bytes(ans + rr.rdata, rr.rdlen);
       continue;
     }
     const std::size_t rdlen_at = w.len();
     w.u16(0);
     const std::size_t start = w.len();
-    Reader d(ans, rdata + rdlen, rdata);
+    Reader d(ans, rr.rdata + rr.rdlen, rr.rdata);
     if (!d.skip(before)) return false;
-    w.bytes(ans + rdata, before);
+    w.bytes(ans + rr.rdata, before);
     for (int k = 0; k < names; ++k) {
       if (!read_name(d, name, &name_len)) return false;
       w.bytes(name, name_len);
@@ -301,19 +282,12 @@ bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint
   // the upstream's EDE options: keep that record alone.
   uint16_t opt = 0;
   for (uint16_t i = 0; i < ar; ++i) {
-    const std::size_t start = r.pos();
-    uint16_t t, c, rdlen;
-    uint32_t ttl;
-    std::size_t owner_len = 0;
-    if (!read_name(r, name, &owner_len) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) ||
-        !r.skip(rdlen))
-      return false;
-    if (t == type::OPT && owner_len == 1 && opt == 0) {
+    if (!read_rr(r, rr)) return false;
+    if (rr.type == type::OPT && rr.owner_len == 1 && opt == 0) {
       w.u8(0);
-      w.bytes(ans + r.pos() - rdlen - 10, 10 + rdlen);
+      w.bytes(ans + rr.ttl_at - 4, 10 + rr.rdlen);  // type, class, TTL, RDLENGTH, RDATA
       opt = 1;
     }
-    (void)start;
   }
   if (!w.ok()) return false;
   put16(out.data() + 6, kept[0]);

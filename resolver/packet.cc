@@ -114,28 +114,23 @@ ParseStatus parse_query(const uint8_t* pkt, std::size_t len, Query& q) {
   if (!r.u16(q.qtype) || !r.u16(q.qclass)) return ParseStatus::FormErr;
 
   q.has_edns = false;
+  Rr rr;
   for (uint16_t i = 0; i < ar; ++i) {
-    uint8_t owner[kMaxNameWire];
-    std::size_t owner_len = 0;
-    uint16_t rtype, rclass, rdlen;
-    uint32_t ttl;
-    if (!read_name(r, owner, &owner_len) || !r.u16(rtype) || !r.u16(rclass) || !r.u32(ttl) ||
-        !r.u16(rdlen) || r.remaining() < rdlen)
-      return ParseStatus::FormErr;
-    if (rtype == type::OPT) {
+    // Other records (a TSIG, say) are checked for shape, never forwarded.
+    if (!read_rr(r, rr)) return ParseStatus::FormErr;
+    if (rr.type == type::OPT) {
       // RFC 6891 6.1.1: one OPT at most, owned by the root.
-      if (q.has_edns || owner_len != 1) return ParseStatus::FormErr;
-      Reader opts(pkt, r.pos() + rdlen, r.pos());
+      if (q.has_edns || rr.owner_len != 1) return ParseStatus::FormErr;
+      Reader opts(pkt, rr.rdata + rr.rdlen, rr.rdata);
       while (opts.remaining() > 0) {
         uint16_t code, olen;
         if (!opts.u16(code) || !opts.u16(olen) || !opts.skip(olen)) return ParseStatus::FormErr;
       }
       q.has_edns = true;
-      q.edns_udp_size = rclass;
-      q.edns_version = uint8_t(ttl >> 16);
-      q.edns_do = (ttl & 0x8000) != 0;
+      q.edns_udp_size = rr.klass;
+      q.edns_version = uint8_t(rr.ttl >> 16);
+      q.edns_do = (rr.ttl & 0x8000) != 0;
     }
-    r.skip(rdlen);  // other records (a TSIG, say) are checked for shape, never forwarded
   }
   if (r.remaining() != 0) return ParseStatus::FormErr;  // trailing garbage
   return ParseStatus::Ok;
@@ -270,12 +265,10 @@ bool is_edns_formerr(const uint8_t* ans, std::size_t len) {
   const uint32_t records = uint32_t(get16(ans + 6)) + get16(ans + 8) + get16(ans + 10);
   for (uint16_t i = 0; i < get16(ans + 4); ++i)
     if (!read_name(r) || !r.skip(4)) return true;
+  Rr rr;
   for (uint32_t i = 0; i < records; ++i) {
-    uint16_t t, c, rdlen;
-    uint32_t ttl;
-    if (!read_name(r) || !r.u16(t) || !r.u16(c) || !r.u32(ttl) || !r.u16(rdlen) || !r.skip(rdlen))
-      return true;  // unreadable after the header: no OPT we could see
-    if (t == type::OPT) return false;
+    if (!read_rr(r, rr)) return true;  // unreadable after the header: no OPT we could see
+    if (rr.type == type::OPT) return false;
   }
   return true;
 }
@@ -321,27 +314,9 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
   Reader r(ans, ans_len, kHeaderSize + q.qname_len + 4);
   const std::size_t question_end = r.pos();
 
-  struct Rr {
-    uint16_t type;
-    uint32_t ttl;
-    bool root_owner;
-    std::size_t rdata, rdlen;
-  };
-  auto skip_rr = [&r](Rr& rr) {
-    std::size_t owner_len = 0;
-    uint8_t owner[kMaxNameWire];
-    uint16_t c, rdlen;
-    if (!read_name(r, owner, &owner_len) || !r.u16(rr.type) || !r.u16(c) || !r.u32(rr.ttl) ||
-        !r.u16(rdlen))
-      return false;
-    rr.root_owner = owner_len == 1;
-    rr.rdata = r.pos();
-    rr.rdlen = rdlen;
-    return r.skip(rdlen);
-  };
   Rr rr;
   for (uint32_t i = 0; i < uint32_t(an) + ns; ++i)
-    if (!skip_rr(rr)) return RelayStatus::Malformed;
+    if (!read_rr(r, rr)) return RelayStatus::Malformed;
   const std::size_t sections_end = r.pos();
 
   // The additional section is never relayed: it is optional (RFC 2181 9 lets us omit it
@@ -350,9 +325,9 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
   uint8_t ext_rcode = 0;
   std::size_t opt_rdata = 0, opt_rdlen = 0;
   for (uint16_t i = 0; i < ar; ++i) {
-    if (!skip_rr(rr)) return RelayStatus::Malformed;
+    if (!read_rr(r, rr)) return RelayStatus::Malformed;
     if (rr.type == type::OPT) {
-      if (!rr.root_owner) return RelayStatus::Malformed;
+      if (rr.owner_len != 1) return RelayStatus::Malformed;
       ext_rcode = uint8_t(rr.ttl >> 24);
       opt_rdata = rr.rdata;
       opt_rdlen = rr.rdlen;

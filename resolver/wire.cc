@@ -57,6 +57,16 @@ bool read_name(Reader& r, uint8_t* out, std::size_t* out_len) {
   return r.seek(resume ? resume : pos);
 }
 
+bool read_rr(Reader& r, Rr& rr) {
+  uint16_t rdlen;
+  if (!read_name(r, rr.owner, &rr.owner_len) || !r.u16(rr.type) || !r.u16(rr.klass)) return false;
+  rr.ttl_at = r.pos();
+  if (!r.u32(rr.ttl) || !r.u16(rdlen)) return false;
+  rr.rdata = r.pos();
+  rr.rdlen = rdlen;
+  return r.skip(rdlen);
+}
+
 std::size_t name_to_text(const uint8_t* wire, std::size_t len, char* buf, std::size_t cap) {
   std::size_t n = 0;
   auto put = [&](char c) {

@@ -102,6 +102,20 @@ class Writer {
 /// its length to out_len. Returns false on any malformation.
 bool read_name(Reader& r, uint8_t* out = nullptr, std::size_t* out_len = nullptr);
 
+/// A resource record's fixed fields, as read_rr() found them.
+struct Rr {
+  uint8_t owner[kMaxNameWire];  ///< lower-cased, uncompressed, with root byte
+  std::size_t owner_len = 0;
+  uint16_t type = 0, klass = 0;
+  uint32_t ttl = 0;
+  std::size_t ttl_at = 0;  ///< offset of the TTL field, for rewriting it in place
+  std::size_t rdata = 0, rdlen = 0;
+};
+
+/// Reads one resource record at r's position (owner, type, class, TTL, RDLENGTH) and moves
+/// past its RDATA, which must lie within the message. The one place records are walked.
+bool read_rr(Reader& r, Rr& rr);
+
 /// Formats a wire name (uncompressed, with root byte) as text for logs and EDE texts:
 /// "a.example.com", "." for the root, bytes outside [-_a-z0-9A-Z] escaped as \DDD.
 std::string name_to_text(const uint8_t* wire, std::size_t len);
