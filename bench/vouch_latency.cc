@@ -15,17 +15,12 @@
 #include <cstdlib>
 #include <vector>
 
+#include "dnsward/clock.hpp"
 #include "dnsward/nftset.hpp"
 
 using namespace dnsward;
 
 namespace {
-
-uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-}
 
 struct Stats {
   double p50, p99;
@@ -45,7 +40,7 @@ IpAddr addr_for(uint32_t n) {
 // The bare minimum: one batch with one NEWSETELEM of k elements, then the ACK.
 uint64_t bare_add(mnl_socket* nl, uint32_t& seq, uint32_t first, int k) {
   char buf[16384];
-  const uint64_t t0 = now_ns();
+  const uint64_t t0 = mono_ns();
   mnl_nlmsg_batch* b = mnl_nlmsg_batch_start(buf, sizeof buf);
   nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(b)), seq++);
   mnl_nlmsg_batch_next(b);
@@ -80,7 +75,7 @@ uint64_t bare_add(mnl_socket* nl, uint32_t& seq, uint32_t first, int k) {
       break;
     }
   }
-  return now_ns() - t0;
+  return mono_ns() - t0;
 }
 
 }  // namespace
@@ -113,12 +108,12 @@ int main(int argc, char** argv) {
       std::vector<VouchItem> items;
       for (int j = 0; j < k; ++j) items.push_back({addr_for(next + uint32_t(j)), 600});
       std::string err;
-      const uint64_t t0 = now_ns();
+      const uint64_t t0 = mono_ns();
       if (!sets.vouch(items, t0 / 1000000u, err)) {
         std::fprintf(stderr, "vouch: %s\n", err.c_str());
         return 1;
       }
-      vouch.push_back(now_ns() - t0);
+      vouch.push_back(mono_ns() - t0);
       next += uint32_t(k);
     }
     const Stats b = stats(bare), v = stats(vouch);

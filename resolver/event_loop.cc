@@ -1,5 +1,7 @@
 #include "dnsward/event_loop.hpp"
 
+#include "dnsward/clock.hpp"
+
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -16,11 +18,7 @@ constexpr int kTimerTag = -1, kSignalTag = -2;  // fds are never negative
 [[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
 }  // namespace
 
-uint64_t EventLoop::clock_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000u + uint64_t(ts.tv_nsec) / 1000000u;
-}
+uint64_t EventLoop::clock_ms() { return mono_ms(); }
 
 EventLoop::EventLoop() {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);

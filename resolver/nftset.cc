@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 
+#include "dnsward/clock.hpp"
 #include "dnsward/log.hpp"
 
 namespace dnsward {
@@ -52,12 +53,6 @@ SetPtr make_set(const NftTarget& t, const std::string& name) {
   nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
   nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, t.family);
   return s;
-}
-
-uint64_t monotonic_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000u + uint64_t(ts.tv_nsec) / 1000000u;
 }
 
 }  // namespace
@@ -129,13 +124,13 @@ bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* firs
   std::size_t acked = 0;
   const std::size_t want = msgs.size();
   int error = 0;
-  const uint64_t deadline = monotonic_ms() + kAckWaitMs;
+  const uint64_t deadline = mono_ms() + kAckWaitMs;
   char rbuf[16384];
   while (acked < want) {
     const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        const int64_t left = int64_t(deadline) - int64_t(monotonic_ms());
+        const int64_t left = int64_t(deadline) - int64_t(mono_ms());
         pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
         if (left <= 0 || poll(&p, 1, int(left)) <= 0) {
           err = "no netlink ACK from the kernel in time";
@@ -182,12 +177,12 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
     err = std::string("netlink send: ") + std::strerror(errno);
     return false;
   }
-  const uint64_t deadline = monotonic_ms() + 1000;
+  const uint64_t deadline = mono_ms() + 1000;
   char rbuf[16384];
   for (;;) {
     const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
     if (n < 0) {
-      if (errno == EAGAIN && monotonic_ms() < deadline) {
+      if (errno == EAGAIN && mono_ms() < deadline) {
         pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
         poll(&p, 1, 100);
         continue;
@@ -304,9 +299,9 @@ bool NftSets::probe_update() {
     const uint32_t seq = nlh->nlmsg_seq;
     if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) >= 0) {
       char rbuf[16384];
-      const uint64_t deadline = monotonic_ms() + 1000;
+      const uint64_t deadline = mono_ms() + 1000;
       bool done = false;
-      while (!done && monotonic_ms() < deadline) {
+      while (!done && mono_ms() < deadline) {
         const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
         if (n < 0) {
           pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
@@ -418,7 +413,7 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, std::s
 
 bool NftSets::revoke(const std::vector<IpAddr>& addrs, std::string& err) {
   std::vector<VouchItem> dels;
-  const uint64_t now = monotonic_ms();
+  const uint64_t now = mono_ms();
   for (const auto& a : addrs) {
     const auto it = view_.find(a);
     if (it != view_.end() && it->second > now) dels.push_back({a, 1});

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <unordered_set>
 
+#include "dnsward/clock.hpp"
 #include "dnsward/explain.hpp"
 #include "dnsward/log.hpp"
 
@@ -14,12 +15,6 @@ namespace dnsward {
 using namespace wire;
 
 namespace {
-uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-}
-
 const char* type_name(uint16_t t) {
   switch (t) {
     case type::A: return "A";

@@ -37,14 +37,6 @@ UdpListener::~UdpListener() {
   close(fd_);
 }
 
-uint16_t UdpListener::bound_port() const {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-  return ss.ss_family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port)
-                                 : ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-}
-
 void UdpListener::on_readable() {
   // Buffers are allocated on first use, so an idle listener costs no memory.
   if (in_.empty()) {

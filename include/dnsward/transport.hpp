@@ -21,7 +21,6 @@ class UdpListener : public ReplySink {
   UdpListener(EventLoop& loop, Pipeline& pipeline, const Endpoint& ep);
   ~UdpListener() override;
   void deliver(const ClientAddr& to, const uint8_t* data, std::size_t len, bool) override;
-  uint16_t bound_port() const;
 
   /// Datagrams read (and replies written) per system call under load.
   static constexpr int kBatch = 32;
