@@ -165,6 +165,36 @@ bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* firs
   return true;
 }
 
+int NftSets::request(nlmsghdr* nlh, const std::function<bool(const nlmsghdr*)>& on_reply,
+                     std::string& err) {
+  const uint32_t seq = nlh->nlmsg_seq;
+  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
+    err = std::string("netlink send: ") + std::strerror(errno);
+    return -1;
+  }
+  const uint64_t deadline = mono_ms() + 1000;
+  char rbuf[16384];
+  for (;;) {
+    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
+    if (n < 0) {
+      if ((errno == EAGAIN || errno == EINTR) && mono_ms() < deadline) {
+        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
+        poll(&p, 1, 100);
+        continue;
+      }
+      err = std::string("netlink receive: ") + std::strerror(errno);
+      return -1;
+    }
+    int len = int(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
+      if (h->nlmsg_seq != seq) continue;
+      if (h->nlmsg_type == NLMSG_DONE) return 0;
+      if (h->nlmsg_type == NLMSG_ERROR) return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
+      if (!on_reply(h)) return -1;
+    }
+  }
+}
+
 bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key_len,
                         bool& exists, std::string& err) {
   exists = false;
@@ -172,52 +202,28 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
   char sbuf[MNL_SOCKET_BUFFER_SIZE];
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSET, t_.family, NLM_F_ACK, seq_++);
   nftnl_set_nlmsg_build_payload(nlh, q.get());
-  const uint32_t seq = nlh->nlmsg_seq;
-  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
-    err = std::string("netlink send: ") + std::strerror(errno);
-    return false;
-  }
-  const uint64_t deadline = mono_ms() + 1000;
-  char rbuf[16384];
-  for (;;) {
-    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
-    if (n < 0) {
-      if (errno == EAGAIN && mono_ms() < deadline) {
-        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
-        poll(&p, 1, 100);
-        continue;
-      }
-      err = std::string("netlink receive: ") + std::strerror(errno);
+  const int e = request(nlh, [&](const nlmsghdr* h) {
+    SetPtr got(nftnl_set_alloc());
+    if (nftnl_set_nlmsg_parse(h, got.get()) < 0) return true;
+    exists = true;
+    const uint32_t type = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_TYPE);
+    const uint32_t klen = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_LEN);
+    const uint32_t flags = nftnl_set_get_u32(got.get(), NFTNL_SET_FLAGS);
+    if (type != key_type || klen != key_len) {
+      err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
+            (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
       return false;
     }
-    int len = int(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
-      if (h->nlmsg_seq != seq) continue;
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        const int e = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
-        if (e == 0) return true;          // the final ACK
-        if (e == ENOENT) return true;     // no such set (or table): exists stays false
-        err = std::string("reading set ") + name + ": " + std::strerror(e);
-        return false;
-      }
-      SetPtr got(nftnl_set_alloc());
-      if (nftnl_set_nlmsg_parse(h, got.get()) < 0) continue;
-      exists = true;
-      const uint32_t type = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_TYPE);
-      const uint32_t klen = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_LEN);
-      const uint32_t flags = nftnl_set_get_u32(got.get(), NFTNL_SET_FLAGS);
-      if (type != key_type || klen != key_len) {
-        err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
-              (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
-        return false;
-      }
-      if (!(flags & NFT_SET_TIMEOUT)) {
-        err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
-              "(elements expire with the DNS TTL)";
-        return false;
-      }
+    if (!(flags & NFT_SET_TIMEOUT)) {
+      err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
+            "(elements expire with the DNS TTL)";
+      return false;
     }
-  }
+    return true;
+  }, err);
+  if (e == 0 || e == ENOENT) return true;  // the ACK; or no such set (or table) yet
+  if (e > 0) err = std::string("reading set ") + name + ": " + std::strerror(e);
+  return false;
 }
 
 bool NftSets::ensure(std::string& err) {
@@ -296,34 +302,15 @@ bool NftSets::probe_update() {
     SetPtr q = make_set(t_, probe);
     nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSETELEM, t_.family, NLM_F_DUMP, seq_++);
     nftnl_set_elems_nlmsg_build_payload(nlh, q.get());
-    const uint32_t seq = nlh->nlmsg_seq;
-    if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) >= 0) {
-      char rbuf[16384];
-      const uint64_t deadline = mono_ms() + 1000;
-      bool done = false;
-      while (!done && mono_ms() < deadline) {
-        const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
-        if (n < 0) {
-          pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
-          poll(&p, 1, 50);
-          continue;
-        }
-        int len = int(n);
-        for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
-          if (h->nlmsg_seq != seq) continue;
-          if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
-            done = true;
-            break;
-          }
-          SetPtr got(nftnl_set_alloc());
-          if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) continue;
-          nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
-          for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it))
-            if (nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) > 60000) supported = true;
-          nftnl_set_elems_iter_destroy(it);
-        }
-      }
-    }
+    request(nlh, [&](const nlmsghdr* h) {
+      SetPtr got(nftnl_set_alloc());
+      if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
+      nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
+      for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it))
+        if (nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) > 60000) supported = true;
+      nftnl_set_elems_iter_destroy(it);
+      return true;
+    }, err);
   }
   std::string ignored;
   transact({{NFT_MSG_DELSET, 0, [&](nlmsghdr* nlh) {

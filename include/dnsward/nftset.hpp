@@ -4,6 +4,7 @@
 // table is noticed, recreated, and its user-space view of expiries forgotten.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,7 @@
 #include "dnsward/answer.hpp"
 
 struct mnl_socket;
+struct nlmsghdr;
 
 namespace dnsward {
 
@@ -78,6 +80,9 @@ class NftSets {
                  std::string& err);
   bool probe_update();
   bool transact(const std::vector<Msg>& msgs, std::string& err, int* first_errno = nullptr);
+  /// Sends one request and hands each reply with its sequence number to on_reply (false
+  /// stops). Returns the errno of the closing ACK (0: success), or -1 with err set.
+  int request(nlmsghdr* nlh, const std::function<bool(const nlmsghdr*)>& on_reply, std::string& err);
   bool send_items(const std::vector<VouchItem>& adds, const std::vector<VouchItem>& dels,
                   bool with_expiration, std::string& err, int* first_errno);
 
