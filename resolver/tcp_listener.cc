@@ -51,8 +51,8 @@ void TcpListener::on_accept() {
         log::warn("event=tcp-accept-error error={}", log::quote(std::strerror(errno)));
       return;
     }
-    if (conns_.size() >= cfg_.tcp_max_connections) {
-      close(fd);  // at the cap: refuse at once rather than let it wait unserved
+    if (conns_.size() >= cfg_.tcp_max_connections && !evict_one(peer, plen)) {
+      close(fd);  // every connection has a query in progress: refuse at once
       log::debug("event=tcp-refused reason=max-connections");
       continue;
     }
@@ -68,14 +68,42 @@ void TcpListener::on_accept() {
     const uint64_t id = c->id;
     loop_.watch(fd, EPOLLIN, [this, id](uint32_t ev) { on_event(id, ev); });
     Conn& ref = *c;
+    ref.lru_pos = lru_.insert(lru_.end(), id);
     conns_.emplace(id, std::move(c));
     touch(ref);
   }
 }
 
+bool TcpListener::evict_one(const sockaddr_storage& newcomer, socklen_t len) {
+  // RFC 7766 6.2.3: a server may close idle connections, and should when it is under
+  // resource pressure. Closing the longest-idle one that owes nothing means idle or slow
+  // (byte-dripping) clients can never hold every slot and deny TCP service. lru_ is in
+  // order of last activity, so the first that qualifies is the victim; the walk passes
+  // only connections with a query in progress and is bounded by tcp-max-connections.
+  for (const uint64_t id : lru_) {
+    Conn& v = *conns_.at(id);
+    if (v.forwarded > 0 || v.out_off < v.out.size() || v.in_input) continue;
+    ClientAddr who;
+    who.peer = newcomer;
+    who.peer_len = len;
+    log::debug("event=tcp-evict client={} idle_ms={} for={} reason=max-connections",
+               v.client.peer_text(), loop_.now_ms() - v.last_active_ms, who.peer_text());
+    close_conn(id, nullptr);
+    return true;
+  }
+  return false;
+}
+
 void TcpListener::touch(Conn& c) {
-  // The idle timer restarts only on a complete query or reply, so a slow-loris that drips
-  // a byte at a time is closed like an idle client.
+  // Activity is a complete query or a reply: the connection becomes the most recently
+  // active, and its idle timer starts again. Bytes dripped without completing a message
+  // are not activity, so a slow-loris is closed (or evicted) like an idle client.
+  c.last_active_ms = loop_.now_ms();
+  lru_.splice(lru_.end(), lru_, c.lru_pos);
+  restart_idle(c);
+}
+
+void TcpListener::restart_idle(Conn& c) {
   if (c.idle) loop_.cancel(c.idle);
   const uint64_t id = c.id;
   c.idle = loop_.after(cfg_.tcp_idle_timeout_ms, [this, id] { on_idle(id); });
@@ -87,7 +115,7 @@ void TcpListener::on_idle(uint64_t id) {
   Conn& c = *it->second;
   c.idle = 0;
   if (c.forwarded > 0 && c.out.size() == c.out_off) {
-    touch(c);  // waiting on the upstream, not on the client
+    restart_idle(c);  // waiting on the upstream, not on the client
     return;
   }
   close_conn(id, c.out.size() > c.out_off ? "client-not-reading" : "idle");
@@ -123,20 +151,32 @@ bool TcpListener::read_some(Conn& c) {
 }
 
 bool TcpListener::process_input(Conn& c) {
+  // Never re-entered for one connection: a reply delivered while the loop below runs (a
+  // callback that came back at once) only records it, and this loop goes on.
+  if (c.in_input) return true;
+  c.in_input = true;
   const uint64_t id = c.id;
-  std::size_t off = 0;
+  std::vector<uint8_t> msg;
   // RFC 7766 8: every message carries a two-byte length; several may arrive in one segment
   // and one may span several segments.
-  while (c.in.size() - off >= 2 && c.forwarded < cfg_.tcp_max_pipelined) {
-    const std::size_t len = std::size_t(c.in[off]) << 8 | c.in[off + 1];
-    if (c.in.size() - off - 2 < len) break;
-    const Verdict v = pipeline_.on_query(c.in.data() + off + 2, len, c.client, *this);
+  while (c.in.size() - c.in_off >= 2 && c.forwarded < cfg_.tcp_max_pipelined) {
+    const std::size_t len = std::size_t(c.in[c.in_off]) << 8 | c.in[c.in_off + 1];
+    if (c.in.size() - c.in_off - 2 < len) break;
+    // Consumed before the pipeline sees it: nothing it calls can read this message again.
+    const auto first = c.in.begin() + std::ptrdiff_t(c.in_off + 2);
+    msg.assign(first, first + std::ptrdiff_t(len));
+    c.in_off += 2 + len;
+    // Counted as in progress while the pipeline has it, so a reply that came back before
+    // on_query returned finds it to close; uncounted again unless it went upstream.
+    ++c.forwarded;
+    const Verdict v = pipeline_.on_query(msg.data(), len, c.client, *this);
     if (!conns_.count(id)) return false;  // closed while delivering
-    off += 2 + len;
-    if (v == Verdict::Forwarded) ++c.forwarded;
+    if (v != Verdict::Forwarded) --c.forwarded;
     touch(c);
   }
-  c.in.erase(c.in.begin(), c.in.begin() + std::ptrdiff_t(off));
+  c.in.erase(c.in.begin(), c.in.begin() + std::ptrdiff_t(c.in_off));
+  c.in_off = 0;
+  c.in_input = false;
   return finish_if_done(c);
 }
 
@@ -190,11 +230,15 @@ void TcpListener::deliver(const ClientAddr& to, const uint8_t* data, std::size_t
     c.out.push_back(uint8_t(len >> 8));
     c.out.push_back(uint8_t(len));
     c.out.insert(c.out.end(), data, data + len);
+    if (was_forwarded) touch(c);  // an immediate reply: process_input touches for its query
     if (!write_some(c)) return;
   }
-  if (!was_forwarded) return;  // inside process_input, which updates the events itself
+  // Not forwarded: an immediate reply, inside process_input. Forwarded but process_input
+  // is running for this connection (a reply that came back at once): its loop goes on and
+  // its caller updates the events. Either way, nothing more to do here.
+  if (!was_forwarded || c.in_input) return;
   // Messages read before a pause may wait in our buffer: take them up again.
-  if (!c.in.empty() && c.forwarded < cfg_.tcp_max_pipelined && !process_input(c)) return;
+  if (c.in.size() > c.in_off && c.forwarded < cfg_.tcp_max_pipelined && !process_input(c)) return;
   if (!finish_if_done(c)) return;
   update_events(c);
 }
@@ -205,6 +249,7 @@ void TcpListener::close_conn(uint64_t id, const char* why) {
   Conn& c = *it->second;
   if (why) log::debug("event=tcp-close client={} reason={}", c.client.peer_text(), why);
   if (c.idle) loop_.cancel(c.idle);
+  lru_.erase(c.lru_pos);
   loop_.unwatch(c.fd);
   close(c.fd);
   conns_.erase(it);

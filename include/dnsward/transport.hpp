@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -60,14 +61,18 @@ class TcpListener : public ReplySink {
     int fd = -1;
     uint64_t id = 0;
     ClientAddr client;
-    std::vector<uint8_t> in;     // bytes of the message being read
+    std::vector<uint8_t> in;     // bytes received and not yet handed to the pipeline
+    std::size_t in_off = 0;      // in[0, in_off) is consumed (compacted after each pass)
     std::vector<uint8_t> out;    // length-prefixed replies not yet written
     std::size_t out_off = 0;
     uint32_t forwarded = 0;      // queries of this connection still upstream
     bool reading = true;
     bool eof = false;            // the client half-closed
+    bool in_input = false;       // process_input() is running for this connection
     uint32_t events = EPOLLIN;
     EventLoop::TimerId idle = 0;
+    uint64_t last_active_ms = 0;            // last complete query or reply
+    std::list<uint64_t>::iterator lru_pos;  // its place in lru_
   };
   void on_accept();
   void on_event(uint64_t id, uint32_t events);
@@ -76,8 +81,12 @@ class TcpListener : public ReplySink {
   bool finish_if_done(Conn& c);  // closes a half-closed connection with nothing owed
   bool write_some(Conn& c);   // false: connection closed
   void update_events(Conn& c);
-  void touch(Conn& c);
+  void touch(Conn& c);           // activity: a complete query or a reply
+  void restart_idle(Conn& c);
   void on_idle(uint64_t id);
+  /// At the connection cap: closes the longest-idle connection that owes nothing, so a new
+  /// one can be admitted. False if every connection has a query in progress.
+  bool evict_one(const sockaddr_storage& newcomer, socklen_t len);
   void close_conn(uint64_t id, const char* why);
 
   EventLoop& loop_;
@@ -86,6 +95,7 @@ class TcpListener : public ReplySink {
   int fd_ = -1;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  std::list<uint64_t> lru_;  // connection ids, least recently active first
 };
 
 }  // namespace dnsward

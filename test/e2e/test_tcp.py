@@ -1,5 +1,6 @@
 """DNS over TCP (RFC 7766): pipelining, split messages, idle timeouts, the connection cap,
 and clients that misbehave without stalling anyone else."""
+import re
 import socket
 import struct
 import time
@@ -8,7 +9,7 @@ import unittest
 import dns.message
 import dns.rcode
 
-from harness import Dnsward, Knot, LO, recv_exact, run, wait_for
+from harness import Dnsward, Knot, LO, Relay, recv_exact, run, wait_for
 
 knot = dw = None
 
@@ -120,22 +121,6 @@ class Tcp(unittest.TestCase):
                     break
             self.assertTrue(closed_by_server(slow, 3))
 
-    def test_connection_cap_refuses_extra_connections_and_recovers(self):
-        held = [connect() for _ in range(4)]
-        try:
-            time.sleep(0.1)
-            extra = connect()
-            self.assertTrue(closed_by_server(extra, 1))
-            extra.close()
-            # UDP is unaffected while TCP is full.
-            self.assertEqual(dw.query("www.allowed.test.", "A").rcode(), dns.rcode.NOERROR)
-        finally:
-            for s in held:
-                s.close()
-        time.sleep(0.2)
-        r = dw.query("www.allowed.test.", "A", tcp=True)
-        self.assertEqual(r.rcode(), dns.rcode.NOERROR)
-
     def test_client_that_never_reads_does_not_stall_others(self):
         s = connect()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -173,6 +158,74 @@ class Tcp(unittest.TestCase):
             got = sorted(read_reply(s).rcode() for _ in range(2))
             self.assertEqual(got, sorted([dns.rcode.NOERROR, dns.rcode.NXDOMAIN]))
             self.assertEqual(s.recv(1), b"")
+
+
+class ConnectionCap(unittest.TestCase):
+    """--tcp-max-connections: idle connections give way to new ones (RFC 7766 6.2.3);
+    connections with a query in progress do not."""
+
+    def test_connection_cap_refuses_a_new_connection_when_every_slot_has_a_query_pending(self):
+        relay = Relay(knot.port, blackhole=True)  # forwarded queries stay pending
+        cap = Dnsward(relay.port, extra=["--tcp-max-connections", "4", "--upstream-timeout", "2000"])
+        held = []
+        try:
+            for i in range(4):
+                s = socket.create_connection((LO, cap.port), timeout=10)
+                held.append(s)
+                q = dns.message.make_query("www.allowed.test.", "A")
+                q.id = 500 + i
+                s.sendall(framed(q))
+            wait_for(lambda: len(relay.ids()) >= 4, timeout=5, what="4 queries upstream")
+            extra = socket.create_connection((LO, cap.port), timeout=3)
+            self.assertTrue(closed_by_server(extra, 1))
+            extra.close()
+            # UDP is unaffected while TCP is full.
+            self.assertEqual(cap.query("localhost.", "A").rcode(), dns.rcode.NOERROR)
+            # Once their queries are answered (c-ares asks again; now the relay forwards),
+            # those connections are idle, and a new one is admitted in place of one of them.
+            relay.blackhole = False
+            self.assertEqual(sorted(read_reply(s).id for s in held), [500, 501, 502, 503])
+            r = cap.query("localhost.", "A", tcp=True)
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+        finally:
+            for s in held:
+                s.close()
+            code = cap.stop()
+            relay.stop()
+        self.assertEqual(code, 0)
+
+    def test_idle_and_half_sent_connections_cannot_deny_tcp_service(self):
+        # The default cap (256), filled and overfilled by 300 connections that never finish
+        # a query (every other one sends half a length prefix), with no idle timeout to
+        # rescue anyone. A real client must still get its answer over TCP.
+        dw2 = Dnsward(knot.port, extra=["--tcp-idle-timeout", "600000", "--log-level", "debug"])
+        idle, dripped = [], set()
+        try:
+            for i in range(300):
+                s = socket.create_connection((LO, dw2.port), timeout=3)
+                if i % 2 == 0:
+                    s.send(b"\x00")  # one byte of a two-byte length prefix
+                    dripped.add(s.getsockname()[1])
+                idle.append(s)
+            # Every one of them has been taken in, or turned away (as before the fix).
+            wait_for(lambda: len(re.findall(r"event=tcp-(?:evict|refused)", dw2.logtext())) >= 44,
+                     timeout=10, what="300 connections accepted")
+            r = dw2.query("www.allowed.test.", "A", tcp=True)
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+            self.assertEqual([a.address for a in r.answer[0]], ["198.18.0.1"])
+            evicted = [int(p) for p in re.findall(r"event=tcp-evict client=127\.0\.0\.1:(\d+)",
+                                                  dw2.logtext())]
+            ours = {s.getsockname()[1] for s in idle}
+            self.assertEqual(len(evicted), 45)  # 44 over the cap, and one for the real client
+            self.assertTrue(set(evicted) <= ours)
+            self.assertTrue(set(evicted) & dripped)  # half a prefix is no activity
+            # The oldest went first: the evicted are the first 45 connections opened.
+            self.assertEqual(set(evicted), {s.getsockname()[1] for s in idle[:45]})
+        finally:
+            for s in idle:
+                s.close()
+            code = dw2.stop()
+        self.assertEqual(code, 0)
 
 
 if __name__ == "__main__":
