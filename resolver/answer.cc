@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "dnsward/wire.hpp"
 
@@ -90,8 +92,78 @@ bool is_special_purpose(const IpAddr& a) {
   return false;
 }
 
+namespace {
+
+// Every resource record takes at least 11 bytes: a root owner, type, class, TTL, RDLENGTH.
+constexpr std::size_t kMinRr = 11;
+
+uint64_t name_hash(const uint8_t* name, std::size_t len) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (std::size_t i = 0; i < len; ++i) h = (h ^ name[i]) * 1099511628211ull;
+  return h;
+}
+
+// A lower-cased uncompressed wire name and its hash, for cheap comparisons.
+struct Name {
+  std::basic_string<uint8_t> wire;
+  uint64_t hash = 0;
+  Name(const uint8_t* n, std::size_t len) : wire(n, len), hash(name_hash(n, len)) {}
+};
+
+// A record as scan_answer keeps it: where its owner is and that owner's hash, not a copy
+// (a copy is 255 bytes a record, and an answer can hold thousands).
+struct Rec {
+  std::size_t owner_at = 0;  // offset of the owner name, possibly compressed
+  uint64_t owner_hash = 0;
+  std::size_t rdata = 0, rdlen = 0;
+  uint32_t ttl = 0;
+  uint16_t type = 0;
+};
+
+// True if rec's owner is n. The hash is only a filter: an attacker can collide FNV, so
+// equal hashes are confirmed on the bytes.
+bool owner_is(const uint8_t* ans, std::size_t len, const Rec& rec, const Name& n) {
+  if (rec.owner_hash != n.hash) return false;
+  Reader r(ans, len, rec.owner_at);
+  uint8_t owner[kMaxNameWire];
+  std::size_t owner_len = 0;
+  return read_name(r, owner, &owner_len) && owner_len == n.wire.size() &&
+         std::memcmp(owner, n.wire.data(), owner_len) == 0;
+}
+
+// Appends the addresses rec carries (A/AAAA data, SVCB/HTTPS hints) to addrs. False if the
+// record is malformed, which makes the whole answer unusable.
+bool addresses_of(const uint8_t* ans, const Rec& rec, std::vector<IpAddr>& addrs) {
+  if (rec.type == type::A || rec.type == type::AAAA) {
+    if (rec.rdlen != (rec.type == type::A ? 4u : 16u)) return false;
+    addrs.push_back(rec.type == type::A ? IpAddr::v4(ans + rec.rdata) : IpAddr::v6(ans + rec.rdata));
+    return true;
+  }
+  if (rec.type != type::SVCB && rec.type != type::HTTPS) return true;
+  // RFC 9460 2.2: priority, target name, then key/length/value parameters. Hints are
+  // addresses a client may connect to without an A/AAAA lookup: vouch or drop them.
+  Reader p(ans, rec.rdata + rec.rdlen, rec.rdata);
+  uint16_t prio;
+  if (!p.u16(prio) || !read_name(p)) return false;
+  while (p.remaining() > 0) {
+    uint16_t key, vlen;
+    if (!p.u16(key) || !p.u16(vlen) || p.remaining() < vlen) return false;
+    const uint8_t* v = ans + p.pos();
+    if (key == 4 /*ipv4hint*/ || key == 6 /*ipv6hint*/) {
+      const std::size_t step = key == 4 ? 4 : 16;
+      if (vlen % step != 0) return false;
+      for (std::size_t k = 0; k < vlen; k += step)
+        addrs.push_back(key == 4 ? IpAddr::v4(v + k) : IpAddr::v6(v + k));
+    }
+    p.skip(vlen);
+  }
+  return true;
+}
+
+}  // namespace
+
 AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname_lc,
-                       std::size_t qname_len, bool allow_private) {
+                       std::size_t qname_len, bool allow_private, std::size_t max_addresses) {
   AnswerScan s;
   if (len < kHeaderSize) return s;
   s.rcode = get16(ans + 2) & flag::RCODE_MASK;
@@ -100,95 +172,144 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
   for (uint16_t i = 0; i < qd; ++i)
     if (!read_name(r) || !r.skip(4)) return s;
 
-  std::vector<Rr> rrs(std::size_t(an) + ns);
-  auto in_answer = [&](const Rr& rr) { return &rr < rrs.data() + an; };
+  // The counts are the sender's claim: refuse one the rest of the message cannot hold
+  // before reserving anything for it (65535 + 65535 records is megabytes).
+  const std::size_t count = std::size_t(an) + ns;
+  if (count > r.remaining() / kMinRr) return s;
+  std::vector<Rec> rrs;
+  rrs.reserve(count);
+  s.ttl_offsets.reserve(count);
   uint32_t min_answer_ttl = UINT32_MAX;
   int64_t negative_ttl = -1;
-  for (Rr& rr : rrs) {
+  Rr rr;
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t owner_at = r.pos();
     if (!read_rr(r, rr)) return s;
     s.ttl_offsets.push_back(uint32_t(rr.ttl_at));
     // RFC 2181 8: a TTL with the top bit set is treated as zero.
     if (rr.ttl & 0x80000000u) rr.ttl = 0;
-    if (in_answer(rr)) min_answer_ttl = std::min(min_answer_ttl, rr.ttl);
-    if (!in_answer(rr) && rr.type == type::SOA && rr.rdlen >= 20)
+    if (i < an) min_answer_ttl = std::min(min_answer_ttl, rr.ttl);
+    if (i >= an && rr.type == type::SOA && rr.rdlen >= 20)
       negative_ttl = std::min<int64_t>(rr.ttl, get32(ans + rr.rdata + rr.rdlen - 4));
+    rrs.push_back({owner_at, name_hash(rr.owner, rr.owner_len), rr.rdata, rr.rdlen, rr.ttl, rr.type});
   }
 
   // The CNAME chain from the query name, bounded, in the answer section only.
-  std::vector<std::basic_string<uint8_t>> chain;
+  std::vector<Name> chain;
   chain.emplace_back(qname_lc, qname_len);
   for (int link = 0; link < kMaxChain; ++link) {
-    const auto& tail = chain.back();
     bool advanced = false;
-    for (const Rr& rr : rrs) {
-      if (!in_answer(rr) || rr.type != type::CNAME) continue;
-      if (rr.owner_len != tail.size() || std::memcmp(rr.owner, tail.data(), tail.size()) != 0)
-        continue;
-      Reader t(ans, rr.rdata + rr.rdlen, rr.rdata);
+    for (std::size_t i = 0; i < an; ++i) {
+      const Rec& rec = rrs[i];
+      if (rec.type != type::CNAME || !owner_is(ans, len, rec, chain.back())) continue;
+      Reader t(ans, rec.rdata + rec.rdlen, rec.rdata);
       uint8_t target[kMaxNameWire];
       std::size_t target_len = 0;
       if (!read_name(t, target, &target_len)) return s;
-      if (std::find(chain.begin(), chain.end(),
-                    std::basic_string<uint8_t>(target, target_len)) != chain.end())
+      const Name next(target, target_len);
+      if (std::any_of(chain.begin(), chain.end(), [&](const Name& n) { return n.wire == next.wire; }))
         break;  // a CNAME loop: stop here
-      chain.emplace_back(target, target_len);
+      chain.push_back(next);
       advanced = true;
       break;
     }
     if (!advanced) break;
   }
-  auto on_chain = [&chain](const Rr& rr) {
-    for (const auto& n : chain)
-      if (n.size() == rr.owner_len && std::memcmp(n.data(), rr.owner, n.size()) == 0) return true;
-    return false;
+  auto on_chain = [&](const Rec& rec) {
+    return std::any_of(chain.begin(), chain.end(), [&](const Name& n) { return owner_is(ans, len, rec, n); });
   };
 
+  // Where each vouched address sits in s.vouch: an address is vouched once, and counts
+  // once against the cap however many records carry it.
+  std::unordered_map<IpAddr, std::size_t, IpAddrHash> vouched;
+  std::unordered_set<IpAddr, IpAddrHash> fresh;
+  std::vector<IpAddr> addrs;
   for (std::size_t i = 0; i < rrs.size(); ++i) {
-    const Rr& rr = rrs[i];
-    std::vector<IpAddr> addrs;
-    if (rr.type == type::A || rr.type == type::AAAA) {
-      const std::size_t want = rr.type == type::A ? 4 : 16;
-      if (rr.rdlen != want) return s;
-      addrs.push_back(rr.type == type::A ? IpAddr::v4(ans + rr.rdata) : IpAddr::v6(ans + rr.rdata));
-    } else if (rr.type == type::SVCB || rr.type == type::HTTPS) {
-      // RFC 9460 2.2: priority, target name, then key/length/value parameters. Hints are
-      // addresses a client may connect to without an A/AAAA lookup: vouch or drop them.
-      Reader p(ans, rr.rdata + rr.rdlen, rr.rdata);
-      uint16_t prio;
-      if (!p.u16(prio) || !read_name(p)) return s;
-      while (p.remaining() > 0) {
-        uint16_t key, vlen;
-        if (!p.u16(key) || !p.u16(vlen) || p.remaining() < vlen) return s;
-        const uint8_t* v = ans + p.pos();
-        if (key == 4 /*ipv4hint*/ || key == 6 /*ipv6hint*/) {
-          const std::size_t step = key == 4 ? 4 : 16;
-          if (vlen % step != 0) return s;
-          for (std::size_t k = 0; k < vlen; k += step)
-            addrs.push_back(key == 4 ? IpAddr::v4(v + k) : IpAddr::v6(v + k));
-        }
-        p.skip(vlen);
-      }
-      if (addrs.empty()) continue;  // no hints: nothing to vouch, nothing to hide
-    } else {
-      continue;
-    }
-    if (!in_answer(rr) || !on_chain(rr)) {
+    const Rec& rec = rrs[i];
+    addrs.clear();
+    if (!addresses_of(ans, rec, addrs)) return s;
+    if (addrs.empty()) continue;  // no addresses (or SVCB without hints): nothing to hide
+    if (i >= an || !on_chain(rec)) {
       s.drop.push_back(uint16_t(i));
+      ++s.dropped_off_chain;
       continue;
     }
-    const bool special = std::any_of(addrs.begin(), addrs.end(), is_special_purpose);
-    if (special && !allow_private) {
+    if (!allow_private && std::any_of(addrs.begin(), addrs.end(), is_special_purpose)) {
       s.drop.push_back(uint16_t(i));
       ++s.dropped_special;
       continue;
     }
-    for (const IpAddr& a : addrs) s.vouch.push_back({a, rr.ttl});
+    // The address cap: a record whose new addresses do not all fit goes whole, never in
+    // part, because its addresses must not reach the client unvouched. An SVCB/HTTPS
+    // record dropped this way costs the client only an A/AAAA lookup (RFC 9460 7.3: hints
+    // are optional). Counting stops just past the budget, so a record with thousands of
+    // hints costs little.
+    const std::size_t budget = max_addresses > vouched.size() ? max_addresses - vouched.size() : 0;
+    fresh.clear();
+    for (const IpAddr& a : addrs) {
+      if (vouched.count(a) == 0) fresh.insert(a);
+      if (fresh.size() > budget) break;
+    }
+    if (fresh.size() > budget) {
+      s.drop.push_back(uint16_t(i));
+      ++s.dropped_over_cap;
+      s.addresses_over_cap += uint32_t(addrs.size());
+      continue;
+    }
+    for (const IpAddr& a : addrs) {
+      const auto [it, added] = vouched.try_emplace(a, s.vouch.size());
+      if (added) s.vouch.push_back({a, rec.ttl});
+      else s.vouch[it->second].ttl = std::max(s.vouch[it->second].ttl, rec.ttl);
+    }
   }
 
   if (s.rcode == rcode::NOERROR && an > 0) s.cache_ttl = min_answer_ttl;
   else if (s.rcode == rcode::NXDOMAIN || (s.rcode == rcode::NOERROR && an == 0)) s.cache_ttl = negative_ttl;
   s.ok = true;
   return s;
+}
+
+PreparedAnswer prepare_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
+                              std::size_t len, const PrepareOptions& o) {
+  PreparedAnswer p;
+  // Nothing is taken from an answer to another question (c-ares checks this too).
+  const RelayStatus checked = check_answer(q, upstream_id, ans, len);
+  if (checked != RelayStatus::Ok) {
+    p.status = checked == RelayStatus::Mismatch ? PrepareStatus::Mismatch : PrepareStatus::Malformed;
+    return p;
+  }
+  AnswerScan first = scan_answer(ans, len, q.qname_lc, q.qname_len, o.allow_private, o.max_addresses);
+  if (!first.ok) return p;  // Malformed
+  p.dropped_special = first.dropped_special;
+  p.dropped_over_cap = first.dropped_over_cap;
+  p.addresses_over_cap = first.addresses_over_cap;
+  p.dropped_off_chain = first.dropped_off_chain;
+  if (first.drop.empty()) {
+    p.msg.assign(ans, ans + len);
+    p.scan = std::move(first);
+  } else {
+    // Records that must not reach the client: rebuilt without them, then read again to find
+    // the TTLs in the new layout. A rebuilt answer that would still drop something is not
+    // what was scanned, and is refused rather than relayed.
+    if (!rebuild_without(ans, len, first.drop, p.msg)) {
+      p.msg.clear();
+      p.status = PrepareStatus::RebuildFailed;
+      return p;
+    }
+    p.msg.shrink_to_fit();  // rebuild_without writes into a 64 KiB buffer
+    p.scan = scan_answer(p.msg.data(), p.msg.size(), q.qname_lc, q.qname_len, o.allow_private,
+                         o.max_addresses);
+    if (!p.scan.ok || !p.scan.drop.empty()) {
+      p.msg.clear();
+      p.status = PrepareStatus::RebuildFailed;
+      return p;
+    }
+  }
+  // No client keeps a record longer than max-ttl: the set holds addresses that long (+grace).
+  rewrite_ttls(p.msg.data(), p.scan.ttl_offsets, o.max_ttl, 0);
+  for (VouchAddr& v : p.scan.vouch) v.ttl = std::min(v.ttl, o.max_ttl);
+  p.status = PrepareStatus::Ok;
+  return p;
 }
 
 void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t max_ttl,

@@ -45,7 +45,7 @@ const std::vector<OptionSpec>& serve_options() {
       {"upstream-timeout", Kind::Int, "MS", "first per-try timeout of an upstream query; c-ares doubles it on later rounds", "1000", 1000, 50, 30000, &ServeConfig::upstream_timeout_ms},
       {"upstream-tries", Kind::Int, "N", "rounds over the upstream list before the client gets SERVFAIL", "2", 2, 1, 5, &ServeConfig::upstream_tries},
       {"max-inflight", Kind::Int, "N", "upstream queries in flight; beyond it clients get SERVFAIL at once", "4096", 4096, 1, 60000, &ServeConfig::max_inflight},
-      {"tcp-max-connections", Kind::Int, "N", "concurrent TCP clients; further connections are closed at once", "256", 256, 1, 65536, &ServeConfig::tcp_max_connections},
+      {"tcp-max-connections", Kind::Int, "N", "concurrent TCP clients; at the cap the longest-idle connection with nothing pending gives way (RFC 7766 6.2.3), and a new one is refused only if every connection is busy", "256", 256, 1, 65536, &ServeConfig::tcp_max_connections},
       {"tcp-idle-timeout", Kind::Int, "MS", "close a TCP connection with no complete query and nothing pending for this long (RFC 7766 6.2.3)", "10000", 10000, 100, 3600000, &ServeConfig::tcp_idle_timeout_ms},
       {"tcp-max-pipelined", Kind::Int, "N", "queries in progress per TCP connection; reading pauses beyond it", "32", 32, 1, 1024, &ServeConfig::tcp_max_pipelined},
       {"log-level", Kind::Text, "LEVEL", "debug, info, warn or error", "info"},
@@ -68,6 +68,8 @@ const std::vector<OptionSpec>& serve_options() {
       {"metrics-interval", Kind::Int, "SECONDS", "how often --metrics-file is written", "15", 15, 1, 3600, &ServeConfig::metrics_interval},
       {"user", Kind::Text, "NAME", "after binding its sockets and opening netlink as root, run as this user keeping only CAP_NET_ADMIN (no other capability, no new privileges)", "dnsward, if that user exists", 0, 0, 0, &ServeConfig::user},
       {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
+      {"cache-bytes", Kind::Int, "BYTES", "bytes of answers the cache may hold, least recently used evicted first: one hostile zone's 64 KiB answers cannot fill memory", "33554432 (32 MiB)", 32l << 20, 0, 1l << 31, &ServeConfig::cache_bytes},
+      {"max-answer-addresses", Kind::Int, "N", "addresses one answer may vouch for; records (and HTTPS/SVCB hints) beyond it are removed from the reply, with an EDE", "64", 64, 1, 4096, &ServeConfig::max_answer_addresses},
   };
   return table;
 }

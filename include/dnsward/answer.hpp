@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "dnsward/packet.hpp"
+
 namespace dnsward {
 
 /// An IPv4 or IPv6 address as it appears on the wire.
@@ -40,24 +42,34 @@ struct VouchAddr {
 struct AnswerScan {
   bool ok = false;
   uint16_t rcode = 0;
-  std::vector<VouchAddr> vouch;           ///< ordinary addresses on the CNAME chain
+  /// Ordinary addresses on the CNAME chain, each once, with the longest TTL of the records
+  /// that carried it (the set must hold it as long as any record tells the client to use it).
+  std::vector<VouchAddr> vouch;
   std::vector<uint16_t> drop;             ///< records to remove, numbered over answer+authority
   uint32_t dropped_special = 0;           ///< of those, how many were special-purpose
+  uint32_t dropped_off_chain = 0;         ///< of those, how many were off the chain or in authority
+  uint32_t dropped_over_cap = 0;          ///< of those, how many the address cap removed
+  uint32_t addresses_over_cap = 0;        ///< addresses (hints included) those records carried
   std::vector<uint32_t> ttl_offsets;      ///< TTL fields of answer+authority records
   /// How long the answer may be cached: the smallest answer TTL, or for a negative answer
   /// min(SOA TTL, SOA MINIMUM) (RFC 2308 5); -1 if it must not be cached.
   int64_t cache_ttl = -1;
 };
 
+/// The --max-answer-addresses default: distinct addresses one answer may vouch for.
+inline constexpr std::size_t kDefaultMaxAddresses = 64;
+
 /// Walks an upstream answer (already checked by relay_answer's rules: ID, question).
 /// Starting from the query name it follows the CNAME chain in the answer section (at most
 /// kMaxChain links), vouches for A/AAAA records owned by chain names, and for the
 /// ipv4hint/ipv6hint addresses of SVCB/HTTPS records owned by chain names. Address-bearing
-/// records that are off the chain, in the authority section, or carry a special-purpose
-/// address (unless allow_private) are listed in drop. The additional section is never read:
-/// dnsward never relays it.
+/// records that are off the chain, in the authority section, carry a special-purpose
+/// address (unless allow_private), or would take the distinct vouched addresses beyond
+/// max_addresses are listed in drop (an SVCB/HTTPS record whose hints do not all fit goes
+/// whole). The additional section is never read: dnsward never relays it.
 AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname_lc,
-                       std::size_t qname_len, bool allow_private);
+                       std::size_t qname_len, bool allow_private,
+                       std::size_t max_addresses = kDefaultMaxAddresses);
 
 inline constexpr int kMaxChain = 16;
 
@@ -71,5 +83,43 @@ void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t m
 /// RFC 3597 4), so no pointer can dangle. Returns false if the message cannot be walked.
 bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
                      std::vector<uint8_t>& out);
+
+/// How prepare_answer() treats an answer.
+struct PrepareOptions {
+  bool allow_private = false;                       ///< the deciding entry says private=yes
+  std::size_t max_addresses = kDefaultMaxAddresses; ///< --max-answer-addresses
+  uint32_t max_ttl = 3600;                          ///< --max-ttl: every TTL is lowered to it
+};
+
+/// What became of an upstream answer in prepare_answer().
+enum class PrepareStatus : uint8_t {
+  Ok,             ///< msg may be relayed once scan.vouch is in the firewall sets
+  Mismatch,       ///< not a response to our query (ID, QR or question differ)
+  Malformed,      ///< the answer cannot be walked safely
+  RebuildFailed,  ///< records had to go but the answer could not be rebuilt without them
+};
+
+/// An upstream answer made ready for relaying and caching.
+struct PreparedAnswer {
+  PrepareStatus status = PrepareStatus::Malformed;
+  std::vector<uint8_t> msg;  ///< the answer to relay (upstream ID still in it); empty unless Ok
+  /// The scan of msg: vouch list (TTLs lowered like msg's), TTL offsets, cache TTL, RCODE;
+  /// its drop list is empty.
+  AnswerScan scan;
+  uint32_t dropped_special = 0;     ///< records removed for a special-purpose address
+  uint32_t dropped_over_cap = 0;    ///< records removed by the address cap
+  uint32_t addresses_over_cap = 0;  ///< addresses those records carried
+  uint32_t dropped_off_chain = 0;   ///< address records removed as off-chain or in authority
+  /// Records removed for any reason.
+  uint32_t dropped() const { return dropped_special + dropped_over_cap + dropped_off_chain; }
+};
+
+/// The one path from an upstream answer to the bytes relayed and the addresses vouched for:
+/// check_answer (ID and question), scan_answer, rebuild without the dropped records and scan
+/// the result again, then lower every TTL (in msg and in the vouch list) to max_ttl. Pure;
+/// the pipeline and the answer fuzz target both call it, so the fuzz oracle checks what
+/// clients get.
+PreparedAnswer prepare_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
+                              std::size_t len, const PrepareOptions& o);
 
 }  // namespace dnsward

@@ -60,6 +60,8 @@ struct ServeConfig {
   uint32_t max_ttl = 3600;
   uint32_t grace = 30;
   uint32_t cache_size = 10000;
+  uint32_t cache_bytes = 32u << 20;       ///< bytes of answers the cache may hold
+  uint32_t max_answer_addresses = 64;     ///< addresses one answer may vouch for
 
   // The policy lifecycle.
   std::string mode = "enforce";  ///< or "audit": forward everything, log what would be denied

@@ -4,11 +4,16 @@
 #include <ldns/ldns.h>
 
 #include <fmt/format.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "dnsward/answer.hpp"
+#include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/wire.hpp"
 
@@ -48,11 +53,63 @@ Bytes answer(const char* qname, std::vector<std::string> an, std::vector<std::st
   return b;
 }
 
-AnswerScan scan(const Bytes& b, const char* qname, bool allow_private = false) {
+AnswerScan scan(const Bytes& b, const char* qname, bool allow_private = false,
+                std::size_t max_addresses = kDefaultMaxAddresses) {
   std::string w;
   REQUIRE(text_to_wire(qname, w));
   return scan_answer(b.data(), b.size(), reinterpret_cast<const uint8_t*>(w.data()), w.size(),
-                     allow_private);
+                     allow_private, max_addresses);
+}
+
+// The client's query `qname IN A` as parse_query reads it (ID 77, RD, no EDNS).
+Query query(const char* qname) {
+  std::string w;
+  REQUIRE(text_to_wire(qname, w));
+  Bytes pkt = {0, 77, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0};
+  pkt.insert(pkt.end(), w.begin(), w.end());
+  pkt.insert(pkt.end(), {0, 1, 0, 1});
+  Query q;
+  REQUIRE(parse_query(pkt.data(), pkt.size(), q) == ParseStatus::Ok);
+  return q;
+}
+
+// ldns's reading of the answer section of a message, one record per line.
+std::vector<std::string> answer_texts(const Bytes& msg) {
+  ldns_pkt* p = nullptr;
+  REQUIRE(ldns_wire2pkt(&p, msg.data(), msg.size()) == LDNS_STATUS_OK);
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < ldns_pkt_ancount(p); ++i) {
+    char* t = ldns_rr2str(ldns_rr_list_rr(ldns_pkt_answer(p), i));
+    out.emplace_back(t);
+    LDNS_FREE(t);
+  }
+  ldns_pkt_free(p);
+  return out;
+}
+
+// Runs f with the address space limited to what the process maps now plus headroom: an
+// allocation larger than that throws std::bad_alloc instead of quietly succeeding. Returns
+// false if f threw it. (Not under ASan, which maps terabytes of shadow memory.)
+template <class F>
+bool within_address_space(std::size_t headroom, F f) {
+  long pages = 0;
+  FILE* statm = std::fopen("/proc/self/statm", "r");
+  REQUIRE(statm);
+  REQUIRE(std::fscanf(statm, "%ld", &pages) == 1);
+  std::fclose(statm);
+  rlimit old{};
+  REQUIRE(getrlimit(RLIMIT_AS, &old) == 0);
+  rlimit tight = old;
+  tight.rlim_cur = rlim_t(pages) * rlim_t(sysconf(_SC_PAGESIZE)) + headroom;
+  REQUIRE(setrlimit(RLIMIT_AS, &tight) == 0);
+  bool fit = true;
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    fit = false;
+  }
+  REQUIRE(setrlimit(RLIMIT_AS, &old) == 0);
+  return fit;
 }
 
 std::vector<std::string> texts(const AnswerScan& s) {
@@ -165,7 +222,7 @@ TEST_CASE("SVCB/HTTPS hints are vouched for, or the record is dropped") {
                                               "svc.example. 300 IN A 198.18.5.5"}),
                       "svc.example");
   REQUIRE(s.ok);
-  CHECK(texts(s) == std::vector<std::string>{"198.18.5.5/300", "2001:db8::5/300", "198.18.5.5/300"});
+  CHECK(texts(s) == std::vector<std::string>{"198.18.5.5/300", "2001:db8::5/300"});
   const auto bad = scan(answer("svc.example.", {"svc.example. 300 IN HTTPS 1 . ipv4hint=10.0.0.1",
                                                 "svc.example. 300 IN HTTPS 2 . alpn=h3"}),
                         "svc.example");
@@ -260,4 +317,139 @@ TEST_CASE("a rebuilt answer has no pointer into a dropped record, and keeps the 
   ldns_pkt_free(back);
   const auto again = scan(out, "alias.example");
   CHECK(texts(again) == std::vector<std::string>{"198.18.0.1/300"});
+}
+
+TEST_CASE("an answer vouches for at most max_addresses addresses; A records beyond go") {
+  std::vector<std::string> rrs;
+  for (int i = 0; i < 3500; ++i)
+    rrs.push_back(fmt::format("many.example. 300 IN A 198.18.{}.{}", i / 250, i % 250));
+  const Bytes b = answer("many.example.", rrs);  // about 56 KB: a TCP answer
+  const auto s = scan(b, "many.example", false, 64);
+  REQUIRE(s.ok);
+  CHECK(s.vouch.size() == 64);
+  CHECK(s.vouch.front().addr.text() == "198.18.0.0");  // the first 64, in answer order
+  CHECK(s.vouch.back().addr.text() == "198.18.0.63");
+  CHECK(s.drop.size() == 3436);
+  CHECK(s.dropped_over_cap == 3436);
+  CHECK(s.addresses_over_cap == 3436);
+  CHECK(s.dropped_special == 0);
+  CHECK(s.dropped_off_chain == 0);
+
+  const PreparedAnswer p = prepare_answer(query("many.example"), 1, b.data(), b.size(), {false, 64, 3600});
+  REQUIRE(p.status == PrepareStatus::Ok);
+  CHECK(p.scan.vouch.size() == 64);
+  CHECK(p.scan.drop.empty());
+  CHECK(p.dropped_over_cap == 3436);
+  CHECK(p.addresses_over_cap == 3436);
+  CHECK(wire::get16(p.msg.data() + 6) == 64);  // ANCOUNT
+  const auto left = answer_texts(p.msg);
+  REQUIRE(left.size() == 64);
+  for (std::size_t i = 0; i < left.size(); ++i)
+    CHECK(left[i] == "many.example.\t300\tIN\tA\t" + p.scan.vouch[i].addr.text() + "\n");
+}
+
+TEST_CASE("an HTTPS record whose hints exceed the cap is dropped whole, nothing vouched from it") {
+  std::string hints;
+  for (int i = 0; i < 5000; ++i)
+    hints += fmt::format("{}198.19.{}.{}", i ? "," : "", i / 250, i % 250);
+  const Bytes b = answer("svc.example.", {"svc.example. 300 IN HTTPS 1 . alpn=h2 ipv4hint=" + hints,
+                                          "svc.example. 300 IN A 198.18.0.1"});
+  const auto s = scan(b, "svc.example", false, 64);
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.0.1/300"});
+  CHECK(s.drop == std::vector<uint16_t>{0});
+  CHECK(s.dropped_over_cap == 1);
+  CHECK(s.addresses_over_cap == 5000);
+
+  const PreparedAnswer p = prepare_answer(query("svc.example"), 1, b.data(), b.size(), {false, 64, 3600});
+  REQUIRE(p.status == PrepareStatus::Ok);
+  CHECK(answer_texts(p.msg) == std::vector<std::string>{"svc.example.\t300\tIN\tA\t198.18.0.1\n"});
+}
+
+TEST_CASE("an HTTPS record fits if its new hints fit the budget left, else it goes whole") {
+  const Bytes b = answer("svc.example.", {"svc.example. 300 IN A 198.18.0.1",
+                                          "svc.example. 300 IN HTTPS 1 . ipv4hint=198.18.0.1,198.18.0.2,198.18.0.3"});
+  const auto fits = scan(b, "svc.example", false, 3);  // 1 vouched + 2 new hints = 3
+  CHECK(texts(fits) == std::vector<std::string>{"198.18.0.1/300", "198.18.0.2/300", "198.18.0.3/300"});
+  CHECK(fits.drop.empty());
+  const auto over = scan(b, "svc.example", false, 2);  // 1 vouched + 2 new hints > 2
+  CHECK(texts(over) == std::vector<std::string>{"198.18.0.1/300"});
+  CHECK(over.drop == std::vector<uint16_t>{1});
+  CHECK(over.dropped_over_cap == 1);
+  CHECK(over.addresses_over_cap == 3);
+}
+
+TEST_CASE("an address carried twice is vouched once, with the longest TTL, and counts once") {
+  const Bytes b = answer("dup.example.", {"dup.example. 60 IN A 198.18.0.1",
+                                          "dup.example. 300 IN A 198.18.0.1",
+                                          "dup.example. 100 IN A 198.18.0.2",
+                                          "dup.example. 900 IN HTTPS 1 . ipv4hint=198.18.0.2,198.18.0.1",
+                                          "dup.example. 20 IN A 198.18.0.1",
+                                          "dup.example. 300 IN A 198.18.0.3"});
+  const auto s = scan(b, "dup.example", false, 2);
+  REQUIRE(s.ok);
+  CHECK(texts(s) == std::vector<std::string>{"198.18.0.1/900", "198.18.0.2/900"});
+  CHECK(s.drop == std::vector<uint16_t>{5});  // only the third distinct address is over the cap
+  CHECK(s.dropped_over_cap == 1);
+}
+
+TEST_CASE("a header claiming 65535 answers with a short body is refused, allocating little") {
+  std::string w;
+  REQUIRE(text_to_wire("www.example", w));
+  Bytes b = {0, 1, 0x81, 0x80, 0, 1, 0xff, 0xff, 0xff, 0xff, 0, 0};
+  b.insert(b.end(), w.begin(), w.end());
+  b.insert(b.end(), {0, 1, 0, 1});
+  b.insert(b.end(), {0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 198, 18, 0, 1});  // one real A
+  AnswerScan s;
+  s.ok = true;
+#if defined(__SANITIZE_ADDRESS__)
+  s = scan(b, "www.example");
+#else
+  // 131070 records of the header's claim, reserved up front, would be megabytes.
+  CHECK(within_address_space(std::size_t(2) << 20, [&] { s = scan(b, "www.example"); }));
+#endif
+  CHECK_FALSE(s.ok);
+  CHECK(prepare_answer(query("www.example"), 1, b.data(), b.size(), {}).status == PrepareStatus::Malformed);
+}
+
+TEST_CASE("prepare_answer refuses other answers, drops and counts, and clamps TTLs") {
+  const Query q = query("Mix.Example");
+  const Bytes b = answer("mix.example.", {"mix.example. 7200 IN A 198.18.0.1",
+                                          "mix.example. 300 IN A 10.0.0.1",
+                                          "other.example. 300 IN A 198.18.9.9"},
+                         {"mix.example. 300 IN A 198.18.8.8"});
+  CHECK(prepare_answer(q, 2, b.data(), b.size(), {}).status == PrepareStatus::Mismatch);
+  CHECK(prepare_answer(q, 1, b.data(), 11, {}).status == PrepareStatus::Malformed);
+  CHECK(prepare_answer(q, 1, b.data(), b.size() - 1, {}).status == PrepareStatus::Malformed);
+
+  const PreparedAnswer p = prepare_answer(q, 1, b.data(), b.size(), {false, 64, 3600});
+  REQUIRE(p.status == PrepareStatus::Ok);
+  CHECK(p.dropped_special == 1);
+  CHECK(p.dropped_off_chain == 2);  // off the chain, and in the authority section
+  CHECK(p.dropped_over_cap == 0);
+  CHECK(p.dropped() == 3);
+  CHECK(texts(p.scan) == std::vector<std::string>{"198.18.0.1/3600"});
+  CHECK(answer_texts(p.msg) == std::vector<std::string>{"mix.example.\t3600\tIN\tA\t198.18.0.1\n"});
+  CHECK(wire::get16(p.msg.data()) == 1);  // the upstream ID: relay_answer puts the client's
+
+  const PreparedAnswer priv = prepare_answer(q, 1, b.data(), b.size(), {true, 64, 60});
+  REQUIRE(priv.status == PrepareStatus::Ok);
+  CHECK(priv.dropped_special == 0);
+  CHECK(texts(priv.scan) == std::vector<std::string>{"198.18.0.1/60", "10.0.0.1/60"});
+
+  const Bytes clean = answer("mix.example.", {"mix.example. 300 IN A 198.18.0.1"});
+  const PreparedAnswer same = prepare_answer(q, 1, clean.data(), clean.size(), {});
+  REQUIRE(same.status == PrepareStatus::Ok);
+  CHECK(same.msg == clean);  // nothing to drop, TTL under max-ttl: relayed byte for byte
+}
+
+TEST_CASE("prepare_answer fails closed when records must go but the rest cannot be rebuilt") {
+  // The additional section is not read by the scan, but the rebuild walks it (for the OPT):
+  // a cut one leaves records to drop and no way to drop them.
+  Bytes b = answer("cut.example.", {"cut.example. 300 IN A 10.0.0.1", "cut.example. 300 IN A 198.18.0.1"},
+                   {}, {"x.example. 300 IN TXT \"some text to cut\""});
+  b.resize(b.size() - 3);
+  const PreparedAnswer p = prepare_answer(query("cut.example"), 1, b.data(), b.size(), {});
+  CHECK(p.status == PrepareStatus::RebuildFailed);
+  CHECK(p.msg.empty());
 }
