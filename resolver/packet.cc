@@ -1,6 +1,7 @@
 #include "dnsward/packet.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace dnsward {
 using namespace wire;
@@ -244,11 +245,18 @@ std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
 }
 
 std::size_t build_upstream_query(const Query& q, uint16_t upstream_id, uint16_t payload,
-                                 uint8_t* out, std::size_t cap, bool with_opt) {
+                                 uint8_t* out, std::size_t cap, bool with_opt,
+                                 const uint8_t* qname_sent) {
   Writer w(out, cap);
   write_header(w, upstream_id, q.flags & (flag::RD | flag::CD | flag::AD), 1, 0, 0,
                with_opt ? 1 : 0);
-  write_question(w, q);
+  if (qname_sent) {
+    w.bytes(qname_sent, q.qname_len);
+    w.u16(q.qtype);
+    w.u16(q.qclass);
+  } else {
+    write_question(w, q);
+  }
   if (with_opt) {
     w.u8(0);
     w.u16(type::OPT);
@@ -257,6 +265,30 @@ std::size_t build_upstream_query(const Query& q, uint16_t upstream_id, uint16_t 
     w.u16(0);
   }
   return finish(w);
+}
+
+void randomize_case(const uint8_t* name, std::size_t len, const uint8_t* random, uint8_t* out) {
+  std::size_t i = 0;
+  while (i < len) {
+    const std::size_t l = name[i];
+    out[i] = name[i];  // a length byte
+    if (l == 0 || i + 1 + l > len) {
+      std::memcpy(out + i + 1, name + i + 1, len - i - 1);
+      return;
+    }
+    for (std::size_t k = i + 1; k <= i + l; ++k) {
+      const uint8_t c = name[k];
+      const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+      out[k] = letter ? uint8_t((random[k] & 1) ? (c & ~0x20) : (c | 0x20)) : c;
+    }
+    i += 1 + l;
+  }
+}
+
+bool question_case_matches(const uint8_t* ans, std::size_t len, const uint8_t* qname_sent,
+                           std::size_t qname_len) {
+  if (len < kHeaderSize || get16(ans + 4) == 0) return true;
+  return len >= kHeaderSize + qname_len && std::memcmp(ans + kHeaderSize, qname_sent, qname_len) == 0;
 }
 
 bool is_edns_formerr(const uint8_t* ans, std::size_t len) {

@@ -93,8 +93,22 @@ bool is_localhost(const uint8_t* name_lc, std::size_t len);
 /// payload size, the client's DO bit, no options). The client's own additional records are
 /// never forwarded. Always ending in our plain OPT also keeps c-ares 1.18 safe: after an
 /// upstream FORMERR it cuts 11 bytes off the query, which then removes exactly that OPT.
+/// qname_sent: the name to send, of q.qname_len bytes (see randomize_case); null sends the
+/// client's own.
 std::size_t build_upstream_query(const Query& q, uint16_t upstream_id, uint16_t payload,
-                                 uint8_t* out, std::size_t cap, bool with_opt = true);
+                                 uint8_t* out, std::size_t cap, bool with_opt = true,
+                                 const uint8_t* qname_sent = nullptr);
+
+/// DNS 0x20 (draft-vixie-dnsext-dns0x20): writes name (wire form, len bytes) to out with the
+/// case of each letter taken from one bit of random (len bytes), so that an off-path
+/// spoofer must also guess the letter case of the question. Labels' length bytes are kept.
+void randomize_case(const uint8_t* name, std::size_t len, const uint8_t* random, uint8_t* out);
+
+/// True if the answer's question name is byte for byte qname_sent (the answer already
+/// passed check_answer, which compares case-insensitively). An answer without a question
+/// carries nothing to compare and passes.
+bool question_case_matches(const uint8_t* ans, std::size_t len, const uint8_t* qname_sent,
+                           std::size_t qname_len);
 
 /// True for a FORMERR answer without an OPT: the mark of a server that does not speak EDNS
 /// (RFC 6891 7), to be asked again without one.

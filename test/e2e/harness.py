@@ -218,6 +218,12 @@ class Relay(LoopbackServer):
             return None
 
     def names(self):
+        """The names that reached the upstream, lower-cased (dnsward sends them in random
+        letter case, DNS 0x20)."""
+        with self.lock:
+            return [s[0].lower() for s in self.seen]
+
+    def names_as_sent(self):
         with self.lock:
             return [s[0] for s in self.seen]
 

@@ -4,12 +4,16 @@ import time
 import unittest
 
 import dns.flags
+import dns.name
+import dns.rdataclass
+import dns.rrset
 import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from harness import Dnsward, LO, NoEdnsUpstream, Relay, Stack, ede, free_port, run
+from harness import (Dnsward, LO, LoopbackServer, NoEdnsUpstream, Relay, Stack, ede, free_port,
+                     run)
 
 stack = knot = relay = dw = None
 
@@ -348,3 +352,56 @@ class UpstreamFailure(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CaseKeeper(LoopbackServer):
+    """An upstream that does not preserve the letter case of the question: it answers in
+    lower case, with 198.18.9.1 to a query in mixed case and 198.18.9.2 to one in lower
+    case, so the test can see which answer reached the client."""
+
+    def __init__(self):
+        self.sent = []
+        super().__init__()
+
+    def handle(self, wire, transport):
+        q = dns.message.from_wire(wire)
+        name = q.question[0].name.to_text()
+        self.sent.append(name)
+        r = dns.message.make_response(q)
+        lower = dns.name.from_text(name.lower())
+        r.question[0] = dns.rrset.RRset(lower, dns.rdataclass.IN, q.question[0].rdtype)
+        addr = "198.18.9.2" if name == name.lower() else "198.18.9.1"
+        r.answer.append(dns.rrset.from_text(lower, 300, "IN", "A", addr))
+        return r.to_wire()
+
+
+class Dns0x20(unittest.TestCase):
+    def test_forwarded_names_go_out_in_random_letter_case(self):
+        relay = Relay(knot.port)
+        d = Dnsward(relay.port, extra=["--cache-size", "0"])
+        try:
+            for _ in range(8):
+                self.assertEqual(d.query("www.allowed.test.", "A").rcode(), dns.rcode.NOERROR)
+            sent = relay.names_as_sent()
+            self.assertEqual(len(sent), 8)
+            self.assertEqual({n.lower() for n in sent}, {"www.allowed.test."})
+            # 14 letters a name: eight all-lower-case names by chance has odds of 2^-112.
+            self.assertGreater(len(set(sent)), 1)
+            self.assertNotEqual(sent, ["www.allowed.test."] * 8)
+        finally:
+            d.stop()
+            relay.stop()
+
+    def test_an_answer_in_another_letter_case_is_not_used_and_the_name_is_asked_again_without_0x20(self):
+        up = CaseKeeper()
+        d = Dnsward(up.port, extra=["--cache-size", "0"])
+        try:
+            r = d.query("www.allowed.test.", "A")
+            self.assertEqual([x.address for x in r.answer[0]], ["198.18.9.2"])
+            self.assertEqual(len(up.sent), 2)
+            self.assertNotEqual(up.sent[0], "www.allowed.test.")
+            self.assertEqual(up.sent[1], "www.allowed.test.")  # the client's own case
+            self.assertIn("event=upstream-case-mismatch", d.logtext())
+        finally:
+            d.stop()
+            up.stop()

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <ldns/ldns.h>
 
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -384,4 +385,35 @@ TEST_CASE("the upstream query carries our ID, the client's question and one plai
   CHECK(get16(out + 10) == 1);  // ARCOUNT: the OPT alone
   CHECK(std::memcmp(out + 12, "\x03WwW", 4) == 0);
   CHECK(n == 12 + 13 + 4 + 11);  // exactly 11 bytes of OPT at the end (c-ares 1.18 trap)
+}
+
+TEST_CASE("0x20: letters take their case from the random bits, everything else is kept") {
+  // w1-x.example.com: a digit and a hyphen among the letters
+  const uint8_t name[] = {4, 'w', '1', '-', 'x', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm', 0};
+  uint8_t ones[sizeof name], zeros[sizeof name] = {}, out[sizeof name];
+  std::memset(ones, 0xff, sizeof ones);
+  randomize_case(name, sizeof name, ones, out);
+  const uint8_t upper[] = {4, 'W', '1', '-', 'X', 7, 'E', 'X', 'A', 'M', 'P', 'L', 'E', 3, 'C', 'O', 'M', 0};
+  CHECK(std::memcmp(out, upper, sizeof out) == 0);
+  randomize_case(upper, sizeof upper, zeros, out);
+  CHECK(std::memcmp(out, name, sizeof out) == 0);
+  // Length bytes never change, whatever the random bits (a label of length 'W' | 0x20...).
+  const uint8_t odd[] = {1, 'a', 0};
+  uint8_t got[3];
+  randomize_case(odd, 3, ones, got);
+  CHECK(got[0] == 1);
+  CHECK(got[1] == 'A');
+  CHECK(got[2] == 0);
+}
+
+TEST_CASE("0x20: an answer's question must match the name as sent byte for byte") {
+  const uint8_t sent[] = {3, 'W', 'w', 'W', 4, 't', 'E', 's', 'T', 0};
+  std::vector<uint8_t> ans = {0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0};
+  ans.insert(ans.end(), sent, sent + sizeof sent);
+  ans.insert(ans.end(), {0, 1, 0, 1});
+  CHECK(question_case_matches(ans.data(), ans.size(), sent, sizeof sent));
+  ans[13] = 'w';
+  CHECK_FALSE(question_case_matches(ans.data(), ans.size(), sent, sizeof sent));
+  ans[5] = 0;  // no question: nothing to compare
+  CHECK(question_case_matches(ans.data(), ans.size(), sent, sizeof sent));
 }
