@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "dnsward/clock.hpp"
-#include "dnsward/nftset.hpp"
+#include "dnsward/nft_sets.hpp"
 
 using namespace dnsward;
 
@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
       for (int j = 0; j < k; ++j) items.push_back({addr_for(next + uint32_t(j)), 600});
       std::string err;
       const uint64_t t0 = mono_ns();
-      if (!sets.vouch(items, t0 / 1000000u, err)) {
+      if (!sets.vouch(items, t0 / 1000000u, Provenance{"bench.example", "bench.example"}, err)) {
         std::fprintf(stderr, "vouch: %s\n", err.c_str());
         return 1;
       }

@@ -14,6 +14,8 @@
 #include <sstream>
 
 #include "dnsward/allowlist_files.hpp"
+#include "dnsward/atomic_file.hpp"
+#include "dnsward/clock.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
 #include "dnsward/explain.hpp"
@@ -21,7 +23,7 @@
 #include "dnsward/metrics.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
-#include "dnsward/nftset.hpp"
+#include "dnsward/nft_sets.hpp"
 #include "dnsward/pipeline.hpp"
 #include "dnsward/privilege.hpp"
 #include "dnsward/policy.hpp"
@@ -90,10 +92,18 @@ int serve(const std::vector<std::string>& args) {
       usage = Usage(cfg.state_max_names);
     }
   }
+  // The vouch ledger (which entries vouched for which elements) lives beside the state, so
+  // that a restart with an edited list revokes what the new list no longer allows.
+  const std::string ledger_path = cfg.state.empty() ? std::string() : cfg.state + ".vouched";
+  NftSets* nft_for_state = nullptr;
   auto save_state = [&] {
     if (cfg.state.empty()) return;
     std::string err;
     if (!usage.save(cfg.state, err)) log::error("event=state-save-failed error={}", log::quote(err));
+    if (nft_for_state &&
+        !write_file_atomically(ledger_path,
+                               nft_for_state->ledger().serialize(mono_ms(), wall_ms()), err))
+      log::error("event=ledger-save-failed error={}", log::quote(err));
   };
 
   signal(SIGPIPE, SIG_IGN);
@@ -117,10 +127,34 @@ int serve(const std::vector<std::string>& args) {
         std::fprintf(stderr, "dnsward: nftables: %s\n", e.what());
         return 1;
       }
-      loop.watch(nft->event_fd(), EPOLLIN, [&nft](uint32_t) { nft->on_events(); });
     }
     Pipeline pipeline(loop, cfg, policy);
     pipeline.set_nft(nft.get());
+    std::function<void()> upkeep;
+    if (nft) {
+      nft_for_state = nft.get();
+      if (!ledger_path.empty()) {
+        std::string text, err;
+        const ReadFile r = read_file(ledger_path, text, err);
+        if (r == ReadFile::Ok && !nft->ledger().merge_saved(text, mono_ms(), wall_ms(), err)) {
+          const std::string aside = fmt::format("{}.corrupt-{}", ledger_path, long(time(nullptr)));
+          std::rename(ledger_path.c_str(), aside.c_str());
+          log::error("event=ledger-corrupt error={} moved_to={} msg={}", log::quote(err), log::quote(aside),
+                     log::quote("elements a previous run vouched for are kept as they are"));
+        } else if (r == ReadFile::Error) {
+          log::error("event=ledger-unreadable error={}", log::quote(err));
+        }
+      }
+      // What a previous run vouched for under entries this list no longer has goes now.
+      pipeline.revoke_unlisted("not on the allowlist at start");
+      loop.watch(nft->event_fd(), EPOLLIN, [&nft](uint32_t) { nft->on_events(); });
+      loop.watch(nft->dump_fd(), EPOLLIN, [&nft](uint32_t) { nft->on_dump_readable(); });
+      upkeep = [&] {
+        nft->maintain(mono_ms());
+        loop.after(10000, upkeep);
+      };
+      loop.after(10000, upkeep);
+    }
     if (!cfg.state.empty()) pipeline.set_usage(&usage);  // counting only where it is kept
     std::vector<std::unique_ptr<UdpListener>> udp;
     std::vector<std::unique_ptr<TcpListener>> tcp;

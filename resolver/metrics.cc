@@ -1,6 +1,7 @@
 #include "dnsward/metrics.hpp"
 
 #include <microhttpd.h>
+#include <sys/socket.h>
 #include <sys/epoll.h>
 
 #include <fmt/format.h>
@@ -15,9 +16,10 @@
 #include <stdexcept>
 #include <vector>
 
+#include "dnsward/clock.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
-#include "dnsward/nftset.hpp"
+#include "dnsward/nft_sets.hpp"
 #include "dnsward/pipeline.hpp"
 
 namespace dnsward {
@@ -75,6 +77,13 @@ const std::vector<Metric>& table() {
       {"dnsward_nft_external_changes_total", Type::Counter, "Times someone else changed dnsward's table or sets.", "", [](auto& s) { return s.nft ? double(s.nft->external_changes()) : 0.0; }},
       {"dnsward_nft_elements_known", Type::Gauge, "Set elements dnsward added and believes still held (its view of the sets).", "", [](auto& s) { return s.nft ? double(s.nft->known()) : 0.0; }},
       {"dnsward_cache_entries", Type::Gauge, "Answers in the cache.", "", [](auto& s) { return double(s.pipeline->cache_size()); }},
+      {"dnsward_answers_capped_total", Type::Counter, "Answers that carried more addresses than --max-answer-addresses (the extra records were removed).", "", [](auto& s) { return double(c(s).capped_answers); }},
+      {"dnsward_capped_addresses_total", Type::Counter, "Addresses removed from answers by --max-answer-addresses.", "", [](auto& s) { return double(c(s).capped_addresses); }},
+      {"dnsward_nft_set_elements", Type::Gauge, "Elements dnsward knows each set holds (from its own adds and dumps of the kernel's sets).", "family=\"ipv4\"", [](auto& s) { return s.nft ? double(s.nft->held(AF_INET, mono_ms())) : 0.0; }},
+      {"dnsward_nft_set_elements", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->held(AF_INET6, mono_ms())) : 0.0; }},
+      {"dnsward_nft_set_size", Type::Gauge, "Each set's declared size (0: none; a full set fails answers closed).", "family=\"ipv4\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET)) : 0.0; }},
+      {"dnsward_nft_set_size", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET6)) : 0.0; }},
+      {"dnsward_revoke_failures_total", Type::Counter, "Revocations the kernel refused (the addresses may still be held).", "", [](auto& s) { return double(c(s).revoke_failures); }},
       {"dnsward_reloads_total", Type::Counter, "Policy reloads (SIGHUP).", "result=\"ok\"", [](auto& s) { return double(c(s).reloads_ok); }},
       {"dnsward_reloads_total", Type::Counter, "", "result=\"failed\"", [](auto& s) { return double(c(s).reloads_failed); }},
       {"dnsward_revoked_addresses_total", Type::Counter, "Addresses deleted from the sets because a reload removed their entries.", "", [](auto& s) { return double(c(s).revoked); }},

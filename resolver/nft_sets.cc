@@ -1,4 +1,4 @@
-#include "dnsward/nftset.hpp"
+#include "dnsward/nft_sets.hpp"
 
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
@@ -8,13 +8,11 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <poll.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <functional>
-#include <memory>
+#include <system_error>
 
 #include "dnsward/clock.hpp"
 #include "dnsward/log.hpp"
@@ -28,8 +26,7 @@ constexpr const char* kNeedCap =
 
 // An operator-facing error for a failed netlink step, with the remedy when it is a matter
 // of privilege.
-std::string failure(const std::string& what) {
-  const int e = errno;
+std::string failure(const std::string& what, int e) {
   std::string m = what + ": " + std::strerror(e);
   if (e == EPERM || e == EACCES) m += kNeedCap;
   return m;
@@ -38,9 +35,6 @@ std::string failure(const std::string& what) {
 // nftables' datatype numbers for set keys (nftables src/datatype.h): what `nft list set`
 // shows as ipv4_addr and ipv6_addr.
 constexpr uint32_t kTypeIpv4 = 7, kTypeIpv6 = 8;
-// The kernel applies a batch inside sendmsg(), so its ACKs are queued when that returns;
-// this bound only guards against a kernel that does otherwise.
-constexpr int kAckWaitMs = 200;
 
 struct SetDeleter {
   void operator()(nftnl_set* s) const { nftnl_set_free(s); }
@@ -55,188 +49,119 @@ SetPtr make_set(const NftTarget& t, const std::string& name) {
   return s;
 }
 
+NetlinkSocket open_socket(uint16_t family) try {
+  return NetlinkSocket(family);
+} catch (const std::system_error& e) {
+  throw NftError(failure("cannot open a netfilter netlink socket", e.code().value()));
+}
+
 }  // namespace
 
-/// One message of a batch: its type, flags, and what fills its payload.
-struct NftSets::Msg {
-  uint16_t type;
-  uint16_t flags;
-  std::function<void(nlmsghdr*)> payload;
-};
+void NftSets::SocketCloser::operator()(mnl_socket* s) const { mnl_socket_close(s); }
 
 NftSets::NftSets(NftTarget target, RefreshMode mode)
-    : t_(std::move(target)), mode_(mode), seq_(uint32_t(time(nullptr))), buf_(1 << 17) {
-  nl_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
-  if (!nl_ || mnl_socket_bind(nl_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-    throw NftError(failure("cannot open a netfilter netlink socket"));
-  portid_ = mnl_socket_get_portid(nl_.get());
+    : t_(std::move(target)), mode_(mode), nl_(open_socket(t_.family)), dump_(open_socket(t_.family)) {
   events_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!events_ || mnl_socket_bind(events_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-    throw NftError(failure("cannot open the nftables event socket"));
+    throw NftError(failure("cannot open the nftables event socket", errno));
   int group = NFNLGRP_NFTABLES;
   if (mnl_socket_setsockopt(events_.get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof group) < 0)
-    throw NftError(failure("cannot subscribe to nftables events"));
-  // A larger receive buffer for the command socket: one ACK per message of a batch.
-  const int rcvbuf = 1 << 20;
-  setsockopt(mnl_socket_get_fd(nl_.get()), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    throw NftError(failure("cannot subscribe to nftables events", errno));
+  // Our own element changes come back here too, one notification per element, and are
+  // skipped by port ID; room for many of them between two reads, so that our own churn
+  // never overflows the socket (ENOBUFS would force a needless reread of the sets).
+  const int rcvbuf = 16 << 20;
+  const int efd = mnl_socket_get_fd(events_.get());
+  if (setsockopt(efd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
+    setsockopt(efd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
 
   std::string err;
   if (!ensure(err)) throw NftError(err);
   if (mode_ == RefreshMode::Auto) mode_ = probe_update() ? RefreshMode::Update : RefreshMode::Replace;
+  with_expiration = mode_ == RefreshMode::Update;
+  // Elements outlive dnsward: what the kernel holds now is the truth to start from.
+  if (!reload_view(err)) throw NftError("reading the sets: " + err);
+  auto size_text = [](uint32_t s) { return s ? std::to_string(s) : std::string("unlimited"); };
+  log::info("event=nft-sets table={} set4={} size4={} held4={} set6={} size6={} held6={}", t_.table,
+            t_.set4, size_text(size4_), ledger_.held(AF_INET, mono_ms()), t_.set6,
+            size_text(size6_), ledger_.held(AF_INET6, mono_ms()));
 }
 
 NftSets::~NftSets() = default;
 
-void NftSets::SocketCloser::operator()(mnl_socket* s) const { mnl_socket_close(s); }
-
 int NftSets::event_fd() const { return mnl_socket_get_fd(events_.get()); }
 
-bool NftSets::transact(const std::vector<Msg>& msgs, std::string& err, int* first_errno) {
-  mnl_nlmsg_batch* b = mnl_nlmsg_batch_start(buf_.data(), buf_.size());
-  const uint32_t begin_seq = seq_++;
-  nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(b)), begin_seq);
-  mnl_nlmsg_batch_next(b);
-  const uint32_t first = seq_;
-  for (const Msg& m : msgs) {
-    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(static_cast<char*>(mnl_nlmsg_batch_current(b)), m.type,
-                                          t_.family, m.flags | NLM_F_ACK, seq_++);
-    m.payload(nlh);
-    if (!mnl_nlmsg_batch_next(b)) {
-      mnl_nlmsg_batch_stop(b);
-      err = "netlink batch too large";
-      return false;
-    }
-  }
-  const uint32_t last = seq_ - 1;
-  const uint32_t end_seq = seq_++;
-  nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(b)), end_seq);
-  mnl_nlmsg_batch_next(b);
-  const ssize_t sent = mnl_socket_sendto(nl_.get(), mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b));
-  mnl_nlmsg_batch_stop(b);
-  ++batches_;
-  if (sent < 0) {
-    err = std::string("netlink send: ") + std::strerror(errno);
-    return false;
-  }
+uint32_t NftSets::size_of(uint8_t family) const { return family == AF_INET ? size4_ : size6_; }
 
-  // One NLMSG_ERROR per message (error 0 is the ACK), matched by sequence number: mnl_cb_run
-  // with one seq cannot check a batch, and an unread error is an error lost.
-  std::size_t acked = 0;
-  const std::size_t want = msgs.size();
-  int error = 0;
-  const uint64_t deadline = mono_ms() + kAckWaitMs;
-  char rbuf[16384];
-  while (acked < want) {
-    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        const int64_t left = int64_t(deadline) - int64_t(mono_ms());
-        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
-        if (left <= 0 || poll(&p, 1, int(left)) <= 0) {
-          err = "no netlink ACK from the kernel in time";
-          return false;
-        }
-        continue;
-      }
-      if (errno == EINTR) continue;
-      // ENOBUFS: ACKs were dropped; nothing of this batch can be trusted.
-      err = std::string("netlink receive: ") + std::strerror(errno);
-      return false;
-    }
-    int len = int(n);
-    for (auto* nlh = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(nlh, len);
-         nlh = mnl_nlmsg_next(nlh, &len)) {
-      if (nlh->nlmsg_seq < begin_seq || nlh->nlmsg_seq > end_seq) continue;  // a stale reply
-      if (nlh->nlmsg_type != NLMSG_ERROR) continue;
-      const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
-      if (e->error != 0 && error == 0) error = -e->error;
-      if (nlh->nlmsg_seq == begin_seq || nlh->nlmsg_seq == end_seq) {
-        acked = want;  // the batch as a whole was refused: nothing else will come
-        break;
-      }
-      if (nlh->nlmsg_seq >= first && nlh->nlmsg_seq <= last) ++acked;
-    }
+bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
+                       std::string& err) {
+  std::vector<NetlinkSocket::Msg> raw;
+  raw.reserve(msgs.size());
+  for (const ElemMsg& m : msgs) {
+    const uint16_t type = m.op == ElemOp::Del ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM;
+    const uint16_t flags = m.op == ElemOp::Del       ? 0
+                           : m.op == ElemOp::AddExcl ? uint16_t(NLM_F_CREATE | NLM_F_EXCL)
+                                                     : uint16_t(NLM_F_CREATE);
+    raw.push_back({type, flags, [this, &m](nlmsghdr* nlh) {
+                     SetPtr s = make_set(t_, m.family == AF_INET ? t_.set4 : t_.set6);
+                     for (const ElemChange& c : m.elems) {
+                       nftnl_set_elem* e = nftnl_set_elem_alloc();
+                       nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, c.addr.bytes, uint32_t(c.addr.size()));
+                       if (m.op != ElemOp::Del) {
+                         nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, c.timeout_ms);
+                         if (with_expiration) nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_EXPIRATION, c.timeout_ms);
+                       }
+                       nftnl_set_elem_add(s.get(), e);
+                     }
+                     nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+                   }});
   }
-  if (error) {
-    if (first_errno) *first_errno = error;
-    err = std::string("nftables refused the update: ") + std::strerror(error);
-    return false;
-  }
-  return true;
-}
-
-int NftSets::request(nlmsghdr* nlh, const std::function<bool(const nlmsghdr*)>& on_reply,
-                     std::string& err) {
-  const uint32_t seq = nlh->nlmsg_seq;
-  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
-    err = std::string("netlink send: ") + std::strerror(errno);
-    return -1;
-  }
-  const uint64_t deadline = mono_ms() + 1000;
-  char rbuf[16384];
-  for (;;) {
-    const ssize_t n = recv(mnl_socket_get_fd(nl_.get()), rbuf, sizeof rbuf, 0);
-    if (n < 0) {
-      if ((errno == EAGAIN || errno == EINTR) && mono_ms() < deadline) {
-        pollfd p{mnl_socket_get_fd(nl_.get()), POLLIN, 0};
-        poll(&p, 1, 100);
-        continue;
-      }
-      err = std::string("netlink receive: ") + std::strerror(errno);
-      return -1;
-    }
-    int len = int(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
-      if (h->nlmsg_seq != seq) continue;
-      if (h->nlmsg_type == NLMSG_DONE) return 0;
-      if (h->nlmsg_type == NLMSG_ERROR) return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
-      if (!on_reply(h)) return -1;
-    }
-  }
+  return nl_.transact(raw, results, err);
 }
 
 bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key_len,
-                        bool& exists, std::string& err) {
+                        bool& exists, uint32_t& size, std::string& err) {
   exists = false;
-  SetPtr q = make_set(t_, name);
-  char sbuf[MNL_SOCKET_BUFFER_SIZE];
-  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSET, t_.family, NLM_F_ACK, seq_++);
-  nftnl_set_nlmsg_build_payload(nlh, q.get());
-  const int e = request(nlh, [&](const nlmsghdr* h) {
-    SetPtr got(nftnl_set_alloc());
-    if (nftnl_set_nlmsg_parse(h, got.get()) < 0) return true;
-    exists = true;
-    const uint32_t type = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_TYPE);
-    const uint32_t klen = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_LEN);
-    const uint32_t flags = nftnl_set_get_u32(got.get(), NFTNL_SET_FLAGS);
-    if (type != key_type || klen != key_len) {
-      err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
-            (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
-      return false;
-    }
-    if (!(flags & NFT_SET_TIMEOUT)) {
-      err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
-            "(elements expire with the DNS TTL)";
-      return false;
-    }
-    return true;
-  }, err);
+  size = 0;
+  const int e = nl_.request(
+      NFT_MSG_GETSET, NLM_F_ACK,
+      [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, name).get()); },
+      [&](const nlmsghdr* h) {
+        SetPtr got(nftnl_set_alloc());
+        if (nftnl_set_nlmsg_parse(h, got.get()) < 0) return true;
+        exists = true;
+        const uint32_t type = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_TYPE);
+        const uint32_t klen = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_LEN);
+        const uint32_t flags = nftnl_set_get_u32(got.get(), NFTNL_SET_FLAGS);
+        if (nftnl_set_is_set(got.get(), NFTNL_SET_DESC_SIZE))
+          size = nftnl_set_get_u32(got.get(), NFTNL_SET_DESC_SIZE);
+        if (type != key_type || klen != key_len) {
+          err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
+                (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
+          return false;
+        }
+        if (!(flags & NFT_SET_TIMEOUT)) {
+          err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
+                "(elements expire with the DNS TTL)";
+          return false;
+        }
+        return true;
+      },
+      err);
   if (e == 0 || e == ENOENT) return true;  // the ACK; or no such set (or table) yet
-  if (e > 0) err = std::string("reading set ") + name + ": " + std::strerror(e);
+  if (e > 0) err = failure("reading set " + name, e);
   return false;
 }
 
 bool NftSets::ensure(std::string& err) {
   bool have4 = false, have6 = false;
-  if (!check_set(t_.set4, kTypeIpv4, 4, have4, err) ||
-      !check_set(t_.set6, kTypeIpv6, 16, have6, err)) {
-    if (err.find("Operation not permitted") != std::string::npos) err += kNeedCap;
+  if (!check_set(t_.set4, kTypeIpv4, 4, have4, size4_, err) ||
+      !check_set(t_.set6, kTypeIpv6, 16, have6, size6_, err))
     return false;
-  }
   if (have4 && have6) return true;
 
   // Creating is idempotent (no NLM_F_EXCL): a table or set that appeared meanwhile is fine.
-  std::vector<Msg> msgs;
+  std::vector<NetlinkSocket::Msg> msgs;
   msgs.push_back({NFT_MSG_NEWTABLE, NLM_F_CREATE, [this](nlmsghdr* nlh) {
                     nftnl_table* t = nftnl_table_alloc();
                     nftnl_table_set_str(t, NFTNL_TABLE_NAME, t_.table.c_str());
@@ -259,13 +184,17 @@ bool NftSets::ensure(std::string& err) {
                     }});
     ++id;
   }
-  if (!transact(msgs, err)) {
-    if (err.find("Operation not permitted") != std::string::npos)
+  std::vector<int> res;
+  if (!nl_.transact(msgs, res, err) || std::any_of(res.begin(), res.end(), [](int r) { return r != 0; })) {
+    int e = 0;
+    for (int r : res) e = e ? e : r;
+    err = e ? failure("creating table " + t_.table, e) : "creating table " + t_.table + ": " + err;
+    if (err.find("Operation not permitted") != std::string::npos && err.find("--no-nft") == std::string::npos)
       err += kNeedCap;
-    else
-      err = "creating table " + t_.table + ": " + err;
     return false;
   }
+  if (!have4) size4_ = t_.set_size;
+  if (!have6) size6_ = t_.set_size;
   log::info("event=nft-created table={} set4={} set6={}", t_.table, t_.set4, t_.set6);
   return true;
 }
@@ -275,7 +204,8 @@ bool NftSets::probe_update() {
   // of our own, so the real sets never hold a test address.
   const std::string probe = "dnsward_probe";
   std::string err;
-  std::vector<Msg> create = {{NFT_MSG_NEWSET, NLM_F_CREATE, [&](nlmsghdr* nlh) {
+  std::vector<int> res;
+  const std::vector<NetlinkSocket::Msg> create = {{NFT_MSG_NEWSET, NLM_F_CREATE, [&](nlmsghdr* nlh) {
                                 SetPtr s = make_set(t_, probe);
                                 nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, kTypeIpv4);
                                 nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 4);
@@ -284,7 +214,7 @@ bool NftSets::probe_update() {
                                 nftnl_set_nlmsg_build_payload(nlh, s.get());
                               }}};
   auto add = [&](uint64_t timeout_ms, bool expiration) {
-    return Msg{NFT_MSG_NEWSETELEM, NLM_F_CREATE, [&, timeout_ms, expiration](nlmsghdr* nlh) {
+    return NetlinkSocket::Msg{NFT_MSG_NEWSETELEM, NLM_F_CREATE, [&, timeout_ms, expiration](nlmsghdr* nlh) {
                  SetPtr s = make_set(t_, probe);
                  nftnl_set_elem* e = nftnl_set_elem_alloc();
                  const uint8_t key[4] = {192, 0, 2, 1};
@@ -295,130 +225,211 @@ bool NftSets::probe_update() {
                  nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
                }};
   };
+  auto ok = [&](const std::vector<NetlinkSocket::Msg>& m) {
+    return nl_.transact(m, res, err) && std::all_of(res.begin(), res.end(), [](int r) { return r == 0; });
+  };
   bool supported = false;
-  if (transact(create, err) && transact({add(10000, false)}, err) &&
-      transact({add(600000, true)}, err)) {
-    char sbuf[MNL_SOCKET_BUFFER_SIZE];
-    SetPtr q = make_set(t_, probe);
-    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf, NFT_MSG_GETSETELEM, t_.family, NLM_F_DUMP, seq_++);
-    nftnl_set_elems_nlmsg_build_payload(nlh, q.get());
-    request(nlh, [&](const nlmsghdr* h) {
-      SetPtr got(nftnl_set_alloc());
-      if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
-      nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
-      for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it))
-        if (nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) > 60000) supported = true;
-      nftnl_set_elems_iter_destroy(it);
-      return true;
-    }, err);
+  if (ok(create) && ok({add(10000, false)}) && ok({add(600000, true)})) {
+    nl_.request(
+        NFT_MSG_GETSETELEM, NLM_F_DUMP,
+        [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, probe).get()); },
+        [&](const nlmsghdr* h) {
+          SetPtr got(nftnl_set_alloc());
+          if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
+          nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
+          for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it))
+            if (nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) > 60000) supported = true;
+          nftnl_set_elems_iter_destroy(it);
+          return true;
+        },
+        err);
   }
-  std::string ignored;
-  transact({{NFT_MSG_DELSET, 0, [&](nlmsghdr* nlh) {
-               SetPtr s = make_set(t_, probe);
-               nftnl_set_nlmsg_build_payload(nlh, s.get());
-             }}},
-           ignored);
+  ok({{NFT_MSG_DELSET, 0, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, probe).get()); }}});
   log::info("event=nft-probe timeout_update={} refresh={}", supported ? "yes" : "no",
             supported ? "update-in-place" : "delete+add");
   return supported;
 }
 
-bool NftSets::send_items(const std::vector<VouchItem>& adds, const std::vector<VouchItem>& dels,
-                         bool with_expiration, std::string& err, int* first_errno) {
-  std::vector<Msg> msgs;
-  auto elems = [&](const std::vector<VouchItem>& items, uint8_t family, uint16_t type, bool add) {
-    bool any = false;
-    for (const auto& i : items) any |= i.addr.family == family;
-    if (!any) return;
-    const std::string& set = family == AF_INET ? t_.set4 : t_.set6;
-    msgs.push_back({type, uint16_t(add ? NLM_F_CREATE : 0),
-                    [&, family, add, set](nlmsghdr* nlh) {
-                      SetPtr s = make_set(t_, set);
-                      for (const auto& i : items) {
-                        if (i.addr.family != family) continue;
-                        nftnl_set_elem* e = nftnl_set_elem_alloc();
-                        nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, i.addr.bytes, uint32_t(i.addr.size()));
-                        if (add) {
-                          const uint64_t ms = uint64_t(i.timeout_s) * 1000u;
-                          nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, ms);
-                          if (with_expiration) nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_EXPIRATION, ms);
-                        }
-                        nftnl_set_elem_add(s.get(), e);
-                      }
-                      nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
-                    }});
-  };
-  // Deletes first: in one batch a delete + add replaces the element with a fresh timeout.
-  elems(dels, AF_INET, NFT_MSG_DELSETELEM, false);
-  elems(dels, AF_INET6, NFT_MSG_DELSETELEM, false);
-  elems(adds, AF_INET, NFT_MSG_NEWSETELEM, true);
-  elems(adds, AF_INET6, NFT_MSG_NEWSETELEM, true);
-  if (msgs.empty()) return true;
-  return transact(msgs, err, first_errno);
+bool NftSets::start_reread(std::string& err) {
+  ledger_.forget_kernel();
+  dump_stage_ = 1;
+  dump_started_ms_ = mono_ms();
+  if (start_stage(err)) return true;
+  dump_stage_ = 0;
+  return false;
 }
 
-bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, std::string& err) {
-  on_events();  // a flush that happened before this answer must be seen before trusting view_
-  std::vector<VouchItem> need, replace;
-  for (const auto& i : items) {
-    if (i.timeout_s == 0) {
-      err = "refusing a zero element timeout (nftables reads 0 as never expiring)";
-      return false;
-    }
-    const uint64_t want = now_ms + uint64_t(i.timeout_s) * 1000u;
-    const auto it = view_.find(i.addr);
-    // Already held long enough (a second of slack spares a netlink round trip per hit).
-    if (it != view_.end() && it->second + 1000 >= want) continue;
-    bool dup = false;
-    for (const auto& n : need) dup |= n.addr == i.addr;
-    if (dup) continue;
-    need.push_back(i);
-    if (mode_ == RefreshMode::Replace && it != view_.end() && it->second > now_ms)
-      replace.push_back(i);
-  }
-  if (need.empty()) return true;
+bool NftSets::start_stage(std::string& err) {
+  const std::string& name = dump_stage_ == 1 ? t_.set4 : t_.set6;
+  return dump_.start_request(
+      NFT_MSG_GETSETELEM, NLM_F_DUMP,
+      [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, name).get()); }, err);
+}
 
+bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
+  done = false;
+  const uint8_t family = dump_stage_ == 1 ? AF_INET : AF_INET6;
+  const uint64_t now = mono_ms();
   int e = 0;
-  bool ok = send_items(need, replace, mode_ == RefreshMode::Update, err, &e);
-  if (!ok && mode_ == RefreshMode::Replace && !replace.empty() && e == ENOENT) {
-    // An element we meant to replace expired or was deleted meanwhile: add everything, then
-    // replace the ones that existed so that every timeout is the fresh one.
-    for (const auto& r : replace) view_.erase(r.addr);
-    ok = send_items(need, {}, false, err, &e) && send_items(replace, replace, false, err, &e);
-  }
-  if (!ok) {
-    for (const auto& n : need) view_.erase(n.addr);
+  const auto progress = dump_.poll_request(
+      [&](const nlmsghdr* h) {
+        SetPtr got(nftnl_set_alloc());
+        if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return;
+        nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
+        for (nftnl_set_elem* el = nftnl_set_elems_iter_next(it); el; el = nftnl_set_elems_iter_next(it)) {
+          uint32_t klen = 0;
+          const void* key = nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen);
+          if (!key || klen != (family == AF_INET ? 4u : 16u)) continue;
+          const IpAddr a = family == AF_INET ? IpAddr::v4(static_cast<const uint8_t*>(key))
+                                             : IpAddr::v6(static_cast<const uint8_t*>(key));
+          // The kernel reports the time left; an element added without a timeout never
+          // expires.
+          const uint64_t left = nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
+                                    ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
+                                    : kNoExpiry;
+          if (left > 0) ledger_.merge_held(a, left, now);
+        }
+        nftnl_set_elems_iter_destroy(it);
+      },
+      max_reads, e, err);
+  if (progress == NetlinkSocket::Progress::Failed) {
+    dump_stage_ = 0;
     return false;
   }
-  for (const auto& n : need) view_[n.addr] = now_ms + uint64_t(n.timeout_s) * 1000u;
-  if (view_.size() > 2 * std::size_t(t_.set_size)) {
-    for (auto it = view_.begin(); it != view_.end();)
-      it = it->second <= now_ms ? view_.erase(it) : std::next(it);
+  if (progress == NetlinkSocket::Progress::More) return true;
+  if (e != 0) {
+    err = failure("listing set " + (dump_stage_ == 1 ? t_.set4 : t_.set6), e);
+    dump_stage_ = 0;
+    return false;
+  }
+  if (dump_stage_ == 1) {
+    dump_stage_ = 2;
+    if (!start_stage(err)) {
+      dump_stage_ = 0;
+      return false;
+    }
+    return true;
+  }
+  dump_stage_ = 0;
+  done = true;
+  return true;
+}
+
+bool NftSets::reload_view(std::string& err) {
+  if (!start_reread(err)) return false;
+  const uint64_t deadline = mono_ms() + 10000;
+  for (bool done = false; !done;) {
+    if (!reread_step(1 << 20, done, err)) return false;
+    if (done) break;
+    pollfd p{dump_.fd(), POLLIN, 0};
+    const int64_t left = int64_t(deadline) - int64_t(mono_ms());
+    if (left <= 0 || poll(&p, 1, int(left)) < 0) {
+      dump_stage_ = 0;
+      err = "no complete dump of the sets from the kernel in time";
+      return false;
+    }
   }
   return true;
 }
 
-bool NftSets::revoke(const std::vector<IpAddr>& addrs, std::string& err) {
-  std::vector<VouchItem> dels;
-  const uint64_t now = mono_ms();
-  for (const auto& a : addrs) {
-    const auto it = view_.find(a);
-    if (it != view_.end() && it->second > now) dels.push_back({a, 1});
-    view_.erase(a);
+void NftSets::on_dump_readable() {
+  if (!dump_stage_) {  // replies to an abandoned dump: drop them
+    int e = 0;
+    std::string ignored;
+    dump_.poll_request([](const nlmsghdr*) {}, 64, e, ignored);
+    return;
   }
-  if (dels.empty()) return true;
+  // One datagram (about a thousand elements, a few milliseconds) per loop pass: queries
+  // go on being answered while a large set is read.
+  bool done = false;
+  std::string err;
+  if (!reread_step(1, done, err)) {
+    log::error("event=nft-reread-failed error={} msg={}", log::quote(err),
+               log::quote("every element counts as missing: answers add them again"));
+    return;
+  }
+  if (done)
+    log::info("event=nft-reread held4={} held6={} ms={}", ledger_.held(AF_INET, mono_ms()),
+              ledger_.held(AF_INET6, mono_ms()), mono_ms() - dump_started_ms_);
+}
+
+std::string NftSets::full_message(uint8_t family) const {
+  const std::string& set = family == AF_INET ? t_.set4 : t_.set6;
+  const uint32_t size = size_of(family);
+  // The kernel answers ENFILE ("Too many open files in system") for a full set; expired
+  // elements not yet collected still count.
+  return fmt::format("set {} {} is full (declared size {}, {} elements held): raise "
+                     "--nft-set-size, or the size of the set if it was created by someone else",
+                     t_.table, set, size ? std::to_string(size) : std::string("none"),
+                     ledger_.held(family, mono_ms()));
+}
+
+bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
+                    std::string& err) {
+  on_events();  // a flush that happened before this answer must be seen before trusting the view
+  for (const auto& i : items)
+    if (i.timeout_s == 0) {
+      err = "refusing a zero element timeout (nftables reads 0 as never expiring)";
+      return false;
+    }
+  std::vector<uint64_t> effective;
+  const std::vector<ElemChange> changes = ledger_.plan(items, now_ms, mode_, effective);
+  std::vector<ChangeResult> results;
   int e = 0;
-  return send_items({}, dels, false, err, &e) || e == ENOENT;
+  IpAddr failed;
+  const bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
+  ledger_.committed(items, changes, effective, results, who, now_ms);
+  if (!ok && e == ENFILE) {
+    err = full_message(failed.family ? failed.family : uint8_t(AF_INET));
+    log::error("event=nft-set-full msg={}", log::quote(err));
+  }
+  return ok;
+}
+
+RevokeOutcome NftSets::revoke_unless(const std::function<bool(std::string_view)>& keep,
+                                     const std::function<bool(std::string_view)>& keep_audit,
+                                     uint64_t now_ms) {
+  on_events();
+  RevokeOutcome out;
+  const std::vector<ElemChange> dels = ledger_.revocations(keep, keep_audit, now_ms);
+  if (dels.empty()) return out;
+  std::vector<ChangeResult> results;
+  int e = 0;
+  out.ok = commit_changes(*this, dels, results, out.err, e);
+  for (const ChangeResult r : results) {
+    out.deleted += r == ChangeResult::Done;
+    out.already_gone += r == ChangeResult::AlreadyGone;
+  }
+  ledger_.revoked(dels, results);
+  return out;
+}
+
+void NftSets::maintain(uint64_t now_ms) {
+  ledger_.expire(now_ms);
+  for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
+    const uint32_t size = size_of(family);
+    if (size == 0) continue;
+    const std::size_t n = ledger_.held(family, now_ms);
+    bool& warned = warned_full_[family == AF_INET ? 0 : 1];
+    if (!warned && n * 5 >= std::size_t(size) * 4) {
+      warned = true;
+      log::warn("event=nft-set-filling set={} held={} size={} msg={}",
+                family == AF_INET ? t_.set4 : t_.set6, n, size,
+                log::quote("the set is 80% full; a full set fails answers closed (SERVFAIL): raise --nft-set-size"));
+    } else if (warned && n * 10 < std::size_t(size) * 7) {
+      warned = false;
+    }
+  }
 }
 
 void NftSets::on_events() {
   char rbuf[65536];
-  bool changed = false, recreate = false;
+  bool changed = false, recreate = false, lost = false;
   for (;;) {
     const ssize_t n = recv(mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == ENOBUFS) {  // events were lost: assume the worst
-        changed = recreate = true;
+        changed = recreate = lost = true;
         continue;
       }
       break;
@@ -428,7 +439,7 @@ void NftSets::on_events() {
       if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) continue;
       const uint16_t msg = NFNL_MSG_TYPE(h->nlmsg_type);
       if (msg != NFT_MSG_DELTABLE && msg != NFT_MSG_DELSET && msg != NFT_MSG_DELSETELEM) continue;
-      if (h->nlmsg_pid == portid_) continue;  // our own delete+add refreshes
+      if (h->nlmsg_pid == nl_.portid()) continue;  // our own changes
       const auto* g = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h));
       if (g->nfgen_family != t_.family) continue;
       std::string table;
@@ -451,16 +462,18 @@ void NftSets::on_events() {
   }
   if (!changed) return;
   ++external_changes_;
-  // The kernel's sets are the truth: forget what we believed they hold, so the next answer
-  // for any name vouches again.
-  view_.clear();
   log::warn("event=nft-external-change table={} msg={}", t_.table,
-            log::quote(recreate ? "table or set removed: recreating; every address will be vouched again"
-                                : "elements removed: every address will be vouched again"));
-  if (recreate) {
-    std::string err;
-    if (!ensure(err)) log::error("event=nft-recreate-failed error={}", log::quote(err));
-  }
+            log::quote(lost ? "nftables events were lost: rereading the sets"
+                       : recreate ? "table or set removed: recreating and rereading the sets"
+                                  : "elements removed by someone else: rereading the sets"));
+  std::string err;
+  if (recreate && !ensure(err)) log::error("event=nft-recreate-failed error={}", log::quote(err));
+  // The kernel's sets are the truth: what it holds now, with its real expiries. Until the
+  // dump has been read, every element counts as missing (added exclusively, replaced if
+  // the kernel has it), so nothing is relayed on the strength of a stale view.
+  if (!start_reread(err))
+    log::error("event=nft-reread-failed error={} msg={}", log::quote(err),
+               log::quote("every element counts as missing: answers add them again"));
 }
 
 }  // namespace dnsward

@@ -52,7 +52,7 @@ std::string ClientAddr::peer_text() const {
 }
 
 Pipeline::Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy)
-    : loop_(loop), cfg_(cfg), policy_(std::move(policy)), cache_(cfg.cache_size),
+    : loop_(loop), cfg_(cfg), policy_(std::move(policy)), cache_(cfg.cache_size, cfg.cache_bytes),
       out_(kMaxMessage + 2) {
   reply_opts_.our_udp_size = cfg.udp_payload;
   reply_opts_.negative_ttl = cfg.negative_ttl;
@@ -96,6 +96,16 @@ uint16_t Pipeline::fresh_upstream_id() {
     const uint16_t id = random_ids_[--random_left_];
     if (!pending_.count(id)) return id;
   }
+}
+
+const uint8_t* Pipeline::random_bytes(std::size_t n) {
+  if (random_bytes_left_ < n) {
+    if (getrandom(random_bytes_, sizeof random_bytes_, 0) != ssize_t(sizeof random_bytes_))
+      throw std::runtime_error("getrandom failed");
+    random_bytes_left_ = sizeof random_bytes_;
+  }
+  random_bytes_left_ -= n;
+  return random_bytes_ + random_bytes_left_;
 }
 
 Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr& from,
@@ -191,8 +201,21 @@ Pipeline::Step Pipeline::answer_locally(const Query& q) {
 }
 
 Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
+  const Step s = admit(q, from, true);
+  if (s != Step::Continue) return s;
+  if (q.qtype == type::ANY) {
+    // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
+    ++counters_.any_minimal;
+    out_len_ = build_any_hinfo(q, reply_opts_, out_.data(), out_.size());
+    return out_len_ ? Step::Reply : Step::Drop;
+  }
+  return Step::Continue;
+}
+
+Pipeline::Step Pipeline::admit(const Query& q, const ClientAddr& from, bool count) {
   const Match m = policy_->match(q.qname_lc, q.qname_len);
-  const int64_t now = usage_ ? int64_t(std::time(nullptr)) : 0;
+  Usage* const usage = count ? usage_ : nullptr;
+  const int64_t now = usage ? int64_t(std::time(nullptr)) : 0;
   if (m.verdict == Match::Verdict::Allow) {
     const auto idx = std::size_t(m.entry);
     if (!policy_->allows_type(idx, q.qtype) && q.qtype != type::ANY) {
@@ -232,29 +255,24 @@ Pipeline::Step Pipeline::apply_policy(const Query& q, const ClientAddr& from) {
     }
     allow_private_ = policy_->allow_private(idx);
     current_entry_ = m.entry;
-    if (usage_) usage_->allowed(policy_->pattern(std::size_t(m.entry)), now);
+    if (usage) usage->allowed(policy_->pattern(std::size_t(m.entry)), now);
   } else if (cfg_.audit) {
     // Audit mode: what enforce would deny is forwarded and vouched for like any other name,
     // and logged and counted so that `dnsward report` can list the lines to add.
-    ++counters_.would_deny;
-    const std::string name = q.qname_text();
-    if (usage_) usage_->would_deny(name, now);
-    log::info("event=would-deny name={} type={} client={} msg={}", log::quote(name),
-              type_text(q.qtype), from.peer_text(), log::quote("audit mode: not enforced"));
     allow_private_ = false;
     current_entry_ = -1;
+    if (!count) return Step::Continue;
+    ++counters_.would_deny;
+    const std::string name = q.qname_text();
+    if (usage) usage->would_deny(name, now);
+    log::info("event=would-deny name={} type={} client={} msg={}", log::quote(name),
+              type_text(q.qtype), from.peer_text(), log::quote("audit mode: not enforced"));
   } else {
-    if (usage_) usage_->denied(q.qname_text(), now);
+    if (usage) usage->denied(q.qname_text(), now);
     if (log::enabled(LogLevel::Debug))
       log::debug("event=denied name={} type={} client={}", log::quote(q.qname_text()),
                  type_text(q.qtype), from.peer_text());
     return deny(q, m.verdict);
-  }
-  if (q.qtype == type::ANY) {
-    // RFC 8482 4.2: a minimal answer instead of everything; nothing is forwarded.
-    ++counters_.any_minimal;
-    out_len_ = build_any_hinfo(q, reply_opts_, out_.data(), out_.size());
-    return out_len_ ? Step::Reply : Step::Drop;
   }
   return Step::Continue;
 }
@@ -291,15 +309,15 @@ Pipeline::Step Pipeline::answer_from_cache(const Query& q, const ClientAddr& fro
   rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
   bool vouched = false;
   out_len_ = vouch_and_relay(q, from, scratch_.data(), scratch_.size(), get16(scratch_.data()),
-                             e->vouch, age, e->dropped_special, current_entry_, vouched);
+                             e->vouch, age, Removed{e->dropped_special, e->dropped_over_cap},
+                             current_entry_, vouched);
   return out_len_ ? Step::Reply : Step::Drop;
 }
 
 std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
                                       const uint8_t* msg, std::size_t len, uint16_t upstream_id,
                                       const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                                      uint32_t dropped_special, int32_t entry,
-                                      bool& vouched) {
+                                      const Removed& removed, int32_t entry, bool& vouched) {
   vouched = false;
   if (nft_ && !addrs.empty()) {
     // Element timeout = clamp(remaining TTL, min-ttl, max-ttl) + grace: never 0 (which
@@ -314,7 +332,9 @@ std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
     }
     std::string err;
     const uint64_t t0 = mono_ns();
-    const bool ok = nft_->vouch(items, loop_.now_ms(), err);
+    const std::string pattern = entry >= 0 ? policy_->pattern(std::size_t(entry)) : std::string();
+    const std::string name = q.qname_text();
+    const bool ok = nft_->vouch(items, loop_.now_ms(), Provenance{pattern, name}, err);
     vouch_latency_.observe(double(mono_ns() - t0) / 1e9);
     if (!ok) {
       ++counters_.vouch_failures;
@@ -324,29 +344,26 @@ std::size_t Pipeline::vouch_and_relay(const Query& q, const ClientAddr& client,
                       "dnsward: the firewall update failed, so the answer is withheld");
     }
     ++counters_.vouched_answers;
-    const uint64_t now = loop_.now_ms();
-    for (const auto& i : items) {
-      VouchedBy& v = vouched_by_[i.addr];
-      v.expires_ms = std::max(v.expires_ms, now + uint64_t(i.timeout_s) * 1000u);
-      if (entry >= 0 && std::find(v.entries.begin(), v.entries.end(), uint32_t(entry)) == v.entries.end())
-        v.entries.push_back(uint32_t(entry));
-    }
-    if (vouched_by_.size() > 2 * std::size_t(cfg_.nft_set_size))
-      for (auto it = vouched_by_.begin(); it != vouched_by_.end();)
-        it = it->second.expires_ms <= now ? vouched_by_.erase(it) : std::next(it);
   }
   vouched = true;
+  // What dnsward removed goes to the client as one EDE of its own (RFC 8914): Blocked for
+  // rebinding protection, Other when only the address cap removed records.
   std::string why;
-  if (dropped_special)
+  if (removed.special)
     why = fmt::format("dnsward: removed {} record(s) with special-purpose addresses "
                       "(loopback, private, link-local...) from the answer: DNS rebinding protection",
-                      dropped_special);
+                      removed.special);
+  if (removed.over_cap)
+    why += fmt::format("{}dnsward: removed {} record(s) beyond --max-answer-addresses {} "
+                       "(addresses dnsward may vouch for from one answer)",
+                       why.empty() ? "" : "; ", removed.over_cap, cfg_.max_answer_addresses);
+  const uint16_t ede = removed.special ? edns::EDE_BLOCKED : removed.over_cap ? edns::EDE_OTHER : 0xffff;
   const std::size_t limit = client.transport == ClientAddr::Transport::Udp
                                 ? q.udp_limit(cfg_.udp_payload)
                                 : kMaxMessage;
   std::size_t n = 0;
   const RelayStatus rs = relay_answer(q, upstream_id, msg, len, limit, reply_opts_, out_.data(),
-                                      out_.size(), n, dropped_special ? edns::EDE_BLOCKED : 0xffff, why);
+                                      out_.size(), n, ede, why);
   if (rs != RelayStatus::Ok) {
     ++counters_.upstream_failures;
     log::warn("event=upstream-bad-answer name={} status={}", log::quote(q.qname_text()),
@@ -371,7 +388,7 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
   p.sent_ns = mono_ns();
   p.allow_private = allow_private_;
   p.entry = current_entry_;
-  p.policy_version = policy_->version();
+  p.policy = policy_;
   if (!send_upstream(std::move(p))) {
     out_len_ = servfail(q, edns::EDE_OTHER, "dnsward: cannot build the upstream query");
     return out_len_ ? Step::Reply : Step::Drop;
@@ -383,12 +400,15 @@ Pipeline::Step Pipeline::forward(const Query& q, const ClientAddr& from, ReplySi
 bool Pipeline::send_upstream(Pending p) {
   const uint16_t id = fresh_upstream_id();
   uint8_t buf[kHeaderSize + kMaxNameWire + 4 + 11];
-  const std::size_t n =
-      build_upstream_query(p.query, id, cfg_.udp_payload, buf, sizeof buf, p.with_opt);
+  if (p.caps) randomize_case(p.query.qname_lc, p.query.qname_len, random_bytes(p.query.qname_len), p.sent);
+  const std::size_t n = build_upstream_query(p.query, id, cfg_.udp_payload, buf, sizeof buf,
+                                             p.with_opt, p.caps ? p.sent : nullptr);
   if (n == 0) return false;
   log::debug("event=forward name={} type={} id={}", log::quote(p.query.qname_text()),
              type_text(p.query.qtype), id);
-  // Registered before ares_send: c-ares may call back from inside it.
+  // Registered before the send. c-ares 1.18 may call back from inside ares_send (no route,
+  // EPERM, no descriptors); Upstream defers such callbacks to the loop, so a reply is never
+  // delivered while a transport is still handing us the query.
   pending_.emplace(id, std::move(p));
   if (!sweep_timer_) arm_sweep();
   upstream_->send(buf, n, id);
@@ -406,13 +426,43 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   Pending p = std::move(it->second);
   pending_.erase(it);
   if (p.abandoned) return;  // the client already had its SERVFAIL
+  // Called from c-ares' C frames: no exception may unwind through them.
+  try {
+    relay_upstream_answer(p, token, status, ans, len);
+  } catch (const std::exception& e) {
+    log::error("event=internal-error name={} error={}", log::quote(p.query.qname_text()), log::quote(e.what()));
+    p.sink->deliver(p.client, out_.data(), servfail(p.query, edns::EDE_OTHER, "dnsward internal error"), true);
+  } catch (...) {
+    log::error("event=internal-error name={} error=unknown", log::quote(p.query.qname_text()));
+    p.sink->deliver(p.client, out_.data(), servfail(p.query, edns::EDE_OTHER, "dnsward internal error"), true);
+  }
+}
+
+void Pipeline::relay_upstream_answer(Pending& p, uint64_t token, int status, const uint8_t* ans,
+                                     std::size_t len) {
 
   std::size_t n = 0;
   if (status == ARES_SUCCESS && ans && p.with_opt && is_edns_formerr(ans, len)) {
     // An upstream that does not speak EDNS (RFC 6891 7): ask once more without our OPT.
-    // c-ares 1.18 does this itself only for the first such answer on a channel.
+    // c-ares 1.18 retries by itself only for the first such answer on a channel, and then
+    // turns EDNS off for the whole channel, which Upstream notices and replaces; answers
+    // that reach us from a channel being drained, or from later FORMERRs, get this retry.
     log::info("event=upstream-no-edns name={}", log::quote(p.query.qname_text()));
     p.with_opt = false;
+    // A new upstream query, with c-ares' full timeout ahead of it: so is our deadline.
+    p.deadline_ms = loop_.now_ms() + overdue_ms_;
+    if (send_upstream(p)) return;
+  }
+  if (status == ARES_SUCCESS && ans && p.caps &&
+      check_answer(p.query, uint16_t(token), ans, len) == RelayStatus::Ok &&
+      !question_case_matches(ans, len, p.sent, p.query.qname_len)) {
+    // Our question in another letter case: an off-path spoofer who guessed the ID and port
+    // but not the case, or an upstream that does not preserve case (then, like Unbound's
+    // use-caps-for-id fallback, it is asked once more without 0x20). Nothing is taken from it.
+    log::info("event=upstream-case-mismatch name={} msg={}", log::quote(p.query.qname_text()),
+              log::quote("answer's question differs in letter case: asking again without 0x20"));
+    p.caps = false;
+    p.deadline_ms = loop_.now_ms() + overdue_ms_;
     if (send_upstream(p)) return;
   }
   if (status == ARES_SUCCESS && ans) {
@@ -434,54 +484,60 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
                                            std::size_t len) {
   const Query& q = p.query;
   int32_t entry = p.entry;
-  if (p.policy_version != policy_->version()) {
-    // A reload happened while the query was upstream: the policy in force now decides.
-    const Match m = policy_->match(q.qname_lc, q.qname_len);
-    if (m.verdict != Match::Verdict::Allow && !cfg_.audit)
-      return deny(q, m.verdict) == Step::Reply ? out_len_ : 0;
-    entry = m.entry;
+  bool allow_private = p.allow_private;
+  if (p.policy != policy_) {
+    // A reload happened while the query was upstream: the policy in force now decides,
+    // with its own entry's private=, types= and budget=.
+    const Step s = admit(q, p.client, false);
+    if (s != Step::Continue) return s == Step::Reply ? out_len_ : 0;
+    entry = current_entry_;
+    allow_private = allow_private_;
   }
   auto unusable = [&](const char* why) {
     ++counters_.upstream_failures;
     log::warn("event=upstream-bad-answer name={} status={}", log::quote(q.qname_text()), why);
     return servfail(q, edns::EDE_OTHER, "dnsward: the upstream's answer was unusable");
   };
-  // Nothing is taken from an answer to another question (c-ares checks this too).
-  const RelayStatus checked = check_answer(q, id, ans, len);
-  if (checked != RelayStatus::Ok)
-    return unusable(checked == RelayStatus::Mismatch ? "mismatch" : "malformed");
-  AnswerScan scan = scan_answer(ans, len, q.qname_lc, q.qname_len, p.allow_private);
-  if (!scan.ok) return unusable("malformed");
-
-  std::vector<uint8_t> msg;
-  const uint32_t dropped_special = scan.dropped_special;
-  if (!scan.drop.empty()) {
-    // Records that must not reach the client (special-purpose or off-chain addresses):
-    // rebuilt without them, then read again to find the TTLs in the new layout.
-    if (!rebuild_without(ans, len, scan.drop, msg)) return unusable("unparseable");
-    counters_.special_dropped += dropped_special;
-    log::info("event=records-dropped name={} dropped={} special={}", log::quote(q.qname_text()),
-              scan.drop.size(), dropped_special);
-    scan = scan_answer(msg.data(), msg.size(), q.qname_lc, q.qname_len, p.allow_private);
-    if (!scan.ok || !scan.drop.empty()) return unusable("rebuild");
-  } else {
-    msg.assign(ans, ans + len);
+  // Checked (nothing is taken from an answer to another question), walked for the
+  // addresses to vouch for, rebuilt without the records that must not reach the client,
+  // TTLs lowered to max-ttl: one pure function, the one the answer fuzz target checks.
+  PreparedAnswer a = prepare_answer(
+      q, id, ans, len, PrepareOptions{allow_private, cfg_.max_answer_addresses, cfg_.max_ttl});
+  switch (a.status) {
+    case PrepareStatus::Ok: break;
+    case PrepareStatus::Mismatch: return unusable("mismatch");
+    case PrepareStatus::Malformed: return unusable("malformed");
+    case PrepareStatus::RebuildFailed: return unusable("rebuild");
   }
-  // No client keeps a record longer than max-ttl: the set holds addresses that long (+grace).
-  rewrite_ttls(msg.data(), scan.ttl_offsets, cfg_.max_ttl, 0);
+  if (a.dropped()) {
+    counters_.special_dropped += a.dropped_special;
+    log::info("event=records-dropped name={} dropped={} special={} off_chain={} over_cap={}",
+              log::quote(q.qname_text()), a.dropped(), a.dropped_special, a.dropped_off_chain,
+              a.dropped_over_cap);
+  }
+  if (a.dropped_over_cap) {
+    // Each address is one set element: an answer of thousands (a TCP answer, or one HTTPS
+    // record full of hints) would fill the sets and the netlink batch; the rest is removed.
+    ++counters_.capped_answers;
+    counters_.capped_addresses += a.addresses_over_cap;
+    log::warn("event=answer-capped name={} records={} addresses={} cap={}", log::quote(q.qname_text()),
+              a.dropped_over_cap, a.addresses_over_cap, cfg_.max_answer_addresses);
+  }
 
   bool vouched = false;
-  const std::size_t n = vouch_and_relay(q, p.client, msg.data(), msg.size(), id, scan.vouch, 0,
-                                        dropped_special, entry, vouched);
-  if (vouched && scan.cache_ttl > 0 &&
-      (scan.rcode == rcode::NOERROR || scan.rcode == rcode::NXDOMAIN)) {
+  const Removed removed{a.dropped_special, a.dropped_over_cap};
+  const std::size_t n = vouch_and_relay(q, p.client, a.msg.data(), a.msg.size(), id, a.scan.vouch,
+                                        0, removed, entry, vouched);
+  if (vouched && a.scan.cache_ttl > 0 &&
+      (a.scan.rcode == rcode::NOERROR || a.scan.rcode == rcode::NXDOMAIN)) {
     CacheEntry e;
-    e.ttl = uint32_t(std::min<int64_t>(scan.cache_ttl, cfg_.max_ttl));
+    e.ttl = uint32_t(std::min<int64_t>(a.scan.cache_ttl, cfg_.max_ttl));
     e.stored_ms = loop_.now_ms();
-    e.ttl_offsets = std::move(scan.ttl_offsets);
-    e.vouch = std::move(scan.vouch);
-    e.dropped_special = dropped_special;
-    e.msg = std::move(msg);
+    e.ttl_offsets = std::move(a.scan.ttl_offsets);
+    e.vouch = std::move(a.scan.vouch);
+    e.dropped_special = a.dropped_special;
+    e.dropped_over_cap = a.dropped_over_cap;
+    e.msg = std::move(a.msg);
     char key[AnswerCache::kMaxKey];
     cache_.store(std::string(key, AnswerCache::key(q, key)), std::move(e));
   }
@@ -489,57 +545,53 @@ std::size_t Pipeline::answer_from_upstream(const Pending& p, uint16_t id, const 
 }
 
 void Pipeline::reload(std::shared_ptr<const Policy> p) {
-  // Entry indices change with the list: carry each over by its pattern. An address none of
-  // whose entries survive was vouched for only by what the reload removed.
-  std::unordered_map<uint32_t, int32_t> carried;  // old index -> new index or -1
-  std::vector<IpAddr> revoke;
-  for (auto it = vouched_by_.begin(); it != vouched_by_.end();) {
-    auto& ids = it->second.entries;
-    if (ids.empty()) {  // vouched in audit mode: no entry to revoke it by
-      ++it;
-      continue;
-    }
-    std::vector<uint32_t> kept;
-    for (uint32_t old : ids) {
-      auto c = carried.find(old);
-      if (c == carried.end())
-        c = carried.emplace(old, old < policy_->size() ? p->find_pattern(policy_->pattern(old)) : -1).first;
-      if (c->second >= 0) kept.push_back(uint32_t(c->second));
-    }
-    if (kept.empty()) {
-      revoke.push_back(it->first);
-      it = vouched_by_.erase(it);
-    } else {
-      ids = std::move(kept);
-      ++it;
-    }
-  }
   policy_ = std::move(p);
   cache_.clear();
   budgets_.clear();  // entry indices changed
   ++counters_.reloads_ok;
-  if (nft_ && !revoke.empty()) {
-    std::string err;
-    if (nft_->revoke(revoke, err)) {
-      counters_.revoked += revoke.size();
-      log::info("event=revoked addresses={} msg={}", revoke.size(),
-                log::quote("vouched only by entries the reload removed"));
-    } else {
-      log::error("event=revoke-failed addresses={} error={}", revoke.size(), log::quote(err));
-    }
+  revoke_unlisted("removed from the allowlist by a reload");
+}
+
+void Pipeline::revoke_unlisted(std::string_view why) {
+  if (!nft_) return;
+  // Entries are known by pattern, which survives reloads (indices do not). An element is
+  // kept while one entry that vouched for it is still listed; one vouched in audit mode
+  // while one of its names would be allowed now (or audit mode goes on).
+  const Policy& now = *policy_;
+  const RevokeOutcome r = nft_->revoke_unless(
+      [&](std::string_view pattern) { return now.find_pattern(pattern) >= 0; },
+      [&](std::string_view name) {
+        return cfg_.audit || now.match_text(name).verdict == Match::Verdict::Allow;
+      },
+      loop_.now_ms());
+  counters_.revoked += r.deleted;
+  if (r.deleted || r.already_gone)
+    log::info("event=revoked deleted={} already_gone={} msg={}", r.deleted, r.already_gone,
+              log::quote(fmt::format("vouched only by entries {}", why)));
+  if (!r.ok) {
+    ++counters_.revoke_failures;
+    log::error("event=revoke-failed deleted={} error={}", r.deleted, log::quote(r.err));
   }
 }
 
 void Pipeline::sweep_overdue() {
   const uint64_t now = loop_.now_ms();
-  for (auto& [id, p] : pending_) {
-    if (p.abandoned || p.deadline_ms > now) continue;
+  // Collected first: deliver() may take up a paused TCP client's next query, which inserts
+  // into pending_ and would invalidate an iterator over it.
+  std::vector<uint16_t> overdue;
+  for (const auto& [id, p] : pending_)
+    if (!p.abandoned && p.deadline_ms <= now) overdue.push_back(id);
+  for (const uint16_t id : overdue) {
+    const auto it = pending_.find(id);
+    if (it == pending_.end() || it->second.abandoned) continue;
+    Pending& p = it->second;
     p.abandoned = true;
     ++counters_.upstream_failures;
     log::warn("event=upstream-overdue name={}", log::quote(p.query.qname_text()));
     const std::size_t n = servfail(p.query, edns::EDE_NO_REACHABLE_AUTHORITY,
                                    "dnsward: upstream did not answer in time");
-    p.sink->deliver(p.client, out_.data(), n, true);
+    const ClientAddr client = p.client;
+    p.sink->deliver(client, out_.data(), n, true);
   }
 }
 

@@ -1,5 +1,7 @@
 #include "dnsward/usage.hpp"
 
+#include "dnsward/atomic_file.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -114,15 +116,13 @@ bool Usage::parse(std::string_view text, Usage& out, std::string& err) {
 }
 
 Usage::Load Usage::load(const std::string& path, Usage& out, std::string& err) {
-  std::ifstream in(path);
-  if (!in) {
-    if (errno == ENOENT) return Load::Missing;
-    err = fmt::format("{}: cannot open: {}", path, std::strerror(errno));
-    return Load::Corrupt;
+  std::string text;
+  switch (read_file(path, text, err)) {
+    case ReadFile::Missing: return Load::Missing;
+    case ReadFile::Error: return Load::Corrupt;
+    case ReadFile::Ok: break;
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (!parse(ss.str(), out, err)) {
+  if (!parse(text, out, err)) {
     err = path + ": " + err;
     return Load::Corrupt;
   }
@@ -130,31 +130,7 @@ Usage::Load Usage::load(const std::string& path, Usage& out, std::string& err) {
 }
 
 bool Usage::save(const std::string& path, std::string& err) const {
-  const std::string tmp = path + ".tmp";
-  const std::string text = serialize();
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) {
-    err = fmt::format("{}: {}", tmp, std::strerror(errno));
-    return false;
-  }
-  std::size_t off = 0;
-  while (off < text.size()) {
-    const ssize_t n = write(fd, text.data() + off, text.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      err = fmt::format("{}: {}", tmp, std::strerror(errno));
-      close(fd);
-      unlink(tmp.c_str());
-      return false;
-    }
-    off += std::size_t(n);
-  }
-  if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
-    err = fmt::format("{}: {}", path, std::strerror(errno));
-    unlink(tmp.c_str());
-    return false;
-  }
-  return true;
+  return write_file_atomically(path, serialize(), err);
 }
 
 }  // namespace dnsward

@@ -14,4 +14,11 @@ inline uint64_t mono_ns() {
 
 inline uint64_t mono_ms() { return mono_ns() / 1000000u; }
 
+/// Wall-clock milliseconds since the epoch: only for what must survive a restart.
+inline int64_t wall_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
 }  // namespace dnsward

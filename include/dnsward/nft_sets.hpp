@@ -1,20 +1,20 @@
-// The nftables set writer: puts vouched addresses into two timeout sets over netlink
-// (libmnl + libnftnl), one batch per answer, and waits for the kernel's ACK before the
-// caller may reply. It also listens to nftables events so that a flushed set or a deleted
-// table is noticed, recreated, and its user-space view of expiries forgotten.
+// dnsward's nftables sets: their schema (the table and two timeout sets, checked or created
+// at start), the events that tell of changes by others, dumps of what the kernel holds, and
+// the element writer that the vouch ledger drives. Every answer's addresses go in through
+// vouch() and are ACKed by the kernel before the caller may reply.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "dnsward/answer.hpp"
+#include "dnsward/netlink_batch.hpp"
+#include "dnsward/vouch_ledger.hpp"
 
 struct mnl_socket;
-struct nlmsghdr;
 
 namespace dnsward {
 
@@ -24,20 +24,7 @@ struct NftTarget {
   std::string table = "dnsward";
   std::string set4 = "allowed4";
   std::string set6 = "allowed6";
-  uint32_t set_size = 65536;  ///< the sets' size; a full set fails the answer (closed)
-};
-
-/// How an existing element's timeout is extended.
-enum class RefreshMode {
-  Auto,     ///< probe the kernel at start and pick one of the two below
-  Update,   ///< re-add with NFTA_SET_ELEM_EXPIRATION: updates in place (kernel 6.12+)
-  Replace,  ///< delete + add in one batch (older kernels, e.g. Debian 12's 6.1)
-};
-
-/// One address to vouch for and the element timeout it needs.
-struct VouchItem {
-  IpAddr addr;
-  uint32_t timeout_s = 0;  ///< never 0: nftables reads 0 as "never expires"
+  uint32_t set_size = 65536;  ///< the sets' size when dnsward creates them
 };
 
 class NftError : public std::runtime_error {
@@ -45,60 +32,96 @@ class NftError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-class NftSets {
+/// What a revocation really did.
+struct RevokeOutcome {
+  bool ok = true;
+  std::size_t deleted = 0;       ///< elements the kernel held and no longer does
+  std::size_t already_gone = 0;  ///< elements that had expired or been deleted meanwhile
+  std::string err;
+};
+
+class NftSets : public ElementPort {
  public:
-  /// Opens netlink, checks or creates the table and sets, probes the refresh mode.
-  /// Throws NftError with a message for the operator (no CAP_NET_ADMIN, wrong set type...).
+  /// Opens netlink, checks or creates the table and sets, probes the refresh mode, and
+  /// reads what the sets hold. Throws NftError with a message for the operator (no
+  /// CAP_NET_ADMIN, wrong set type...).
   NftSets(NftTarget target, RefreshMode mode);
-  ~NftSets();
+  ~NftSets() override;
   NftSets(const NftSets&) = delete;
   NftSets& operator=(const NftSets&) = delete;
 
-  /// Puts every item into its set and waits for the kernel's ACK. Items whose element is
-  /// known to live long enough already cost nothing. Returns false (with err) if any
-  /// address could not be added: the caller must then not send the answer.
-  bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, std::string& err);
+  /// Makes the kernel hold every item at least its timeout (and never less than an earlier
+  /// answer promised), waiting for the kernel's answer. Items held long enough already cost
+  /// nothing. Returns false (with err) if any address could not be added: the caller must
+  /// then not send the answer.
+  bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
+             std::string& err);
+
+  /// Deletes every element the kernel holds whose vouchers are all rejected by keep (see
+  /// VouchLedger::revocations); an element that is gone already never hides the others.
+  RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
+                              const std::function<bool(std::string_view)>& keep_audit,
+                              uint64_t now_ms);
 
   /// The event socket, for the event loop; call on_events() when it is readable.
   int event_fd() const;
-  /// Reads nftables events; on a change to our table by anyone else, forgets the view of
-  /// expiries and recreates what is missing. Called by vouch() first, too.
+  /// Reads nftables events; on a change to our table by anyone else (or lost events),
+  /// rereads what the sets hold and recreates what is missing. Called by vouch() first too.
   void on_events();
 
-  /// Deletes the given addresses from the sets (those not present are skipped).
-  bool revoke(const std::vector<IpAddr>& addrs, std::string& err);
+  /// The dump socket, for the event loop; call on_dump_readable() when it is readable. A
+  /// reread of the sets after a change by someone else is read a little per loop pass, so
+  /// a large set never stalls the loop (70,000 elements take about 170 ms to read).
+  int dump_fd() const { return dump_.fd(); }
+  void on_dump_readable();
+  bool rereading() const { return dump_stage_ != 0; }
+
+  /// Periodic upkeep: forgets expired elements, warns when a set is 80% full.
+  void maintain(uint64_t now_ms);
 
   RefreshMode mode() const { return mode_; }
-  std::size_t known() const { return view_.size(); }
-  uint64_t batches() const { return batches_; }
+  VouchLedger& ledger() { return ledger_; }
+  const VouchLedger& ledger() const { return ledger_; }
+  std::size_t known() const { return ledger_.size(); }
+  uint64_t batches() const { return nl_.batches(); }
   uint64_t external_changes() const { return external_changes_; }
+  /// Elements held in the IPv4 (AF_INET) or IPv6 set, as dnsward knows them.
+  std::size_t held(uint8_t family, uint64_t now_ms) const { return ledger_.held(family, now_ms); }
+  /// The set's declared size (0: none, the kernel sets no limit).
+  uint32_t size_of(uint8_t family) const;
+
+  // ElementPort
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
+                std::string& err) override;
 
  private:
-  struct Msg;  // one message of a batch
   bool ensure(std::string& err);
   bool check_set(const std::string& name, uint32_t key_type, uint32_t key_len, bool& exists,
-                 std::string& err);
+                 uint32_t& size, std::string& err);
   bool probe_update();
-  bool transact(const std::vector<Msg>& msgs, std::string& err, int* first_errno = nullptr);
-  /// Sends one request and hands each reply with its sequence number to on_reply (false
-  /// stops). Returns the errno of the closing ACK (0: success), or -1 with err set.
-  int request(nlmsghdr* nlh, const std::function<bool(const nlmsghdr*)>& on_reply, std::string& err);
-  bool send_items(const std::vector<VouchItem>& adds, const std::vector<VouchItem>& dels,
-                  bool with_expiration, std::string& err, int* first_errno);
+  /// Reads every element of both sets into the ledger, waiting for the whole dump (at start).
+  bool reload_view(std::string& err);
+  /// Forgets what the kernel holds and starts a dump of both sets.
+  bool start_reread(std::string& err);
+  bool start_stage(std::string& err);
+  /// Reads at most max_reads datagrams of the dump; done when both sets have been read.
+  bool reread_step(int max_reads, bool& done, std::string& err);
+  std::string full_message(uint8_t family) const;
 
   NftTarget t_;
   RefreshMode mode_;
+  NetlinkSocket nl_;    // batches and checks, answered at once
+  NetlinkSocket dump_;  // dumps of the sets, read as they come
+  int dump_stage_ = 0;  // 0: none; 1: reading set4; 2: reading set6
+  uint64_t dump_started_ms_ = 0;
   struct SocketCloser {
     void operator()(mnl_socket* s) const;
   };
-  using Socket = std::unique_ptr<mnl_socket, SocketCloser>;  // released even if a constructor throws
-  Socket nl_;      // commands
-  Socket events_;  // NFNLGRP_NFTABLES notifications
-  uint32_t portid_ = 0;
-  uint32_t seq_;
-  std::vector<char> buf_;
-  std::unordered_map<IpAddr, uint64_t, IpAddrHash> view_;  // address -> expiry we set (ms)
-  uint64_t batches_ = 0, external_changes_ = 0;
+  std::unique_ptr<mnl_socket, SocketCloser> events_;  // NFNLGRP_NFTABLES notifications
+  VouchLedger ledger_;
+  uint32_t size4_ = 0, size6_ = 0;
+  bool warned_full_[2] = {false, false};
+  uint64_t external_changes_ = 0;
 };
 
 }  // namespace dnsward

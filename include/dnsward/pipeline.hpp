@@ -18,7 +18,7 @@
 #include "dnsward/metrics.hpp"
 #include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
-#include "dnsward/nftset.hpp"
+#include "dnsward/nft_sets.hpp"
 #include "dnsward/upstream.hpp"
 #include "dnsward/usage.hpp"
 
@@ -62,7 +62,8 @@ struct Counters {
            upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
            cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0,
            would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0,
-           filtered_type = 0, over_budget = 0;
+           filtered_type = 0, over_budget = 0, capped_answers = 0, capped_addresses = 0,
+           revoke_failures = 0;
 };
 
 class Pipeline {
@@ -81,6 +82,9 @@ class Pipeline {
   /// because of entries the new policy no longer has are deleted from the sets at once;
   /// cached answers, filtered under the old policy, are forgotten.
   void reload(std::shared_ptr<const Policy> p);
+  /// Deletes from the sets what the policy in force no longer vouches for (at a reload,
+  /// and at start against the elements a previous run left); why goes to the log.
+  void revoke_unlisted(std::string_view why);
   /// Counts a reload that failed (the old policy stays).
   void reload_failed() { ++counters_.reloads_failed; }
   const Policy& policy() const { return *policy_; }
@@ -106,15 +110,24 @@ class Pipeline {
     uint64_t sent_ns = 0;    ///< when it went upstream, for the latency histogram
     bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
+    bool caps = true;        ///< the name goes out in random letter case (DNS 0x20)
+    uint8_t sent[wire::kMaxNameWire] = {};  ///< the name as last sent (with caps)
     bool allow_private = false;  ///< the deciding entry says private=yes
     int32_t entry = -1;          ///< the deciding entry (-1 in audit mode for a would-deny)
-    std::string policy_version;  ///< the policy that allowed it
+    /// The policy that allowed it: if another is in force when the answer comes, that one
+    /// judges the answer (entry indices mean nothing across reloads, even for the same
+    /// version, since a reordered file moves them).
+    std::shared_ptr<const Policy> policy;
   };
 
   Step receive(const uint8_t* pkt, std::size_t len, Query& q);
   Step screen(const Query& q);
   Step answer_locally(const Query& q);
   Step apply_policy(const Query& q, const ClientAddr& from);
+  /// The policy's verdict on q (entry, types=, budget=, audit mode): Continue with
+  /// allow_private_ and current_entry_ set, or Reply with the denial in out_. count: record
+  /// usage and log (false when an answer is judged again after a reload).
+  Step admit(const Query& q, const ClientAddr& from, bool count);
   /// The reply for a name the policy denies: NXDOMAIN, or NODATA for an ancestor of entries.
   Step deny(const Query& q, Match::Verdict v);
   Step answer_from_cache(const Query& q, const ClientAddr& from);
@@ -123,15 +136,22 @@ class Pipeline {
   bool send_upstream(Pending p);
 
   void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
+  void relay_upstream_answer(Pending& p, uint64_t token, int status, const uint8_t* ans,
+                             std::size_t len);
   std::size_t answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
                                    std::size_t len);
   /// The end of every answer path (upstream or cache): vouch for the addresses in the
   /// firewall, then relay. Fails closed: if vouching fails the client gets SERVFAIL.
   /// Returns the reply length in out_ (0: none); vouched tells whether the sets took them.
+  /// Records dnsward removed from an answer, for the client's EDE.
+  struct Removed {
+    uint32_t special = 0;   ///< special-purpose addresses (rebinding)
+    uint32_t over_cap = 0;  ///< beyond --max-answer-addresses
+  };
   std::size_t vouch_and_relay(const Query& q, const ClientAddr& client, const uint8_t* msg,
                               std::size_t len, uint16_t upstream_id,
                               const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                              uint32_t dropped_special, int32_t entry, bool& vouched);
+                              const Removed& removed, int32_t entry, bool& vouched);
   std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
   void sweep_overdue();
   void arm_sweep();
@@ -147,13 +167,6 @@ class Pipeline {
   bool allow_private_ = false;  // of the entry that allowed the query being processed
   int32_t current_entry_ = -1;   // that entry
   Usage* usage_ = nullptr;
-  // Which entries vouched for each address, so a reload can revoke what only removed
-  // entries had vouched for.
-  struct VouchedBy {
-    uint64_t expires_ms = 0;
-    std::vector<uint32_t> entries;  ///< indices into the current policy
-  };
-  std::unordered_map<IpAddr, VouchedBy, IpAddrHash> vouched_by_;
   // Distinct names asked under each budgeted entry in the current minute.
   struct Window {
     uint64_t minute = 0;
@@ -171,6 +184,10 @@ class Pipeline {
   std::size_t out_len_ = 0;
   uint16_t random_ids_[256];  // from getrandom(), refilled when used up
   std::size_t random_left_ = 0;
+  uint8_t random_bytes_[4096];  // the same, for 0x20 letter case
+  std::size_t random_bytes_left_ = 0;
+  /// n random bytes (n <= sizeof random_bytes_), valid until the next call.
+  const uint8_t* random_bytes(std::size_t n);
 };
 
 }  // namespace dnsward

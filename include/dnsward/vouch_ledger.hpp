@@ -1,0 +1,167 @@
+// The vouch ledger: for every address dnsward vouched for, the expiry the kernel holds, the
+// expiry promised to clients, the allowlist entries (by pattern) that vouched for it and the
+// names it was answered for. It decides what each answer must send to the kernel, and how a
+// refused batch is retried (commit_changes). Pure: no I/O; the kernel is behind ElementPort,
+// so tests drive it with a fake kernel.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "dnsward/answer.hpp"
+
+namespace dnsward {
+
+/// How an existing element's timeout is extended.
+enum class RefreshMode {
+  Auto,     ///< probe the kernel at start and pick one of the two below
+  Update,   ///< re-add with NFTA_SET_ELEM_EXPIRATION: updates in place (kernel 6.12+)
+  Replace,  ///< delete + add in one batch (older kernels, e.g. Debian 12's 6.1)
+};
+
+/// One address to vouch for and the element timeout it needs.
+struct VouchItem {
+  IpAddr addr;
+  uint32_t timeout_s = 0;  ///< never 0: nftables reads 0 as "never expires"
+};
+
+/// Who vouched: the deciding entry's pattern (empty in audit mode for a name no entry
+/// allows) and the name that was answered.
+struct Provenance {
+  std::string_view pattern;
+  std::string_view name;
+};
+
+/// One element change, as the kernel sees it.
+enum class ElemOp : uint8_t {
+  Add,      ///< NEWSETELEM, create or (Update mode, with expiration) refresh in place
+  AddExcl,  ///< NEWSETELEM with NLM_F_EXCL: EEXIST tells us the kernel holds it already
+  Del,      ///< DELSETELEM: ENOENT tells us it is gone already
+};
+struct ElemChange {
+  ElemOp op;
+  IpAddr addr;
+  uint64_t timeout_ms = 0;  ///< for adds
+};
+/// One netlink message: elements of one family, one operation.
+struct ElemMsg {
+  ElemOp op;
+  uint8_t family;
+  std::vector<ElemChange> elems;
+};
+
+/// The kernel side of commit_changes: sends msgs as ONE nftables batch (a transaction, all
+/// or nothing) and fills results[i] with the errno of msgs[i] (0: accepted). Returns false
+/// with err if the batch could not be sent or its answers not read.
+class ElementPort {
+ public:
+  virtual ~ElementPort() = default;
+  virtual bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
+                        std::string& err) = 0;
+  /// Whether Add carries an expiration (Update mode refreshes in place with it).
+  bool with_expiration = false;
+};
+
+/// Elements per netlink message. One IPv6 element with timeout and expiration is about 60
+/// bytes: 128 keep a message far below the 16-bit length of its element-list nest (65,535
+/// bytes, which wraps silently) and below half of the batch buffer (libmnl's contract).
+inline constexpr std::size_t kElemsPerMsg = 128;
+/// Changes per batch: even one message per change (about 120 bytes with headers, as after a
+/// split) for 256 of them stays below the 64 KiB batch limit.
+inline constexpr std::size_t kChangesPerBatch = 256;
+
+/// What became of each change given to commit_changes.
+enum class ChangeResult : uint8_t { Done, AlreadyGone, Failed };
+
+/// Commits changes to the kernel in batches of at most kChangesPerBatch, each batch all or
+/// nothing. A refused batch is resent without what made it fail, found by the sequence
+/// number of the refused message: a message of several elements is split into one message
+/// per element; then a delete refused with ENOENT is dropped (the element is gone already),
+/// an exclusive add refused with EEXIST becomes delete + add (the kernel held the element:
+/// on kernels before 6.12 a plain re-add would leave its old timeout). Any other error
+/// fails the batch (errno_out). A Del directly followed by an Add of the same address is
+/// kept in the same batch. Returns false if any batch failed; failed then names the
+/// address the kernel refused (when it was one address).
+bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
+                    std::vector<ChangeResult>& results, std::string& err, int& errno_out,
+                    IpAddr* failed = nullptr);
+
+/// Groups changes into messages: one per (operation, family) run, at most kElemsPerMsg
+/// elements each; changes whose index is in alone get a message of their own. Deletes come
+/// first, so that in one batch a delete + add replaces an element.
+std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
+                                   const std::vector<bool>& alone,
+                                   std::vector<std::vector<std::size_t>>* origin = nullptr);
+
+struct LedgerRecord {
+  uint64_t kernel_ms = 0;    ///< expiry the kernel holds (monotonic ms); 0: not held
+  uint64_t promised_ms = 0;  ///< the latest expiry an answer relied on
+  std::vector<uint32_t> patterns;  ///< interned patterns of the entries that vouched
+  bool audit = false;        ///< vouched in audit mode for a name no entry allowed
+  std::vector<std::string> names;  ///< names it was answered for (at most kMaxNames)
+};
+
+/// Expiry value for an element the kernel holds without a timeout.
+inline constexpr uint64_t kNoExpiry = UINT64_MAX;
+
+class VouchLedger {
+ public:
+  static constexpr std::size_t kMaxNames = 32;
+
+  /// The changes that make the kernel hold every item at least timeout_s from now_ms, and
+  /// never less than what an earlier answer promised; items the kernel holds long enough
+  /// cost nothing. Duplicate addresses count once, with the longest timeout. effective_ms
+  /// gets, per change, the expiry it gives the element.
+  std::vector<ElemChange> plan(const std::vector<VouchItem>& items, uint64_t now_ms,
+                               RefreshMode mode, std::vector<uint64_t>& effective_ms) const;
+  /// Records what commit_changes did for a plan, and the provenance of every item.
+  void committed(const std::vector<VouchItem>& items, const std::vector<ElemChange>& changes,
+                 const std::vector<uint64_t>& effective_ms,
+                 const std::vector<ChangeResult>& results, const Provenance& who,
+                 uint64_t now_ms);
+  /// Forgets what the kernel was believed to hold (provenance and promises stay), then
+  /// records what a dump of the sets found: (address, expiry in ms from now or kNoExpiry).
+  void reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held, uint64_t now_ms);
+  /// The same in steps, for a dump read a little at a time: forget what the kernel was
+  /// believed to hold (every element then counts as missing, which is safe: it is added
+  /// exclusively, and replaced if the kernel has it), then merge each element the dump
+  /// shows. An element added meanwhile keeps the later of the two expiries (a dump is no
+  /// snapshot: it may show an element as it was before our add).
+  void forget_kernel();
+  void merge_held(const IpAddr& a, uint64_t left_ms, uint64_t now_ms);
+  /// Deletes to send to revoke every held element none of whose vouchers keep(pattern)
+  /// accepts; audit-vouched elements are kept if keep_audit(name) holds for one of their
+  /// names. Elements without provenance (not vouched by this ledger) are kept.
+  std::vector<ElemChange> revocations(const std::function<bool(std::string_view)>& keep,
+                                      const std::function<bool(std::string_view)>& keep_audit,
+                                      uint64_t now_ms) const;
+  /// Records the outcome of revocations.
+  void revoked(const std::vector<ElemChange>& dels, const std::vector<ChangeResult>& results);
+  /// Drops records that are neither held nor promised any more.
+  void expire(uint64_t now_ms);
+
+  const LedgerRecord* find(const IpAddr& a) const;
+  std::size_t size() const { return records_.size(); }
+  /// Elements held per family (AF_INET, AF_INET6) as of now.
+  std::size_t held(uint8_t family, uint64_t now_ms) const;
+  std::string_view pattern(uint32_t id) const { return patterns_[id]; }
+
+  /// The ledger file's text (version 1): one line per record with provenance, expiries as
+  /// unix milliseconds (wall_now_ms is the wall clock at now_ms), closed by "end COUNT".
+  std::string serialize(uint64_t now_ms, int64_t wall_now_ms) const;
+  /// Reads a ledger file's text into provenance and promises, keyed to the monotonic clock
+  /// (kernel expiries are not taken from it: only a dump tells them). Strict: any bad line
+  /// makes the whole text corrupt, with err saying which.
+  bool merge_saved(std::string_view text, uint64_t now_ms, int64_t wall_now_ms, std::string& err);
+
+ private:
+  uint32_t intern(std::string_view pattern);
+  std::unordered_map<IpAddr, LedgerRecord, IpAddrHash> records_;
+  std::vector<std::string> patterns_;
+  std::unordered_map<std::string, uint32_t> pattern_ids_;
+};
+
+}  // namespace dnsward

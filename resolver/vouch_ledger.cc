@@ -1,0 +1,421 @@
+#include "dnsward/vouch_ledger.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace dnsward {
+
+std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
+                                   const std::vector<bool>& alone,
+                                   std::vector<std::vector<std::size_t>>* origin) {
+  std::vector<ElemMsg> msgs;
+  if (origin) origin->clear();
+  // Deletes first: in one batch, a delete then an add of the same element replaces it.
+  for (const ElemOp op : {ElemOp::Del, ElemOp::AddExcl, ElemOp::Add}) {
+    for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
+      std::size_t open = SIZE_MAX;  // the message being filled
+      for (std::size_t i = 0; i < changes.size(); ++i) {
+        const ElemChange& c = changes[i];
+        if (c.op != op || c.addr.family != family) continue;
+        const bool own = i < alone.size() && alone[i];
+        if (own || open == SIZE_MAX || msgs[open].elems.size() >= kElemsPerMsg) {
+          msgs.push_back({op, family, {}});
+          if (origin) origin->emplace_back();
+          open = own ? SIZE_MAX : msgs.size() - 1;
+          msgs.back().elems.push_back(c);
+          if (origin) origin->back().push_back(i);
+          continue;
+        }
+        msgs[open].elems.push_back(c);
+        if (origin) (*origin)[open].push_back(i);
+      }
+    }
+  }
+  return msgs;
+}
+
+namespace {
+
+// One batch's worth of commit_changes.
+bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<std::size_t> from,
+                  std::vector<ChangeResult>& results, std::string& err, int& errno_out,
+                  IpAddr* failed) {
+  std::vector<bool> alone(work.size(), false);
+  std::vector<bool> dropped(work.size(), false);
+  // Every failed round splits a message or settles an element, so this bound is never the
+  // reason a batch that could succeed fails.
+  const std::size_t max_rounds = 3 * work.size() + 4;
+  for (std::size_t round = 0; round < max_rounds; ++round) {
+    std::vector<ElemChange> live;
+    std::vector<std::size_t> live_at;  // index into work
+    std::vector<bool> live_alone;
+    for (std::size_t i = 0; i < work.size(); ++i) {
+      if (dropped[i]) continue;
+      live.push_back(work[i]);
+      live_at.push_back(i);
+      live_alone.push_back(alone[i]);
+    }
+    if (live.empty()) break;
+    std::vector<std::vector<std::size_t>> origin;
+    const std::vector<ElemMsg> msgs = pack_messages(live, live_alone, &origin);
+    std::vector<int> res(msgs.size(), 0);
+    if (!port.transact(msgs, res, err)) {
+      errno_out = 0;
+      return false;
+    }
+    bool refused = false, progress = false;
+    std::vector<ElemChange> extra;  // exclusive adds that become delete + add
+    std::vector<std::size_t> extra_from;
+    for (std::size_t m = 0; m < msgs.size(); ++m) {
+      if (res[m] == 0) continue;
+      refused = true;
+      if (msgs[m].elems.size() > 1) {
+        // Which element? The kernel only says which message: send each alone next time.
+        for (const std::size_t k : origin[m]) alone[live_at[k]] = true;
+        progress = true;
+        continue;
+      }
+      const std::size_t w = live_at[origin[m][0]];
+      if (work[w].op == ElemOp::Del && res[m] == ENOENT) {
+        dropped[w] = true;  // gone already (expired, or deleted by someone else)
+        results[from[w]] = ChangeResult::AlreadyGone;
+        progress = true;
+      } else if (work[w].op == ElemOp::AddExcl && res[m] == EEXIST) {
+        // The kernel holds it, though we did not know: a plain re-add would keep its old
+        // timeout on kernels before 6.12, so replace it.
+        work[w].op = ElemOp::Add;
+        extra.push_back({ElemOp::Del, work[w].addr, 0});
+        extra_from.push_back(from[w]);
+        progress = true;
+      } else {
+        errno_out = res[m];
+        if (failed) *failed = work[w].addr;
+        err = fmt::format("nftables refused {} {}: {}",
+                          work[w].op == ElemOp::Del ? "deleting" : "adding", work[w].addr.text(),
+                          std::strerror(res[m]));
+        return false;
+      }
+    }
+    if (!refused) {
+      for (std::size_t i = 0; i < work.size(); ++i)
+        if (!dropped[i]) results[from[i]] = ChangeResult::Done;
+      return true;
+    }
+    if (!progress) break;
+    for (std::size_t i = 0; i < extra.size(); ++i) {
+      work.push_back(extra[i]);
+      from.push_back(extra_from[i]);
+      alone.push_back(true);
+      dropped.push_back(false);
+    }
+  }
+  errno_out = 0;
+  err = "nftables kept refusing the update";
+  return false;
+}
+
+}  // namespace
+
+bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
+                    std::vector<ChangeResult>& results, std::string& err, int& errno_out,
+                    IpAddr* failed) {
+  results.assign(changes.size(), ChangeResult::Failed);
+  errno_out = 0;
+  bool ok = true;
+  std::size_t i = 0;
+  while (i < changes.size()) {
+    std::size_t end = std::min(changes.size(), i + kChangesPerBatch);
+    // A delete + add pair (a replacement) stays in one batch, or the element would be
+    // missing between two transactions.
+    if (end < changes.size() && changes[end - 1].op == ElemOp::Del &&
+        changes[end].op != ElemOp::Del && changes[end].addr == changes[end - 1].addr)
+      ++end;
+    std::vector<ElemChange> work(changes.begin() + std::ptrdiff_t(i), changes.begin() + std::ptrdiff_t(end));
+    std::vector<std::size_t> from(work.size());
+    for (std::size_t k = 0; k < from.size(); ++k) from[k] = i + k;
+    if (!commit_batch(port, std::move(work), std::move(from), results, err, errno_out, failed)) ok = false;
+    i = end;
+  }
+  return ok;
+}
+
+uint32_t VouchLedger::intern(std::string_view pattern) {
+  const auto it = pattern_ids_.find(std::string(pattern));
+  if (it != pattern_ids_.end()) return it->second;
+  patterns_.emplace_back(pattern);
+  pattern_ids_.emplace(std::string(pattern), uint32_t(patterns_.size() - 1));
+  return uint32_t(patterns_.size() - 1);
+}
+
+const LedgerRecord* VouchLedger::find(const IpAddr& a) const {
+  const auto it = records_.find(a);
+  return it == records_.end() ? nullptr : &it->second;
+}
+
+std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, uint64_t now_ms,
+                                          RefreshMode mode,
+                                          std::vector<uint64_t>& effective_ms) const {
+  // The same address twice in one answer (two chain names, an A record and a hint) is one
+  // element: it gets the longest timeout asked for.
+  std::vector<VouchItem> uniq;
+  for (const VouchItem& i : items) {
+    auto same = std::find_if(uniq.begin(), uniq.end(), [&](const VouchItem& u) { return u.addr == i.addr; });
+    if (same == uniq.end()) uniq.push_back(i);
+    else same->timeout_s = std::max(same->timeout_s, i.timeout_s);
+  }
+  std::vector<ElemChange> changes;
+  effective_ms.clear();
+  for (const VouchItem& i : uniq) {
+    uint64_t want = now_ms + uint64_t(i.timeout_s) * 1000u;
+    const LedgerRecord* r = find(i.addr);
+    // Never below what an earlier answer promised: a later short TTL must not cut short
+    // a client that was told it may use the address longer.
+    if (r && r->promised_ms > want) want = r->promised_ms;
+    const bool held = r && r->kernel_ms > now_ms;
+    // Held long enough already (a second of slack spares a netlink round trip per hit).
+    if (held && (r->kernel_ms == kNoExpiry || r->kernel_ms + 1000 >= want)) continue;
+    const uint64_t timeout = want - now_ms;
+    if (!held) {
+      // Exclusive: if the kernel holds it after all, EEXIST says so, instead of a silent
+      // no-op that would keep its old, shorter timeout (kernels before 6.12).
+      changes.push_back({ElemOp::AddExcl, i.addr, timeout});
+      effective_ms.push_back(want);
+    } else if (mode == RefreshMode::Update) {
+      changes.push_back({ElemOp::Add, i.addr, timeout});  // in place, with an expiration
+      effective_ms.push_back(want);
+    } else {
+      changes.push_back({ElemOp::Del, i.addr, 0});
+      effective_ms.push_back(0);
+      changes.push_back({ElemOp::Add, i.addr, timeout});
+      effective_ms.push_back(want);
+    }
+  }
+  return changes;
+}
+
+void VouchLedger::committed(const std::vector<VouchItem>& items,
+                            const std::vector<ElemChange>& changes,
+                            const std::vector<uint64_t>& effective_ms,
+                            const std::vector<ChangeResult>& results, const Provenance& who,
+                            uint64_t now_ms) {
+  for (std::size_t k = 0; k < changes.size() && k < results.size(); ++k) {
+    if (changes[k].op == ElemOp::Del) {
+      if (results[k] != ChangeResult::Failed) records_[changes[k].addr].kernel_ms = 0;
+      continue;
+    }
+    if (results[k] == ChangeResult::Done) {
+      LedgerRecord& r = records_[changes[k].addr];
+      r.kernel_ms = effective_ms[k];
+    }
+  }
+  const bool all_done = std::none_of(results.begin(), results.end(),
+                                     [](ChangeResult r) { return r == ChangeResult::Failed; });
+  const uint32_t pid = who.pattern.empty() ? UINT32_MAX : intern(who.pattern);
+  for (const VouchItem& i : items) {
+    const auto it = records_.find(i.addr);
+    if (it == records_.end() || it->second.kernel_ms <= now_ms) continue;  // not held
+    LedgerRecord& r = it->second;
+    // A promise is made only by an answer that reached the client.
+    if (all_done) r.promised_ms = std::max(r.promised_ms, now_ms + uint64_t(i.timeout_s) * 1000u);
+    if (pid == UINT32_MAX) r.audit = true;
+    else if (std::find(r.patterns.begin(), r.patterns.end(), pid) == r.patterns.end())
+      r.patterns.push_back(pid);
+    if (!who.name.empty() && r.names.size() < kMaxNames &&
+        std::find(r.names.begin(), r.names.end(), who.name) == r.names.end())
+      r.names.emplace_back(who.name);
+  }
+}
+
+void VouchLedger::reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held,
+                               uint64_t now_ms) {
+  forget_kernel();
+  for (const auto& [a, left] : held) merge_held(a, left, now_ms);
+}
+
+void VouchLedger::forget_kernel() {
+  for (auto& [a, r] : records_) r.kernel_ms = 0;
+}
+
+void VouchLedger::merge_held(const IpAddr& a, uint64_t left_ms, uint64_t now_ms) {
+  uint64_t& k = records_[a].kernel_ms;
+  k = std::max(k, left_ms == kNoExpiry ? kNoExpiry : now_ms + left_ms);
+}
+
+std::vector<ElemChange> VouchLedger::revocations(
+    const std::function<bool(std::string_view)>& keep,
+    const std::function<bool(std::string_view)>& keep_audit, uint64_t now_ms) const {
+  std::vector<ElemChange> dels;
+  std::vector<int8_t> kept(patterns_.size(), -1);  // each pattern judged once
+  for (const auto& [a, r] : records_) {
+    if (r.kernel_ms <= now_ms) continue;
+    if (r.patterns.empty() && !r.audit) continue;  // not ours to judge
+    bool stays = false;
+    for (const uint32_t p : r.patterns) {
+      if (kept[p] < 0) kept[p] = keep(patterns_[p]) ? 1 : 0;
+      if (kept[p]) {
+        stays = true;
+        break;
+      }
+    }
+    if (!stays && r.audit)
+      stays = std::any_of(r.names.begin(), r.names.end(), [&](const std::string& n) { return keep_audit(n); });
+    if (!stays) dels.push_back({ElemOp::Del, a, 0});
+  }
+  return dels;
+}
+
+void VouchLedger::revoked(const std::vector<ElemChange>& dels,
+                          const std::vector<ChangeResult>& results) {
+  for (std::size_t k = 0; k < dels.size() && k < results.size(); ++k)
+    if (results[k] != ChangeResult::Failed) records_.erase(dels[k].addr);
+}
+
+void VouchLedger::expire(uint64_t now_ms) {
+  for (auto it = records_.begin(); it != records_.end();)
+    it = it->second.kernel_ms <= now_ms && it->second.promised_ms <= now_ms ? records_.erase(it)
+                                                                          : std::next(it);
+}
+
+std::size_t VouchLedger::held(uint8_t family, uint64_t now_ms) const {
+  std::size_t n = 0;
+  for (const auto& [a, r] : records_) n += a.family == family && r.kernel_ms > now_ms;
+  return n;
+}
+
+namespace {
+constexpr std::string_view kMagic = "dnsward-vouch-ledger 1";
+
+bool plain_field(std::string_view s, bool backslash) {
+  if (s.empty()) return false;
+  return std::all_of(s.begin(), s.end(), [&](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '*' || c == '.' || (backslash && c == '\\');
+  });
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  for (;;) {
+    const auto at = s.find(sep);
+    out.push_back(s.substr(0, at));
+    if (at == std::string_view::npos) return out;
+    s.remove_prefix(at + 1);
+  }
+}
+}  // namespace
+
+std::string VouchLedger::serialize(uint64_t now_ms, int64_t wall_now_ms) const {
+  std::string out(kMagic);
+  out += '\n';
+  std::size_t n = 0;
+  for (const auto& [a, r] : records_) {
+    if (r.patterns.empty() && !r.audit) continue;
+    if (r.kernel_ms <= now_ms && r.promised_ms <= now_ms) continue;
+    const int64_t promised =
+        r.promised_ms > now_ms ? wall_now_ms + int64_t(r.promised_ms - now_ms) : 0;
+    std::string pats, names;
+    for (const uint32_t p : r.patterns) (pats.empty() ? pats : pats += ',') += patterns_[p];
+    for (const auto& nm : r.names) (names.empty() ? names : names += ',') += nm;
+    out += fmt::format("{}\t{}\t{}\t{}\t{}\n", a.text(), promised, pats.empty() ? "-" : pats,
+                       r.audit ? 1 : 0, names.empty() ? "-" : names);
+    ++n;
+  }
+  out += fmt::format("end {}\n", n);
+  return out;
+}
+
+bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wall_now_ms,
+                              std::string& err) {
+  // Parsed completely before anything is merged: a corrupt file changes nothing.
+  struct Line {
+    IpAddr addr;
+    uint64_t promised;
+    std::vector<std::string_view> patterns, names;
+    bool audit;
+  };
+  std::vector<Line> lines;
+  std::size_t lineno = 0;
+  bool ended = false;
+  for (std::string_view rest = text; !rest.empty();) {
+    const auto nl = rest.find('\n');
+    if (nl == std::string_view::npos) {
+      err = fmt::format("line {}: truncated", lineno + 1);
+      return false;
+    }
+    const std::string_view line = rest.substr(0, nl);
+    rest.remove_prefix(nl + 1);
+    ++lineno;
+    if (ended) {
+      err = fmt::format("line {}: text after the end line", lineno);
+      return false;
+    }
+    if (lineno == 1) {
+      if (line != kMagic) {
+        err = "line 1: not a dnsward vouch ledger (version 1)";
+        return false;
+      }
+      continue;
+    }
+    if (line.substr(0, 4) == "end ") {
+      std::size_t count = 0;
+      const auto num = line.substr(4);
+      const auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), count);
+      if (ec != std::errc() || p != num.data() + num.size() || count != lines.size()) {
+        err = fmt::format("line {}: the end line does not count {} records", lineno, lines.size());
+        return false;
+      }
+      ended = true;
+      continue;
+    }
+    const auto f = split(line, '\t');
+    Line l;
+    int64_t promised = 0;
+    if (f.size() != 5 || !IpAddr::parse(std::string(f[0]), l.addr) ||
+        std::from_chars(f[1].data(), f[1].data() + f[1].size(), promised).ec != std::errc() ||
+        (f[3] != "0" && f[3] != "1")) {
+      err = fmt::format("line {}: expected ADDRESS, PROMISED, PATTERNS, AUDIT, NAMES", lineno);
+      return false;
+    }
+    l.audit = f[3] == "1";
+    l.promised = promised > wall_now_ms ? now_ms + uint64_t(promised - wall_now_ms) : 0;
+    if (f[2] != "-") l.patterns = split(f[2], ',');
+    if (f[4] != "-") l.names = split(f[4], ',');
+    for (const auto p : l.patterns)
+      if (!plain_field(p, false)) {
+        err = fmt::format("line {}: bad pattern", lineno);
+        return false;
+      }
+    for (const auto n : l.names)
+      if (!plain_field(n, true)) {
+        err = fmt::format("line {}: bad name", lineno);
+        return false;
+      }
+    if (l.names.size() > kMaxNames) l.names.resize(kMaxNames);
+    lines.push_back(std::move(l));
+  }
+  if (!ended) {
+    err = "no end line: the file is truncated";
+    return false;
+  }
+  for (const Line& l : lines) {
+    LedgerRecord& r = records_[l.addr];
+    r.promised_ms = std::max(r.promised_ms, l.promised);
+    r.audit = r.audit || l.audit;
+    for (const auto p : l.patterns) {
+      const uint32_t id = intern(p);
+      if (std::find(r.patterns.begin(), r.patterns.end(), id) == r.patterns.end()) r.patterns.push_back(id);
+    }
+    for (const auto n : l.names)
+      if (r.names.size() < kMaxNames && std::find(r.names.begin(), r.names.end(), n) == r.names.end())
+        r.names.emplace_back(n);
+  }
+  return true;
+}
+
+}  // namespace dnsward

@@ -1,0 +1,268 @@
+// The vouch ledger and the batch commit, against a fake kernel that keeps nftables'
+// semantics: a batch is all or nothing; an exclusive add of a held element is EEXIST; a
+// delete of a missing one is ENOENT; a plain re-add refreshes the timeout only where the
+// kernel can update in place (6.12+); a full set is ENFILE.
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dnsward/vouch_ledger.hpp"
+
+using namespace dnsward;
+
+namespace {
+
+IpAddr v4(uint8_t last) {
+  const uint8_t b[4] = {198, 18, 0, last};
+  return IpAddr::v4(b);
+}
+IpAddr v6(uint8_t last) {
+  uint8_t b[16] = {0x20, 0x01, 0x0d, 0xb8};
+  b[15] = last;
+  return IpAddr::v6(b);
+}
+
+struct FakeKernel : ElementPort {
+  bool update_in_place = false;  // kernel 6.12+
+  std::size_t size = 0;          // 0: unlimited
+  std::map<std::string, uint64_t> held;  // address text -> expiry (ms, fake clock)
+  uint64_t now = 1'000'000;
+  std::vector<std::vector<ElemMsg>> batches;
+
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string&) override {
+    batches.push_back(msgs);
+    auto next = held;
+    results.assign(msgs.size(), 0);
+    bool failed = false;
+    for (std::size_t i = 0; i < msgs.size(); ++i) {
+      for (const ElemChange& c : msgs[i].elems) {
+        const std::string k = c.addr.text();
+        const bool has = next.count(k) && next[k] > now;
+        if (msgs[i].op == ElemOp::Del) {
+          if (!has) results[i] = ENOENT;
+          else next.erase(k);
+        } else if (has) {
+          if (msgs[i].op == ElemOp::AddExcl) results[i] = EEXIST;
+          else if (update_in_place && with_expiration) next[k] = now + c.timeout_ms;
+          // else: ACKed, and nothing changes (kernels before 6.12)
+        } else if (size && next.size() >= size) {
+          results[i] = ENFILE;
+        } else {
+          next[k] = now + c.timeout_ms;
+        }
+      }
+      failed |= results[i] != 0;
+    }
+    if (!failed) held = next;
+    return true;
+  }
+  uint64_t left(const IpAddr& a) { return held.count(a.text()) ? held[a.text()] - now : 0; }
+};
+
+bool vouch(VouchLedger& l, FakeKernel& k, const std::vector<VouchItem>& items, RefreshMode mode,
+           const char* pattern = "www.test", const char* name = "www.test") {
+  std::vector<uint64_t> eff;
+  const auto changes = l.plan(items, k.now, mode, eff);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  const bool ok = changes.empty() || commit_changes(k, changes, res, err, e);
+  l.committed(items, changes, eff, res, Provenance{pattern, name}, k.now);
+  return ok;
+}
+
+}  // namespace
+
+TEST_CASE("an answer's addresses are added once and the same answer within a second costs nothing") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {v6(1), 300}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 300000);
+  CHECK(k.left(v6(1)) == 300000);
+  CHECK(k.batches.size() == 1);
+  k.now += 500;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {v6(1), 300}}, RefreshMode::Replace));
+  CHECK(k.batches.size() == 1);  // held long enough (within the second of slack)
+  k.now += 10000;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace));
+  CHECK(k.batches.size() == 2);  // ten seconds on, the element is extended
+  CHECK(k.left(v4(1)) == 300000);
+}
+
+TEST_CASE("replace mode extends a held element by delete and add in one batch") {
+  FakeKernel k;  // a 6.1 kernel: a plain re-add would change nothing
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace));
+  k.now += 30000;
+  REQUIRE(vouch(l, k, {{v4(1), 600}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 600000);
+  REQUIRE(k.batches.size() == 2);
+  REQUIRE(k.batches[1].size() == 2);
+  CHECK(k.batches[1][0].op == ElemOp::Del);
+  CHECK(k.batches[1][1].op == ElemOp::Add);
+}
+
+TEST_CASE("an element the kernel holds without the ledger knowing gets the new timeout, not its old one") {
+  FakeKernel k;  // a 6.1 kernel
+  k.held[v4(7).text()] = k.now + 5000;  // left by a previous run, or added by someone else
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(7), 300}, {v4(8), 300}}, RefreshMode::Replace));
+  CHECK(k.left(v4(7)) == 300000);  // EEXIST on the exclusive add: replaced
+  CHECK(k.left(v4(8)) == 300000);
+  CHECK(l.find(v4(7))->kernel_ms == k.now + 300000);
+}
+
+TEST_CASE("a view rebuilt from a dump knows what the kernel holds, with its real expiry") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 3600}}, RefreshMode::Update));
+  // Someone deletes the element and adds it back with one minute; the dump says so.
+  k.held[v4(1).text()] = k.now + 60000;
+  l.reset_kernel({{v4(1), 60000}}, k.now);
+  CHECK(l.find(v4(1))->kernel_ms == k.now + 60000);
+  // The next (short) answer must restore what the first answer promised, not take 30 s.
+  k.update_in_place = true;
+  k.with_expiration = true;
+  REQUIRE(vouch(l, k, {{v4(1), 30}}, RefreshMode::Update));
+  CHECK(k.left(v4(1)) == 3600000);
+}
+
+TEST_CASE("a later short-TTL answer never shortens an element an earlier answer promised for longer") {
+  FakeKernel k;
+  k.update_in_place = true;
+  k.with_expiration = true;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 3630}}, RefreshMode::Update));
+  k.now += 1000;
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Update));
+  CHECK(k.left(v4(1)) == 3629000);
+}
+
+TEST_CASE("the same address twice in one answer keeps the longest timeout") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 60}, {v4(1), 900}, {v4(1), 300}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 900000);
+  REQUIRE(k.batches.size() == 1);
+  CHECK(k.batches[0].size() == 1);
+  CHECK(k.batches[0][0].elems.size() == 1);
+}
+
+TEST_CASE("a full set refuses the whole answer and the ledger records nothing held") {
+  FakeKernel k;
+  k.size = 2;
+  VouchLedger l;
+  CHECK_FALSE(vouch(l, k, {{v4(1), 60}, {v4(2), 60}, {v4(3), 60}}, RefreshMode::Replace));
+  CHECK(k.held.empty());
+  CHECK(l.held(AF_INET, k.now) == 0);
+}
+
+TEST_CASE("thousands of changes go in batches and messages of bounded size, replacements never split") {
+  FakeKernel k;
+  VouchLedger l;
+  std::vector<VouchItem> items;
+  for (int i = 0; i < 5000; ++i) {
+    const uint8_t b[4] = {198, 18, uint8_t(i >> 8), uint8_t(i)};
+    items.push_back({IpAddr::v4(b), 60});
+  }
+  REQUIRE(vouch(l, k, items, RefreshMode::Replace));
+  CHECK(k.held.size() == 5000);
+  for (const auto& batch : k.batches) {
+    std::size_t n = 0;
+    for (const auto& m : batch) {
+      CHECK(m.elems.size() <= kElemsPerMsg);
+      n += m.elems.size();
+    }
+    CHECK(n <= kChangesPerBatch + 1);
+  }
+  // Now all of them again, longer: delete + add pairs.
+  const std::size_t before = k.batches.size();
+  for (auto& i : items) i.timeout_s = 600;
+  REQUIRE(vouch(l, k, items, RefreshMode::Replace));
+  for (std::size_t b = before; b < k.batches.size(); ++b) {
+    std::map<std::string, int> ops;  // each address deleted and added in the same batch
+    for (const auto& m : k.batches[b])
+      for (const auto& e : m.elems) ops[e.addr.text()] += m.op == ElemOp::Del ? 1 : 10;
+    for (const auto& [a, v] : ops) CHECK_MESSAGE(v == 11, a);
+  }
+  CHECK(k.left(items[4999].addr) == 600000);
+}
+
+TEST_CASE("revocation deletes what the kernel holds; a missing element never hides the others") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {v4(2), 300}, {v4(3), 300}}, RefreshMode::Replace, "gone.test"));
+  REQUIRE(vouch(l, k, {{v4(4), 300}}, RefreshMode::Replace, "kept.test"));
+  k.held.erase(v4(2).text());  // deleted behind our back; no dump since
+  const auto dels = l.revocations([](std::string_view p) { return p == "kept.test"; },
+                                  [](std::string_view) { return false; }, k.now);
+  CHECK(dels.size() == 3);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  REQUIRE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  int done = 0, gone = 0;
+  for (auto r : res) (r == ChangeResult::Done ? done : gone) += 1;
+  CHECK(done == 2);
+  CHECK(gone == 1);
+  CHECK(k.held.size() == 1);
+  CHECK(k.held.count(v4(4).text()) == 1);
+}
+
+TEST_CASE("an element vouched by two entries survives the removal of one of them") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "a.test"));
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "b.test"));
+  CHECK(l.revocations([](std::string_view p) { return p == "b.test"; },
+                      [](std::string_view) { return false; }, k.now).empty());
+  CHECK(l.revocations([](std::string_view) { return false; },
+                      [](std::string_view) { return false; }, k.now).size() == 1);
+}
+
+TEST_CASE("audit-mode elements are judged by their names; elements without provenance are kept") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "", "ok.test"));
+  REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "", "bad.test"));
+  l.reset_kernel({{v4(1), 300000}, {v4(2), 300000}, {v4(9), 300000}}, k.now);  // 9: unknown
+  const auto dels = l.revocations([](std::string_view) { return false; },
+                                  [](std::string_view n) { return n == "ok.test"; }, k.now);
+  REQUIRE(dels.size() == 1);
+  CHECK(dels[0].addr == v4(2));
+}
+
+TEST_CASE("the ledger file round-trips provenance and promises, and a damaged one changes nothing") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {v6(1), 300}}, RefreshMode::Replace, "**.deep.test", "a.b.deep.test"));
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "www.test", "www.test"));
+  const int64_t wall = 1'700'000'000'000;
+  const std::string text = l.serialize(k.now, wall);
+  VouchLedger back;
+  std::string err;
+  REQUIRE(back.merge_saved(text, 5000, wall + 1000, err));  // a restart, one second later
+  const LedgerRecord* r = back.find(v4(1));
+  REQUIRE(r);
+  CHECK(r->kernel_ms == 0);  // only a dump says what the kernel holds
+  CHECK(r->promised_ms == 5000 + 299000);
+  REQUIRE(r->patterns.size() == 2);
+  CHECK(back.pattern(r->patterns[0]) == "**.deep.test");
+  CHECK(back.pattern(r->patterns[1]) == "www.test");
+  CHECK(r->names == std::vector<std::string>{"a.b.deep.test", "www.test"});
+
+  for (const std::string& bad : {text.substr(0, text.size() - 8), text + "x\n",
+                                std::string("dnsward-vouch-ledger 1\n198.18.0.1\t0\twww.test\t2\t-\nend 1\n"),
+                                std::string("dnsward-vouch-ledger 1\nnot-an-address\t0\t-\t1\t-\nend 1\n"),
+                                std::string("dnsward-vouch-ledger 1\n198.18.0.1\t0\tw w\t0\t-\nend 1\n"),
+                                std::string("dnsward-vouch-ledger 1\nend 2\n"), std::string("other 1\n")}) {
+    VouchLedger fresh;
+    CHECK_FALSE(fresh.merge_saved(bad, 0, wall, err));
+    CHECK(fresh.size() == 0);
+  }
+}
