@@ -292,6 +292,18 @@ def recv_exact(sock, n):
     return buf
 
 
+def framed(msg):
+    """A DNS message as sent over TCP: two-byte length, then the message (RFC 7766 8)."""
+    w = msg.to_wire()
+    return struct.pack("!H", len(w)) + w
+
+
+def read_reply(sock):
+    """One length-prefixed DNS message read from a TCP socket."""
+    n = struct.unpack("!H", recv_exact(sock, 2))[0]
+    return dns.message.from_wire(recv_exact(sock, n))
+
+
 def ensure_user(name="dnsward"):
     """The unprivileged user dnsward drops to after start-up (tests run as root)."""
     if subprocess.run(["id", name], capture_output=True).returncode != 0:

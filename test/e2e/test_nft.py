@@ -2,7 +2,6 @@
 namespace of its own, where dnsward fills nftables sets that `nft` then reads back."""
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time

@@ -6,7 +6,6 @@ The test process moves into a network namespace of its own with only loopback, s
 upstream outside it (192.0.2.1, TEST-NET-1) has no route: c-ares fails the send at once
 (ENETUNREACH) and calls back before ares_send returns."""
 import socket
-import struct
 import threading
 import unittest
 
@@ -15,23 +14,13 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from harness import LO, Dnsward, enter_new_netns, free_port, recv_exact, wait_for
+from harness import LO, Dnsward, enter_new_netns, framed, free_port, read_reply, wait_for
 
 UNROUTABLE = "192.0.2.1"  # TEST-NET-1: no route inside a namespace with only lo
 
 
 def setUpModule():
     enter_new_netns()
-
-
-def framed(msg):
-    w = msg.to_wire()
-    return struct.pack("!H", len(w)) + w
-
-
-def read_reply(sock):
-    n = struct.unpack("!H", recv_exact(sock, 2))[0]
-    return dns.message.from_wire(recv_exact(sock, n))
 
 
 def query(name, qid, rdtype="A", **kw):

@@ -2,14 +2,13 @@
 and clients that misbehave without stalling anyone else."""
 import re
 import socket
-import struct
 import time
 import unittest
 
 import dns.message
 import dns.rcode
 
-from harness import Dnsward, Knot, LO, Relay, recv_exact, run, wait_for
+from harness import Dnsward, Knot, LO, Relay, framed, read_reply, run, wait_for
 
 knot = dw = None
 
@@ -24,16 +23,6 @@ def tearDownModule():
     code = dw.stop()
     knot.stop()
     assert code == 0, f"dnsward exited with {code}"
-
-
-def framed(msg):
-    w = msg.to_wire()
-    return struct.pack("!H", len(w)) + w
-
-
-def read_reply(sock):
-    n = struct.unpack("!H", recv_exact(sock, 2))[0]
-    return dns.message.from_wire(recv_exact(sock, n))
 
 
 def connect():
