@@ -256,11 +256,13 @@ bool NftSets::start_reread(std::string& err) {
   dump_started_ms_ = mono_ms();
   if (start_stage(err)) return true;
   dump_stage_ = 0;
+  ledger_.reread_failed();
   return false;
 }
 
 bool NftSets::start_stage(std::string& err) {
   const std::string& name = dump_stage_ == 1 ? t_.set4 : t_.set6;
+  stage_started_ms_ = mono_ms();
   return dump_.start_request(
       NFT_MSG_GETSETELEM, NLM_F_DUMP,
       [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, name).get()); }, err);
@@ -269,7 +271,9 @@ bool NftSets::start_stage(std::string& err) {
 bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   done = false;
   const uint8_t family = dump_stage_ == 1 ? AF_INET : AF_INET6;
-  const uint64_t now = mono_ms();
+  // The time left that the kernel reports was measured after the dump was asked for:
+  // counted from then, an expiry is never later than the kernel's.
+  const uint64_t at = stage_started_ms_;
   int e = 0;
   const auto progress = dump_.poll_request(
       [&](const nlmsghdr* h) {
@@ -287,30 +291,28 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
           const uint64_t left = nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
                                     ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
                                     : kNoExpiry;
-          if (left > 0) ledger_.merge_held(a, left, now);
+          if (left > 0) ledger_.merge_held(a, left, at);
         }
         nftnl_set_elems_iter_destroy(it);
       },
       max_reads, e, err);
-  if (progress == NetlinkSocket::Progress::Failed) {
+  auto fail = [&] {
     dump_stage_ = 0;
+    ledger_.reread_failed();
     return false;
-  }
+  };
+  if (progress == NetlinkSocket::Progress::Failed) return fail();
   if (progress == NetlinkSocket::Progress::More) return true;
   if (e != 0) {
     err = failure("listing set " + (dump_stage_ == 1 ? t_.set4 : t_.set6), e);
-    dump_stage_ = 0;
-    return false;
+    return fail();
   }
   if (dump_stage_ == 1) {
     dump_stage_ = 2;
-    if (!start_stage(err)) {
-      dump_stage_ = 0;
-      return false;
-    }
-    return true;
+    return start_stage(err) || fail();
   }
   dump_stage_ = 0;
+  ledger_.reread_done();
   done = true;
   return true;
 }
@@ -325,6 +327,7 @@ bool NftSets::reload_view(std::string& err) {
     const int64_t left = int64_t(deadline) - int64_t(mono_ms());
     if (left <= 0 || poll(&p, 1, int(left)) < 0) {
       dump_stage_ = 0;
+      ledger_.reread_failed();
       err = "no complete dump of the sets from the kernel in time";
       return false;
     }
@@ -405,7 +408,7 @@ RevokeOutcome NftSets::revoke_unless(const std::function<bool(std::string_view)>
 }
 
 void NftSets::maintain(uint64_t now_ms) {
-  ledger_.expire(now_ms);
+  ledger_.expire(now_ms);  // keeps what a reread in progress still needs
   for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
     const uint32_t size = size_of(family);
     if (size == 0) continue;
@@ -438,7 +441,10 @@ void NftSets::on_events() {
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) continue;
       const uint16_t msg = NFNL_MSG_TYPE(h->nlmsg_type);
-      if (msg != NFT_MSG_DELTABLE && msg != NFT_MSG_DELSET && msg != NFT_MSG_DELSETELEM) continue;
+      // NEWSETELEM too: on 6.12+ someone else's re-add can shorten an element in place.
+      if (msg != NFT_MSG_DELTABLE && msg != NFT_MSG_DELSET && msg != NFT_MSG_DELSETELEM &&
+          msg != NFT_MSG_NEWSETELEM)
+        continue;
       if (h->nlmsg_pid == nl_.portid()) continue;  // our own changes
       const auto* g = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h));
       if (g->nfgen_family != t_.family) continue;
@@ -451,13 +457,13 @@ void NftSets::on_events() {
       } else {
         SetPtr s(nftnl_set_alloc());
         const int rc = msg == NFT_MSG_DELSET ? nftnl_set_nlmsg_parse(h, s.get())
-                                             : nftnl_set_elems_nlmsg_parse(h, s.get());
+                                             : nftnl_set_elems_nlmsg_parse(h, s.get());  // DEL/NEWSETELEM
         if (rc >= 0 && nftnl_set_is_set(s.get(), NFTNL_SET_TABLE))
           table = nftnl_set_get_str(s.get(), NFTNL_SET_TABLE);
       }
       if (table != t_.table) continue;
       changed = true;
-      if (msg != NFT_MSG_DELSETELEM) recreate = true;
+      if (msg == NFT_MSG_DELTABLE || msg == NFT_MSG_DELSET) recreate = true;
     }
   }
   if (!changed) return;
@@ -465,7 +471,7 @@ void NftSets::on_events() {
   log::warn("event=nft-external-change table={} msg={}", t_.table,
             log::quote(lost ? "nftables events were lost: rereading the sets"
                        : recreate ? "table or set removed: recreating and rereading the sets"
-                                  : "elements removed by someone else: rereading the sets"));
+                                  : "elements changed by someone else: rereading the sets"));
   std::string err;
   if (recreate && !ensure(err)) log::error("event=nft-recreate-failed error={}", log::quote(err));
   // The kernel's sets are the truth: what it holds now, with its real expiries. Until the

@@ -175,8 +175,11 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     uint64_t want = now_ms + uint64_t(i.timeout_s) * 1000u;
     const LedgerRecord* r = find(i.addr);
     // Never below what an earlier answer promised: a later short TTL must not cut short
-    // a client that was told it may use the address longer.
+    // a client that was told it may use the address longer. Nor, while the view is being
+    // reread, below what the kernel held before: an exclusive add that finds the element
+    // replaces it.
     if (r && r->promised_ms > want) want = r->promised_ms;
+    if (r && r->prior_ms > want && r->prior_ms != kNoExpiry) want = r->prior_ms;
     const bool held = r && r->kernel_ms > now_ms;
     // Held long enough already (a second of slack spares a netlink round trip per hit).
     if (held && (r->kernel_ms == kNoExpiry || r->kernel_ms + 1000 >= want)) continue;
@@ -205,13 +208,16 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
                             const std::vector<ChangeResult>& results, const Provenance& who,
                             uint64_t now_ms) {
   for (std::size_t k = 0; k < changes.size() && k < results.size(); ++k) {
+    if (results[k] == ChangeResult::Failed) continue;
+    LedgerRecord& r = records_[changes[k].addr];
+    r.written = epoch_;  // newer than any dump already asked for
     if (changes[k].op == ElemOp::Del) {
-      if (results[k] != ChangeResult::Failed) records_[changes[k].addr].kernel_ms = 0;
+      r.kernel_ms = 0;
       continue;
     }
     if (results[k] == ChangeResult::Done) {
-      LedgerRecord& r = records_[changes[k].addr];
       r.kernel_ms = effective_ms[k];
+      r.prior_ms = 0;
     }
   }
   const bool all_done = std::none_of(results.begin(), results.end(),
@@ -236,15 +242,27 @@ void VouchLedger::reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& h
                                uint64_t now_ms) {
   forget_kernel();
   for (const auto& [a, left] : held) merge_held(a, left, now_ms);
+  reread_done();
 }
 
 void VouchLedger::forget_kernel() {
-  for (auto& [a, r] : records_) r.kernel_ms = 0;
+  ++epoch_;
+  rereading_ = true;
+  for (auto& [a, r] : records_) {
+    r.prior_ms = std::max(r.prior_ms, r.kernel_ms);
+    r.kernel_ms = 0;
+  }
 }
 
-void VouchLedger::merge_held(const IpAddr& a, uint64_t left_ms, uint64_t now_ms) {
-  uint64_t& k = records_[a].kernel_ms;
-  k = std::max(k, left_ms == kNoExpiry ? kNoExpiry : now_ms + left_ms);
+void VouchLedger::merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms) {
+  LedgerRecord& r = records_[a];
+  if (r.written == epoch_) return;  // dnsward changed it after the dump was asked for
+  r.kernel_ms = left_ms == kNoExpiry ? kNoExpiry : at_ms + left_ms;
+}
+
+void VouchLedger::reread_done() {
+  rereading_ = false;
+  for (auto& [a, r] : records_) r.prior_ms = 0;
 }
 
 std::vector<ElemChange> VouchLedger::revocations(
@@ -253,7 +271,10 @@ std::vector<ElemChange> VouchLedger::revocations(
   std::vector<ElemChange> dels;
   std::vector<int8_t> kept(patterns_.size(), -1);  // each pattern judged once
   for (const auto& [a, r] : records_) {
-    if (r.kernel_ms <= now_ms) continue;
+    // Held, or maybe held: while the view is reread (or after a failed reread) the kernel
+    // may still hold what it held before; a delete of what is gone costs an ENOENT, never
+    // a hole.
+    if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
     if (r.patterns.empty() && !r.audit) continue;  // not ours to judge
     bool stays = false;
     for (const uint32_t p : r.patterns) {
@@ -272,14 +293,27 @@ std::vector<ElemChange> VouchLedger::revocations(
 
 void VouchLedger::revoked(const std::vector<ElemChange>& dels,
                           const std::vector<ChangeResult>& results) {
-  for (std::size_t k = 0; k < dels.size() && k < results.size(); ++k)
-    if (results[k] != ChangeResult::Failed) records_.erase(dels[k].addr);
+  for (std::size_t k = 0; k < dels.size() && k < results.size(); ++k) {
+    if (results[k] == ChangeResult::Failed) continue;
+    if (!rereading_) {
+      records_.erase(dels[k].addr);
+      continue;
+    }
+    // Kept, empty, as a mark that dnsward deleted it: a dump asked for before the delete
+    // must not bring it back.
+    LedgerRecord& r = records_[dels[k].addr];
+    r = LedgerRecord{};
+    r.written = epoch_;
+  }
 }
 
 void VouchLedger::expire(uint64_t now_ms) {
-  for (auto it = records_.begin(); it != records_.end();)
-    it = it->second.kernel_ms <= now_ms && it->second.promised_ms <= now_ms ? records_.erase(it)
-                                                                          : std::next(it);
+  for (auto it = records_.begin(); it != records_.end();) {
+    const LedgerRecord& r = it->second;
+    const bool dead = r.kernel_ms <= now_ms && r.promised_ms <= now_ms && r.prior_ms <= now_ms &&
+                      !(rereading_ && r.written == epoch_);
+    it = dead ? records_.erase(it) : std::next(it);
+  }
 }
 
 std::size_t VouchLedger::held(uint8_t family, uint64_t now_ms) const {

@@ -113,7 +113,8 @@ class NftSets : public ElementPort {
   NetlinkSocket nl_;    // batches and checks, answered at once
   NetlinkSocket dump_;  // dumps of the sets, read as they come
   int dump_stage_ = 0;  // 0: none; 1: reading set4; 2: reading set6
-  uint64_t dump_started_ms_ = 0;
+  uint64_t dump_started_ms_ = 0;  // the reread
+  uint64_t stage_started_ms_ = 0;  // the dump of the set being read
   struct SocketCloser {
     void operator()(mnl_socket* s) const;
   };

@@ -99,6 +99,10 @@ std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
 struct LedgerRecord {
   uint64_t kernel_ms = 0;    ///< expiry the kernel holds (monotonic ms); 0: not held
   uint64_t promised_ms = 0;  ///< the latest expiry an answer relied on
+  /// What kernel_ms was before the view was last forgotten, until a reread confirms or
+  /// denies it: the kernel may still hold the element that long.
+  uint64_t prior_ms = 0;
+  uint32_t written = 0;      ///< the view epoch of dnsward's last change to this element
   std::vector<uint32_t> patterns;  ///< interned patterns of the entries that vouched
   bool audit = false;        ///< vouched in audit mode for a name no entry allowed
   std::vector<std::string> names;  ///< names it was answered for (at most kMaxNames)
@@ -125,13 +129,18 @@ class VouchLedger {
   /// Forgets what the kernel was believed to hold (provenance and promises stay), then
   /// records what a dump of the sets found: (address, expiry in ms from now or kNoExpiry).
   void reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held, uint64_t now_ms);
-  /// The same in steps, for a dump read a little at a time: forget what the kernel was
-  /// believed to hold (every element then counts as missing, which is safe: it is added
-  /// exclusively, and replaced if the kernel has it), then merge each element the dump
-  /// shows. An element added meanwhile keeps the later of the two expiries (a dump is no
-  /// snapshot: it may show an element as it was before our add).
+  /// The same in steps, for a dump read a little at a time. forget_kernel(): every element
+  /// counts as missing (safe: it is added exclusively, and replaced if the kernel has it,
+  /// never shorter than the kernel held it before), and revocations still delete what the
+  /// kernel may hold. merge_held(): an element the dump shows; at_ms is when the dump was
+  /// asked for, so the expiry is never later than the kernel's. A dump is no snapshot: an
+  /// element dnsward added or deleted since forget_kernel() keeps what dnsward did.
+  /// reread_done(): the dump is complete; what it did not show is not held.
   void forget_kernel();
-  void merge_held(const IpAddr& a, uint64_t left_ms, uint64_t now_ms);
+  void merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms);
+  void reread_done();
+  /// The reread failed: the view stays forgotten (and the prior expiries kept) until the next.
+  void reread_failed() { rereading_ = false; }
   /// Deletes to send to revoke every held element none of whose vouchers keep(pattern)
   /// accepts; audit-vouched elements are kept if keep_audit(name) holds for one of their
   /// names. Elements without provenance (not vouched by this ledger) are kept.
@@ -160,6 +169,8 @@ class VouchLedger {
  private:
   uint32_t intern(std::string_view pattern);
   std::unordered_map<IpAddr, LedgerRecord, IpAddrHash> records_;
+  uint32_t epoch_ = 1;      // bumped by forget_kernel()
+  bool rereading_ = false;  // between forget_kernel() and reread_done()
   std::vector<std::string> patterns_;
   std::unordered_map<std::string, uint32_t> pattern_ids_;
 };

@@ -2,6 +2,7 @@
 namespace of its own, where dnsward fills nftables sets that `nft` then reads back."""
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -475,6 +476,54 @@ table inet dnsward {
             d.stop()
 
 
+    def test_an_element_answered_while_the_sets_are_reread_keeps_what_the_kernel_held(self):
+        # A previous run vouched 198.18.0.40 for an hour; this one knows it only from the
+        # kernel. While it rereads the sets after someone else's delete, a cache hit for a
+        # name with a 10 s TTL on the same address must neither shorten the element nor let
+        # the (older) dump make dnsward believe the kernel holds more than it does.
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertEqual(d.query("samelong.test.", "A").answer[0].ttl, 3600)
+            self.assertEqual(addrs(d.query("other.test.", "A")), ["198.18.0.43"])
+        finally:
+            self.assertEqual(d.stop(), 0)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertEqual(addrs(d.query("sameshort.test.", "A")), ["198.18.0.40"])  # cached
+            d.proc.send_signal(signal.SIGSTOP)
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.18.0.43 }")
+            q = dns.message.make_query("sameshort.test.", "A")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(q.to_wire(), (LO, d.port))  # queued until dnsward runs again
+                d.proc.send_signal(signal.SIGCONT)
+                r = dns.message.from_wire(s.recv(4096))
+            self.assertEqual(addrs(r), ["198.18.0.40"])
+            wait_for(lambda: "event=nft-reread " in d.logtext(), timeout=5, what="the reread")
+            self.assertGreaterEqual(nft_set("dnsward", "allowed4")["198.18.0.40"][1], 3590)
+            r = d.query("samelong.test.", "A")
+            self.assertEqual(r.answer[0].ttl, 3600)
+            self.assertGreaterEqual(nft_set("dnsward", "allowed4")["198.18.0.40"][1], 3600)
+        finally:
+            d.stop()
+
+    @unittest.skipUnless(kernel_updates_in_place(), "needs kernel 6.12+ (in-place timeout update)")
+    def test_someone_elses_in_place_shortening_is_noticed(self):
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            nft("add", "element", "inet", "dnsward", "allowed4",
+                "{ 198.18.0.1 timeout 2s expires 2s }")
+            self.assertLessEqual(nft_set("dnsward", "allowed4")["198.18.0.1"][1], 2)
+            wait_for(lambda: "nft-external-change" in d.logtext(), timeout=5, what="the event")
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])  # a cache hit
+            self.assertGreaterEqual(nft_set("dnsward", "allowed4")["198.18.0.1"][1], 290)
+        finally:
+            d.stop()
+
+
 class Flood(LoopbackServer):
     """A hostile allowed zone: flood.test has 3,500 A records (UDP answers are truncated, so
     c-ares fetches them over TCP), hints.test one HTTPS record with 5,000 ipv4hints."""
@@ -607,6 +656,31 @@ class Revocation(unittest.TestCase):
             held = set(nft_set("dnsward", "allowed4"))
             self.assertEqual(held, {"198.18.0.1"})
             self.assertIn("event=revoked deleted=2 ", d.logtext())
+        finally:
+            d.stop()
+
+    def test_a_reload_while_the_sets_are_reread_still_revokes(self):
+        drop_table()
+        work = shared_tempdir("dnsward-revoke-")
+        first, second, conf = (os.path.join(work, n) for n in ("1.allow", "2.allow", "d.conf"))
+        write(first, "www.test\nother.test\nalias.test\n")
+        write(second, "www.test\nother.test\n")
+        write(conf, f"allowlist = {first}\n")
+        d = Dnsward(knot.port, allowlist=None, nft=True, extra=["--config", conf])
+        try:
+            for name, want in (("www.test.", "198.18.0.1"), ("other.test.", "198.18.0.43"),
+                               ("alias.test.", "198.18.0.2")):
+                self.assertEqual(addrs(d.query(name, "A")), [want])
+            write(conf, f"allowlist = {second}\n")
+            # Someone's delete and the reload arrive together: the reload is judged while
+            # dnsward's view of the sets is being read again.
+            d.proc.send_signal(signal.SIGSTOP)
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.18.0.43 }")
+            d.proc.send_signal(signal.SIGHUP)
+            d.proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: "event=reload " in d.logtext(), timeout=5, what="the reload")
+            self.assertEqual(set(nft_set("dnsward", "allowed4")), {"198.18.0.1"})
+            self.assertIn("event=revoked deleted=1 ", d.logtext())
         finally:
             d.stop()
 

@@ -266,3 +266,63 @@ TEST_CASE("the ledger file round-trips provenance and promises, and a damaged on
     CHECK(fresh.size() == 0);
   }
 }
+
+// While the view is reread (after someone else changed the sets), answers and reloads go on.
+
+TEST_CASE("a dump asked for before dnsward's own change never overrides it") {
+  FakeKernel k;
+  VouchLedger l;
+  l.forget_kernel();  // someone deleted an element: the view is being reread
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace));
+  l.merge_held(v4(1), 3030000, k.now - 5);  // the dump shows an older, longer element
+  l.reread_done();
+  CHECK(l.find(v4(1))->kernel_ms == k.now + 60000);  // what dnsward wrote, not the dump
+  k.now += 1000;
+  REQUIRE(vouch(l, k, {{v4(1), 3000}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 3000000);  // so a longer answer does extend it
+}
+
+TEST_CASE("an element re-added during a reread keeps at least the expiry it had before") {
+  FakeKernel k;  // 6.1: the exclusive add finds it, and it is replaced
+  VouchLedger l;
+  // Left by a previous run (no promise known to this one), read at start.
+  k.held[v4(1).text()] = k.now + 3030000;
+  l.reset_kernel({{v4(1), 3030000}}, k.now);
+  k.now += 1000;
+  l.forget_kernel();
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 3029000);  // not cut to 60 s
+}
+
+TEST_CASE("a revocation during a reread deletes what the kernel may hold, and a stale dump does not bring it back") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "kept.test"));
+  l.forget_kernel();
+  const auto dels = l.revocations([](std::string_view p) { return p == "kept.test"; },
+                                  [](std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  REQUIRE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  CHECK(k.held.count(v4(1).text()) == 0);
+  l.expire(k.now);  // the upkeep timer must not drop the mark mid-reread
+  l.merge_held(v4(1), 299000, k.now - 5);  // asked for before the delete
+  l.merge_held(v4(2), 299000, k.now - 5);
+  l.reread_done();
+  CHECK(l.held(AF_INET, k.now) == 1);
+  CHECK(l.find(v4(2))->kernel_ms == k.now + 299000 - 5);
+}
+
+TEST_CASE("after a failed reread, revocations still cover what the kernel may hold") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  l.forget_kernel();
+  l.reread_failed();
+  CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
+                      k.now).size() == 1);
+}
