@@ -370,9 +370,12 @@ bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint
   }
   uint16_t kept[2] = {0, 0};
   Rr rr;
+  // Sorted once: a hostile answer can list thousands of records to drop.
+  std::vector<uint16_t> dropped(drop);
+  std::sort(dropped.begin(), dropped.end());
   for (uint32_t i = 0; i < uint32_t(an) + ns; ++i) {
     if (!read_rr(r, rr)) return false;
-    if (std::find(drop.begin(), drop.end(), uint16_t(i)) != drop.end()) continue;
+    if (std::binary_search(dropped.begin(), dropped.end(), uint16_t(i))) continue;
     ++kept[i < an ? 0 : 1];
     w.bytes(rr.owner, rr.owner_len);
     w.u16(rr.type);
