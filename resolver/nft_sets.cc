@@ -382,6 +382,7 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   IpAddr failed;
   const bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
   ledger_.committed(items, changes, effective, results, who, now_ms);
+  if (!changes.empty()) check_fill(now_ms, false);
   if (!ok && e == ENFILE) {
     err = full_message(failed.family ? failed.family : uint8_t(AF_INET));
     log::error("event=nft-set-full msg={}", log::quote(err));
@@ -409,9 +410,16 @@ RevokeOutcome NftSets::revoke_unless(const std::function<bool(std::string_view)>
 
 void NftSets::maintain(uint64_t now_ms) {
   ledger_.expire(now_ms);  // keeps what a reread in progress still needs
+  check_fill(now_ms, true);
+}
+
+void NftSets::check_fill(uint64_t now_ms, bool force) {
+  if (!force && now_ms < last_fill_check_ms_ + 1000) return;
+  last_fill_check_ms_ = now_ms;
   for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
     const uint32_t size = size_of(family);
-    if (size == 0) continue;
+    // The ledger holds at least every held element: no count while it is small.
+    if (size == 0 || ledger_.size() * 5 < std::size_t(size) * 4) continue;
     const std::size_t n = ledger_.held(family, now_ms);
     bool& warned = warned_full_[family == AF_INET ? 0 : 1];
     if (!warned && n * 5 >= std::size_t(size) * 4) {

@@ -107,6 +107,8 @@ class NftSets : public ElementPort {
   /// Reads at most max_reads datagrams of the dump; done when both sets have been read.
   bool reread_step(int max_reads, bool& done, std::string& err);
   std::string full_message(uint8_t family) const;
+  /// Warns once when a set passes 80% of its declared size (at most one count a second).
+  void check_fill(uint64_t now_ms, bool force);
 
   NftTarget t_;
   RefreshMode mode_;
@@ -122,6 +124,7 @@ class NftSets : public ElementPort {
   VouchLedger ledger_;
   uint32_t size4_ = 0, size6_ = 0;
   bool warned_full_[2] = {false, false};
+  uint64_t last_fill_check_ms_ = 0;
   uint64_t external_changes_ = 0;
 };
 

@@ -50,7 +50,8 @@ sameshort 10 A 198.18.0.40
 pair A 198.18.0.41
 pair A 198.18.0.42
 other A 198.18.0.43
-""" + "".join(f"many A 198.18.3.{i}\n" for i in range(1, 41))
+""" + "".join(f"nine A 198.18.5.{i}\n" for i in range(1, 10)) + "".join(
+    f"many A 198.18.3.{i}\n" for i in range(1, 41))
 
 ALLOW = """www.test
 alias.test
@@ -73,6 +74,7 @@ samelong.test
 sameshort.test
 pair.test
 other.test
+nine.test
 """
 
 knot = None
@@ -352,6 +354,22 @@ table inet dnsward {
             self.assertNotIn("Too many open files", d.logtext())
             r = d.query("www.test.", "A")  # others still work
             self.assertEqual(addrs(r), ["198.18.0.1"])
+        finally:
+            d.stop()
+
+    def test_a_set_80_percent_full_is_warned_of_and_its_size_logged(self):
+        drop_table()
+        r = subprocess.run(["nft", "-f", "-"], input="""
+table inet dnsward {
+  set allowed4 { type ipv4_addr; flags timeout; size 10; }
+  set allowed6 { type ipv6_addr; flags timeout; }
+}""", capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertIn("size4=10 held4=0 set6=allowed6 size6=unlimited", d.logtext())
+            self.assertEqual(len(addrs(d.query("nine.test.", "A"))), 9)
+            self.assertIn("event=nft-set-filling set=allowed4 held=9 size=10", d.logtext())
         finally:
             d.stop()
 
