@@ -37,7 +37,8 @@ bool write_file_atomically(const std::string& path, const std::string& text, std
   return true;
 }
 
-ReadFile read_file(const std::string& path, std::string& text, std::string& err) {
+ReadFile read_file(const std::string& path, std::string& text, std::string& err,
+                   std::size_t max_bytes) {
   text.clear();
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -55,6 +56,11 @@ ReadFile read_file(const std::string& path, std::string& text, std::string& err)
       return ReadFile::Error;
     }
     if (n == 0) break;
+    if (text.size() + std::size_t(n) > max_bytes) {
+      err = fmt::format("{}: larger than {} bytes", path, max_bytes);
+      close(fd);
+      return ReadFile::Error;
+    }
     text.append(buf, std::size_t(n));
   }
   close(fd);

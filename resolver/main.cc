@@ -118,6 +118,7 @@ int serve(const std::vector<std::string>& args) {
       target.set4 = cfg.nft_set4;
       target.set6 = cfg.nft_set6;
       target.set_size = cfg.nft_set_size;
+      target.max_timeout_s = cfg.max_ttl + cfg.grace;
       const RefreshMode mode = cfg.nft_refresh == "update"    ? RefreshMode::Update
                                : cfg.nft_refresh == "replace" ? RefreshMode::Replace
                                                               : RefreshMode::Auto;
@@ -135,7 +136,9 @@ int serve(const std::vector<std::string>& args) {
       nft_for_state = nft.get();
       if (!ledger_path.empty()) {
         std::string text, err;
-        const ReadFile r = read_file(ledger_path, text, err);
+        // At most two sets of 16,777,216 elements' worth is absurd; this bounds a damaged
+        // or hostile file well above any real ledger (about 600 bytes an element).
+        const ReadFile r = read_file(ledger_path, text, err, 256u << 20);
         if (r == ReadFile::Ok && !nft->ledger().merge_saved(text, mono_ms(), wall_ms(), err)) {
           const std::string aside = fmt::format("{}.corrupt-{}", ledger_path, long(time(nullptr)));
           std::rename(ledger_path.c_str(), aside.c_str());

@@ -83,6 +83,7 @@ const std::vector<Metric>& table() {
       {"dnsward_nft_set_elements", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->held(AF_INET6, mono_ms())) : 0.0; }},
       {"dnsward_nft_set_size", Type::Gauge, "Each set's declared size (0: none; a full set fails answers closed).", "family=\"ipv4\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET)) : 0.0; }},
       {"dnsward_nft_set_size", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET6)) : 0.0; }},
+      {"dnsward_nft_foreign_set_rules_total", Type::Counter, "Rules seen that change dnsward's sets from the packet path (changes dnsward cannot see).", "", [](auto& s) { return s.nft ? double(s.nft->foreign_set_rules()) : 0.0; }},
       {"dnsward_revoke_failures_total", Type::Counter, "Revocations the kernel refused (the addresses may still be held).", "", [](auto& s) { return double(c(s).revoke_failures); }},
       {"dnsward_reloads_total", Type::Counter, "Policy reloads (SIGHUP).", "result=\"ok\"", [](auto& s) { return double(c(s).reloads_ok); }},
       {"dnsward_reloads_total", Type::Counter, "", "result=\"failed\"", [](auto& s) { return double(c(s).reloads_failed); }},

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/rule.h>
 #include <libnftnl/set.h>
 #include <libnftnl/table.h>
 #include <linux/netfilter.h>
@@ -80,7 +82,9 @@ NftSets::NftSets(NftTarget target, RefreshMode mode)
   if (mode_ == RefreshMode::Auto) mode_ = probe_update() ? RefreshMode::Update : RefreshMode::Replace;
   with_expiration = mode_ == RefreshMode::Update;
   // Elements outlive dnsward: what the kernel holds now is the truth to start from.
+  ledger_.set_max_timeout_ms(uint64_t(t_.max_timeout_s) * 1000u);
   if (!reload_view(err)) throw NftError("reading the sets: " + err);
+  check_rules();
   auto size_text = [](uint32_t s) { return s ? std::to_string(s) : std::string("unlimited"); };
   log::info("event=nft-sets table={} set4={} size4={} held4={} set6={} size6={} held6={}", t_.table,
             t_.set4, size_text(size4_), ledger_.held(AF_INET, mono_ms()), t_.set6,
@@ -252,11 +256,17 @@ bool NftSets::probe_update() {
 
 bool NftSets::start_reread(std::string& err) {
   ledger_.forget_kernel();
+  reread_retry_ = false;
+  if (dump_stage_ != 0) {  // one dump at a time: this one after the current
+    reread_again_ = true;
+    return true;
+  }
   dump_stage_ = 1;
   dump_started_ms_ = mono_ms();
   if (start_stage(err)) return true;
   dump_stage_ = 0;
   ledger_.reread_failed();
+  reread_retry_ = true;
   return false;
 }
 
@@ -270,6 +280,7 @@ bool NftSets::start_stage(std::string& err) {
 
 bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   done = false;
+  const bool stale = reread_again_;
   const uint8_t family = dump_stage_ == 1 ? AF_INET : AF_INET6;
   // The time left that the kernel reports was measured after the dump was asked for:
   // counted from then, an expiry is never later than the kernel's.
@@ -277,6 +288,7 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   int e = 0;
   const auto progress = dump_.poll_request(
       [&](const nlmsghdr* h) {
+        if (stale) return;
         SetPtr got(nftnl_set_alloc());
         if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return;
         nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
@@ -299,10 +311,16 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   auto fail = [&] {
     dump_stage_ = 0;
     ledger_.reread_failed();
+    reread_retry_ = true;
     return false;
   };
   if (progress == NetlinkSocket::Progress::Failed) return fail();
   if (progress == NetlinkSocket::Progress::More) return true;
+  if (stale) {  // this dump is over: now the one that sees the latest change
+    dump_stage_ = 0;
+    reread_again_ = false;
+    return start_reread(err);
+  }
   if (e != 0) {
     err = failure("listing set " + (dump_stage_ == 1 ? t_.set4 : t_.set6), e);
     return fail();
@@ -410,6 +428,11 @@ RevokeOutcome NftSets::revoke_unless(const std::function<bool(std::string_view)>
 
 void NftSets::maintain(uint64_t now_ms) {
   ledger_.expire(now_ms);  // keeps what a reread in progress still needs
+  if (reread_retry_ && dump_stage_ == 0) {
+    std::string err;
+    if (start_reread(err)) log::info("event=nft-reread-retry");
+    else log::error("event=nft-reread-failed error={}", log::quote(err));
+  }
   check_fill(now_ms, true);
 }
 
@@ -433,6 +456,47 @@ void NftSets::check_fill(uint64_t now_ms, bool force) {
   }
 }
 
+void NftSets::check_rule(const nlmsghdr* h, const char* when) {
+  nftnl_rule* r = nftnl_rule_alloc();
+  if (nftnl_rule_nlmsg_parse(h, r) >= 0 && nftnl_rule_get_u32(r, NFTNL_RULE_FAMILY) == t_.family &&
+      nftnl_rule_is_set(r, NFTNL_RULE_TABLE) && t_.table == nftnl_rule_get_str(r, NFTNL_RULE_TABLE)) {
+    nftnl_expr_iter* it = nftnl_expr_iter_create(r);
+    for (nftnl_expr* e = nftnl_expr_iter_next(it); e; e = nftnl_expr_iter_next(it)) {
+      const char* name = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+      if (!name || std::strcmp(name, "dynset") != 0 || !nftnl_expr_is_set(e, NFTNL_EXPR_DYNSET_SET_NAME))
+        continue;
+      const std::string set = nftnl_expr_get_str(e, NFTNL_EXPR_DYNSET_SET_NAME);
+      if (set != t_.set4 && set != t_.set6) continue;
+      ++foreign_set_rules_;
+      log::error("event=nft-foreign-set-rule table={} set={} when={} msg={}", t_.table, set, when,
+                 log::quote("a rule changes this set from the packet path (update/delete @set): "
+                            "such changes send no event, so dnsward cannot see them and the "
+                            "promise that a relayed address is in the set no longer holds; "
+                            "remove the rule"));
+    }
+    nftnl_expr_iter_destroy(it);
+  }
+  nftnl_rule_free(r);
+}
+
+void NftSets::check_rules() {
+  std::string err;
+  nl_.request(
+      NFT_MSG_GETRULE, NLM_F_DUMP,
+      [&](nlmsghdr* nlh) {
+        nftnl_rule* r = nftnl_rule_alloc();
+        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, t_.table.c_str());
+        nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, t_.family);
+        nftnl_rule_nlmsg_build_payload(nlh, r);
+        nftnl_rule_free(r);
+      },
+      [&](const nlmsghdr* h) {
+        check_rule(h, "at-start");
+        return true;
+      },
+      err);
+}
+
 void NftSets::on_events() {
   char rbuf[65536];
   bool changed = false, recreate = false, lost = false;
@@ -449,6 +513,10 @@ void NftSets::on_events() {
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) continue;
       const uint16_t msg = NFNL_MSG_TYPE(h->nlmsg_type);
+      if (msg == NFT_MSG_NEWRULE && h->nlmsg_pid != nl_.portid()) {
+        check_rule(h, "added");
+        continue;
+      }
       // NEWSETELEM too: on 6.12+ someone else's re-add can shorten an element in place.
       if (msg != NFT_MSG_DELTABLE && msg != NFT_MSG_DELSET && msg != NFT_MSG_DELSETELEM &&
           msg != NFT_MSG_NEWSETELEM)

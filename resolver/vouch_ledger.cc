@@ -180,6 +180,9 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     // replaces it.
     if (r && r->promised_ms > want) want = r->promised_ms;
     if (r && r->prior_ms > want && r->prior_ms != kNoExpiry) want = r->prior_ms;
+    // Never longer than dnsward would give any answer (a promise from a ledger file written
+    // under another clock, or a prior expiry someone else set).
+    want = std::min(want, now_ms + std::max<uint64_t>(max_timeout_ms_, uint64_t(i.timeout_s) * 1000u));
     const bool held = r && r->kernel_ms > now_ms;
     // Held long enough already (a second of slack spares a netlink round trip per hit).
     if (held && (r->kernel_ms == kNoExpiry || r->kernel_ms + 1000 >= want)) continue;
@@ -232,10 +235,22 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
     if (pid == UINT32_MAX) r.audit = true;
     else if (std::find(r.patterns.begin(), r.patterns.end(), pid) == r.patterns.end())
       r.patterns.push_back(pid);
-    if (!who.name.empty() && r.names.size() < kMaxNames &&
-        std::find(r.names.begin(), r.names.end(), who.name) == r.names.end())
-      r.names.emplace_back(who.name);
+    add_name(r, who.name);
   }
+}
+
+void VouchLedger::add_name(LedgerRecord& r, std::string_view name) {
+  if (name.empty() || name.find(',') != std::string_view::npos) return;
+  if (r.names.size() + 1 + name.size() > kMaxNameBytes) return;
+  std::size_t count = 0;
+  bool seen = false;
+  for_each_name(r.names, [&](std::string_view n) {
+    ++count;
+    seen |= n == name;
+  });
+  if (seen || count >= kMaxNames) return;
+  if (!r.names.empty()) r.names += ',';
+  r.names += name;
 }
 
 void VouchLedger::reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held,
@@ -285,7 +300,7 @@ std::vector<ElemChange> VouchLedger::revocations(
       }
     }
     if (!stays && r.audit)
-      stays = std::any_of(r.names.begin(), r.names.end(), [&](const std::string& n) { return keep_audit(n); });
+      for_each_name(r.names, [&](std::string_view n) { stays = stays || keep_audit(n); });
     if (!stays) dels.push_back({ElemOp::Del, a, 0});
   }
   return dels;
@@ -353,11 +368,10 @@ std::string VouchLedger::serialize(uint64_t now_ms, int64_t wall_now_ms) const {
     if (r.kernel_ms <= now_ms && r.promised_ms <= now_ms) continue;
     const int64_t promised =
         r.promised_ms > now_ms ? wall_now_ms + int64_t(r.promised_ms - now_ms) : 0;
-    std::string pats, names;
+    std::string pats;
     for (const uint32_t p : r.patterns) (pats.empty() ? pats : pats += ',') += patterns_[p];
-    for (const auto& nm : r.names) (names.empty() ? names : names += ',') += nm;
     out += fmt::format("{}\t{}\t{}\t{}\t{}\n", a.text(), promised, pats.empty() ? "-" : pats,
-                       r.audit ? 1 : 0, names.empty() ? "-" : names);
+                       r.audit ? 1 : 0, r.names.empty() ? "-" : r.names);
     ++n;
   }
   out += fmt::format("end {}\n", n);
@@ -417,7 +431,11 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
       return false;
     }
     l.audit = f[3] == "1";
-    l.promised = promised > wall_now_ms ? now_ms + uint64_t(promised - wall_now_ms) : 0;
+    // A promise from another clock (a restored snapshot, a clock step) is clamped to the
+    // longest timeout dnsward gives.
+    l.promised = promised > wall_now_ms
+                     ? now_ms + std::min<uint64_t>(uint64_t(promised - wall_now_ms), max_timeout_ms_)
+                     : 0;
     if (f[2] != "-") l.patterns = split(f[2], ',');
     if (f[4] != "-") l.names = split(f[4], ',');
     for (const auto p : l.patterns)
@@ -430,7 +448,6 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
         err = fmt::format("line {}: bad name", lineno);
         return false;
       }
-    if (l.names.size() > kMaxNames) l.names.resize(kMaxNames);
     lines.push_back(std::move(l));
   }
   if (!ended) {
@@ -445,9 +462,7 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
       const uint32_t id = intern(p);
       if (std::find(r.patterns.begin(), r.patterns.end(), id) == r.patterns.end()) r.patterns.push_back(id);
     }
-    for (const auto n : l.names)
-      if (r.names.size() < kMaxNames && std::find(r.names.begin(), r.names.end(), n) == r.names.end())
-        r.names.emplace_back(n);
+    for (const auto n : l.names) add_name(r, n);
   }
   return true;
 }

@@ -25,6 +25,7 @@ struct NftTarget {
   std::string set4 = "allowed4";
   std::string set6 = "allowed6";
   uint32_t set_size = 65536;  ///< the sets' size when dnsward creates them
+  uint32_t max_timeout_s = 3630;  ///< the longest element timeout (max-ttl + grace)
 };
 
 class NftError : public std::runtime_error {
@@ -85,6 +86,8 @@ class NftSets : public ElementPort {
   std::size_t known() const { return ledger_.size(); }
   uint64_t batches() const { return nl_.batches(); }
   uint64_t external_changes() const { return external_changes_; }
+  /// Rules seen that change dnsward's sets from the packet path (see check_rule).
+  uint64_t foreign_set_rules() const { return foreign_set_rules_; }
   /// Elements held in the IPv4 (AF_INET) or IPv6 set, as dnsward knows them.
   std::size_t held(uint8_t family, uint64_t now_ms) const { return ledger_.held(family, now_ms); }
   /// The set's declared size (0: none, the kernel sets no limit).
@@ -117,6 +120,15 @@ class NftSets : public ElementPort {
   int dump_stage_ = 0;  // 0: none; 1: reading set4; 2: reading set6
   uint64_t dump_started_ms_ = 0;  // the reread
   uint64_t stage_started_ms_ = 0;  // the dump of the set being read
+  // Another change came while a dump was being read: the rest of that dump is stale (and a
+  // netlink socket runs one dump at a time: a second request would get EBUSY), so it is
+  // read to its end unmerged, then a fresh reread starts.
+  bool reread_again_ = false;
+  bool reread_retry_ = false;  // the last reread failed: maintain() tries again
+  /// Looks for rules that change dnsward's sets from the packet path (nft `update @set`,
+  /// `delete @set`): those changes send no event, so dnsward could not see them.
+  void check_rule(const nlmsghdr* h, const char* when);
+  void check_rules();
   struct SocketCloser {
     void operator()(mnl_socket* s) const;
   };
@@ -126,6 +138,7 @@ class NftSets : public ElementPort {
   bool warned_full_[2] = {false, false};
   uint64_t last_fill_check_ms_ = 0;
   uint64_t external_changes_ = 0;
+  uint64_t foreign_set_rules_ = 0;
 };
 
 }  // namespace dnsward

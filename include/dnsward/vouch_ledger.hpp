@@ -105,8 +105,22 @@ struct LedgerRecord {
   uint32_t written = 0;      ///< the view epoch of dnsward's last change to this element
   std::vector<uint32_t> patterns;  ///< interned patterns of the entries that vouched
   bool audit = false;        ///< vouched in audit mode for a name no entry allowed
-  std::vector<std::string> names;  ///< names it was answered for (at most kMaxNames)
+  /// Names it was answered for, comma-separated (names in text form hold no comma): one
+  /// string, at most kMaxNames names and kMaxNameBytes bytes, so that a hostile wildcard
+  /// zone answering under thousands of long names cannot grow the ledger without bound.
+  std::string names;
 };
+
+/// Calls fn for each name in LedgerRecord::names.
+template <typename Fn>
+void for_each_name(std::string_view names, Fn&& fn) {
+  while (!names.empty()) {
+    const auto comma = names.find(',');
+    fn(names.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    names.remove_prefix(comma + 1);
+  }
+}
 
 /// Expiry value for an element the kernel holds without a timeout.
 inline constexpr uint64_t kNoExpiry = UINT64_MAX;
@@ -114,6 +128,11 @@ inline constexpr uint64_t kNoExpiry = UINT64_MAX;
 class VouchLedger {
  public:
   static constexpr std::size_t kMaxNames = 32;
+  static constexpr std::size_t kMaxNameBytes = 512;
+
+  /// The longest element timeout dnsward gives (max-ttl + grace): promises read back from a
+  /// ledger file, and expiries a reread found, never make an element live longer.
+  void set_max_timeout_ms(uint64_t ms) { max_timeout_ms_ = ms; }
 
   /// The changes that make the kernel hold every item at least timeout_s from now_ms, and
   /// never less than what an earlier answer promised; items the kernel holds long enough
@@ -168,7 +187,9 @@ class VouchLedger {
 
  private:
   uint32_t intern(std::string_view pattern);
+  static void add_name(LedgerRecord& r, std::string_view name);
   std::unordered_map<IpAddr, LedgerRecord, IpAddrHash> records_;
+  uint64_t max_timeout_ms_ = (604800ull + 3600ull) * 1000u;  // the options' bounds
   uint32_t epoch_ = 1;      // bumped by forget_kernel()
   bool rereading_ = false;  // between forget_kernel() and reread_done()
   std::vector<std::string> patterns_;

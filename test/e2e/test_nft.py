@@ -542,6 +542,52 @@ table inet dnsward {
             d.stop()
 
 
+    def test_a_change_during_a_reread_is_read_again_not_refused(self):
+        # A netlink socket runs one dump at a time: a second change while the sets are being
+        # read must wait for that dump, not ask for another (EBUSY) and give up.
+        drop_table()
+        elems = ", ".join(f"198.19.{i // 250}.{i % 250 + 1} timeout 1h" for i in range(60000))
+        r = subprocess.run(["nft", "-f", "-"], input=f"""
+table inet dnsward {{
+  set allowed4 {{ type ipv4_addr; flags timeout; size 100000; elements = {{ {elems} }} }}
+  set allowed6 {{ type ipv6_addr; flags timeout; }}
+}}""", capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertIn("held4=60000", d.logtext())
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.19.0.1 }")
+            wait_for(lambda: "nft-external-change" in d.logtext(), timeout=5, what="the event")
+            d.proc.send_signal(signal.SIGSTOP)  # most likely in the middle of its dump
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.19.0.2 }")
+            d.proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: "event=nft-reread held4=59998 " in d.logtext(), timeout=10,
+                     what="a reread that saw both deletes")
+            self.assertNotIn("nft-reread-failed", d.logtext())
+        finally:
+            d.stop()
+
+    def test_a_rule_that_changes_the_sets_from_the_packet_path_is_reported(self):
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            nft("add", "chain", "inet", "dnsward", "sneaky",
+                "{ type filter hook output priority 0; }")
+            nft("add", "rule", "inet", "dnsward", "sneaky", "ip", "daddr", "@allowed4",
+                "update", "@allowed4", "{ ip daddr timeout 2s }")
+            wait_for(lambda: "event=nft-foreign-set-rule" in d.logtext(), timeout=5,
+                     what="the report")
+            self.assertIn("set=allowed4 when=added", d.logtext())
+        finally:
+            d.stop()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)  # and at start
+        try:
+            self.assertIn("event=nft-foreign-set-rule table=dnsward set=allowed4 when=at-start",
+                          d.logtext())
+        finally:
+            d.stop()
+
+
 class Flood(LoopbackServer):
     """A hostile allowed zone: flood.test has 3,500 A records (UDP answers are truncated, so
     c-ares fetches them over TCP), hints.test one HTTPS record with 5,000 ipv4hints."""

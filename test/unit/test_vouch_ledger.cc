@@ -254,7 +254,7 @@ TEST_CASE("the ledger file round-trips provenance and promises, and a damaged on
   REQUIRE(r->patterns.size() == 2);
   CHECK(back.pattern(r->patterns[0]) == "**.deep.test");
   CHECK(back.pattern(r->patterns[1]) == "www.test");
-  CHECK(r->names == std::vector<std::string>{"a.b.deep.test", "www.test"});
+  CHECK(r->names == "a.b.deep.test,www.test");
 
   for (const std::string& bad : {text.substr(0, text.size() - 8), text + "x\n",
                                 std::string("dnsward-vouch-ledger 1\n198.18.0.1\t0\twww.test\t2\t-\nend 1\n"),
@@ -325,4 +325,41 @@ TEST_CASE("after a failed reread, revocations still cover what the kernel may ho
   l.reread_failed();
   CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
                       k.now).size() == 1);
+}
+
+TEST_CASE("names per element are bounded in count and bytes") {
+  FakeKernel k;
+  VouchLedger l;
+  for (int i = 0; i < 100; ++i) {
+    std::string name = "n";  // built in steps: GCC 12 warns (-Wrestrict) on "n" + string
+    name += std::to_string(i);
+    name += ".wild.test";
+    REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "*.wild.test", name.c_str()));
+  }
+  std::size_t n = 0;
+  for_each_name(l.find(v4(1))->names, [&](std::string_view) { ++n; });
+  CHECK(n == VouchLedger::kMaxNames);
+  const std::string long_name(200, 'x');
+  for (int i = 0; i < 10; ++i)
+    REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "*.wild.test", (long_name + char('a' + i)).c_str()));
+  CHECK(l.find(v4(2))->names.size() <= VouchLedger::kMaxNameBytes);
+  CHECK(l.find(v4(2))->names.size() > 400);
+}
+
+TEST_CASE("a promise from a ledger written under another clock is clamped to the longest timeout") {
+  VouchLedger l;
+  l.set_max_timeout_ms(3630000);
+  std::string err;
+  const int64_t wall = 1'700'000'000'000;
+  const std::string text = "dnsward-vouch-ledger 1\n198.18.0.1\t" + std::to_string(wall + 400ll * 86400000) +
+                           "\twww.test\t0\t-\n198.18.0.2\t9223372036854775807\twww.test\t0\t-\nend 2\n";
+  REQUIRE(l.merge_saved(text, 1000, wall, err));
+  CHECK(l.find(IpAddr{v4(1)})->promised_ms == 1000 + 3630000);
+  CHECK(l.find(IpAddr{v4(2)})->promised_ms == 1000 + 3630000);
+  FakeKernel k;
+  k.now = 1000;
+  std::vector<uint64_t> eff;
+  const auto changes = l.plan({{v4(1), 60}}, k.now, RefreshMode::Replace, eff);
+  REQUIRE(changes.size() == 1);
+  CHECK(changes[0].timeout_ms == 3630000);
 }
