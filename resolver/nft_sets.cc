@@ -104,7 +104,8 @@ bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& resul
   for (const ElemMsg& m : msgs) {
     const uint16_t type = m.op == ElemOp::Del ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM;
     const uint16_t flags = m.op == ElemOp::Del       ? 0
-                           : m.op == ElemOp::AddExcl ? uint16_t(NLM_F_CREATE | NLM_F_EXCL)
+                           : m.op == ElemOp::AddExcl || m.op == ElemOp::AddIfMissing
+                               ? uint16_t(NLM_F_CREATE | NLM_F_EXCL)
                                                      : uint16_t(NLM_F_CREATE);
     raw.push_back({type, flags, [this, &m](nlmsghdr* nlh) {
                      SetPtr s = make_set(t_, m.family == AF_INET ? t_.set4 : t_.set6);
@@ -394,12 +395,26 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
       return false;
     }
   std::vector<uint64_t> effective;
-  const std::vector<ElemChange> changes = ledger_.plan(items, now_ms, mode_, effective);
+  std::vector<ElemChange> changes = ledger_.plan(items, now_ms, mode_, effective);
   std::vector<ChangeResult> results;
   int e = 0;
   IpAddr failed;
-  const bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
+  bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
   ledger_.committed(items, changes, effective, results, who, now_ms);
+  if (!ok && e == ENOENT) {
+    // A set (or the table) is gone without an event: a table owned by a process that
+    // exited goes that way. Recreate, reread, and try once more.
+    log::warn("event=nft-set-missing table={} msg={}", t_.table,
+              log::quote("a set was gone without an event: recreating and rereading the sets"));
+    std::string why;
+    if (ensure(why) && start_reread(why)) {
+      changes = ledger_.plan(items, now_ms, mode_, effective);
+      ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
+      ledger_.committed(items, changes, effective, results, who, now_ms);
+    } else {
+      err += "; " + why;
+    }
+  }
   if (!changes.empty()) check_fill(now_ms, false);
   if (!ok && e == ENFILE) {
     err = full_message(failed.family ? failed.family : uint8_t(AF_INET));
@@ -536,6 +551,11 @@ void NftSets::on_events() {
                                              : nftnl_set_elems_nlmsg_parse(h, s.get());  // DEL/NEWSETELEM
         if (rc >= 0 && nftnl_set_is_set(s.get(), NFTNL_SET_TABLE))
           table = nftnl_set_get_str(s.get(), NFTNL_SET_TABLE);
+        // Only dnsward's two sets matter: churn in another set of its table must not keep
+        // its view from ever settling.
+        const char* set = rc >= 0 && nftnl_set_is_set(s.get(), NFTNL_SET_NAME)
+                              ? nftnl_set_get_str(s.get(), NFTNL_SET_NAME) : "";
+        if (t_.set4 != set && t_.set6 != set) continue;
       }
       if (table != t_.table) continue;
       changed = true;
@@ -550,6 +570,7 @@ void NftSets::on_events() {
                                   : "elements changed by someone else: rereading the sets"));
   std::string err;
   if (recreate && !ensure(err)) log::error("event=nft-recreate-failed error={}", log::quote(err));
+  if (lost) check_rules();  // a rule added while events were lost would go unseen
   // The kernel's sets are the truth: what it holds now, with its real expiries. Until the
   // dump has been read, every element counts as missing (added exclusively, replaced if
   // the kernel has it), so nothing is relayed on the strength of a stale view.

@@ -17,7 +17,7 @@ std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
   std::vector<ElemMsg> msgs;
   if (origin) origin->clear();
   // Deletes first: in one batch, a delete then an add of the same element replaces it.
-  for (const ElemOp op : {ElemOp::Del, ElemOp::AddExcl, ElemOp::Add}) {
+  for (const ElemOp op : {ElemOp::Del, ElemOp::AddExcl, ElemOp::AddIfMissing, ElemOp::Add}) {
     for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
       std::size_t open = SIZE_MAX;  // the message being filled
       for (std::size_t i = 0; i < changes.size(); ++i) {
@@ -61,7 +61,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
       live_at.push_back(i);
       live_alone.push_back(alone[i]);
     }
-    if (live.empty()) break;
+    if (live.empty()) return true;  // everything settled (gone already, or held)
     std::vector<std::vector<std::size_t>> origin;
     const std::vector<ElemMsg> msgs = pack_messages(live, live_alone, &origin);
     std::vector<int> res(msgs.size(), 0);
@@ -85,6 +85,10 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
       if (work[w].op == ElemOp::Del && res[m] == ENOENT) {
         dropped[w] = true;  // gone already (expired, or deleted by someone else)
         results[from[w]] = ChangeResult::AlreadyGone;
+        progress = true;
+      } else if (work[w].op == ElemOp::AddIfMissing && res[m] == EEXIST) {
+        dropped[w] = true;  // held, possibly longer than we need: left as it is
+        results[from[w]] = ChangeResult::AlreadyHeld;
         progress = true;
       } else if (work[w].op == ElemOp::AddExcl && res[m] == EEXIST) {
         // The kernel holds it, though we did not know: a plain re-add would keep its old
@@ -179,11 +183,17 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     // reread, below what the kernel held before: an exclusive add that finds the element
     // replaces it.
     if (r && r->promised_ms > want) want = r->promised_ms;
-    if (r && r->prior_ms > want && r->prior_ms != kNoExpiry) want = r->prior_ms;
     // Never longer than dnsward would give any answer (a promise from a ledger file written
-    // under another clock, or a prior expiry someone else set).
+    // under another clock): what dnsward writes is clamped.
     want = std::min(want, now_ms + std::max<uint64_t>(max_timeout_ms_, uint64_t(i.timeout_s) * 1000u));
     const bool held = r && r->kernel_ms > now_ms;
+    if (!held && r && r->prior_ms >= want) {
+      // The kernel may still hold it at least this long (or for ever: someone else's
+      // permanent element): add it if it is missing, and leave it as it is if not.
+      changes.push_back({ElemOp::AddIfMissing, i.addr, want - now_ms});
+      effective_ms.push_back(r->prior_ms);
+      continue;
+    }
     // Held long enough already (a second of slack spares a netlink round trip per hit).
     if (held && (r->kernel_ms == kNoExpiry || r->kernel_ms + 1000 >= want)) continue;
     const uint64_t timeout = want - now_ms;
@@ -218,8 +228,11 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
       r.kernel_ms = 0;
       continue;
     }
-    if (results[k] == ChangeResult::Done) {
-      r.kernel_ms = effective_ms[k];
+    if (results[k] == ChangeResult::AlreadyHeld) {
+      r.kernel_ms = effective_ms[k];  // the prior expiry, believed again: the kernel has it
+    } else if (results[k] == ChangeResult::Done) {
+      r.kernel_ms = changes[k].op == ElemOp::AddIfMissing ? now_ms + changes[k].timeout_ms
+                                                         : effective_ms[k];
       r.prior_ms = 0;
     }
   }
@@ -277,7 +290,8 @@ void VouchLedger::merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms) 
 
 void VouchLedger::reread_done() {
   rereading_ = false;
-  for (auto& [a, r] : records_) r.prior_ms = 0;
+  // prior_ms stays: an element the dump did not show may still be held (a dump walks the
+  // set by position, and elements collected between two datagrams shift the rest).
 }
 
 std::vector<ElemChange> VouchLedger::revocations(

@@ -39,6 +39,9 @@ struct Provenance {
 enum class ElemOp : uint8_t {
   Add,      ///< NEWSETELEM, create or (Update mode, with expiration) refresh in place
   AddExcl,  ///< NEWSETELEM with NLM_F_EXCL: EEXIST tells us the kernel holds it already
+  /// The same, for an element the kernel may hold at least as long as needed (longer than
+  /// dnsward would set, or for ever): EEXIST means it does, and it is left as it is.
+  AddIfMissing,
   Del,      ///< DELSETELEM: ENOENT tells us it is gone already
 };
 struct ElemChange {
@@ -74,7 +77,12 @@ inline constexpr std::size_t kElemsPerMsg = 128;
 inline constexpr std::size_t kChangesPerBatch = 256;
 
 /// What became of each change given to commit_changes.
-enum class ChangeResult : uint8_t { Done, AlreadyGone, Failed };
+enum class ChangeResult : uint8_t {
+  Done,
+  AlreadyGone,  ///< a delete of an element that was gone already
+  AlreadyHeld,  ///< an AddIfMissing of an element the kernel holds: left as it is
+  Failed
+};
 
 /// Commits changes to the kernel in batches of at most kChangesPerBatch, each batch all or
 /// nothing. A refused batch is resent without what made it fail, found by the sequence
@@ -99,8 +107,9 @@ std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
 struct LedgerRecord {
   uint64_t kernel_ms = 0;    ///< expiry the kernel holds (monotonic ms); 0: not held
   uint64_t promised_ms = 0;  ///< the latest expiry an answer relied on
-  /// What kernel_ms was before the view was last forgotten, until a reread confirms or
-  /// denies it: the kernel may still hold the element that long.
+  /// What kernel_ms was before the view was last forgotten: the kernel may still hold the
+  /// element that long (a dump is positional and can miss elements, so its silence never
+  /// clears this; time does).
   uint64_t prior_ms = 0;
   uint32_t written = 0;      ///< the view epoch of dnsward's last change to this element
   std::vector<uint32_t> patterns;  ///< interned patterns of the entries that vouched
@@ -154,7 +163,8 @@ class VouchLedger {
   /// kernel may hold. merge_held(): an element the dump shows; at_ms is when the dump was
   /// asked for, so the expiry is never later than the kernel's. A dump is no snapshot: an
   /// element dnsward added or deleted since forget_kernel() keeps what dnsward did.
-  /// reread_done(): the dump is complete; what it did not show is not held.
+  /// reread_done(): the dump is complete; what it showed is held (what it did not show is
+  /// treated as missing for answers, but revocations still cover it until its prior expiry).
   void forget_kernel();
   void merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms);
   void reread_done();

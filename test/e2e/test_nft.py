@@ -526,6 +526,47 @@ table inet dnsward {
         finally:
             d.stop()
 
+    def test_an_answer_during_a_reread_leaves_someone_elses_permanent_element_permanent(self):
+        drop_table()
+        r = subprocess.run(["nft", "-f", "-"], input="""
+table inet dnsward {
+  set allowed4 { type ipv4_addr; flags timeout; elements = { 198.18.0.1, 198.18.0.43 timeout 1h } }
+  set allowed6 { type ipv6_addr; flags timeout; }
+}""", capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            d.proc.send_signal(signal.SIGSTOP)
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.18.0.43 }")
+            q = dns.message.make_query("www.test.", "A")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(q.to_wire(), (LO, d.port))  # a cache hit, answered during the reread
+                d.proc.send_signal(signal.SIGCONT)
+                self.assertEqual(addrs(dns.message.from_wire(s.recv(4096))), ["198.18.0.1"])
+            wait_for(lambda: "event=nft-reread " in d.logtext(), timeout=5, what="the reread")
+            self.assertEqual(nft_set("dnsward", "allowed4")["198.18.0.1"], (None, None))
+        finally:
+            d.stop()
+
+    def test_changes_to_another_set_of_its_table_cause_no_reread(self):
+        drop_table()
+        d = Dnsward(knot.port, allowlist=ALLOW, nft=True)
+        try:
+            nft("add", "set", "inet", "dnsward", "misc", "{ type ipv4_addr; }")
+            for i in range(5):
+                nft("add", "element", "inet", "dnsward", "misc", f"{{ 192.0.2.{i} }}")
+                nft("delete", "element", "inet", "dnsward", "misc", f"{{ 192.0.2.{i} }}")
+            nft("delete", "element", "inet", "dnsward", "allowed6", "{ 2001:db8::99 }",
+                check=False)  # ENOENT: no change, no event; then one that is an event:
+            self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
+            nft("delete", "element", "inet", "dnsward", "allowed4", "{ 198.18.0.1 }")
+            wait_for(lambda: "nft-external-change" in d.logtext(), timeout=5, what="the event")
+            self.assertEqual(d.logtext().count("nft-external-change"), 1)
+        finally:
+            d.stop()
+
     @unittest.skipUnless(kernel_updates_in_place(), "needs kernel 6.12+ (in-place timeout update)")
     def test_someone_elses_in_place_shortening_is_noticed(self):
         drop_table()

@@ -46,7 +46,7 @@ struct FakeKernel : ElementPort {
           if (!has) results[i] = ENOENT;
           else next.erase(k);
         } else if (has) {
-          if (msgs[i].op == ElemOp::AddExcl) results[i] = EEXIST;
+          if (msgs[i].op == ElemOp::AddExcl || msgs[i].op == ElemOp::AddIfMissing) results[i] = EEXIST;
           else if (update_in_place && with_expiration) next[k] = now + c.timeout_ms;
           // else: ACKed, and nothing changes (kernels before 6.12)
         } else if (size && next.size() >= size) {
@@ -362,4 +362,33 @@ TEST_CASE("a promise from a ledger written under another clock is clamped to the
   const auto changes = l.plan({{v4(1), 60}}, k.now, RefreshMode::Replace, eff);
   REQUIRE(changes.size() == 1);
   CHECK(changes[0].timeout_ms == 3630000);
+}
+
+TEST_CASE("an answer during a reread leaves someone else's permanent or longer element as it is") {
+  FakeKernel k;
+  VouchLedger l;
+  l.set_max_timeout_ms(3630000);
+  k.held[v4(1).text()] = UINT64_MAX / 2;            // added without a timeout
+  k.held[v4(2).text()] = k.now + 7 * 86400000ull;   // a week, longer than dnsward sets
+  l.reset_kernel({{v4(1), kNoExpiry}, {v4(2), 7 * 86400000ull}}, k.now);
+  l.forget_kernel();  // someone changed the sets: the view is reread
+  REQUIRE(vouch(l, k, {{v4(1), 60}, {v4(2), 60}}, RefreshMode::Replace));
+  CHECK(k.held[v4(1).text()] == UINT64_MAX / 2);
+  CHECK(k.left(v4(2)) == 7 * 86400000ull);
+  CHECK(l.find(v4(1))->kernel_ms == kNoExpiry);
+  // And if it was gone after all, it is added, for what the answer needs.
+  k.held.erase(v4(2).text());
+  l.forget_kernel();
+  REQUIRE(vouch(l, k, {{v4(2), 60}}, RefreshMode::Replace));
+  CHECK(k.left(v4(2)) == 60000);
+}
+
+TEST_CASE("a dump's silence never takes an element out of a later revocation") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  l.forget_kernel();
+  l.reread_done();  // the dump missed it (positional walks skip elements)
+  CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
+                      k.now).size() == 1);
 }
