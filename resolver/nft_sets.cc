@@ -124,6 +124,37 @@ bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& resul
   return nl_.transact(raw, results, err);
 }
 
+bool NftSets::element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) {
+  exists = false;
+  left_ms = 0;
+  const int e = nl_.request(
+      NFT_MSG_GETSETELEM, NLM_F_ACK,
+      [&](nlmsghdr* nlh) {
+        SetPtr s = make_set(t_, a.family == AF_INET ? t_.set4 : t_.set6);
+        nftnl_set_elem* el = nftnl_set_elem_alloc();
+        nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, a.bytes, uint32_t(a.size()));
+        nftnl_set_elem_add(s.get(), el);
+        nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+      },
+      [&](const nlmsghdr* h) {
+        SetPtr got(nftnl_set_alloc());
+        if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
+        nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
+        for (nftnl_set_elem* el = nftnl_set_elems_iter_next(it); el; el = nftnl_set_elems_iter_next(it)) {
+          exists = true;
+          left_ms = nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
+                        ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
+                        : kNoExpiry;
+        }
+        nftnl_set_elems_iter_destroy(it);
+        return true;
+      },
+      err);
+  if (e == ENOENT) return true;  // not held
+  if (e > 0) err = failure("reading an element", e);
+  return e == 0;
+}
+
 bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key_len,
                         bool& exists, uint32_t& size, std::string& err) {
   exists = false;
@@ -397,10 +428,11 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   std::vector<uint64_t> effective;
   std::vector<ElemChange> changes = ledger_.plan(items, now_ms, mode_, effective);
   std::vector<ChangeResult> results;
+  std::vector<uint64_t> left;
   int e = 0;
   IpAddr failed;
-  bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
-  ledger_.committed(items, changes, effective, results, who, now_ms);
+  bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed, &left);
+  ledger_.committed(items, changes, effective, results, who, now_ms, &left);
   if (!ok && e == ENOENT) {
     // A set (or the table) is gone without an event: a table owned by a process that
     // exited goes that way. Recreate, reread, and try once more.
@@ -409,8 +441,8 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
     std::string why;
     if (ensure(why) && start_reread(why)) {
       changes = ledger_.plan(items, now_ms, mode_, effective);
-      ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed);
-      ledger_.committed(items, changes, effective, results, who, now_ms);
+      ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed, &left);
+      ledger_.committed(items, changes, effective, results, who, now_ms, &left);
     } else {
       err += "; " + why;
     }

@@ -45,7 +45,7 @@ namespace {
 // One batch's worth of commit_changes.
 bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<std::size_t> from,
                   std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                  IpAddr* failed) {
+                  IpAddr* failed, std::vector<uint64_t>* held_left) {
   std::vector<bool> alone(work.size(), false);
   std::vector<bool> dropped(work.size(), false);
   // Every failed round splits a message or settles an element, so this bound is never the
@@ -87,8 +87,23 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         results[from[w]] = ChangeResult::AlreadyGone;
         progress = true;
       } else if (work[w].op == ElemOp::AddIfMissing && res[m] == EEXIST) {
-        dropped[w] = true;  // held, possibly longer than we need: left as it is
-        results[from[w]] = ChangeResult::AlreadyHeld;
+        // Held, but for how long? What the ledger knew before is only what it may be: ask.
+        bool exists = false;
+        uint64_t left = 0;
+        std::string why;
+        if (port.element_left(work[w].addr, exists, left, why) && exists && left >= work[w].timeout_ms) {
+          dropped[w] = true;  // long enough (or for ever): left as it is
+          results[from[w]] = ChangeResult::AlreadyHeld;
+          if (held_left) (*held_left)[from[w]] = left;
+        } else if (port.element_left(work[w].addr, exists, left, why) && !exists) {
+          work[w].op = ElemOp::Add;  // gone meanwhile: a plain add
+        } else {
+          // Shorter than needed (or unreadable): replaced, for at least what it had.
+          if (exists && left != kNoExpiry) work[w].timeout_ms = std::max(work[w].timeout_ms, left);
+          work[w].op = ElemOp::Add;
+          extra.push_back({ElemOp::Del, work[w].addr, 0});
+          extra_from.push_back(from[w]);
+        }
         progress = true;
       } else if (work[w].op == ElemOp::AddExcl && res[m] == EEXIST) {
         // The kernel holds it, though we did not know: a plain re-add would keep its old
@@ -107,8 +122,12 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
       }
     }
     if (!refused) {
-      for (std::size_t i = 0; i < work.size(); ++i)
-        if (!dropped[i]) results[from[i]] = ChangeResult::Done;
+      for (std::size_t i = 0; i < work.size(); ++i) {
+        if (dropped[i]) continue;
+        results[from[i]] = ChangeResult::Done;
+        // The timeout really written (an exclusive add turned replacement may carry more).
+        if (held_left && work[i].op != ElemOp::Del) (*held_left)[from[i]] = work[i].timeout_ms;
+      }
       return true;
     }
     if (!progress) break;
@@ -128,7 +147,8 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
 
 bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
                     std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                    IpAddr* failed) {
+                    IpAddr* failed, std::vector<uint64_t>* held_left) {
+  if (held_left) held_left->assign(changes.size(), 0);
   results.assign(changes.size(), ChangeResult::Failed);
   errno_out = 0;
   bool ok = true;
@@ -143,7 +163,8 @@ bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
     std::vector<ElemChange> work(changes.begin() + std::ptrdiff_t(i), changes.begin() + std::ptrdiff_t(end));
     std::vector<std::size_t> from(work.size());
     for (std::size_t k = 0; k < from.size(); ++k) from[k] = i + k;
-    if (!commit_batch(port, std::move(work), std::move(from), results, err, errno_out, failed)) ok = false;
+    if (!commit_batch(port, std::move(work), std::move(from), results, err, errno_out, failed, held_left))
+      ok = false;
     i = end;
   }
   return ok;
@@ -219,7 +240,7 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
                             const std::vector<ElemChange>& changes,
                             const std::vector<uint64_t>& effective_ms,
                             const std::vector<ChangeResult>& results, const Provenance& who,
-                            uint64_t now_ms) {
+                            uint64_t now_ms, const std::vector<uint64_t>* held_left) {
   for (std::size_t k = 0; k < changes.size() && k < results.size(); ++k) {
     if (results[k] == ChangeResult::Failed) continue;
     LedgerRecord& r = records_[changes[k].addr];
@@ -228,11 +249,16 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
       r.kernel_ms = 0;
       continue;
     }
+    // What the kernel holds now: read back (AlreadyHeld) or written, as commit_changes
+    // reports it; without that report, what the plan meant to write.
+    const bool reported = held_left && k < held_left->size() && (*held_left)[k] != 0;
+    const uint64_t left = reported ? (*held_left)[k] : 0;
     if (results[k] == ChangeResult::AlreadyHeld) {
-      r.kernel_ms = effective_ms[k];  // the prior expiry, believed again: the kernel has it
+      r.kernel_ms = left == kNoExpiry ? kNoExpiry : now_ms + left;
     } else if (results[k] == ChangeResult::Done) {
-      r.kernel_ms = changes[k].op == ElemOp::AddIfMissing ? now_ms + changes[k].timeout_ms
-                                                         : effective_ms[k];
+      r.kernel_ms = reported ? now_ms + left
+                    : changes[k].op == ElemOp::AddIfMissing ? now_ms + changes[k].timeout_ms
+                                                           : effective_ms[k];
       r.prior_ms = 0;
     }
   }

@@ -96,6 +96,7 @@ class NftSets : public ElementPort {
   // ElementPort
   bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
                 std::string& err) override;
+  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) override;
 
  private:
   bool ensure(std::string& err);

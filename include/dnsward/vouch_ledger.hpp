@@ -40,7 +40,8 @@ enum class ElemOp : uint8_t {
   Add,      ///< NEWSETELEM, create or (Update mode, with expiration) refresh in place
   AddExcl,  ///< NEWSETELEM with NLM_F_EXCL: EEXIST tells us the kernel holds it already
   /// The same, for an element the kernel may hold at least as long as needed (longer than
-  /// dnsward would set, or for ever): EEXIST means it does, and it is left as it is.
+  /// dnsward would set, or for ever): on EEXIST the element is read, and left as it is if
+  /// it lives long enough, else replaced.
   AddIfMissing,
   Del,      ///< DELSETELEM: ENOENT tells us it is gone already
 };
@@ -64,6 +65,9 @@ class ElementPort {
   virtual ~ElementPort() = default;
   virtual bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
                         std::string& err) = 0;
+  /// Reads one element: whether the kernel holds it and for how long (ms; kNoExpiry for
+  /// an element without a timeout). Returns false if it could not be read.
+  virtual bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) = 0;
   /// Whether Add carries an expiration (Update mode refreshes in place with it).
   bool with_expiration = false;
 };
@@ -80,7 +84,7 @@ inline constexpr std::size_t kChangesPerBatch = 256;
 enum class ChangeResult : uint8_t {
   Done,
   AlreadyGone,  ///< a delete of an element that was gone already
-  AlreadyHeld,  ///< an AddIfMissing of an element the kernel holds: left as it is
+  AlreadyHeld,  ///< an AddIfMissing of an element the kernel holds long enough: left as it is
   Failed
 };
 
@@ -93,9 +97,11 @@ enum class ChangeResult : uint8_t {
 /// fails the batch (errno_out). A Del directly followed by an Add of the same address is
 /// kept in the same batch. Returns false if any batch failed; failed then names the
 /// address the kernel refused (when it was one address).
+/// held_left gets, for each add, how long the kernel holds the element afterwards: the
+/// timeout written, or what it said when read (AlreadyHeld; kNoExpiry: for ever).
 bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
                     std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                    IpAddr* failed = nullptr);
+                    IpAddr* failed = nullptr, std::vector<uint64_t>* held_left = nullptr);
 
 /// Groups changes into messages: one per (operation, family) run, at most kElemsPerMsg
 /// elements each; changes whose index is in alone get a message of their own. Deletes come
@@ -153,7 +159,7 @@ class VouchLedger {
   void committed(const std::vector<VouchItem>& items, const std::vector<ElemChange>& changes,
                  const std::vector<uint64_t>& effective_ms,
                  const std::vector<ChangeResult>& results, const Provenance& who,
-                 uint64_t now_ms);
+                 uint64_t now_ms, const std::vector<uint64_t>* held_left = nullptr);
   /// Forgets what the kernel was believed to hold (provenance and promises stay), then
   /// records what a dump of the sets found: (address, expiry in ms from now or kNoExpiry).
   void reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held, uint64_t now_ms);

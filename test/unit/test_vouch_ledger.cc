@@ -61,6 +61,11 @@ struct FakeKernel : ElementPort {
     return true;
   }
   uint64_t left(const IpAddr& a) { return held.count(a.text()) ? held[a.text()] - now : 0; }
+  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string&) override {
+    exists = held.count(a.text()) && held[a.text()] > now;
+    left_ms = !exists ? 0 : held[a.text()] >= UINT64_MAX / 4 ? kNoExpiry : held[a.text()] - now;
+    return true;
+  }
 };
 
 bool vouch(VouchLedger& l, FakeKernel& k, const std::vector<VouchItem>& items, RefreshMode mode,
@@ -68,10 +73,11 @@ bool vouch(VouchLedger& l, FakeKernel& k, const std::vector<VouchItem>& items, R
   std::vector<uint64_t> eff;
   const auto changes = l.plan(items, k.now, mode, eff);
   std::vector<ChangeResult> res;
+  std::vector<uint64_t> left;
   std::string err;
   int e = 0;
-  const bool ok = changes.empty() || commit_changes(k, changes, res, err, e);
-  l.committed(items, changes, eff, res, Provenance{pattern, name}, k.now);
+  const bool ok = changes.empty() || commit_changes(k, changes, res, err, e, nullptr, &left);
+  l.committed(items, changes, eff, res, Provenance{pattern, name}, k.now, &left);
   return ok;
 }
 
@@ -391,4 +397,18 @@ TEST_CASE("a dump's silence never takes an element out of a later revocation") {
   l.reread_done();  // the dump missed it (positional walks skip elements)
   CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
                       k.now).size() == 1);
+}
+
+TEST_CASE("during a reread, an element someone re-added with a short timeout is not trusted to live long") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 3630}}, RefreshMode::Replace));
+  l.forget_kernel();  // someone deleted it
+  k.held.erase(v4(1).text());
+  l.reread_done();    // the dump confirms it is gone; the prior expiry stays (an upper bound)
+  k.held[v4(1).text()] = k.now + 2000;  // and re-added it with 2 s
+  l.forget_kernel();  // that event starts another reread; an answer comes first
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) >= 300000);  // replaced: the kernel holds it as long as the answer says
+  CHECK(l.find(v4(1))->kernel_ms == k.now + k.left(v4(1)));
 }
