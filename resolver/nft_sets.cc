@@ -587,7 +587,8 @@ void NftSets::on_events() {
         // its view from ever settling.
         const char* set = rc >= 0 && nftnl_set_is_set(s.get(), NFTNL_SET_NAME)
                               ? nftnl_set_get_str(s.get(), NFTNL_SET_NAME) : "";
-        if (t_.set4 != set && t_.set6 != set) continue;
+        if (rc < 0) table = t_.table;  // unreadable: assume the worst, read the sets again
+        else if (t_.set4 != set && t_.set6 != set) continue;
       }
       if (table != t_.table) continue;
       changed = true;
