@@ -171,7 +171,7 @@ bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
 }
 
 uint32_t VouchLedger::intern(std::string_view pattern) {
-  const auto it = pattern_ids_.find(std::string(pattern));
+  const auto it = pattern_ids_.find(pattern);
   if (it != pattern_ids_.end()) return it->second;
   patterns_.emplace_back(pattern);
   pattern_ids_.emplace(std::string(pattern), uint32_t(patterns_.size() - 1));

@@ -209,7 +209,11 @@ class VouchLedger {
   uint32_t epoch_ = 1;      // bumped by forget_kernel()
   bool rereading_ = false;  // between forget_kernel() and reread_done()
   std::vector<std::string> patterns_;
-  std::unordered_map<std::string, uint32_t> pattern_ids_;
+  struct TextHash {  // lookups by string_view, without building a string per answer
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
+  };
+  std::unordered_map<std::string, uint32_t, TextHash, std::equal_to<>> pattern_ids_;
 };
 
 }  // namespace dnsward
