@@ -4,16 +4,13 @@
 #include <time.h>
 
 #include <algorithm>
-#include <boost/program_options.hpp>
 #include <cstdio>
 #include <fmt/format.h>
 #include <fstream>
 #include <map>
 #include <unordered_map>
 
-#include "dnsward/allowlist_files.hpp"
 
-namespace po = boost::program_options;
 
 namespace dnsward {
 
@@ -236,88 +233,6 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
     }
   }
   return out;
-}
-
-// ---- the command ----
-
-int check_main(const std::vector<std::string>& args) {
-  po::options_description desc;
-  desc.add_options()("help,h", "")("strict", po::bool_switch(), "")
-      ("psl", po::value<std::string>()->default_value(""), "")
-      ("today", po::value<std::string>()->default_value(""), "")
-      ("review-days", po::value<int>()->default_value(90), "")
-      ("file", po::value<std::vector<std::string>>(), "");
-  po::positional_options_description pos;
-  pos.add("file", -1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "dnsward: check: %s\n", e.what());
-    return 2;
-  }
-  if (vm.count("help")) {
-    std::fputs(
-        "usage: dnsward check [--strict] [--psl FILE] [--today YYYY-MM-DD] [--review-days N] FILE...\n\n"
-        "Lints allowlist files. Prints FILE:LINE: error|warning: message for each finding.\n"
-        "Exit codes: 0 no errors (warnings allowed), 1 errors, 2 unusable input.\n"
-        "  --strict        a review older than --review-days (90) is an error, not a warning\n"
-        "  --psl FILE      a Public Suffix List to use instead of Debian's (publicsuffix package)\n"
-        "  --today DATE    the date to judge reviews and expiry against (default: today, UTC)\n",
-        stdout);
-    return 0;
-  }
-  const auto files = vm.count("file") ? vm["file"].as<std::vector<std::string>>() : std::vector<std::string>{};
-  if (files.empty()) {
-    std::fprintf(stderr, "dnsward: check: no allowlist file given\n");
-    return 2;
-  }
-  LintOptions o;
-  o.strict = vm["strict"].as<bool>();
-  o.today = vm["today"].as<std::string>().empty() ? today_utc() : vm["today"].as<std::string>();
-  o.review_days = vm["review-days"].as<int>();
-  long ignored;
-  if (!days_between(o.today, o.today, ignored)) {
-    std::fprintf(stderr, "dnsward: check: --today %s: not a date of the form YYYY-MM-DD\n", o.today.c_str());
-    return 2;
-  }
-  std::vector<std::string> errors;
-  const auto sources = read_allowlists(files, errors);
-  if (!errors.empty()) {
-    for (const auto& e : errors) std::fprintf(stderr, "dnsward: check: %s\n", e.c_str());
-    return 2;
-  }
-  std::string err;
-  const auto psl = PublicSuffixList::load(vm["psl"].as<std::string>(), err);
-  if (!psl) {
-    std::fprintf(stderr, "dnsward: check: %s\n", err.c_str());
-    return 2;
-  }
-  const Policy p = Policy::parse(sources, errors);
-  std::vector<Finding> findings;
-  for (const auto& e : errors) {  // "FILE:LINE: reason"
-    const auto colon = e.find(": ");
-    findings.push_back({e.substr(0, colon), true, e.substr(colon + 2)});
-  }
-  for (auto& f : lint(p, *psl, o)) findings.push_back(std::move(f));
-  // Sorted by file (in command-line order) and line, so output follows the files.
-  auto key = [&files](const std::string& where) {
-    const auto colon = where.rfind(':');
-    const std::string file = where.substr(0, colon);
-    const auto it = std::find(files.begin(), files.end(), file);
-    return std::make_pair(it - files.begin(), std::stol(where.substr(colon + 1)));
-  };
-  std::stable_sort(findings.begin(), findings.end(),
-                   [&](const Finding& a, const Finding& b) { return key(a.where) < key(b.where); });
-  std::size_t n_err = 0, n_warn = 0;
-  for (const auto& f : findings) {
-    std::printf("%s: %s: %s\n", f.where.c_str(), f.error ? "error" : "warning", f.message.c_str());
-    (f.error ? n_err : n_warn)++;
-  }
-  std::fprintf(stderr, "dnsward: check: %zu entries, %zu errors, %zu warnings (policy %s)\n",
-               p.size(), n_err, n_warn, p.version().c_str());
-  return n_err ? 1 : 0;
 }
 
 }  // namespace dnsward

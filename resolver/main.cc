@@ -23,6 +23,7 @@
 #include "dnsward/metrics.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
+#include "dnsward/policy_commands.hpp"
 #include "dnsward/nft_sets.hpp"
 #include "dnsward/pipeline.hpp"
 #include "dnsward/privilege.hpp"

@@ -16,7 +16,4 @@ std::vector<std::string> explain_lines(const Policy& p, std::string_view name);
 /// The names queried in-band: "why.NAME" in class CHAOS asks about NAME.
 inline constexpr std::string_view kWhyLabel = "why";
 
-int explain_main(const std::vector<std::string>& args);
-int report_main(const std::vector<std::string>& args);
-
 }  // namespace dnsward

@@ -63,7 +63,4 @@ bool days_between(const std::string& a, const std::string& b, long& days);
 /// Today's date in UTC as YYYY-MM-DD.
 std::string today_utc();
 
-/// Runs `dnsward check`; returns the exit code (0 clean, 1 errors, 2 unusable input).
-int check_main(const std::vector<std::string>& args);
-
 }  // namespace dnsward

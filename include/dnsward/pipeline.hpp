@@ -1,6 +1,8 @@
 // The per-query stages. A query flows through named stage functions that each return an
-// explicit Step:  receive -> screen -> answer_locally -> apply_policy -> forward, and an
-// upstream answer through  on_upstream_answer -> relay -> (vouch, issue 3) -> deliver.
+// explicit Step:  receive -> screen -> answer_locally -> apply_policy -> answer_from_cache ->
+// forward; an upstream answer through  on_upstream_answer -> answer_from_upstream
+// (prepare_answer: check, pick the addresses, rebuild) -> vouch_and_relay (the addresses into
+// the sets, ACKed, then the reply) -> deliver. Cache hits take the same vouch_and_relay.
 #pragma once
 #include <netinet/in.h>
 #include <sys/socket.h>
