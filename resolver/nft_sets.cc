@@ -51,6 +51,24 @@ SetPtr make_set(const NftTarget& t, const std::string& name) {
   return s;
 }
 
+// Calls fn for each element of a NEWSETELEM message (a dump's or a get's reply).
+template <typename Fn>
+void for_each_elem(const nlmsghdr* h, Fn&& fn) {
+  SetPtr got(nftnl_set_alloc());
+  if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return;
+  nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
+  for (nftnl_set_elem* el = nftnl_set_elems_iter_next(it); el; el = nftnl_set_elems_iter_next(it)) fn(el);
+  nftnl_set_elems_iter_destroy(it);
+}
+
+// The time an element has left, as the kernel reports it; one added without a timeout never
+// expires.
+uint64_t elem_left(nftnl_set_elem* el) {
+  return nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
+             ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
+             : kNoExpiry;
+}
+
 NetlinkSocket open_socket(uint16_t family) try {
   return NetlinkSocket(family);
 } catch (const std::system_error& e) {
@@ -137,16 +155,10 @@ bool NftSets::element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std
         nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
       },
       [&](const nlmsghdr* h) {
-        SetPtr got(nftnl_set_alloc());
-        if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
-        nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
-        for (nftnl_set_elem* el = nftnl_set_elems_iter_next(it); el; el = nftnl_set_elems_iter_next(it)) {
+        for_each_elem(h, [&](nftnl_set_elem* el) {
           exists = true;
-          left_ms = nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
-                        ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
-                        : kNoExpiry;
-        }
-        nftnl_set_elems_iter_destroy(it);
+          left_ms = elem_left(el);
+        });
         return true;
       },
       err);
@@ -270,12 +282,7 @@ bool NftSets::probe_update() {
         NFT_MSG_GETSETELEM, NLM_F_DUMP,
         [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, probe).get()); },
         [&](const nlmsghdr* h) {
-          SetPtr got(nftnl_set_alloc());
-          if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return true;
-          nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
-          for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it))
-            if (nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION) > 60000) supported = true;
-          nftnl_set_elems_iter_destroy(it);
+          for_each_elem(h, [&](nftnl_set_elem* el) { supported |= elem_left(el) > 60000; });
           return true;
         },
         err);
@@ -321,23 +328,15 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   const auto progress = dump_.poll_request(
       [&](const nlmsghdr* h) {
         if (stale) return;
-        SetPtr got(nftnl_set_alloc());
-        if (nftnl_set_elems_nlmsg_parse(h, got.get()) < 0) return;
-        nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(got.get());
-        for (nftnl_set_elem* el = nftnl_set_elems_iter_next(it); el; el = nftnl_set_elems_iter_next(it)) {
+        for_each_elem(h, [&](nftnl_set_elem* el) {
           uint32_t klen = 0;
           const void* key = nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen);
-          if (!key || klen != (family == AF_INET ? 4u : 16u)) continue;
+          if (!key || klen != (family == AF_INET ? 4u : 16u)) return;
           const IpAddr a = family == AF_INET ? IpAddr::v4(static_cast<const uint8_t*>(key))
                                              : IpAddr::v6(static_cast<const uint8_t*>(key));
-          // The kernel reports the time left; an element added without a timeout never
-          // expires.
-          const uint64_t left = nftnl_set_elem_is_set(el, NFTNL_SET_ELEM_EXPIRATION)
-                                    ? nftnl_set_elem_get_u64(el, NFTNL_SET_ELEM_EXPIRATION)
-                                    : kNoExpiry;
+          const uint64_t left = elem_left(el);
           if (left > 0) ledger_.merge_held(a, left, at);
-        }
-        nftnl_set_elems_iter_destroy(it);
+        });
       },
       max_reads, e, err);
   auto fail = [&] {
@@ -425,26 +424,25 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
       err = "refusing a zero element timeout (nftables reads 0 as never expiring)";
       return false;
     }
-  std::vector<uint64_t> effective;
-  std::vector<ElemChange> changes = ledger_.plan(items, now_ms, mode_, effective);
+  std::vector<uint64_t> effective, left;
+  std::vector<ElemChange> changes;
   std::vector<ChangeResult> results;
-  std::vector<uint64_t> left;
   int e = 0;
   IpAddr failed;
-  bool ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed, &left);
-  ledger_.committed(items, changes, effective, results, who, now_ms, &left);
-  if (!ok && e == ENOENT) {
+  bool ok = false;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    changes = ledger_.plan(items, now_ms, mode_, effective);
+    ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed, &left);
+    ledger_.committed(items, changes, effective, results, who, now_ms, &left);
+    if (ok || e != ENOENT || attempt > 0) break;
     // A set (or the table) is gone without an event: a table owned by a process that
     // exited goes that way. Recreate, reread, and try once more.
     log::warn("event=nft-set-missing table={} msg={}", t_.table,
               log::quote("a set was gone without an event: recreating and rereading the sets"));
     std::string why;
-    if (ensure(why) && start_reread(why)) {
-      changes = ledger_.plan(items, now_ms, mode_, effective);
-      ok = changes.empty() || commit_changes(*this, changes, results, err, e, &failed, &left);
-      ledger_.committed(items, changes, effective, results, who, now_ms, &left);
-    } else {
+    if (!ensure(why) || !start_reread(why)) {
       err += "; " + why;
+      break;
     }
   }
   if (!changes.empty()) check_fill(now_ms, false);
