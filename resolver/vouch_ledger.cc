@@ -85,18 +85,24 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
       if (work[w].op == ElemOp::Del && res[m] == ENOENT) {
         dropped[w] = true;  // gone already (expired, or deleted by someone else)
         results[from[w]] = ChangeResult::AlreadyGone;
+        // Its add, if it was a replacement, is now exclusive: should someone add the element
+        // back meanwhile, EEXIST says so (a plain add would keep their timeout before 6.12).
+        for (std::size_t i = 0; i < work.size(); ++i)
+          if (!dropped[i] && work[i].op == ElemOp::Add && work[i].addr == work[w].addr)
+            work[i].op = ElemOp::AddExcl;
         progress = true;
       } else if (work[w].op == ElemOp::AddIfMissing && res[m] == EEXIST) {
         // Held, but for how long? What the ledger knew before is only what it may be: ask.
         bool exists = false;
         uint64_t left = 0;
         std::string why;
-        if (port.element_left(work[w].addr, exists, left, why) && exists && left >= work[w].timeout_ms) {
+        const bool read = port.element_left(work[w].addr, exists, left, why);
+        if (read && exists && left >= work[w].timeout_ms) {
           dropped[w] = true;  // long enough (or for ever): left as it is
           results[from[w]] = ChangeResult::AlreadyHeld;
           if (held_left) (*held_left)[from[w]] = left;
-        } else if (port.element_left(work[w].addr, exists, left, why) && !exists) {
-          work[w].op = ElemOp::Add;  // gone meanwhile: a plain add
+        } else if (read && !exists) {
+          work[w].op = ElemOp::AddExcl;  // gone meanwhile: added, exclusively again
         } else {
           // Shorter than needed (or unreadable): replaced, for at least what it had.
           if (exists && left != kNoExpiry) work[w].timeout_ms = std::max(work[w].timeout_ms, left);

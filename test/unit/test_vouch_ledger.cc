@@ -412,3 +412,57 @@ TEST_CASE("during a reread, an element someone re-added with a short timeout is 
   CHECK(k.left(v4(1)) >= 300000);  // replaced: the kernel holds it as long as the answer says
   CHECK(l.find(v4(1))->kernel_ms == k.now + k.left(v4(1)));
 }
+
+namespace {
+// Someone deletes the element just as dnsward reads it, then adds it back with 2 s before
+// dnsward's next batch.
+struct RacyKernel : FakeKernel {
+  bool armed = false;
+  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) override {
+    held.erase(a.text());
+    armed = true;
+    return FakeKernel::element_left(a, exists, left_ms, err);
+  }
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string& err) override {
+    if (armed) held[v4(1).text()] = now + 2000;
+    armed = false;
+    return FakeKernel::transact(msgs, results, err);
+  }
+};
+}  // namespace
+
+TEST_CASE("an element gone when read and re-added by someone else before the next batch is replaced, not trusted") {
+  RacyKernel k;  // 6.1: a plain re-add would keep the 2 s
+  VouchLedger l;
+  k.held[v4(1).text()] = k.now + 3630000;
+  l.reset_kernel({{v4(1), 3630000}}, k.now);
+  l.forget_kernel();
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) >= 60000);
+  CHECK(l.find(v4(1))->kernel_ms == k.now + k.left(v4(1)));
+}
+
+namespace {
+// After a batch refused for a delete of a missing element, someone adds it back with 2 s
+// before dnsward's retry.
+struct DelRacyKernel : FakeKernel {
+  bool armed = false;
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string& err) override {
+    if (armed) held[v4(1).text()] = now + 2000;
+    armed = false;
+    const bool ok = FakeKernel::transact(msgs, results, err);
+    for (int r : results) armed |= r == ENOENT;
+    return ok;
+  }
+};
+}  // namespace
+
+TEST_CASE("a replacement whose delete found nothing adds exclusively, so an element re-added meanwhile is replaced") {
+  DelRacyKernel k;  // 6.1
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace));
+  k.held.erase(v4(1).text());  // deleted; the ledger has not heard yet
+  k.now += 30000;
+  REQUIRE(vouch(l, k, {{v4(1), 600}}, RefreshMode::Replace));
+  CHECK(k.left(v4(1)) == 600000);
+}
