@@ -25,6 +25,7 @@ constexpr int kFlags = ARES_FLAG_NOCHECKRESP | ARES_FLAG_EDNS | ARES_FLAG_NOSEAR
 
 Upstream::Upstream(EventLoop& loop, const ServeConfig& cfg, OnAnswer on_answer)
     : loop_(loop), cfg_(cfg), on_answer_(std::move(on_answer)) {
+  if (!on_answer_) on_answer_ = [](uint64_t, int, const uint8_t*, std::size_t) {};
   static const int lib = ares_library_init(ARES_LIB_INIT_ALL);
   if (lib != ARES_SUCCESS) throw std::runtime_error(ares_strerror(lib));
   current_ = make_channel();
@@ -74,7 +75,17 @@ std::unique_ptr<Upstream::Channel> Upstream::make_channel() {
   return chan;
 }
 
-Upstream::~Upstream() {
+void Upstream::set_receiver(OnAnswer on_answer) { on_answer_ = std::move(on_answer); }
+
+void Upstream::stop() {
+  on_answer_ = [](uint64_t, int, const uint8_t*, std::size_t) {};
+  teardown();
+}
+
+Upstream::~Upstream() { teardown(); }
+
+void Upstream::teardown() {
+  if (destroying_) return;
   destroying_ = true;
   if (timer_) loop_.cancel(timer_);
   if (defer_timer_) loop_.cancel(defer_timer_);

@@ -6,15 +6,17 @@
 #include <map>
 #include <unordered_map>
 
+#include "dnsward/clock.hpp"
+
 namespace dnsward {
 
-class EventLoop {
+class EventLoop : public Timers {
  public:
   using FdHandler = std::function<void(uint32_t events)>;
   using TimerId = uint64_t;
 
   EventLoop();
-  ~EventLoop();
+  ~EventLoop() override;
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
@@ -26,8 +28,8 @@ class EventLoop {
   void unwatch(int fd);
 
   /// Runs fn once, after ms milliseconds. Returns an id for cancel().
-  TimerId after(uint64_t ms, std::function<void()> fn);
-  void cancel(TimerId id);
+  TimerId after(uint64_t ms, std::function<void()> fn) override;
+  void cancel(TimerId id) override;
 
   /// Calls fn (in the loop) when signal sig arrives; the signal is blocked for the process.
   void on_signal(int sig, std::function<void()> fn);
@@ -37,7 +39,8 @@ class EventLoop {
   void stop() { running_ = false; }
 
   /// Monotonic milliseconds, read once per loop pass.
-  uint64_t now_ms() const { return now_ms_; }
+  uint64_t now_ms() const override { return now_ms_; }
+  uint64_t now_ns() const override { return mono_ns(); }
   static uint64_t clock_ms();
 
  private:

@@ -12,6 +12,7 @@
 
 #include "dnsward/answer.hpp"
 #include "dnsward/netlink_batch.hpp"
+#include "dnsward/ports.hpp"
 #include "dnsward/vouch_ledger.hpp"
 
 struct mnl_socket;
@@ -33,15 +34,7 @@ class NftError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// What a revocation really did.
-struct RevokeOutcome {
-  bool ok = true;
-  std::size_t deleted = 0;       ///< elements the kernel held and no longer does
-  std::size_t already_gone = 0;  ///< elements that had expired or been deleted meanwhile
-  std::string err;
-};
-
-class NftSets : public ElementPort {
+class NftSets : public ElementPort, public SetWriter {
  public:
   /// Opens netlink, checks or creates the table and sets, probes the refresh mode, and
   /// reads what the sets hold. Throws NftError with a message for the operator (no
@@ -56,13 +49,13 @@ class NftSets : public ElementPort {
   /// nothing. Returns false (with err) if any address could not be added: the caller must
   /// then not send the answer.
   bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
-             std::string& err);
+             std::string& err) override;
 
   /// Deletes every element the kernel holds whose vouchers are all rejected by keep (see
   /// VouchLedger::revocations); an element that is gone already never hides the others.
   RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
                               const std::function<bool(std::string_view)>& keep_audit,
-                              uint64_t now_ms);
+                              uint64_t now_ms) override;
 
   /// The event socket, for the event loop; call on_events() when it is readable.
   int event_fd() const;

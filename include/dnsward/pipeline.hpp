@@ -57,17 +57,6 @@ enum class Verdict : uint8_t {
   Forwarded,  ///< sent upstream; the reply comes later through the sink
 };
 
-/// Query counters; the metrics issue exposes them.
-struct Counters {
-  uint64_t received = 0, dropped = 0, formerr = 0, notimp = 0, refused = 0, badvers = 0,
-           denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
-           upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
-           cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0,
-           would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0,
-           filtered_type = 0, over_budget = 0, capped_answers = 0, capped_addresses = 0,
-           revoke_failures = 0;
-};
-
 class Pipeline {
  public:
   Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy);

@@ -11,30 +11,31 @@
 
 #include "dnsward/config.hpp"
 #include "dnsward/event_loop.hpp"
+#include "dnsward/ports.hpp"
 
 namespace dnsward {
 
-class Upstream {
+class Upstream : public UpstreamPort {
  public:
-  /// Called once per send(): status is an ARES_* code; answer is valid only during the call.
-  using OnAnswer = std::function<void(uint64_t token, int status, const uint8_t* answer,
-                                      std::size_t len)>;
-
-  Upstream(EventLoop& loop, const ServeConfig& cfg, OnAnswer on_answer);
+  /// on_answer: where answers go (or set_receiver() later).
+  Upstream(EventLoop& loop, const ServeConfig& cfg, OnAnswer on_answer = nullptr);
   /// Answers every query still pending (ARES_EDESTRUCTION from c-ares, or the answer that
   /// was queued); a send() from one of those callbacks is answered ARES_EDESTRUCTION at once.
-  ~Upstream();
+  ~Upstream() override;
   Upstream(const Upstream&) = delete;
   Upstream& operator=(const Upstream&) = delete;
 
   /// Sends a query. on_answer never runs before send() returns: when c-ares calls back
   /// from inside ares_send (no route, EPERM, ECONNREFUSED, no descriptors...), the answer
   /// is queued and handed over from the event loop, on a zero-delay timer.
-  void send(const uint8_t* query, std::size_t len, uint64_t token);
+  void send(const uint8_t* query, std::size_t len, uint64_t token) override;
+  void set_receiver(OnAnswer on_answer) override;
+  /// Forgets the receiver, then tears the channels down (no callback reaches anyone).
+  void stop() override;
 
   /// Longest time c-ares can take before it calls back for a query: every server tried
   /// upstream-tries times, the timeout doubling after each round (c-ares 1.18 ares_process.c).
-  uint64_t worst_case_ms() const { return worst_case_ms_; }
+  uint64_t worst_case_ms() const override { return worst_case_ms_; }
 
  private:
   /// One c-ares channel. A channel that lost ARES_FLAG_EDNS is replaced for new queries and
@@ -52,6 +53,7 @@ class Upstream {
     std::vector<uint8_t> answer;
   };
 
+  void teardown();  ///< destroys the channels, answering what is pending (EDESTRUCTION)
   std::unique_ptr<Channel> make_channel();  ///< throws std::runtime_error
   static void on_sock_state(void* chan, ares_socket_t fd, int readable, int writable);
   static void on_ares_answer(void* arg, int status, int timeouts, unsigned char* abuf, int alen);

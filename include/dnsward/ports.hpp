@@ -1,0 +1,57 @@
+// The pipeline's parts that do I/O, as small interfaces, so that tests drive the pipeline
+// with fakes (a scripted upstream, an in-memory set writer, a clock they advance) and replay
+// scenarios deterministically, the way Unbound's fake_event.c replays its .rpl files.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dnsward/clock.hpp"
+#include "dnsward/vouch_ledger.hpp"
+
+namespace dnsward {
+
+/// Where allowed queries go. The real one is a c-ares channel (Upstream).
+class UpstreamPort {
+ public:
+  /// Called once per send(), never from inside send(): status is an ARES_* code; the
+  /// answer is valid only during the call.
+  using OnAnswer = std::function<void(uint64_t token, int status, const uint8_t* answer,
+                                      std::size_t len)>;
+  virtual ~UpstreamPort() = default;
+  /// Where answers go; set once, before the first send().
+  virtual void set_receiver(OnAnswer on_answer) = 0;
+  /// Sends a built query (its ID is token's low 16 bits).
+  virtual void send(const uint8_t* query, std::size_t len, uint64_t token) = 0;
+  /// Longest time the port can take before it answers a send().
+  virtual uint64_t worst_case_ms() const = 0;
+  /// Answers nothing more from now on: queries still pending are forgotten.
+  virtual void stop() = 0;
+};
+
+/// What a revocation really did.
+struct RevokeOutcome {
+  bool ok = true;
+  std::size_t deleted = 0;       ///< elements the kernel held and no longer does
+  std::size_t already_gone = 0;  ///< elements that had expired or been deleted meanwhile
+  std::string err;
+};
+
+/// Where vouched addresses go. The real one is NftSets (the kernel's sets over netlink).
+class SetWriter {
+ public:
+  virtual ~SetWriter() = default;
+  /// Makes the firewall hold every item at least its timeout before returning true; false
+  /// (with err) if any could not be added: the caller must then not send the answer.
+  virtual bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
+                     std::string& err) = 0;
+  /// Deletes every element whose vouchers keep(pattern) all reject (audit-vouched ones:
+  /// unless keep_audit(name) holds for one of their names).
+  virtual RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
+                                      const std::function<bool(std::string_view)>& keep_audit,
+                                      uint64_t now_ms) = 0;
+};
+
+}  // namespace dnsward
