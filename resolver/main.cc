@@ -29,6 +29,7 @@
 #include "dnsward/privilege.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
+#include "dnsward/upstream.hpp"
 #include "dnsward/usage.hpp"
 
 
@@ -130,8 +131,8 @@ int serve(const std::vector<std::string>& args) {
         return 1;
       }
     }
-    Pipeline pipeline(loop, cfg, policy);
-    pipeline.set_nft(nft.get());
+    Upstream upstream(loop, cfg);
+    Pipeline pipeline(loop, cfg, policy, upstream, nft.get());
     std::function<void()> upkeep;
     if (nft) {
       nft_for_state = nft.get();

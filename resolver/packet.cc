@@ -334,6 +334,19 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
   out_len = 0;
   const RelayStatus checked = check_answer(q, upstream_id, ans, ans_len);
   if (checked != RelayStatus::Ok) return checked;
+  return relay_checked_answer(q, ans, ans_len, limit, o, out, cap, out_len, extra_ede, extra_text);
+}
+
+RelayStatus relay_checked_answer(const Query& q, const uint8_t* ans, std::size_t ans_len,
+                                 std::size_t limit, const ReplyOptions& o, uint8_t* out,
+                                 std::size_t cap, std::size_t& out_len, uint16_t extra_ede,
+                                 std::string_view extra_text) {
+  out_len = 0;
+  // The walk below relies on check_answer's structure (one question, ours, uncompressed);
+  // that much is re-checked here, cheaply, so this function is safe on any input. Only the
+  // ID is not: a cached answer has none to compare.
+  if (ans_len < kHeaderSize) return RelayStatus::Malformed;
+  if (check_answer(q, get16(ans), ans, ans_len) != RelayStatus::Ok) return RelayStatus::Malformed;
   const uint16_t uflags = get16(ans + 2);
   const uint16_t qd = get16(ans + 4), an = get16(ans + 6), ns = get16(ans + 8),
                  ar = get16(ans + 10);

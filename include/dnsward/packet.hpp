@@ -133,6 +133,14 @@ RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* an
                          uint8_t* out, std::size_t cap, std::size_t& out_len,
                          uint16_t extra_ede = 0xffff, std::string_view extra_text = {});
 
+/// relay_answer() for an answer that passed check_answer() already (prepare_answer checks
+/// it): the same rewrite for the client, without comparing an upstream ID again, so that a
+/// cached answer needs none.
+RelayStatus relay_checked_answer(const Query& q, const uint8_t* ans, std::size_t ans_len,
+                                 std::size_t limit, const ReplyOptions& o, uint8_t* out,
+                                 std::size_t cap, std::size_t& out_len,
+                                 uint16_t extra_ede = wire::edns::kNoEde, std::string_view extra_text = {});
+
 /// The checks relay_answer() starts with: a response with our ID and exactly our question
 /// (compared case-insensitively). Nothing may be taken from an answer that fails them.
 RelayStatus check_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,

@@ -1,13 +1,19 @@
-// The per-query stages. A query flows through named stage functions that each return an
-// explicit Step:  receive -> screen -> answer_locally -> apply_policy -> answer_from_cache ->
-// forward; an upstream answer through  on_upstream_answer -> answer_from_upstream
-// (prepare_answer: check, pick the addresses, rebuild) -> vouch_and_relay (the addresses into
-// the sets, ACKed, then the reply) -> deliver. Cache hits take the same vouch_and_relay.
+// The per-query stages. One QueryCtx (the query, its client and transport, the policy's
+// decision, the reply) flows through named stages that each return a Step, the way dnsdist
+// passes one DNSQuestion through its rules:
+//   query:  receive -> screen -> apply_policy -> answer_locally -> answer_from_cache -> forward
+//   answer: on_upstream_answer -> check_upstream (retries: no EDNS, 0x20) -> readmit (a reload
+//           in between) -> prepare (check, pick the addresses, rebuild) -> vouch (into the
+//           sets, ACKed) -> relay -> deliver
+// Cache hits join the answer path at vouch. The parts that do I/O (the upstream, the set
+// writer, time) come in through the interfaces of ports.hpp, so tests drive every stage with
+// fakes and a fake clock (test/unit/test_replay.cc).
 #pragma once
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -16,12 +22,11 @@
 
 #include "dnsward/cache.hpp"
 #include "dnsward/config.hpp"
-#include "dnsward/event_loop.hpp"
+#include "dnsward/clock.hpp"
 #include "dnsward/metrics.hpp"
 #include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
-#include "dnsward/nft_sets.hpp"
-#include "dnsward/upstream.hpp"
+#include "dnsward/ports.hpp"
 #include "dnsward/usage.hpp"
 
 namespace dnsward {
@@ -57,15 +62,60 @@ enum class Verdict : uint8_t {
   Forwarded,  ///< sent upstream; the reply comes later through the sink
 };
 
+/// Names dnsward answers itself whatever the policy says.
+enum class LocalName : uint8_t {
+  None,
+  Why,        ///< CH TXT why.NAME: the verdict for NAME and its reason
+  Localhost,  ///< localhost and below (RFC 6761 6.3)
+};
+
+/// Records dnsward removed from an answer, for the client's EDE.
+struct Removed {
+  uint32_t special = 0;   ///< special-purpose addresses (rebinding)
+  uint32_t over_cap = 0;  ///< beyond --max-answer-addresses
+};
+
+/// One query, from its arrival to its reply: what every stage reads and writes.
+struct QueryCtx {
+  Query q;
+  ClientAddr client;
+  ReplySink* sink = nullptr;
+  LocalName local = LocalName::None;
+  /// The policy that admitted it and the deciding entry (-1: none, e.g. a would-deny in
+  /// audit mode), with that entry's settings. If another policy is in force when the answer
+  /// comes, that one judges the answer (entry indices mean nothing across reloads, even for
+  /// the same version, since a reordered file moves them).
+  std::shared_ptr<const Policy> policy;
+  int32_t entry = -1;
+  bool allow_private = false;
+  /// The reply, in the pipeline's buffer (one thread; sent before the next query is read).
+  uint8_t* out = nullptr;
+  std::size_t out_cap = 0;
+  std::size_t out_len = 0;  ///< 0: nothing to send
+};
+
+/// What to answer from: an upstream answer prepared for the client, or a cached one.
+struct AnswerInput {
+  const uint8_t* msg = nullptr;
+  std::size_t len = 0;
+  const std::vector<VouchAddr>* addrs = nullptr;
+  uint32_t age_s = 0;  ///< seconds it spent in the cache
+  Removed removed;
+};
+
 class Pipeline {
  public:
-  Pipeline(EventLoop& loop, const ServeConfig& cfg, std::shared_ptr<const Policy> policy);
+  /// upstream and timers must outlive the pipeline; sets may be null (--no-nft).
+  Pipeline(Timers& timers, const ServeConfig& cfg, std::shared_ptr<const Policy> policy,
+           UpstreamPort& upstream, SetWriter* sets);
   ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
 
   /// Entry point for every received message.
   Verdict on_query(const uint8_t* pkt, std::size_t len, const ClientAddr& from, ReplySink& sink);
 
-  /// Stops the upstream and forgets pending queries, sending nothing more to any sink.
+  /// Forgets pending queries and stops the upstream, sending nothing more to any sink.
   /// Call before the transports go away.
   void shutdown();
 
@@ -81,86 +131,90 @@ class Pipeline {
   const Policy& policy() const { return *policy_; }
   /// Where usage is counted (per entry, per denied name); null: not counted.
   void set_usage(Usage* u) { usage_ = u; }
-  /// The set writer every answer's addresses go through; null with --no-nft.
-  void set_nft(NftSets* nft) { nft_ = nft; }
   const Counters& counters() const { return counters_; }
   std::size_t cache_size() const { return cache_.size(); }
   const Histogram& upstream_latency() const { return upstream_latency_; }
   const Histogram& vouch_latency() const { return vouch_latency_; }
   std::size_t inflight() const { return pending_.size(); }
 
- private:
-  /// Result of one stage.
-  enum class Step : uint8_t { Continue, Reply, Drop, Forward };
+  /// The exfiltration budget's window (budget= counts distinct names in the last minute).
+  static constexpr uint64_t kBudgetWindowMs = 60000;
 
+ private:
+  /// What one stage decided.
+  enum class Step : uint8_t {
+    Continue,  ///< the next stage decides
+    Reply,     ///< ctx.out_len bytes go to the client now (none if 0)
+    Drop,      ///< nothing goes to the client
+    Forward,   ///< it went upstream; the answer path replies later
+  };
+
+  /// A query upstream: its context and the state of the upstream exchange.
   struct Pending {
-    Query query;
-    ClientAddr client;
-    ReplySink* sink = nullptr;
+    QueryCtx ctx;
     uint64_t deadline_ms = 0;
     uint64_t sent_ns = 0;    ///< when it went upstream, for the latency histogram
-    bool abandoned = false;  ///< the client already got SERVFAIL; waiting for c-ares only
+    bool abandoned = false;  ///< the client already got SERVFAIL; waiting for the port only
     bool with_opt = true;    ///< false once the upstream answered FORMERR to our OPT
     bool caps = true;        ///< the name goes out in random letter case (DNS 0x20)
     uint8_t sent[wire::kMaxNameWire] = {};  ///< the name as last sent (with caps)
-    bool allow_private = false;  ///< the deciding entry says private=yes
-    int32_t entry = -1;          ///< the deciding entry (-1 in audit mode for a would-deny)
-    /// The policy that allowed it: if another is in force when the answer comes, that one
-    /// judges the answer (entry indices mean nothing across reloads, even for the same
-    /// version, since a reordered file moves them).
-    std::shared_ptr<const Policy> policy;
   };
 
-  Step receive(const uint8_t* pkt, std::size_t len, Query& q);
-  Step screen(const Query& q);
-  Step answer_locally(const Query& q);
-  Step apply_policy(const Query& q, const ClientAddr& from);
-  /// The policy's verdict on q (entry, types=, budget=, audit mode): Continue with
-  /// allow_private_ and current_entry_ set, or Reply with the denial in out_. count: record
-  /// usage and log (false when an answer is judged again after a reload).
-  Step admit(const Query& q, const ClientAddr& from, bool count);
+  // The query path.
+  Step receive(QueryCtx& c, const uint8_t* pkt, std::size_t len);
+  Step screen(QueryCtx& c);
+  Step apply_policy(QueryCtx& c);
+  Step answer_locally(QueryCtx& c);
+  Step answer_from_cache(QueryCtx& c);
+  Step forward(QueryCtx& c);
+
+  // The answer path.
+  void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
+  /// Retries (an upstream without EDNS, a 0x20 mismatch) and failures: Continue when the
+  /// answer is one to use, Forward when the query went upstream again, Reply for SERVFAIL.
+  Step check_upstream(Pending& p, uint16_t id, int status, const uint8_t* ans, std::size_t len);
+  /// A reload happened while the query was upstream: the policy in force now decides.
+  Step readmit(QueryCtx& c);
+  /// Everything after the checks: prepare, vouch, relay, cache.
+  Step answer_from_upstream(QueryCtx& c, uint16_t id, const uint8_t* ans, std::size_t len);
+  /// Puts the answer's addresses into the sets, ACKed. Fails closed: SERVFAIL if not.
+  Step vouch(QueryCtx& c, const AnswerInput& a);
+  /// The answer, as the client gets it: its ID, TTLs, EDE for removed records, TC.
+  Step relay(QueryCtx& c, const AnswerInput& a);
+
+  /// The policy's verdict (entry, types=, budget=, audit mode): Continue with c.entry and
+  /// c.allow_private set, or Reply with the denial. count: record usage and log (false
+  /// when an answer is judged again after a reload).
+  Step admit(QueryCtx& c, bool count);
   /// The reply for a name the policy denies: NXDOMAIN, or NODATA for an ancestor of entries.
-  Step deny(const Query& q, Match::Verdict v);
-  Step answer_from_cache(const Query& q, const ClientAddr& from);
-  Step forward(const Query& q, const ClientAddr& from, ReplySink& sink);
+  Step deny(QueryCtx& c, Match::Verdict v);
+  /// Whether one more distinct name fits the entry's budget= in the sliding window.
+  bool within_budget(uint32_t entry, uint32_t budget, const std::string& name);
+  Step servfail(QueryCtx& c, uint16_t ede, std::string_view why);
   /// Registers p under a fresh upstream ID and sends its query; false if it cannot be built.
   bool send_upstream(Pending p);
-
-  void on_upstream_answer(uint64_t token, int status, const uint8_t* ans, std::size_t len);
-  void relay_upstream_answer(Pending& p, uint64_t token, int status, const uint8_t* ans,
-                             std::size_t len);
-  std::size_t answer_from_upstream(const Pending& p, uint16_t id, const uint8_t* ans,
-                                   std::size_t len);
-  /// The end of every answer path (upstream or cache): vouch for the addresses in the
-  /// firewall, then relay. Fails closed: if vouching fails the client gets SERVFAIL.
-  /// Returns the reply length in out_ (0: none); vouched tells whether the sets took them.
-  /// Records dnsward removed from an answer, for the client's EDE.
-  struct Removed {
-    uint32_t special = 0;   ///< special-purpose addresses (rebinding)
-    uint32_t over_cap = 0;  ///< beyond --max-answer-addresses
-  };
-  std::size_t vouch_and_relay(const Query& q, const ClientAddr& client, const uint8_t* msg,
-                              std::size_t len, uint16_t upstream_id,
-                              const std::vector<VouchAddr>& addrs, uint32_t age_s,
-                              const Removed& removed, int32_t entry, bool& vouched);
-  std::size_t servfail(const Query& q, uint16_t ede, std::string_view why);
+  void finish(Pending& p, Step s);
   void sweep_overdue();
   void arm_sweep();
   uint16_t fresh_upstream_id();
+  void bind_reply(QueryCtx& c) {
+    c.out = out_.data();
+    c.out_cap = out_.size();
+    c.out_len = 0;
+  }
 
-  EventLoop& loop_;
+  Timers& timers_;
   const ServeConfig& cfg_;
   std::shared_ptr<const Policy> policy_;
   ReplyOptions reply_opts_;
-  std::unique_ptr<Upstream> upstream_;
-  NftSets* nft_ = nullptr;
+  UpstreamPort& upstream_;
+  SetWriter* sets_;
   AnswerCache cache_;
-  bool allow_private_ = false;  // of the entry that allowed the query being processed
-  int32_t current_entry_ = -1;   // that entry
   Usage* usage_ = nullptr;
-  // Distinct names asked under each budgeted entry in the current minute.
+  /// Distinct names asked under each budgeted entry in the last kBudgetWindowMs: when each
+  /// was first asked, oldest first, and the same as a set.
   struct Window {
-    uint64_t minute = 0;
+    std::deque<std::pair<uint64_t, std::string>> first_asked;
     std::unordered_set<std::string> names;
   };
   std::unordered_map<uint32_t, Window> budgets_;
@@ -168,11 +222,10 @@ class Pipeline {
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;
   Histogram upstream_latency_, vouch_latency_;
-  EventLoop::TimerId sweep_timer_ = 0;
+  Timers::TimerId sweep_timer_ = 0;
   uint64_t overdue_ms_ = 0;
   bool shutting_down_ = false;
   std::vector<uint8_t> out_;  // reply buffer, reused (one thread)
-  std::size_t out_len_ = 0;
   uint16_t random_ids_[256];  // from getrandom(), refilled when used up
   std::size_t random_left_ = 0;
   uint8_t random_bytes_[4096];  // the same, for 0x20 letter case

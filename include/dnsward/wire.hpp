@@ -33,6 +33,7 @@ inline constexpr uint16_t OPCODE_MASK = 0x7800, RCODE_MASK = 0x000f;
 }
 namespace edns {
 inline constexpr uint16_t OPT_EDE = 15;  // RFC 8914
+inline constexpr uint16_t kNoEde = 0xffff;
 inline constexpr uint16_t EDE_OTHER = 0, EDE_PROHIBITED = 18, EDE_BLOCKED = 15,
                           EDE_NOT_READY = 14, EDE_FILTERED = 17, EDE_NETWORK_ERROR = 23,
                           EDE_NO_REACHABLE_AUTHORITY = 22, EDE_NOT_SUPPORTED = 21;

@@ -1,0 +1,75 @@
+// The pipeline driven without sockets: each scenario in test/replay/ is named after what it
+// proves. replay.hpp describes the format.
+#include <doctest/doctest.h>
+
+#include <dirent.h>
+
+#include <set>
+#include <string>
+
+#include "replay.hpp"
+
+namespace {
+
+const std::string kDir = DNSWARD_REPLAY_DIR;
+
+// Every scenario file must be run by one of the cases below.
+const std::set<std::string> kScenarios = {
+    "reload_judges_answer_in_flight.rpl", "reload_empties_cache.rpl",
+    "reload_private_entry_removed.rpl",   "budget_sliding_window.rpl",
+    "audit_mode_vouches.rpl",             "vouch_failure_withholds_answer.rpl",
+    "ttl_bounds.rpl",                     "upstream_overdue.rpl",
+    "upstream_retries.rpl",               "udp_payload_truncates.rpl",
+    "local_answers.rpl",
+};
+
+void play(const std::string& name) {
+  REQUIRE(kScenarios.count(name) == 1);
+  dnsward::replay::run(kDir + "/" + name);
+}
+
+}  // namespace
+
+TEST_CASE("replay: every scenario file is run by a test case") {
+  std::set<std::string> files;
+  DIR* d = opendir(kDir.c_str());
+  REQUIRE(d != nullptr);
+  while (dirent* e = readdir(d)) {
+    const std::string n = e->d_name;
+    if (n.size() > 4 && n.compare(n.size() - 4, 4, ".rpl") == 0) files.insert(n);
+  }
+  closedir(d);
+  CHECK(files == kScenarios);
+}
+
+TEST_CASE("replay: an answer in flight during a reload is judged by the new policy") {
+  play("reload_judges_answer_in_flight.rpl");
+}
+TEST_CASE("replay: a reload empties the cache") { play("reload_empties_cache.rpl"); }
+TEST_CASE("replay: a reload that drops private=yes removes private addresses from answers in flight") {
+  play("reload_private_entry_removed.rpl");
+}
+TEST_CASE("replay: budget= counts distinct names in a sliding 60 s window") {
+  play("budget_sliding_window.rpl");
+}
+TEST_CASE("replay: audit mode forwards and vouches for what it would deny") {
+  play("audit_mode_vouches.rpl");
+}
+TEST_CASE("replay: a refused vouch withholds the answer and caches nothing") {
+  play("vouch_failure_withholds_answer.rpl");
+}
+TEST_CASE("replay: element timeouts are the clamped TTL plus grace, and cache hits renew them") {
+  play("ttl_bounds.rpl");
+}
+TEST_CASE("replay: an upstream that never answers gets the client SERVFAIL in bounded time") {
+  play("upstream_overdue.rpl");
+}
+TEST_CASE("replay: no-EDNS and letter-case mismatches are asked again, and nothing is taken from a mismatch") {
+  play("upstream_retries.rpl");
+}
+TEST_CASE("replay: --udp-payload truncates UDP replies, TCP gets them whole") {
+  play("udp_payload_truncates.rpl");
+}
+TEST_CASE("replay: localhost, why. and ANY are answered locally, denied ANY is denied") {
+  play("local_answers.rpl");
+}
