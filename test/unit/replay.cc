@@ -299,6 +299,15 @@ class Runner {
     } else if (op == "QUERY") {
       start();
       query(w);
+    } else if (op == "QUERY_HEX") {
+      start();
+      std::string hex;
+      for (std::size_t k = 2; k < w.size(); ++k) hex += w[k];
+      std::vector<uint8_t> pkt;
+      for (std::size_t k = 0; k + 1 < hex.size(); k += 2) pkt.push_back(uint8_t(std::stoul(hex.substr(k, 2), nullptr, 16)));
+      ClientAddr from;
+      from.peer.ss_family = AF_INET;
+      pipeline_->on_query(pkt.data(), pkt.size(), from, sink_);
     } else if (op == "CHECK_OUT_QUERY") {
       REQUIRE_MESSAGE(w.size() >= 3, where());
       const auto& q = upstream_.pending[find_pending(w[1], w[2])].query;
@@ -368,6 +377,8 @@ class Runner {
       const std::string size = option(w, "bufsize");
       ldns_pkt_set_edns_udp_size(p.p, uint16_t(size.empty() ? 1232 : std::stoul(size)));
       ldns_pkt_set_edns_data(p.p, ldns_rdf_new_frm_data(LDNS_RDF_TYPE_UNKNOWN, 0, ""));
+      const std::string version = option(w, "ednsversion");
+      if (!version.empty()) ldns_pkt_set_edns_version(p.p, uint8_t(std::stoul(version)));
     }
     uint8_t* wire = nullptr;
     std::size_t len = 0;

@@ -20,7 +20,8 @@ const std::set<std::string> kScenarios = {
     "audit_mode_vouches.rpl",             "vouch_failure_withholds_answer.rpl",
     "ttl_bounds.rpl",                     "upstream_overdue.rpl",
     "upstream_retries.rpl",               "udp_payload_truncates.rpl",
-    "local_answers.rpl",
+    "local_answers.rpl",                  "screen_protocol.rpl",
+    "policy_verdicts.rpl",                "overload.rpl",
 };
 
 void play(const std::string& name) {
@@ -73,3 +74,10 @@ TEST_CASE("replay: --udp-payload truncates UDP replies, TCP gets them whole") {
 TEST_CASE("replay: localhost, why. and ANY are answered locally, denied ANY is denied") {
   play("local_answers.rpl");
 }
+TEST_CASE("replay: protocol errors are answered before the policy, responses never") {
+  play("screen_protocol.rpl");
+}
+TEST_CASE("replay: unlisted names get NXDOMAIN, ancestors NODATA, filtered types EDE 17") {
+  play("policy_verdicts.rpl");
+}
+TEST_CASE("replay: beyond --max-inflight clients get SERVFAIL at once") { play("overload.rpl"); }
