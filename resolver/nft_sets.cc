@@ -453,7 +453,7 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   return ok;
 }
 
-RevokeOutcome NftSets::revoke_unless(const std::function<bool(std::string_view)>& keep,
+RevokeOutcome NftSets::revoke_unless(const VoucherJudge& keep,
                                      const std::function<bool(std::string_view)>& keep_audit,
                                      uint64_t now_ms) {
   on_events();

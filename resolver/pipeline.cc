@@ -56,7 +56,7 @@ std::string ClientAddr::peer_text() const {
 Pipeline::Pipeline(Timers& timers, const ServeConfig& cfg, std::shared_ptr<const Policy> policy,
                    UpstreamPort& upstream, SetWriter* sets)
     : timers_(timers), cfg_(cfg), policy_(std::move(policy)), upstream_(upstream), sets_(sets),
-      cache_(cfg.cache_size, cfg.cache_bytes), out_(kMaxMessage + 2) {
+      cache_(cfg.cache_size, cfg.cache_bytes) {
   reply_opts_.our_udp_size = cfg.udp_payload;
   reply_opts_.negative_ttl = cfg.negative_ttl;
   upstream_.set_receiver([this](uint64_t token, int status, const uint8_t* ans, std::size_t len) {
@@ -72,7 +72,9 @@ void Pipeline::arm_sweep() {
   sweep_timer_ = timers_.after(250, [this] {
     sweep_timer_ = 0;
     sweep_overdue();
-    if (!pending_.empty()) arm_sweep();
+    // The sweep may have armed the next one already: a reply it delivered let a paused TCP
+    // connection send its next query. One chain only, or each such sweep would add one.
+    if (!pending_.empty() && !sweep_timer_) arm_sweep();
   });
 }
 
@@ -602,11 +604,16 @@ void Pipeline::reload(std::shared_ptr<const Policy> p) {
 void Pipeline::revoke_unlisted(std::string_view why) {
   if (!sets_) return;
   // Entries are known by pattern, which survives reloads (indices do not). An element is
-  // kept while one entry that vouched for it is still listed; one vouched in audit mode
+  // kept while one entry that vouched for it is still listed (with private=yes, if it is a
+  // special-purpose address); one vouched in audit mode
   // while one of its names would be allowed now (or audit mode goes on).
   const Policy& now = *policy_;
   const RevokeOutcome r = sets_->revoke_unless(
-      [&](std::string_view pattern) { return now.find_pattern(pattern) >= 0; },
+      [&](std::string_view pattern) {
+        const int32_t idx = now.find_pattern(pattern);
+        if (idx < 0) return Voucher::Gone;
+        return now.allow_private(std::size_t(idx)) ? Voucher::ListedPrivate : Voucher::Listed;
+      },
       [&](std::string_view name) {
         return cfg_.audit || now.match_text(name).verdict == Match::Verdict::Allow;
       },

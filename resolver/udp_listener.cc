@@ -39,15 +39,15 @@ UdpListener::~UdpListener() {
 
 void UdpListener::on_readable() {
   // Buffers are allocated on first use, so an idle listener costs no memory.
-  if (in_.empty()) {
-    in_.resize(kBatch * kMaxQuery);
-    out_.resize(kBatch * kMaxReply);
+  if (!in_) {
+    in_.reset(new uint8_t[kBatch * kMaxQuery]);
+    out_.reset(new uint8_t[kBatch * kMaxReply]);
   }
   mmsghdr msgs[kBatch];
   iovec iov[kBatch];
   alignas(cmsghdr) char control[kBatch][CMSG_SPACE(sizeof(in6_pktinfo))];
   for (int i = 0; i < kBatch; ++i) {
-    iov[i] = {in_.data() + std::size_t(i) * kMaxQuery, kMaxQuery};
+    iov[i] = {in_.get() + std::size_t(i) * kMaxQuery, kMaxQuery};
     std::memset(&msgs[i], 0, sizeof msgs[i]);
     msgs[i].msg_hdr.msg_name = &from_[i].peer;
     msgs[i].msg_hdr.msg_namelen = sizeof from_[i].peer;
@@ -86,7 +86,7 @@ void UdpListener::on_readable() {
       }
     }
     out_client_[pending_] = i;  // deliver() fills slot pending_ if it answers at once
-    pipeline_.on_query(in_.data() + std::size_t(i) * kMaxQuery, msgs[i].msg_len, from, *this);
+    pipeline_.on_query(in_.get() + std::size_t(i) * kMaxQuery, msgs[i].msg_len, from, *this);
   }
   batching_ = false;
   flush();
@@ -122,7 +122,7 @@ void UdpListener::flush() {
   alignas(cmsghdr) char control[kBatch][CMSG_SPACE(sizeof(in6_pktinfo))] = {};
   for (int k = 0; k < pending_; ++k) {
     const ClientAddr& to = from_[out_client_[k]];
-    iov[k] = {out_.data() + std::size_t(k) * kMaxReply, out_len_[k]};
+    iov[k] = {out_.get() + std::size_t(k) * kMaxReply, out_len_[k]};
     std::memset(&msgs[k], 0, sizeof msgs[k]);
     msgs[k].msg_hdr.msg_name = const_cast<sockaddr_storage*>(&to.peer);
     msgs[k].msg_hdr.msg_namelen = to.peer_len;
@@ -148,7 +148,7 @@ void UdpListener::deliver(const ClientAddr& to, const uint8_t* data, std::size_t
   if (len == 0) return;
   if (batching_ && pending_ < kBatch && len <= kMaxReply && &to == &from_[out_client_[pending_]]) {
     // An answer given while its batch is being read leaves with the batch's sendmmsg.
-    std::memcpy(out_.data() + std::size_t(pending_) * kMaxReply, data, len);
+    std::memcpy(out_.get() + std::size_t(pending_) * kMaxReply, data, len);
     out_len_[pending_] = len;
     ++pending_;
     if (pending_ < kBatch) out_client_[pending_] = out_client_[pending_ - 1];

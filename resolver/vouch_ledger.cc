@@ -327,10 +327,10 @@ void VouchLedger::reread_done() {
 }
 
 std::vector<ElemChange> VouchLedger::revocations(
-    const std::function<bool(std::string_view)>& keep,
+    const VoucherJudge& keep,
     const std::function<bool(std::string_view)>& keep_audit, uint64_t now_ms) const {
   std::vector<ElemChange> dels;
-  std::vector<int8_t> kept(patterns_.size(), -1);  // each pattern judged once
+  std::vector<int8_t> kept(patterns_.size(), -1);  // each pattern judged once: a Voucher, or -1
   for (const auto& [a, r] : records_) {
     // Held, or maybe held: while the view is reread (or after a failed reread) the kernel
     // may still hold what it held before; a delete of what is gone costs an ENOENT, never
@@ -338,9 +338,13 @@ std::vector<ElemChange> VouchLedger::revocations(
     if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
     if (r.patterns.empty() && !r.audit) continue;  // not ours to judge
     bool stays = false;
+    // An entry that lost private=yes keeps no special-purpose address it vouched for:
+    // answers no longer carry it (rebinding protection), so neither may the firewall.
+    const bool special = is_special_purpose(a);
     for (const uint32_t p : r.patterns) {
-      if (kept[p] < 0) kept[p] = keep(patterns_[p]) ? 1 : 0;
-      if (kept[p]) {
+      if (kept[p] < 0) kept[p] = int8_t(keep(patterns_[p]));
+      const auto v = Voucher(kept[p]);
+      if (v == Voucher::ListedPrivate || (v == Voucher::Listed && !special)) {
         stays = true;
         break;
       }

@@ -53,7 +53,7 @@ class NftSets : public ElementPort, public SetWriter {
 
   /// Deletes every element the kernel holds whose vouchers are all rejected by keep (see
   /// VouchLedger::revocations); an element that is gone already never hides the others.
-  RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
+  RevokeOutcome revoke_unless(const VoucherJudge& keep,
                               const std::function<bool(std::string_view)>& keep_audit,
                               uint64_t now_ms) override;
 

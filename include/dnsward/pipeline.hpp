@@ -198,8 +198,8 @@ class Pipeline {
   void arm_sweep();
   uint16_t fresh_upstream_id();
   void bind_reply(QueryCtx& c) {
-    c.out = out_.data();
-    c.out_cap = out_.size();
+    c.out = out_.get();
+    c.out_cap = kOutCap;
     c.out_len = 0;
   }
 
@@ -225,7 +225,10 @@ class Pipeline {
   Timers::TimerId sweep_timer_ = 0;
   uint64_t overdue_ms_ = 0;
   bool shutting_down_ = false;
-  std::vector<uint8_t> out_;  // reply buffer, reused (one thread)
+  // The reply buffer, reused (one thread). Not zero-filled: only the bytes of replies
+  // written are ever touched, so an idle resolver keeps no 64 KiB of zeros resident.
+  static constexpr std::size_t kOutCap = wire::kMaxMessage + 2;
+  std::unique_ptr<uint8_t[]> out_{new uint8_t[kOutCap]};
   uint16_t random_ids_[256];  // from getrandom(), refilled when used up
   std::size_t random_left_ = 0;
   uint8_t random_bytes_[4096];  // the same, for 0x20 letter case

@@ -49,7 +49,7 @@ class SetWriter {
                      std::string& err) = 0;
   /// Deletes every element whose vouchers keep(pattern) all reject (audit-vouched ones:
   /// unless keep_audit(name) holds for one of their names).
-  virtual RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
+  virtual RevokeOutcome revoke_unless(const VoucherJudge& keep,
                                       const std::function<bool(std::string_view)>& keep_audit,
                                       uint64_t now_ms) = 0;
 };

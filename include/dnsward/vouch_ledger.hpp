@@ -137,6 +137,15 @@ void for_each_name(std::string_view names, Fn&& fn) {
   }
 }
 
+/// What the policy in force says of an entry (by pattern) that vouched for an element.
+enum class Voucher : uint8_t {
+  Gone,           ///< no longer listed: its elements go unless another voucher keeps them
+  Listed,         ///< listed: keeps its elements, except special-purpose addresses
+  ListedPrivate,  ///< listed with private=yes: keeps every element it vouched for
+};
+/// Judges a voucher by its pattern (called once per pattern per revocation).
+using VoucherJudge = std::function<Voucher(std::string_view pattern)>;
+
 /// Expiry value for an element the kernel holds without a timeout.
 inline constexpr uint64_t kNoExpiry = UINT64_MAX;
 
@@ -177,9 +186,10 @@ class VouchLedger {
   /// The reread failed: the view stays forgotten (and the prior expiries kept) until the next.
   void reread_failed() { rereading_ = false; }
   /// Deletes to send to revoke every held element none of whose vouchers keep(pattern)
-  /// accepts; audit-vouched elements are kept if keep_audit(name) holds for one of their
+  /// keeps (a Listed entry keeps no special-purpose address: a reload that takes private=yes
+  /// away revokes them); audit-vouched elements are kept if keep_audit(name) holds for one of their
   /// names. Elements without provenance (not vouched by this ledger) are kept.
-  std::vector<ElemChange> revocations(const std::function<bool(std::string_view)>& keep,
+  std::vector<ElemChange> revocations(const VoucherJudge& keep,
                                       const std::function<bool(std::string_view)>& keep_audit,
                                       uint64_t now_ms) const;
   /// Records the outcome of revocations.

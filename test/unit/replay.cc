@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -54,6 +55,7 @@ class FakeTimers : public Timers {
     now_ = end;
   }
   uint64_t now_ = 59000;  // not on a minute boundary: calendar-minute windows would show
+  std::size_t armed() const { return timers_.size(); }
 
  private:
   std::map<std::pair<uint64_t, TimerId>, std::function<void()>> timers_;
@@ -111,15 +113,22 @@ class FakeSets : public SetWriter {
     }
     return true;
   }
-  RevokeOutcome revoke_unless(const std::function<bool(std::string_view)>& keep,
+  RevokeOutcome revoke_unless(const VoucherJudge& keep,
                               const std::function<bool(std::string_view)>& keep_audit,
                               uint64_t now_ms) override {
     RevokeOutcome out;
     for (auto it = elems.begin(); it != elems.end();) {
       bool kept = it->second.expires_ms <= now_ms;  // expired: the kernel dropped it already
-      for (std::size_t i = 0; i < it->second.patterns.size() && !kept; ++i)
-        kept = it->second.patterns[i].empty() ? keep_audit(it->second.names[i])
-                                               : keep(it->second.patterns[i]);
+      IpAddr a;
+      REQUIRE(IpAddr::parse(it->first, a));
+      for (std::size_t i = 0; i < it->second.patterns.size() && !kept; ++i) {
+        if (it->second.patterns[i].empty()) {
+          kept = keep_audit(it->second.names[i]);
+          continue;
+        }
+        const Voucher v = keep(it->second.patterns[i]);
+        kept = v == Voucher::ListedPrivate || (v == Voucher::Listed && !is_special_purpose(a));
+      }
       if (kept) {
         ++it;
       } else {
@@ -140,10 +149,13 @@ class FakeSets : public SetWriter {
 /// The transport: keeps every reply by the client's query ID.
 class FakeSink : public ReplySink {
  public:
-  void deliver(const ClientAddr&, const uint8_t* data, std::size_t len, bool) override {
+  void deliver(const ClientAddr&, const uint8_t* data, std::size_t len, bool was_forwarded) override {
     if (len >= 2) replies[uint16_t(data[0] << 8 | data[1])].emplace_back(data, data + len);
     else ++empty;
+    // What TcpListener::deliver does: a closed query lets a paused one go to on_query.
+    if (was_forwarded && on_forwarded_delivery) on_forwarded_delivery();
   }
+  std::function<void()> on_forwarded_delivery;
   std::map<uint16_t, std::vector<std::vector<uint8_t>>> replies;
   std::size_t empty = 0;
 };
@@ -352,6 +364,14 @@ class Runner {
     } else if (op == "CHECK_SET_SIZE") {
       CHECK_MESSAGE(sets_.held(timers_.now_ms()) == std::stoul(w.at(1)),
                     where() << ": " << sets_.held(timers_.now_ms()) << " elements");
+    } else if (op == "TCP_RESUME_ON_DELIVER") {
+      // Each forwarded reply takes up one more query (ID, NAME, TYPE), as a TCP connection
+      // paused at --tcp-max-pipelined does, from inside deliver().
+      start();
+      const std::vector<std::string> qw = {"QUERY", w.at(1), w.at(2), w.at(3), "tcp"};
+      sink_.on_forwarded_delivery = [this, qw] { query(qw); };
+    } else if (op == "CHECK_TIMERS_AT_MOST") {
+      CHECK_MESSAGE(timers_.armed() <= std::stoul(w.at(1)), where() << ": " << timers_.armed() << " timers armed");
     } else if (op == "CHECK_COUNTER") {
       start();
       const auto it = counter_fields().find(w.at(1));

@@ -26,7 +26,11 @@
 //   CHECK_NO_ANSWER ID              no reply to query ID yet
 //   CHECK_SET ADDR SECONDS|absent   the element and the seconds it has left
 //   CHECK_SET_SIZE N                elements held
-//   CHECK_COUNTER NAME N            a pipeline counter (see kCounterNames)
+//   CHECK_COUNTER NAME N            a pipeline counter (a member of struct Counters)
+//   TCP_RESUME_ON_DELIVER ID NAME TYPE
+//                                   from now on, each forwarded reply starts this query from
+//                                   inside deliver(), as a paused TCP connection does
+//   CHECK_TIMERS_AT_MOST N          timers armed
 #pragma once
 #include <string>
 

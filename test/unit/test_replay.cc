@@ -22,6 +22,7 @@ const std::set<std::string> kScenarios = {
     "upstream_retries.rpl",               "udp_payload_truncates.rpl",
     "local_answers.rpl",                  "screen_protocol.rpl",
     "policy_verdicts.rpl",                "overload.rpl",
+    "reload_private_revoked.rpl",         "sweep_timer_is_one.rpl",
 };
 
 void play(const std::string& name) {
@@ -81,3 +82,9 @@ TEST_CASE("replay: unlisted names get NXDOMAIN, ancestors NODATA, filtered types
   play("policy_verdicts.rpl");
 }
 TEST_CASE("replay: beyond --max-inflight clients get SERVFAIL at once") { play("overload.rpl"); }
+TEST_CASE("replay: a reload that takes private=yes away revokes the special-purpose addresses") {
+  play("reload_private_revoked.rpl");
+}
+TEST_CASE("replay: a query resumed from inside the overdue sweep starts no second sweep") {
+  play("sweep_timer_is_one.rpl");
+}

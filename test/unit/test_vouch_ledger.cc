@@ -16,6 +16,11 @@ using namespace dnsward;
 
 namespace {
 
+/// A judge that lists only pattern (with private=yes, so it keeps every address).
+VoucherJudge listed_if(std::string pattern, Voucher how = Voucher::ListedPrivate) {
+  return [pattern, how](std::string_view p) { return p == pattern ? how : Voucher::Gone; };
+}
+
 IpAddr v4(uint8_t last) {
   const uint8_t b[4] = {198, 18, 0, last};
   return IpAddr::v4(b);
@@ -198,13 +203,26 @@ TEST_CASE("thousands of changes go in batches and messages of bounded size, repl
   CHECK(k.left(items[4999].addr) == 600000);
 }
 
+TEST_CASE("an entry that lost private=yes keeps its public addresses and revokes its special-purpose ones") {
+  FakeKernel k;
+  VouchLedger l;
+  const uint8_t ten[4] = {10, 1, 2, 3};
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {IpAddr::v4(ten), 300}}, RefreshMode::Replace, "intranet.test"));
+  CHECK(l.revocations(listed_if("intranet.test"), [](std::string_view) { return false; }, k.now).empty());
+  const auto dels = l.revocations(listed_if("intranet.test", Voucher::Listed),
+                                  [](std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  CHECK(dels[0].addr == IpAddr::v4(ten));
+  CHECK(dels[0].op == ElemOp::Del);
+}
+
 TEST_CASE("revocation deletes what the kernel holds; a missing element never hides the others") {
   FakeKernel k;
   VouchLedger l;
   REQUIRE(vouch(l, k, {{v4(1), 300}, {v4(2), 300}, {v4(3), 300}}, RefreshMode::Replace, "gone.test"));
   REQUIRE(vouch(l, k, {{v4(4), 300}}, RefreshMode::Replace, "kept.test"));
   k.held.erase(v4(2).text());  // deleted behind our back; no dump since
-  const auto dels = l.revocations([](std::string_view p) { return p == "kept.test"; },
+  const auto dels = l.revocations(listed_if("kept.test"),
                                   [](std::string_view) { return false; }, k.now);
   CHECK(dels.size() == 3);
   std::vector<ChangeResult> res;
@@ -225,9 +243,9 @@ TEST_CASE("an element vouched by two entries survives the removal of one of them
   VouchLedger l;
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "a.test"));
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "b.test"));
-  CHECK(l.revocations([](std::string_view p) { return p == "b.test"; },
+  CHECK(l.revocations(listed_if("b.test"),
                       [](std::string_view) { return false; }, k.now).empty());
-  CHECK(l.revocations([](std::string_view) { return false; },
+  CHECK(l.revocations(listed_if(""),
                       [](std::string_view) { return false; }, k.now).size() == 1);
 }
 
@@ -237,7 +255,7 @@ TEST_CASE("audit-mode elements are judged by their names; elements without prove
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "", "ok.test"));
   REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "", "bad.test"));
   l.reset_kernel({{v4(1), 300000}, {v4(2), 300000}, {v4(9), 300000}}, k.now);  // 9: unknown
-  const auto dels = l.revocations([](std::string_view) { return false; },
+  const auto dels = l.revocations(listed_if(""),
                                   [](std::string_view n) { return n == "ok.test"; }, k.now);
   REQUIRE(dels.size() == 1);
   CHECK(dels[0].addr == v4(2));
@@ -306,7 +324,7 @@ TEST_CASE("a revocation during a reread deletes what the kernel may hold, and a 
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "kept.test"));
   l.forget_kernel();
-  const auto dels = l.revocations([](std::string_view p) { return p == "kept.test"; },
+  const auto dels = l.revocations(listed_if("kept.test"),
                                   [](std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   std::vector<ChangeResult> res;
@@ -329,7 +347,7 @@ TEST_CASE("after a failed reread, revocations still cover what the kernel may ho
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   l.forget_kernel();
   l.reread_failed();
-  CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
+  CHECK(l.revocations(listed_if(""), [](std::string_view) { return false; },
                       k.now).size() == 1);
 }
 
@@ -395,7 +413,7 @@ TEST_CASE("a dump's silence never takes an element out of a later revocation") {
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   l.forget_kernel();
   l.reread_done();  // the dump missed it (positional walks skip elements)
-  CHECK(l.revocations([](std::string_view) { return false; }, [](std::string_view) { return false; },
+  CHECK(l.revocations(listed_if(""), [](std::string_view) { return false; },
                       k.now).size() == 1);
 }
 
