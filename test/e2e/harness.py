@@ -66,7 +66,24 @@ def free_port():
     raise RuntimeError("no free port")
 
 
+def require(*programs, root=True):
+    """Skips the whole suite (call it from setUpModule) when this machine cannot run it: not
+    root, or a program it needs is missing. The reason starts with "cannot run here", and
+    ctest reports such a suite as Not Run (see test/CMakeLists.txt), never as passed."""
+    import shutil
+    import unittest
+    if root and os.geteuid() != 0:
+        raise unittest.SkipTest("cannot run here: needs root (namespaces, nftables, setuid)")
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        raise unittest.SkipTest(f"cannot run here: missing {', '.join(missing)}")
+    # A missing dnsward binary is no outside reason: it fails the tests, never skips them.
+
+
 def wait_for(fn, timeout=10.0, what="condition"):
+    """Polls fn until it returns something true, or fails after timeout seconds. The short
+    pause between polls is the only sleep in the tests: it paces a poll that has a
+    deadline, it never stands in for an event."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -135,6 +152,10 @@ class LoopbackServer:
     def handle(self, wire, transport):
         raise NotImplementedError
 
+    def received(self, wire, transport):
+        """Called in arrival order, before handle() (which runs in a thread of its own for
+        UDP): a subclass records here what must be seen in the order it came."""
+
     def _udp_one(self, data, peer):
         reply = self.handle(data, "udp")
         if reply is not None:
@@ -152,6 +173,7 @@ class LoopbackServer:
                 continue
             except OSError:
                 return
+            self.received(data, "udp")
             threading.Thread(target=self._udp_one, args=(data, peer), daemon=True).start()
 
     def _tcp_loop(self):
@@ -170,7 +192,9 @@ class LoopbackServer:
         try:
             while True:
                 n = struct.unpack("!H", recv_exact(conn, 2))[0]
-                reply = self.handle(recv_exact(conn, n), "tcp")
+                wire = recv_exact(conn, n)
+                self.received(wire, "tcp")
+                reply = self.handle(wire, "tcp")
                 if reply is not None:
                     conn.sendall(struct.pack("!H", len(reply)) + reply)
         except (OSError, EOFError):
@@ -186,23 +210,31 @@ class LoopbackServer:
 
 class Relay(LoopbackServer):
     """Forwards UDP and TCP DNS to knot and records every question that passed, so tests
-    can assert what reached the upstream. blackhole=True swallows queries."""
+    can assert what reached the upstream. blackhole=True swallows queries. journal: a list
+    shared by several relays, to which each appends (tag, lower-cased name) in arrival
+    order, so a test can see which upstream was asked first."""
 
-    def __init__(self, upstream_port, blackhole=False):
+    def __init__(self, upstream_port, blackhole=False, journal=None, tag=None):
         self.upstream_port = upstream_port
         self.blackhole = blackhole
-        self.seen = []  # (qname as sent, qtype, transport, message id)
+        self.seen = []  # (qname as sent, qtype, transport, message id, EDNS payload or None)
         self.lock = threading.Lock()
+        self.journal, self.tag = journal, tag
         super().__init__()
 
-    def handle(self, wire, transport):
+    def received(self, wire, transport):
         try:
             m = dns.message.from_wire(wire)
-            entry = (m.question[0].name.to_text(), m.question[0].rdtype, transport, m.id)
+            entry = (m.question[0].name.to_text(), m.question[0].rdtype, transport, m.id,
+                     m.payload if m.edns >= 0 else None)
         except Exception:  # noqa: BLE001 - a malformed query is recorded as such
-            entry = ("<malformed>", 0, transport, -1)
+            entry = ("<malformed>", 0, transport, -1, None)
         with self.lock:
             self.seen.append(entry)
+            if self.journal is not None:
+                self.journal.append((self.tag, entry[0].lower()))
+
+    def handle(self, wire, transport):
         if self.blackhole:
             return None
         try:
@@ -320,7 +352,8 @@ def shared_tempdir(prefix="dnsward-"):
 
 class Dnsward:
     """The real binary on a loopback port. Started as root, as in production, it drops to
-    the user dnsward after binding (so the tests run the drop too)."""
+    the user dnsward after binding (so the tests run the drop too). listen: the --listen
+    value(s), "{port}" standing for the port wait_ready() asks on (LO:port by default)."""
 
     def __init__(self, upstream_port=None, allowlist=ALLOWLIST, extra=(), listen=None,
                  wait=True, nft=False, prefix=()):
@@ -328,7 +361,11 @@ class Dnsward:
         self.port = free_port()
         os.chmod(self.dir, 0o755)  # readable by an unprivileged dnsward (prefix: setpriv)
         ensure_user()
-        args = [*prefix, BIN, "serve", "--listen", listen or f"{LO}:{self.port}"]
+        # listen: one address or a list; "{port}" in it stands for self.port.
+        listens = [listen] if isinstance(listen, str) else list(listen or [f"{LO}:{{port}}"])
+        args = [*prefix, BIN, "serve"]
+        for a in listens:
+            args += ["--listen", a.replace("{port}", str(self.port))]
         if not prefix:
             args += ["--user", "dnsward"]
         if not nft:

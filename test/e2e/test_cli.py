@@ -1,6 +1,8 @@
 """The command line and the config file: errors are one line with exit code 2 and start
 nothing; the embedded default list, config files and IPv6 listeners work."""
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,13 +13,14 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from harness import BIN, Dnsward, Knot, LO, Relay, free_port, run, wait_for
+from harness import BIN, HERE, Dnsward, Knot, LO, Relay, free_port, require, run, wait_for
 
 knot = None
 
 
 def setUpModule():
     global knot
+    require("knotd", "unshare", "ip")
     knot = Knot()
 
 
@@ -72,13 +75,32 @@ class Errors(unittest.TestCase):
         self.assertIn("usage", r.stderr)
         self.assert_usage_error(run([BIN, "frobnicate"]), "unknown command 'frobnicate'")
 
+    # Every option of `serve`, as documented in README.md's "Command line" table. Adding an
+    # option means adding it here too: --help must list exactly these, no more, no fewer.
+    SERVE_OPTIONS = {
+        "--config", "--listen", "--upstream", "--allowlist", "--no-nft", "--nft-family",
+        "--nft-table", "--nft-set4", "--nft-set6", "--nft-set-size", "--nft-refresh",
+        "--min-ttl", "--max-ttl", "--grace", "--cache-size", "--cache-bytes",
+        "--max-answer-addresses", "--mode", "--state", "--state-interval", "--negative-ttl",
+        "--udp-payload", "--upstream-timeout", "--upstream-tries", "--max-inflight",
+        "--tcp-max-connections", "--tcp-idle-timeout", "--tcp-max-pipelined", "--log-level",
+        "--log-format", "--user", "--metrics-listen", "--metrics-file", "--metrics-interval",
+        "--state-max-names", "--help",
+    }
+
     def test_help_lists_every_option(self):
         r = serve("--help")
         self.assertEqual(r.returncode, 0)
-        for opt in ("--listen", "--upstream", "--allowlist", "--config", "--no-nft",
-                    "--upstream-timeout", "--upstream-tries", "--negative-ttl",
-                    "--udp-payload", "--tcp-max-connections", "--tcp-idle-timeout"):
-            self.assertIn(opt, r.stdout)
+        listed = re.findall(r"^  (--[a-z0-9-]+)", r.stdout, re.M)
+        self.assertEqual(len(listed), len(set(listed)), "an option listed twice")
+        self.assertEqual(set(listed), self.SERVE_OPTIONS)
+        # And each one listed is one the parser knows (a value it rejects is fine here).
+        for opt in sorted(self.SERVE_OPTIONS - {"--help"}):
+            r = serve("--listen", f"{LO}:{free_port()}", "--upstream", f"{LO}:{knot.port}",
+                      "--no-nft", opt, "--x", "--not-an-option")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertNotIn(f"unrecognised option '{opt}'", r.stderr)
+            self.assertNotIn(f"unknown option '{opt}'", r.stderr)
         self.assertEqual(run([BIN, "--help"]).returncode, 0)
 
     def test_bad_allowlist_reports_every_file_line_and_starts_nothing(self):
@@ -187,35 +209,53 @@ class Starting(unittest.TestCase):
             d.stop()
 
     def test_wildcard_listener_answers_from_the_address_it_was_asked_on(self):
-        # In a network namespace of its own (only loopback exists there), dnsward listens on
-        # 0.0.0.0 and [::] and is asked on 127.0.0.5 and ::1; dnspython refuses a reply from
-        # any other source address.
+        # In a network namespace of its own, lo carries a second address of each family
+        # (10.53.0.2, fd53::2); dnsward listens on 0.0.0.0 and [::] and is asked on every
+        # address, from the other address of the family, for a name it answers itself (a
+        # denial) and for one it forwards to knot (whose reply goes out later, from another
+        # code path). A reply from any other source address than the one asked would be
+        # dropped by a real client: each reply's source is recorded.
         script = f"""
-import subprocess, sys, time
-import dns.message, dns.query, dns.rcode
+import json, socket, subprocess, sys
+sys.path.insert(0, {HERE!r})
+import dns.message, dns.query
+from harness import Dnsward, Knot, LO
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-p = subprocess.Popen(["{BIN}", "serve", "--no-nft", "--listen", "0.0.0.0:5353",
-                      "--listen", "[::]:5353", "--upstream", "127.0.0.1:1"])
+subprocess.run(["ip", "addr", "add", "10.53.0.2/32", "dev", "lo"], check=True)
+subprocess.run(["ip", "addr", "add", "fd53::2/128", "dev", "lo", "nodad"], check=True)
+knot = Knot()
+d = Dnsward(knot.port, allowlist="www.allowed.test\\n",
+            listen=["0.0.0.0:{{port}}", "[::]:{{port}}"], extra=["--cache-size", "0"])
+out = []
 try:
-    q = dns.message.make_query("evil.test.", "A")
-    for addr in ("127.0.0.5", "::1"):
-        for _ in range(100):
-            try:
-                r = dns.query.udp(q, addr, port=5353, timeout=0.2)
-                break
-            except dns.exception.Timeout:
-                time.sleep(0.05)
-        assert r.rcode() == dns.rcode.NXDOMAIN, r
-        r = dns.query.tcp(q, addr, port=5353, timeout=2)
-        assert r.rcode() == dns.rcode.NXDOMAIN, r
-    print("ok")
+    # Each query is sent from the other address of its family, so that the kernel's own
+    # choice of source for a reply to the client would be the wrong one.
+    for addr, client in (("127.0.0.1", "10.53.0.2"), ("10.53.0.2", "127.0.0.1"),
+                         ("::1", "fd53::2"), ("fd53::2", "::1")):
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        for name in ("evil.test.", "www.allowed.test."):
+            q = dns.message.make_query(name, "A")
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.settimeout(3)
+                s.bind((client, 0))
+                s.sendto(q.to_wire(), (addr, d.port))
+                data, src = s.recvfrom(65535)
+            r = dns.message.from_wire(data)
+            t = dns.query.tcp(q, addr, port=d.port, timeout=3)
+            out.append([addr, name, src[0], r.rcode(), t.rcode()])
 finally:
-    p.terminate()
-    p.wait()
+    d.stop()
+    knot.stop()
+print(json.dumps(out))
 """
         r = run(["unshare", "-n", "/usr/bin/python3", "-c", script])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.strip(), "ok")
+        got = json.loads(r.stdout)
+        self.assertEqual(len(got), 8, got)
+        for addr, name, src, udp_rcode, tcp_rcode in got:
+            self.assertEqual(src, addr, (addr, name))
+            want = dns.rcode.NXDOMAIN if name == "evil.test." else dns.rcode.NOERROR
+            self.assertEqual((udp_rcode, tcp_rcode), (want, want), (addr, name))
 
     def test_sigterm_stops_cleanly(self):
         d = Dnsward(knot.port)

@@ -3,21 +3,21 @@ keeps answering what it can answer itself, and recovers on its own."""
 import os
 import random
 import socket
-import struct
 import time
 import unittest
 
 import dns.message
 import dns.rcode
 
-from harness import (Dnsward, Knot, LO, LoopbackServer, Relay, ede, free_port, shared_tempdir,
-                     wait_for)
+from harness import (Dnsward, Knot, LO, LoopbackServer, Relay, ede, free_port, require,
+                     shared_tempdir, wait_for)
 
 knot = None
 
 
 def setUpModule():
     global knot
+    require("knotd")
     knot = Knot()
 
 
@@ -218,9 +218,6 @@ class RelayOn(Relay):
         super().__init__(upstream_port)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class ExfiltrationBudget(unittest.TestCase):
     def test_wildcards_forward_only_connection_types_and_types_widens_it(self):
@@ -255,3 +252,7 @@ class ExfiltrationBudget(unittest.TestCase):
             self.assertIn("event=over-budget name=b3.wild.test", d.logtext())
         finally:
             d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -10,12 +10,13 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from harness import LO, Stack, recv_exact, wait_for
+from harness import LO, Stack, recv_exact, require, wait_for
 
 stack = knot = relay = dw = None
 
 
 def setUpModule():
+    require("knotd")
     global stack, knot, relay, dw
     stack = Stack()
     knot, relay, dw = stack.knot, stack.relay, stack.dw
@@ -30,7 +31,10 @@ def header(id=0x1111, flags=0x0100, qd=1, an=0, ns=0, ar=0):
     return struct.pack("!HHHHHH", id, flags, qd, an, ns, ar)
 
 
-QUESTION = b"\x03www\x07allowed\x04test\x00" + struct.pack("!HH", 1, 1)
+# An allowed name (under *.wild.test) that nothing else asks, of the same length as
+# www.allowed.test so the pointer offsets below hold: if any malformed packet were
+# forwarded, the relay would see this name.
+QUESTION = b"\x06malfrm\x04wild\x04test\x00" + struct.pack("!HH", 1, 1)
 OPT = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
 
 # (what, packet, expected): "formerr", "notimp" or None (no reply at all).
@@ -93,9 +97,11 @@ class Malformed(unittest.TestCase):
                 self.check_reply(what, pkt, expected, dw.raw_udp(pkt))
                 self.assert_alive()
         # None of them was forwarded: only the liveness queries reached the upstream.
+        self.assertNotIn("malfrm.wild.test.", relay.names())
         self.assertLessEqual(set(relay.names()), {"www.allowed.test."})
 
     def test_each_malformed_tcp_message_gets_formerr_or_nothing(self):
+        relay.clear()
         for what, pkt, expected in CASES:
             with self.subTest(what):
                 with socket.create_connection((LO, dw.port), timeout=2) as s:
@@ -108,6 +114,7 @@ class Malformed(unittest.TestCase):
                         reply = None
                     self.check_reply(what, pkt, expected, reply)
                 self.assert_alive()
+        self.assertNotIn("malfrm.wild.test.", relay.names())
 
     def test_random_garbage_and_mutations_never_stop_the_server(self):
         rng = random.Random(1234)

@@ -14,12 +14,14 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from harness import LO, Dnsward, enter_new_netns, framed, free_port, read_reply, wait_for
+from harness import (LO, Dnsward, enter_new_netns, framed, free_port, read_reply, require,
+                     wait_for)
 
 UNROUTABLE = "192.0.2.1"  # TEST-NET-1: no route inside a namespace with only lo
 
 
 def setUpModule():
+    require("ip")
     enter_new_netns()
 
 

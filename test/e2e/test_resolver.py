@@ -13,13 +13,14 @@ import dns.rcode
 import dns.rdatatype
 
 from harness import (Dnsward, LO, LoopbackServer, NoEdnsUpstream, Relay, Stack, ede, free_port,
-                     run)
+                     require, run, wait_for)
 
 stack = knot = relay = dw = None
 
 
 def setUpModule():
     global stack, knot, relay, dw
+    require("knotd", "dig", "kdig")
     # Without the cache every allowed query reaches the relay, which these tests watch.
     stack = Stack(extra=["--cache-size", "0"])
     knot, relay, dw = stack.knot, stack.relay, stack.dw
@@ -227,6 +228,31 @@ class Edns(unittest.TestCase):
         r = dw.query("big.allowed.test.", "TXT", tcp=True, use_edns=0)
         self.assertEqual(len(r.answer[0]), 8)
 
+    def test_udp_payload_bounds_our_udp_replies_and_is_the_size_we_advertise(self):
+        # --udp-payload 600: the 40-record answer (about 700 bytes) fits the client's 1232
+        # but not ours, so it is truncated; the OPT says 600, and the upstream is offered 600
+        # too. A small answer still comes whole, and TCP is not bounded by it.
+        relay = Relay(knot.port)
+        d = Dnsward(relay.port, extra=["--udp-payload", "600", "--cache-size", "0"])
+        try:
+            r = d.query("many.allowed.test.", "A", use_edns=0, payload=1232)
+            self.assertTrue(r.flags & dns.flags.TC)
+            self.assertEqual(r.answer, [])
+            self.assertEqual(r.edns, 0)
+            self.assertEqual(r.payload, 600)
+            self.assertLessEqual(len(r.to_wire()), 600)
+            r = d.query("www.allowed.test.", "A", use_edns=0, payload=1232)
+            self.assertFalse(r.flags & dns.flags.TC)
+            self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+            self.assertEqual(r.payload, 600)
+            r = d.query("many.allowed.test.", "A", tcp=True, use_edns=0, payload=1232)
+            self.assertEqual(len(r.answer[0]), 40)
+            udp_payloads = {e[4] for e in relay.seen if e[2] == "udp"}
+            self.assertEqual(udp_payloads, {600})
+        finally:
+            d.stop()
+            relay.stop()
+
     def test_dig_retries_over_tcp_after_truncation(self):
         out = run(["dig", f"@{LO}", "-p", str(dw.port), "+noedns", "many.allowed.test.",
                    "A"]).stdout
@@ -245,10 +271,12 @@ class Cache(unittest.TestCase):
 
     def test_a_cached_answer_is_served_without_the_upstream_and_ages(self):
         r1 = self.d.query("www.allowed.test.", "A")
-        time.sleep(1.1)
         q = dns.message.make_query("WWW.Allowed.TEST.", "A")
         q.id = 99
-        r2 = self.d.udp(q)
+        # Asked again until the TTL has counted down (a second or so): every answer is a
+        # cache hit, so the upstream still sees one query.
+        r2 = wait_for(lambda: (lambda r: r if r.answer[0].ttl < r1.answer[0].ttl else None)(
+            self.d.udp(q)), timeout=5, what="the cached TTL counting down")
         self.assertEqual(self.relay.names(), ["www.allowed.test."])  # one upstream query
         self.assertEqual(r2.id, 99)
         self.assertEqual(r2.question[0].name.to_text(), "WWW.Allowed.TEST.")  # client's case
@@ -339,20 +367,62 @@ class UpstreamFailure(unittest.TestCase):
             d.stop()
             old.stop()
 
-    def test_failover_to_the_second_upstream(self):
-        dead = free_port()
-        d = Dnsward(None, extra=["--upstream", f"{LO}:{dead}", "--upstream", f"{LO}:{knot.port}",
-                                 "--upstream-timeout", "300"])
+    def test_upstreams_are_tried_in_order_and_a_silent_first_one_fails_over_to_the_second(self):
+        # The first upstream records queries and never answers; the second relays to knot.
+        # Both append to one journal in arrival order: the first must be asked first, every
+        # time, and the answer comes from the second.
+        journal = []
+        first = Relay(knot.port, blackhole=True, journal=journal, tag="first")
+        second = Relay(knot.port, journal=journal, tag="second")
+        d = Dnsward(None, extra=["--upstream", f"{LO}:{first.port}",
+                                 "--upstream", f"{LO}:{second.port}",
+                                 "--upstream-timeout", "200", "--upstream-tries", "1",
+                                 "--cache-size", "0"])
         try:
-            r = d.query("www.allowed.test.", "A")
-            self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
+            for i in range(3):
+                name = f"order{i}.wild.test."
+                r = d.query(name, "A", timeout=5)
+                self.assertEqual([x.address for x in r.answer[0]], ["198.18.3.1"], name)
+                asked = [tag for tag, n in journal if n == name]
+                self.assertEqual(asked, ["first", "second"], (name, journal))
         finally:
             d.stop()
+            first.stop()
+            second.stop()
+
+    def test_with_two_live_upstreams_the_answer_comes_from_the_first(self):
+        one, two = FixedAnswer("198.18.9.1"), FixedAnswer("198.18.9.2")
+        d = Dnsward(None, extra=["--upstream", f"{LO}:{one.port}", "--upstream", f"{LO}:{two.port}",
+                                 "--cache-size", "0"])
+        try:
+            for i in range(5):
+                r = d.query(f"live{i}.wild.test.", "A")
+                self.assertEqual([x.address for x in r.answer[0]], ["198.18.9.1"], i)
+            self.assertEqual(len(one.names), 5)
+            self.assertEqual(two.names, [])  # never asked while the first answers
+        finally:
+            d.stop()
+            one.stop()
+            two.stop()
 
 
-if __name__ == "__main__":
-    unittest.main()
+class FixedAnswer(LoopbackServer):
+    """An upstream that answers every A query with one address of its own, and records the
+    names it was asked."""
 
+    def __init__(self, address):
+        self.address = address
+        self.names = []
+        super().__init__()
+
+    def received(self, wire, transport):
+        self.names.append(dns.message.from_wire(wire).question[0].name.to_text().lower())
+
+    def handle(self, wire, transport):
+        q = dns.message.from_wire(wire)
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", self.address))
+        return r.to_wire()
 
 class CaseKeeper(LoopbackServer):
     """An upstream that does not preserve the letter case of the question: it answers in
@@ -405,3 +475,7 @@ class Dns0x20(unittest.TestCase):
         finally:
             d.stop()
             up.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -2,19 +2,23 @@
 and clients that misbehave without stalling anyone else."""
 import re
 import socket
+import threading
 import time
 import unittest
 
 import dns.message
 import dns.rcode
+import dns.rrset
 
-from harness import Dnsward, Knot, LO, Relay, framed, read_reply, run, wait_for
+from harness import (Dnsward, Knot, LO, LoopbackServer, Relay, framed, read_reply, require,
+                     run, wait_for)
 
 knot = dw = None
 
 
 def setUpModule():
     global knot, dw
+    require("knotd", "ss")
     knot = Knot()
     dw = Dnsward(knot.port, extra=["--tcp-idle-timeout", "500", "--tcp-max-connections", "4"])
 
@@ -35,6 +39,14 @@ def server_side_established(client_port):
     out = run(["ss", "-Htn", "state", "established", f"( sport = :{dw.port} and "
                f"dport = :{client_port} )"]).stdout
     return bool(out.strip())
+
+
+def server_has_read_everything(server_port, client_port):
+    """Whether dnsward's side of the connection from client_port has an empty receive
+    queue: every byte the client sent so far has been read by dnsward."""
+    out = run(["ss", "-Htn", "state", "established", f"( sport = :{server_port} and "
+               f"dport = :{client_port} )"]).stdout.split()
+    return bool(out) and out[0] == "0"  # Recv-Q
 
 
 def closed_by_server(sock, within):
@@ -78,14 +90,28 @@ class Tcp(unittest.TestCase):
             self.assertEqual(r.rcode(), want, q.question[0].name)
 
     def test_a_message_split_across_segments_is_reassembled(self):
+        # A dnsward of its own with the default idle timeout (10 s): bytes that do not
+        # complete a message are no activity, and this test may take longer than the 500 ms
+        # the shared one allows on a busy machine.
+        d = Dnsward(knot.port)
         q = dns.message.make_query("www.allowed.test.", "A")
         data = framed(q)
-        with connect() as s:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for b in data:
-                s.send(bytes([b]))
-                time.sleep(0.005)
-            r = read_reply(s)
+        try:
+            with socket.create_connection((LO, d.port), timeout=5) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                port = s.getsockname()[1]
+                # The length prefix split in two, then the message in pieces; each piece is
+                # sent only once dnsward has read the one before (its receive queue is
+                # empty), so every read it does sees part of a message.
+                cuts = [0, 1, 2, 5, 13, len(data) - 1, len(data)]
+                for a, b in zip(cuts, cuts[1:]):
+                    s.send(data[a:b])
+                    if b < len(data):
+                        wait_for(lambda: server_has_read_everything(d.port, port), timeout=5,
+                                 what=f"dnsward reading bytes {a}..{b}")
+                r = read_reply(s)
+        finally:
+            d.stop()
         self.assertEqual([x.address for x in r.answer[0]], ["198.18.0.1"])
 
     def test_idle_connection_is_closed_after_the_idle_timeout(self):
@@ -102,13 +128,23 @@ class Tcp(unittest.TestCase):
             r = dw.query("www.allowed.test.", "A", tcp=True)  # others are served meanwhile
             self.assertEqual(r.rcode(), dns.rcode.NOERROR)
             self.assertLess(time.monotonic() - t0, 0.3)
-            for b in data[3:8]:  # dripping bytes does not keep it alive
-                time.sleep(0.15)
+            # Dripping bytes does not keep it alive: one byte whenever 100 ms pass without
+            # the server closing (never the last, so the message is never complete). With
+            # --tcp-idle-timeout 500 it must close long before the drip runs out (3.2 s).
+            closed = False
+            for b in data[3:-1]:
+                if closed_by_server(slow, 0.1):
+                    closed = True
+                    break
                 try:
                     slow.send(bytes([b]))
                 except OSError:
+                    closed = True
                     break
-            self.assertTrue(closed_by_server(slow, 3))
+            closed = closed or closed_by_server(slow, 3)
+            self.assertTrue(closed)
+            # About 0.5 s; kept alive by the drip it would be 3.2 s + 0.5 s.
+            self.assertLess(time.monotonic() - t0, 2.5)
 
     def test_client_that_never_reads_does_not_stall_others(self):
         s = connect()
@@ -147,6 +183,67 @@ class Tcp(unittest.TestCase):
             got = sorted(read_reply(s).rcode() for _ in range(2))
             self.assertEqual(got, sorted([dns.rcode.NOERROR, dns.rcode.NXDOMAIN]))
             self.assertEqual(s.recv(1), b"")
+
+
+class HeldUpstream(LoopbackServer):
+    """Answers every A query with 198.18.9.9, but only once the test opens the gate; records
+    the names it was asked in the order they arrived."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.names = []
+        super().__init__()
+
+    def received(self, wire, transport):
+        self.names.append(dns.message.from_wire(wire).question[0].name.to_text().lower())
+
+    def handle(self, wire, transport):
+        q = dns.message.from_wire(wire)
+        if not self.gate.wait(10):
+            return None
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "198.18.9.9"))
+        return r.to_wire()
+
+
+class Pipelining(unittest.TestCase):
+    def test_tcp_max_pipelined_pauses_reading_until_answers_go_out(self):
+        # --tcp-max-pipelined 3, 7 queries in one write to an upstream that holds its
+        # answers: only 3 reach the upstream. A UDP query sent afterwards reaching it proves
+        # dnsward's loop went round since (the other 4 had their chance and were not read).
+        # Once the answers go out, the rest follow, and every query gets its answer.
+        up = HeldUpstream()
+        d = Dnsward(up.port, allowlist="*.wild.test\n",
+                    extra=["--tcp-max-pipelined", "3", "--cache-size", "0",
+                           "--upstream-timeout", "5000", "--upstream-tries", "1"])
+        try:
+            with socket.create_connection((LO, d.port), timeout=10) as s:
+                queries = [dns.message.make_query(f"p{i}.wild.test.", "A") for i in range(7)]
+                for i, q in enumerate(queries):
+                    q.id = 700 + i
+                s.sendall(b"".join(framed(q) for q in queries))
+                wait_for(lambda: len(up.names) >= 3, timeout=5, what="3 queries upstream")
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.sendto(dns.message.make_query("marker.wild.test.", "A").to_wire(),
+                             (LO, d.port))
+                    wait_for(lambda: "marker.wild.test." in up.names, timeout=5,
+                             what="the UDP marker upstream")
+                    self.assertEqual(sorted(n for n in up.names if n.startswith("p")),
+                                     ["p0.wild.test.", "p1.wild.test.", "p2.wild.test."])
+                    up.gate.set()
+                    replies = {}
+                    for _ in queries:
+                        r = read_reply(s)
+                        replies[r.id] = r
+                self.assertEqual(sorted(replies), [700 + i for i in range(7)])
+                for r in replies.values():
+                    self.assertEqual([a.address for a in r.answer[0]], ["198.18.9.9"])
+                self.assertEqual(sorted(n for n in up.names if n.startswith("p")),
+                                 [f"p{i}.wild.test." for i in range(7)])
+        finally:
+            up.gate.set()
+            d.stop()
+            up.stop()
 
 
 class ConnectionCap(unittest.TestCase):
