@@ -3,6 +3,9 @@
 // (event drain, view lookup, batch, ACK, view update). Fresh addresses every call, so each
 // call is a real netlink round trip. Run as root inside a network namespace of its own:
 //   unshare -n build/bench/vouch_latency [iterations]
+// netinet/in.h before the kernel headers: linux/in.h (which they pull in) defers to it only
+// when it comes first.
+#include <netinet/in.h>
 #include <libmnl/libmnl.h>
 #include <libnftnl/set.h>
 #include <linux/netfilter.h>

@@ -8,86 +8,338 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
-#include <variant>
+#include <stdexcept>
+#include <type_traits>
+
+#include "dnsward/log.hpp"
+#include "dnsward/vouch_ledger.hpp"
 
 namespace po = boost::program_options;
 
 namespace dnsward {
 namespace {
 
-enum class Kind { Flag, Int, Text, List };
+using K = OptionKind;
+constexpr unsigned kBoth = kServe | kNftRules;
 
-/// One option, declared once. Scalars name their ServeConfig field; text and list options
-/// are converted by parse_serve_config() because they need parsing of their own.
-struct OptionSpec {
-  const char* name;
-  Kind kind;
-  const char* metavar;
-  const char* help;
-  const char* default_text;  // shown in --help
-  long def = 0, min = 0, max = 0;
-  std::variant<std::monostate, bool ServeConfig::*, uint32_t ServeConfig::*,
-               uint16_t ServeConfig::*, std::string ServeConfig::*> field = {};
-};
-
-const std::vector<OptionSpec>& serve_options() {
-  static const std::vector<OptionSpec> table = {
-      {"config", Kind::Text, "FILE", "read options from FILE: one 'key = value' per line, same names as here, '#' comments", "none"},
-      {"listen", Kind::List, "ADDR:PORT", "address to serve DNS on, UDP and TCP; IPv6 as [::1]:53", "127.0.0.1:53"},
-      {"upstream", Kind::List, "ADDR[:PORT]", "DNS server that answers allowed names; several fail over in order", "the nameservers of /etc/resolv.conf"},
-      {"allowlist", Kind::List, "FILE", "allowlist file; the entries of all files are merged", "the embedded zones/default.allow"},
-      {"no-nft", Kind::Flag, "", "run without the nftables hook: answers are not vouched for in the firewall", "off", 0, 0, 1, &ServeConfig::no_nft},
-      {"negative-ttl", Kind::Int, "SECONDS", "TTL of the SOA in denials: how long stubs cache a denial (RFC 2308)", "30", 30, 0, 86400, &ServeConfig::negative_ttl},
-      {"udp-payload", Kind::Int, "BYTES", "largest UDP reply we send and the EDNS size we advertise (DNS flag day 2020)", "1232", 1232, 512, 4096, &ServeConfig::udp_payload},
-      {"upstream-timeout", Kind::Int, "MS", "first per-try timeout of an upstream query; c-ares doubles it on later rounds", "1000", 1000, 50, 30000, &ServeConfig::upstream_timeout_ms},
-      {"upstream-tries", Kind::Int, "N", "rounds over the upstream list before the client gets SERVFAIL", "2", 2, 1, 5, &ServeConfig::upstream_tries},
-      {"max-inflight", Kind::Int, "N", "upstream queries in flight; beyond it clients get SERVFAIL at once", "4096", 4096, 1, 60000, &ServeConfig::max_inflight},
-      {"tcp-max-connections", Kind::Int, "N", "concurrent TCP clients; at the cap the longest-idle connection with nothing pending gives way (RFC 7766 6.2.3), and a new one is refused only if every connection is busy", "256", 256, 1, 65536, &ServeConfig::tcp_max_connections},
-      {"tcp-idle-timeout", Kind::Int, "MS", "close a TCP connection with no complete query and nothing pending for this long (RFC 7766 6.2.3)", "10000", 10000, 100, 3600000, &ServeConfig::tcp_idle_timeout_ms},
-      {"tcp-max-pipelined", Kind::Int, "N", "queries in progress per TCP connection; reading pauses beyond it", "32", 32, 1, 1024, &ServeConfig::tcp_max_pipelined},
-      {"log-level", Kind::Text, "LEVEL", "debug, info, warn or error", "info"},
-      {"log-format", Kind::Text, "FORMAT", "logfmt (key=value) or json: one line per event on stderr", "logfmt", 0, 0, 0, &ServeConfig::log_format},
-      {"nft-family", Kind::Text, "FAMILY", "nftables family of dnsward's table: inet, ip or ip6", "inet", 0, 0, 0, &ServeConfig::nft_family},
-      {"nft-table", Kind::Text, "NAME", "nftables table that holds the sets (created if missing)", "dnsward", 0, 0, 0, &ServeConfig::nft_table},
-      {"nft-set4", Kind::Text, "NAME", "set of vouched IPv4 addresses (type ipv4_addr, flags timeout)", "allowed4", 0, 0, 0, &ServeConfig::nft_set4},
-      {"nft-set6", Kind::Text, "NAME", "set of vouched IPv6 addresses (type ipv6_addr, flags timeout)", "allowed6", 0, 0, 0, &ServeConfig::nft_set6},
-      {"nft-set-size", Kind::Int, "N", "size of each set when dnsward creates it; a full set fails the answer (SERVFAIL)", "65536", 65536, 1024, 16777216, &ServeConfig::nft_set_size},
-      {"nft-refresh", Kind::Text, "MODE", "how an element's timeout is extended: auto (probe the kernel), update (in place, kernel 6.12+) or replace (delete+add)", "auto", 0, 0, 0, &ServeConfig::nft_refresh},
-      {"min-ttl", Kind::Int, "SECONDS", "shortest element timeout before grace, whatever the answer's TTL (0 would mean forever)", "30", 30, 1, 86400, &ServeConfig::min_ttl},
-      {"max-ttl", Kind::Int, "SECONDS", "longest element timeout before grace; TTLs sent to clients are lowered to it", "3600", 3600, 1, 604800, &ServeConfig::max_ttl},
-      {"grace", Kind::Int, "SECONDS", "added to every element timeout, so a client that uses an address until its TTL ends still gets through", "30", 30, 1, 3600, &ServeConfig::grace},
-      {"mode", Kind::Text, "MODE", "enforce (deny names off the list) or audit (forward every name, vouch its addresses, log and count what enforce would deny)", "enforce", 0, 0, 0, &ServeConfig::mode},
-      {"state", Kind::Text, "FILE", "keep usage counts (per entry, per denied name) in FILE, written atomically every --state-interval and on SIGTERM", "none", 0, 0, 0, &ServeConfig::state},
-      {"state-interval", Kind::Int, "SECONDS", "how often the state file is written", "60", 60, 1, 86400, &ServeConfig::state_interval},
-      {"state-max-names", Kind::Int, "N", "denied names (and would-deny names) kept in the state, least recently seen dropped first: bounds the state file", "10000", 10000, 1, 1000000, &ServeConfig::state_max_names},
-      {"metrics-listen", Kind::Text, "ADDR:PORT", "serve Prometheus metrics at http://ADDR:PORT/metrics (loopback only)", "none", 0, 0, 0, &ServeConfig::metrics_listen},
-      {"metrics-file", Kind::Text, "FILE", "write the same metrics to FILE atomically every --metrics-interval (node_exporter's textfile collector)", "none", 0, 0, 0, &ServeConfig::metrics_file},
-      {"metrics-interval", Kind::Int, "SECONDS", "how often --metrics-file is written", "15", 15, 1, 3600, &ServeConfig::metrics_interval},
-      {"user", Kind::Text, "NAME", "after binding its sockets and opening netlink as root, run as this user keeping only CAP_NET_ADMIN (no other capability, no new privileges)", "dnsward, if that user exists", 0, 0, 0, &ServeConfig::user},
-      {"cache-size", Kind::Int, "N", "answers kept in the cache (0 turns it off)", "10000", 10000, 0, 10000000, &ServeConfig::cache_size},
-      {"cache-bytes", Kind::Int, "BYTES", "bytes of answers the cache may hold, least recently used evicted first: one hostile zone's 64 KiB answers cannot fill memory", "33554432 (32 MiB)", 32l << 20, 0, 1l << 31, &ServeConfig::cache_bytes},
-      {"max-answer-addresses", Kind::Int, "N", "addresses one answer may vouch for; records (and HTTPS/SVCB hints) beyond it are removed from the reply, with an EDE", "64", 64, 1, 4096, &ServeConfig::max_answer_addresses},
-  };
-  return table;
+/// nftables names as `serve` has always accepted them: a letter or '_', then letters,
+/// digits and '_', shorter than 64. nft's scanner reads such a word as one name, so
+/// `nft-rules` can print it unquoted (nft has no quoting for names), and nothing that could
+/// end a statement (space, brace, ';', newline) gets into a ruleset.
+std::string check_nft_name(const OptionSpec&, const std::string& name) {
+  const bool ok = !name.empty() && name.size() < 64 &&
+                  (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&
+                  std::all_of(name.begin(), name.end(), [](char ch) {
+                    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+                  });
+  return ok ? "" : "not an nftables name (a letter or '_', then letters, digits, '_'; at most 63)";
 }
 
-po::options_description describe() {
+/// A user name: `nft-rules` prints it in double quotes (meta skuid "NAME").
+std::string check_user(const OptionSpec&, const std::string& user) {
+  const bool ok = !user.empty() && std::none_of(user.begin(), user.end(), [](char ch) {
+    const auto u = static_cast<unsigned char>(ch);
+    return ch == '"' || ch == '\\' || std::isspace(u) || std::iscntrl(u);
+  });
+  return ok ? "" : "not a user name";
+}
+
+/// An IPv4 or IPv6 address, optionally with a prefix length.
+std::string check_cidr(const OptionSpec&, const std::string& s) {
+  const auto slash = s.find('/');
+  const std::string host = s.substr(0, slash);
+  uint8_t buf[16];
+  const bool v4 = inet_pton(AF_INET, host.c_str(), buf) == 1;
+  const bool v6 = !v4 && inet_pton(AF_INET6, host.c_str(), buf) == 1;
+  bool ok = v4 || v6;
+  if (ok && slash != std::string::npos) {
+    const std::string len = s.substr(slash + 1);
+    ok = !len.empty() && len.size() <= 3 && len.find_first_not_of("0123456789") == std::string::npos &&
+         std::stoi(len) <= (v4 ? 32 : 128);
+  }
+  return ok ? "" : "expected an address or CIDR";
+}
+
+// The table. Order is the order of --help. `def` is parsed like a user's value, so a
+// default that its own checks would refuse fails every ServeConfig (and the unit tests).
+const std::vector<OptionSpec>& table() {
+  static const std::vector<OptionSpec> t = {
+      {.name = "config", .kind = K::Text, .commands = kServe, .metavar = "FILE",
+       .help = "read options from FILE: one 'key = value' per line, same names as here, '#' comments",
+       .def = nullptr},
+      {.name = "listen", .kind = K::List, .commands = kBoth, .metavar = "ADDR:PORT",
+       .help = "address to serve DNS on, UDP and TCP; IPv6 as [::1]:53", .def = "127.0.0.1:53",
+       .field = &ServeConfig::listen},
+      {.name = "upstream", .kind = K::List, .commands = kBoth, .metavar = "ADDR[:PORT]",
+       .help = "DNS server that answers allowed names; several fail over in order", .def = nullptr,
+       .shown = "the nameservers of /etc/resolv.conf", .field = &ServeConfig::upstreams,
+       .default_port = 53},
+      {.name = "allowlist", .kind = K::List, .commands = kServe, .metavar = "FILE",
+       .help = "allowlist file; the entries of all files are merged", .def = nullptr,
+       .shown = "the embedded zones/default.allow", .field = &ServeConfig::allowlists},
+      {.name = "no-nft", .kind = K::Flag, .commands = kServe, .metavar = "",
+       .help = "run without the nftables hook: answers are not vouched for in the firewall",
+       .def = nullptr, .field = &ServeConfig::no_nft},
+      {.name = "negative-ttl", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "TTL of the SOA in denials: how long stubs cache a denial (RFC 2308)", .def = "30",
+       .min = 0, .max = 86400, .field = &ServeConfig::negative_ttl},
+      {.name = "udp-payload", .kind = K::Int, .commands = kServe, .metavar = "BYTES",
+       .help = "largest UDP reply we send and the EDNS size we advertise (DNS flag day 2020)",
+       .def = "1232", .min = 512, .max = 4096, .field = &ServeConfig::udp_payload},
+      {.name = "upstream-timeout", .kind = K::Int, .commands = kServe, .metavar = "MS",
+       .help = "first per-try timeout of an upstream query; c-ares doubles it on later rounds",
+       .def = "1000", .min = 50, .max = 30000, .field = &ServeConfig::upstream_timeout_ms},
+      {.name = "upstream-tries", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "rounds over the upstream list before the client gets SERVFAIL", .def = "2",
+       .min = 1, .max = 5, .field = &ServeConfig::upstream_tries},
+      {.name = "max-inflight", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "upstream queries in flight; beyond it clients get SERVFAIL at once", .def = "4096",
+       .min = 1, .max = 60000, .field = &ServeConfig::max_inflight},
+      {.name = "tcp-max-connections", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "concurrent TCP clients; at the cap the longest-idle connection with nothing pending "
+               "gives way (RFC 7766 6.2.3), and a new one is refused only if every connection is busy",
+       .def = "256", .min = 1, .max = 65536, .field = &ServeConfig::tcp_max_connections},
+      {.name = "tcp-idle-timeout", .kind = K::Int, .commands = kServe, .metavar = "MS",
+       .help = "close a TCP connection with no complete query and nothing pending for this long "
+               "(RFC 7766 6.2.3)",
+       .def = "10000", .min = 100, .max = 3600000, .field = &ServeConfig::tcp_idle_timeout_ms},
+      {.name = "tcp-max-pipelined", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "queries in progress per TCP connection; reading pauses beyond it", .def = "32",
+       .min = 1, .max = 1024, .field = &ServeConfig::tcp_max_pipelined},
+      {.name = "log-level", .kind = K::Enum, .commands = kServe, .metavar = "LEVEL",
+       .help = "debug logs every decision; info logs start, stop, reloads and upstream failures",
+       .def = "info",
+       .values = {{"debug", int(LogLevel::Debug)}, {"info", int(LogLevel::Info)},
+                  {"warn", int(LogLevel::Warn)}, {"error", int(LogLevel::Error)}},
+       .field = &ServeConfig::log_level},
+      {.name = "log-format", .kind = K::Enum, .commands = kServe, .metavar = "FORMAT",
+       .help = "logfmt (key=value) or json: one line per event on stderr", .def = "logfmt",
+       .values = {{"logfmt", int(log::Format::Logfmt)}, {"json", int(log::Format::Json)}},
+       .field = &ServeConfig::log_format},
+      {.name = "nft-family", .kind = K::Enum, .commands = kBoth, .metavar = "FAMILY",
+       .help = "nftables family of dnsward's table", .def = "inet",
+       .values = {{"inet", NFPROTO_INET}, {"ip", NFPROTO_IPV4}, {"ip6", NFPROTO_IPV6}},
+       .field = &ServeConfig::nft_family},
+      {.name = "nft-table", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
+       .help = "nftables table that holds the sets (created if missing)", .def = "dnsward",
+       .check = check_nft_name, .field = &ServeConfig::nft_table},
+      {.name = "nft-set4", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
+       .help = "set of vouched IPv4 addresses (type ipv4_addr, flags timeout)", .def = "allowed4",
+       .check = check_nft_name, .field = &ServeConfig::nft_set4},
+      {.name = "nft-set6", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
+       .help = "set of vouched IPv6 addresses (type ipv6_addr, flags timeout)", .def = "allowed6",
+       .check = check_nft_name, .field = &ServeConfig::nft_set6},
+      {.name = "nft-set-size", .kind = K::Int, .commands = kBoth, .metavar = "N",
+       .help = "size of each set when dnsward creates it; a full set fails the answer (SERVFAIL)",
+       .def = "65536", .min = 1024, .max = 16777216, .field = &ServeConfig::nft_set_size},
+      {.name = "nft-refresh", .kind = K::Enum, .commands = kServe, .metavar = "MODE",
+       .help = "how an element's timeout is extended: auto probes the kernel, update is in place "
+               "(kernel 6.12+), replace is delete+add",
+       .def = "auto",
+       .values = {{"auto", int(RefreshMode::Auto)}, {"update", int(RefreshMode::Update)},
+                  {"replace", int(RefreshMode::Replace)}},
+       .field = &ServeConfig::nft_refresh},
+      {.name = "allow", .kind = K::List, .commands = kNftRules, .metavar = "CIDR",
+       .help = "address or CIDR the ruleset always lets through", .def = nullptr,
+       .check = check_cidr, .field = &ServeConfig::nft_allow},
+      {.name = "min-ttl", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "shortest element timeout before grace, whatever the answer's TTL (0 would mean forever)",
+       .def = "30", .min = 1, .max = 86400, .field = &ServeConfig::min_ttl},
+      {.name = "max-ttl", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "longest element timeout before grace; TTLs sent to clients are lowered to it",
+       .def = "3600", .min = 1, .max = 604800, .field = &ServeConfig::max_ttl},
+      {.name = "grace", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "added to every element timeout, so a client that uses an address until its TTL "
+               "ends still gets through",
+       .def = "30", .min = 1, .max = 3600, .field = &ServeConfig::grace},
+      {.name = "mode", .kind = K::Enum, .commands = kServe, .metavar = "MODE",
+       .help = "enforce denies names off the list; audit forwards every name, vouches its "
+               "addresses, and logs and counts what enforce would deny",
+       .def = "enforce", .values = {{"enforce", 0}, {"audit", 1}}, .field = &ServeConfig::audit,
+       .name_field = &ServeConfig::mode},
+      {.name = "state", .kind = K::Text, .commands = kServe, .metavar = "FILE",
+       .help = "keep usage counts (per entry, per denied name) in FILE, written atomically every "
+               "--state-interval and on SIGTERM",
+       .def = nullptr, .field = &ServeConfig::state},
+      {.name = "state-interval", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "how often the state file is written", .def = "60", .min = 1, .max = 86400,
+       .field = &ServeConfig::state_interval},
+      {.name = "state-max-names", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "denied (and would-deny) names kept in the state, least recently seen dropped "
+               "first: bounds the state file",
+       .def = "10000", .min = 1, .max = 1000000, .field = &ServeConfig::state_max_names},
+      {.name = "metrics-listen", .kind = K::Text, .commands = kServe, .metavar = "ADDR:PORT",
+       .help = "serve Prometheus metrics at http://ADDR:PORT/metrics (loopback only)",
+       .def = nullptr, .field = &ServeConfig::metrics_listen},
+      {.name = "metrics-file", .kind = K::Text, .commands = kServe, .metavar = "FILE",
+       .help = "write the same metrics to FILE atomically every --metrics-interval "
+               "(node_exporter's textfile collector)",
+       .def = nullptr, .field = &ServeConfig::metrics_file},
+      {.name = "metrics-interval", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
+       .help = "how often --metrics-file is written", .def = "15", .min = 1, .max = 3600,
+       .field = &ServeConfig::metrics_interval},
+      {.name = "user", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
+       .help = "after binding its sockets and opening netlink as root, run as this user keeping "
+               "only CAP_NET_ADMIN; the ruleset lets only this user reach the upstreams",
+       .def = "dnsward", .shown = "dnsward, if it exists", .check = check_user,
+       .field = &ServeConfig::user},
+      {.name = "cache-size", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "answers kept in the cache (0 turns it off)", .def = "10000", .min = 0,
+       .max = 10000000, .field = &ServeConfig::cache_size},
+      {.name = "cache-bytes", .kind = K::Int, .commands = kServe, .metavar = "BYTES",
+       .help = "bytes of answers the cache may hold (32 MiB by default), least recently used "
+               "evicted first: one hostile zone's 64 KiB answers cannot fill memory",
+       .def = "33554432", .min = 0, .max = 1l << 31, .field = &ServeConfig::cache_bytes},
+      {.name = "max-answer-addresses", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "addresses one answer may vouch for; records (and HTTPS/SVCB hints) beyond it are "
+               "removed from the reply, with an EDE",
+       .def = "64", .min = 1, .max = 4096, .field = &ServeConfig::max_answer_addresses},
+  };
+  return t;
+}
+
+std::string join_values(const OptionSpec& o, const char* sep) {
+  std::string s;
+  for (const auto& v : o.values) s += (s.empty() ? "" : sep) + std::string(v.name);
+  return s;
+}
+
+/// Empties the field an option fills, so that nothing is left uninitialised.
+void reset(const OptionSpec& o, ServeConfig& c) {
+  std::visit(
+      [&](auto f) {
+        if constexpr (!std::is_same_v<decltype(f), std::monostate>) c.*f = {};
+      },
+      o.field);
+}
+
+/// Stores one value as a user wrote it (command line, config file or the table's default)
+/// into c; lists append. Returns "" or why the value is refused.
+std::string apply(const OptionSpec& o, const std::string& v, ServeConfig& c) {
+  if (o.check) {
+    auto why = o.check(o, v);
+    if (!why.empty()) return why;
+  }
+  switch (o.kind) {
+    case K::Flag: {
+      bool on;
+      if (v == "true" || v == "yes" || v == "on" || v == "1") on = true;
+      else if (v == "false" || v == "no" || v == "off" || v == "0") on = false;
+      else return "expected true or false";
+      c.*std::get<bool ServeConfig::*>(o.field) = on;
+      return "";
+    }
+    case K::Int: {
+      long n = 0;
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+      if (v.empty() || ec != std::errc() || end != v.data() + v.size()) return "not a number";
+      if (n < o.min || n > o.max) return fmt::format("must be between {} and {}", o.min, o.max);
+      std::visit(
+          [&](auto f) {
+            if constexpr (!std::is_same_v<decltype(f), std::monostate>) {
+              using T = std::remove_reference_t<decltype(c.*f)>;
+              if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) c.*f = static_cast<T>(n);
+            }
+          },
+          o.field);
+      return "";
+    }
+    case K::Text:
+      if (auto f = std::get_if<std::string ServeConfig::*>(&o.field)) c.*(*f) = v;
+      return "";
+    case K::Enum: {
+      const auto it = std::find_if(o.values.begin(), o.values.end(),
+                                   [&](const EnumValue& e) { return v == e.name; });
+      if (it == o.values.end()) return "must be one of " + join_values(o, ", ");
+      std::visit(
+          [&](auto f) {
+            if constexpr (!std::is_same_v<decltype(f), std::monostate>) {
+              using T = std::remove_reference_t<decltype(c.*f)>;
+              if constexpr (std::is_enum_v<T> || std::is_same_v<T, bool>) c.*f = static_cast<T>(it->value);
+            }
+          },
+          o.field);
+      if (o.name_field) c.*o.name_field = it->name;
+      return "";
+    }
+    case K::List:
+      if (auto f = std::get_if<std::vector<std::string> ServeConfig::*>(&o.field)) (c.*(*f)).push_back(v);
+      if (auto f = std::get_if<std::vector<Endpoint> ServeConfig::*>(&o.field)) {
+        const auto e = parse_endpoint(v, o.default_port ? std::optional<uint16_t>(o.default_port) : std::nullopt);
+        if (!e) return o.default_port ? "expected ADDR, ADDR:PORT or [IPV6]:PORT" : "expected ADDR:PORT or [IPV6]:PORT";
+        (c.*(*f)).push_back(*e);
+      }
+      return "";
+  }
+  return "";
+}
+
+/// One value of an option and where it was written: "" for the command line, or FILE:LINE.
+struct Given {
+  std::string value;
+  std::string where;
+};
+
+std::string refusal(const OptionSpec& o, const Given& g, const std::string& why) {
+  if (g.where.empty()) return fmt::format("--{} {}: {}", o.name, g.value, why);
+  return fmt::format("{}: {} = {}: {}", g.where, o.name, g.value, why);
+}
+
+po::options_description describe(unsigned command) {
   po::options_description desc;
   desc.add_options()("help,h", "");
-  for (const auto& o : serve_options()) {
-    switch (o.kind) {
-      case Kind::Flag: desc.add_options()(o.name, po::bool_switch(), ""); break;
-      case Kind::Int: desc.add_options()(o.name, po::value<long>(), ""); break;
-      case Kind::Text: desc.add_options()(o.name, po::value<std::string>(), ""); break;
-      case Kind::List:
-        desc.add_options()(o.name, po::value<std::vector<std::string>>()->composing(), "");
-        break;
-    }
+  for (const auto& o : table()) {
+    if (!(o.commands & command)) continue;
+    // Every value is taken as text and converted by apply(), the same code that reads the
+    // config file and the defaults, so a value means the same thing wherever it is written.
+    if (o.kind == K::Flag) desc.add_options()(o.name, po::bool_switch(), "");
+    else if (o.kind == K::List) desc.add_options()(o.name, po::value<std::vector<std::string>>()->composing(), "");
+    else desc.add_options()(o.name, po::value<std::string>(), "");
   }
   return desc;
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+}
+
+/// Reads a config file's "key = value" lines into `given`, checking each value as it goes
+/// (so a bad line is reported with its line number even when the command line overrides
+/// it). Returns "" or the first error, "FILE:LINE: reason".
+std::string read_config_file(const std::string& path, unsigned command,
+                             std::map<std::string, std::vector<Given>>& given) {
+  std::ifstream in(path);
+  if (!in) return fmt::format("--config {}: cannot open: {}", path, std::strerror(errno));
+  ServeConfig scratch;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const std::string where = fmt::format("{}:{}", path, n);
+    line = trim(line.substr(0, line.find('#')));
+    if (line.empty()) continue;
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) return fmt::format("{}: expected 'key = value'", where);
+    const std::string key = trim(line.substr(0, eq));
+    const Given g{trim(line.substr(eq + 1)), where};
+    const OptionSpec* o = find_option(key);
+    if (!o || !(o->commands & command)) return fmt::format("{}: unknown option '{}'", where, key.substr(0, 80));
+    if (key == "config") return fmt::format("{}: a config file cannot name another", where);
+    auto& seen = given[key];
+    if (o->kind != K::List && !seen.empty())
+      return fmt::format("{}: {} given twice (first at {})", where, key, seen.front().where);
+    const auto why = apply(*o, g.value, scratch);
+    if (!why.empty()) return refusal(*o, g, why);
+    seen.push_back(g);
+  }
+  if (in.bad()) return fmt::format("--config {}: cannot read: {}", path, std::strerror(errno));
+  return "";
 }
 
 std::vector<Endpoint> resolv_conf_servers(const std::string& path) {
@@ -194,191 +446,161 @@ std::optional<Endpoint> parse_endpoint(const std::string& s, std::optional<uint1
   return e;
 }
 
-std::string serve_help() {
-  std::string h =
-      "usage: dnsward serve [OPTION]...\n\n"
-      "Serve DNS: names on the allowlist are forwarded upstream, all others get NXDOMAIN\n"
-      "with an Extended DNS Error (RFC 8914, code 15 Blocked).\n\nOptions:\n";
-  for (const auto& o : serve_options()) {
-    std::string flag = fmt::format("--{}{}{}", o.name, *o.metavar ? " " : "", o.metavar);
-    std::string extra = fmt::format("default: {}", o.default_text);
-    if (o.kind == Kind::Int) extra += fmt::format("; {}..{}", o.min, o.max);
-    if (o.kind == Kind::List) extra += "; repeatable";
+ServeConfig::ServeConfig() {
+  for (const auto& o : table()) {
+    reset(o, *this);
+    if (!o.def) continue;
+    const auto why = apply(o, o.def, *this);
+    if (!why.empty()) throw std::logic_error(fmt::format("default of --{} {}: {}", o.name, o.def, why));
+  }
+}
+
+const std::vector<OptionSpec>& option_table() { return table(); }
+
+const OptionSpec* find_option(std::string_view name) {
+  for (const auto& o : table())
+    if (name == o.name) return &o;
+  return nullptr;
+}
+
+std::string shown_default(const OptionSpec& o) {
+  if (o.shown) return o.shown;
+  if (o.def) return o.def;
+  return o.kind == K::Flag ? "off" : "none";
+}
+
+std::string_view option_value_name(std::string_view option, int value) {
+  if (const OptionSpec* o = find_option(option))
+    for (const auto& v : o->values)
+      if (v.value == value) return v.name;
+  return "?";
+}
+
+std::string options_help(unsigned command) {
+  std::string h;
+  for (const auto& o : table()) {
+    if (!(o.commands & command)) continue;
+    const std::string flag = fmt::format("--{}{}{}", o.name, *o.metavar ? " " : "", o.metavar);
+    std::string extra;
+    if (o.kind == K::Enum) extra = "one of: " + join_values(o, ", ") + "; ";
+    extra += "default: " + shown_default(o);
+    if (o.kind == K::Int) extra += fmt::format("; {}..{}", o.min, o.max);
+    if (o.kind == K::List) extra += "; repeatable";
     h += fmt::format("  {:<28} {} ({})\n", flag, o.help, extra);
   }
   h += fmt::format("  {:<28} {}\n", "--help", "show this help");
   return h;
 }
 
-ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std::string& resolv_conf) {
+std::string serve_help() {
+  return "usage: dnsward serve [OPTION]...\n\n"
+         "Serve DNS: names on the allowlist are forwarded upstream, all others get NXDOMAIN\n"
+         "with an Extended DNS Error (RFC 8914, code 15 Blocked).\n\nOptions:\n" +
+         options_help(kServe);
+}
+
+ParseOutcome parse_command_options(unsigned command, const std::vector<std::string>& args,
+                                   const std::string& resolv_conf) {
   ParseOutcome out;
-  const po::options_description desc = describe();
-  po::variables_map vm;
   // Boost.Program_options 1.74 builds its error messages by replacing %placeholders% in
   // the offending text, and loops for ever when that text holds one itself (found by
-  // fuzzing). No dnsward option needs a '%', so refuse it before Boost sees it.
+  // fuzzing). No dnsward option needs a '%', so refuse it before Boost sees it. Config
+  // files never reach Boost.
   for (const auto& a : args)
     if (a.find('%') != std::string::npos) {
       out.error = fmt::format("'{}': '%' is not allowed in options", a.substr(0, 80));
       return out;
     }
+  po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(desc).positional({}).run(), vm);
-    if (vm.count("help")) {
-      out.help_shown = true;
-      return out;
-    }
-    if (vm.count("config")) {
-      const auto path = vm["config"].as<std::string>();
-      std::ifstream file(path);
-      if (!file) {
-        out.error = fmt::format("--config {}: cannot open: {}", path, std::strerror(errno));
-        return out;
-      }
-      std::ostringstream text;
-      text << file.rdbuf();
-      if (text.str().find('%') != std::string::npos) {
-        out.error = fmt::format("--config {}: '%' is not allowed in options", path);
-        return out;
-      }
-      std::istringstream in(text.str());
-      try {
-        po::store(po::parse_config_file(in, desc), vm);
-      } catch (const po::error& e) {
-        out.error = fmt::format("--config {}: {}", path, e.what());
-        return out;
-      }
-    }
+    // No guessing of abbreviations: `nft-rules --allow` is an option of its own, and would
+    // otherwise be taken for `serve --allowlist`. An option is the name in the table.
+    const auto style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    po::store(po::command_line_parser(args).options(describe(command)).style(style).positional({}).run(), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     out.error = e.what();
     return out;
   }
-
-  ServeConfig c;
-  for (const auto& o : serve_options()) {
-    if (o.kind == Kind::Int) {
-      long v = vm.count(o.name) ? vm[o.name].as<long>() : o.def;
-      if (v < o.min || v > o.max) {
-        out.error = fmt::format("--{} {}: must be between {} and {}", o.name, v, o.min, o.max);
-        return out;
-      }
-      if (auto f = std::get_if<uint32_t ServeConfig::*>(&o.field)) c.*(*f) = uint32_t(v);
-      if (auto f = std::get_if<uint16_t ServeConfig::*>(&o.field)) c.*(*f) = uint16_t(v);
-    } else if (o.kind == Kind::Text) {
-      if (auto f = std::get_if<std::string ServeConfig::*>(&o.field))
-        if (vm.count(o.name)) c.*(*f) = vm[o.name].as<std::string>();
-    } else if (o.kind == Kind::Flag) {
-      if (auto f = std::get_if<bool ServeConfig::*>(&o.field))
-        c.*(*f) = vm.count(o.name) && vm[o.name].as<bool>();
-    }
-  }
-  auto list = [&](const char* name) {
-    return vm.count(name) ? vm[name].as<std::vector<std::string>>() : std::vector<std::string>{};
-  };
-
-  if (vm.count("log-level")) {
-    const auto l = vm["log-level"].as<std::string>();
-    if (l == "debug") c.log_level = LogLevel::Debug;
-    else if (l == "info") c.log_level = LogLevel::Info;
-    else if (l == "warn") c.log_level = LogLevel::Warn;
-    else if (l == "error") c.log_level = LogLevel::Error;
-    else {
-      out.error = fmt::format("--log-level {}: must be debug, info, warn or error", l);
-      return out;
-    }
-  }
-
-  if (c.nft_family == "inet") c.nft_family_code = 1;       // NFPROTO_INET
-  else if (c.nft_family == "ip") c.nft_family_code = 2;    // NFPROTO_IPV4
-  else if (c.nft_family == "ip6") c.nft_family_code = 10;  // NFPROTO_IPV6
-  else {
-    out.error = fmt::format("--nft-family {}: must be inet, ip or ip6", c.nft_family);
+  if (vm.count("help")) {
+    out.help_shown = true;
     return out;
   }
-  for (const auto& [opt, name] : {std::pair{"nft-table", c.nft_table}, std::pair{"nft-set4", c.nft_set4},
-                                   std::pair{"nft-set6", c.nft_set6}}) {
-    // nftables identifiers: a letter or underscore, then letters, digits, underscores.
-    const bool ok = !name.empty() && name.size() < 64 &&
-                    (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&
-                    std::all_of(name.begin(), name.end(), [](char ch) {
-                      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
-                    });
-    if (!ok) {
-      out.error = fmt::format("--{} {}: not an nftables name (letters, digits, '_')", opt, name);
-      return out;
+
+  // What was given for each option: the command line first, then the config file.
+  std::map<std::string, std::vector<Given>> file;
+  if (vm.count("config")) {
+    out.error = read_config_file(vm["config"].as<std::string>(), command, file);
+    if (!out.error.empty()) return out;
+  }
+  ServeConfig c;  // the table's defaults
+  for (const auto& o : table()) {
+    if (!(o.commands & command) || std::holds_alternative<std::monostate>(o.field)) continue;
+    std::vector<Given> given;
+    if (o.kind == K::Flag) {
+      if (vm[o.name].as<bool>()) given.push_back({"true", ""});
+    } else if (o.kind == K::List) {
+      if (vm.count(o.name))
+        for (const auto& v : vm[o.name].as<std::vector<std::string>>()) given.push_back({v, ""});
+    } else if (vm.count(o.name)) {
+      given.push_back({vm[o.name].as<std::string>(), ""});
+    }
+    // A single value on the command line wins over the file's; list values add up, the
+    // command line's first (as Boost's composing values always did).
+    if (const auto it = file.find(o.name); it != file.end() && (o.kind == K::List || given.empty()))
+      given.insert(given.end(), it->second.begin(), it->second.end());
+    if (given.empty()) continue;
+    if (o.kind == K::List) reset(o, c);  // given values replace the default list
+    for (const auto& g : given) {
+      const auto why = apply(o, g.value, c);
+      if (!why.empty()) {
+        out.error = refusal(o, g, why);
+        return out;
+      }
     }
   }
+  c.user_explicit = vm.count("user") || file.count("user");
+
   if (c.nft_set4 == c.nft_set6) {
     out.error = "--nft-set4 and --nft-set6 must name different sets";
     return out;
   }
-  if (c.nft_refresh != "auto" && c.nft_refresh != "update" && c.nft_refresh != "replace") {
-    out.error = fmt::format("--nft-refresh {}: must be auto, update or replace", c.nft_refresh);
-    return out;
-  }
-  if (c.log_format != "logfmt" && c.log_format != "json") {
-    out.error = fmt::format("--log-format {}: must be logfmt or json", c.log_format);
-    return out;
-  }
-  if (c.mode != "enforce" && c.mode != "audit") {
-    out.error = fmt::format("--mode {}: must be enforce or audit", c.mode);
-    return out;
-  }
-  c.audit = c.mode == "audit";
-  c.user_explicit = vm.count("user") != 0;
-  if (c.min_ttl > c.max_ttl) {
-    out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
-    return out;
-  }
-
-  auto listens = list("listen");
-  if (listens.empty()) listens = {"127.0.0.1:53"};
-  for (const auto& s : listens) {
-    auto e = parse_endpoint(s, std::nullopt);
-    if (!e) {
-      out.error = fmt::format("--listen {}: expected ADDR:PORT or [IPV6]:PORT", s);
-      return out;
-    }
-    for (const auto& prev : c.listen)
-      if (prev.same_address(*e)) {
-        out.error = fmt::format("--listen {}: given twice", s);
+  for (std::size_t i = 0; i < c.listen.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (c.listen[j].same_address(c.listen[i])) {
+        out.error = fmt::format("--listen {}: given twice", c.listen[i].text);
         return out;
       }
-    c.listen.push_back(*e);
-  }
-
-  const auto ups = list("upstream");
-  c.upstream_source = ups.empty() ? resolv_conf : "--upstream";
-  for (const auto& s : ups) {
-    auto e = parse_endpoint(s, 53);
-    if (!e) {
-      out.error = fmt::format("--upstream {}: expected ADDR, ADDR:PORT or [IPV6]:PORT", s);
-      return out;
-    }
-    c.upstreams.push_back(*e);
-  }
+  c.upstream_source = c.upstreams.empty() ? resolv_conf : "--upstream";
   if (c.upstreams.empty()) c.upstreams = resolv_conf_servers(resolv_conf);
-  if (c.upstreams.empty()) {
-    out.error = fmt::format("no --upstream given and {} names no nameserver", resolv_conf);
-    return out;
+
+  if (command & kServe) {
+    if (c.min_ttl > c.max_ttl) {
+      out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
+      return out;
+    }
+    if (c.upstreams.empty()) {
+      out.error = fmt::format("no --upstream given and {} names no nameserver", resolv_conf);
+      return out;
+    }
+    // A forwarding loop: our own listen address as upstream would send every allowed query
+    // back to ourselves until the in-flight cap is exhausted.
+    for (const auto& u : c.upstreams)
+      for (const auto& l : c.listen)
+        if (u.same_address(l) || (l.is_wildcard() && l.family() == u.family() &&
+                                  l.port() == u.port() && is_local_address(u))) {
+          out.error = fmt::format("upstream {} (from {}) is dnsward's own listen address {}: "
+                                  "that is a forwarding loop",
+                                  u.text, c.upstream_source, l.text);
+          return out;
+        }
   }
-
-  // A forwarding loop: our own listen address as upstream would send every allowed query
-  // back to ourselves until the in-flight cap is exhausted.
-  for (const auto& u : c.upstreams)
-    for (const auto& l : c.listen)
-      if (u.same_address(l) || (l.is_wildcard() && l.family() == u.family() &&
-                                l.port() == u.port() && is_local_address(u))) {
-        out.error = fmt::format("upstream {} (from {}) is dnsward's own listen address {}: "
-                                "that is a forwarding loop",
-                                u.text, c.upstream_source, l.text);
-        return out;
-      }
-
-  c.allowlists = list("allowlist");
   out.config = std::move(c);
   return out;
+}
+
+ParseOutcome parse_serve_config(const std::vector<std::string>& args, const std::string& resolv_conf) {
+  return parse_command_options(kServe, args, resolv_conf);
 }
 
 }  // namespace dnsward

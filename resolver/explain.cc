@@ -1,13 +1,11 @@
 #include "dnsward/explain.hpp"
 
-#include <time.h>
-
-#include <algorithm>
-#include <cstdio>
 #include <fmt/format.h>
 
-#include "dnsward/lint.hpp"
+#include <algorithm>
 
+#include "dnsward/dates.hpp"
+#include "dnsward/wire.hpp"
 
 namespace dnsward {
 
@@ -30,24 +28,36 @@ std::vector<std::string> explain_lines(const Policy& p, std::string_view name_in
   } else if (m.verdict == Match::Verdict::Allow) {
     const Entry e = p.entry(std::size_t(m.entry));
     out.push_back(fmt::format("{}: allowed by '{}' at {}", name, e.pattern, e.where()));
-    auto field = [&](const char* k, const std::string& v) {
-      out.push_back(fmt::format("  {}: {}", k, v.empty() ? "(not given)" : v));
-    };
-    field("owner", e.owner);
-    field("why", e.why);
-    field("data", e.data);
-    field("unreachable", e.unreachable);
-    field("reviewed", e.reviewed);
-    if (!e.expires.empty()) field("expires", e.expires);
-    if (e.allow_private) out.push_back("  private=yes: special-purpose addresses are vouched for");
+    // Every key of the table, in its order: the justification always (a missing one shows
+    // as such), the others when they say something about this entry.
+    for (const auto& key : kAllowlistKeys) {
+      if (key.text) {
+        const std::string& v = e.*key.text;
+        if (key.justification || !v.empty())
+          out.push_back(fmt::format("  {}: {}", key.name, v.empty() ? "(not given)" : v));
+      } else if (key.kind == KeyKind::YesNo) {
+        if (e.allow_private)
+          out.push_back(fmt::format("  {}=yes: special-purpose addresses are vouched for", key.name));
+      } else if (key.kind == KeyKind::TypeList) {
+        if (!e.types.empty()) {
+          std::string list;
+          for (uint16_t t : e.types) {
+            if (!list.empty()) list += ',';
+            list += wire::type::text(t);
+          }
+          out.push_back(fmt::format("  {}: {}", key.name, list));
+        }
+      } else if (key.kind == KeyKind::PerMinute) {
+        if (e.budget) out.push_back(fmt::format("  {}: {} names a minute", key.name, e.budget));
+      }
+    }
     if (e.shipped) out.push_back("  (from the shipped default list)");
   } else if (m.verdict == Match::Verdict::Ancestor) {
     out.push_back(fmt::format("{}: denied (NODATA): no entry matches it, but entries exist below it, "
                               "so it gets an empty answer, never NXDOMAIN (RFC 8020)", name));
   } else {
     out.push_back(fmt::format("{}: denied (NXDOMAIN): no allowlist entry matches it", name));
-    out.push_back("  to allow it, add a justified line: " + name +
-                  " owner=\"\" why=\"\" data=\"\" unreachable=\"\" reviewed=" + today_utc());
+    out.push_back("  to allow it, add a justified line: " + fill_in_line(name, date::today()));
   }
   out.push_back(fmt::format("policy {}", p.version()));
   return out;

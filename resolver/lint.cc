@@ -1,5 +1,6 @@
 #include "dnsward/lint.hpp"
 
+#include <dlfcn.h>
 #include <libpsl.h>
 #include <time.h>
 
@@ -8,7 +9,10 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <map>
+#include <type_traits>
 #include <unordered_map>
+
+#include "dnsward/dates.hpp"
 
 
 
@@ -16,20 +20,68 @@ namespace dnsward {
 
 // ---- the Public Suffix List ----
 
+namespace {
+
+// libpsl, resolved with dlopen when `check` first needs it. Linked, it would map libpsl,
+// libidn2 and libunistring into every `dnsward serve` (issue 10). The header gives the types;
+// the soname is the ABI it describes (Debian 12's libpsl5).
+constexpr const char* kPslSoname = "libpsl.so.5";
+
+struct LibPsl {
+  decltype(&psl_builtin) builtin = nullptr;
+  decltype(&psl_builtin_filename) builtin_filename = nullptr;
+  decltype(&psl_load_file) load_file = nullptr;
+  decltype(&psl_free) free = nullptr;
+  decltype(&psl_is_public_suffix2) is_public_suffix2 = nullptr;
+  decltype(&psl_registrable_domain) registrable_domain = nullptr;
+  std::string error;  ///< why it could not be loaded, or ""
+};
+
+const LibPsl& libpsl() {
+  static const LibPsl lib = [] {
+    LibPsl l;
+    void* h = dlopen(kPslSoname, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      l.error = fmt::format("cannot load {} (Debian package libpsl5), which reads the Public Suffix List: {}",
+                            kPslSoname, dlerror());
+      return l;
+    }
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+      if (!fn && l.error.empty()) l.error = fmt::format("{} has no {}", kPslSoname, name);
+    };
+    sym(l.builtin, "psl_builtin");
+    sym(l.builtin_filename, "psl_builtin_filename");
+    sym(l.load_file, "psl_load_file");
+    sym(l.free, "psl_free");
+    sym(l.is_public_suffix2, "psl_is_public_suffix2");
+    sym(l.registrable_domain, "psl_registrable_domain");
+    return l;  // never dlclose()d: the command ends soon after
+  }();
+  return lib;
+}
+
+}  // namespace
+
 std::unique_ptr<PublicSuffixList> PublicSuffixList::load(const std::string& path, std::string& err) {
+  const LibPsl& psl = libpsl();
+  if (!psl.error.empty()) {
+    err = psl.error;
+    return nullptr;
+  }
   std::unique_ptr<PublicSuffixList> l(new PublicSuffixList());
   // libpsl answers "is this a public suffix"; it has no way to list rules, so the text form
   // of the same list is read as well, for "are there rules below this name".
   if (path.empty()) {
-    l->ctx_ = const_cast<psl_ctx_t*>(psl_builtin());
-    const char* f = psl_builtin_filename();
+    l->ctx_ = const_cast<psl_ctx_t*>(psl.builtin());
+    const char* f = psl.builtin_filename();
     l->path_ = f ? f : "";
     if (!l->ctx_ || l->path_.empty()) {
       err = "libpsl has no built-in Public Suffix List (install the publicsuffix package)";
       return nullptr;
     }
   } else {
-    l->ctx_ = psl_load_file(path.c_str());
+    l->ctx_ = psl.load_file(path.c_str());
     l->owned_ = true;
     l->path_ = path;
     if (!l->ctx_) {
@@ -61,11 +113,11 @@ std::unique_ptr<PublicSuffixList> PublicSuffixList::load(const std::string& path
 }
 
 PublicSuffixList::~PublicSuffixList() {
-  if (owned_ && ctx_) psl_free(ctx_);
+  if (owned_ && ctx_) libpsl().free(ctx_);
 }
 
 bool PublicSuffixList::is_public_suffix(const std::string& name) const {
-  return psl_is_public_suffix2(ctx_, name.c_str(), PSL_TYPE_ANY) != 0;
+  return libpsl().is_public_suffix2(ctx_, name.c_str(), PSL_TYPE_ANY) != 0;
 }
 
 std::string PublicSuffixList::rule_at_or_below(const std::string& name) const {
@@ -81,49 +133,19 @@ std::string PublicSuffixList::rule_at_or_below(const std::string& name) const {
 }
 
 std::string PublicSuffixList::registrable_domain(const std::string& name) const {
-  const char* r = psl_registrable_domain(ctx_, name.c_str());
+  const char* r = libpsl().registrable_domain(ctx_, name.c_str());
   return r ? r : "";
 }
 
 // ---- dates ----
 
-namespace {
-bool parse_date(const std::string& s, long& y, long& m, long& d) {
-  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
-  try {
-    y = std::stol(s.substr(0, 4));
-    m = std::stol(s.substr(5, 2));
-    d = std::stol(s.substr(8, 2));
-  } catch (...) {
-    return false;
-  }
-  return m >= 1 && m <= 12 && d >= 1 && d <= 31;
-}
-long days_from_civil(long y, long m, long d) {  // days since 1970-01-01 (H. Hinnant)
-  y -= m <= 2;
-  const long era = (y >= 0 ? y : y - 399) / 400;
-  const long yoe = y - era * 400;
-  const long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-}  // namespace
-
 bool days_between(const std::string& a, const std::string& b, long& days) {
-  long y1, m1, d1, y2, m2, d2;
-  if (!parse_date(a, y1, m1, d1) || !parse_date(b, y2, m2, d2)) return false;
-  days = days_from_civil(y2, m2, d2) - days_from_civil(y1, m1, d1);
-  return true;
+  const auto d = date::days_between(a, b);
+  if (d) days = long(*d);
+  return d.has_value();
 }
 
-std::string today_utc() {
-  const time_t t = time(nullptr);
-  tm g{};
-  gmtime_r(&t, &g);
-  char buf[16];
-  strftime(buf, sizeof buf, "%Y-%m-%d", &g);
-  return buf;
-}
+std::string today_utc() { return date::today(); }
 
 // ---- the rules ----
 
@@ -191,11 +213,13 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
     }
     const auto missing = missing_justification(e);
     if (!missing.empty()) {
-      std::string keys;
-      for (const auto& k : missing) keys += (keys.empty() ? "" : ", ") + k;
-      add(e, true, fmt::format("'{}' lacks its justification: {} (who needs it, why, what data "
-                               "flows, what breaks without it, when it was last reviewed)",
-                               e.pattern, keys));
+      // Each missing key with what it should say, from the one key table.
+      std::string keys, meanings;
+      for (const auto& k : missing) {
+        keys += fmt::format("{}{}", keys.empty() ? "" : ", ", k);
+        meanings += fmt::format("{}{}", meanings.empty() ? "" : "; ", find_allowlist_key(k)->meaning);
+      }
+      add(e, true, fmt::format("'{}' lacks its justification: {} ({})", e.pattern, keys, meanings));
     }
     if (e.allow_private && e.why.empty())
       add(e, true, fmt::format("'{}' has private=yes: its why must name the internal endpoint and "
@@ -203,8 +227,8 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
     long age = 0;
     if (!e.reviewed.empty() && days_between(e.reviewed, o.today, age)) {
       if (age > o.review_days)
-        add(e, o.strict, fmt::format("'{}' was last reviewed {} days ago ({}): review it, or remove "
-                                     "it if it is no longer used", e.pattern, age, e.reviewed));
+        add(e, false, fmt::format("'{}' was last reviewed {} days ago ({}): review it, or remove "
+                                  "it if it is no longer used", e.pattern, age, e.reviewed));
       else if (age < 0)
         add(e, false, fmt::format("'{}' has a review date in the future ({})", e.pattern, e.reviewed));
     }
@@ -232,6 +256,10 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
       }
     }
   }
+  // --strict makes every warning an error, as -Werror does: a rule added later is covered
+  // without being told.
+  if (o.strict)
+    for (auto& f : out) f.error = true;
   return out;
 }
 

@@ -1,6 +1,5 @@
 // Wiring only: parse the command line, build the parts, run the loop.
 #include <signal.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 
@@ -27,6 +26,7 @@
 #include "dnsward/nft_sets.hpp"
 #include "dnsward/pipeline.hpp"
 #include "dnsward/privilege.hpp"
+#include "dnsward/sd_notify.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/transport.hpp"
 #include "dnsward/upstream.hpp"
@@ -74,7 +74,7 @@ int serve(const std::vector<std::string>& args) {
   if (!parsed.config) return usage_error("serve: " + parsed.error);
   const ServeConfig& cfg = *parsed.config;
   log::threshold = cfg.log_level;
-  log::format = cfg.log_format == "json" ? log::Format::Json : log::Format::Logfmt;
+  log::format = cfg.log_format;
 
   std::vector<std::string> errors;
   std::shared_ptr<const Policy> policy = load_policy(cfg.allowlists, errors);
@@ -115,17 +115,14 @@ int serve(const std::vector<std::string>& args) {
     std::unique_ptr<NftSets> nft;
     if (!cfg.no_nft) {
       NftTarget target;
-      target.family = cfg.nft_family_code;
+      target.family = static_cast<uint16_t>(cfg.nft_family);  // NFPROTO_*
       target.table = cfg.nft_table;
       target.set4 = cfg.nft_set4;
       target.set6 = cfg.nft_set6;
       target.set_size = cfg.nft_set_size;
       target.max_timeout_s = cfg.max_ttl + cfg.grace;
-      const RefreshMode mode = cfg.nft_refresh == "update"    ? RefreshMode::Update
-                               : cfg.nft_refresh == "replace" ? RefreshMode::Replace
-                                                              : RefreshMode::Auto;
       try {
-        nft = std::make_unique<NftSets>(target, mode);
+        nft = std::make_unique<NftSets>(target, cfg.nft_refresh);
       } catch (const NftError& e) {
         std::fprintf(stderr, "dnsward: nftables: %s\n", e.what());
         return 1;
@@ -180,15 +177,8 @@ int serve(const std::vector<std::string>& args) {
       };
       write_metrics();
     }
-    // SIGUSR1: the counters that matter, in the log.
-    loop.on_signal(SIGUSR1, [&] {
-      const Counters& k = pipeline.counters();
-      log::info("event=stats received={} denied={} forwarded={} cache_hits={} upstream_failures={} "
-                "vouched={} vouch_failures={} inflight={} cache={} nft_known={} reloads_ok={} reloads_failed={}",
-                k.received, k.denied + k.ancestor_nodata, k.forwarded, k.cache_hits, k.upstream_failures,
-                k.vouched_answers, k.vouch_failures, pipeline.inflight(), pipeline.cache_size(),
-                nft ? nft->known() : 0, k.reloads_ok, k.reloads_failed);
-    });
+    // SIGUSR1: the counters that matter, in the log, under their exposition names.
+    loop.on_signal(SIGUSR1, [&] { log::info("event=stats {}", stats_line(take_snapshot(sources))); });
     // Everything that needed root is done: sockets bound, netlink open, sets created.
     const DropResult drop = drop_privileges(cfg.user, cfg.user_explicit, !cfg.no_nft);
     if (!drop.ok) {
@@ -205,9 +195,9 @@ int serve(const std::vector<std::string>& args) {
     // replaces the old between two queries, so no query sees half a list; if anything fails,
     // the old policy stays in force and every error is logged.
     loop.on_signal(SIGHUP, [&] {
-      sd_notify(0, "RELOADING=1");
+      sd_notify("RELOADING=1");
       struct Ready {
-        ~Ready() { sd_notify(0, "READY=1"); }
+        ~Ready() { sd_notify("READY=1"); }
       } ready_again;
       std::vector<std::string> errs;
       std::vector<std::string> lists = cfg.allowlists;
@@ -254,14 +244,14 @@ int serve(const std::vector<std::string>& args) {
       log::warn("event=no-nft msg={}", log::quote("--no-nft: answered addresses are NOT added to "
                                                   "any nftables set; the firewall enforces nothing for them"));
     else
-      log::info("event=nft table={} {} set4={} set6={} refresh={} min_ttl={} max_ttl={} grace={}",
-                cfg.nft_family, cfg.nft_table, cfg.nft_set4, cfg.nft_set6,
-                nft->mode() == RefreshMode::Update ? "update" : "replace", cfg.min_ttl,
+      log::info("event=nft family={} table={} set4={} set6={} refresh={} min_ttl={} max_ttl={} grace={}",
+                option_value_name("nft-family", cfg.nft_family), cfg.nft_table, cfg.nft_set4,
+                cfg.nft_set6, option_value_name("nft-refresh", nft->mode()), cfg.min_ttl,
                 cfg.max_ttl, cfg.grace);
     // Under systemd (Type=notify) the unit is started once dnsward answers.
-    sd_notifyf(0, "READY=1\nSTATUS=serving %zu entries, policy %s", policy->size(), policy->version().c_str());
+    sd_notify(fmt::format("READY=1\nSTATUS=serving {} entries, policy {}", policy->size(), policy->version()));
     loop.run();
-    sd_notify(0, "STOPPING=1");
+    sd_notify("STOPPING=1");
     save_state();
     log::info("event=stop");
     pipeline.shutdown();

@@ -1,5 +1,6 @@
 #include "dnsward/metrics.hpp"
 
+#include <dlfcn.h>
 #include <microhttpd.h>
 #include <sys/socket.h>
 #include <sys/epoll.h>
@@ -14,6 +15,7 @@
 #include <ctime>
 #include <functional>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "dnsward/clock.hpp"
@@ -34,68 +36,45 @@ void Histogram::observe(double seconds) {
 
 namespace {
 
-enum class Type { Counter, Gauge };
+enum class Type { Counter, Gauge, Histogram, Info };
 
-/// One metric: declared once, here, with how to read it.
-struct Metric {
-  const char* name;
-  Type type;
-  const char* help;
-  const char* labels;  // e.g. verdict="denied", or ""
-  std::function<double(const MetricsSources&)> read;
-};
-
-const Counters& c(const MetricsSources& s) { return s.pipeline->counters(); }
-
-const std::vector<Metric>& table() {
-  static const std::vector<Metric> t = {
-      {"dnsward_queries_total", Type::Counter, "Queries received, by what became of them.", "verdict=\"received\"", [](auto& s) { return double(c(s).received); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"denied\"", [](auto& s) { return double(c(s).denied); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"nodata_ancestor\"", [](auto& s) { return double(c(s).ancestor_nodata); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"would_deny\"", [](auto& s) { return double(c(s).would_deny); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"forwarded\"", [](auto& s) { return double(c(s).forwarded); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"cache_hit\"", [](auto& s) { return double(c(s).cache_hits); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"localhost\"", [](auto& s) { return double(c(s).localhost); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"any_minimal\"", [](auto& s) { return double(c(s).any_minimal); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"chaos_why\"", [](auto& s) { return double(c(s).chaos_why); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"formerr\"", [](auto& s) { return double(c(s).formerr); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"notimp\"", [](auto& s) { return double(c(s).notimp); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"refused\"", [](auto& s) { return double(c(s).refused); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"badvers\"", [](auto& s) { return double(c(s).badvers); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"filtered_type\"", [](auto& s) { return double(c(s).filtered_type); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"over_budget\"", [](auto& s) { return double(c(s).over_budget); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"overload\"", [](auto& s) { return double(c(s).overload); }},
-      {"dnsward_queries_total", Type::Counter, "", "verdict=\"dropped\"", [](auto& s) { return double(c(s).dropped); }},
-      {"dnsward_upstream_answers_total", Type::Counter, "Answers received from the upstream.", "", [](auto& s) { return double(c(s).upstream_answers); }},
-      {"dnsward_upstream_failures_total", Type::Counter, "Upstream timeouts, errors and unusable answers (the client got SERVFAIL).", "", [](auto& s) { return double(c(s).upstream_failures); }},
-      {"dnsward_upstream_inflight", Type::Gauge, "Queries waiting for the upstream.", "", [](auto& s) { return double(s.pipeline->inflight()); }},
-      {"dnsward_truncated_total", Type::Counter, "UDP answers sent truncated (TC=1).", "", [](auto& s) { return double(c(s).truncated); }},
-      {"dnsward_answers_vouched_total", Type::Counter, "Answers whose addresses were put in the nftables sets before the reply.", "", [](auto& s) { return double(c(s).vouched_answers); }},
-      {"dnsward_vouch_failures_total", Type::Counter, "Answers withheld (SERVFAIL) because the sets could not be updated.", "", [](auto& s) { return double(c(s).vouch_failures); }},
-      {"dnsward_special_addresses_dropped_total", Type::Counter, "Records with special-purpose addresses removed from answers.", "", [](auto& s) { return double(c(s).special_dropped); }},
-      {"dnsward_netlink_batches_total", Type::Counter, "Netlink batches sent to nftables.", "", [](auto& s) { return s.nft ? double(s.nft->batches()) : 0.0; }},
-      {"dnsward_nft_external_changes_total", Type::Counter, "Times someone else changed dnsward's table or sets.", "", [](auto& s) { return s.nft ? double(s.nft->external_changes()) : 0.0; }},
-      {"dnsward_nft_elements_known", Type::Gauge, "Set elements dnsward added and believes still held (its view of the sets).", "", [](auto& s) { return s.nft ? double(s.nft->known()) : 0.0; }},
-      {"dnsward_cache_entries", Type::Gauge, "Answers in the cache.", "", [](auto& s) { return double(s.pipeline->cache_size()); }},
-      {"dnsward_answers_capped_total", Type::Counter, "Answers that carried more addresses than --max-answer-addresses (the extra records were removed).", "", [](auto& s) { return double(c(s).capped_answers); }},
-      {"dnsward_capped_addresses_total", Type::Counter, "Addresses removed from answers by --max-answer-addresses.", "", [](auto& s) { return double(c(s).capped_addresses); }},
-      {"dnsward_nft_set_elements", Type::Gauge, "Elements dnsward knows each set holds (from its own adds and dumps of the kernel's sets).", "family=\"ipv4\"", [](auto& s) { return s.nft ? double(s.nft->held(AF_INET, mono_ms())) : 0.0; }},
-      {"dnsward_nft_set_elements", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->held(AF_INET6, mono_ms())) : 0.0; }},
-      {"dnsward_nft_set_size", Type::Gauge, "Each set's declared size (0: none; a full set fails answers closed).", "family=\"ipv4\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET)) : 0.0; }},
-      {"dnsward_nft_set_size", Type::Gauge, "", "family=\"ipv6\"", [](auto& s) { return s.nft ? double(s.nft->size_of(AF_INET6)) : 0.0; }},
-      {"dnsward_nft_foreign_set_rules_total", Type::Counter, "Rules seen that change dnsward's sets from the packet path (changes dnsward cannot see).", "", [](auto& s) { return s.nft ? double(s.nft->foreign_set_rules()) : 0.0; }},
-      {"dnsward_revoke_failures_total", Type::Counter, "Revocations the kernel refused (the addresses may still be held).", "", [](auto& s) { return double(c(s).revoke_failures); }},
-      {"dnsward_reloads_total", Type::Counter, "Policy reloads (SIGHUP).", "result=\"ok\"", [](auto& s) { return double(c(s).reloads_ok); }},
-      {"dnsward_reloads_total", Type::Counter, "", "result=\"failed\"", [](auto& s) { return double(c(s).reloads_failed); }},
-      {"dnsward_revoked_addresses_total", Type::Counter, "Addresses deleted from the sets because a reload removed their entries.", "", [](auto& s) { return double(c(s).revoked); }},
-      {"dnsward_policy_entries", Type::Gauge, "Entries of the policy in force.", "", [](auto& s) { return double(s.pipeline->policy().size()); }},
-      {"dnsward_start_time_seconds", Type::Gauge, "When dnsward started (unix time).", "", [](auto& s) { return double(s.start_unix); }},
-  };
-  return t;
+const char* type_name(Type t) {
+  switch (t) {
+    case Type::Counter: return "counter";
+    case Type::Gauge: return "gauge";
+    case Type::Histogram: return "histogram";
+    case Type::Info: return "gauge";
+  }
+  return "untyped";
 }
 
-void histogram(std::string& out, const char* name, const char* help, const Histogram& h) {
-  out += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+/// One row of DNSWARD_METRICS, with how to render its value from a snapshot.
+struct Row {
+  const char* name;
+  Type type;
+  const char* labels;  // exposition syntax, or ""; for Info rows, the label's name
+  bool stats;
+  const char* help;
+  std::function<void(const Row&, const MetricsSnapshot&, std::string&)> render;
+};
+
+void sample(std::string& out, const char* name, const char* labels, const std::string& value) {
+  if (*labels) out += fmt::format("{}{{{}}} {}\n", name, labels, value);
+  else out += fmt::format("{} {}\n", name, value);
+}
+
+/// Label values written as the text format wants them (backslash, quote, newline escaped).
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') out += '\\', out += ch;
+    else if (ch == '\n') out += "\\n";
+    else out += ch;
+  }
+  return out;
+}
+
+void histogram(std::string& out, const char* name, const Histogram& h) {
   uint64_t cum = 0;
   for (int i = 0; i < Histogram::kBuckets; ++i) {
     cum += h.counts[i];
@@ -105,28 +84,78 @@ void histogram(std::string& out, const char* name, const char* help, const Histo
                      h.sum, name, h.count);
 }
 
+// The table's rows as data, each with the renderer of its kind.
+#define DNSWARD_ROW_COUNTER_(member_, name_, labels_, stats_, help_)                         \
+  {name_, Type::Counter, labels_, stats_, help_,                                              \
+   [](const Row& r, const MetricsSnapshot& m, std::string& out) {                             \
+     sample(out, r.name, r.labels, std::to_string(m.counters.member_));                       \
+   }},
+#define DNSWARD_ROW_READING_(member_, type_, name_, labels_, stats_, help_, expr_)            \
+  {name_, Type::type_, labels_, stats_, help_,                                                \
+   [](const Row& r, const MetricsSnapshot& m, std::string& out) {                             \
+     sample(out, r.name, r.labels, fmt::format("{}", m.member_));                             \
+   }},
+#define DNSWARD_ROW_HISTOGRAM_(member_, name_, help_, expr_)                                   \
+  {name_, Type::Histogram, "", false, help_,                                                  \
+   [](const Row& r, const MetricsSnapshot& m, std::string& out) { histogram(out, r.name, m.member_); }},
+#define DNSWARD_ROW_INFO_(member_, name_, label_, help_, expr_)                                \
+  {name_, Type::Info, label_, false, help_,                                                   \
+   [](const Row& r, const MetricsSnapshot& m, std::string& out) {                             \
+     out += fmt::format("{}{{{}=\"{}\"}} 1\n", r.name, r.labels, label_value(m.member_));     \
+   }},
+
+const std::vector<Row>& rows() {
+  static const std::vector<Row> t = {DNSWARD_METRICS(DNSWARD_ROW_COUNTER_, DNSWARD_ROW_READING_,
+                                                     DNSWARD_ROW_HISTOGRAM_, DNSWARD_ROW_INFO_)};
+  return t;
+}
+
 }  // namespace
 
-std::string render_metrics(const MetricsSources& s) {
+MetricsSnapshot take_snapshot(const MetricsSources& s) {
+  MetricsSnapshot m;
+  m.counters = s.pipeline->counters();
+#define DNSWARD_READ_(member_, type_, name_, labels_, stats_, help_, expr_) m.member_ = double(expr_);
+#define DNSWARD_READ_INFO_(member_, name_, label_, help_, expr_) m.member_ = (expr_);
+#define DNSWARD_READ_HISTOGRAM_(member_, name_, help_, expr_) m.member_ = (expr_);
+  DNSWARD_METRICS(DNSWARD_METRICS_NONE_, DNSWARD_READ_, DNSWARD_READ_HISTOGRAM_, DNSWARD_READ_INFO_)
+  return m;
+}
+
+std::string render_metrics(const MetricsSnapshot& m) {
+  // A family's samples must be together, after its one HELP and TYPE (text format 0.0.4), so
+  // each name is rendered once, at its first row, with every row of that name.
   std::string out;
-  const char* last = "";
-  for (const Metric& m : table()) {
-    if (std::strcmp(m.name, last) != 0) {
-      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", m.name, m.help, m.name,
-                         m.type == Type::Counter ? "counter" : "gauge");
-      last = m.name;
-    }
-    const double v = m.read(s);
-    if (*m.labels) out += fmt::format("{}{{{}}} {}\n", m.name, m.labels, v);
-    else out += fmt::format("{} {}\n", m.name, v);
+  const auto& t = rows();
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    bool first = true;
+    for (std::size_t j = 0; j < i && first; ++j) first = std::strcmp(t[j].name, t[i].name) != 0;
+    if (!first) continue;
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", t[i].name, t[i].help, t[i].name, type_name(t[i].type));
+    for (std::size_t j = i; j < t.size(); ++j)
+      if (std::strcmp(t[j].name, t[i].name) == 0) t[j].render(t[j], m, out);
   }
-  out += fmt::format("# HELP dnsward_policy_info The policy in force; its version is the one in logs and EDE texts.\n"
-                     "# TYPE dnsward_policy_info gauge\ndnsward_policy_info{{version=\"{}\"}} 1\n",
-                     s.pipeline->policy().version());
-  histogram(out, "dnsward_upstream_latency_seconds", "Time from forwarding a query to its upstream answer.",
-            s.pipeline->upstream_latency());
-  histogram(out, "dnsward_vouch_latency_seconds", "Time to put an answer's addresses in the sets (netlink batch and ACK).",
-            s.pipeline->vouch_latency());
+  return out;
+}
+
+std::string render_metrics(const MetricsSources& s) { return render_metrics(take_snapshot(s)); }
+
+std::string stats_line(const MetricsSnapshot& m) {
+  std::string out;
+  for (const Row& r : rows()) {
+    if (!r.stats) continue;
+    std::string one;
+    r.render(r, m, one);  // "name{labels} value\n", exactly the exposition's sample
+    one.pop_back();
+    const std::size_t sp = one.rfind(' ');
+    std::string key = one.substr(0, sp);
+    // logfmt keys hold no '=' or '"' (and log.cc's JSON form copies keys verbatim).
+    std::string safe;
+    for (char ch : key)
+      if (ch == '=') safe += ':';
+      else if (ch != '"') safe += ch;
+    out += fmt::format("{}{}={}", out.empty() ? "" : " ", safe, one.substr(sp + 1));
+  }
   return out;
 }
 
@@ -151,17 +180,63 @@ bool write_metrics_file(const std::string& path, const MetricsSources& s, std::s
 }
 
 namespace {
+
+// libmicrohttpd, resolved with dlopen by the first MetricsServer. Linked, it would map itself
+// and gnutls, p11-kit, nettle, hogweed, gmp and tasn1 into every dnsward, about 2 MB of RSS
+// that only --metrics-listen uses (issue 10). The header gives the types; the soname is the
+// ABI that header describes (Debian 12's libmicrohttpd12).
+constexpr const char* kMhdSoname = "libmicrohttpd.so.12";
+
+struct Mhd {
+  decltype(&MHD_start_daemon) start_daemon;
+  decltype(&MHD_stop_daemon) stop_daemon;
+  decltype(&MHD_get_daemon_info) get_daemon_info;
+  decltype(&MHD_run) run;
+  decltype(&MHD_get_timeout) get_timeout;
+  decltype(&MHD_create_response_from_buffer) create_response_from_buffer;
+  decltype(&MHD_add_response_header) add_response_header;
+  decltype(&MHD_queue_response) queue_response;
+  decltype(&MHD_destroy_response) destroy_response;
+};
+
+/// The library, loaded once; throws std::runtime_error naming the soname if it cannot be.
+const Mhd& mhd() {
+  static const Mhd lib = [] {
+    void* h = dlopen(kMhdSoname, RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+      throw std::runtime_error(fmt::format("--metrics-listen needs {} (Debian package libmicrohttpd12): {}",
+                                           kMhdSoname, dlerror()));
+    auto sym = [h](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+      if (!fn) throw std::runtime_error(fmt::format("--metrics-listen: {} has no {}", kMhdSoname, name));
+    };
+    Mhd m{};
+    sym(m.start_daemon, "MHD_start_daemon");
+    sym(m.stop_daemon, "MHD_stop_daemon");
+    sym(m.get_daemon_info, "MHD_get_daemon_info");
+    sym(m.run, "MHD_run");
+    sym(m.get_timeout, "MHD_get_timeout");
+    sym(m.create_response_from_buffer, "MHD_create_response_from_buffer");
+    sym(m.add_response_header, "MHD_add_response_header");
+    sym(m.queue_response, "MHD_queue_response");
+    sym(m.destroy_response, "MHD_destroy_response");
+    return m;  // never dlclose()d: the process keeps it as long as it serves metrics
+  }();
+  return lib;
+}
+
 MHD_Result on_request(void* cls, MHD_Connection* conn, const char* url, const char* method,
                       const char*, const char*, size_t*, void**) {
+  const Mhd& lib = mhd();
   const auto* sources = static_cast<const MetricsSources*>(cls);
   const bool get = std::strcmp(method, "GET") == 0 || std::strcmp(method, "HEAD") == 0;
   const bool metrics = std::strcmp(url, "/metrics") == 0;
   const std::string body = !get ? "method not allowed\n" : metrics ? render_metrics(*sources) : "not found: try /metrics\n";
-  MHD_Response* r = MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
+  MHD_Response* r = lib.create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
                                                     MHD_RESPMEM_MUST_COPY);
-  MHD_add_response_header(r, "Content-Type", metrics && get ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain");
-  const MHD_Result q = MHD_queue_response(conn, !get ? MHD_HTTP_METHOD_NOT_ALLOWED : metrics ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND, r);
-  MHD_destroy_response(r);
+  lib.add_response_header(r, "Content-Type", metrics && get ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain");
+  const MHD_Result q = lib.queue_response(conn, !get ? MHD_HTTP_METHOD_NOT_ALLOWED : metrics ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND, r);
+  lib.destroy_response(r);
   return q;
 }
 }  // namespace
@@ -176,13 +251,14 @@ MetricsServer::MetricsServer(EventLoop& loop, const std::string& listen, const M
           : IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&ep->addr)->sin6_addr);
   if (!loopback)
     throw std::runtime_error("--metrics-listen " + listen + ": metrics are served on loopback only");
+  const Mhd& lib = mhd();
   const unsigned flags = MHD_USE_EPOLL | (ep->family() == AF_INET6 ? MHD_USE_IPv6 : 0);
-  daemon_ = MHD_start_daemon(flags, ep->port(), nullptr, nullptr, &on_request, &sources_,
+  daemon_ = lib.start_daemon(flags, ep->port(), nullptr, nullptr, &on_request, &sources_,
                              MHD_OPTION_SOCK_ADDR, reinterpret_cast<const sockaddr*>(&ep->addr),
                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 16u,
                              MHD_OPTION_END);
   if (!daemon_) throw std::runtime_error("--metrics-listen " + listen + ": cannot serve there");
-  epoll_fd_ = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
+  epoll_fd_ = lib.get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
   loop_.watch(epoll_fd_, EPOLLIN, [this](uint32_t) { run(); });
   run();
 }
@@ -190,15 +266,16 @@ MetricsServer::MetricsServer(EventLoop& loop, const std::string& listen, const M
 MetricsServer::~MetricsServer() {
   if (timer_) loop_.cancel(timer_);
   loop_.unwatch(epoll_fd_);
-  MHD_stop_daemon(daemon_);
+  mhd().stop_daemon(daemon_);
 }
 
 void MetricsServer::run() {
-  MHD_run(daemon_);
+  const Mhd& lib = mhd();
+  lib.run(daemon_);
   if (timer_) loop_.cancel(timer_);
   timer_ = 0;
   MHD_UNSIGNED_LONG_LONG ms = 0;
-  if (MHD_get_timeout(daemon_, &ms) == MHD_YES)
+  if (lib.get_timeout(daemon_, &ms) == MHD_YES)
     timer_ = loop_.after(ms, [this] {
       timer_ = 0;
       run();

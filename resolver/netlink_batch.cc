@@ -15,11 +15,36 @@
 #include "dnsward/clock.hpp"
 
 namespace dnsward {
+
 namespace {
-// The kernel applies a batch inside sendmsg(), so its answers are queued when that returns;
-// this bound only guards against a kernel that does otherwise.
-constexpr int kAnswerWaitMs = 200;
+ssize_t real_send(int fd, const void* data, std::size_t len) {
+  // To the kernel (port ID 0), as mnl_socket_sendto() does.
+  sockaddr_nl to{};
+  to.nl_family = AF_NETLINK;
+  return sendto(fd, data, len, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+}
+
+ssize_t real_recv(int fd, void* buf, std::size_t size, int flags, sockaddr_nl* from) {
+  socklen_t alen = sizeof(sockaddr_nl);
+  return recvfrom(fd, buf, size, flags, reinterpret_cast<sockaddr*>(from), from ? &alen : nullptr);
+}
 }  // namespace
+
+ssize_t NetlinkFaults::send(int fd, const void* data, std::size_t len) { return real_send(fd, data, len); }
+
+ssize_t NetlinkFaults::recv(int fd, void* buf, std::size_t size, int flags, sockaddr_nl* from) {
+  return real_recv(fd, buf, size, flags, from);
+}
+
+ssize_t netlink_receive(NetlinkFaults* faults, int fd, void* buf, std::size_t size, int flags) {
+  for (;;) {
+    sockaddr_nl from{};
+    const ssize_t n = faults ? faults->recv(fd, buf, size, flags, &from)
+                             : real_recv(fd, buf, size, flags, &from);
+    if (n < 0 || from.nl_pid == 0) return n;
+    // Sent by another process, not by the kernel: dropped unread.
+  }
+}
 
 void NetlinkSocket::Closer::operator()(mnl_socket* s) const { mnl_socket_close(s); }
 
@@ -43,8 +68,32 @@ NetlinkSocket::~NetlinkSocket() = default;
 
 int NetlinkSocket::fd() const { return mnl_socket_get_fd(nl_.get()); }
 
+ssize_t NetlinkSocket::send_raw(const void* data, std::size_t len) {
+  return faults_ ? faults_->send(fd(), data, len) : real_send(fd(), data, len);
+}
+
+ssize_t NetlinkSocket::recv_raw(int flags) {
+  // MSG_TRUNC: the datagram's real length, so an answer larger than the buffer is noticed
+  // rather than read cut short.
+  return netlink_receive(faults_, fd(), rbuf_.data(), rbuf_.size(), flags | MSG_TRUNC);
+}
+
+bool NetlinkSocket::ours(const nlmsghdr* h, uint32_t seq) const {
+  // The kernel addresses every answer, ACKs and dump parts alike, to the port ID of the
+  // socket that sent the request (netlink_ack() and netlink_dump() use NETLINK_CB(skb).portid);
+  // libmnl's mnl_cb_run() checks the same.
+  return h->nlmsg_seq == seq && h->nlmsg_pid == portid_;
+}
+
+bool NetlinkSocket::fail(int e, std::string& err, std::string text) {
+  last_errno_ = e;
+  err = std::move(text);
+  return false;
+}
+
 bool NetlinkSocket::transact(const std::vector<Msg>& msgs, std::vector<int>& results,
                              std::string& err) {
+  last_errno_ = 0;
   results.assign(msgs.size(), 0);
   if (msgs.empty()) return true;
   // The limit is half the buffer: libmnl notices an oversized batch only after writing the
@@ -60,8 +109,7 @@ bool NetlinkSocket::transact(const std::vector<Msg>& msgs, std::vector<int>& res
     m.payload(nlh);
     if (!mnl_nlmsg_batch_next(b)) {
       mnl_nlmsg_batch_stop(b);
-      err = "netlink batch too large";
-      return false;
+      return fail(EMSGSIZE, err, "netlink batch too large");
     }
   }
   const uint32_t last = seq_ - 1;
@@ -69,16 +117,13 @@ bool NetlinkSocket::transact(const std::vector<Msg>& msgs, std::vector<int>& res
   nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(b)), end_seq);
   if (!mnl_nlmsg_batch_next(b)) {
     mnl_nlmsg_batch_stop(b);
-    err = "netlink batch too large";
-    return false;
+    return fail(EMSGSIZE, err, "netlink batch too large");
   }
-  const ssize_t sent = mnl_socket_sendto(nl_.get(), mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b));
+  const ssize_t sent = send_raw(mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b));
+  const int send_errno = errno;
   mnl_nlmsg_batch_stop(b);
   ++batches_;
-  if (sent < 0) {
-    err = std::string("netlink send: ") + std::strerror(errno);
-    return false;
-  }
+  if (sent < 0) return fail(send_errno, err, std::string("netlink send: ") + std::strerror(send_errno));
   return read_answers(first, last, begin_seq, end_seq, results, err);
 }
 
@@ -89,40 +134,44 @@ bool NetlinkSocket::read_answers(uint32_t first, uint32_t last, uint32_t begin_s
   std::vector<bool> answered(results.size(), false);
   std::size_t left = results.size();
   int batch_error = 0;
-  const uint64_t deadline = mono_ms() + kAnswerWaitMs;
+  const uint64_t deadline = mono_ms() + uint64_t(kAnswerWaitMs);
   while (left > 0) {
-    const ssize_t n = recv(fd(), rbuf_.data(), rbuf_.size(), MSG_TRUNC);
+    const ssize_t n = recv_raw(0);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (batch_error) break;  // the batch as a whole was refused: nothing else comes
+        // Nothing yet. The kernel answers inside sendmsg(), so only a batch that was lost,
+        // or whose answers were, gets here; wait no longer than the deadline, then fail
+        // (the caller withholds the answer). Answers that come later carry this batch's
+        // sequence numbers, which the next batch skips.
         const int64_t wait = int64_t(deadline) - int64_t(mono_ms());
         pollfd p{fd(), POLLIN, 0};
-        if (wait <= 0 || poll(&p, 1, int(wait)) <= 0) {
-          err = "no netlink answer from the kernel in time";
-          return false;
-        }
+        const int r = wait > 0 ? poll(&p, 1, int(wait)) : 0;
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return fail(ETIMEDOUT, err, "no netlink answer from the kernel in time");
         continue;
       }
-      // ENOBUFS: answers were dropped; nothing of this batch can be trusted.
-      err = std::string("netlink receive: ") + std::strerror(errno);
-      return false;
+      // ENOBUFS: answers were dropped (the socket's buffer overflowed); nothing of this
+      // batch can be trusted.
+      const int e = errno;
+      return fail(e, err, std::string("netlink receive: ") + std::strerror(e));
     }
-    if (std::size_t(n) > rbuf_.size()) {
-      err = "netlink answer larger than the receive buffer";
-      return false;
-    }
+    if (std::size_t(n) > rbuf_.size()) return fail(EMSGSIZE, err, "netlink answer larger than the receive buffer");
     int len = int(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len);
          h = mnl_nlmsg_next(h, &len)) {
-      if (h->nlmsg_type != NLMSG_ERROR) continue;
+      if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_pid != portid_) continue;
       const int e = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
       if (h->nlmsg_seq == begin_seq || h->nlmsg_seq == end_seq) {
         if (e) batch_error = e;
         continue;
       }
-      if (h->nlmsg_seq < first || h->nlmsg_seq > last) continue;  // a stale answer
-      const std::size_t i = h->nlmsg_seq - first;
+      // An answer to an earlier batch (one that gave up waiting: lost, late or after
+      // ENOBUFS) has an older sequence number and is never taken for this batch's. The
+      // difference is unsigned, so older numbers (and a counter that wrapped) fall outside.
+      const uint32_t i = h->nlmsg_seq - first;
+      if (i > last - first) continue;
       if (!answered[i]) {
         answered[i] = true;
         --left;
@@ -130,10 +179,8 @@ bool NetlinkSocket::read_answers(uint32_t first, uint32_t last, uint32_t begin_s
       results[i] = e;
     }
   }
-  if (batch_error) {
-    err = std::string("nftables refused the batch: ") + std::strerror(batch_error);
-    return false;
-  }
+  if (batch_error)
+    return fail(batch_error, err, std::string("nftables refused the batch: ") + std::strerror(batch_error));
   return true;
 }
 
@@ -143,7 +190,7 @@ bool NetlinkSocket::start_request(uint16_t type, uint16_t flags,
   request_seq_ = seq_++;
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf.data(), type, family_, flags, request_seq_);
   build(nlh);
-  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
+  if (send_raw(nlh, nlh->nlmsg_len) < 0) {
     err = std::string("netlink send: ") + std::strerror(errno);
     return false;
   }
@@ -155,7 +202,7 @@ NetlinkSocket::Progress NetlinkSocket::poll_request(
     std::string& err) {
   errno_out = 0;
   for (int i = 0; i < max_reads; ++i) {
-    const ssize_t n = recv(fd(), rbuf_.data(), rbuf_.size(), MSG_TRUNC | MSG_DONTWAIT);
+    const ssize_t n = recv_raw(MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Progress::More;
@@ -168,7 +215,7 @@ NetlinkSocket::Progress NetlinkSocket::poll_request(
     }
     int len = int(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
-      if (h->nlmsg_seq != request_seq_) continue;  // a reply to an earlier request
+      if (!ours(h, request_seq_)) continue;  // a reply to an earlier request
       if (h->nlmsg_type == NLMSG_DONE) return Progress::Done;
       if (h->nlmsg_type == NLMSG_ERROR) {
         errno_out = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
@@ -187,13 +234,13 @@ int NetlinkSocket::request(uint16_t type, uint16_t flags,
   const uint32_t seq = seq_++;
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(sbuf.data(), type, family_, flags, seq);
   build(nlh);
-  if (mnl_socket_sendto(nl_.get(), nlh, nlh->nlmsg_len) < 0) {
+  if (send_raw(nlh, nlh->nlmsg_len) < 0) {
     err = std::string("netlink send: ") + std::strerror(errno);
     return -1;
   }
   const uint64_t deadline = mono_ms() + 1000;
   for (;;) {
-    const ssize_t n = recv(fd(), rbuf_.data(), rbuf_.size(), MSG_TRUNC);
+    const ssize_t n = recv_raw(0);
     if (n < 0) {
       if ((errno == EAGAIN || errno == EINTR) && mono_ms() < deadline) {
         pollfd p{fd(), POLLIN, 0};
@@ -209,7 +256,7 @@ int NetlinkSocket::request(uint16_t type, uint16_t flags,
     }
     int len = int(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
-      if (h->nlmsg_seq != seq) continue;
+      if (!ours(h, seq)) continue;  // a reply to an earlier request or batch
       if (h->nlmsg_type == NLMSG_DONE) return 0;
       if (h->nlmsg_type == NLMSG_ERROR) return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
       if (!on_reply(h)) return -1;

@@ -79,8 +79,13 @@ NetlinkSocket open_socket(uint16_t family) try {
 
 void NftSets::SocketCloser::operator()(mnl_socket* s) const { mnl_socket_close(s); }
 
-NftSets::NftSets(NftTarget target, RefreshMode mode)
-    : t_(std::move(target)), mode_(mode), nl_(open_socket(t_.family)), dump_(open_socket(t_.family)) {
+NftSets::NftSets(NftTarget target, RefreshMode mode) : NftSets(std::move(target), mode, NftFaults{}) {}
+
+NftSets::NftSets(NftTarget target, RefreshMode mode, NftFaults faults)
+    : t_(std::move(target)), mode_(mode), nl_(open_socket(t_.family)), dump_(open_socket(t_.family)),
+      event_faults_(faults.events) {
+  nl_.set_faults(faults.batches);
+  dump_.set_faults(faults.dumps);
   events_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!events_ || mnl_socket_bind(events_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
     throw NftError(failure("cannot open the nftables event socket", errno));
@@ -236,9 +241,15 @@ bool NftSets::ensure(std::string& err) {
   if (!nl_.transact(msgs, res, err) || std::any_of(res.begin(), res.end(), [](int r) { return r != 0; })) {
     int e = 0;
     for (int r : res) e = e ? e : r;
-    err = e ? failure("creating table " + t_.table, e) : "creating table " + t_.table + ": " + err;
-    if (err.find("Operation not permitted") != std::string::npos && err.find("--no-nft") == std::string::npos)
-      err += kNeedCap;
+    if (e) {
+      err = failure("creating table " + t_.table, e);  // a message refused: its errno
+    } else {
+      // The batch failed as a whole: refused (without CAP_NET_ADMIN the kernel answers its
+      // first message with EPERM, nfnetlink_rcv()), or lost. Its errno, never the text of
+      // err, says whether privilege is the remedy.
+      err = "creating table " + t_.table + ": " + err;
+      if (nl_.last_errno() == EPERM || nl_.last_errno() == EACCES) err += kNeedCap;
+    }
     return false;
   }
   if (!have4) size4_ = t_.set_size;
@@ -546,7 +557,8 @@ void NftSets::on_events() {
   char rbuf[65536];
   bool changed = false, recreate = false, lost = false;
   for (;;) {
-    const ssize_t n = recv(mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
+    const ssize_t n =
+        netlink_receive(event_faults_, mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == ENOBUFS) {  // events were lost: assume the worst
         changed = recreate = lost = true;

@@ -39,7 +39,7 @@ void write_opt(Writer& w, const Query& q, const ReplyOptions& o, uint16_t rcode,
   w.u16(type::OPT);
   w.u16(o.our_udp_size);
   w.u32(uint32_t((rcode >> 4) & 0xff) << 24 | (q.edns_do ? 0x8000u : 0u));
-  if (ede == 0xffff) {
+  if (ede == edns::kNoEde) {
     w.u16(0);
     return;
   }
@@ -196,7 +196,7 @@ std::size_t build_localhost(const Query& q, const ReplyOptions& o, uint8_t* out,
     w.u16(16);
     w.bytes(lo6, 16);
   }
-  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, 0xffff, {});
+  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, edns::kNoEde, {});
   return finish(w);
 }
 
@@ -223,7 +223,7 @@ std::size_t build_txt(const Query& q, const std::vector<std::string>& lines,
     } while (!rest.empty());
     w.patch16(rdlen_at, uint16_t(w.len() - start));
   }
-  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, 0xffff, {});
+  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, edns::kNoEde, {});
   return finish(w);
 }
 
@@ -240,7 +240,7 @@ std::size_t build_any_hinfo(const Query& q, const ReplyOptions& o, uint8_t* out,
   w.u8(7);
   w.bytes("RFC8482", 7);
   w.u8(0);
-  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, 0xffff, {});
+  if (q.has_edns) write_opt(w, q, o, rcode::NOERROR, edns::kNoEde, {});
   return finish(w);
 }
 
@@ -399,7 +399,7 @@ RelayStatus relay_checked_answer(const Query& q, const uint8_t* ans, std::size_t
       opts.skip(olen);
     }
   }
-  if (q.has_edns && extra_ede != 0xffff) {
+  if (q.has_edns && extra_ede != edns::kNoEde) {
     extra_text = extra_text.substr(0, kMaxEdeText);
     if (ede_bytes + 6 + extra_text.size() <= sizeof ede_buf) {
       put16(ede_buf + ede_bytes, edns::OPT_EDE);

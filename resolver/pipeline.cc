@@ -16,24 +16,6 @@
 namespace dnsward {
 using namespace wire;
 
-namespace {
-const char* type_name(uint16_t t) {
-  switch (t) {
-    case type::A: return "A";
-    case type::AAAA: return "AAAA";
-    case type::CNAME: return "CNAME";
-    case type::HTTPS: return "HTTPS";
-    case type::SVCB: return "SVCB";
-    case type::TXT: return "TXT";
-    case type::ANY: return "ANY";
-    default: return nullptr;
-  }
-}
-std::string type_text(uint16_t t) {
-  const char* n = type_name(t);
-  return n ? n : fmt::format("TYPE{}", t);
-}
-}  // namespace
 
 std::string ClientAddr::peer_text() const {
   char buf[INET6_ADDRSTRLEN] = "?";
@@ -272,7 +254,7 @@ Pipeline::Step Pipeline::admit(QueryCtx& c, bool count) {
       ++counters_.filtered_type;
       char why[512];
       const auto r = fmt::format_to_n(why, sizeof why, "dnsward: type {} is not allowed under '{}' (types=)",
-                                      type_text(q.qtype), policy_->pattern(idx));
+                                      type::text(q.qtype), policy_->pattern(idx));
       c.out_len = build_negative(q, rcode::NOERROR, reply_opts_, c.out, c.out_cap,
                                  edns::EDE_FILTERED, std::string_view(why, std::min(r.size, sizeof why)));
       return Step::Reply;
@@ -305,13 +287,13 @@ Pipeline::Step Pipeline::admit(QueryCtx& c, bool count) {
     const std::string name = q.qname_text();
     if (usage) usage->would_deny(name, now);
     log::info("event=would-deny name={} type={} client={} msg={}", log::quote(name),
-              type_text(q.qtype), c.client.peer_text(), log::quote("audit mode: not enforced"));
+              type::text(q.qtype), c.client.peer_text(), log::quote("audit mode: not enforced"));
     return Step::Continue;
   }
   if (usage) usage->denied(q.qname_text(), now);
   if (log::enabled(LogLevel::Debug))
     log::debug("event=denied name={} type={} client={}", log::quote(q.qname_text()),
-               type_text(q.qtype), c.client.peer_text());
+               type::text(q.qtype), c.client.peer_text());
   return deny(c, m.verdict);
 }
 
@@ -376,7 +358,7 @@ bool Pipeline::send_upstream(Pending p) {
                                              p.with_opt, p.caps ? p.sent : nullptr);
   if (n == 0) return false;
   log::debug("event=forward name={} type={} id={}", log::quote(q.qname_text()),
-             type_text(q.qtype), id);
+             type::text(q.qtype), id);
   // Registered before the send. c-ares 1.18 may call back from inside ares_send (no route,
   // EPERM, no descriptors); the port defers such callbacks to the loop, so a reply is never
   // delivered while a transport is still handing us the query.
@@ -434,7 +416,7 @@ Pipeline::Step Pipeline::check_upstream(Pending& p, uint16_t id, int status, con
   if (status != ARES_SUCCESS || !ans) {
     ++counters_.upstream_failures;
     log::warn("event=upstream-failed name={} type={} error={}", log::quote(q.qname_text()),
-              type_text(q.qtype), log::quote(ares_strerror(status)));
+              type::text(q.qtype), log::quote(ares_strerror(status)));
     const bool timeout = status == ARES_ETIMEOUT;
     return servfail(c, timeout ? edns::EDE_NO_REACHABLE_AUTHORITY : edns::EDE_NETWORK_ERROR,
                     fmt::format("dnsward: upstream {}", ares_strerror(status)));

@@ -6,37 +6,11 @@
 #include <cctype>
 #include <cstring>
 
+#include "dnsward/dates.hpp"
 #include "dnsward/wire.hpp"
 
 namespace dnsward {
 namespace {
-
-uint16_t type_code(const std::string& t) {
-  static const std::pair<const char*, uint16_t> known[] = {
-      {"A", 1}, {"NS", 2}, {"CNAME", 5}, {"SOA", 6}, {"PTR", 12}, {"MX", 15}, {"TXT", 16},
-      {"AAAA", 28}, {"SRV", 33}, {"SVCB", 64}, {"HTTPS", 65}, {"CAA", 257}};
-  for (const auto& [name, code] : known)
-    if (t == name) return code;
-  if (t.rfind("TYPE", 0) == 0 && t.size() > 4 && t.size() <= 9 &&
-      t.find_first_not_of("0123456789", 4) == std::string::npos) {
-    const unsigned long v = std::stoul(t.substr(4));
-    if (v > 0 && v < 65536) return uint16_t(v);
-  }
-  return 0;
-}
-
-bool valid_date(std::string_view s) {
-  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
-  for (std::size_t i : {0, 1, 2, 3, 5, 6, 8, 9})
-    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
-  const int y = std::stoi(std::string(s.substr(0, 4)));
-  const int m = std::stoi(std::string(s.substr(5, 2)));
-  const int d = std::stoi(std::string(s.substr(8, 2)));
-  static constexpr int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (m < 1 || m > 12 || d < 1) return false;
-  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-  return d <= days[m - 1] + (m == 2 && leap ? 1 : 0);
-}
 
 // Splits a line into tokens: whitespace separates, "double quotes" group (with \" and \\),
 // and # outside quotes starts a comment.
@@ -97,6 +71,87 @@ bool valid_label(std::string_view l, std::string& err) {
 }
 
 }  // namespace
+
+namespace {
+// The index of a Text or Date key's value in Meta::text.
+std::size_t text_slot(const AllowlistKey& key) {
+  std::size_t n = 0;
+  for (const AllowlistKey* k = kAllowlistKeys; k != &key; ++k) n += k->text != nullptr;
+  return n;
+}
+}  // namespace
+
+const AllowlistKey* find_allowlist_key(std::string_view name) {
+  for (const auto& k : kAllowlistKeys)
+    if (k.name == name) return &k;
+  return nullptr;
+}
+
+std::string allowlist_key_names() {
+  std::string s;
+  for (const auto& k : kAllowlistKeys) s += fmt::format("{}{}", s.empty() ? "" : ", ", k.name);
+  return s;
+}
+
+bool check_key_value(const AllowlistKey& key, std::string_view v, std::string& reason,
+                     std::vector<uint16_t>* types, uint32_t* budget) {
+  if (v.empty()) {
+    reason = fmt::format("key '{}' has an empty value", key.name);
+    return false;
+  }
+  switch (key.kind) {
+    case KeyKind::Text:
+      return true;
+    case KeyKind::Date:
+      if (date::parse_day(v)) return true;
+      reason = fmt::format("{}={} is not a date of the form YYYY-MM-DD", key.name, v);
+      return false;
+    case KeyKind::YesNo:
+      if (v == "yes" || v == "no") return true;
+      reason = fmt::format("{}={}: must be yes or no", key.name, v);
+      return false;
+    case KeyKind::TypeList: {
+      std::vector<uint16_t> list;
+      for (std::string_view rest = v;;) {
+        const std::size_t comma = rest.find(',');
+        const std::string_view t = rest.substr(0, comma);
+        uint16_t code = 0;
+        if (!wire::type::from_text(t, code)) {
+          reason = fmt::format("{}: unknown type '{}' (a type name such as A, AAAA, HTTPS, TXT, "
+                               "or TYPEnnn)", key.name, t);
+          return false;
+        }
+        list.push_back(code);
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+      if (types) *types = std::move(list);
+      return true;
+    }
+    case KeyKind::PerMinute: {
+      uint32_t n = 0;
+      if (v.size() <= 7 && v.find_first_not_of("0123456789") == std::string_view::npos)
+        for (char c : v) n = n * 10 + uint32_t(c - '0');
+      if (n == 0) {
+        reason = fmt::format("{}={}: must be a number of names per minute, 1 to 9999999", key.name, v);
+        return false;
+      }
+      if (budget) *budget = n;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string fill_in_line(std::string_view name, std::string_view reviewed) {
+  std::string s(name);
+  for (const auto& k : kAllowlistKeys) {
+    if (!k.justification) continue;
+    const bool dated = k.kind == KeyKind::Date && !reviewed.empty();
+    s += fmt::format(" {}={}", k.name, dated ? reviewed : std::string_view("\"\""));
+  }
+  return s;
+}
 
 bool text_to_wire(std::string_view text, std::string& out) {
   out.clear();
@@ -242,6 +297,8 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
 
       Meta meta;
       bool has_meta = false, allow_private = false;
+      static_assert(std::size(kAllowlistKeys) <= 32, "seen holds one bit a key");
+      uint32_t seen = 0;  // bit i: kAllowlistKeys[i] given on this line
       for (std::size_t i = 1; i < tok.size() && ok; ++i) {
         const std::size_t eq = tok[i].find('=');
         if (eq == std::string::npos || eq == 0) {
@@ -249,62 +306,30 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
           ok = false;
           break;
         }
-        const std::string k = tok[i].substr(0, eq), v = tok[i].substr(eq + 1);
-        if (k == "types") {
-          std::string_view list = v;
-          while (ok && !list.empty()) {
-            const std::size_t comma = list.find(',');
-            std::string t(list.substr(0, comma));
-            for (char& ch : t) ch = char(std::toupper(static_cast<unsigned char>(ch)));
-            const uint16_t code = type_code(t);
-            if (code == 0) {
-              fail(fmt::format("types: unknown type '{}' (use A, AAAA, CNAME, HTTPS, SVCB, TXT, MX, "
-                               "SRV, CAA, NS, PTR, SOA or TYPEnnn)", t));
-              ok = false;
-            }
-            meta.types.push_back(code);
-            list.remove_prefix(comma == std::string_view::npos ? list.size() : comma + 1);
-          }
-          has_meta = true;
-          continue;
-        }
-        if (k == "budget") {
-          if (v.empty() || v.size() > 7 || v.find_first_not_of("0123456789") != std::string::npos ||
-              std::stoul(v) == 0) {
-            fail(fmt::format("budget={}: must be a number of names per minute, 1 to 9999999", v));
-            ok = false;
-          } else {
-            meta.budget = uint32_t(std::stoul(v));
-            has_meta = true;
-          }
-          continue;
-        }
-        if (k == "private") {
-          if (v != "yes" && v != "no") {
-            fail(fmt::format("private={}: must be yes or no", v));
-            ok = false;
-          }
-          allow_private = v == "yes";
-          continue;
-        }
-        std::string* field = k == "owner" ? &meta.owner : k == "why" ? &meta.why
-                           : k == "data" ? &meta.data : k == "unreachable" ? &meta.unreachable
-                           : k == "reviewed" ? &meta.reviewed : k == "expires" ? &meta.expires
-                           : nullptr;
-        if (!field) {
-          fail(fmt::format("unknown key '{}' (known: owner, why, data, unreachable, reviewed, expires, private, types, budget)", k));
+        const std::string_view k = std::string_view(tok[i]).substr(0, eq);
+        const std::string_view v = std::string_view(tok[i]).substr(eq + 1);
+        const AllowlistKey* known = find_allowlist_key(k);
+        if (!known) {
+          fail(fmt::format("unknown key '{}' (known: {})", k, allowlist_key_names()));
           ok = false;
-        } else if (!field->empty()) {
+          break;
+        }
+        const auto bit = uint32_t(1) << (known - kAllowlistKeys);
+        if (seen & bit) {
           fail(fmt::format("key '{}' given twice", k));
           ok = false;
-        } else if (v.empty()) {
-          fail(fmt::format("key '{}' has an empty value", k));
+          break;
+        }
+        seen |= bit;
+        if (!check_key_value(*known, v, err, &meta.types, &meta.budget)) {
+          fail(err);
           ok = false;
-        } else if ((k == "reviewed" || k == "expires") && !valid_date(v)) {
-          fail(fmt::format("{}={} is not a date of the form YYYY-MM-DD", k, v));
-          ok = false;
+          break;
+        }
+        if (known->kind == KeyKind::YesNo) {  // private= is the only one: kept as a flag
+          allow_private = v == "yes";
         } else {
-          *field = v;
+          if (known->text) meta.text[text_slot(*known)] = v;
           has_meta = true;
         }
       }
@@ -331,8 +356,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       uint64_t h = fnv(kFnvBasis, pat.data(), pat.size());
       if (has_meta) {
         const Meta& m = p.meta_[r.meta];
-        for (const std::string* f : {&m.owner, &m.why, &m.data, &m.unreachable, &m.reviewed, &m.expires})
-          h = fnv(fnv(h, "|", 1), f->data(), f->size());
+        for (const std::string& f : m.text) h = fnv(fnv(h, "|", 1), f.data(), f.size());
         h = fnv(fnv(h, m.types.data(), m.types.size() * sizeof(uint16_t)), &m.budget, sizeof m.budget);
       }
       h = fnv(h, &allow_private, 1);
@@ -365,12 +389,8 @@ Entry Policy::entry(std::size_t i) const {
     const Meta& m = meta_[r.meta];
     if (!m.types.empty()) e.types = m.types;
     e.budget = m.budget;
-    e.owner = m.owner;
-    e.why = m.why;
-    e.data = m.data;
-    e.unreachable = m.unreachable;
-    e.reviewed = m.reviewed;
-    e.expires = m.expires;
+    for (const auto& key : kAllowlistKeys)
+      if (key.text) e.*key.text = m.text[text_slot(key)];
   }
   return e;
 }
@@ -428,9 +448,8 @@ int32_t Policy::find_pattern(std::string_view pat) const {
 std::vector<std::string> missing_justification(const Entry& e) {
   std::vector<std::string> missing;
   if (e.shipped) return missing;
-  const std::string* fields[] = {&e.owner, &e.why, &e.data, &e.unreachable, &e.reviewed};
-  for (std::size_t i = 0; i < 5; ++i)
-    if (fields[i]->empty()) missing.push_back(kJustificationKeys[i]);
+  for (const auto& key : kAllowlistKeys)
+    if (key.justification && key.text && (e.*key.text).empty()) missing.emplace_back(key.name);
   return missing;
 }
 

@@ -13,7 +13,9 @@
 #include <unordered_map>
 
 #include "dnsward/allowlist_files.hpp"
+#include "dnsward/dates.hpp"
 #include "dnsward/explain.hpp"
+#include "dnsward/json.hpp"
 #include "dnsward/lint.hpp"
 #include "dnsward/usage.hpp"
 
@@ -51,26 +53,8 @@ CommonArgs parse_args(const char* cmd, const std::vector<std::string>& args,
   return c;
 }
 
-std::string json_str(std::string_view s) {
-  std::string o = "\"";
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (ch == '"' || ch == '\\') o += '\\', o += ch;
-    else if (c < 0x20) o += fmt::format("\\u{:04x}", c);
-    else o += ch;
-  }
-  return o + "\"";
-}
-
-std::string date_of(int64_t t) {
-  if (t <= 0) return "never";
-  const time_t tt = time_t(t);
-  tm g{};
-  gmtime_r(&tt, &g);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%SZ", &g);
-  return buf;
-}
+// Report output: when an entry or name was last used.
+std::string date_of(int64_t t) { return t <= 0 ? "never" : date::format_time(t); }
 
 }  // namespace
 
@@ -131,7 +115,7 @@ int report_main(const std::vector<std::string>& args) {
   const int64_t now = c.vm.count("now") ? c.vm["now"].as<int64_t>() : int64_t(time(nullptr));
   const int since = c.vm["since"].as<int>();
   const int64_t cutoff = now - int64_t(since) * 86400;
-  const std::string today = today_utc();
+  const std::string today = date::format_day(date::day_of(now));
 
   struct Row { std::string pattern, where; uint64_t count; int64_t last; };
   std::vector<Row> unused, stale;
@@ -141,8 +125,8 @@ int report_main(const std::vector<std::string>& args) {
     const uint64_t count = it == usage.entries().end() ? 0 : it->second.count;
     const int64_t last = it == usage.entries().end() ? 0 : it->second.last;
     if (last < cutoff) unused.push_back({e.pattern, e.where(), count, last});
-    long age = 0;
-    if (!e.shipped && (e.reviewed.empty() || (days_between(e.reviewed, today, age) && age > 90)))
+    const auto age = date::days_between(e.reviewed, today);
+    if (!e.shipped && (e.reviewed.empty() || (age && *age > 90)))
       stale.push_back({e.pattern, e.where(), count, last});
   }
   struct Name { std::string name; UsageRecord r; };
@@ -158,24 +142,22 @@ int report_main(const std::vector<std::string>& args) {
   };
   const auto denied = top(usage.denied());
   const auto would = top(usage.would_deny());
-  auto line_for = [&](const std::string& n) {
-    return n + " owner=\"\" why=\"\" data=\"\" unreachable=\"\" reviewed=\"\"";
-  };
+  auto line_for = [](const std::string& n) { return fill_in_line(n, ""); };
 
   if (c.vm["json"].as<bool>()) {
-    std::string j = "{\"policy\":" + json_str(policy->version()) + ",\"since_days\":" + std::to_string(since);
+    std::string j = "{\"policy\":" + json::quoted(policy->version()) + ",\"since_days\":" + std::to_string(since);
     auto rows = [&](const char* key, const std::vector<Row>& v) {
       j += fmt::format(",\"{}\":[", key);
       for (std::size_t i = 0; i < v.size(); ++i)
         j += fmt::format("{}{{\"pattern\":{},\"where\":{},\"count\":{},\"last\":{}}}", i ? "," : "",
-                         json_str(v[i].pattern), json_str(v[i].where), v[i].count, v[i].last);
+                         json::quoted(v[i].pattern), json::quoted(v[i].where), v[i].count, v[i].last);
       j += "]";
     };
     auto names = [&](const char* key, const std::vector<Name>& v) {
       j += fmt::format(",\"{}\":[", key);
       for (std::size_t i = 0; i < v.size(); ++i)
         j += fmt::format("{}{{\"name\":{},\"count\":{},\"last\":{},\"line\":{}}}", i ? "," : "",
-                         json_str(v[i].name), v[i].r.count, v[i].r.last, json_str(line_for(v[i].name)));
+                         json::quoted(v[i].name), v[i].r.count, v[i].r.last, json::quoted(line_for(v[i].name)));
       j += "]";
     };
     rows("unused", unused);
@@ -232,7 +214,7 @@ int check_main(const std::vector<std::string>& args) {
         "usage: dnsward check [--strict] [--psl FILE] [--today YYYY-MM-DD] [--review-days N] FILE...\n\n"
         "Lints allowlist files. Prints FILE:LINE: error|warning: message for each finding.\n"
         "Exit codes: 0 no errors (warnings allowed), 1 errors, 2 unusable input.\n"
-        "  --strict        a review older than --review-days (90) is an error, not a warning\n"
+        "  --strict        every warning is an error, as -Werror makes it (exit 1)\n"
         "  --psl FILE      a Public Suffix List to use instead of Debian's (publicsuffix package)\n"
         "  --today DATE    the date to judge reviews and expiry against (default: today, UTC)\n",
         stdout);
@@ -245,10 +227,9 @@ int check_main(const std::vector<std::string>& args) {
   }
   LintOptions o;
   o.strict = vm["strict"].as<bool>();
-  o.today = vm["today"].as<std::string>().empty() ? today_utc() : vm["today"].as<std::string>();
+  o.today = vm["today"].as<std::string>().empty() ? date::today() : vm["today"].as<std::string>();
   o.review_days = vm["review-days"].as<int>();
-  long ignored;
-  if (!days_between(o.today, o.today, ignored)) {
+  if (!date::parse_day(o.today)) {
     std::fprintf(stderr, "dnsward: check: --today %s: not a date of the form YYYY-MM-DD\n", o.today.c_str());
     return 2;
   }

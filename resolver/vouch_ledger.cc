@@ -248,7 +248,18 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
                             const std::vector<ChangeResult>& results, const Provenance& who,
                             uint64_t now_ms, const std::vector<uint64_t>* held_left) {
   for (std::size_t k = 0; k < changes.size() && k < results.size(); ++k) {
-    if (results[k] == ChangeResult::Failed) continue;
+    if (results[k] == ChangeResult::Failed) {
+      // A failed add may still have been applied: a batch whose answers were lost or came
+      // too late (no ACK in time, ENOBUFS) has an unknown outcome. The element counts as
+      // maybe held until its timeout, so that revocations delete it and later adds do not
+      // take its absence for granted (a refused batch, applied by nothing, costs at most an
+      // ENOENT or an EEXIST then).
+      if (changes[k].op != ElemOp::Del) {
+        LedgerRecord& r = records_[changes[k].addr];
+        r.prior_ms = std::max(r.prior_ms, now_ms + changes[k].timeout_ms);
+      }
+      continue;
+    }
     LedgerRecord& r = records_[changes[k].addr];
     r.written = epoch_;  // newer than any dump already asked for
     if (changes[k].op == ElemOp::Del) {
@@ -273,7 +284,8 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
   const uint32_t pid = who.pattern.empty() ? UINT32_MAX : intern(who.pattern);
   for (const VouchItem& i : items) {
     const auto it = records_.find(i.addr);
-    if (it == records_.end() || it->second.kernel_ms <= now_ms) continue;  // not held
+    // Not held, not maybe held: nothing to answer for.
+    if (it == records_.end() || (it->second.kernel_ms <= now_ms && it->second.prior_ms <= now_ms)) continue;
     LedgerRecord& r = it->second;
     // A promise is made only by an answer that reached the client.
     if (all_done) r.promised_ms = std::max(r.promised_ms, now_ms + uint64_t(i.timeout_s) * 1000u);

@@ -1,6 +1,63 @@
 #include "dnsward/wire.hpp"
 
+#include <fmt/format.h>
+
+#include <charconv>
+
 namespace dnsward::wire {
+
+namespace type {
+namespace {
+struct Named {
+  uint16_t code;
+  const char* name;
+};
+// Sorted by number. Names from the IANA "Resource Record (RR) TYPEs" registry.
+constexpr Named kTypes[] = {
+    {A, "A"},         {NS, "NS"},         {CNAME, "CNAME"}, {SOA, "SOA"},     {PTR, "PTR"},
+    {HINFO, "HINFO"}, {MX, "MX"},         {TXT, "TXT"},     {AAAA, "AAAA"},   {SRV, "SRV"},
+    {NAPTR, "NAPTR"}, {OPT, "OPT"},       {DS, "DS"},       {RRSIG, "RRSIG"}, {NSEC, "NSEC"},
+    {DNSKEY, "DNSKEY"}, {NSEC3, "NSEC3"}, {TLSA, "TLSA"},   {SVCB, "SVCB"},   {HTTPS, "HTTPS"},
+    {TKEY, "TKEY"},   {TSIG, "TSIG"},     {IXFR, "IXFR"},   {AXFR, "AXFR"},   {MAILB, "MAILB"},
+    {MAILA, "MAILA"}, {ANY, "ANY"},       {CAA, "CAA"},
+};
+
+bool iequal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (lower(uint8_t(a[i])) != lower(uint8_t(b[i]))) return false;
+  return true;
+}
+}  // namespace
+
+const char* mnemonic(uint16_t t) {
+  for (const auto& n : kTypes)
+    if (n.code == t) return n.name;
+  return nullptr;
+}
+
+std::string text(uint16_t t) {
+  const char* n = mnemonic(t);
+  return n ? std::string(n) : fmt::format("TYPE{}", t);
+}
+
+bool from_text(std::string_view s, uint16_t& t) {
+  for (const auto& n : kTypes)
+    if (iequal(s, n.name)) {
+      t = n.code;
+      return true;
+    }
+  if (s.size() < 5 || !iequal(s.substr(0, 4), "TYPE")) return false;
+  const std::string_view digits = s.substr(4);
+  unsigned v = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  // from_chars takes no sign or space, so only decimal digits get here; 0 is reserved.
+  if (ec != std::errc() || end != digits.data() + digits.size() || v == 0 || v > 65535)
+    return false;
+  t = uint16_t(v);
+  return true;
+}
+}  // namespace type
 
 void Writer::text_name(const char* name) {
   // Callers pass fixed, known-good names ("dnsward.invalid"); "" or "." is the root.

@@ -44,7 +44,7 @@ struct Finding {
 };
 
 struct LintOptions {
-  bool strict = false;     ///< reviewed dates past review_days are errors, not warnings
+  bool strict = false;     ///< every finding is an error (as -Werror makes warnings)
   std::string today;       ///< YYYY-MM-DD
   int review_days = 90;    ///< quarterly review
 };

@@ -1,6 +1,8 @@
-// Metrics: one table of every metric (name, type, help, how to read it) rendered in the
-// Prometheus text format, served on a loopback HTTP port (libmicrohttpd, driven by our
-// event loop) and/or written atomically to a file for node_exporter's textfile collector.
+// Metrics: one table of every metric (DNSWARD_METRICS below) from which the query counters,
+// the Prometheus text exposition and SIGUSR1's event=stats line are all generated, so a
+// metric has one name everywhere. The exposition is served on a loopback HTTP port
+// (libmicrohttpd, loaded only when --metrics-listen is given) and/or written atomically to a
+// file for node_exporter's textfile collector.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -21,15 +23,121 @@ struct Histogram {
   void observe(double seconds);
 };
 
-/// Query counters, read by the metrics table.
+// The table. Its rows, in exposition order (rows of one name form one family and are rendered
+// together, as the text format requires of a family's samples):
+//
+//   COUNTER(member, name, labels, stats, help)
+//       a field of struct Counters that the pipeline increments (++counters_.received)
+//   READING(member, type, name, labels, stats, help, expr)
+//       a value read from the running parts at render time: expr is evaluated with
+//       `const MetricsSources& s` in scope; type is Counter or Gauge
+//   HISTOGRAM(member, name, help, expr)
+//       a Histogram; expr (with `s` in scope) yields a const Histogram&
+//   INFO(member, name, label, help, expr)
+//       a gauge of value 1 whose one label carries a string; expr yields it
+//
+// name is the Prometheus name; labels are in exposition syntax (verdict="denied") or "";
+// stats says whether SIGUSR1's event=stats line carries it (under the same name, see
+// stats_line()); help is the family's HELP text, given on its first row and "" on the others.
+#define DNSWARD_METRICS(COUNTER, READING, HISTOGRAM, INFO)                                          \
+  COUNTER(received, "dnsward_queries_total", "verdict=\"received\"", true,                        \
+          "Queries received, by what became of them.")                                             \
+  COUNTER(denied, "dnsward_queries_total", "verdict=\"denied\"", true, "")                         \
+  COUNTER(ancestor_nodata, "dnsward_queries_total", "verdict=\"nodata_ancestor\"", true, "")       \
+  COUNTER(would_deny, "dnsward_queries_total", "verdict=\"would_deny\"", true, "")                 \
+  COUNTER(forwarded, "dnsward_queries_total", "verdict=\"forwarded\"", true, "")                   \
+  COUNTER(cache_hits, "dnsward_queries_total", "verdict=\"cache_hit\"", true, "")                  \
+  COUNTER(localhost, "dnsward_queries_total", "verdict=\"localhost\"", false, "")                  \
+  COUNTER(any_minimal, "dnsward_queries_total", "verdict=\"any_minimal\"", false, "")              \
+  COUNTER(chaos_why, "dnsward_queries_total", "verdict=\"chaos_why\"", false, "")                  \
+  COUNTER(formerr, "dnsward_queries_total", "verdict=\"formerr\"", false, "")                      \
+  COUNTER(notimp, "dnsward_queries_total", "verdict=\"notimp\"", false, "")                        \
+  COUNTER(refused, "dnsward_queries_total", "verdict=\"refused\"", false, "")                      \
+  COUNTER(badvers, "dnsward_queries_total", "verdict=\"badvers\"", false, "")                      \
+  COUNTER(filtered_type, "dnsward_queries_total", "verdict=\"filtered_type\"", false, "")          \
+  COUNTER(over_budget, "dnsward_queries_total", "verdict=\"over_budget\"", false, "")              \
+  COUNTER(overload, "dnsward_queries_total", "verdict=\"overload\"", true, "")                     \
+  COUNTER(dropped, "dnsward_queries_total", "verdict=\"dropped\"", false, "")                      \
+  COUNTER(upstream_answers, "dnsward_upstream_answers_total", "", false,                           \
+          "Answers received from the upstream.")                                                   \
+  COUNTER(upstream_failures, "dnsward_upstream_failures_total", "", true,                          \
+          "Upstream timeouts, errors and unusable answers (the client got SERVFAIL).")             \
+  READING(inflight, Gauge, "dnsward_upstream_inflight", "", true,                                  \
+          "Queries waiting for the upstream.", s.pipeline->inflight())                             \
+  COUNTER(truncated, "dnsward_truncated_total", "", false, "UDP answers sent truncated (TC=1).")   \
+  COUNTER(vouched_answers, "dnsward_answers_vouched_total", "", true,                              \
+          "Answers whose addresses were put in the nftables sets before the reply.")               \
+  COUNTER(vouch_failures, "dnsward_vouch_failures_total", "", true,                                \
+          "Answers withheld (SERVFAIL) because the sets could not be updated.")                    \
+  COUNTER(special_dropped, "dnsward_special_addresses_dropped_total", "", false,                   \
+          "Records with special-purpose addresses removed from answers.")                          \
+  READING(netlink_batches, Counter, "dnsward_netlink_batches_total", "", false,                    \
+          "Netlink batches sent to nftables.", (s.nft ? s.nft->batches() : 0))                     \
+  READING(nft_external_changes, Counter, "dnsward_nft_external_changes_total", "", false,          \
+          "Times someone else changed dnsward's table or sets.",                                   \
+          (s.nft ? s.nft->external_changes() : 0))                                                 \
+  READING(nft_known, Gauge, "dnsward_nft_elements_known", "", true,                                \
+          "Set elements dnsward added and believes still held (its view of the sets).",           \
+          (s.nft ? s.nft->known() : 0))                                                            \
+  READING(cache_entries, Gauge, "dnsward_cache_entries", "", true, "Answers in the cache.",        \
+          s.pipeline->cache_size())                                                                \
+  COUNTER(capped_answers, "dnsward_answers_capped_total", "", false,                               \
+          "Answers that carried more addresses than --max-answer-addresses (the extra records "   \
+          "were removed).")                                                                        \
+  COUNTER(capped_addresses, "dnsward_capped_addresses_total", "", false,                           \
+          "Addresses removed from answers by --max-answer-addresses.")                             \
+  READING(nft_held4, Gauge, "dnsward_nft_set_elements", "family=\"ipv4\"", false,                  \
+          "Elements dnsward knows each set holds (from its own adds and dumps of the kernel's "   \
+          "sets).",                                                                                \
+          (s.nft ? s.nft->held(AF_INET, mono_ms()) : 0))                                           \
+  READING(nft_held6, Gauge, "dnsward_nft_set_elements", "family=\"ipv6\"", false, "",              \
+          (s.nft ? s.nft->held(AF_INET6, mono_ms()) : 0))                                          \
+  READING(nft_size4, Gauge, "dnsward_nft_set_size", "family=\"ipv4\"", false,                      \
+          "Each set's declared size (0: none; a full set fails answers closed).",                  \
+          (s.nft ? s.nft->size_of(AF_INET) : 0))                                                   \
+  READING(nft_size6, Gauge, "dnsward_nft_set_size", "family=\"ipv6\"", false, "",                  \
+          (s.nft ? s.nft->size_of(AF_INET6) : 0))                                                  \
+  READING(nft_foreign_set_rules, Counter, "dnsward_nft_foreign_set_rules_total", "", false,        \
+          "Rules seen that change dnsward's sets from the packet path (changes dnsward cannot "   \
+          "see).",                                                                                 \
+          (s.nft ? s.nft->foreign_set_rules() : 0))                                                \
+  COUNTER(revoke_failures, "dnsward_revoke_failures_total", "", false,                             \
+          "Revocations the kernel refused (the addresses may still be held).")                     \
+  COUNTER(reloads_ok, "dnsward_reloads_total", "result=\"ok\"", true, "Policy reloads (SIGHUP).")  \
+  COUNTER(reloads_failed, "dnsward_reloads_total", "result=\"failed\"", true, "")                  \
+  COUNTER(revoked, "dnsward_revoked_addresses_total", "", false,                                   \
+          "Addresses deleted from the sets because a reload removed their entries.")               \
+  READING(policy_entries, Gauge, "dnsward_policy_entries", "", false,                              \
+          "Entries of the policy in force.", s.pipeline->policy().size())                          \
+  READING(start_time, Gauge, "dnsward_start_time_seconds", "", false,                              \
+          "When dnsward started (unix time).", s.start_unix)                                       \
+  INFO(policy_version, "dnsward_policy_info", "version",                                           \
+       "The policy in force; its version is the one in logs and EDE texts.",                       \
+       s.pipeline->policy().version())                                                             \
+  HISTOGRAM(upstream_latency, "dnsward_upstream_latency_seconds",                                  \
+            "Time from forwarding a query to its upstream answer.",                                \
+            s.pipeline->upstream_latency())                                                        \
+  HISTOGRAM(vouch_latency, "dnsward_vouch_latency_seconds",                                        \
+            "Time to put an answer's addresses in the sets (netlink batch and ACK).",              \
+            s.pipeline->vouch_latency())
+
+#define DNSWARD_METRICS_NONE_(...)
+#define DNSWARD_METRICS_COUNTER_FIELD_(member, ...) uint64_t member = 0;
+#define DNSWARD_METRICS_READING_FIELD_(member, ...) double member = 0;
+#define DNSWARD_METRICS_HISTOGRAM_FIELD_(member, ...) Histogram member;
+#define DNSWARD_METRICS_INFO_FIELD_(member, ...) std::string member;
+
+/// Query counters, one per COUNTER row of the table; the pipeline increments them.
 struct Counters {
-  uint64_t received = 0, dropped = 0, formerr = 0, notimp = 0, refused = 0, badvers = 0,
-           denied = 0, ancestor_nodata = 0, localhost = 0, any_minimal = 0, forwarded = 0,
-           upstream_answers = 0, upstream_failures = 0, overload = 0, truncated = 0,
-           cache_hits = 0, vouched_answers = 0, vouch_failures = 0, special_dropped = 0,
-           would_deny = 0, chaos_why = 0, reloads_ok = 0, reloads_failed = 0, revoked = 0,
-           filtered_type = 0, over_budget = 0, capped_answers = 0, capped_addresses = 0,
-           revoke_failures = 0;
+  DNSWARD_METRICS(DNSWARD_METRICS_COUNTER_FIELD_, DNSWARD_METRICS_NONE_, DNSWARD_METRICS_NONE_,
+                  DNSWARD_METRICS_NONE_)
+};
+
+/// Every value of the table at one moment: what the exposition and the stats line render.
+struct MetricsSnapshot {
+  Counters counters;
+  DNSWARD_METRICS(DNSWARD_METRICS_NONE_, DNSWARD_METRICS_READING_FIELD_,
+                  DNSWARD_METRICS_HISTOGRAM_FIELD_, DNSWARD_METRICS_INFO_FIELD_)
 };
 
 class Pipeline;
@@ -43,16 +151,29 @@ struct MetricsSources {
   uint64_t start_unix = 0;
 };
 
+/// Reads every value of the table from the running parts.
+MetricsSnapshot take_snapshot(const MetricsSources& s);
+
 /// The exposition, in the Prometheus text format (version 0.0.4).
+std::string render_metrics(const MetricsSnapshot& m);
 std::string render_metrics(const MetricsSources& s);
+
+/// SIGUSR1's line (after "event=stats "): the rows marked stats, as logfmt pairs keyed by
+/// their exposition sample, with the labels' quotes and '=' (which logfmt keys cannot hold)
+/// written as ':': dnsward_queries_total{verdict="denied"} 2 is
+/// dnsward_queries_total{verdict:denied}=2.
+std::string stats_line(const MetricsSnapshot& m);
 
 /// Writes the exposition to path atomically (write, fsync, rename).
 bool write_metrics_file(const std::string& path, const MetricsSources& s, std::string& err);
 
-/// GET /metrics on a loopback address, with libmicrohttpd in our event loop.
+/// GET /metrics on a loopback address, with libmicrohttpd in our event loop. libmicrohttpd
+/// (and the TLS stack it links: gnutls, nettle, gmp, p11-kit...) is loaded with dlopen by
+/// the first MetricsServer, so a dnsward without --metrics-listen never maps it.
 class MetricsServer {
  public:
-  /// listen: "127.0.0.1:9153" or "[::1]:9153"; loopback only. Throws std::runtime_error.
+  /// listen: "127.0.0.1:9153" or "[::1]:9153"; loopback only. Throws std::runtime_error,
+  /// also when libmicrohttpd cannot be loaded.
   MetricsServer(EventLoop& loop, const std::string& listen, const MetricsSources& sources);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;

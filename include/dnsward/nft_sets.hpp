@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dnsward/answer.hpp"
+#include "dnsward/config.hpp"
 #include "dnsward/netlink_batch.hpp"
 #include "dnsward/ports.hpp"
 #include "dnsward/vouch_ledger.hpp"
@@ -21,12 +22,21 @@ namespace dnsward {
 
 /// Where the addresses go.
 struct NftTarget {
-  uint16_t family = 1;  ///< NFPROTO_INET
+  uint16_t family = uint16_t(NftFamily::Inet);  ///< NFPROTO_* (config.hpp's NftFamily)
   std::string table = "dnsward";
   std::string set4 = "allowed4";
   std::string set6 = "allowed6";
   uint32_t set_size = 65536;  ///< the sets' size when dnsward creates them
   uint32_t max_timeout_s = 3630;  ///< the longest element timeout (max-ttl + grace)
+};
+
+/// Fault-injection hooks for NftSets' three netlink sockets (see NetlinkFaults), for tests
+/// against the real kernel; null: none. Installed before the constructor's first netlink
+/// message, so the schema check and the refresh-mode probe go through them too.
+struct NftFaults {
+  NetlinkFaults* batches = nullptr;  ///< batches, gets and the probe
+  NetlinkFaults* dumps = nullptr;    ///< rereads of the sets
+  NetlinkFaults* events = nullptr;   ///< nftables notifications
 };
 
 class NftError : public std::runtime_error {
@@ -40,6 +50,8 @@ class NftSets : public ElementPort, public SetWriter {
   /// reads what the sets hold. Throws NftError with a message for the operator (no
   /// CAP_NET_ADMIN, wrong set type...).
   NftSets(NftTarget target, RefreshMode mode);
+  /// The same, with fault-injection hooks on its sockets (tests only).
+  NftSets(NftTarget target, RefreshMode mode, NftFaults faults);
   ~NftSets() override;
   NftSets(const NftSets&) = delete;
   NftSets& operator=(const NftSets&) = delete;
@@ -127,6 +139,7 @@ class NftSets : public ElementPort, public SetWriter {
     void operator()(mnl_socket* s) const;
   };
   std::unique_ptr<mnl_socket, SocketCloser> events_;  // NFNLGRP_NFTABLES notifications
+  NetlinkFaults* event_faults_ = nullptr;
   VouchLedger ledger_;
   uint32_t size4_ = 0, size6_ = 0;
   bool warned_full_[2] = {false, false};

@@ -63,12 +63,12 @@ std::size_t build_header_error(const uint8_t* pkt, std::size_t len, uint16_t rco
 /// Reply echoing the question with the given RCODE and no records; OPT (with an optional
 /// EDE) when the query had EDNS. rcode may be extended (BADVERS).
 std::size_t build_rcode(const Query& q, uint16_t rcode, const ReplyOptions& o, uint8_t* out,
-                        std::size_t cap, uint16_t ede = 0xffff, std::string_view ede_text = {});
+                        std::size_t cap, uint16_t ede = wire::edns::kNoEde, std::string_view ede_text = {});
 
 /// NXDOMAIN or NODATA (rcode NOERROR) with the synthetic SOA in the authority section so
 /// stub caches keep the denial only briefly (RFC 2308), and EDE when the query had EDNS.
 std::size_t build_negative(const Query& q, uint16_t rcode, const ReplyOptions& o, uint8_t* out,
-                           std::size_t cap, uint16_t ede = 0xffff,
+                           std::size_t cap, uint16_t ede = wire::edns::kNoEde,
                            std::string_view ede_text = {});
 
 /// Local answer for localhost and names below it (RFC 6761 6.3): A 127.0.0.1, AAAA ::1,
@@ -131,7 +131,7 @@ enum class RelayStatus {
 RelayStatus relay_answer(const Query& q, uint16_t upstream_id, const uint8_t* ans,
                          std::size_t ans_len, std::size_t limit, const ReplyOptions& o,
                          uint8_t* out, std::size_t cap, std::size_t& out_len,
-                         uint16_t extra_ede = 0xffff, std::string_view extra_text = {});
+                         uint16_t extra_ede = wire::edns::kNoEde, std::string_view extra_text = {});
 
 /// relay_answer() for an answer that passed check_answer() already (prepare_answer checks
 /// it): the same rewrite for the client, without comparing an upstream ID again, so that a

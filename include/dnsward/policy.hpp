@@ -2,6 +2,7 @@
 // Pure: no I/O. Lookup costs one hash probe per label of the query name, whatever the
 // size of the list.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -35,9 +36,61 @@ struct Entry {
   std::string where() const { return source + ":" + std::to_string(line); }
 };
 
-/// The justification keys every custom entry must carry, in the order they are reported.
-inline constexpr const char* kJustificationKeys[] = {"owner", "why", "data", "unreachable",
-                                                     "reviewed"};
+/// The kinds of value an allowlist key takes; each kind has one validator
+/// (check_key_value), shared by the parser, `check` and the tests.
+enum class KeyKind : uint8_t {
+  Text,       ///< any text but the empty one
+  Date,       ///< YYYY-MM-DD, a day that exists
+  YesNo,      ///< yes or no
+  TypeList,   ///< RR types separated by commas: mnemonics or TYPEnnn (RFC 3597)
+  PerMinute,  ///< a number of names per minute, 1 to 9999999
+};
+
+/// One allowlist key, declared once: the parser, `check`, `explain`, the ready-to-fill lines
+/// of `report` and the error messages all read kAllowlistKeys, and a test holds it equal to
+/// the README's key list.
+struct AllowlistKey {
+  std::string_view name;
+  KeyKind kind;
+  std::string_view meaning;   ///< what the value says, for messages and help
+  bool justification;         ///< every custom entry must carry it
+  std::string Entry::*text;   ///< where a Text or Date value is kept; null for the others
+};
+
+/// Every key of format version 1. The justification keys come first, in the order they are
+/// reported and written in ready-to-fill lines.
+inline constexpr AllowlistKey kAllowlistKeys[] = {
+    {"owner", KeyKind::Text, "who needs it", true, &Entry::owner},
+    {"why", KeyKind::Text, "why the sandbox needs it", true, &Entry::why},
+    {"data", KeyKind::Text, "what data flows over the connection", true, &Entry::data},
+    {"unreachable", KeyKind::Text, "what breaks without it", true, &Entry::unreachable},
+    {"reviewed", KeyKind::Date, "when it was last reviewed", true, &Entry::reviewed},
+    {"expires", KeyKind::Date, "when it is no longer needed", false, &Entry::expires},
+    {"private", KeyKind::YesNo, "whether it may vouch for special-purpose addresses", false, nullptr},
+    {"types", KeyKind::TypeList, "the query types allowed below a wildcard", false, nullptr},
+    {"budget", KeyKind::PerMinute, "distinct names a minute allowed below a wildcard", false, nullptr},
+};
+
+/// How many keys keep their value as text (Text and Date kinds).
+inline constexpr std::size_t kTextKeyCount = [] {
+  std::size_t n = 0;
+  for (const auto& k : kAllowlistKeys) n += k.text != nullptr;
+  return n;
+}();
+
+/// The key of that name, or null.
+const AllowlistKey* find_allowlist_key(std::string_view name);
+/// Checks a value for a key of that kind; false with the reason ("reviewed=2026-13-01 is not
+/// a date of the form YYYY-MM-DD") if it is not a valid one. Types and budgets are parsed
+/// into them when given.
+bool check_key_value(const AllowlistKey& key, std::string_view value, std::string& reason,
+                     std::vector<uint16_t>* types = nullptr, uint32_t* budget = nullptr);
+/// The known keys as "owner, why, ..., budget", for messages.
+std::string allowlist_key_names();
+/// A ready-to-fill allowlist line for name: every justification key with an empty value,
+/// and reviewed= set to reviewed (may be empty).
+std::string fill_in_line(std::string_view name, std::string_view reviewed);
+
 /// The justification keys an entry lacks (empty for shipped entries): for private=yes the
 /// `why` must also say what internal endpoint the sandbox reaches through it.
 std::vector<std::string> missing_justification(const Entry& e);
@@ -115,7 +168,8 @@ class Policy {
     uint8_t flags;
   };
   struct Meta {
-    std::string owner, why, data, unreachable, reviewed, expires;
+    /// Values of the Text and Date keys, in the order of kAllowlistKeys.
+    std::array<std::string, kTextKeyCount> text;
     std::vector<uint16_t> types;  // empty: the default set
     uint32_t budget = 0;
   };

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 namespace dnsward::wire {
 
@@ -15,10 +16,21 @@ inline constexpr std::size_t kMaxLabel = 63;
 inline constexpr std::size_t kMaxMessage = 65535;
 
 namespace type {
-inline constexpr uint16_t A = 1, NS = 2, CNAME = 5, SOA = 6, HINFO = 13, TXT = 16, AAAA = 28,
-                          OPT = 41, SVCB = 64, HTTPS = 65, TKEY = 249, TSIG = 250, IXFR = 251,
-                          AXFR = 252, MAILB = 253, MAILA = 254, ANY = 255;
-}
+inline constexpr uint16_t A = 1, NS = 2, CNAME = 5, SOA = 6, PTR = 12, HINFO = 13, MX = 15,
+                          TXT = 16, AAAA = 28, SRV = 33, NAPTR = 35, OPT = 41, DS = 43,
+                          RRSIG = 46, NSEC = 47, DNSKEY = 48, NSEC3 = 50, TLSA = 52, SVCB = 64,
+                          HTTPS = 65, TKEY = 249, TSIG = 250, IXFR = 251, AXFR = 252,
+                          MAILB = 253, MAILA = 254, ANY = 255, CAA = 257;
+
+/// The one table of RR type mnemonics (logs, `types=`, tests): a type's mnemonic, or null
+/// if the table does not name it.
+const char* mnemonic(uint16_t t);
+/// A type as text: its mnemonic, else RFC 3597's generic "TYPEnnn" (e.g. "TYPE99").
+std::string text(uint16_t t);
+/// A mnemonic of the table or "TYPEnnn" (RFC 3597 5), either in any letter case, to its
+/// number; false for anything else, and for type 0 (reserved, RFC 6895 3.1).
+bool from_text(std::string_view s, uint16_t& t);
+}  // namespace type
 namespace klass {
 inline constexpr uint16_t IN = 1, CH = 3, NONE = 254, ANY = 255;
 }
@@ -33,6 +45,8 @@ inline constexpr uint16_t OPCODE_MASK = 0x7800, RCODE_MASK = 0x000f;
 }
 namespace edns {
 inline constexpr uint16_t OPT_EDE = 15;  // RFC 8914
+/// "No Extended DNS Error": the default of every ede parameter. 65535 lies in the private
+/// use range of INFO-CODEs (RFC 8914 5.2), so no standard code is shadowed by it.
 inline constexpr uint16_t kNoEde = 0xffff;
 inline constexpr uint16_t EDE_OTHER = 0, EDE_PROHIBITED = 18, EDE_BLOCKED = 15,
                           EDE_NOT_READY = 14, EDE_FILTERED = 17, EDE_NETWORK_ERROR = 23,

@@ -133,7 +133,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   for (const std::size_t limit : {std::size_t(512), std::size_t(65535)}) {
     std::size_t n = 0;
     const RelayStatus rs = relay_answer(q, id, p.msg.data(), p.msg.size(), limit, ReplyOptions{},
-                                        out, sizeof out, n, limit == 512 ? 15 : 0xffff, "x");
+                                        out, sizeof out, n, limit == 512 ? 15 : wire::edns::kNoEde, "x");
     if (rs == RelayStatus::Ok) check_relayed(out, n, vouch);
   }
   return 0;

@@ -207,19 +207,15 @@ uint16_t rrtype(const std::string& t) {
   return uint16_t(r);
 }
 
-// The pipeline's counters by the names the scenarios use.
+// The pipeline's counters by member name, from the metrics table (metrics.hpp).
+#define DNSWARD_REPLAY_COUNTER_(member, ...) {#member, &Counters::member},
 const std::unordered_map<std::string, uint64_t Counters::*>& counter_fields() {
   static const std::unordered_map<std::string, uint64_t Counters::*> m = {
-      {"forwarded", &Counters::forwarded},     {"cache_hits", &Counters::cache_hits},
-      {"denied", &Counters::denied},           {"would_deny", &Counters::would_deny},
-      {"over_budget", &Counters::over_budget}, {"vouch_failures", &Counters::vouch_failures},
-      {"upstream_failures", &Counters::upstream_failures},
-      {"vouched_answers", &Counters::vouched_answers},
-      {"revoked", &Counters::revoked},         {"overload", &Counters::overload},
-      {"truncated", &Counters::truncated},     {"localhost", &Counters::localhost},
-  };
+      DNSWARD_METRICS(DNSWARD_REPLAY_COUNTER_, DNSWARD_METRICS_NONE_, DNSWARD_METRICS_NONE_,
+                      DNSWARD_METRICS_NONE_)};
   return m;
 }
+#undef DNSWARD_REPLAY_COUNTER_
 
 class Runner {
  public:

@@ -1,12 +1,24 @@
-// The option table: command line, config file, bounds, defaults, and the loop check.
+// The option table: command line, config file, bounds, defaults, --help, the README table,
+// the loop check, and `nft-rules`, which takes its options from the same table.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
 
 #include "dnsward/config.hpp"
+#include "dnsward/log.hpp"
+#include "dnsward/nft_rules.hpp"
+#include "dnsward/vouch_ledger.hpp"
 
 using namespace dnsward;
 
@@ -18,6 +30,194 @@ std::string write_temp(const std::string& text) {
   close(fd);
   std::ofstream(path) << text;
   return path;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
+  return s;
+}
+std::string join(const std::vector<Endpoint>& v) {
+  std::string s;
+  for (const auto& e : v) s += (s.empty() ? "" : ",") + e.text;
+  return s;
+}
+
+// Each option's value in a ServeConfig, read from the member its name promises and written
+// as a user would write it. Written here by hand, apart from the table's field pointers and
+// value lists, so that a table entry pointing at the wrong member or mapping a name to the
+// wrong enumerator shows.
+const std::map<std::string, std::function<std::string(const ServeConfig&)>>& readers() {
+  static const std::map<std::string, std::function<std::string(const ServeConfig&)>> r = {
+      {"config", [](const ServeConfig&) { return std::string(); }},  // read, not kept
+      {"listen", [](const ServeConfig& c) { return join(c.listen); }},
+      {"upstream", [](const ServeConfig& c) { return join(c.upstreams); }},
+      {"allowlist", [](const ServeConfig& c) { return join(c.allowlists); }},
+      {"allow", [](const ServeConfig& c) { return join(c.nft_allow); }},
+      {"no-nft", [](const ServeConfig& c) { return std::string(c.no_nft ? "true" : "false"); }},
+      {"negative-ttl", [](const ServeConfig& c) { return std::to_string(c.negative_ttl); }},
+      {"udp-payload", [](const ServeConfig& c) { return std::to_string(c.udp_payload); }},
+      {"upstream-timeout", [](const ServeConfig& c) { return std::to_string(c.upstream_timeout_ms); }},
+      {"upstream-tries", [](const ServeConfig& c) { return std::to_string(c.upstream_tries); }},
+      {"max-inflight", [](const ServeConfig& c) { return std::to_string(c.max_inflight); }},
+      {"tcp-max-connections", [](const ServeConfig& c) { return std::to_string(c.tcp_max_connections); }},
+      {"tcp-idle-timeout", [](const ServeConfig& c) { return std::to_string(c.tcp_idle_timeout_ms); }},
+      {"tcp-max-pipelined", [](const ServeConfig& c) { return std::to_string(c.tcp_max_pipelined); }},
+      {"log-level",
+       [](const ServeConfig& c) {
+         switch (c.log_level) {
+           case LogLevel::Debug: return std::string("debug");
+           case LogLevel::Info: return std::string("info");
+           case LogLevel::Warn: return std::string("warn");
+           case LogLevel::Error: return std::string("error");
+         }
+         return std::string("?");
+       }},
+      {"log-format",
+       [](const ServeConfig& c) { return std::string(c.log_format == log::Format::Json ? "json" : "logfmt"); }},
+      {"nft-family",
+       [](const ServeConfig& c) {
+         switch (static_cast<uint16_t>(c.nft_family)) {
+           case NFPROTO_INET: return std::string("inet");
+           case NFPROTO_IPV4: return std::string("ip");
+           case NFPROTO_IPV6: return std::string("ip6");
+         }
+         return std::string("?");
+       }},
+      {"nft-table", [](const ServeConfig& c) { return c.nft_table; }},
+      {"nft-set4", [](const ServeConfig& c) { return c.nft_set4; }},
+      {"nft-set6", [](const ServeConfig& c) { return c.nft_set6; }},
+      {"nft-set-size", [](const ServeConfig& c) { return std::to_string(c.nft_set_size); }},
+      {"nft-refresh",
+       [](const ServeConfig& c) {
+         switch (c.nft_refresh) {
+           case RefreshMode::Auto: return std::string("auto");
+           case RefreshMode::Update: return std::string("update");
+           case RefreshMode::Replace: return std::string("replace");
+         }
+         return std::string("?");
+       }},
+      {"min-ttl", [](const ServeConfig& c) { return std::to_string(c.min_ttl); }},
+      {"max-ttl", [](const ServeConfig& c) { return std::to_string(c.max_ttl); }},
+      {"grace", [](const ServeConfig& c) { return std::to_string(c.grace); }},
+      {"mode",
+       [](const ServeConfig& c) {
+         // Both members must agree: the pipeline reads `audit`, the logs `mode`.
+         const std::string m = c.audit ? "audit" : "enforce";
+         return m == c.mode ? m : "audit=" + std::to_string(c.audit) + " mode=" + c.mode;
+       }},
+      {"state", [](const ServeConfig& c) { return c.state; }},
+      {"state-interval", [](const ServeConfig& c) { return std::to_string(c.state_interval); }},
+      {"state-max-names", [](const ServeConfig& c) { return std::to_string(c.state_max_names); }},
+      {"metrics-listen", [](const ServeConfig& c) { return c.metrics_listen; }},
+      {"metrics-file", [](const ServeConfig& c) { return c.metrics_file; }},
+      {"metrics-interval", [](const ServeConfig& c) { return std::to_string(c.metrics_interval); }},
+      {"user", [](const ServeConfig& c) { return c.user; }},
+      {"cache-size", [](const ServeConfig& c) { return std::to_string(c.cache_size); }},
+      {"cache-bytes", [](const ServeConfig& c) { return std::to_string(c.cache_bytes); }},
+      {"max-answer-addresses", [](const ServeConfig& c) { return std::to_string(c.max_answer_addresses); }},
+  };
+  return r;
+}
+
+std::string read_option(const ServeConfig& c, const OptionSpec& o) {
+  const auto it = readers().find(o.name);
+  REQUIRE_MESSAGE(it != readers().end(), "the test has no reader for --", o.name);
+  return it->second(c);
+}
+
+// Two valid values of an option, both unlike its default and unlike each other where the
+// option has room for that (an enum of two names gets its default as the second).
+std::pair<std::string, std::string> samples(const OptionSpec& o) {
+  static const std::map<std::string, std::pair<std::string, std::string>> text = {
+      {"listen", {"127.0.0.1:5301", "[::1]:5302"}},
+      {"upstream", {"192.0.2.1", "192.0.2.2:5353"}},
+      {"allowlist", {"/a.allow", "/b.allow"}},
+      {"allow", {"192.0.2.0/24", "2001:db8::/32"}},
+      {"nft-table", {"t_a", "t_b"}},
+      {"nft-set4", {"s4_a", "s4_b"}},
+      {"nft-set6", {"s6_a", "s6_b"}},
+      {"state", {"/tmp/state-a", "/tmp/state-b"}},
+      {"metrics-listen", {"127.0.0.1:9101", "127.0.0.1:9102"}},
+      {"metrics-file", {"/tmp/metrics-a", "/tmp/metrics-b"}},
+      {"user", {"nobody", "root"}},
+  };
+  switch (o.kind) {
+    case OptionKind::Flag: return {"false", "true"};
+    case OptionKind::Int: {
+      const long def = std::stol(o.def);
+      return {std::to_string(def > o.min ? def - 1 : def + 2), std::to_string(def < o.max ? def + 1 : def - 2)};
+    }
+    case OptionKind::Enum: {
+      std::vector<std::string> others;
+      for (const auto& v : o.values)
+        if (v.name != std::string(o.def)) others.push_back(v.name);
+      REQUIRE(!others.empty());
+      return {others[0], others.size() > 1 ? others[1] : std::string(o.def)};
+    }
+    case OptionKind::Text:
+    case OptionKind::List: {
+      const auto it = text.find(o.name);
+      REQUIRE_MESSAGE(it != text.end(), "the test has no sample values for --", o.name);
+      return it->second;
+    }
+  }
+  return {};
+}
+
+std::vector<const OptionSpec*> options_of(unsigned command) {
+  std::vector<const OptionSpec*> v;
+  for (const auto& o : option_table())
+    if (o.commands & command) v.push_back(&o);
+  return v;
+}
+
+// A resolv.conf for the tests: what `serve` falls back to without --upstream.
+const std::string& test_resolv_conf() {
+  static const struct File {
+    std::string path = write_temp("search x\nnameserver 192.0.2.1\nnameserver ::1\n");
+    ~File() { std::remove(path.c_str()); }
+  } file;
+  return file.path;
+}
+
+std::string strip(std::string s, const char* chars) {
+  std::string out;
+  for (char c : s)
+    if (!std::strchr(chars, c)) out += c;
+  return out;
+}
+
+// The names in one set and not the other, for a failure message.
+std::string difference(const std::set<std::string>& a, const std::set<std::string>& b) {
+  std::string d;
+  for (const auto& x : a)
+    if (!b.count(x)) d += " only-left:" + x;
+  for (const auto& x : b)
+    if (!a.count(x)) d += " only-right:" + x;
+  return d;
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(' ');
+  return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(' ') - b + 1);
+}
+
+// README.md's text between a heading and the next heading of its level or above.
+std::string readme_section(const std::string& heading) {
+  std::ifstream in(DNSWARD_TEST_DATA "/../../README.md");
+  REQUIRE(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const auto start = text.find("\n" + heading + "\n");
+  REQUIRE_MESSAGE(start != std::string::npos, "README.md has no section ", heading);
+  const std::string level = heading.substr(0, heading.find(' ') + 1);
+  auto end = text.find("\n#", start + heading.size() + 1);
+  while (end != std::string::npos && text.compare(end + 1, level.size(), level) != 0 &&
+         text.compare(end + 1, level.size() - 1, level.substr(1)) != 0)
+    end = text.find("\n#", end + 1);
+  return text.substr(start, end == std::string::npos ? std::string::npos : end - start);
 }
 }  // namespace
 
@@ -36,10 +236,99 @@ TEST_CASE("command-line options reach the config, with defaults for the rest") {
   CHECK(r.config->udp_payload == 1232);
 }
 
+TEST_CASE("with no options every field holds exactly the option table's default") {
+  const auto r = parse_serve_config({}, test_resolv_conf());
+  REQUIRE_MESSAGE(r.config, r.error);
+  const ServeConfig plain;  // what a ServeConfig starts as, before any parsing
+  std::set<std::string> table_names, reader_names;
+  for (const auto& o : option_table()) {
+    const std::string opt_name = o.name;
+    CAPTURE(opt_name);
+    table_names.insert(o.name);
+    std::string expected;
+    if (o.def) expected = o.def;
+    else if (o.kind == OptionKind::Flag) expected = "false";
+    else if (std::string(o.name) == "upstream") expected = "192.0.2.1,::1";  // resolv.conf's
+    CHECK(read_option(*r.config, o) == expected);
+    if (std::string(o.name) != "upstream") CHECK(read_option(plain, o) == expected);
+  }
+  for (const auto& [name, reader] : readers()) reader_names.insert(name);
+  CHECK_MESSAGE(table_names == reader_names, difference(table_names, reader_names));  // the walk above covered every ServeConfig option
+  CHECK_FALSE(r.config->user_explicit);
+  CHECK(r.config->upstream_source == test_resolv_conf());
+}
+
+TEST_CASE("every Int option takes its bounds exactly and refuses one beyond, naming them") {
+  for (const OptionSpec* o : options_of(kServe)) {
+    if (o->kind != OptionKind::Int) continue;
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    // min-ttl may not exceed max-ttl: widen the other one so each bound can be tried alone.
+    auto with = [&](long v) {
+      std::vector<std::string> args = {"--upstream", "192.0.2.1", fmt::format("--{}", o->name), std::to_string(v)};
+      if (opt_name == "min-ttl") args.insert(args.end(), {"--max-ttl", "604800"});
+      if (opt_name == "max-ttl") args.insert(args.end(), {"--min-ttl", "1"});
+      return parse_serve_config(args);
+    };
+    for (long v : {o->min, o->max}) {
+      const auto r = with(v);
+      REQUIRE_MESSAGE(r.config, r.error);
+      CHECK(read_option(*r.config, *o) == std::to_string(v));  // stored whole, not truncated
+    }
+    for (long v : {o->min - 1, o->max + 1}) {
+      const auto r = with(v);
+      CHECK_FALSE(r.config);
+      CHECK(r.error == fmt::format("--{} {}: must be between {} and {}", o->name, v, o->min, o->max));
+    }
+  }
+}
+
+TEST_CASE("every Enum option stores each of its names as that value and refuses others") {
+  for (const OptionSpec* o : options_of(kServe)) {
+    if (o->kind != OptionKind::Enum) continue;
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    std::string names;
+    for (const auto& v : o->values) {
+      const auto r = parse_serve_config({"--upstream", "192.0.2.1", fmt::format("--{}", o->name), v.name});
+      REQUIRE_MESSAGE(r.config, r.error);
+      CHECK(read_option(*r.config, *o) == v.name);
+      CHECK(option_value_name(o->name, v.value) == v.name);
+      names += (names.empty() ? "" : ", ") + std::string(v.name);
+    }
+    const auto r = parse_serve_config({"--upstream", "192.0.2.1", fmt::format("--{}", o->name), "bogus"});
+    CHECK_FALSE(r.config);
+    CHECK(r.error == fmt::format("--{} bogus: must be one of {}", o->name, names));
+  }
+}
+
+TEST_CASE("the nft family enum carries the kernel's NFPROTO numbers") {
+  CHECK(static_cast<uint16_t>(NftFamily::Inet) == NFPROTO_INET);
+  CHECK(static_cast<uint16_t>(NftFamily::Ip) == NFPROTO_IPV4);
+  CHECK(static_cast<uint16_t>(NftFamily::Ip6) == NFPROTO_IPV6);
+  const auto r = parse_serve_config({"--upstream", "192.0.2.1", "--nft-family", "ip6"});
+  REQUIRE_MESSAGE(r.config, r.error);
+  CHECK(r.config->nft_family == NftFamily::Ip6);
+}
+
+TEST_CASE("every option is accepted in a config file as key = value") {
+  for (const OptionSpec* o : options_of(kServe)) {
+    if (std::string(o->name) == "config") continue;  // a config file cannot name another
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    const std::string value = samples(*o).first;
+    const std::string f = write_temp(fmt::format("# one option\n{} = {}\n", o->name, value));
+    const auto r = parse_serve_config({"--config", f}, test_resolv_conf());
+    std::remove(f.c_str());
+    REQUIRE_MESSAGE(r.config, r.error);
+    CHECK(read_option(*r.config, *o) == value);
+  }
+}
+
 TEST_CASE("a config file takes the same names as key = value lines") {
   const std::string f = write_temp(
       "# dnsward config\nlisten = 127.0.0.1:5301\nupstream = 127.0.0.3:5353\n"
-      "upstream = 127.0.0.4\nnegative-ttl = 5\nno-nft = true\n");
+      "upstream = 127.0.0.4\nnegative-ttl = 5  # short\n  no-nft = true\nuser = nobody\n");
   const auto r = parse_serve_config({"--config", f});
   std::remove(f.c_str());
   REQUIRE_MESSAGE(r.config, r.error);
@@ -49,22 +338,79 @@ TEST_CASE("a config file takes the same names as key = value lines") {
   CHECK(r.config->upstreams[1].port() == 53);
   CHECK(r.config->negative_ttl == 5);
   CHECK(r.config->no_nft);
+  CHECK(r.config->user_explicit);  // from the file counts as given
+}
+
+TEST_CASE("command-line values win over config-file values; list values add up, command line first") {
+  for (const OptionSpec* o : options_of(kServe)) {
+    if (std::string(o->name) == "config") continue;
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    const auto [in_file, on_line] = samples(*o);
+    const std::string f = write_temp(fmt::format("{} = {}\n", o->name, in_file));
+    std::vector<std::string> args = {"--config", f, fmt::format("--{}", o->name)};
+    if (o->kind != OptionKind::Flag) args.push_back(on_line);
+    const auto r = parse_serve_config(args, test_resolv_conf());
+    std::remove(f.c_str());
+    REQUIRE_MESSAGE(r.config, r.error);
+    if (o->kind == OptionKind::List) CHECK(read_option(*r.config, *o) == on_line + "," + in_file);
+    else CHECK(read_option(*r.config, *o) == on_line);  // a flag: the file's false loses to --no-nft
+  }
+}
+
+TEST_CASE("a bad config file is reported as FILE:LINE: reason") {
+  const struct {
+    const char* text;
+    int line;
+    const char* says;
+  } cases[] = {
+      {"# ok\nlisten = 127.0.0.1:5301\nbogus = 1\n", 3, "unknown option 'bogus'"},
+      {"negative-ttl = 99999\n", 1, "negative-ttl = 99999: must be between 0 and 86400"},
+      {"\n\nlog-level = loud\n", 3, "log-level = loud: must be one of debug, info, warn, error"},
+      {"udp-payload = 12x\n", 1, "udp-payload = 12x: not a number"},
+      {"no-nft = maybe\n", 1, "no-nft = maybe: expected true or false"},
+      {"listen\n", 1, "expected 'key = value'"},
+      {"grace = 5\ngrace = 6\n", 2, "grace given twice"},
+      {"nft-table = a b\n", 1, "nft-table = a b: not an nftables name"},
+      {"config = /etc/other.conf\n", 1, "a config file cannot name another"},
+      {"allow = 192.0.2.0/24\n", 1, "unknown option 'allow'"},  // nft-rules only
+      {"listen = 127.0.0.1:53\nbogus%value% = 1\n", 2, "unknown option 'bogus%value%'"},
+  };
+  for (const auto& c : cases) {
+    const std::string text = c.text;
+    CAPTURE(text);
+    const std::string f = write_temp(c.text);
+    // The command line overriding a bad value does not hide it.
+    const auto r = parse_serve_config({"--config", f, "--upstream", "192.0.2.1", "--negative-ttl", "3"});
+    std::remove(f.c_str());
+    CHECK_FALSE(r.config);
+    CHECK(r.error.rfind(fmt::format("{}:{}: ", f, c.line), 0) == 0);
+    CHECK(r.error.find(c.says) != std::string::npos);
+    CHECK(r.error.find('\n') == std::string::npos);
+  }
 }
 
 TEST_CASE("bad options and values give a one-line error naming them") {
   const struct { std::vector<std::string> args; const char* says; } cases[] = {
       {{"--bogus"}, "bogus"},
       {{"--upstream-timeout", "10", "--upstream", "127.0.0.2"}, "--upstream-timeout 10: must be between"},
-      {{"--udp-payload", "abc", "--upstream", "127.0.0.2"}, "udp-payload"},
+      {{"--udp-payload", "abc", "--upstream", "127.0.0.2"}, "--udp-payload abc: not a number"},
       {{"--listen", "127.0.0.1", "--upstream", "127.0.0.2"}, "--listen 127.0.0.1"},
       {{"--listen", "[::1]:99999", "--upstream", "127.0.0.2"}, "--listen [::1]:99999"},
+      {{"--listen", "127.0.0.1:53", "--listen", "127.0.0.1:53", "--upstream", "127.0.0.2"}, "--listen 127.0.0.1:53: given twice"},
       {{"--upstream", "not-an-ip"}, "--upstream not-an-ip"},
       {{"--log-level", "loud", "--upstream", "127.0.0.2"}, "--log-level loud"},
+      {{"--nft-set4", "x", "--nft-set6", "x", "--upstream", "127.0.0.2"}, "must name different sets"},
+      {{"--min-ttl", "100", "--max-ttl", "50", "--upstream", "127.0.0.2"}, "--min-ttl 100 is above --max-ttl 50"},
+      {{"--user", "a b", "--upstream", "127.0.0.2"}, "--user a b: not a user name"},
+      {{"--allow", "192.0.2.0/24", "--upstream", "127.0.0.2"}, "unrecognised option '--allow'"},  // nft-rules only
+      {{"--upstream-t", "700", "--upstream", "127.0.0.2"}, "unrecognised option '--upstream-t'"},  // no guessing
       {{"--config", "/nonexistent/dnsward.conf"}, "cannot open"},
       {{"extra-positional"}, ""},
   };
   for (const auto& c : cases) {
-    CAPTURE(c.says);
+    const std::string says = c.says;
+    CAPTURE(says);
     const auto r = parse_serve_config(c.args);
     CHECK_FALSE(r.config);
     CHECK(r.error.find(c.says) != std::string::npos);
@@ -97,21 +443,186 @@ TEST_CASE("without --upstream the nameservers of resolv.conf are used") {
   std::remove(empty.c_str());
 }
 
-TEST_CASE("--help is generated from the option table") {
-  const std::string h = serve_help();
-  for (const char* opt : {"--listen", "--upstream", "--allowlist", "--config", "--no-nft",
-                          "--upstream-timeout", "--negative-ttl", "--tcp-max-connections"})
-    CHECK(h.find(opt) != std::string::npos);
-  CHECK(h.find("50..30000") != std::string::npos);
+// The option lines of a --help text, by option name.
+std::map<std::string, std::string> help_lines(const std::string& help) {
+  std::map<std::string, std::string> lines;
+  std::istringstream in(help);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("  --", 0) == 0) lines[line.substr(4, line.find(' ', 4) - 4)] = line;
+  return lines;
+}
+
+void check_help_walks_the_table(const std::string& help, unsigned command) {
+  auto lines = help_lines(help);
+  CHECK(lines.erase("help") == 1);
+  std::set<std::string> listed, declared;
+  for (const auto& [name, line] : lines) listed.insert(name);
+  for (const OptionSpec* o : options_of(command)) {
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    declared.insert(o->name);
+    const std::string& line = lines[o->name];
+    CHECK(line.rfind(fmt::format("  --{}{}{} ", o->name, *o->metavar ? " " : "", o->metavar), 0) == 0);
+    CHECK(line.find(fmt::format("default: {}", shown_default(*o))) != std::string::npos);
+    if (o->kind == OptionKind::Int) CHECK(line.find(fmt::format("{}..{}", o->min, o->max)) != std::string::npos);
+    if (o->kind == OptionKind::Enum) {
+      std::string names;
+      for (const auto& v : o->values) names += (names.empty() ? "" : ", ") + std::string(v.name);
+      CHECK(line.find("one of: " + names + ";") != std::string::npos);
+    }
+  }
+  CHECK_MESSAGE(listed == declared, difference(listed, declared));
+}
+
+TEST_CASE("serve --help lists exactly the table's serve options, each with its default") {
+  check_help_walks_the_table(serve_help(), kServe);
+  CHECK(serve_help().find("  --upstream-timeout MS") != std::string::npos);
+  CHECK(serve_help().find("50..30000") != std::string::npos);
+}
+
+TEST_CASE("nft-rules --help lists exactly the table's nft-rules options, each with its default") {
+  check_help_walks_the_table(nft_rules_help(), kNftRules);
+  for (const char* shared : {"listen", "upstream", "user", "nft-family", "nft-table", "nft-set4",
+                             "nft-set6", "nft-set-size", "allow"})
+    CHECK(help_lines(nft_rules_help()).count(shared) == 1);
+}
+
+TEST_CASE("README's option table lists exactly the table's serve options, with the same defaults") {
+  const std::string section = readme_section("## Command line");
+  std::map<std::string, std::pair<std::string, std::string>> rows;  // name -> (option cell, default cell)
+  std::istringstream in(section);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("| `--", 0) != 0) continue;
+    std::vector<std::string> cells;
+    std::size_t pos = 1;
+    for (std::size_t bar; cells.size() < 2 && (bar = line.find(" | ", pos)) != std::string::npos; pos = bar + 3)
+      cells.push_back(trim(line.substr(pos, bar - pos)));
+    REQUIRE_MESSAGE(cells.size() == 2, line);
+    const std::string opt = strip(cells[0], "`");
+    const std::string name = opt.substr(2, opt.find(' ') == std::string::npos ? std::string::npos : opt.find(' ') - 2);
+    CHECK_MESSAGE(rows.count(name) == 0, "listed twice: ", name);
+    rows[name] = {opt, strip(cells[1], "`")};
+  }
+  std::set<std::string> documented, declared;
+  for (const auto& [name, row] : rows) documented.insert(name);
+  for (const OptionSpec* o : options_of(kServe)) {
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    declared.insert(o->name);
+    if (!rows.count(o->name)) continue;  // reported by the set comparison below
+    const auto& [opt, def] = rows[o->name];
+    CHECK(opt == fmt::format("--{}{}{}", o->name, *o->metavar ? " " : "", o->metavar));
+    std::string expected = shown_default(*o);
+    if (o->kind == OptionKind::Int) expected += fmt::format(" ({}..{})", o->min, o->max);
+    CHECK(def == expected);
+  }
+  CHECK_MESSAGE(documented == declared, difference(documented, declared));
+}
+
+TEST_CASE("README's nft-rules synopsis names exactly the table's nft-rules options") {
+  const std::string section = readme_section("### The ruleset: `dnsward nft-rules`");
+  const std::string synopsis = section.substr(0, section.find("\n\n", section.find("dnsward nft-rules [")));
+  std::set<std::string> documented, declared;
+  for (auto p = synopsis.find("[--"); p != std::string::npos; p = synopsis.find("[--", p + 1))
+    documented.insert(synopsis.substr(p + 3, synopsis.find_first_of(" ]", p + 3) - p - 3));
+  for (const OptionSpec* o : options_of(kNftRules)) declared.insert(o->name);
+  CHECK_MESSAGE(documented == declared, difference(documented, declared));
 }
 
 TEST_CASE("a '%' in options is refused before Boost's error formatting loops on it (fuzzing)") {
   const auto r = parse_serve_config({"--max-infm-ptod%original_token%ime", "x"});
   CHECK_FALSE(r.config);
   CHECK(r.error.find("'%' is not allowed") != std::string::npos);
-  const std::string f = write_temp("listen = 127.0.0.1:53\nbogus%value% = 1\n");
-  const auto c = parse_serve_config({"--config", f});
-  std::remove(f.c_str());
-  CHECK_FALSE(c.config);
-  CHECK(c.error.find("'%' is not allowed") != std::string::npos);
+}
+
+TEST_CASE("nft-rules takes the nft group, listen, upstream and user from the table, with serve's defaults") {
+  const auto serve = parse_serve_config({}, test_resolv_conf());
+  const auto rules = parse_nft_rules({}, test_resolv_conf());
+  REQUIRE_MESSAGE(serve.config, serve.error);
+  REQUIRE_MESSAGE(rules.config, rules.error);
+  for (const OptionSpec* o : options_of(kNftRules)) {
+    const std::string opt_name = o->name;
+    CAPTURE(opt_name);
+    CHECK(read_option(*rules.config, *o) == read_option(*serve.config, *o));
+  }
+  // Options of one command only are refused by the other.
+  CHECK(parse_nft_rules({"--cache-size", "5"}).error.find("cache-size") != std::string::npos);
+  CHECK_FALSE(parse_nft_rules({"--config", "/dev/null"}).config);
+  CHECK(parse_nft_rules({"--allow", "192.0.2.0/24"}, test_resolv_conf()).config);
+}
+
+TEST_CASE("nft-rules refuses a name that would inject nftables statements, naming the option") {
+  for (const char* opt : {"--nft-table", "--nft-set4", "--nft-set6"}) {
+    const std::string option = opt;
+    CAPTURE(option);
+    const auto r = parse_nft_rules({opt, "x { } ; flush ruleset ; table inet y"}, test_resolv_conf());
+    CHECK_FALSE(r.config);
+    CHECK(r.error.rfind(fmt::format("{} x {{ }} ; flush ruleset ; table inet y: not an nftables name", opt), 0) == 0);
+  }
+  const auto u = parse_nft_rules({"--user", "x\" accept ; flush ruleset ; \""}, test_resolv_conf());
+  CHECK_FALSE(u.config);
+  CHECK(u.error.find("--user") == 0);
+}
+
+TEST_CASE("nft-rules refuses an address its table's family cannot see") {
+  const struct { std::vector<std::string> args; const char* says; } cases[] = {
+      {{"--nft-family", "ip", "--listen", "[::1]:53"}, "--listen [::1]:53: an IPv6 address, but a table of --nft-family ip sees only IPv4"},
+      {{"--nft-family", "ip", "--upstream", "2001:db8::53"}, "--upstream 2001:db8::53: an IPv6 address"},
+      {{"--nft-family", "ip", "--allow", "2001:db8::/32"}, "--allow 2001:db8::/32: an IPv6 address"},
+      {{"--nft-family", "ip6", "--upstream", "192.0.2.53"}, "--upstream 192.0.2.53: an IPv4 address, but a table of --nft-family ip6 sees only IPv6"},
+      {{"--nft-family", "ip6", "--allow", "192.0.2.0/24"}, "--allow 192.0.2.0/24: an IPv4 address"},
+  };
+  for (const auto& c : cases) {
+    const std::string says = c.says;
+    CAPTURE(says);
+    auto args = c.args;
+    if (c.args[1] == "ip6" && std::find(args.begin(), args.end(), "--listen") == args.end())
+      args.insert(args.end(), {"--listen", "[::1]:53"});
+    const auto r = parse_nft_rules(args, test_resolv_conf());
+    CHECK_FALSE(r.config);
+    CHECK(r.error.rfind(c.says, 0) == 0);
+  }
+  // resolv.conf's servers of the other family are left out, not refused.
+  const auto r = parse_nft_rules({"--nft-family", "ip"}, test_resolv_conf());
+  REQUIRE_MESSAGE(r.config, r.error);
+  CHECK(join(r.config->upstreams) == "192.0.2.1");
+}
+
+TEST_CASE("the ruleset has the table, sets and rules of its family only") {
+  const struct {
+    const char* family;
+    std::vector<std::string> args;
+    std::vector<std::string> has, lacks;
+  } cases[] = {
+      {"inet", {"--upstream", "192.0.2.53", "--upstream", "[2001:db8::53]", "--allow", "2001:db8::/32"},
+       {"table inet dnsward\ndelete table inet dnsward\n", "table inet dnsward {", "set allowed4 {", "set allowed6 {",
+        "ip daddr @allowed4 accept", "ip6 daddr @allowed6 accept", "icmpv6 type",
+        "meta skuid \"dnsward\" ip daddr 192.0.2.53 udp dport 53 accept",
+        "meta skuid \"dnsward\" ip6 daddr 2001:db8::53 tcp dport 53 accept",
+        "ip6 daddr 2001:db8::/32 accept", "reject with icmpx type admin-prohibited"},
+       {"table ip ", "table ip6 "}},
+      {"ip", {"--upstream", "192.0.2.53", "--nft-table", "fw", "--nft-set4", "v4", "--allow", "192.0.2.0/24"},
+       {"table ip fw\ndelete table ip fw\n", "table ip fw {", "set v4 {", "ip daddr @v4 accept",
+        "ip daddr 127.0.0.1 udp dport 53 accept", "ip daddr 192.0.2.0/24 accept",
+        "reject with icmp type admin-prohibited"},
+       {"inet", "ipv6_addr", "ip6 ", "icmpv6", "icmpx", "allowed6"}},
+      {"ip6", {"--upstream", "[2001:db8::53]:5353", "--listen", "[::1]:53", "--nft-set6", "v6"},
+       {"table ip6 dnsward\ndelete table ip6 dnsward\n", "set v6 {", "ip6 daddr @v6 accept",
+        "ip6 daddr ::1 tcp dport 53 accept", "ip6 daddr 2001:db8::53 udp dport 5353 accept", "icmpv6 type",
+        "reject with icmpv6 type admin-prohibited"},
+       {"inet", "ipv4_addr", "ip daddr", "icmpx", "icmp type", "allowed4"}},
+  };
+  for (const auto& c : cases) {
+    const std::string family = c.family;
+    CAPTURE(family);
+    auto args = c.args;
+    args.insert(args.end(), {"--nft-family", c.family});
+    const auto r = parse_nft_rules(args, test_resolv_conf());
+    REQUIRE_MESSAGE(r.config, r.error);
+    const std::string rules = render_nft_rules(*r.config);
+    for (const auto& h : c.has) CHECK_MESSAGE(rules.find(h) != std::string::npos, h);
+    for (const auto& l : c.lacks) CHECK_MESSAGE(rules.find(l) == std::string::npos, l);
+  }
 }

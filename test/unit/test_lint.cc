@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "dnsward/dates.hpp"
 #include "dnsward/lint.hpp"
 
 using namespace dnsward;
@@ -118,4 +119,49 @@ TEST_CASE("dates: days between two days, across leap years") {
   REQUIRE(days_between("2026-11-27", "2026-08-29", d));
   CHECK(d == -90);
   CHECK_FALSE(days_between("2026-13-01", "2026-01-01", d));
+  CHECK_FALSE(days_between("2026-02-30", "2026-03-01", d));  // the same dates the parser takes
+}
+
+TEST_CASE("dates: one parser and formatter, exact both ways for every day of five centuries") {
+  CHECK(date::parse_day("1970-01-01") == 0);
+  CHECK(date::parse_day("2000-02-29") == 11016);
+  CHECK(date::format_day(11016) == "2000-02-29");
+  for (const char* bad : {"2026-02-29", "2100-02-29", "2026-04-31", "2026-00-10", "2026-01-00",
+                          "2026-1-01", "2026-01-01 ", "26-01-01", "2026/01/01", "+026-01-01", ""}) {
+    CAPTURE(bad);
+    CHECK_FALSE(date::parse_day(bad));
+  }
+  const int64_t from = *date::parse_day("1900-01-01"), to = *date::parse_day("2399-12-31");
+  for (int64_t d = from; d <= to; ++d)
+    if (date::parse_day(date::format_day(d)) != d) FAIL_CHECK("day " << d);
+  CHECK(date::format_time(0) == "1970-01-01 00:00:00Z");
+  CHECK(date::format_time(-1) == "1969-12-31 23:59:59Z");
+  CHECK(date::format_time(951868799) == "2000-02-29 23:59:59Z");
+  CHECK(date::format_timestamp_ms(1764547200123) == "2025-12-01T00:00:00.123Z");
+  CHECK(date::format_timestamp_ms(-1) == "1969-12-31T23:59:59.999Z");
+}
+
+TEST_CASE("--strict makes every warning an error and changes nothing else") {
+  // One list that draws every kind of warning the linter has: a wildcard below a
+  // registrable domain (no newer list given), a stale review, a review in the future, a
+  // duplicate and an exact name a wildcard covers.
+  const std::string text = std::string("*.blob.core.windows.net") + kJust +
+                           "\nold.example owner=a why=b data=c unreachable=d reviewed=2026-08-01" +
+                           "\nsoon.example owner=a why=b data=c unreachable=d reviewed=2026-12-01" +
+                           "\ndup.example" + kJust + "\ndup.example" + kJust +
+                           "\n*.pypi.org" + kJust + "\nfiles.pypi.org" + kJust + "\n";
+  const auto lax = run(text, debian());
+  const auto strict = run(text, debian(), true);
+  REQUIRE(lax.size() == 5);
+  for (const auto& f : lax) {
+    CAPTURE(f.message);
+    CHECK_FALSE(f.error);
+  }
+  REQUIRE(strict.size() == lax.size());
+  for (std::size_t i = 0; i < lax.size(); ++i) {
+    CAPTURE(lax[i].message);
+    CHECK(strict[i].error);
+    CHECK(strict[i].where == lax[i].where);
+    CHECK(strict[i].message == lax[i].message);
+  }
 }

@@ -417,3 +417,41 @@ TEST_CASE("0x20: an answer's question must match the name as sent byte for byte"
   ans[5] = 0;  // no question: nothing to compare
   CHECK(question_case_matches(ans.data(), ans.size(), sent, sizeof sent));
 }
+
+TEST_CASE("the RR type table: mnemonics and RFC 3597 TYPEnnn, both ways, for every type number") {
+  CHECK(type::text(type::A) == "A");
+  CHECK(type::text(type::HTTPS) == "HTTPS");
+  CHECK(type::text(type::CAA) == "CAA");
+  CHECK(type::text(99) == "TYPE99");  // not in the table: the generic form
+  CHECK(type::text(65535) == "TYPE65535");
+  CHECK(type::mnemonic(99) == nullptr);
+  // Every number's text reads back as that number; every TYPEnnn too, known or not.
+  for (uint32_t t = 1; t <= 65535; ++t) {
+    uint16_t back = 0;
+    if (!type::from_text(type::text(uint16_t(t)), back) || back != t) FAIL_CHECK("type " << t);
+    if (!type::from_text("TYPE" + std::to_string(t), back) || back != t) FAIL_CHECK("TYPE" << t);
+  }
+  const struct { const char* text; int code; } cases[] = {
+      {"https", 65}, {"Aaaa", 28}, {"type65", 65}, {"TXT", 16},   // any letter case
+      {"TYPE0", -1}, {"TYPE65536", -1}, {"TYPE", -1}, {"TYPE+1", -1}, {"TYPE 1", -1},
+      {"TYPE1x", -1}, {"", -1}, {"A ", -1}, {"BOGUS", -1}, {"TYPE-1", -1},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.text);
+    uint16_t code = 0;
+    CHECK(type::from_text(c.text, code) == (c.code >= 0));
+    if (c.code >= 0) CHECK(code == c.code);
+  }
+}
+
+TEST_CASE("kNoEde, the default, writes no EDE option; any other code writes exactly one") {
+  const Query q = parsed(make_query("x.example", type::A, true));
+  const ReplyOptions o;
+  uint8_t out[512];
+  const std::size_t none = build_rcode(q, rcode::SERVFAIL, o, out, sizeof out);
+  REQUIRE(none > 0);
+  CHECK(ede_of(LdnsPkt(out, none)).first == -1);
+  CHECK(build_rcode(q, rcode::SERVFAIL, o, out, sizeof out, edns::kNoEde, "ignored") == none);
+  const std::size_t one = build_rcode(q, rcode::SERVFAIL, o, out, sizeof out, edns::EDE_OTHER, "why");
+  CHECK(ede_of(LdnsPkt(out, one)) == std::pair<int, std::string>{0, "why"});
+}

@@ -2,6 +2,11 @@
 // other resolvers shipped: label boundaries (Unbound matched anytext1domain.com against
 // domain.com until 2023), case, trailing dots, wildcard apexes.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "dnsward/policy.hpp"
 
@@ -204,4 +209,126 @@ TEST_CASE("a malformed wire name is denied without reading past its end (found b
   CHECK(p.match(too_long_label, sizeof too_long_label).verdict == Match::Verdict::Deny);
   const uint8_t ok[] = {7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm', 0};
   CHECK(p.match(ok, sizeof ok).verdict == Match::Verdict::Allow);
+}
+
+// ---- the allowlist key table ----
+
+namespace {
+// A value the parser must take for a key of this kind, and one it must refuse. A switch
+// without a default: a new kind fails to compile cleanly (-Wswitch) until it is given both.
+struct Samples {
+  std::string valid, invalid;
+  const char* reason;  // the start of the refusal, {0} the key's name
+};
+Samples samples(dnsward::KeyKind k) {
+  using K = dnsward::KeyKind;
+  switch (k) {
+    case K::Text: return {"\"some text\"", "", "key '{0}' has an empty value"};  // only empty is bad
+    case K::Date: return {"2024-02-29", "2026-02-29", "{0}=2026-02-29 is not a date of the form YYYY-MM-DD"};
+    case K::YesNo: return {"yes", "maybe", "{0}=maybe: must be yes or no"};
+    case K::TypeList: return {"A,TXT,type99", "A,BOGUS", "{0}: unknown type 'BOGUS'"};
+    case K::PerMinute: return {"5", "0", "{0}=0: must be a number of names per minute"};
+  }
+  return {};
+}
+
+// The key table of README.md's "Allowlist format" section: (key, required) per row.
+std::vector<std::pair<std::string, bool>> readme_keys() {
+  std::ifstream in(DNSWARD_TEST_DATA "/../../README.md");
+  REQUIRE(in);
+  std::vector<std::pair<std::string, bool>> rows;
+  bool in_section = false, in_table = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("## ", 0) == 0) in_section = line.rfind("## Allowlist format", 0) == 0;
+    // The section's other table lists patterns: only the one headed "| key |" is read.
+    if (in_section && line.rfind("| key |", 0) == 0) in_table = true;
+    else if (line.rfind("|", 0) != 0) in_table = false;
+    if (!in_section || !in_table || line.rfind("| `", 0) != 0) continue;
+    std::vector<std::string> cols;
+    std::stringstream ss(line.substr(1));
+    for (std::string c; std::getline(ss, c, '|');) cols.push_back(c);
+    REQUIRE(cols.size() == 4);
+    std::string key = cols[0];
+    std::erase_if(key, [](char c) { return c == '`' || c == ' '; });
+    const bool required = cols[2].find("required") != std::string::npos;
+    rows.emplace_back(key, required);
+  }
+  return rows;
+}
+}  // namespace
+
+TEST_CASE("the key table is exactly README's key list, in the same order, with the same required keys") {
+  std::vector<std::pair<std::string, bool>> table;
+  for (const auto& k : dnsward::kAllowlistKeys) table.emplace_back(std::string(k.name), k.justification);
+  const auto readme = readme_keys();
+  CHECK(readme.size() == table.size());
+  // Both ways: every README row is a table key and every table key a README row.
+  for (const auto& row : readme) {
+    CAPTURE(row.first);
+    CHECK(std::find(table.begin(), table.end(), row) != table.end());
+  }
+  for (const auto& key : table) {
+    CAPTURE(key.first);
+    CHECK(std::find(readme.begin(), readme.end(), key) != readme.end());
+  }
+  CHECK(readme == table);
+}
+
+TEST_CASE("every key of the table is accepted with a valid value and kept") {
+  for (const auto& k : dnsward::kAllowlistKeys) {
+    CAPTURE(k.name);
+    const Samples s = samples(k.kind);
+    const Policy p = load(fmt::format("*.ok.example {}={}\n", k.name, s.valid));
+    REQUIRE(p.size() == 1);
+    const auto e = p.entry(0);
+    using K = dnsward::KeyKind;
+    switch (k.kind) {
+      case K::Text: CHECK(e.*k.text == "some text"); break;
+      case K::Date: CHECK(e.*k.text == s.valid); break;
+      case K::YesNo: CHECK(e.allow_private); break;
+      case K::TypeList: CHECK(e.types == std::vector<uint16_t>{1, 16, 99}); break;
+      case K::PerMinute: CHECK(e.budget == 5); break;
+    }
+  }
+}
+
+TEST_CASE("every key of the table is refused with FILE:LINE: reason for an invalid, empty or repeated value") {
+  for (const auto& k : dnsward::kAllowlistKeys) {
+    CAPTURE(k.name);
+    const Samples s = samples(k.kind);
+    const struct { std::string rest, reason; } cases[] = {
+        {fmt::format("{}={}", k.name, s.invalid), fmt::format(fmt::runtime(s.reason), k.name)},
+        {fmt::format("{}=", k.name), fmt::format("key '{}' has an empty value", k.name)},
+        {fmt::format("{0}={1} {0}={1}", k.name, s.valid), fmt::format("key '{}' given twice", k.name)},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.rest);
+      std::vector<std::string> errs;
+      const Policy p = load("ok.example\n*.bad.example " + c.rest + "\n", &errs);
+      REQUIRE(errs.size() == 1);
+      CHECK(errs[0].rfind("t.allow:2: " + c.reason, 0) == 0);
+      CHECK(p.size() == 1);  // the bad line is not loaded, the good one is
+    }
+  }
+}
+
+TEST_CASE("an unknown key's message names exactly the keys of the table") {
+  std::vector<std::string> errs;
+  load("a.example colour=red\n", &errs);
+  REQUIRE(errs.size() == 1);
+  std::string known;
+  for (const auto& k : dnsward::kAllowlistKeys) known += (known.empty() ? "" : ", ") + std::string(k.name);
+  CHECK(errs[0] == "t.allow:1: unknown key 'colour' (known: " + known + ")");
+}
+
+TEST_CASE("missing justification lists exactly the table's required keys, in its order") {
+  const Policy p = load("a.example\nb.example owner=x reviewed=2026-01-01\n");
+  std::vector<std::string> required;
+  for (const auto& k : dnsward::kAllowlistKeys)
+    if (k.justification) required.emplace_back(k.name);
+  CHECK(dnsward::missing_justification(p.entry(0)) == required);
+  CHECK(dnsward::missing_justification(p.entry(1)) ==
+        std::vector<std::string>{"why", "data", "unreachable"});
+  CHECK(dnsward::fill_in_line("n.example", "2026-01-02") ==
+        "n.example owner=\"\" why=\"\" data=\"\" unreachable=\"\" reviewed=2026-01-02");
 }

@@ -38,7 +38,16 @@ struct FakeKernel : ElementPort {
   uint64_t now = 1'000'000;
   std::vector<std::vector<ElemMsg>> batches;
 
-  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string&) override {
+  bool lose_answers = false;  // apply the batch, then lose its answers (no ACK in time)
+
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string& err) override {
+    if (lose_answers) {
+      lose_answers = false;
+      std::vector<int> ignored;
+      transact(msgs, ignored, err);
+      err = "no netlink answer from the kernel in time";
+      return false;
+    }
     batches.push_back(msgs);
     auto next = held;
     results.assign(msgs.size(), 0);
@@ -214,6 +223,22 @@ TEST_CASE("an entry that lost private=yes keeps its public addresses and revokes
   REQUIRE(dels.size() == 1);
   CHECK(dels[0].addr == IpAddr::v4(ten));
   CHECK(dels[0].op == ElemOp::Del);
+}
+
+TEST_CASE("an add whose answers were lost may have been applied: a reload still revokes it") {
+  FakeKernel k;
+  VouchLedger l;
+  k.lose_answers = true;
+  CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  REQUIRE(k.left(v4(1)) == 300000);  // the kernel applied it all the same
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  CHECK(dels[0].addr == v4(1));
+  // And the next answer for it does not take its absence for granted: no plain add that a
+  // 6.1 kernel would ACK without extending the element.
+  k.now += 200000;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  CHECK(k.left(v4(1)) == 300000);
 }
 
 TEST_CASE("revocation deletes what the kernel holds; a missing element never hides the others") {
