@@ -27,15 +27,14 @@ import sys
 import tempfile
 import time
 
+from peer_setup import (ALLOWED, LO, UPSTREAM_PORT, ZONE_HEAD, allowlist, dnsmasq_args, knot_conf,
+                        unbound_conf)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
 RUNS = int(os.environ.get("RUNS", "5"))
 BURST = int(os.environ.get("BURST", "20000"))  # denied names, and as many allowed names
-LO = "127.0.0.1"
-UPSTREAM_PORT = 5399
 PORT = 5301
-ALLOWED = ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "crates.io",
-           "static.crates.io", "proxy.golang.org", "github.com", "c.bench", "m.bench", "n.bench"]
 
 work = tempfile.mkdtemp(prefix="dnsward-footprint-")
 procs = []
@@ -49,23 +48,9 @@ def write(name, text):
 
 
 def setup_files():
-    write("bench.zone", "\n".join([
-        "$ORIGIN bench.", "$TTL 3600", "@ SOA ns.bench. h.bench. 1 3600 600 86400 60", "@ NS ns",
-        "ns A 127.0.0.1", "c A 198.18.0.1", "*.m A 198.18.0.2"]) + "\n")
-    write("knot.conf", f"""server:
-    rundir: "{work}"
-    listen: {LO}@{UPSTREAM_PORT}
-database:
-    storage: "{work}"
-log:
-  - target: stderr
-    any: error
-zone:
-  - domain: bench
-    file: "{work}/bench.zone"
-""")
-    write("bench.allow", "".join(
-        (f"**.{n}\n" if n in ("m.bench", "n.bench") else f"{n}\n") for n in ALLOWED))
+    write("bench.zone", "\n".join(ZONE_HEAD) + "\n")
+    write("knot.conf", knot_conf(work))
+    write("bench.allow", allowlist())
 
 
 def dnsward_cmd():
@@ -75,41 +60,11 @@ def dnsward_cmd():
 
 
 def dnsmasq_cmd(nft=True):
-    args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-            f"--listen-address={LO}", "--bind-interfaces", f"--port={PORT}", "--user=root",
-            "--cache-size=10000", "--dns-forward-max=1000", "--log-facility=/dev/null",
-            "--address=/#/"]
-    args += [f"--server=/{n}/{LO}#{UPSTREAM_PORT}" for n in ALLOWED]
-    if nft:
-        args.append("--nftset=/" + "/".join(ALLOWED) + "/4#inet#dnsward#allowed4,6#inet#dnsward#allowed6")
-    return args
+    return dnsmasq_args(PORT, nft)
 
 
 def unbound_cmd():
-    zones = "".join(f'    local-zone: "{n}." transparent\n' for n in ALLOWED)
-    fwd = "".join(f'forward-zone:\n    name: "{n}."\n    forward-addr: {LO}@{UPSTREAM_PORT}\n'
-                  for n in ALLOWED)
-    conf = write("unbound.conf", f"""server:
-    interface: {LO}@{PORT}
-    port: {PORT}
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    username: ""
-    chroot: ""
-    directory: "{work}"
-    pidfile: ""
-    do-ip6: no
-    num-threads: 1
-    do-not-query-localhost: no
-    so-reuseport: no
-    access-control: 127.0.0.0/8 allow
-    local-zone: "." always_nxdomain
-{zones}    harden-referral-path: no
-    qname-minimisation: no
-    module-config: "iterator"
-{fwd}""")
+    conf = write("unbound.conf", unbound_conf(work, PORT))
     return ["unbound", "-d", "-c", conf]
 
 

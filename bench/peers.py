@@ -26,21 +26,20 @@ import sys
 import tempfile
 import time
 
+from peer_setup import (ALLOWED, LO, UPSTREAM_PORT, ZONE_HEAD, allowlist, dnsmasq_args, knot_conf,
+                        unbound_conf)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
 RUNS = int(os.environ.get("RUNS", "3"))
 DURATION = int(os.environ.get("DURATION", "4"))  # seconds per saturation measurement
 RATE = int(os.environ.get("RATE", "5000"))  # queries per second for CPU per forwarded query
-LO = "127.0.0.1"
-UPSTREAM_PORT = 5399
 HZ = os.sysconf("SC_CLK_TCK")
 N_UNIQUE = 60000  # names with their own address, for N+nft
 
 work = tempfile.mkdtemp(prefix="dnsward-peers-")
 procs = []
 
-ALLOWED = ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "crates.io",
-           "static.crates.io", "proxy.golang.org", "github.com", "c.bench", "m.bench", "n.bench"]
 
 
 def sh(*cmd, **kw):
@@ -55,25 +54,11 @@ def write(name, text):
 
 
 def setup_files():
-    zone = ["$ORIGIN bench.", "$TTL 3600", "@ SOA ns.bench. h.bench. 1 3600 600 86400 60",
-            "@ NS ns", "ns A 127.0.0.1", "c A 198.18.0.1", "*.m A 198.18.0.2"]
+    zone = list(ZONE_HEAD)
     zone += [f"r{i}.n A 198.19.{i >> 8 & 255}.{i & 255}" for i in range(N_UNIQUE)]
     write("bench.zone", "\n".join(zone) + "\n")
-    write("knot.conf", f"""server:
-    rundir: "{work}"
-    listen: {LO}@{UPSTREAM_PORT}
-database:
-    storage: "{work}"
-log:
-  - target: stderr
-    any: error
-zone:
-  - domain: bench
-    file: "{work}/bench.zone"
-""")
-    # dnsward: exact names, and "**." for the two subtrees the M/N scenarios query.
-    write("bench.allow", "".join(
-        (f"**.{n}\n" if n in ("m.bench", "n.bench") else f"{n}\n") for n in ALLOWED))
+    write("knot.conf", knot_conf(work))
+    write("bench.allow", allowlist())
     write("d.txt", "".join(f"d{i}.denied.example A\n" for i in range(20000)))
     write("c.txt", "c.bench A\n")
     write("n1.txt", "".join(f"r{i}.n.bench A\n" for i in range(N_UNIQUE // 2)))
@@ -81,45 +66,11 @@ zone:
 
 
 def dnsmasq_cmd(port, nft):
-    args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-            f"--listen-address={LO}", "--bind-interfaces", f"--port={port}", "--user=root",
-            "--cache-size=10000", "--dns-forward-max=1000", "--log-facility=/dev/null",
-            "--address=/#/"]
-    for n in ALLOWED:
-        args.append(f"--server=/{n}/{LO}#{UPSTREAM_PORT}")
-    if nft:
-        args.append("--nftset=/" + "/".join(ALLOWED) + "/4#inet#dnsward#allowed4,6#inet#dnsward#allowed6")
-    return args
+    return dnsmasq_args(port, nft)
 
 
 def unbound_cmd(port):
-    zones = "".join(f'    local-zone: "{n}." transparent\n' for n in ALLOWED)
-    fwd = "".join(f'forward-zone:\n    name: "{n}."\n    forward-addr: {LO}@{UPSTREAM_PORT}\n'
-                  for n in ALLOWED)
-    conf = write(f"unbound-{port}.conf", f"""server:
-    interface: {LO}@{port}
-    port: {port}
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    username: ""
-    chroot: ""
-    directory: "{work}"
-    pidfile: ""
-    do-ip6: no
-    num-threads: 1
-    do-not-query-localhost: no
-    so-reuseport: no
-    access-control: 127.0.0.0/8 allow
-    local-zone: "." always_nxdomain
-{zones}    msg-cache-size: 4m
-    rrset-cache-size: 8m
-    harden-referral-path: no
-    qname-minimisation: no
-    val-log-level: 0
-    module-config: "iterator"
-{fwd}""")
+    conf = write(f"unbound-{port}.conf", unbound_conf(work, port, "    msg-cache-size: 4m\n    rrset-cache-size: 8m\n    val-log-level: 0\n"))
     return ["unbound", "-d", "-c", conf]
 
 
