@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "dnsward/config.hpp"
+#include "dnsward/log.hpp"
 #include "dnsward/pipeline.hpp"
 #include "dnsward/policy.hpp"
 
@@ -217,6 +218,9 @@ const std::unordered_map<std::string, uint64_t Counters::*>& counter_fields() {
 }
 #undef DNSWARD_REPLAY_COUNTER_
 
+// What the pipeline logged during the scenario (kept from stderr, for CHECK_LOG).
+std::vector<std::string> g_log;
+
 class Runner {
  public:
   explicit Runner(std::string path) : path_(std::move(path)) {}
@@ -226,6 +230,12 @@ class Runner {
     REQUIRE_MESSAGE(in.good(), path_ << ": cannot open");
     std::string line;
     while (std::getline(in, line)) lines_.push_back(line);
+    g_log.clear();
+    struct Restore {
+      decltype(log::sink) saved = log::sink;
+      ~Restore() { log::sink = saved; }
+    } restore;
+    log::sink = [](std::string_view l) { g_log.emplace_back(l); };
     for (pos_ = 0; pos_ < lines_.size(); ++pos_) {
       const auto hash = lines_[pos_].find('#');
       const auto w = split(hash == std::string::npos ? lines_[pos_] : lines_[pos_].substr(0, hash));
@@ -368,6 +378,12 @@ class Runner {
       sink_.on_forwarded_delivery = [this, qw] { query(qw); };
     } else if (op == "CHECK_TIMERS_AT_MOST") {
       CHECK_MESSAGE(timers_.armed() <= std::stoul(w.at(1)), where() << ": " << timers_.armed() << " timers armed");
+    } else if (op == "CHECK_LOG") {
+      // A line containing every word given (e.g. event=vouch-failed name=a.test).
+      const bool found = std::any_of(g_log.begin(), g_log.end(), [&](const std::string& l) {
+        return std::all_of(w.begin() + 1, w.end(), [&](const std::string& x) { return l.find(x) != std::string::npos; });
+      });
+      CHECK_MESSAGE(found, where() << ": no such log line among " << g_log.size());
     } else if (op == "CHECK_COUNTER") {
       start();
       const auto it = counter_fields().find(w.at(1));

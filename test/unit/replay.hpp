@@ -31,6 +31,7 @@
 //                                   from now on, each forwarded reply starts this query from
 //                                   inside deliver(), as a paused TCP connection does
 //   CHECK_TIMERS_AT_MOST N          timers armed
+//   CHECK_LOG WORD...               a line logged so far holds every word
 #pragma once
 #include <string>
 

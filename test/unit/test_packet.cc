@@ -223,22 +223,22 @@ Bytes upstream_answer(uint16_t id, const char* qname, int n_answers, bool with_o
   ldns_pkt_set_aa(p, true);
   ldns_pkt_set_rd(p, true);
   ldns_rr* q = nullptr;
-  ldns_rr_new_question_frm_str(&q, (std::string(qname) + " IN A").c_str(), nullptr, nullptr);
+  REQUIRE(ldns_rr_new_question_frm_str(&q, (std::string(qname) + " IN A").c_str(), nullptr, nullptr) == LDNS_STATUS_OK);
   ldns_pkt_push_rr(p, LDNS_SECTION_QUESTION, q);
   for (int i = 0; i < n_answers; ++i) {
     ldns_rr* rr = nullptr;
-    ldns_rr_new_frm_str(&rr, fmt_answer(qname, i).c_str(), 0, nullptr, nullptr);
+    REQUIRE(ldns_rr_new_frm_str(&rr, fmt_answer(qname, i).c_str(), 0, nullptr, nullptr) == LDNS_STATUS_OK);
     ldns_pkt_push_rr(p, LDNS_SECTION_ANSWER, rr);
   }
   ldns_rr* ns = nullptr;
-  ldns_rr_new_frm_str(&ns, "example. 300 IN NS ns1.example.", 0, nullptr, nullptr);
+  REQUIRE(ldns_rr_new_frm_str(&ns, "example. 300 IN NS ns1.example.", 0, nullptr, nullptr) == LDNS_STATUS_OK);
   ldns_pkt_push_rr(p, LDNS_SECTION_AUTHORITY, ns);
   ldns_rr* glue = nullptr;
-  ldns_rr_new_frm_str(&glue, "ns1.example. 300 IN A 192.0.2.53", 0, nullptr, nullptr);
+  REQUIRE(ldns_rr_new_frm_str(&glue, "ns1.example. 300 IN A 192.0.2.53", 0, nullptr, nullptr) == LDNS_STATUS_OK);
   ldns_pkt_push_rr(p, LDNS_SECTION_ADDITIONAL, glue);
   if (extra_txt) {
     ldns_rr* t = nullptr;
-    ldns_rr_new_frm_str(&t, extra_txt, 0, nullptr, nullptr);
+    REQUIRE(ldns_rr_new_frm_str(&t, extra_txt, 0, nullptr, nullptr) == LDNS_STATUS_OK);
     ldns_pkt_push_rr(p, LDNS_SECTION_ANSWER, t);
   }
   if (with_opt) {

@@ -157,7 +157,7 @@ TEST_CASE("a '#' inside quotes is text, outside it starts a comment") {
   CHECK(p.entry(0).owner.empty());
 }
 
-TEST_CASE("lookup cost does not depend on the list: a large list still answers exactly") {
+TEST_CASE("a 100,000-entry list answers exactly: the last entry, one past it, and their ancestor") {
   std::string text;
   for (int i = 0; i < 100000; ++i) text += "host" + std::to_string(i) + ".bulk.test\n";
   const Policy p = load(text);
