@@ -49,7 +49,7 @@ ssize_t netlink_receive(NetlinkFaults* faults, int fd, void* buf, std::size_t si
 void NetlinkSocket::Closer::operator()(mnl_socket* s) const { mnl_socket_close(s); }
 
 NetlinkSocket::NetlinkSocket(uint16_t family)
-    : family_(family), seq_(uint32_t(time(nullptr))), buf_(2 * kBatchLimit), rbuf_(64 * 1024) {
+    : family_(family), seq_(uint32_t(time(nullptr))), buf_(new char[2 * kBatchLimit]), rbuf_(new char[kRecvBuf]) {
   nl_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!nl_ || mnl_socket_bind(nl_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
     throw std::system_error(errno, std::generic_category(), "cannot open a netfilter netlink socket");
@@ -75,7 +75,7 @@ ssize_t NetlinkSocket::send_raw(const void* data, std::size_t len) {
 ssize_t NetlinkSocket::recv_raw(int flags) {
   // MSG_TRUNC: the datagram's real length, so an answer larger than the buffer is noticed
   // rather than read cut short.
-  return netlink_receive(faults_, fd(), rbuf_.data(), rbuf_.size(), flags | MSG_TRUNC);
+  return netlink_receive(faults_, fd(), rbuf_.get(), kRecvBuf, flags | MSG_TRUNC);
 }
 
 bool NetlinkSocket::ours(const nlmsghdr* h, uint32_t seq) const {
@@ -98,7 +98,7 @@ bool NetlinkSocket::transact(const std::vector<Msg>& msgs, std::vector<int>& res
   if (msgs.empty()) return true;
   // The limit is half the buffer: libmnl notices an oversized batch only after writing the
   // message that overflows it, and libnftnl writes elements without bounds checks.
-  mnl_nlmsg_batch* b = mnl_nlmsg_batch_start(buf_.data(), kBatchLimit);
+  mnl_nlmsg_batch* b = mnl_nlmsg_batch_start(buf_.get(), kBatchLimit);
   const uint32_t begin_seq = seq_++;
   nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(b)), begin_seq);
   mnl_nlmsg_batch_next(b);
@@ -157,9 +157,9 @@ bool NetlinkSocket::read_answers(uint32_t first, uint32_t last, uint32_t begin_s
       const int e = errno;
       return fail(e, err, std::string("netlink receive: ") + std::strerror(e));
     }
-    if (std::size_t(n) > rbuf_.size()) return fail(EMSGSIZE, err, "netlink answer larger than the receive buffer");
+    if (std::size_t(n) > kRecvBuf) return fail(EMSGSIZE, err, "netlink answer larger than the receive buffer");
     int len = int(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.get()); mnl_nlmsg_ok(h, len);
          h = mnl_nlmsg_next(h, &len)) {
       if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_pid != portid_) continue;
       const int e = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
@@ -209,12 +209,12 @@ NetlinkSocket::Progress NetlinkSocket::poll_request(
       err = std::string("netlink receive: ") + std::strerror(errno);
       return Progress::Failed;
     }
-    if (std::size_t(n) > rbuf_.size()) {
+    if (std::size_t(n) > kRecvBuf) {
       err = "netlink answer larger than the receive buffer";
       return Progress::Failed;
     }
     int len = int(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
+    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.get()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (!ours(h, request_seq_)) continue;  // a reply to an earlier request
       if (h->nlmsg_type == NLMSG_DONE) return Progress::Done;
       if (h->nlmsg_type == NLMSG_ERROR) {
@@ -250,12 +250,12 @@ int NetlinkSocket::request(uint16_t type, uint16_t flags,
       err = std::string("netlink receive: ") + std::strerror(errno);
       return -1;
     }
-    if (std::size_t(n) > rbuf_.size()) {
+    if (std::size_t(n) > kRecvBuf) {
       err = "netlink answer larger than the receive buffer";
       return -1;
     }
     int len = int(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.data()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
+    for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.get()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (!ours(h, seq)) continue;  // a reply to an earlier request or batch
       if (h->nlmsg_type == NLMSG_DONE) return 0;
       if (h->nlmsg_type == NLMSG_ERROR) return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;

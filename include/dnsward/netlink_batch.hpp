@@ -110,8 +110,12 @@ class NetlinkSocket {
   uint16_t family_;
   uint32_t portid_ = 0;
   uint32_t seq_;
-  std::vector<char> buf_;   // 2 x kBatchLimit
-  std::vector<char> rbuf_;  // answers
+  // Not zero-filled (libmnl clears every header and padding it reserves, and only what the
+  // kernel wrote is read), so pages are touched only when a batch or an answer needs them:
+  // an idle resolver keeps no 384 KiB of zeros resident for its two sockets.
+  static constexpr std::size_t kRecvBuf = 64 * 1024;
+  std::unique_ptr<char[]> buf_;   // 2 x kBatchLimit
+  std::unique_ptr<char[]> rbuf_;  // answers, kRecvBuf
   uint64_t batches_ = 0;
   uint32_t request_seq_ = 0;  // of the request started last
   int last_errno_ = 0;
