@@ -1,6 +1,7 @@
 #include "dnsward/allowlist_files.hpp"
 
 #include <malloc.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,6 +15,13 @@ std::vector<PolicySource> read_allowlists(const std::vector<std::string>& paths,
   std::vector<PolicySource> sources;
   if (paths.empty()) sources.push_back({"default.allow (embedded)", kDefaultAllowlist, true});
   for (const auto& path : paths) {
+    // A directory opens fine and reads as nothing: it would load as an empty list (and a
+    // reload would put that in force, revoking every vouched address). Only regular files.
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      errors.push_back(path + ": cannot read: not a regular file");
+      continue;
+    }
     std::ifstream in(path);
     if (!in) {
       errors.push_back(path + ": cannot open: " + std::strerror(errno));
@@ -21,6 +29,10 @@ std::vector<PolicySource> read_allowlists(const std::vector<std::string>& paths,
     }
     std::ostringstream ss;
     ss << in.rdbuf();
+    if (in.bad()) {
+      errors.push_back(path + ": cannot read: " + std::strerror(errno));
+      continue;
+    }
     PolicySource src{path, ss.str(), false};
     src.shipped = src.text == kDefaultAllowlist;
     sources.push_back(std::move(src));

@@ -40,6 +40,24 @@ class NftRules(unittest.TestCase):
             self.assertIn(f, lines[0])
         self.assertEqual(r.stdout, "")
 
+    def test_no_name_nft_rules_accepts_gives_a_ruleset_nft_refuses(self):
+        # Every word of nftables' scanner and every identifier in libnftables, in each name
+        # position: refused with exit 2, or printed into a ruleset the real nft accepts.
+        words = open(os.path.join(os.path.dirname(__file__), "..", "data", "nft_words.txt")).read().split()
+        self.assertGreater(len(words), 300)
+        refused = 0
+        for w in words:
+            for opt in ("--nft-table", "--nft-set4", "--nft-set6"):
+                r = run([BIN, "nft-rules", "--upstream", "192.0.2.1", "--user", "root", opt, w])
+                if r.returncode == 2:
+                    self.assertIn("an nft keyword", r.stderr)
+                    refused += 1
+                    continue
+                self.assertEqual(r.returncode, 0, r.stderr)
+                check = nft("-c", "-f", "-", stdin=r.stdout)
+                self.assertEqual(check.returncode, 0, f"{opt} {w}: {check.stderr}")
+        self.assertEqual(refused, 3 * 153)  # the words nft 1.0.6 reads as keywords there
+
     def test_each_family_gives_a_ruleset_nft_accepts_whose_sets_serve_then_uses(self):
         own_sets = {"inet": {"allowed4", "allowed6"}, "ip": {"allowed4"}, "ip6": {"allowed6"}}
         for family, sets in own_sets.items():

@@ -390,6 +390,18 @@ TEST_CASE("a bad config file is reported as FILE:LINE: reason") {
   }
 }
 
+TEST_CASE("a NUL or another control byte in a config line is refused with FILE:LINE") {
+  // A NUL would cut "127.0.0.1\0junk:5353" to 127.0.0.1 where the value is used.
+  std::string text = "upstream = 192.0.2.1\nlisten = 127.0.0.1";
+  text += '\0';
+  text += "junk:5353\n";
+  const std::string f = write_temp(text);
+  const auto r = parse_serve_config({"--config", f});
+  std::remove(f.c_str());
+  CHECK_FALSE(r.config);
+  CHECK(r.error == fmt::format("{}:2: control character in the line", f));
+}
+
 TEST_CASE("bad options and values give a one-line error naming them") {
   const struct { std::vector<std::string> args; const char* says; } cases[] = {
       {{"--bogus"}, "bogus"},

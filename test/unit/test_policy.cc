@@ -1,6 +1,8 @@
 // The matcher, table-driven in the manner of CoreDNS's acl_test.go, including the traps
 // other resolvers shipped: label boundaries (Unbound matched anytext1domain.com against
 // domain.com until 2023), case, trailing dots, wildcard apexes.
+#include <unistd.h>
+
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -8,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dnsward/allowlist_files.hpp"
 #include "dnsward/policy.hpp"
 
 using dnsward::Match;
@@ -331,4 +334,16 @@ TEST_CASE("missing justification lists exactly the table's required keys, in its
         std::vector<std::string>{"why", "data", "unreachable"});
   CHECK(dnsward::fill_in_line("n.example", "2026-01-02") ==
         "n.example owner=\"\" why=\"\" data=\"\" unreachable=\"\" reviewed=2026-01-02");
+}
+
+TEST_CASE("an allowlist path that is not a regular file is an error, not an empty list") {
+  char dir[] = "/tmp/dnsward-allow-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::vector<std::string> errors;
+  // A directory opens and reads as nothing: loaded, it would be a list denying every name,
+  // and a reload would put it in force.
+  CHECK(dnsward::load_policy({dir}, errors) == nullptr);
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0] == std::string(dir) + ": cannot read: not a regular file");
+  rmdir(dir);
 }
