@@ -37,9 +37,11 @@ ParseOutcome parse_nft_rules(const std::vector<std::string>& args, const std::st
   ServeConfig& c = *out.config;
   const auto family = option_value_name("nft-family", c.nft_family);
   auto refuse = [&](const char* option, const std::string& value, int af) {
-    out.error = fmt::format("--{} {}: an {} address, but a table of --nft-family {} sees only {}",
+    // The default --listen (127.0.0.1:53) is IPv4: an ip6 table needs one given.
+    out.error = fmt::format("--{} {}: an {} address, but a table of --nft-family {} sees only {}{}",
                             option, value, af == AF_INET ? "IPv4" : "IPv6", family,
-                            af == AF_INET ? "IPv6" : "IPv4");
+                            af == AF_INET ? "IPv6" : "IPv4",
+                            std::string_view(option) == "listen" && af == AF_INET ? " (give --listen [::1]:53)" : "");
     out.config.reset();
     return out;
   };
