@@ -336,7 +336,7 @@ TEST_CASE("missing justification lists exactly the table's required keys, in its
         "n.example owner=\"\" why=\"\" data=\"\" unreachable=\"\" reviewed=2026-01-02");
 }
 
-TEST_CASE("an allowlist path that is not a regular file is an error, not an empty list") {
+TEST_CASE("an allowlist path that is a directory is an error, not an empty list") {
   char dir[] = "/tmp/dnsward-allow-XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
   std::vector<std::string> errors;
@@ -344,6 +344,6 @@ TEST_CASE("an allowlist path that is not a regular file is an error, not an empt
   // and a reload would put it in force.
   CHECK(dnsward::load_policy({dir}, errors) == nullptr);
   REQUIRE(errors.size() == 1);
-  CHECK(errors[0] == std::string(dir) + ": cannot read: not a regular file");
+  CHECK(errors[0] == std::string(dir) + ": cannot read: not a file");
   rmdir(dir);
 }
