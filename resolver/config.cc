@@ -28,10 +28,6 @@ namespace {
 using K = OptionKind;
 constexpr unsigned kBoth = kServe | kNftRules;
 
-/// nftables names as `serve` has always accepted them: a letter or '_', then letters,
-/// digits and '_', shorter than 64. nft's scanner reads such a word as one name, so
-/// `nft-rules` can print it unquoted (nft has no quoting for names), and nothing that could
-/// end a statement (space, brace, ';', newline) gets into a ruleset.
 // Words nft 1.0.6 (Debian 12) reads as keywords where `nft-rules` prints a table or set
 // name (`table inet NAME`, `set NAME`, `@NAME`), so that the printed ruleset would not load;
 // quoting does not help in 1.0.6. Measured, not guessed: every word of nftables' scanner
@@ -57,6 +53,10 @@ constexpr std::string_view kNftKeywords[] = {
       "typeof", "udp", "udplite", "undefine", "update", "vlan", "vmap", "xor", "xt",
 };
 
+/// nftables names as `serve` has always accepted them: a letter or '_', then letters,
+/// digits and '_', shorter than 64. nft's scanner reads such a word as one name, so
+/// `nft-rules` can print it unquoted (nft has no quoting for names), and nothing that could
+/// end a statement (space, brace, ';', newline) gets into a ruleset; nor does a keyword.
 std::string check_nft_name(const OptionSpec&, const std::string& name) {
   const bool ok = !name.empty() && name.size() < 64 &&
                   (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&

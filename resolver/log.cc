@@ -1,9 +1,8 @@
 #include "dnsward/log.hpp"
 
-#include <time.h>
-
 #include <cstdio>
 
+#include "dnsward/clock.hpp"
 #include "dnsward/dates.hpp"
 #include "dnsward/json.hpp"
 
@@ -18,15 +17,10 @@ void to_stderr(std::string_view line) {
   std::fprintf(stderr, "%.*s\n", int(line.size()), line.data());
   std::fflush(stderr);
 }
-int64_t realtime_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
 }  // namespace
 
 void (*sink)(std::string_view line) = to_stderr;
-int64_t (*now_ms)() = realtime_ms;
+int64_t (*now_ms)() = wall_ms;
 
 Quoted quote(std::string_view v) { return Quoted{std::string(v)}; }
 

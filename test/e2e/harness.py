@@ -208,6 +208,29 @@ class LoopbackServer:
         self.tcp.close()
 
 
+class RecordingServer(LoopbackServer):
+    """A LoopbackServer that keeps the (lower-cased) names it was asked, in arrival order."""
+
+    def __init__(self):
+        self.names = []
+        super().__init__()
+
+    def received(self, wire, transport):
+        self.names.append(dns.message.from_wire(wire).question[0].name.to_text().lower())
+
+
+class UsageErrors:
+    """For TestCases of command-line errors: one line on stderr, exit code 2, nothing on stdout."""
+
+    def assert_usage_error(self, r, *fragments):
+        self.assertEqual(r.returncode, 2, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        for f in fragments:
+            self.assertIn(f, lines[0])
+        self.assertEqual(r.stdout, "")
+
+
 class Relay(LoopbackServer):
     """Forwards UDP and TCP DNS to knot and records every question that passed, so tests
     can assert what reached the upstream. blackhole=True swallows queries. journal: a list

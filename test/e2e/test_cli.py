@@ -13,7 +13,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from harness import BIN, HERE, Dnsward, Knot, LO, Relay, free_port, require, run, wait_for
+from harness import BIN, HERE, Dnsward, Knot, LO, Relay, UsageErrors, free_port, require, run, wait_for
 
 knot = None
 
@@ -41,15 +41,7 @@ def has_ipv6_loopback():
         return False
 
 
-class Errors(unittest.TestCase):
-    def assert_usage_error(self, r, *fragments):
-        self.assertEqual(r.returncode, 2, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, r.stderr)
-        for f in fragments:
-            self.assertIn(f, lines[0])
-        self.assertEqual(r.stdout, "")
-
+class Errors(UsageErrors, unittest.TestCase):
     def test_unknown_option_is_one_line_exit_2(self):
         self.assert_usage_error(serve("--bogus", "--no-nft"), "bogus")
 

@@ -11,7 +11,7 @@ import unittest
 import dns.message
 import dns.query
 
-from harness import BIN, LO, Dnsward, enter_new_netns, ensure_user, free_port, nft_set_info, require, run
+from harness import BIN, LO, Dnsward, UsageErrors, enter_new_netns, ensure_user, free_port, nft_set_info, require, run
 
 
 def setUpModule():
@@ -31,15 +31,7 @@ def set_names(family, table):
     return {i["set"]["name"] for i in json.loads(r.stdout)["nftables"] if "set" in i}
 
 
-class NftRules(unittest.TestCase):
-    def assert_usage_error(self, r, *fragments):
-        self.assertEqual(r.returncode, 2, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, r.stderr)
-        for f in fragments:
-            self.assertIn(f, lines[0])
-        self.assertEqual(r.stdout, "")
-
+class NftRules(UsageErrors, unittest.TestCase):
     def test_no_name_nft_rules_accepts_gives_a_ruleset_nft_refuses(self):
         # Every word of nftables' scanner and every identifier in libnftables, in each name
         # position: refused with exit 2, or printed into a ruleset the real nft accepts.

@@ -12,7 +12,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from harness import (Dnsward, LO, LoopbackServer, NoEdnsUpstream, Relay, Stack, ede, free_port,
+from harness import (Dnsward, LO, LoopbackServer, NoEdnsUpstream, RecordingServer, Relay, Stack, ede, free_port,
                      require, run, wait_for)
 
 stack = knot = relay = dw = None
@@ -406,17 +406,13 @@ class UpstreamFailure(unittest.TestCase):
             two.stop()
 
 
-class FixedAnswer(LoopbackServer):
+class FixedAnswer(RecordingServer):
     """An upstream that answers every A query with one address of its own, and records the
     names it was asked."""
 
     def __init__(self, address):
         self.address = address
-        self.names = []
         super().__init__()
-
-    def received(self, wire, transport):
-        self.names.append(dns.message.from_wire(wire).question[0].name.to_text().lower())
 
     def handle(self, wire, transport):
         q = dns.message.from_wire(wire)

@@ -10,7 +10,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from harness import (Dnsward, Knot, LO, LoopbackServer, Relay, framed, read_reply, require,
+from harness import (Dnsward, Knot, LO, LoopbackServer, RecordingServer, Relay, framed, read_reply, require,
                      run, wait_for)
 
 knot = dw = None
@@ -185,17 +185,13 @@ class Tcp(unittest.TestCase):
             self.assertEqual(s.recv(1), b"")
 
 
-class HeldUpstream(LoopbackServer):
+class HeldUpstream(RecordingServer):
     """Answers every A query with 198.18.9.9, but only once the test opens the gate; records
     the names it was asked in the order they arrived."""
 
     def __init__(self):
         self.gate = threading.Event()
-        self.names = []
         super().__init__()
-
-    def received(self, wire, transport):
-        self.names.append(dns.message.from_wire(wire).question[0].name.to_text().lower())
 
     def handle(self, wire, transport):
         q = dns.message.from_wire(wire)
