@@ -46,6 +46,11 @@ ssize_t netlink_receive(NetlinkFaults* faults, int fd, void* buf, std::size_t si
   }
 }
 
+int netlink_error(const nlmsghdr* h) {
+  if (mnl_nlmsg_get_payload_len(h) < sizeof(nlmsgerr)) return EBADMSG;
+  return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
+}
+
 void NetlinkSocket::Closer::operator()(mnl_socket* s) const { mnl_socket_close(s); }
 
 NetlinkSocket::NetlinkSocket(uint16_t family)
@@ -162,7 +167,7 @@ bool NetlinkSocket::read_answers(uint32_t first, uint32_t last, uint32_t begin_s
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.get()); mnl_nlmsg_ok(h, len);
          h = mnl_nlmsg_next(h, &len)) {
       if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_pid != portid_) continue;
-      const int e = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
+      const int e = netlink_error(h);
       if (h->nlmsg_seq == begin_seq || h->nlmsg_seq == end_seq) {
         if (e) batch_error = e;
         continue;
@@ -218,7 +223,7 @@ NetlinkSocket::Progress NetlinkSocket::poll_request(
       if (!ours(h, request_seq_)) continue;  // a reply to an earlier request
       if (h->nlmsg_type == NLMSG_DONE) return Progress::Done;
       if (h->nlmsg_type == NLMSG_ERROR) {
-        errno_out = -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
+        errno_out = netlink_error(h);
         return Progress::Done;
       }
       on_reply(h);
@@ -258,7 +263,7 @@ int NetlinkSocket::request(uint16_t type, uint16_t flags,
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf_.get()); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (!ours(h, seq)) continue;  // a reply to an earlier request or batch
       if (h->nlmsg_type == NLMSG_DONE) return 0;
-      if (h->nlmsg_type == NLMSG_ERROR) return -static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h))->error;
+      if (h->nlmsg_type == NLMSG_ERROR) return netlink_error(h);
       if (!on_reply(h)) return -1;
     }
   }

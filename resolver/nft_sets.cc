@@ -579,6 +579,10 @@ void NftSets::on_events() {
           msg != NFT_MSG_NEWSETELEM)
         continue;
       if (h->nlmsg_pid == nl_.portid()) continue;  // our own changes
+      if (mnl_nlmsg_get_payload_len(h) < sizeof(nfgenmsg)) {
+        changed = true;  // cannot say which table: assume ours
+        continue;
+      }
       const auto* g = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h));
       if (g->nfgen_family != t_.family) continue;
       std::string table;

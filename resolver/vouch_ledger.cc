@@ -42,6 +42,10 @@ std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
 
 namespace {
 
+/// The result slot of a change commit_batch made up itself (the delete of a replacement):
+/// its outcome is not the caller's change's, whose slot stays the add's.
+constexpr std::size_t kNoSlot = SIZE_MAX;
+
 // One batch's worth of commit_changes.
 bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<std::size_t> from,
                   std::vector<ChangeResult>& results, std::string& err, int& errno_out,
@@ -84,7 +88,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
       const std::size_t w = live_at[origin[m][0]];
       if (work[w].op == ElemOp::Del && res[m] == ENOENT) {
         dropped[w] = true;  // gone already (expired, or deleted by someone else)
-        results[from[w]] = ChangeResult::AlreadyGone;
+        if (from[w] != kNoSlot) results[from[w]] = ChangeResult::AlreadyGone;
         // Its add, if it was a replacement, is now exclusive: should someone add the element
         // back meanwhile, EEXIST says so (a plain add would keep their timeout before 6.12).
         for (std::size_t i = 0; i < work.size(); ++i)
@@ -108,7 +112,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
           if (exists && left != kNoExpiry) work[w].timeout_ms = std::max(work[w].timeout_ms, left);
           work[w].op = ElemOp::Add;
           extra.push_back({ElemOp::Del, work[w].addr, 0});
-          extra_from.push_back(from[w]);
+          extra_from.push_back(kNoSlot);
         }
         progress = true;
       } else if (work[w].op == ElemOp::AddExcl && res[m] == EEXIST) {
@@ -116,7 +120,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         // timeout on kernels before 6.12, so replace it.
         work[w].op = ElemOp::Add;
         extra.push_back({ElemOp::Del, work[w].addr, 0});
-        extra_from.push_back(from[w]);
+        extra_from.push_back(kNoSlot);
         progress = true;
       } else {
         errno_out = res[m];
@@ -129,7 +133,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
     }
     if (!refused) {
       for (std::size_t i = 0; i < work.size(); ++i) {
-        if (dropped[i]) continue;
+        if (dropped[i] || from[i] == kNoSlot) continue;
         results[from[i]] = ChangeResult::Done;
         // The timeout really written (an exclusive add turned replacement may carry more).
         if (held_left && work[i].op != ElemOp::Del) (*held_left)[from[i]] = work[i].timeout_ms;
@@ -349,6 +353,9 @@ std::vector<ElemChange> VouchLedger::revocations(
     // a hole.
     if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
     if (r.patterns.empty() && !r.audit) continue;  // not ours to judge
+    // Nor is an element without a timeout: dnsward never writes one, so it is someone
+    // else's (an operator's static entry) even if dnsward answered for its address.
+    if (r.kernel_ms == kNoExpiry || r.prior_ms == kNoExpiry) continue;
     bool stays = false;
     // An entry that lost private=yes keeps no special-purpose address it vouched for:
     // answers no longer carry it (rebinding protection), so neither may the firewall.
@@ -371,7 +378,17 @@ std::vector<ElemChange> VouchLedger::revocations(
 void VouchLedger::revoked(const std::vector<ElemChange>& dels,
                           const std::vector<ChangeResult>& results) {
   for (std::size_t k = 0; k < dels.size() && k < results.size(); ++k) {
-    if (results[k] == ChangeResult::Failed) continue;
+    if (results[k] == ChangeResult::Failed) {
+      // A failed delete may still have been applied (its answers lost or late): the element
+      // counts as maybe gone. Answers add it again (exclusively, so a kernel that still holds
+      // it says so), and revocations still cover it until its old expiry.
+      const auto it = records_.find(dels[k].addr);
+      if (it != records_.end()) {
+        it->second.prior_ms = std::max(it->second.prior_ms, it->second.kernel_ms);
+        it->second.kernel_ms = 0;
+      }
+      continue;
+    }
     if (!rereading_) {
       records_.erase(dels[k].addr);
       continue;

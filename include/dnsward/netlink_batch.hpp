@@ -40,6 +40,11 @@ class NetlinkFaults {
 /// pass for the kernel's. libmnl's mnl_socket_recvfrom() makes the same check (ESRCH).
 ssize_t netlink_receive(NetlinkFaults* faults, int fd, void* buf, std::size_t size, int flags);
 
+/// The errno an NLMSG_ERROR message carries (0: an ACK). One too short to hold its error is
+/// EBADMSG, never an ACK: the receive buffer is not cleared between reads, so its tail would
+/// be stale bytes.
+int netlink_error(const nlmsghdr* h);
+
 class NetlinkSocket {
  public:
   /// One message of a batch: its type (NFT_MSG_*), flags, and what fills its payload.

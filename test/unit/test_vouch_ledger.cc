@@ -509,3 +509,61 @@ TEST_CASE("a replacement whose delete found nothing adds exclusively, so an elem
   REQUIRE(vouch(l, k, {{v4(1), 600}}, RefreshMode::Replace));
   CHECK(k.left(v4(1)) == 600000);
 }
+
+// a revocation whose answers were lost may have been applied, like an add.
+TEST_CASE("a delete whose answers were lost may have been applied: the next answer re-adds the element") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  k.lose_answers = true;  // the kernel applies the delete, its ACK never comes
+  CHECK_FALSE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  REQUIRE(k.held.count(v4(1).text()) == 0);  // the kernel no longer holds it
+  // A still-listed entry's answer carries the same address (a shared CDN address, or an
+  // upstream that chose it): it must be in the set before the client sees it.
+  k.now += 1000;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "kept.test"));
+  CHECK(k.held.count(v4(1).text()) == 1);
+}
+
+// an element someone else added for ever is not dnsward's to revoke.
+TEST_CASE("a reload never deletes a permanent element dnsward did not add") {
+  FakeKernel k;
+  VouchLedger l;
+  k.held[v4(1).text()] = UINT64_MAX / 2;  // the operator's static element, no timeout
+  l.reset_kernel({{v4(1), kNoExpiry}}, k.now);
+  REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace, "gone.test"));  // nothing written
+  CHECK(k.batches.empty());
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  CHECK(dels.empty());
+}
+
+namespace {
+// Round 1 finds the element held (EEXIST); before round 2 someone deletes it (the delete
+// of the replacement finds ENOENT); round 3's exclusive add is applied, its answers lost.
+struct ReplacementRaceKernel : FakeKernel {
+  int round = 0;
+  bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results, std::string& err) override {
+    ++round;
+    if (round == 2) held.erase(v4(1).text());
+    if (round == 3) lose_answers = true;
+    return FakeKernel::transact(msgs, results, err);
+  }
+};
+}  // namespace
+
+TEST_CASE("an add whose delete found nothing and whose answers were lost still counts as maybe held") {
+  ReplacementRaceKernel k;
+  VouchLedger l;
+  k.held[v4(1).text()] = k.now + 5000;  // someone else's, unknown to the ledger
+  CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  REQUIRE(k.round == 4);  // round 3 and its inner, applied call
+  REQUIRE(k.left(v4(1)) == 300000);  // applied: the kernel holds it for 300 s
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  CHECK(dels.size() == 1);
+}
