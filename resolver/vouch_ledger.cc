@@ -353,9 +353,11 @@ std::vector<ElemChange> VouchLedger::revocations(
     // a hole.
     if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
     if (r.patterns.empty() && !r.audit) continue;  // not ours to judge
-    // Nor is an element without a timeout: dnsward never writes one, so it is someone
-    // else's (an operator's static entry) even if dnsward answered for its address.
-    if (r.kernel_ms == kNoExpiry || r.prior_ms == kNoExpiry) continue;
+    // Nor is an element the kernel is seen holding without a timeout: dnsward never writes
+    // one, so it is someone else's (an operator's static entry) even if dnsward answered for
+    // its address. Only a current view says so: a prior "for ever" may be stale (its owner
+    // deleted it, and dnsward added its own since), so it is revoked (fail closed).
+    if (r.kernel_ms == kNoExpiry) continue;
     bool stays = false;
     // An entry that lost private=yes keeps no special-purpose address it vouched for:
     // answers no longer carry it (rebinding protection), so neither may the firewall.
@@ -386,6 +388,7 @@ void VouchLedger::revoked(const std::vector<ElemChange>& dels,
       if (it != records_.end()) {
         it->second.prior_ms = std::max(it->second.prior_ms, it->second.kernel_ms);
         it->second.kernel_ms = 0;
+        it->second.written = epoch_;  // a dump asked for before it must not undo this
       }
       continue;
     }

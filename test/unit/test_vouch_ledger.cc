@@ -567,3 +567,46 @@ TEST_CASE("an add whose delete found nothing and whose answers were lost still c
   const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
   CHECK(dels.size() == 1);
 }
+
+// a permanent element that its owner removed leaves kNoExpiry in prior_ms for
+// ever; an add of dnsward's own whose answers were lost then is never revoked.
+TEST_CASE("an element dnsward added after someone's permanent one went is still revoked") {
+  FakeKernel k;
+  VouchLedger l;
+  k.held[v4(1).text()] = UINT64_MAX / 2;  // the operator's static element
+  l.reset_kernel({{v4(1), kNoExpiry}}, k.now);
+  k.held.erase(v4(1).text());  // the operator deletes it: the event makes dnsward reread
+  l.reset_kernel({}, k.now);
+  REQUIRE(l.find(v4(1))->prior_ms == kNoExpiry);  // stale, and time never clears it
+  k.now += 1000;
+  k.lose_answers = true;  // dnsward's add is applied, its answers lost
+  CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  REQUIRE(k.left(v4(1)) == 300000);  // dnsward's element, with a timeout
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  CHECK(dels.size() == 1);  // README: an add whose answers were lost is revoked like any other
+}
+
+// a revocation whose answers were lost during a reread; the dump (asked for
+// before the delete) shows the element, and merge_held makes it held again.
+TEST_CASE("a delete whose answers were lost during a reread is not undone by the dump") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
+  const uint64_t asked = k.now;
+  l.forget_kernel();  // an event: the dump is asked for; its first datagram holds 198.18.0.1
+  const uint64_t left_in_dump = k.left(v4(1));
+  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  k.lose_answers = true;  // the delete is applied, its ACK late
+  CHECK_FALSE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  REQUIRE(k.held.count(v4(1).text()) == 0);
+  l.merge_held(v4(1), left_in_dump, asked);  // the datagram filled before the delete is read now
+  l.reread_done();
+  k.now += 500;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "kept.test"));  // relayed
+  CHECK(k.held.count(v4(1).text()) == 1);
+}
