@@ -114,6 +114,10 @@ const std::vector<OptionSpec>& table() {
       {.name = "no-nft", .kind = K::Flag, .commands = kServe, .metavar = "",
        .help = "run without the nftables hook: answers are not vouched for in the firewall",
        .def = nullptr, .field = &ServeConfig::no_nft},
+      {.name = "require-ruleset", .kind = K::Flag, .commands = kServe, .metavar = "",
+       .help = "while dnsward's ruleset (`nft-rules`) is not in force in its table, answer every "
+               "query but the CH TXT diagnostics with SERVFAIL and EDE 14 Not Ready",
+       .def = nullptr, .field = &ServeConfig::require_ruleset},
       {.name = "negative-ttl", .kind = K::Int, .commands = kServe, .metavar = "SECONDS",
        .help = "TTL of the SOA in denials: how long stubs cache a denial (RFC 2308)", .def = "30",
        .min = 0, .max = 86400, .field = &ServeConfig::negative_ttl},
@@ -609,6 +613,11 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
   if (c.upstreams.empty()) c.upstreams = resolv_conf_servers(resolv_conf);
 
   if (command & kServe) {
+    if (c.require_ruleset && c.no_nft) {
+      out.error = "--require-ruleset needs the nftables hook: without it (--no-nft) there is no "
+                  "ruleset to check";
+      return out;
+    }
     if (c.min_ttl > c.max_ttl) {
       out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
       return out;

@@ -133,6 +133,7 @@ int serve(const std::vector<std::string>& args) {
     std::function<void()> upkeep;
     if (nft) {
       nft_for_state = nft.get();
+      pipeline.set_ruleset(nft.get());
       if (!ledger_path.empty()) {
         std::string text, err;
         // At most two sets of 16,777,216 elements' worth is absurd; this bounds a damaged
@@ -244,10 +245,11 @@ int serve(const std::vector<std::string>& args) {
       log::warn("event=no-nft msg={}", log::quote("--no-nft: answered addresses are NOT added to "
                                                   "any nftables set; the firewall enforces nothing for them"));
     else
-      log::info("event=nft family={} table={} set4={} set6={} refresh={} min_ttl={} max_ttl={} grace={}",
+      log::info("event=nft family={} table={} set4={} set6={} refresh={} min_ttl={} max_ttl={} grace={} "
+                "ruleset={} require_ruleset={}",
                 option_value_name("nft-family", cfg.nft_family), cfg.nft_table, cfg.nft_set4,
                 cfg.nft_set6, option_value_name("nft-refresh", nft->mode()), cfg.min_ttl,
-                cfg.max_ttl, cfg.grace);
+                cfg.max_ttl, cfg.grace, nft->ruleset().word(), cfg.require_ruleset ? "on" : "off");
     // Under systemd (Type=notify) the unit is started once dnsward answers.
     sd_notify(fmt::format("READY=1\nSTATUS=serving {} entries, policy {}", policy->size(), policy->version()));
     loop.run();

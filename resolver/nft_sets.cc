@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
+#include <libnftnl/chain.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/rule.h>
 #include <libnftnl/set.h>
@@ -69,6 +70,31 @@ uint64_t elem_left(nftnl_set_elem* el) {
              : kNoExpiry;
 }
 
+// The table an nftables table, chain or rule message is about, "" if it names none: the
+// first attribute of each (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE).
+static_assert(NFTA_TABLE_NAME == 1 && NFTA_CHAIN_TABLE == 1 && NFTA_RULE_TABLE == 1);
+std::string event_table(const nlmsghdr* h) {
+  std::string out;
+  mnl_attr_parse(
+      h, sizeof(nfgenmsg),
+      [](const nlattr* a, void* data) -> int {
+        if (mnl_attr_get_type(a) == 1 && mnl_attr_validate(a, MNL_TYPE_NUL_STRING) >= 0)
+          *static_cast<std::string*>(data) = mnl_attr_get_str(a);
+        return MNL_CB_OK;
+      },
+      &out);
+  return out;
+}
+
+/// A dump of the rules of t's table (the kernel filters rule dumps by table).
+void build_rule_dump(nlmsghdr* nlh, const NftTarget& t) {
+  nftnl_rule* r = nftnl_rule_alloc();
+  nftnl_rule_set_str(r, NFTNL_RULE_TABLE, t.table.c_str());
+  nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, t.family);
+  nftnl_rule_nlmsg_build_payload(nlh, r);
+  nftnl_rule_free(r);
+}
+
 NetlinkSocket open_socket(uint16_t family) try {
   return NetlinkSocket(family);
 } catch (const std::system_error& e) {
@@ -102,12 +128,31 @@ NftSets::NftSets(NftTarget target, RefreshMode mode, NftFaults faults)
 
   std::string err;
   if (!ensure(err)) throw NftError(err);
-  if (mode_ == RefreshMode::Auto) mode_ = probe_update() ? RefreshMode::Update : RefreshMode::Replace;
+  // Probed whatever the option says: a forced `update` on a kernel without in-place
+  // timeout updates (before 6.12; Debian 12 runs 6.1) would have every re-add ACKed and
+  // ignored, and dnsward would believe elements extended that expire on their old timeout.
+  std::string probe_err;
+  const Probe probed = probe_update(probe_err);
+  if (mode_ == RefreshMode::Update && probed != Probe::Yes)
+    throw NftError(
+        probed == Probe::No
+            ? "--nft-refresh update: this kernel does not update an element's timeout in place "
+              "(the probe re-added an element with a longer timeout on a scratch set and the kernel "
+              "kept the old one; Linux 6.12 and later update it), so answers would not extend "
+              "their elements: use --nft-refresh replace, or auto, which picks it"
+            : "--nft-refresh update: could not confirm that this kernel updates an element's "
+              "timeout in place (the probe failed: " + probe_err + "): use --nft-refresh replace, "
+              "or auto, which picks it");
+  if (mode_ == RefreshMode::Auto) mode_ = probed == Probe::Yes ? RefreshMode::Update : RefreshMode::Replace;
+  log::info("event=nft-probe timeout_update={} refresh={}",
+            probed == Probe::Yes ? "yes" : probed == Probe::No ? "no" : "unknown",
+            option_value_name("nft-refresh", mode_));
   with_expiration = mode_ == RefreshMode::Update;
   // Elements outlive dnsward: what the kernel holds now is the truth to start from.
   ledger_.set_max_timeout_ms(uint64_t(t_.max_timeout_s) * 1000u);
   if (!reload_view(err)) throw NftError("reading the sets: " + err);
   check_rules();
+  check_ruleset();
   auto size_text = [](uint32_t s) { return s ? std::to_string(s) : std::string("unlimited"); };
   log::info("event=nft-sets table={} set4={} size4={} held4={} set6={} size6={} held6={}", t_.table,
             t_.set4, size_text(size4_), ledger_.held(AF_INET, mono_ms()), t_.set6,
@@ -258,11 +303,10 @@ bool NftSets::ensure(std::string& err) {
   return true;
 }
 
-bool NftSets::probe_update() {
+NftSets::Probe NftSets::probe_update(std::string& err) {
   // Does re-adding an element with an expiration extend it in place? Try it on a probe set
   // of our own, so the real sets never hold a test address.
   const std::string probe = "dnsward_probe";
-  std::string err;
   std::vector<int> res;
   const std::vector<NetlinkSocket::Msg> create = {{NFT_MSG_NEWSET, NLM_F_CREATE, [&](nlmsghdr* nlh) {
                                 SetPtr s = make_set(t_, probe);
@@ -284,12 +328,19 @@ bool NftSets::probe_update() {
                  nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
                }};
   };
-  auto ok = [&](const std::vector<NetlinkSocket::Msg>& m) {
-    return nl_.transact(m, res, err) && std::all_of(res.begin(), res.end(), [](int r) { return r == 0; });
+  auto ok = [&](const std::vector<NetlinkSocket::Msg>& m, std::string& why) {
+    if (!nl_.transact(m, res, why)) return false;
+    for (const int r : res)
+      if (r != 0) {
+        why = std::strerror(r);
+        return false;
+      }
+    return true;
   };
-  bool supported = false;
-  if (ok(create) && ok({add(10000, false)}) && ok({add(600000, true)})) {
-    nl_.request(
+  Probe result = Probe::Failed;
+  if (ok(create, err) && ok({add(10000, false)}, err) && ok({add(600000, true)}, err)) {
+    bool supported = false;
+    const int e = nl_.request(
         NFT_MSG_GETSETELEM, NLM_F_DUMP,
         [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, probe).get()); },
         [&](const nlmsghdr* h) {
@@ -297,11 +348,13 @@ bool NftSets::probe_update() {
           return true;
         },
         err);
+    if (e == 0) result = supported ? Probe::Yes : Probe::No;
+    else if (e > 0) err = std::strerror(e);
   }
-  ok({{NFT_MSG_DELSET, 0, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, probe).get()); }}});
-  log::info("event=nft-probe timeout_update={} refresh={}", supported ? "yes" : "no",
-            supported ? "update-in-place" : "delete+add");
-  return supported;
+  std::string ignored;  // the probe's answer stands whether or not its set goes away cleanly
+  ok({{NFT_MSG_DELSET, 0, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, probe).get()); }}},
+     ignored);
+  return result;
 }
 
 bool NftSets::start_reread(std::string& err) {
@@ -451,7 +504,9 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
     log::warn("event=nft-set-missing table={} msg={}", t_.table,
               log::quote("a set was gone without an event: recreating and rereading the sets"));
     std::string why;
-    if (!ensure(why) || !start_reread(why)) {
+    const bool recreated = ensure(why);
+    check_ruleset();  // whatever held the table held its chains: gone as silently
+    if (!recreated || !start_reread(why)) {
       err += "; " + why;
       break;
     }
@@ -490,6 +545,7 @@ void NftSets::maintain(uint64_t now_ms) {
     else log::error("event=nft-reread-failed error={}", log::quote(err));
   }
   check_fill(now_ms, true);
+  if (ruleset_retry_) check_ruleset();  // the last read of the ruleset failed
 }
 
 void NftSets::check_fill(uint64_t now_ms, bool force) {
@@ -538,14 +594,7 @@ void NftSets::check_rule(const nlmsghdr* h, const char* when) {
 void NftSets::check_rules() {
   std::string err;
   nl_.request(
-      NFT_MSG_GETRULE, NLM_F_DUMP,
-      [&](nlmsghdr* nlh) {
-        nftnl_rule* r = nftnl_rule_alloc();
-        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, t_.table.c_str());
-        nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, t_.family);
-        nftnl_rule_nlmsg_build_payload(nlh, r);
-        nftnl_rule_free(r);
-      },
+      NFT_MSG_GETRULE, NLM_F_DUMP, [&](nlmsghdr* nlh) { build_rule_dump(nlh, t_); },
       [&](const nlmsghdr* h) {
         check_rule(h, "at-start");
         return true;
@@ -555,7 +604,7 @@ void NftSets::check_rules() {
 
 void NftSets::on_events() {
   char rbuf[65536];
-  bool changed = false, recreate = false, lost = false;
+  bool changed = false, recreate = false, lost = false, ruleset_due = false;
   for (;;) {
     const ssize_t n =
         netlink_receive(event_faults_, mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
@@ -570,6 +619,18 @@ void NftSets::on_events() {
     for (auto* h = reinterpret_cast<nlmsghdr*>(rbuf); mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len)) {
       if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) continue;
       const uint16_t msg = NFNL_MSG_TYPE(h->nlmsg_type);
+      if (msg == NFT_MSG_NEWGEN) {
+        // The end of a transaction (nf_tables_commit() sends it after the transaction's
+        // own events): its changes are all in place, so the ruleset is judged once per
+        // transaction that touched it, never halfway through one (`nft -f` deletes and
+        // rebuilds the table in one).
+        if (ruleset_dirty_) {
+          ruleset_dirty_ = false;
+          ruleset_due = true;
+        }
+        continue;
+      }
+      if (h->nlmsg_pid != nl_.portid() && touches_ruleset(h, msg)) ruleset_dirty_ = true;
       if (msg == NFT_MSG_NEWRULE && h->nlmsg_pid != nl_.portid()) {
         check_rule(h, "added");
         continue;
@@ -609,7 +670,16 @@ void NftSets::on_events() {
       if (msg == NFT_MSG_DELTABLE || msg == NFT_MSG_DELSET) recreate = true;
     }
   }
-  if (!changed) return;
+  if (changed) on_sets_changed(lost, recreate);
+  if (lost) {  // a transaction's events, or its end, may be among those lost
+    ruleset_dirty_ = false;
+    ruleset_due = true;
+  }
+  // A transaction whose events came but whose end has not: it is judged at its end.
+  if (ruleset_due && !ruleset_dirty_) check_ruleset();
+}
+
+void NftSets::on_sets_changed(bool lost, bool recreate) {
   ++external_changes_;
   log::warn("event=nft-external-change table={} msg={}", t_.table,
             log::quote(lost ? "nftables events were lost: rereading the sets"
@@ -624,6 +694,150 @@ void NftSets::on_events() {
   if (!start_reread(err))
     log::error("event=nft-reread-failed error={} msg={}", log::quote(err),
                log::quote("every element counts as missing: answers add them again"));
+}
+
+bool NftSets::touches_ruleset(const nlmsghdr* h, uint16_t msg) const {
+  if (msg != NFT_MSG_NEWTABLE && msg != NFT_MSG_DELTABLE && msg != NFT_MSG_NEWCHAIN &&
+      msg != NFT_MSG_DELCHAIN && msg != NFT_MSG_NEWRULE && msg != NFT_MSG_DELRULE)
+    return false;
+  if (mnl_nlmsg_get_payload_len(h) < sizeof(nfgenmsg)) return true;  // cannot say: assume ours
+  if (static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h))->nfgen_family != t_.family) return false;
+  const std::string table = event_table(h);
+  return table.empty() || table == t_.table;
+}
+
+bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
+  seen = TableSeen{};
+  int e = nl_.request(
+      NFT_MSG_GETTABLE, NLM_F_ACK,
+      [&](nlmsghdr* nlh) {
+        nftnl_table* t = nftnl_table_alloc();
+        nftnl_table_set_str(t, NFTNL_TABLE_NAME, t_.table.c_str());
+        nftnl_table_nlmsg_build_payload(nlh, t);
+        nftnl_table_free(t);
+      },
+      [&](const nlmsghdr* h) {
+        nftnl_table* t = nftnl_table_alloc();
+        if (nftnl_table_nlmsg_parse(h, t) >= 0) {
+          seen.exists = true;
+          seen.dormant = nftnl_table_is_set(t, NFTNL_TABLE_FLAGS) &&
+                         (nftnl_table_get_u32(t, NFTNL_TABLE_FLAGS) & NFT_TABLE_F_DORMANT);
+        }
+        nftnl_table_free(t);
+        return true;
+      },
+      err);
+  if (e == ENOENT) return true;  // no table, so no chain
+  if (e != 0) {
+    if (e > 0) err = failure("reading table " + t_.table, e);
+    return false;
+  }
+  // The kernel's chain dump does not filter by table: the family's chains, ours kept.
+  e = nl_.request(
+      NFT_MSG_GETCHAIN, NLM_F_DUMP, [](nlmsghdr*) {},
+      [&](const nlmsghdr* h) {
+        nftnl_chain* c = nftnl_chain_alloc();
+        if (nftnl_chain_nlmsg_parse(h, c) >= 0 && nftnl_chain_is_set(c, NFTNL_CHAIN_TABLE) &&
+            t_.table == nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE) && nftnl_chain_is_set(c, NFTNL_CHAIN_NAME)) {
+          ChainSeen ch;
+          ch.name = nftnl_chain_get_str(c, NFTNL_CHAIN_NAME);
+          ch.base = nftnl_chain_is_set(c, NFTNL_CHAIN_HOOKNUM);
+          if (ch.base) ch.hook = nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM);
+          ch.policy = nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY) ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
+                                                                : uint32_t(NF_ACCEPT);
+          if (nftnl_chain_is_set(c, NFTNL_CHAIN_TYPE)) ch.type = nftnl_chain_get_str(c, NFTNL_CHAIN_TYPE);
+          uint32_t len = 0;
+          if (const void* d = nftnl_chain_get_data(c, NFTNL_CHAIN_USERDATA, &len))
+            ch.comment = userdata_comment(d, len);
+          seen.chains.push_back(std::move(ch));
+        }
+        nftnl_chain_free(c);
+        return true;
+      },
+      err);
+  if (e != 0) {
+    if (e > 0) err = failure("listing the chains of table " + t_.table, e);
+    return false;
+  }
+  // Its rules, each chain's in the order the kernel evaluates them.
+  e = nl_.request(
+      NFT_MSG_GETRULE, NLM_F_DUMP, [&](nlmsghdr* nlh) { build_rule_dump(nlh, t_); },
+      [&](const nlmsghdr* h) {
+        nftnl_rule* r = nftnl_rule_alloc();
+        if (nftnl_rule_nlmsg_parse(h, r) >= 0 && nftnl_rule_is_set(r, NFTNL_RULE_TABLE) &&
+            t_.table == nftnl_rule_get_str(r, NFTNL_RULE_TABLE) && nftnl_rule_is_set(r, NFTNL_RULE_CHAIN)) {
+          const std::string chain = nftnl_rule_get_str(r, NFTNL_RULE_CHAIN);
+          RuleSeen rule;
+          rule.handle = nftnl_rule_get_u64(r, NFTNL_RULE_HANDLE);
+          uint32_t len = 0;
+          if (const void* d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len))
+            rule.comment = userdata_comment(d, len);
+          nftnl_expr_iter* it = nftnl_expr_iter_create(r);
+          for (nftnl_expr* x = nftnl_expr_iter_next(it); x; x = nftnl_expr_iter_next(it)) {
+            const char* name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
+            if (!name || std::strcmp(name, "lookup") != 0 || !nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_SET))
+              continue;
+            // `ip daddr != @set` lets through what the set does NOT hold.
+            if (nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_FLAGS) &&
+                (nftnl_expr_get_u32(x, NFTNL_EXPR_LOOKUP_FLAGS) & NFT_LOOKUP_F_INV))
+              continue;
+            rule.lookups.emplace_back(nftnl_expr_get_str(x, NFTNL_EXPR_LOOKUP_SET));
+          }
+          nftnl_expr_iter_destroy(it);
+          for (ChainSeen& c : seen.chains)
+            if (c.name == chain) {
+              c.rules.push_back(std::move(rule));
+              break;
+            }
+        }
+        nftnl_rule_free(r);
+        return true;
+      },
+      err);
+  if (e == ENOENT) return true;  // the table went meanwhile: its events will follow
+  if (e != 0) {
+    if (e > 0) err = failure("listing the rules of table " + t_.table, e);
+    return false;
+  }
+  return true;
+}
+
+void NftSets::check_ruleset() {
+  ++ruleset_checks_;
+  RulesetExpectation want;
+  want.family = std::string(option_value_name("nft-family", t_.family));
+  want.table = t_.table;
+  want.set4 = t_.set4;
+  want.set6 = t_.set6;
+  want.need4 = t_.family != NFPROTO_IPV6;
+  want.need6 = t_.family != NFPROTO_IPV4;
+  TableSeen seen;
+  std::string err;
+  RulesetStatus now;
+  if (read_ruleset(seen, err)) {
+    now = judge_ruleset(seen, want);
+    ruleset_retry_ = false;
+  } else {
+    // Unknown is not in force: the answer fails closed (--require-ruleset) until a read works.
+    now.state = RulesetStatus::State::NotInForce;
+    now.reason = "cannot read the ruleset from the kernel: " + err;
+    ruleset_retry_ = true;
+  }
+  if (now == ruleset_ && ruleset_.state != RulesetStatus::State::NotChecked) return;  // no transition
+  ruleset_ = std::move(now);
+  if (ruleset_.in_force())
+    log::info("event=ruleset-in-force id={} table={} chain={} rules={}", ruleset_.id,
+              log::quote(want.family + " " + t_.table), ruleset_.chain, ruleset_.rules);
+  else
+    log::error("event=ruleset-not-in-force table={} reason={} msg={}", log::quote(want.family + " " + t_.table),
+               log::quote(ruleset_.reason),
+               log::quote("egress is NOT filtered by the ruleset of `dnsward nft-rules`: the sets "
+                          "dnsward fills hold nothing back while no chain in force uses them"));
+}
+
+const RulesetStatus& NftSets::ruleset_now() {
+  on_events();  // a change already made is judged before it is reported
+  return ruleset_;
 }
 
 }  // namespace dnsward

@@ -109,6 +109,7 @@ Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr
   try {
     s = receive(c, pkt, len);
     if (s == Step::Continue) s = screen(c);
+    if (s == Step::Continue) s = require_ruleset(c);
     if (s == Step::Continue) s = apply_policy(c);
     if (s == Step::Continue) s = answer_locally(c);
     if (s == Step::Continue) s = answer_from_cache(c);
@@ -152,6 +153,15 @@ bool is_why_query(const Query& q) {
   return q.qclass == klass::CH && q.qtype == type::TXT && q.qname_len > 5 && q.qname_lc[0] == 3 &&
          std::memcmp(q.qname_lc + 1, kWhyLabel.data(), 3) == 0 && q.qname_lc[4] != 0;
 }
+
+/// `status.dnsward.` in class CH, type TXT: class CHAOS is where servers answer questions
+/// about themselves (`version.bind`, `hostname.bind`, RFC 4892 2), never about names of the
+/// internet, so no allowlist entry can be shadowed by it.
+constexpr uint8_t kStatusName[] = {6, 's', 't', 'a', 't', 'u', 's', 7, 'd', 'n', 's', 'w', 'a', 'r', 'd', 0};
+bool is_status_query(const Query& q) {
+  return q.qclass == klass::CH && q.qtype == type::TXT && q.qname_len == sizeof kStatusName &&
+         std::memcmp(q.qname_lc, kStatusName, sizeof kStatusName) == 0;
+}
 }  // namespace
 
 Pipeline::Step Pipeline::screen(QueryCtx& c) {
@@ -172,6 +182,10 @@ Pipeline::Step Pipeline::screen(QueryCtx& c) {
     c.local = LocalName::Why;  // class CH, answered locally
     return Step::Continue;
   }
+  if (is_status_query(q)) {
+    c.local = LocalName::Status;  // class CH, answered locally
+    return Step::Continue;
+  }
   if (q.qclass != klass::IN) {
     ++counters_.refused;
     return reply(rcode::REFUSED, edns::EDE_NOT_SUPPORTED, "dnsward answers class IN only");
@@ -190,6 +204,43 @@ Pipeline::Step Pipeline::screen(QueryCtx& c) {
   return Step::Continue;
 }
 
+Pipeline::Step Pipeline::require_ruleset(QueryCtx& c) {
+  if (!cfg_.require_ruleset || c.local == LocalName::Why || c.local == LocalName::Status)
+    return Step::Continue;
+  const RulesetStatus* r = ruleset_ ? &ruleset_->ruleset_now() : nullptr;
+  if (r && r->in_force()) return Step::Continue;
+  // Vouching for addresses no rule enforces would pretend a filter that is not there; an
+  // operator who asked for --require-ruleset wants the sandbox to fail instead. EDE 14 "Not
+  // Ready" (RFC 8914 4.15): the server is not fully functional. SERVFAIL says "failed", not
+  // "does not exist": an NXDOMAIN would be cached as the name's absence for the negative
+  // TTL (RFC 2308 5), a failure at most five minutes (RFC 2308 7.1), and stubs retry it.
+  ++counters_.not_ready;
+  // The reason last: a long one is what the EDE's length bound cuts, never the pointer.
+  return servfail(c, edns::EDE_NOT_READY,
+                  fmt::format("dnsward: its nftables ruleset is not in force, and --require-ruleset "
+                              "withholds answers until it is (dig CH TXT status.dnsward): {}",
+                              r ? r->reason : std::string("the ruleset is not checked")));
+}
+
+std::vector<std::string> Pipeline::status_lines() {
+  std::vector<std::string> out;
+  if (!ruleset_) {
+    out.push_back("ruleset=not-checked");
+    out.push_back("reason=--no-nft: no nftables hook, so no ruleset; answered addresses are not vouched for");
+  } else {
+    const RulesetStatus& r = ruleset_->ruleset_now();
+    out.push_back(fmt::format("ruleset={}", r.word()));
+    if (!r.in_force()) out.push_back("reason=" + r.reason);
+    if (!r.id.empty())
+      out.push_back(fmt::format("id={} rules={} chain={} table={} {}", r.id, r.rules, r.chain,
+                                option_value_name("nft-family", cfg_.nft_family), cfg_.nft_table));
+  }
+  out.push_back(fmt::format("require-ruleset={}", cfg_.require_ruleset ? "on" : "off"));
+  out.push_back(fmt::format("policy={} entries={}", policy_->version(), policy_->size()));
+  out.push_back(fmt::format("mode={}", cfg_.mode));
+  return out;
+}
+
 Pipeline::Step Pipeline::apply_policy(QueryCtx& c) {
   if (c.local != LocalName::None) return Step::Continue;  // dnsward's own names
   return admit(c, true);
@@ -203,8 +254,13 @@ Pipeline::Step Pipeline::answer_locally(QueryCtx& c) {
       ++counters_.chaos_why;
       const std::string name = wire::name_to_text(q.qname_lc + 4, q.qname_len - 4);
       c.out_len = build_txt(q, explain_lines(*policy_, name), reply_opts_, c.out, c.out_cap);
-      return Step::Reply;
+      return fit_udp(c);
     }
+    case LocalName::Status:
+      // `dig CH TXT status.dnsward`: is the ruleset in force, and under which policy.
+      ++counters_.chaos_status;
+      c.out_len = build_txt(q, status_lines(), reply_opts_, c.out, c.out_cap);
+      return fit_udp(c);
     case LocalName::Localhost:
       ++counters_.localhost;
       c.out_len = build_localhost(q, reply_opts_, c.out, c.out_cap);
@@ -220,6 +276,18 @@ Pipeline::Step Pipeline::answer_locally(QueryCtx& c) {
     return Step::Reply;
   }
   return Step::Continue;
+}
+
+Pipeline::Step Pipeline::fit_udp(QueryCtx& c) {
+  // Our TXT answers grow with what they explain (a long reason, an entry's justification):
+  // one that does not fit a UDP client's size (512 bytes without EDNS, RFC 1035 4.2.1; its
+  // EDNS size, RFC 6891 7) goes as the question alone with TC=1, and the client asks over TCP.
+  if (c.client.transport == ClientAddr::Transport::Udp && c.out_len > c.q.udp_limit(cfg_.udp_payload)) {
+    c.out_len = build_rcode(c.q, rcode::NOERROR, reply_opts_, c.out, c.out_cap, edns::kNoEde, {});
+    if (c.out_len > 2) c.out[2] |= uint8_t(flag::TC >> 8);
+    ++counters_.truncated;
+  }
+  return Step::Reply;
 }
 
 bool Pipeline::within_budget(uint32_t entry, uint32_t budget, const std::string& name) {
@@ -389,6 +457,7 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   // Called from the port's callback (c-ares' C frames): no exception may unwind through them.
   try {
     s = check_upstream(p, uint16_t(token), status, ans, len);
+    if (s == Step::Continue) s = require_ruleset(c);
     if (s == Step::Continue) s = readmit(c);
     if (s == Step::Continue) s = answer_from_upstream(c, uint16_t(token), ans, len);
   } catch (const std::exception& e) {

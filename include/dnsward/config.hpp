@@ -60,6 +60,7 @@ struct ServeConfig {
   std::vector<Endpoint> upstreams;
   std::vector<std::string> allowlists;  ///< empty: the embedded default list
   bool no_nft;
+  bool require_ruleset;  ///< SERVFAIL (EDE 14) while the ruleset is not in force
   uint32_t negative_ttl;
   uint16_t udp_payload;
   uint32_t upstream_timeout_ms;

@@ -50,6 +50,8 @@ struct Histogram {
   COUNTER(localhost, "dnsward_queries_total", "verdict=\"localhost\"", false, "")                  \
   COUNTER(any_minimal, "dnsward_queries_total", "verdict=\"any_minimal\"", false, "")              \
   COUNTER(chaos_why, "dnsward_queries_total", "verdict=\"chaos_why\"", false, "")                  \
+  COUNTER(chaos_status, "dnsward_queries_total", "verdict=\"chaos_status\"", false, "")            \
+  COUNTER(not_ready, "dnsward_queries_total", "verdict=\"not_ready\"", true, "")                   \
   COUNTER(formerr, "dnsward_queries_total", "verdict=\"formerr\"", false, "")                      \
   COUNTER(notimp, "dnsward_queries_total", "verdict=\"notimp\"", false, "")                        \
   COUNTER(refused, "dnsward_queries_total", "verdict=\"refused\"", false, "")                      \
@@ -97,6 +99,11 @@ struct Histogram {
           (s.nft ? s.nft->size_of(AF_INET) : 0))                                                   \
   READING(nft_size6, Gauge, "dnsward_nft_set_size", "family=\"ipv6\"", false, "",                  \
           (s.nft ? s.nft->size_of(AF_INET6) : 0))                                                  \
+  READING(ruleset_in_force, Gauge, "dnsward_ruleset_in_force", "", true,                           \
+          "1 while the ruleset of `dnsward nft-rules` is in force in dnsward's table (a base "     \
+          "chain on the output hook, policy drop, holding exactly its rules); 0 otherwise, and "   \
+          "with --no-nft.",                                                                        \
+          (s.nft && s.nft->ruleset().in_force() ? 1 : 0))                                          \
   READING(nft_foreign_set_rules, Counter, "dnsward_nft_foreign_set_rules_total", "", false,        \
           "Rules seen that change dnsward's sets from the packet path (changes dnsward cannot "   \
           "see).",                                                                                 \

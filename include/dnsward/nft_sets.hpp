@@ -1,7 +1,9 @@
 // dnsward's nftables sets: their schema (the table and two timeout sets, checked or created
 // at start), the events that tell of changes by others, dumps of what the kernel holds, and
 // the element writer that the vouch ledger drives. Every answer's addresses go in through
-// vouch() and are ACKed by the kernel before the caller may reply.
+// vouch() and are ACKed by the kernel before the caller may reply. It also watches whether
+// the ruleset of `dnsward nft-rules` is in force in its table (ruleset_check.hpp), at start
+// and after every transaction that touches the table's chains or rules.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,9 +16,11 @@
 #include "dnsward/config.hpp"
 #include "dnsward/netlink_batch.hpp"
 #include "dnsward/ports.hpp"
+#include "dnsward/ruleset_check.hpp"
 #include "dnsward/vouch_ledger.hpp"
 
 struct mnl_socket;
+struct nlmsghdr;
 
 namespace dnsward {
 
@@ -44,11 +48,11 @@ class NftError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-class NftSets : public ElementPort, public SetWriter {
+class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
  public:
-  /// Opens netlink, checks or creates the table and sets, probes the refresh mode, and
-  /// reads what the sets hold. Throws NftError with a message for the operator (no
-  /// CAP_NET_ADMIN, wrong set type...).
+  /// Opens netlink, checks or creates the table and sets, probes the refresh mode, reads
+  /// what the sets hold and judges the ruleset. Throws NftError with a message for the
+  /// operator (no CAP_NET_ADMIN, wrong set type, `update` forced on a kernel without it...).
   NftSets(NftTarget target, RefreshMode mode);
   /// The same, with fault-injection hooks on its sockets (tests only).
   NftSets(NftTarget target, RefreshMode mode, NftFaults faults);
@@ -72,8 +76,17 @@ class NftSets : public ElementPort, public SetWriter {
   /// The event socket, for the event loop; call on_events() when it is readable.
   int event_fd() const;
   /// Reads nftables events; on a change to our table by anyone else (or lost events),
-  /// rereads what the sets hold and recreates what is missing. Called by vouch() first too.
+  /// rereads what the sets hold and recreates what is missing, and judges the ruleset again
+  /// at the end of each transaction that touched the table's chains or rules. Called by
+  /// vouch() first too.
   void on_events();
+
+  /// The ruleset's state as last judged (for metrics; reads no event).
+  const RulesetStatus& ruleset() const { return ruleset_; }
+  /// The same, after reading the events already queued (RulesetWatch, for the pipeline).
+  const RulesetStatus& ruleset_now() override;
+  /// Times the ruleset was read and judged (once at start, once per transaction after).
+  uint64_t ruleset_checks() const { return ruleset_checks_; }
 
   /// The dump socket, for the event loop; call on_dump_readable() when it is readable. A
   /// reread of the sets after a change by someone else is read a little per loop pass, so
@@ -107,7 +120,10 @@ class NftSets : public ElementPort, public SetWriter {
   bool ensure(std::string& err);
   bool check_set(const std::string& name, uint32_t key_type, uint32_t key_len, bool& exists,
                  uint32_t& size, std::string& err);
-  bool probe_update();
+  enum class Probe : uint8_t { Yes, No, Failed };
+  /// Whether the kernel updates an element's timeout in place (6.12+), tried on a scratch
+  /// set; Failed (err set) when the probe could not tell.
+  Probe probe_update(std::string& err);
   /// Reads every element of both sets into the ledger, waiting for the whole dump (at start).
   bool reload_view(std::string& err);
   /// Forgets what the kernel holds and starts a dump of both sets.
@@ -135,6 +151,14 @@ class NftSets : public ElementPort, public SetWriter {
   /// `delete @set`): those changes send no event, so dnsward could not see them.
   void check_rule(const nlmsghdr* h, const char* when);
   void check_rules();
+  /// What on_events() does when someone else changed the sets or the table.
+  void on_sets_changed(bool lost, bool recreate);
+  /// Whether an event is a change to our table, its chains or its rules (by anyone).
+  bool touches_ruleset(const nlmsghdr* h, uint16_t msg) const;
+  /// Reads our table, its chains and their rules from the kernel.
+  bool read_ruleset(TableSeen& seen, std::string& err);
+  /// Reads and judges the ruleset; logs when its state changes.
+  void check_ruleset();
   struct SocketCloser {
     void operator()(mnl_socket* s) const;
   };
@@ -146,6 +170,10 @@ class NftSets : public ElementPort, public SetWriter {
   uint64_t last_fill_check_ms_ = 0;
   uint64_t external_changes_ = 0;
   uint64_t foreign_set_rules_ = 0;
+  RulesetStatus ruleset_;          // NotChecked until the first judgement
+  bool ruleset_dirty_ = false;     // the table's chains or rules changed; their transaction's end not seen
+  bool ruleset_retry_ = false;     // the last read failed: maintain() tries again
+  uint64_t ruleset_checks_ = 0;
 };
 
 }  // namespace dnsward

@@ -1,10 +1,11 @@
 // The per-query stages. One QueryCtx (the query, its client and transport, the policy's
 // decision, the reply) flows through named stages that each return a Step, the way dnsdist
 // passes one DNSQuestion through its rules:
-//   query:  receive -> screen -> apply_policy -> answer_locally -> answer_from_cache -> forward
-//   answer: on_upstream_answer -> check_upstream (retries: no EDNS, 0x20) -> readmit (a reload
-//           in between) -> prepare (check, pick the addresses, rebuild) -> vouch (into the
-//           sets, ACKed) -> relay -> deliver
+//   query:  receive -> screen -> require_ruleset -> apply_policy -> answer_locally ->
+//           answer_from_cache -> forward
+//   answer: on_upstream_answer -> check_upstream (retries: no EDNS, 0x20) -> require_ruleset
+//           -> readmit (a reload in between) -> prepare (check, pick the addresses, rebuild)
+//           -> vouch (into the sets, ACKed) -> relay -> deliver
 // Cache hits join the answer path at vouch. The parts that do I/O (the upstream, the set
 // writer, time) come in through the interfaces of ports.hpp, so tests drive every stage with
 // fakes and a fake clock (test/unit/test_replay.cc).
@@ -27,6 +28,7 @@
 #include "dnsward/packet.hpp"
 #include "dnsward/policy.hpp"
 #include "dnsward/ports.hpp"
+#include "dnsward/ruleset_check.hpp"
 #include "dnsward/usage.hpp"
 
 namespace dnsward {
@@ -66,6 +68,7 @@ enum class Verdict : uint8_t {
 enum class LocalName : uint8_t {
   None,
   Why,        ///< CH TXT why.NAME: the verdict for NAME and its reason
+  Status,     ///< CH TXT status.dnsward: the ruleset's state, the policy, the mode
   Localhost,  ///< localhost and below (RFC 6761 6.3)
 };
 
@@ -131,6 +134,11 @@ class Pipeline {
   const Policy& policy() const { return *policy_; }
   /// Where usage is counted (per entry, per denied name); null: not counted.
   void set_usage(Usage* u) { usage_ = u; }
+  /// Where the ruleset's state is read (NftSets); null: not checked (--no-nft).
+  void set_ruleset(RulesetWatch* r) { ruleset_ = r; }
+  /// The answer to `dig CH TXT status.dnsward`, one TXT string each: the ruleset's state
+  /// (and why, and its id), --require-ruleset, the policy version, the mode.
+  std::vector<std::string> status_lines();
   const Counters& counters() const { return counters_; }
   std::size_t cache_size() const { return cache_.size(); }
   const Histogram& upstream_latency() const { return upstream_latency_; }
@@ -163,6 +171,10 @@ class Pipeline {
   // The query path.
   Step receive(QueryCtx& c, const uint8_t* pkt, std::size_t len);
   Step screen(QueryCtx& c);
+  /// --require-ruleset: SERVFAIL with EDE 14 while the ruleset is not in force (the CH TXT
+  /// diagnostics excepted). Also on the answer path: an answer that comes back after the
+  /// ruleset went out of force is withheld too.
+  Step require_ruleset(QueryCtx& c);
   Step apply_policy(QueryCtx& c);
   Step answer_locally(QueryCtx& c);
   Step answer_from_cache(QueryCtx& c);
@@ -191,6 +203,8 @@ class Pipeline {
   /// Whether one more distinct name fits the entry's budget= in the sliding window.
   bool within_budget(uint32_t entry, uint32_t budget, const std::string& name);
   Step servfail(QueryCtx& c, uint16_t ede, std::string_view why);
+  /// A local answer larger than a UDP client takes becomes the question alone with TC=1.
+  Step fit_udp(QueryCtx& c);
   /// Registers p under a fresh upstream ID and sends its query; false if it cannot be built.
   bool send_upstream(Pending p);
   void finish(Pending& p, Step s);
@@ -211,6 +225,7 @@ class Pipeline {
   SetWriter* sets_;
   AnswerCache cache_;
   Usage* usage_ = nullptr;
+  RulesetWatch* ruleset_ = nullptr;
   /// Distinct names asked under each budgeted entry in the last kBudgetWindowMs: when each
   /// was first asked, oldest first, and the same as a set.
   struct Window {

@@ -49,6 +49,11 @@ class Errors(UsageErrors, unittest.TestCase):
         self.assert_usage_error(serve("--upstream-timeout", "5", "--upstream", "127.0.0.2"),
                                 "--upstream-timeout 5", "50 and 30000")
 
+    def test_require_ruleset_without_the_hook_is_refused(self):
+        # --no-nft leaves no ruleset to check: the two together would SERVFAIL for ever.
+        self.assert_usage_error(serve("--require-ruleset", "--no-nft", "--upstream", "127.0.0.2"),
+                                "--require-ruleset needs the nftables hook")
+
     def test_malformed_listen_address(self):
         self.assert_usage_error(serve("--listen", "localhost:53", "--upstream", "127.0.0.2"),
                                 "--listen localhost:53")
@@ -70,7 +75,8 @@ class Errors(UsageErrors, unittest.TestCase):
     # Every option of `serve`, as documented in README.md's "Command line" table. Adding an
     # option means adding it here too: --help must list exactly these, no more, no fewer.
     SERVE_OPTIONS = {
-        "--config", "--listen", "--upstream", "--allowlist", "--no-nft", "--nft-family",
+        "--config", "--listen", "--upstream", "--allowlist", "--no-nft", "--require-ruleset",
+        "--nft-family",
         "--nft-table", "--nft-set4", "--nft-set6", "--nft-set-size", "--nft-refresh",
         "--min-ttl", "--max-ttl", "--grace", "--cache-size", "--cache-bytes",
         "--max-answer-addresses", "--mode", "--state", "--state-interval", "--negative-ttl",

@@ -1,6 +1,7 @@
 """The enforcement hook against the real kernel: this test process moves into a network
 namespace of its own, where dnsward fills nftables sets that `nft` then reads back."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -401,7 +402,12 @@ class Refresh(unittest.TestCase):
             d.query("short.test.", "A")  # a fresh upstream answer: 11 s from now
             expires = nft_set("dnsward", "allowed4")["198.18.0.5"][1]
             self.assertGreaterEqual(expires, 10, mode)
-            self.assertIn(f"refresh={mode}", d.logtext())
+            # One name for the mode, the option's, in the start-up line and the probe's.
+            log = d.logtext()
+            self.assertRegex(log, rf"event=nft-probe timeout_update=(yes|no) refresh={mode} ")
+            self.assertRegex(log, rf"event=nft family=inet .* refresh={mode} ")
+            for other in ("delete+add", "update-in-place"):
+                self.assertNotIn(other, log)
         finally:
             d.stop()
             drop_table()
@@ -502,8 +508,20 @@ class Rules(unittest.TestCase):
         for needle in ("ct state established,related accept", 'meta skuid "root"',
                        "ip daddr @allowed4 accept", "ip6 daddr @allowed6 accept",
                        'log prefix "dnsward-drop: "', "reject", "policy drop",
-                       'oif "lo" accept', "udp dport 53", "tcp dport 53"):
+                       'oif "lo" accept', "udp dport 53", "tcp dport 53",
+                       "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+                       "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, "
+                       "mld2-listener-report } ip6 hoplimit 1 accept",
+                       'comment "dnsward ruleset id='):
             self.assertIn(needle, rules)
+        # Every rule carries its place, which serve reads back (e2e_ruleset).
+        chain = rules[rules.index("\tchain output {"):]
+        rule_lines = [l for l in chain.splitlines() if l.startswith("\t\t") and
+                      not l.startswith("\t\t#") and not l.startswith("\t\ttype ") and
+                      not l.startswith("\t\tcomment ")]
+        n = len(rule_lines)
+        for i, l in enumerate(rule_lines):
+            self.assertRegex(l, rf' comment "dnsward {i}/{n} id=[0-9a-f]{{16}}"$')
         check = subprocess.run(["nft", "-c", "-f", "-"], input=rules, capture_output=True,
                                text=True, timeout=10)
         self.assertEqual(check.returncode, 0, check.stderr)
@@ -517,8 +535,49 @@ class Rules(unittest.TestCase):
         try:
             self.assertEqual(addrs(d.query("www.test.", "A")), ["198.18.0.1"])
             self.assertIn("198.18.0.1", nft_set("dnsward", "allowed4"))
+            self.assertIn("event=ruleset-in-force", d.logtext())
         finally:
             d.stop()
+            drop_table()
+
+    def test_the_links_own_ipv6_traffic_nd_and_mld_reports_passes_the_ruleset(self):
+        # An interface coming up under the ruleset: its link-local address's duplicate
+        # address detection (neighbour solicitations) and the MLD reports for its
+        # solicited-node groups (MLDv2, ICMPv6 type 143, RFC 3810) leave through the output
+        # hook. A table of the test's own, before dnsward's chain, counts the reports sent;
+        # dnsward's drop rules must count none of them.
+        drop_table()
+        r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        load = subprocess.run(["nft", "-f", "-"], input=r.stdout, capture_output=True, text=True,
+                              timeout=10)
+        self.assertEqual(load.returncode, 0, load.stderr)
+        nft("add", "table", "inet", "watch")
+        nft("add", "chain", "inet", "watch", "out",
+            "{ type filter hook output priority -10 ; policy accept ; }")
+        nft("add", "rule", "inet", "watch", "out", "icmpv6", "type", "mld2-listener-report",
+            "counter")
+        nft("add", "rule", "inet", "watch", "out", "icmpv6", "type", "nd-neighbor-solicit",
+            "counter")
+        try:
+            subprocess.run(["ip", "link", "add", "dwv0", "type", "veth", "peer", "name", "dwv1"],
+                           check=True)
+            subprocess.run(["ip", "link", "set", "dwv1", "up"], check=True)
+            subprocess.run(["ip", "link", "set", "dwv0", "up"], check=True)
+
+            def counted():
+                out = nft("list", "chain", "inet", "watch", "out").stdout
+                return [int(x) for x in re.findall(r"counter packets (\d+)", out)]
+
+            wait_for(lambda: all(n > 0 for n in counted()), timeout=10,
+                     what="an MLD report and a neighbour solicitation sent")
+            chain = nft("list", "chain", "inet", "dnsward", "output").stdout
+            drops = re.findall(r"counter packets (\d+) bytes \d+ log prefix \"dnsward-(?:dns-)?drop", chain)
+            self.assertEqual(len(drops), 3, chain)
+            self.assertEqual(drops, ["0", "0", "0"], chain)
+        finally:
+            subprocess.run(["ip", "link", "del", "dwv0"], capture_output=True)
+            nft("delete", "table", "inet", "watch", check=False)
             drop_table()
 
     def test_nft_rules_rejects_bad_arguments(self):

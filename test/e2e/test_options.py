@@ -76,6 +76,9 @@ class NftRules(UsageErrors, unittest.TestCase):
                     d = Dnsward(upstream, nft=True, extra=["--nft-family", family])
                     try:
                         self.assertRegex(d.logtext(), rf'event=nft family={family} table=dnsward ')
+                        # and finds it in force: a table of family ip needs no IPv6 lookup.
+                        self.assertRegex(d.logtext(), rf'event=ruleset-in-force id=[0-9a-f]{{16}} '
+                                                      rf'table="{family} dnsward" chain=output ')
                         self.assertEqual(set_names(family, "dnsward"), {"allowed4", "allowed6"})
                         self.assertEqual(nft_set_info("dnsward", "allowed4", family)[0], "ipv4_addr")
                         self.assertEqual(nft_set_info("dnsward", "allowed6", family)[0], "ipv6_addr")

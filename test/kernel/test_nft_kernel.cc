@@ -1,7 +1,8 @@
 // The netlink transport and NftSets against the REAL kernel, with faults injected at the
 // socket (NetlinkFaults): lost and late answers, ENOBUFS, answers forged by another
-// process, a kernel without in-place timeout update, events lost or still queued. Fakes
-// cannot reach this code; these tests do.
+// process, a kernel without in-place timeout update, events lost or still queued; and the
+// judgement of the ruleset (is the chain `nft-rules` prints in force?) against what real
+// `nft` commands leave in the kernel. Fakes cannot reach this code; these tests do.
 //
 // The process enters a network namespace of its own first (unshare(CLONE_NEWNET)), so it
 // works on an empty nftables ruleset of the real kernel, isolated from the host's; the
@@ -29,6 +30,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -39,11 +43,15 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "dnsward/clock.hpp"
+#include "dnsward/log.hpp"
 #include "dnsward/netlink_batch.hpp"
+#include "dnsward/nft_rules.hpp"
 #include "dnsward/nft_sets.hpp"
+#include "dnsward/ruleset_check.hpp"
 
 using namespace dnsward;
 
@@ -53,6 +61,18 @@ constexpr int kSkipCode = 77;  // SKIP_RETURN_CODE of the ctest entry
 
 // ---------------------------------------------------------------------------------------
 // The kernel's side, read and changed without the code under test.
+
+/// Runs `nft -f FILE` in this process's network namespace.
+int nft_file(const std::string& path) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execlp("nft", "nft", "-f", path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 /// Runs `nft ARGS` (one command line, no shell) in this process's network namespace.
 int nft(const std::string& args) {
@@ -394,6 +414,17 @@ NetlinkSocket::Msg del_msg(const std::string& table, const std::string& set, con
           }};
 }
 
+/// The message NftSets' constructor throws for these arguments ("" if it starts).
+template <typename... Args>
+std::string start_error(Args&&... args) {
+  try {
+    NftSets sets(std::forward<Args>(args)...);
+  } catch (const NftError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 /// A table with one timeout set `s` of IPv4 addresses, made with nft.
 void make_table(const std::string& table, const std::string& extra = "") {
   REQUIRE(nft("add table inet " + table) == 0);
@@ -667,7 +698,7 @@ TEST_CASE("errors: a full set fails the vouch and says so in words (ENFILE)") {
 // =======================================================================================
 // NftSets: the refresh-mode probe.
 
-TEST_CASE("probe: auto picks update-in-place on a kernel that has it") {
+TEST_CASE("probe: auto picks update on a kernel that updates timeouts in place") {
   if (!kernel_has_update_in_place()) return;  // checked by the next test's emulation instead
   NftSets sets(target("p_update"), RefreshMode::Auto);
   CHECK(sets.mode() == RefreshMode::Update);
@@ -678,7 +709,7 @@ TEST_CASE("probe: auto picks update-in-place on a kernel that has it") {
   CHECK(kernel_set("p_update", "dnsward_probe") == std::nullopt);  // the probe set is gone
 }
 
-TEST_CASE("probe: without update-in-place, auto falls back to replace mode and vouching still extends timeouts") {
+TEST_CASE("probe: without in-place timeout updates, auto falls back to replace and vouching still extends timeouts") {
   Script batches;
   batches.rewrite = emulate_no_update;  // every batch, the probe's included, as on 6.1
   NftSets sets(target("p_replace"), RefreshMode::Auto, {&batches, nullptr, nullptr});
@@ -691,6 +722,32 @@ TEST_CASE("probe: without update-in-place, auto falls back to replace mode and v
   // change nothing on this (emulated) kernel, leaving 60 s.
   REQUIRE(vouch(sets, "192.0.2.1", 600, err));
   CHECK(kernel_set("p_replace", "allowed4")->at("192.0.2.1").left_ms > 590000);
+}
+
+TEST_CASE("probe: update forced on a kernel without in-place timeout updates is refused at start, naming replace") {
+  Script batches;
+  batches.rewrite = emulate_no_update;  // 6.1: a re-add is ACKed and changes nothing
+  const std::string what =
+      start_error(target("p_forced"), RefreshMode::Update, NftFaults{&batches, nullptr, nullptr});
+  // Started, it would believe every re-add extended its element while none did.
+  CHECK(what.find("--nft-refresh update: this kernel does not update an element's timeout in place") == 0);
+  CHECK(what.find("use --nft-refresh replace") != std::string::npos);
+  CHECK(kernel_set("p_forced", "dnsward_probe") == std::nullopt);  // the probe cleaned up
+}
+
+TEST_CASE("probe: a forced mode is probed too: update is kept where the kernel has it, replace everywhere") {
+  if (kernel_has_update_in_place()) {
+    NftSets sets(target("p_forced_ok"), RefreshMode::Update);
+    CHECK(sets.mode() == RefreshMode::Update);
+  }
+  Script batches;
+  batches.rewrite = emulate_no_update;
+  NftSets sets(target("p_forced_replace"), RefreshMode::Replace, {&batches, nullptr, nullptr});
+  CHECK(sets.mode() == RefreshMode::Replace);
+  std::string err;
+  REQUIRE(vouch(sets, "192.0.2.1", 60, err));
+  REQUIRE(vouch(sets, "192.0.2.1", 600, err));
+  CHECK(kernel_set("p_forced_replace", "allowed4")->at("192.0.2.1").left_ms > 590000);
 }
 
 TEST_CASE("probe: when the probe itself fails, auto picks replace mode, which works on every kernel") {
@@ -718,6 +775,11 @@ TEST_CASE("probe: when the probe itself fails, auto picks replace mode, which wo
   REQUIRE(vouch(sets, "192.0.2.1", 60, err));
   REQUIRE(vouch(sets, "192.0.2.1", 600, err));
   CHECK(kernel_set("p_failed", "allowed4")->at("192.0.2.1").left_ms > 590000);
+  // update forced where the probe cannot tell: refused too (it cannot be confirmed).
+  const std::string what =
+      start_error(target("p_failed_forced"), RefreshMode::Update, NftFaults{&batches, nullptr, nullptr});
+  CHECK(what.find("--nft-refresh update: could not confirm") == 0);
+  CHECK(what.find(std::strerror(EPERM)) != std::string::npos);
 }
 
 // =======================================================================================
@@ -797,6 +859,270 @@ TEST_CASE("after a revocation whose answers were late, an answer for the same ad
   // relays it. It must be in the kernel's set.
   CHECK(sets.vouch({{ip("192.0.2.7"), 300}}, mono_ms(), Provenance{"kept.test", "kept.test"}, err));
   CHECK(kernel_set("lost_revoke", "allowed4")->count("192.0.2.7") == 1);
+}
+
+// =======================================================================================
+// The ruleset: is the chain `nft-rules` prints in force in our table?
+
+namespace {
+
+/// The ruleset `dnsward nft-rules` prints for a table (args: more nft-rules options).
+std::string ruleset_text(const std::string& table, std::vector<std::string> args = {}) {
+  args.insert(args.end(), {"--user", "root", "--nft-table", table});
+  if (std::find(args.begin(), args.end(), "--upstream") == args.end())
+    args.insert(args.end(), {"--upstream", "192.0.2.53"});
+  const ParseOutcome r = parse_nft_rules(args, "/dev/null");
+  REQUIRE_MESSAGE(r.config, r.error);
+  return render_nft_rules(*r.config);
+}
+
+/// Loads ruleset text with `nft -f`; nft's exit code.
+int load(const std::string& text) {
+  char path[] = "/tmp/dnsward-ruleset-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, text.data(), text.size()) == ssize_t(text.size()));
+  close(fd);
+  const int rc = nft_file(path);
+  unlink(path);
+  return rc;
+}
+
+/// The id and rule count the text's chain comment declares.
+ChainMark mark_of(const std::string& text) {
+  const auto at = text.find("comment \"dnsward ruleset ");
+  REQUIRE(at != std::string::npos);
+  const auto m = parse_chain_comment(text.substr(at + 9, text.find('"', at + 9) - at - 9));
+  REQUIRE(m);
+  return *m;
+}
+
+/// The handles of the rules of chain `output`, in order, as `nft -a` lists them.
+std::vector<uint64_t> rule_handles(const std::string& table) {
+  const std::string cmd = "nft -a list chain inet " + table + " output";
+  FILE* f = popen(cmd.c_str(), "r");
+  REQUIRE(f);
+  std::vector<uint64_t> out;
+  char line[4096];
+  while (std::fgets(line, sizeof line, f)) {
+    const std::string l = line;
+    const auto at = l.rfind(" # handle ");
+    if (at == std::string::npos || l.compare(at - 1, 1, "{") == 0) continue;  // a table, set or chain
+    out.push_back(std::stoull(l.substr(at + 10)));
+  }
+  pclose(f);
+  return out;
+}
+
+std::string first_lines_without(const std::string& text, const std::string& line) {
+  std::string out = text;
+  const auto at = out.find(line);
+  REQUIRE(at != std::string::npos);
+  out.erase(at, line.size());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ruleset: the ruleset nft-rules prints, loaded before the start, is in force, in each family") {
+  for (const char* family : {"inet", "ip", "ip6"}) {
+    const std::string fam = family;
+    CAPTURE(fam);
+    const std::string table = "rs_start_" + fam;
+    std::vector<std::string> args = {"--nft-family", family};
+    if (fam == "ip6") args.insert(args.end(), {"--listen", "[::1]:53", "--upstream", "[2001:db8::53]"});
+    const std::string text = ruleset_text(table, args);
+    REQUIRE(load(text) == 0);
+    NftTarget t = target(table.c_str());
+    t.family = fam == "inet" ? NFPROTO_INET : fam == "ip" ? NFPROTO_IPV4 : NFPROTO_IPV6;
+    NftSets sets(t, RefreshMode::Auto);
+    const RulesetStatus& r = sets.ruleset();
+    CHECK_MESSAGE(r.in_force(), r.reason);
+    CHECK(r.id == fmt::format("{:016x}", mark_of(text).id));
+    CHECK(r.rules == mark_of(text).rules);
+    CHECK(r.chain == "output");
+    CHECK(sets.ruleset_checks() == 1);
+  }
+}
+
+TEST_CASE("ruleset: sets without the ruleset are not in force; the ruleset loaded later is noticed at the end of its transaction") {
+  NftSets sets(target("rs_later"), RefreshMode::Auto);  // creates the table: no chain
+  CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+  CHECK(sets.ruleset().reason.find("no chain of table inet rs_later carries the comment") != std::string::npos);
+  const uint64_t checks = sets.ruleset_checks();
+  // One `nft -f`: a transaction of dozens of events (the table deleted and rebuilt, two
+  // sets, a chain, its rules), judged once, at its end.
+  REQUIRE(load(ruleset_text("rs_later")) == 0);
+  sets.on_events();
+  CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+  CHECK(sets.ruleset_checks() == checks + 1);
+  // Nothing more to read: no second judgement.
+  sets.on_events();
+  CHECK(sets.ruleset_checks() == checks + 1);
+}
+
+TEST_CASE("ruleset: each way out of force is noticed by its event, with its reason, and loading the ruleset again restores it") {
+  const std::string table = "rs_cases";
+  const std::string text = ruleset_text(table);
+  const ChainMark mark = mark_of(text);
+  REQUIRE(mark.rules == 13);  // the reasons below count them
+  REQUIRE(load(text) == 0);
+  NftSets sets(target(table.c_str()), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  const std::string id = fmt::format("{:016x}", mark.id);
+  // The rule that looks up allowed4 (its place in the printed chain).
+  const std::string lookup4 = "ip daddr @allowed4 accept comment \"";
+  const std::size_t at4 = text.find(lookup4);
+  REQUIRE(at4 != std::string::npos);
+  const std::size_t from = at4 + lookup4.size();
+  const auto m4 = parse_rule_comment(text.substr(from, text.find('"', from) - from));
+  REQUIRE(m4);
+  const std::string comment4 = ruleset_rule_comment(mark.id, m4->index, mark.rules);
+  const struct {
+    const char* what;
+    std::function<void()> change;
+    const char* says;
+  } cases[] = {
+      {"a rule deleted",
+       [&] {
+         REQUIRE(nft(fmt::format("delete rule inet {} output handle {}", table, rule_handles(table).at(3))) == 0);
+       },
+       "rule 3 of chain output"},
+      {"a rule inserted", [&] { REQUIRE(nft("insert rule inet " + table + " output accept") == 0); },
+       "rule 0 of chain output"},
+      {"a rule appended", [&] { REQUIRE(nft("add rule inet " + table + " output accept") == 0); },
+       "holds 14 rules where its comment declares 13"},
+      {"a rule replaced by one without its comment (the count unchanged)",
+       [&] {
+         REQUIRE(nft(fmt::format("replace rule inet {} output handle {} accept", table,
+                                 rule_handles(table).at(5))) == 0);
+       },
+       "rule 5 of chain output"},
+      {"the policy changed to accept",
+       [&] { REQUIRE(nft("chain inet " + table + " output { policy accept ; }") == 0); },
+       "chain output has policy accept, not drop"},
+      {"the chain deleted", [&] { REQUIRE(nft("delete chain inet " + table + " output") == 0); },
+       "no chain of table inet rs_cases carries the comment"},
+      {"the chain replaced by an unhooked chain with the same rules",
+       [&] {
+         REQUIRE(nft("delete chain inet " + table + " output") == 0);
+         REQUIRE(load(first_lines_without(text, "\t\ttype filter hook output priority filter; policy drop;\n")) == 0);
+       },
+       "chain output is not a base chain (no hook)"},
+      {"the chain on another hook",
+       [&] {
+         std::string other = text;
+         other.replace(other.find("hook output"), 11, "hook input");
+         REQUIRE(load(other) == 0);
+       },
+       "chain output is on the input hook, not output"},
+      {"the table made dormant", [&] { REQUIRE(nft("add table inet " + table + " { flags dormant ; }") == 0); },
+       "is dormant"},
+      {"the rule that looks up allowed4 replaced by one that does not, comment kept",
+       [&] {
+         REQUIRE(nft(fmt::format("replace rule inet {} output handle {} accept comment \"{}\"", table,
+                                 rule_handles(table).at(m4->index), comment4)) == 0);
+       },
+       "no rule of chain output looks up set allowed4"},
+      {"that lookup inverted, comment kept",
+       [&] {
+         REQUIRE(nft(fmt::format("replace rule inet {} output handle {} ip daddr != @allowed4 accept comment \"{}\"",
+                                 table, rule_handles(table).at(m4->index), comment4)) == 0);
+       },
+       "no rule of chain output looks up set allowed4"},
+  };
+  for (const auto& c : cases) {
+    const std::string what = c.what;
+    CAPTURE(what);
+    c.change();
+    sets.on_events();
+    CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+    CHECK_MESSAGE(sets.ruleset().reason.find(c.says) != std::string::npos, sets.ruleset().reason);
+    // The same file again: in force, noticed without a restart.
+    REQUIRE(load(text) == 0);
+    sets.on_events();
+    CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+    CHECK(sets.ruleset().id == id);
+  }
+}
+
+namespace {
+std::vector<std::string> g_logged;  // what the code under test logged, while captured
+void capture(std::string_view line) { g_logged.emplace_back(line); }
+std::size_t logged(const std::string& what) {
+  return std::size_t(std::count_if(g_logged.begin(), g_logged.end(),
+                                   [&](const std::string& l) { return l.find(what) != std::string::npos; }));
+}
+}  // namespace
+
+TEST_CASE("ruleset: a change that leaves it in force is judged but not logged again; each transition is logged once") {
+  struct Restore {
+    decltype(log::sink) saved = log::sink;
+    ~Restore() { log::sink = saved; }
+  } restore;
+  g_logged.clear();
+  log::sink = capture;
+  REQUIRE(load(ruleset_text("rs_quiet")) == 0);
+  NftSets sets(target("rs_quiet"), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  CHECK(logged("event=ruleset-in-force") == 1);
+  const uint64_t checks = sets.ruleset_checks();
+  // A chain of its own in dnsward's table: judged (it touches the table), still in force.
+  REQUIRE(nft("add chain inet rs_quiet extra") == 0);
+  sets.on_events();
+  CHECK(sets.ruleset_checks() == checks + 1);
+  CHECK(sets.ruleset().in_force());
+  CHECK(logged("event=ruleset-in-force") == 1);
+  CHECK(logged("event=ruleset-not-in-force") == 0);
+  REQUIRE(nft("chain inet rs_quiet output { policy accept ; }") == 0);
+  sets.on_events();
+  CHECK(logged("event=ruleset-not-in-force") == 1);
+  CHECK(logged("level=error") == 1);
+  REQUIRE(nft("add rule inet rs_quiet extra accept") == 0);  // out of force still, same reason
+  sets.on_events();
+  CHECK(logged("event=ruleset-not-in-force") == 1);
+}
+
+TEST_CASE("ruleset: when events are lost (ENOBUFS), the ruleset is judged again") {
+  Script events;
+  const std::string text = ruleset_text("rs_lost");
+  REQUIRE(load(text) == 0);
+  NftSets sets(target("rs_lost"), RefreshMode::Auto, {nullptr, nullptr, &events});
+  REQUIRE(sets.ruleset().in_force());
+  REQUIRE(nft("chain inet rs_lost output { policy accept ; }") == 0);
+  events.fail_recvs = 1;  // the change's events, its end among them, are lost
+  events.drain = true;
+  sets.on_events();
+  CHECK(events.fail_recvs == 0);
+  CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+  CHECK(sets.ruleset().reason.find("policy accept") != std::string::npos);
+}
+
+TEST_CASE("ruleset: churn that does not touch its table's chains or rules is not judged again") {
+  REQUIRE(load(ruleset_text("rs_churn")) == 0);
+  NftSets sets(target("rs_churn"), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  const uint64_t checks = sets.ruleset_checks();
+  std::string err;
+  REQUIRE(vouch(sets, "192.0.2.1", 300, err));                                 // our own elements
+  REQUIRE(nft("add element inet rs_churn allowed4 { 192.0.2.2 timeout 60s }") == 0);  // someone's
+  REQUIRE(nft("add table inet rs_other") == 0);  // another table's chains and rules
+  REQUIRE(nft("add chain inet rs_other c { type filter hook output priority 0 ; policy accept ; }") == 0);
+  REQUIRE(nft("add rule inet rs_other c accept") == 0);
+  sets.on_events();
+  CHECK(sets.ruleset_checks() == checks);
+  CHECK(sets.ruleset().in_force());
+  REQUIRE(nft("delete table inet rs_other") == 0);
+}
+
+TEST_CASE("ruleset: a change still queued is judged when the pipeline asks, with no loop run") {
+  REQUIRE(load(ruleset_text("rs_queued")) == 0);
+  NftSets sets(target("rs_queued"), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  REQUIRE(nft("delete chain inet rs_queued output") == 0);
+  // No loop runs: ruleset_now() (what the pipeline asks) reads the queued events itself.
+  CHECK(sets.ruleset().in_force());  // not read yet
+  CHECK(sets.ruleset_now().state == RulesetStatus::State::NotInForce);
 }
 
 int main(int argc, char** argv) {

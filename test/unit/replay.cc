@@ -147,6 +147,19 @@ class FakeSets : public SetWriter {
   std::map<std::string, Elem> elems;
 };
 
+/// The ruleset's state, as the scenario sets it (RULESET); in force until it says otherwise.
+class FakeRuleset : public RulesetWatch {
+ public:
+  FakeRuleset() {
+    status.state = RulesetStatus::State::InForce;
+    status.id = "0123456789abcdef";
+    status.chain = "output";
+    status.rules = 14;
+  }
+  const RulesetStatus& ruleset_now() override { return status; }
+  RulesetStatus status;
+};
+
 /// The transport: keeps every reply by the client's query ID.
 class FakeSink : public ReplySink {
  public:
@@ -280,6 +293,7 @@ class Runner {
     cfg_ = std::make_unique<ServeConfig>(*o.config);
     if (!policy_) policy_ = policy_from({});
     pipeline_ = std::make_unique<Pipeline>(timers_, *cfg_, policy_, upstream_, cfg_->no_nft ? nullptr : &sets_);
+    if (!cfg_->no_nft) pipeline_->set_ruleset(&ruleset_);
   }
 
   std::size_t find_pending(const std::string& name, const std::string& type) {
@@ -352,6 +366,17 @@ class Runner {
       timers_.advance(std::stoull(w.at(1)));
     } else if (op == "SETS") {
       sets_.failing = w.at(1) == "fail";
+    } else if (op == "RULESET") {
+      // RULESET in-force | RULESET not-in-force REASON...
+      RulesetStatus& r = ruleset_.status;
+      if (w.at(1) == "in-force") {
+        r = FakeRuleset().status;
+      } else {
+        REQUIRE_MESSAGE(w.at(1) == "not-in-force", where() << ": RULESET in-force|not-in-force REASON...");
+        r.state = RulesetStatus::State::NotInForce;
+        r.reason.clear();
+        for (std::size_t k = 2; k < w.size(); ++k) r.reason += (k > 2 ? " " : "") + w[k];
+      }
     } else if (op == "CHECK_ANSWER") {
       check_answer(w, block());
     } else if (op == "CHECK_NO_ANSWER") {
@@ -489,17 +514,25 @@ class Runner {
     CHECK_MESSAGE(ldns_pkt_tc(p.p) == has(w, "tc"), where() << ": TC " << ldns_pkt_tc(p.p));
     // EDE (RFC 8914): the first option 15 in the OPT, if any.
     int ede = -1;
+    std::string ede_text;
     if (ldns_rdf* data = ldns_pkt_edns_data(p.p)) {
       const uint8_t* d = ldns_rdf_data(data);
       const std::size_t n = ldns_rdf_size(data);
       for (std::size_t k = 0; k + 4 <= n;) {
         const uint16_t code = uint16_t(d[k] << 8 | d[k + 1]), olen = uint16_t(d[k + 2] << 8 | d[k + 3]);
-        if (code == 15 && olen >= 2 && k + 6 <= n && ede < 0) ede = d[k + 4] << 8 | d[k + 5];
+        if (code == 15 && olen >= 2 && k + 4 + olen <= n && ede < 0) {
+          ede = d[k + 4] << 8 | d[k + 5];
+          ede_text.assign(reinterpret_cast<const char*>(d + k + 6), olen - 2u);
+        }
         k += 4u + olen;
       }
     }
     const std::string want_ede = option(w, "ede");
     CHECK_MESSAGE(ede == (want_ede.empty() ? -1 : std::stoi(want_ede)), where() << ": EDE " << ede);
+    for (std::size_t k = 3; k < w.size(); ++k)
+      if (w[k].rfind("edetext=", 0) == 0)
+        CHECK_MESSAGE(ede_text.find(w[k].substr(8)) != std::string::npos,
+                      where() << ": EDE text \"" << ede_text << "\" lacks " << w[k].substr(8));
     std::vector<std::string> answer, want;
     ldns_rr_list* an = ldns_pkt_answer(p.p);
     for (std::size_t k = 0; k < ldns_rr_list_rr_count(an); ++k) answer.push_back(canonical(ldns_rr_list_rr(an, k)));
@@ -525,6 +558,7 @@ class Runner {
   FakeTimers timers_;
   FakeUpstream upstream_;
   FakeSets sets_;
+  FakeRuleset ruleset_;
   FakeSink sink_;
   std::unique_ptr<Pipeline> pipeline_;  // last: it refers to everything above
 };

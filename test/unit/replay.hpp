@@ -20,9 +20,13 @@
 //   UPSTREAM_FAIL NAME TYPE timeout|refused
 //   TIME_PASSES MS                  the fake clock moves; due timers run
 //   SETS fail|ok                    the set writer refuses (or takes) what comes next
-//   CHECK_ANSWER ID RCODE [tc] [ede=N]
-//                                   the reply to query ID: its RCODE, TC, EDE code, and the
-//                                   answer section exactly as the block lists it
+//   RULESET in-force | RULESET not-in-force REASON...
+//                                   the ruleset's state from now on (in force, id
+//                                   0123456789abcdef, 14 rules in chain output, until set)
+//   CHECK_ANSWER ID RCODE [tc] [ede=N] [edetext=WORD]...
+//                                   the reply to query ID: its RCODE, TC, EDE code, words its
+//                                   EDE text holds, and the answer section exactly as the
+//                                   block lists it
 //   CHECK_NO_ANSWER ID              no reply to query ID yet
 //   CHECK_SET ADDR SECONDS|absent   the element and the seconds it has left
 //   CHECK_SET_SIZE N                elements held

@@ -1,5 +1,6 @@
 // The option table: command line, config file, bounds, defaults, --help, the README table,
-// the loop check, and `nft-rules`, which takes its options from the same table.
+// the loop check, and `nft-rules`, which takes its options from the same table, and the
+// marks its ruleset carries for `serve` to read back (ruleset_check.hpp).
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "dnsward/config.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
+#include "dnsward/ruleset_check.hpp"
 #include "dnsward/vouch_ledger.hpp"
 
 using namespace dnsward;
@@ -55,6 +57,7 @@ const std::map<std::string, std::function<std::string(const ServeConfig&)>>& rea
       {"allowlist", [](const ServeConfig& c) { return join(c.allowlists); }},
       {"allow", [](const ServeConfig& c) { return join(c.nft_allow); }},
       {"no-nft", [](const ServeConfig& c) { return std::string(c.no_nft ? "true" : "false"); }},
+      {"require-ruleset", [](const ServeConfig& c) { return std::string(c.require_ruleset ? "true" : "false"); }},
       {"negative-ttl", [](const ServeConfig& c) { return std::to_string(c.negative_ttl); }},
       {"udp-payload", [](const ServeConfig& c) { return std::to_string(c.udp_payload); }},
       {"upstream-timeout", [](const ServeConfig& c) { return std::to_string(c.upstream_timeout_ms); }},
@@ -543,6 +546,15 @@ TEST_CASE("README's nft-rules synopsis names exactly the table's nft-rules optio
   CHECK_MESSAGE(documented == declared, difference(documented, declared));
 }
 
+TEST_CASE("--require-ruleset is refused with --no-nft: without the hook there is no ruleset to require") {
+  const auto r = parse_serve_config({"--upstream", "192.0.2.1", "--require-ruleset", "--no-nft"});
+  CHECK_FALSE(r.config);
+  CHECK(r.error.find("--require-ruleset needs the nftables hook") == 0);
+  const auto ok = parse_serve_config({"--upstream", "192.0.2.1", "--require-ruleset"});
+  REQUIRE_MESSAGE(ok.config, ok.error);
+  CHECK(ok.config->require_ruleset);
+}
+
 TEST_CASE("a '%' in options is refused before Boost's error formatting loops on it (fuzzing)") {
   const auto r = parse_serve_config({"--max-infm-ptod%original_token%ime", "x"});
   CHECK_FALSE(r.config);
@@ -637,4 +649,129 @@ TEST_CASE("the ruleset has the table, sets and rules of its family only") {
     for (const auto& h : c.has) CHECK_MESSAGE(rules.find(h) != std::string::npos, h);
     for (const auto& l : c.lacks) CHECK_MESSAGE(rules.find(l) == std::string::npos, l);
   }
+}
+
+namespace {
+/// The ruleset nft-rules prints for args, as text.
+std::string rendered(std::vector<std::string> args) {
+  const auto r = parse_nft_rules(args, test_resolv_conf());
+  REQUIRE_MESSAGE(r.config, r.error);
+  return render_nft_rules(*r.config);
+}
+
+/// The lines of the output chain's body, trimmed of tabs.
+std::vector<std::string> chain_lines(const std::string& rules) {
+  std::vector<std::string> out;
+  std::istringstream in(rules.substr(rules.find("\tchain output {")));
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line) && line != "\t}") {
+    const auto first = line.find_first_not_of('\t');
+    out.push_back(first == std::string::npos ? "" : line.substr(first));
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("the ruleset's chain names its id and rule count, and every rule its place, as serve reads them") {
+  for (const char* family : {"inet", "ip", "ip6"}) {
+    const std::string fam = family;
+    CAPTURE(fam);
+    std::vector<std::string> args = {"--nft-family", family, "--upstream",
+                                     fam == "ip6" ? "[2001:db8::53]" : "192.0.2.53", "--allow",
+                                     fam == "ip6" ? "2001:db8::/32" : "192.0.2.0/24"};
+    if (fam == "ip6") args.insert(args.end(), {"--listen", "[::1]:53"});
+    const std::vector<std::string> lines = chain_lines(rendered(args));
+    REQUIRE(lines.size() > 3);
+    CHECK(lines[0] == "type filter hook output priority filter; policy drop;");
+    REQUIRE(lines[1].rfind("comment \"", 0) == 0);
+    const auto mark = parse_chain_comment(lines[1].substr(9, lines[1].size() - 10));
+    REQUIRE(mark);
+    // Every rule, and nothing else, carries "dnsward i/N id=...", numbered in order; the id
+    // is the hash of the type line and the rules as printed without their comments.
+    std::vector<std::string> hashed = {lines[0]};
+    std::size_t rules = 0;
+    for (std::size_t i = 2; i < lines.size(); ++i) {
+      const std::string& l = lines[i];
+      if (l.empty() || l[0] == '#') continue;
+      const auto at = l.rfind(" comment \"");
+      REQUIRE_MESSAGE(at != std::string::npos, l);
+      const auto m = parse_rule_comment(l.substr(at + 10, l.size() - at - 11));
+      REQUIRE_MESSAGE(m, l);
+      CHECK(m->index == rules);
+      CHECK(m->rules == mark->rules);
+      CHECK(m->id == mark->id);
+      hashed.push_back(l.substr(0, at));
+      ++rules;
+    }
+    CHECK(rules == mark->rules);
+    CHECK(ruleset_id(hashed) == mark->id);
+  }
+}
+
+TEST_CASE("the ruleset's id changes with any rule and only with the rules") {
+  const std::vector<std::string> base = {"--upstream", "192.0.2.53"};
+  auto id_of = [](const std::vector<std::string>& args) {
+    const std::vector<std::string> lines = chain_lines(rendered(args));
+    return parse_chain_comment(lines.at(1).substr(9, lines.at(1).size() - 10)).value().id;
+  };
+  const uint64_t id = id_of(base);
+  CHECK(id_of(base) == id);
+  CHECK(id_of({"--upstream", "192.0.2.54"}) != id);
+  CHECK(id_of({"--upstream", "192.0.2.53", "--allow", "192.0.2.0/24"}) != id);
+  CHECK(id_of({"--upstream", "192.0.2.53", "--user", "root"}) != id);
+  CHECK(id_of({"--upstream", "192.0.2.53", "--nft-set-size", "2048"}) == id);  // not a rule
+}
+
+TEST_CASE("the ruleset lets IPv6 work on a link: neighbour discovery, and MLD at hop limit 1 only") {
+  const std::string inet = rendered({"--upstream", "192.0.2.53"});
+  CHECK(inet.find("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept") !=
+        std::string::npos);
+  // MLDv1 query, report, done (RFC 2710) and the MLDv2 report (type 143, RFC 3810) that every
+  // interface sends for its solicited-node groups as it comes up; never beyond the link.
+  CHECK(inet.find("icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, "
+                  "mld2-listener-report } ip6 hoplimit 1 accept") != std::string::npos);
+  const std::string ip6 = rendered({"--nft-family", "ip6", "--listen", "[::1]:53", "--upstream", "[2001:db8::53]"});
+  CHECK(ip6.find("mld2-listener-report } ip6 hoplimit 1 accept") != std::string::npos);
+  CHECK(rendered({"--nft-family", "ip", "--upstream", "192.0.2.53"}).find("mld") == std::string::npos);
+}
+
+TEST_CASE("ruleset comments are read strictly: a near miss is no mark") {
+  CHECK(parse_chain_comment(ruleset_chain_comment(0x0123456789abcdefull, 14)).value().rules == 14);
+  CHECK(parse_chain_comment("dnsward ruleset id=0123456789abcdef rules=14").value().id == 0x0123456789abcdefull);
+  for (const char* bad : {"", "dnsward ruleset id=0123456789abcde rules=14", "dnsward ruleset id=0123456789ABCDEF rules=14",
+                          "dnsward ruleset id=0123456789abcdef rules=", "dnsward ruleset id=0123456789abcdef rules=14 ",
+                          "xdnsward ruleset id=0123456789abcdef rules=14"}) {
+    const std::string comment = bad;
+    CAPTURE(comment);
+    CHECK_FALSE(parse_chain_comment(bad));
+  }
+  const auto m = parse_rule_comment(ruleset_rule_comment(0xfeedull, 3, 14));
+  REQUIRE(m);
+  CHECK(m->index == 3);
+  CHECK(m->rules == 14);
+  CHECK(m->id == 0xfeedull);
+  for (const char* bad : {"dnsward 14/14 id=000000000000feed", "dnsward 3/14", "dnsward 3/14 id=feed",
+                          "dnsward -1/14 id=000000000000feed", "dnsward 3 / 14 id=000000000000feed"}) {
+    const std::string comment = bad;
+    CAPTURE(comment);
+    CHECK_FALSE(parse_rule_comment(bad));
+  }
+}
+
+TEST_CASE("a comment is read from nftables userdata as nft writes it, and hostile lengths are refused") {
+  // What `nft add rule ... comment "hi"` stores: type 0 (comment), length 3, "hi\0".
+  const uint8_t plain[] = {0, 3, 'h', 'i', 0};
+  CHECK(userdata_comment(plain, sizeof plain) == "hi");
+  // Another TLV first (nft stores more types for sets), then the comment.
+  const uint8_t later[] = {1, 1, 7, 0, 3, 'h', 'i', 0};
+  CHECK(userdata_comment(later, sizeof later) == "hi");
+  const uint8_t overrun[] = {0, 9, 'h', 'i', 0};  // says 9 bytes, has 3
+  CHECK(userdata_comment(overrun, sizeof overrun).empty());
+  const uint8_t unterminated[] = {0, 2, 'h', 'i'};
+  CHECK(userdata_comment(unterminated, sizeof unterminated).empty());
+  const uint8_t none[] = {1, 1, 7};
+  CHECK(userdata_comment(none, sizeof none).empty());
+  CHECK(userdata_comment(nullptr, 0).empty());
+  CHECK(userdata_comment(plain, 1).empty());
 }

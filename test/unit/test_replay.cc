@@ -23,6 +23,8 @@ const std::set<std::string> kScenarios = {
     "local_answers.rpl",                  "screen_protocol.rpl",
     "policy_verdicts.rpl",                "overload.rpl",
     "reload_private_revoked.rpl",         "sweep_timer_is_one.rpl",
+    "require_ruleset.rpl",                "status_answer.rpl",
+    "status_without_nft.rpl",
 };
 
 void play(const std::string& name) {
@@ -87,4 +89,13 @@ TEST_CASE("replay: a reload that takes private=yes away revokes the special-purp
 }
 TEST_CASE("replay: a query resumed from inside the overdue sweep starts no second sweep") {
   play("sweep_timer_is_one.rpl");
+}
+TEST_CASE("replay: --require-ruleset answers SERVFAIL with EDE 14 while the ruleset is not in force, diagnostics excepted") {
+  play("require_ruleset.rpl");
+}
+TEST_CASE("replay: CH TXT status.dnsward tells the ruleset's state, --require-ruleset, the policy and the mode") {
+  play("status_answer.rpl");
+}
+TEST_CASE("replay: with --no-nft the status answer says the ruleset is not checked") {
+  play("status_without_nft.rpl");
 }
