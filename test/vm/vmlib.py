@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,13 +64,13 @@ meta.allowed.test
 # The modules a guest loads at boot, each with what it depends on (modules.dep) and what it
 # asks for first (modules.softdep "pre:"), in that order. On-demand loading is off in the
 # guest (kernel.modprobe points nowhere), so this list is exactly what the guest has.
-#   NET: virtio transport and network, 9p for the host's root (python e2e cases), veth and
+#   NET: virtio transport (PCI on q35) and network, 9p for the host's root (python e2e cases), veth and
 #        tun for the namespaces those cases make.
 #   RULESET: what `dnsward nft-rules` needs (the README lists it; the in-guest check proves
 #        that this list is enough).
 #   LATER: what the host-mode and SNI issues use (queue verdicts, conntrack over netlink,
 #        redirection), loaded so that the guest shows they load on 6.1.
-NET = ["virtio_mmio", "virtio_net", "9pnet_virtio", "9p", "overlay", "veth", "tun"]
+NET = ["virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay", "veth", "tun"]
 RULESET = ["nf_tables", "nft_ct", "nft_reject_inet", "nft_log", "nf_log_syslog"]
 LATER = ["nft_queue", "nfnetlink_queue", "nf_conntrack_netlink", "nft_redir", "nft_nat",
          "nft_chain_nat"]
@@ -411,21 +412,27 @@ def accel(kernel, initrd):
 
 def qemu_cmd(accel_name, kernel, initrd, append, memory=512, tap=None, index=0, share=False,
              console="stdio"):
-    cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=on",
-           "-accel", accel_name,
+    # q35, not microvm: under TCG on a busy machine the kernel's TSC calibration against the
+    # PIT can fail, and microvm has no HPET or ACPI PM timer to fall back on, so the guest
+    # hung in early boot ("tsc: Unable to calibrate against PIT ... Marking TSC unstable",
+    # then nothing; seen in 1 boot of 3 with the other core loaded). q35 has both ("using
+    # HPET reference calibration") and boots as fast here. reboot=t: the guest's reboot is
+    # a triple fault, which -no-reboot turns into qemu's exit (microvm's ACPI reset left
+    # qemu running after "reboot: machine restart").
+    cmd = ["qemu-system-x86_64", "-M", "q35", "-accel", accel_name,
            "-m", str(memory), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
            "-no-reboot", "-kernel", kernel, "-initrd", initrd,
-           "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 {append}"]
-    # TCG's default CPU model: "-cpu max" stalls this kernel in early boot under TCG.
+           "-append", f"console=ttyS0 panic=-1 reboot=t quiet loglevel=4 {append}"]
+    # TCG's default CPU model: "-cpu max" stalled this kernel in early boot under TCG.
     cmd += ["-cpu", "host"] if accel_name == "kvm" else []
     cmd += ["-serial", "mon:stdio" if console == "interactive" else "stdio"]
     if tap:
         cmd += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-device,netdev=n0,mac=52:54:00:64:00:{index:02x}"]
+                "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:64:00:{index:02x}"]
     if share:
         # The host's root, read only: the guest runs the e2e suites' python from it.
         cmd += ["-fsdev", "local,id=h,path=/,security_model=none,readonly=on,multidevs=remap",
-                "-device", "virtio-9p-device,fsdev=h,mount_tag=host"]
+                "-device", "virtio-9p-pci,fsdev=h,mount_tag=host"]
     return cmd
 
 
@@ -442,24 +449,39 @@ class Vm:
                   f"dw.other={OTHER_DNS} dw.race={RACE} dw.root={ROOT} {extra}")
         cmd = qemu_cmd(accel(kernel, initrd), kernel, initrd, append, memory=memory,
                        tap=self.tap, index=index, share=share)
-        self.console = open(self.console_path, "w")
+        self.console = open(self.console_path, "wb")
+        self.ended = threading.Event()
         self.proc = subprocess.Popen(["ip", "netns", "exec", world.host, *cmd],
-                                     stdin=subprocess.DEVNULL, stdout=self.console,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.started = time.monotonic()
+
+    def _read(self):
+        """Copies the console to its file and notes the guest's last line: qemu is expected
+        to exit at the guest's reboot, but is not trusted to."""
+        for line in self.proc.stdout:
+            self.console.write(line)
+            self.console.flush()
+            if b"DWVM end rc=" in line:
+                self.ended.set()
+        self.ended.set()  # qemu exited (or was killed): nothing more will come
 
     def text(self):
         with open(self.console_path, errors="replace") as f:
             return f.read()
 
     def wait(self, timeout):
-        """Waits for the guest to power off (it does so after `DWVM end`); kills it at the
-        deadline. Returns the console text."""
+        """Waits until the guest says it is done (or qemu exits), at most `timeout` seconds,
+        then gives qemu 15 s to exit before killing it. Returns the console text."""
+        self.ended.wait(timeout)
         try:
-            self.proc.wait(timeout=timeout)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(timeout=15)
         self.seconds = time.monotonic() - self.started
         self.console.close()
         return self.text()
@@ -468,6 +490,7 @@ class Vm:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(timeout=15)
         if not self.console.closed:
             self.console.close()
 
