@@ -97,27 +97,42 @@ def wait_for(fn, timeout=10.0, what="condition"):
     raise TimeoutError(f"{what} not reached in {timeout}s (last error: {last})")
 
 
+def race_zone(count):
+    """Zone lines for race.py: r{i}.udprace and r{i}.tcprace, each with its own address in
+    198.18.16.0/21 and 198.18.24.0/21; allow them with *.udprace.test and *.tcprace.test."""
+    return "".join(f"r{i}.udprace A 198.18.{16 + i // 250}.{i % 250 + 1}\n" for i in range(count)) \
+        + "".join(f"r{i}.tcprace A 198.18.{24 + i // 250}.{i % 250 + 1}\n" for i in range(count))
+
+
+def write_knot_config(directory, zone, listen):
+    """knot.conf and test.zone in `directory`: knotd authoritative for test. on each
+    ADDR@PORT of `listen`, logging warnings to stderr. Returns the config's path."""
+    with open(os.path.join(directory, "test.zone"), "w") as f:
+        f.write(zone)
+    conf = os.path.join(directory, "knot.conf")
+    with open(conf, "w") as f:
+        f.write(f"""server:
+    rundir: "{directory}"
+    listen: [ {", ".join(listen)} ]
+database:
+    storage: "{directory}"
+log:
+  - target: stderr
+    any: warning
+zone:
+  - domain: test
+    file: "{directory}/test.zone"
+""")
+    return conf
+
+
 class Knot:
     """knotd from Debian, authoritative for test. on a loopback port."""
 
     def __init__(self, zone=ZONE):
         self.dir = tempfile.mkdtemp(prefix="dnsward-knot-")
         self.port = free_port()
-        with open(os.path.join(self.dir, "test.zone"), "w") as f:
-            f.write(zone)
-        with open(os.path.join(self.dir, "knot.conf"), "w") as f:
-            f.write(f"""server:
-    rundir: "{self.dir}"
-    listen: {LO}@{self.port}
-database:
-    storage: "{self.dir}"
-log:
-  - target: stderr
-    any: warning
-zone:
-  - domain: test
-    file: "{self.dir}/test.zone"
-""")
+        write_knot_config(self.dir, zone, [f"{LO}@{self.port}"])
         self.log = open(os.path.join(self.dir, "knot.log"), "w")
         self.proc = subprocess.Popen(["knotd", "-c", os.path.join(self.dir, "knot.conf")],
                                      stdout=self.log, stderr=subprocess.STDOUT)

@@ -60,7 +60,7 @@ def boot_all():
                   if os.path.exists(os.path.join(vmlib.ROOT, "test", "e2e", s + ".py"))]
         vms = {
             "in-guest": vmlib.Vm(world, 1, kernel, initrd, "in_guest", memory=768, share=True,
-                                 extra="dw.late=nft_log,nf_log_syslog"),
+                                 extra=f"dw.late={','.join(vmlib.LOG_MODULES)}"),
             "e2e": vmlib.Vm(world, 2, kernel, initrd, "e2e", memory=1536, share=True,
                             extra=f"dw.suites={','.join(suites)} dw.bin={vmlib.BIN}"),
         }

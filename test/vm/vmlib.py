@@ -5,7 +5,7 @@ on a tap device in a network namespace of its own, beside a stand-in internet.
 
     ns "host" (the machine a VM runs on)            ns "net" (the internet)
       tapN 100.64.N.1/24, fd64:N::1/64  <-veth->      knot on 198.18.0.53 and .54, HTTP
-      routes 198.18/15, 10.99/16, 169.254.169.254,    on 198.18.1-31.x (AnyIP) and
+      routes 198.18/16, 10.99/16, 169.254.169.254,    on all of 198.18.0.0/19 (AnyIP) and
       2001:db8::/32 to "net"; nothing else            2001:db8:1::/64, 10.99.0.1 (private),
                                                        169.254.169.254 (metadata)
 
@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "test", "e2e"))
+from harness import race_zone, write_knot_config  # noqa: E402 - shared with the e2e suites
 BIN = os.environ.get("DNSWARD_BIN") or os.path.join(ROOT, "build", "dnsward")
 CACHE = os.environ.get("DNSWARD_VM_CACHE", "/var/cache/dnsward-vm")
 
@@ -49,8 +50,7 @@ target.elsewhere A 198.18.1.3
 short.allowed 1 A 198.18.1.4
 rebind.allowed A {PRIVATE}
 meta.allowed A {METADATA}
-""" + "".join(f"r{i}.udprace A 198.18.{16 + i // 250}.{i % 250 + 1}\n" for i in range(RACE)) \
-    + "".join(f"r{i}.tcprace A 198.18.{24 + i // 250}.{i % 250 + 1}\n" for i in range(RACE))
+""" + race_zone(RACE)
 
 ALLOW = """www.allowed.test
 alias.allowed.test
@@ -64,8 +64,8 @@ meta.allowed.test
 # The modules a guest loads at boot, each with what it depends on (modules.dep) and what it
 # asks for first (modules.softdep "pre:"), in that order. On-demand loading is off in the
 # guest (kernel.modprobe points nowhere), so this list is exactly what the guest has.
-#   NET: virtio transport (PCI on q35) and network, 9p for the host's root (python e2e cases), veth and
-#        tun for the namespaces those cases make.
+#   NET: virtio transport (PCI on q35) and network, 9p for the host's root (python e2e
+#        cases), overlay over it, veth and tun for the namespaces those cases make.
 #   RULESET: what `dnsward nft-rules` needs (the README lists it; the in-guest check proves
 #        that this list is enough).
 #   LATER: what the host-mode and SNI issues use (queue verdicts, conntrack over netlink,
@@ -197,8 +197,8 @@ def libraries(program):
 
 def build_initramfs(dest, binary=BIN):
     """An uncompressed newc cpio: busybox, the modules (with /modules.load listing them in
-    load order), the programs with their libraries, the guest's scripts and the scenario's
-    data (zone, allowlist). Built per run (about a second)."""
+    load order), the programs with their libraries, the guest's scripts and the
+    allowlist. Built per run (about a second)."""
     root, version = kernel_dir()
     tree = tempfile.mkdtemp(prefix="dnsward-initramfs-")
     os.chmod(tree, 0o755)  # the guest's "/": mkdtemp made it 0700
@@ -264,6 +264,7 @@ class World:
         os.chmod(self.dir, 0o755)
         self.procs = []
         self.taps = []
+        self.log = None
         try:
             self._make()
         except BaseException:
@@ -303,23 +304,9 @@ class World:
             N("ip", "route", "add", "local", dst, "dev", "lo")
         N("ip", "-6", "route", "add", "local", "2001:db8:1::/64", "dev", "lo")
 
-        with open(os.path.join(self.dir, "test.zone"), "w") as f:
-            f.write(ZONE)
-        with open(os.path.join(self.dir, "knot.conf"), "w") as f:
-            f.write(f"""server:
-    rundir: "{self.dir}"
-    listen: [ {UPSTREAM}@53, {OTHER_DNS}@53 ]
-database:
-    storage: "{self.dir}"
-log:
-  - target: stderr
-    any: warning
-zone:
-  - domain: test
-    file: "{self.dir}/test.zone"
-""")
-        log = open(os.path.join(self.dir, "servers.log"), "w")
-        self._start(self.net, ["knotd", "-c", os.path.join(self.dir, "knot.conf")], log)
+        conf = write_knot_config(self.dir, ZONE, [f"{UPSTREAM}@53", f"{OTHER_DNS}@53"])
+        self.log = log = open(os.path.join(self.dir, "servers.log"), "w")
+        self._start(self.net, ["knotd", "-c", conf], log)
         www = os.path.join(self.dir, "www")
         os.makedirs(www)
         with open(os.path.join(www, "index.html"), "w") as f:
@@ -366,6 +353,8 @@ zone:
                 p.kill()
                 p.wait()
         self.procs = []
+        if self.log:
+            self.log.close()
         for ns in (self.host, self.net):
             sh("ip", "netns", "delete", ns, check=False)  # takes its taps and veth with it
         shutil.rmtree(self.dir, ignore_errors=True)

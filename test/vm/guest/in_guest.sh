@@ -136,7 +136,7 @@ mount -t tmpfs tmpfs /host/tmp
 mount --bind /etc/resolv.conf /host/etc/resolv.conf
 mount --bind /etc/passwd /host/etc/passwd
 out=$(chroot /host /usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups --inh-caps=-all \
-  --bounding-set=-all /usr/bin/python3 "$dw_root/test/vm/guest/race.py" "$dw_race" 2>&1)
+  --bounding-set=-all /usr/bin/python3 "$dw_root/test/e2e/race.py" "$dw_race" 2>&1)
 case "$out" in "fails=0 "*) check race_resolve_then_connect_udp_and_tcp ok "$out" ;;
   *) check race_resolve_then_connect_udp_and_tcp fail "$(echo "$out" | head -c 600 | tr '\n' ' ')" ;; esac
 

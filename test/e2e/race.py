@@ -1,6 +1,8 @@
-"""Resolve, then connect at once: RACE names over glibc's resolver (UDP), RACE over DNS over
-TCP, each name answered with an address of its own. Any failed connection means an answer
-reached the client before its address was in the set. Prints `fails=N` and the first few."""
+"""Resolve, then connect at once: N names over glibc's resolver (UDP), N over DNS over TCP to
+127.0.0.1, each name answered with an address of its own (harness.race_zone). Any failed
+connection means an answer reached the client before its address was in the set. Prints
+`fails=F of 2N` and the first few. Run inside the sandbox: e2e_world's vm namespace, and the
+microVM test's guest.  Usage: race.py N"""
 import socket
 import sys
 
