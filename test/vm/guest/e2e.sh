@@ -8,14 +8,14 @@ if ! mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper
   check e2e_root_mounted fail "overlay over 9p"
   return 1
 fi
-for d in proc sys dev dev/pts tmp run; do umount /sysroot/$d 2>/dev/null; done
+for d in proc sys dev dev/pts run; do umount /sysroot/$d 2>/dev/null; done
 mount -t proc proc /sysroot/proc
 mount -t sysfs sys /sysroot/sys
 mount --bind /dev /sysroot/dev
 mount --bind /dev/pts /sysroot/dev/pts
-mount -t tmpfs tmpfs /sysroot/tmp
+# /tmp stays the overlay's (writable, in its tmpfs upper layer): a tmpfs of its own would
+# hide a checkout that lives under /tmp, as a CI clone does.
 mount -t tmpfs tmpfs /sysroot/run
-chmod 1777 /sysroot/tmp
 ip link set lo up
 chroot /sysroot /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
   DNSWARD_BIN="$dw_bin" /usr/bin/python3 "$dw_root/test/vm/guest/run_e2e.py" \
