@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <tuple>
 
 #include "dnsward/ruleset_check.hpp"
 
@@ -92,13 +93,16 @@ std::string render_nft_rules(const ServeConfig& c) {
   note("");
   rule("oif \"lo\" accept");
   if (v6) {
-    note("# IPv6 needs neighbour discovery (RFC 4861) to reach anything at all, and multicast");
-    note("# listener discovery (MLDv1 RFC 2710, MLDv2 RFC 3810) for the link's groups: every");
-    note("# IPv6 interface reports its solicited-node groups as it comes up. MLD is sent with");
-    note("# hop limit 1 (RFC 2710 3, RFC 3810 5), so it never leaves the link.");
-    rule("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept");
-    rule("icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, "
-         "mld2-listener-report } ip6 hoplimit 1 accept");
+    note("# IPv6 needs neighbour discovery (RFC 4861) to reach anything at all: always at hop");
+    note("# limit 255 (RFC 4861 7.1); only the kernel, or a raw socket (CAP_NET_RAW), sends it.");
+    note("# And multicast listener reports for the link's groups (MLDv1 RFC 2710, MLDv2 RFC");
+    note("# 3810), which every IPv6 interface sends as it comes up: only what a host sends,");
+    note("# from a link-local address (or :: before it has one), to a link-scope group, at hop");
+    note("# limit 1 (RFC 2710 3, RFC 3810 5); never a query, which routers send.");
+    rule("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
+         "ip6 hoplimit 255 accept");
+    rule("icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } "
+         "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1 accept");
   }
   note("");
   note("# The holes dnsward punched, one per answered address.");
@@ -116,13 +120,45 @@ std::string render_nft_rules(const ServeConfig& c) {
   const char* icmp = v4 && v6 ? "icmpx" : v4 ? "icmp" : "icmpv6";
   rule(fmt::format("counter log prefix \"dnsward-drop: \" reject with {} type admin-prohibited", icmp));
 
+  // The table as printed, line by line (indent, text, kind): the id is the hash of its
+  // lines that are neither notes nor marks, so it names the whole text nft loads (family,
+  // names, set declarations, rules), not the rules alone.
+  enum class Kind : uint8_t { Text, Note, Mark, Rule };
+  struct Out {
+    int indent;
+    std::string text;
+    Kind kind;
+  };
+  std::vector<Out> table;
+  table.push_back({0, fmt::format("table {} {} {{", family, c.nft_table), Kind::Text});
+  table.push_back({1, "# Filled by dnsward with every address it answered, each for its TTL plus grace.", Kind::Note});
+  for (const auto& [yes, name, type] : {std::tuple{v4, &c.nft_set4, "ipv4_addr"}, std::tuple{v6, &c.nft_set6, "ipv6_addr"}}) {
+    if (!yes) continue;
+    table.push_back({1, fmt::format("set {} {{", *name), Kind::Text});
+    table.push_back({2, fmt::format("type {}", type), Kind::Text});
+    table.push_back({2, "flags timeout", Kind::Text});
+    table.push_back({2, fmt::format("size {}", c.nft_set_size), Kind::Text});
+    table.push_back({1, "}", Kind::Text});
+    table.push_back({0, "", Kind::Note});
+  }
+  table.push_back({1, "chain output {", Kind::Text});
+  table.push_back({2, chain_type, Kind::Text});
+  table.push_back({2, "", Kind::Mark});  // the chain's comment, once the id is known
+  table.push_back({0, "", Kind::Note});
+  for (const Line& l : body) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
+  table.push_back({1, "}", Kind::Text});
+  table.push_back({0, "}", Kind::Text});
+
   // `dnsward serve` checks that this chain is in force by these marks (ruleset_check.hpp):
   // the chain's comment names the ruleset and its rule count, each rule's comment its place.
-  std::vector<std::string> hashed = {chain_type};
-  for (const Line& l : body)
-    if (l.rule) hashed.push_back(l.text);
+  std::vector<std::string> hashed;
+  std::size_t n = 0;
+  for (const Out& o : table)
+    if (o.kind == Kind::Text || o.kind == Kind::Rule) {
+      hashed.push_back(o.text);
+      n += o.kind == Kind::Rule;
+    }
   const uint64_t id = ruleset_id(hashed);
-  const std::size_t n = hashed.size() - 1;
 
   std::string r;
   r += "#!/usr/sbin/nft -f\n";
@@ -133,23 +169,16 @@ std::string render_nft_rules(const ServeConfig& c) {
   if (!v6) r += "# A table of family ip sees IPv4 only: this ruleset leaves IPv6 alone.\n";
   if (!v4) r += "# A table of family ip6 sees IPv6 only: this ruleset leaves IPv4 alone.\n";
   r += fmt::format("table {} {}\ndelete table {} {}\n\n", family, c.nft_table, family, c.nft_table);
-  r += fmt::format("table {} {} {{\n", family, c.nft_table);
-  r += "\t# Filled by dnsward with every address it answered, each for its TTL plus grace.\n";
-  if (v4)
-    r += fmt::format("\tset {} {{\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize {}\n\t}}\n\n",
-                     c.nft_set4, c.nft_set_size);
-  if (v6)
-    r += fmt::format("\tset {} {{\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tsize {}\n\t}}\n\n",
-                     c.nft_set6, c.nft_set_size);
-  r += "\tchain output {\n";
-  r += fmt::format("\t\t{}\n", chain_type);
-  r += fmt::format("\t\tcomment \"{}\"\n\n", ruleset_chain_comment(id, n));
   std::size_t i = 0;
-  for (const Line& l : body) {
-    if (!l.rule) r += l.text.empty() ? "\n" : "\t\t" + l.text + "\n";
-    else r += fmt::format("\t\t{} comment \"{}\"\n", l.text, ruleset_rule_comment(id, i++, n));
+  for (const Out& o : table) {
+    const std::string tabs(std::size_t(o.indent), '\t');
+    switch (o.kind) {
+      case Kind::Text: r += tabs + o.text + "\n"; break;
+      case Kind::Note: r += o.text.empty() ? "\n" : tabs + o.text + "\n"; break;
+      case Kind::Mark: r += fmt::format("{}comment \"{}\"\n", tabs, ruleset_chain_comment(id, n)); break;
+      case Kind::Rule: r += fmt::format("{}{} comment \"{}\"\n", tabs, o.text, ruleset_rule_comment(id, i++, n)); break;
+    }
   }
-  r += "\t}\n}\n";
   return r;
 }
 

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
+#include <unordered_map>
 
 #include "dnsward/clock.hpp"
 #include "dnsward/log.hpp"
@@ -70,9 +71,10 @@ uint64_t elem_left(nftnl_set_elem* el) {
              : kNoExpiry;
 }
 
-// The table an nftables table, chain or rule message is about, "" if it names none: the
-// first attribute of each (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE).
-static_assert(NFTA_TABLE_NAME == 1 && NFTA_CHAIN_TABLE == 1 && NFTA_RULE_TABLE == 1);
+// The table an nftables table, chain, rule or set message is about, "" if it names none:
+// the first attribute of each (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
+// NFTA_SET_TABLE).
+static_assert(NFTA_TABLE_NAME == 1 && NFTA_CHAIN_TABLE == 1 && NFTA_RULE_TABLE == 1 && NFTA_SET_TABLE == 1);
 std::string event_table(const nlmsghdr* h) {
   std::string out;
   mnl_attr_parse(
@@ -236,11 +238,24 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
         if (type != key_type || klen != key_len) {
           err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
                 (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
+          schema_err_ = err;
           return false;
         }
         if (!(flags & NFT_SET_TIMEOUT)) {
           err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
                 "(elements expire with the DNS TTL)";
+          schema_err_ = err;
+          return false;
+        }
+        if (!set_flags_ok(flags)) {
+          // An interval set reads an element without an end as the start of a range that
+          // runs to the top of the address space: 93.184.216.34 would open
+          // 93.184.216.34-255.255.255.255. A map, a concatenation, a constant or dynamic set
+          // is not a set of addresses dnsward can fill either.
+          err = "set " + t_.table + " " + name + " exists with flags " + set_flags_text(flags) +
+                "; dnsward needs 'flags timeout' and no other flag (in an interval set each "
+                "address dnsward adds would open a range up to the end of the address space)";
+          schema_err_ = err;
           return false;
         }
         return true;
@@ -253,6 +268,7 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
 
 bool NftSets::ensure(std::string& err) {
   bool have4 = false, have6 = false;
+  schema_err_.clear();  // set again by check_set if a set is still of the wrong kind
   if (!check_set(t_.set4, kTypeIpv4, 4, have4, size4_, err) ||
       !check_set(t_.set6, kTypeIpv6, 16, have6, size6_, err))
     return false;
@@ -483,6 +499,13 @@ std::string NftSets::full_message(uint8_t family) const {
 bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
                     std::string& err) {
   on_events();  // a flush that happened before this answer must be seen before trusting the view
+  if (!schema_err_.empty()) {
+    // A set replaced by one of another kind (an interval set, say) since the start: adding
+    // to it would not mean what a vouch means. Answers are withheld until the sets are
+    // dnsward's kind again (the next change to them is checked again: on_sets_changed).
+    err = "the sets are not what dnsward fills: " + schema_err_;
+    return false;
+  }
   for (const auto& i : items)
     if (i.timeout_s == 0) {
       err = "refusing a zero element timeout (nftables reads 0 as never expiring)";
@@ -697,8 +720,10 @@ void NftSets::on_sets_changed(bool lost, bool recreate) {
 }
 
 bool NftSets::touches_ruleset(const nlmsghdr* h, uint16_t msg) const {
+  // Sets too (not their elements): the judgement reads their flags.
   if (msg != NFT_MSG_NEWTABLE && msg != NFT_MSG_DELTABLE && msg != NFT_MSG_NEWCHAIN &&
-      msg != NFT_MSG_DELCHAIN && msg != NFT_MSG_NEWRULE && msg != NFT_MSG_DELRULE)
+      msg != NFT_MSG_DELCHAIN && msg != NFT_MSG_NEWRULE && msg != NFT_MSG_DELRULE &&
+      msg != NFT_MSG_NEWSET && msg != NFT_MSG_DELSET)
     return false;
   if (mnl_nlmsg_get_payload_len(h) < sizeof(nfgenmsg)) return true;  // cannot say: assume ours
   if (static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h))->nfgen_family != t_.family) return false;
@@ -708,6 +733,7 @@ bool NftSets::touches_ruleset(const nlmsghdr* h, uint16_t msg) const {
 
 bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
   seen = TableSeen{};
+  rules_read_ = 0;
   int e = nl_.request(
       NFT_MSG_GETTABLE, NLM_F_ACK,
       [&](nlmsghdr* nlh) {
@@ -720,8 +746,7 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
         nftnl_table* t = nftnl_table_alloc();
         if (nftnl_table_nlmsg_parse(h, t) >= 0) {
           seen.exists = true;
-          seen.dormant = nftnl_table_is_set(t, NFTNL_TABLE_FLAGS) &&
-                         (nftnl_table_get_u32(t, NFTNL_TABLE_FLAGS) & NFT_TABLE_F_DORMANT);
+          if (nftnl_table_is_set(t, NFTNL_TABLE_FLAGS)) seen.flags = nftnl_table_get_u32(t, NFTNL_TABLE_FLAGS);
         }
         nftnl_table_free(t);
         return true;
@@ -732,7 +757,29 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     if (e > 0) err = failure("reading table " + t_.table, e);
     return false;
   }
-  // The kernel's chain dump does not filter by table: the family's chains, ours kept.
+  // The two sets: their flags and key (an interval set is not a set of addresses).
+  for (const auto& [name, out] : {std::pair{&t_.set4, &seen.set4}, std::pair{&t_.set6, &seen.set6}}) {
+    e = nl_.request(
+        NFT_MSG_GETSET, NLM_F_ACK,
+        [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, *name).get()); },
+        [&, out = out](const nlmsghdr* h) {
+          SetPtr got(nftnl_set_alloc());
+          if (nftnl_set_nlmsg_parse(h, got.get()) < 0) return true;
+          out->exists = true;
+          out->flags = nftnl_set_get_u32(got.get(), NFTNL_SET_FLAGS);
+          out->key_type = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_TYPE);
+          out->key_len = nftnl_set_get_u32(got.get(), NFTNL_SET_KEY_LEN);
+          return true;
+        },
+        err);
+    if (e != 0 && e != ENOENT) {
+      if (e > 0) err = failure("reading set " + *name, e);
+      return false;
+    }
+  }
+  // The kernel's chain dump does not filter by table: the family's chains, ours kept, and
+  // indexed by name for the rules below.
+  std::unordered_map<std::string, std::size_t> by_name;
   e = nl_.request(
       NFT_MSG_GETCHAIN, NLM_F_DUMP, [](nlmsghdr*) {},
       [&](const nlmsghdr* h) {
@@ -749,6 +796,7 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
           uint32_t len = 0;
           if (const void* d = nftnl_chain_get_data(c, NFTNL_CHAIN_USERDATA, &len))
             ch.comment = userdata_comment(d, len);
+          by_name.emplace(ch.name, seen.chains.size());
           seen.chains.push_back(std::move(ch));
         }
         nftnl_chain_free(c);
@@ -759,36 +807,45 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     if (e > 0) err = failure("listing the chains of table " + t_.table, e);
     return false;
   }
-  // Its rules, each chain's in the order the kernel evaluates them.
+  // `nft-rules` prints one chain: a table with more is not in force whatever their rules
+  // hold (judge_ruleset), so they are not read. 20,000 chains of 5 rules each, read and
+  // matched, stalled answers for seconds.
+  if (seen.chains.size() != 1) return true;
+  // Its rules, in the order the kernel evaluates them; read no further than its mark
+  // declares (one more makes it not in force: the rest are only counted).
+  const auto mark = parse_chain_comment(seen.chains[0].comment);
+  const std::size_t cap = mark ? mark->rules : 0;
   e = nl_.request(
       NFT_MSG_GETRULE, NLM_F_DUMP, [&](nlmsghdr* nlh) { build_rule_dump(nlh, t_); },
       [&](const nlmsghdr* h) {
         nftnl_rule* r = nftnl_rule_alloc();
         if (nftnl_rule_nlmsg_parse(h, r) >= 0 && nftnl_rule_is_set(r, NFTNL_RULE_TABLE) &&
             t_.table == nftnl_rule_get_str(r, NFTNL_RULE_TABLE) && nftnl_rule_is_set(r, NFTNL_RULE_CHAIN)) {
-          const std::string chain = nftnl_rule_get_str(r, NFTNL_RULE_CHAIN);
-          RuleSeen rule;
-          rule.handle = nftnl_rule_get_u64(r, NFTNL_RULE_HANDLE);
-          uint32_t len = 0;
-          if (const void* d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len))
-            rule.comment = userdata_comment(d, len);
-          nftnl_expr_iter* it = nftnl_expr_iter_create(r);
-          for (nftnl_expr* x = nftnl_expr_iter_next(it); x; x = nftnl_expr_iter_next(it)) {
-            const char* name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
-            if (!name || std::strcmp(name, "lookup") != 0 || !nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_SET))
-              continue;
-            // `ip daddr != @set` lets through what the set does NOT hold.
-            if (nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_FLAGS) &&
-                (nftnl_expr_get_u32(x, NFTNL_EXPR_LOOKUP_FLAGS) & NFT_LOOKUP_F_INV))
-              continue;
-            rule.lookups.emplace_back(nftnl_expr_get_str(x, NFTNL_EXPR_LOOKUP_SET));
-          }
-          nftnl_expr_iter_destroy(it);
-          for (ChainSeen& c : seen.chains)
-            if (c.name == chain) {
-              c.rules.push_back(std::move(rule));
-              break;
+          const auto at = by_name.find(nftnl_rule_get_str(r, NFTNL_RULE_CHAIN));
+          ChainSeen* c = at == by_name.end() ? nullptr : &seen.chains[at->second];
+          if (c && c->rules.size() >= cap) {
+            ++c->unread_rules;
+          } else if (c) {
+            ++rules_read_;
+            RuleSeen rule;
+            rule.handle = nftnl_rule_get_u64(r, NFTNL_RULE_HANDLE);
+            uint32_t len = 0;
+            if (const void* d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len))
+              rule.comment = userdata_comment(d, len);
+            nftnl_expr_iter* it = nftnl_expr_iter_create(r);
+            for (nftnl_expr* x = nftnl_expr_iter_next(it); x; x = nftnl_expr_iter_next(it)) {
+              const char* name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
+              if (!name || std::strcmp(name, "lookup") != 0 || !nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_SET))
+                continue;
+              // `ip daddr != @set` lets through what the set does NOT hold.
+              if (nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_FLAGS) &&
+                  (nftnl_expr_get_u32(x, NFTNL_EXPR_LOOKUP_FLAGS) & NFT_LOOKUP_F_INV))
+                continue;
+              rule.lookups.emplace_back(nftnl_expr_get_str(x, NFTNL_EXPR_LOOKUP_SET));
             }
+            nftnl_expr_iter_destroy(it);
+            c->rules.push_back(std::move(rule));
+          }
         }
         nftnl_rule_free(r);
         return true;

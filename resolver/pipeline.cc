@@ -398,7 +398,8 @@ Pipeline::Step Pipeline::answer_from_cache(QueryCtx& c) {
   rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
   const AnswerInput a{scratch_.data(), scratch_.size(), &e->vouch, age,
                       Removed{e->dropped_special, e->dropped_over_cap}};
-  const Step s = vouch(c, a);
+  Step s = vouch(c, a);
+  if (s == Step::Continue) s = require_ruleset(c);  // vouching may have judged it anew
   return s == Step::Continue ? relay(c, a) : s;
 }
 
@@ -456,8 +457,10 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   Step s;
   // Called from the port's callback (c-ares' C frames): no exception may unwind through them.
   try {
-    s = check_upstream(p, uint16_t(token), status, ans, len);
-    if (s == Step::Continue) s = require_ruleset(c);
+    // The gate first: while the ruleset is not in force nothing goes upstream, and the
+    // retries check_upstream may send (no EDNS, 0x20) are queries like any other.
+    s = require_ruleset(c);
+    if (s == Step::Continue) s = check_upstream(p, uint16_t(token), status, ans, len);
     if (s == Step::Continue) s = readmit(c);
     if (s == Step::Continue) s = answer_from_upstream(c, uint16_t(token), ans, len);
   } catch (const std::exception& e) {
@@ -560,6 +563,7 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
   const AnswerInput in{a.msg.data(), a.msg.size(), &a.scan.vouch, 0,
                        Removed{a.dropped_special, a.dropped_over_cap}};
   Step s = vouch(c, in);
+  if (s == Step::Continue) s = require_ruleset(c);  // vouching may have judged it anew
   if (s != Step::Continue) return s;
   s = relay(c, in);
   // Cached only once vouched for and relayable: a hit vouches again before it is relayed.
@@ -579,6 +583,10 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
   return s;
 }
 
+// After a vouch, the ruleset is asked again (require_ruleset) before anything is relayed:
+// NftSets::vouch() itself judges the ruleset when it finds a set gone without an event (a
+// table whose owner exited takes its chain with it), and an answer vouched into a table
+// without a chain must not go out under --require-ruleset.
 Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
   if (!sets_ || a.addrs->empty()) return Step::Continue;
   // Element timeout = clamp(remaining TTL, min-ttl, max-ttl) + grace: never 0 (which

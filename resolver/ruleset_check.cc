@@ -1,6 +1,7 @@
 #include "dnsward/ruleset_check.hpp"
 
 #include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 
 #include <fmt/format.h>
 
@@ -48,16 +49,30 @@ const char* hook_name(uint32_t hook) {
   }
 }
 
+/// Text read from the kernel (a comment), fit to quote in a reason: printable ASCII but `"`
+/// and `\` as it is, every other byte as \xNN, at most 128 bytes shown.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size() && i < 128; ++i) {
+    const auto ch = uint8_t(s[i]);
+    if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') out += char(ch);
+    else out += fmt::format("\\x{:02x}", ch);
+  }
+  if (s.size() > 128) out += "...";
+  return out;
+}
+
 /// Why a marked chain is not the ruleset in force, or "" if it is.
 std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
+  const std::string name = shown_name(c.name);
   // A regular chain is reached only by a jump from a base chain: its rules see no packet of
   // their own, however exactly they match.
-  if (!c.base) return fmt::format("chain {} is not a base chain (no hook): its rules see no packet", c.name);
-  if (c.type != "filter") return fmt::format("chain {} is of type {}, not filter", c.name, c.type);
+  if (!c.base) return fmt::format("chain {} is not a base chain (no hook): its rules see no packet", name);
+  if (c.type != "filter") return fmt::format("chain {} is of type {}, not filter", name, shown_name(c.type));
   if (c.hook != NF_INET_LOCAL_OUT)
-    return fmt::format("chain {} is on the {} hook, not output", c.name, hook_name(c.hook));
+    return fmt::format("chain {} is on the {} hook, not output", name, hook_name(c.hook));
   if (c.policy != NF_DROP)
-    return fmt::format("chain {} has policy {}, not drop", c.name, c.policy == NF_ACCEPT ? "accept" : "other");
+    return fmt::format("chain {} has policy {}, not drop", name, c.policy == NF_ACCEPT ? "accept" : "other");
   // Exactly the marked rules, in their order: a rule inserted before the final reject (an
   // `accept`, say) opens what the ruleset closes, and one deleted may have been a lookup.
   const std::size_t common = std::min(c.rules.size(), mark.rules);
@@ -67,12 +82,13 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
     if (!m || m->id != mark.id || m->index != i || m->rules != mark.rules)
       return fmt::format("rule {} of chain {} (handle {}, {}) is not the rule `nft-rules` printed "
                          "there: a rule was inserted, deleted, moved or replaced",
-                         i, c.name, r.handle,
-                         r.comment.empty() ? std::string("no comment") : "comment \"" + r.comment + "\"");
+                         i, name, r.handle,
+                         r.comment.empty() ? std::string("no comment")
+                                           : "comment \"" + printable(r.comment) + "\"");
   }
-  if (c.rules.size() != mark.rules)
-    return fmt::format("chain {} holds {} rules where its comment declares {}", c.name,
-                       c.rules.size(), mark.rules);
+  if (c.rules.size() + c.unread_rules != mark.rules)
+    return fmt::format("chain {} holds {} rules where its comment declares {}", name,
+                       c.rules.size() + c.unread_rules, mark.rules);
   auto looks_up = [&](const std::string& set) {
     for (const RuleSeen& r : c.rules)
       for (const auto& l : r.lookups)
@@ -83,7 +99,7 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
     if (need && !looks_up(*set))
       return fmt::format("no rule of chain {} looks up set {}: the addresses dnsward vouches for "
                          "are not what the chain lets through",
-                         c.name, *set);
+                         name, *set);
   return "";
 }
 
@@ -150,6 +166,39 @@ std::string_view RulesetStatus::word() const {
   return "not-checked";
 }
 
+std::string shown_name(std::string_view name) {
+  std::string out;
+  for (std::size_t i = 0; i < name.size() && i < 64; ++i) {
+    const auto ch = uint8_t(name[i]);
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+        ch == '_' || ch == '.' || ch == '-' || ch == '/')
+      out += char(ch);
+    else
+      out += fmt::format("\\x{:02x}", ch);
+  }
+  if (name.size() > 64) out += "...";
+  return out;
+}
+
+std::string set_flags_text(uint32_t flags) {
+  static constexpr std::pair<uint32_t, const char*> kNames[] = {
+      {NFT_SET_ANONYMOUS, "anonymous"}, {NFT_SET_CONSTANT, "constant"}, {NFT_SET_INTERVAL, "interval"},
+      {NFT_SET_MAP, "map"},             {NFT_SET_TIMEOUT, "timeout"},   {NFT_SET_EVAL, "dynamic"},
+      {NFT_SET_OBJECT, "object"},       {NFT_SET_CONCAT, "concat"},     {0x100, "expr"},
+  };
+  std::string out;
+  uint32_t left = flags;
+  for (const auto& [bit, name] : kNames)
+    if (flags & bit) {
+      out += (out.empty() ? "" : ", ") + std::string(name);
+      left &= ~bit;
+    }
+  if (left) out += fmt::format("{}0x{:x}", out.empty() ? "" : ", ", left);
+  return out.empty() ? "none" : out;
+}
+
+bool set_flags_ok(uint32_t flags) { return flags == NFT_SET_TIMEOUT; }
+
 RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
   RulesetStatus s;
   s.state = RulesetStatus::State::NotInForce;
@@ -158,43 +207,89 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     s.reason = fmt::format("table {} does not exist", table);
     return s;
   }
-  // Marked chains, base chains first: when none is in force, the reason given is that of
-  // the one closest to it.
+  // Marked chains, base chains first: the id shown is that of the one closest to being in
+  // force, and when none is, the reason given is that one's.
   std::vector<std::pair<const ChainSeen*, ChainMark>> marked;
   for (const ChainSeen& c : t.chains)
     if (const auto m = parse_chain_comment(c.comment)) marked.emplace_back(&c, *m);
   std::stable_partition(marked.begin(), marked.end(), [](const auto& p) { return p.first->base; });
-  if (marked.empty()) {
-    std::string names;
-    for (std::size_t i = 0; i < t.chains.size() && i < 5; ++i)
-      names += (names.empty() ? "" : ", ") + t.chains[i].name;
-    if (t.chains.size() > 5) names += ", ...";
-    s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules` prints "
-                           "({}): its ruleset is not loaded (did `nft -f` of it fail?)",
-                           table, names.empty() ? "the table has no chain" : "its chains: " + names);
+  if (!marked.empty()) {
+    s.id = fmt::format("{:016x}", marked.front().second.id);
+    s.chain = shown_name(marked.front().first->name);
+    s.rules = marked.front().second.rules;
+  }
+  auto names = [&](const ChainSeen* except) {
+    std::string out;
+    std::size_t n = 0;
+    for (const ChainSeen& c : t.chains) {
+      if (&c == except) continue;
+      if (n++ == 5) {
+        out += ", ...";
+        break;
+      }
+      out += (out.empty() ? "" : ", ") + shown_name(c.name);
+    }
+    return out;
+  };
+  constexpr uint32_t kPersist = 0x4;  // NFT_TABLE_F_PERSIST (6.9+), not in older headers
+  if (t.flags & NFT_TABLE_F_DORMANT) {
+    s.reason = fmt::format("table {} is dormant (flags dormant): none of its chains sees a packet", table);
     return s;
   }
-  std::string first_reason;
-  for (const auto& [c, mark] : marked) {
-    std::string why = t.dormant ? fmt::format("table {} is dormant (flags dormant): none of its "
-                                              "chains sees a packet", table)
-                                : judge_chain(*c, mark, e);
-    if (why.empty()) {
-      s.state = RulesetStatus::State::InForce;
-      s.reason.clear();
-      s.id = fmt::format("{:016x}", mark.id);
-      s.chain = c->name;
-      s.rules = mark.rules;
+  if (t.flags & NFT_TABLE_F_OWNER) {
+    // `nft -i`, or any process, that adds a table with `flags owner` owns it: when that
+    // process exits, the kernel removes the table, its chains and sets, and sends no event.
+    s.reason = fmt::format("table {} is owned by the process that loaded it (flags owner{}): it "
+                           "goes, with no event, when that process exits; `nft-rules` sets no flag",
+                           table, t.flags & kPersist ? ", persist" : "");
+    return s;
+  }
+  if (t.flags) {
+    s.reason = fmt::format("table {} has flags 0x{:x}; `nft-rules` sets none", table, t.flags);
+    return s;
+  }
+  if (marked.empty()) {
+    const std::string list = names(nullptr);
+    s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules` prints "
+                           "({}): its ruleset is not loaded (did `nft -f` of it fail?)",
+                           table, list.empty() ? "the table has no chain" : "its chains: " + list);
+    return s;
+  }
+  // `nft-rules` prints one chain. Another chain in the table, whatever its hook and
+  // priority, can undo what the filter decided: a postrouting or route chain rewriting
+  // `ip daddr` after the output filter accepted the address, say.
+  if (t.chains.size() > 1) {
+    s.reason = fmt::format("table {} holds {} chains where `nft-rules` prints one ({}); besides "
+                           "it: {}: another chain of the table can rewrite or reroute what its "
+                           "filter let through",
+                           table, t.chains.size(), s.chain, names(marked.front().first));
+    return s;
+  }
+  // The sets the chain looks up. An interval set holds ranges: dnsward's elements, which
+  // carry no end, would each open a range up to the top of the address space.
+  for (const auto& [set, name, type, len, need] :
+       {std::tuple{&t.set4, &e.set4, 7u, 4u, e.need4}, std::tuple{&t.set6, &e.set6, 8u, 16u, e.need6}}) {
+    if (!set->exists) {
+      if (!need) continue;
+      s.reason = fmt::format("set {} of table {} does not exist", *name, table);
       return s;
     }
-    if (first_reason.empty()) {
-      first_reason = std::move(why);
-      s.id = fmt::format("{:016x}", mark.id);
-      s.chain = c->name;
-      s.rules = mark.rules;
+    if (set->key_type != type || set->key_len != len) {
+      s.reason = fmt::format("set {} of table {} is of another type than {}", *name, table,
+                             type == 7 ? "ipv4_addr" : "ipv6_addr");
+      return s;
+    }
+    if (!set_flags_ok(set->flags)) {
+      s.reason = fmt::format("set {} of table {} has flags {} where dnsward needs flags timeout "
+                             "alone (an interval set turns each address dnsward adds into a "
+                             "range up to the end of the address space)",
+                             *name, table, set_flags_text(set->flags));
+      return s;
     }
   }
-  s.reason = first_reason;
+  const auto& [c, mark] = marked.front();
+  s.reason = judge_chain(*c, mark, e);
+  if (s.reason.empty()) s.state = RulesetStatus::State::InForce;
   return s;
 }
 

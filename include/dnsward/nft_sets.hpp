@@ -87,6 +87,8 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   const RulesetStatus& ruleset_now() override;
   /// Times the ruleset was read and judged (once at start, once per transaction after).
   uint64_t ruleset_checks() const { return ruleset_checks_; }
+  /// Rules parsed by the last read of the ruleset (a table of many chains has none read).
+  uint64_t ruleset_rules_read() const { return rules_read_; }
 
   /// The dump socket, for the event loop; call on_dump_readable() when it is readable. A
   /// reread of the sets after a change by someone else is read a little per loop pass, so
@@ -174,6 +176,10 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   bool ruleset_dirty_ = false;     // the table's chains or rules changed; their transaction's end not seen
   bool ruleset_retry_ = false;     // the last read failed: maintain() tries again
   uint64_t ruleset_checks_ = 0;
+  uint64_t rules_read_ = 0;
+  /// Why a set is not what dnsward fills (another type, without timeout, with another
+  /// flag), as the last check_set found it; "" when both are. vouch() refuses meanwhile.
+  std::string schema_err_;
 };
 
 }  // namespace dnsward

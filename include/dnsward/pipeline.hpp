@@ -3,10 +3,11 @@
 // passes one DNSQuestion through its rules:
 //   query:  receive -> screen -> require_ruleset -> apply_policy -> answer_locally ->
 //           answer_from_cache -> forward
-//   answer: on_upstream_answer -> check_upstream (retries: no EDNS, 0x20) -> require_ruleset
-//           -> readmit (a reload in between) -> prepare (check, pick the addresses, rebuild)
-//           -> vouch (into the sets, ACKed) -> relay -> deliver
-// Cache hits join the answer path at vouch. The parts that do I/O (the upstream, the set
+//   answer: on_upstream_answer -> require_ruleset -> check_upstream (retries: no EDNS,
+//           0x20) -> readmit (a reload in between) -> prepare (check, pick the addresses,
+//           rebuild) -> vouch (into the sets, ACKed) -> require_ruleset -> relay -> deliver
+// Cache hits join the answer path at vouch. require_ruleset comes before anything that may
+// send a query upstream, and again after vouch (which may judge the ruleset anew). The parts that do I/O (the upstream, the set
 // writer, time) come in through the interfaces of ports.hpp, so tests drive every stage with
 // fakes and a fake clock (test/unit/test_replay.cc).
 #pragma once

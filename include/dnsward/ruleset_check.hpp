@@ -3,7 +3,9 @@
 // `dnsward serve` reads its table back from the kernel and judges it by those marks: sets
 // that no hooked chain with policy drop uses filter nothing, and a ruleset that failed to
 // load (`nft -f` loads all or nothing) leaves exactly that. Rule bodies are known by their
-// comments, not parsed back; only the lookups of dnsward's sets are read from them.
+// comments, not parsed back; only the lookups of dnsward's sets are read from them. The
+// table is judged whole: its flags, its two sets' flags, and that it holds no chain but the
+// marked one (another chain of its own could rewrite what the filter let through).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -32,9 +34,16 @@ struct RuleMark {
 };
 std::optional<RuleMark> parse_rule_comment(std::string_view comment);
 
-/// The ruleset's id: FNV-1a 64 over the chain's type line and each rule as printed, without
-/// its comment, each followed by '\n'. Names one ruleset text (options, sets, addresses).
+/// The ruleset's id: FNV-1a 64 over the lines of the table as printed (from `table F T {` to
+/// its closing brace: the sets' declarations, the chain's type line, each rule without its
+/// comment), leading tabs, blank lines, `#` notes and the marks left out, each followed by
+/// '\n'. Names one ruleset text (family, names, set sizes, addresses, options).
 uint64_t ruleset_id(const std::vector<std::string>& lines);
+
+/// A name read from the kernel (a chain's), fit to print among `key=value` fields: letters,
+/// digits and `_ . - /` as they are, every other byte as \xNN, at most 64 bytes shown (then
+/// "..."). A chain named `output rules=13` cannot pass for fields of its own.
+std::string shown_name(std::string_view name);
 
 /// The comment in an nftables userdata blob (NFTNL_CHAIN_USERDATA, NFTNL_RULE_USERDATA), as
 /// nft writes it: TLVs of one type byte and one length byte, the comment being type 0 with
@@ -57,13 +66,33 @@ struct ChainSeen {
   std::string type;           ///< "filter", "route", "nat", when base
   std::string comment;        ///< "" without one
   std::vector<RuleSeen> rules;  ///< in the order the kernel evaluates them
+  /// Rules counted but not read: those beyond what the chain's mark declares (a chain with
+  /// more rules than its mark is not in force, whatever they hold).
+  std::size_t unread_rules = 0;
+};
+
+/// A set's NFT_SET_* flags as nft names them ("interval, timeout"; "none" for 0; an
+/// unknown bit as 0xNN).
+std::string set_flags_text(uint32_t flags);
+/// Whether a set with these flags is what dnsward fills: `flags timeout` and no other.
+bool set_flags_ok(uint32_t flags);
+
+/// One of dnsward's two sets, as the kernel holds it.
+struct SetSeen {
+  bool exists = false;
+  uint32_t flags = 0;     ///< NFT_SET_*: dnsward's sets have NFT_SET_TIMEOUT and nothing else
+  uint32_t key_type = 0;  ///< nftables datatype (7 ipv4_addr, 8 ipv6_addr)
+  uint32_t key_len = 0;
 };
 
 /// dnsward's table, as the kernel holds it.
 struct TableSeen {
   bool exists = false;
-  bool dormant = false;  ///< `flags dormant`: none of its base chains is registered
+  /// NFT_TABLE_F_*: `nft-rules` sets none. dormant: none of its base chains is registered;
+  /// owner: the table goes, with no event, when the process that made it exits.
+  uint32_t flags = 0;
   std::vector<ChainSeen> chains;
+  SetSeen set4, set6;
 };
 
 /// What the judge needs to know of serve's configuration.
@@ -92,10 +121,13 @@ struct RulesetStatus {
   bool operator==(const RulesetStatus&) const = default;
 };
 
-/// Judges a table read from the kernel: in force when some chain carries the chain comment,
-/// is a base chain of type filter on the output hook with policy drop (in a table that is
-/// not dormant), holds exactly the marked rules in order (no other rule), and looks up
-/// each set the family needs. Pure.
+/// Judges a table read from the kernel: in force when the table has no flags (neither
+/// dormant nor owned by a process), each of its sets that exists (each the family needs
+/// must) is of its address type with `flags timeout` and no other flag (an interval set
+/// turns one address into a range up to the top of the address space), the table holds
+/// exactly one chain, and that chain carries the chain comment, is a base chain of type
+/// filter on the output hook with policy drop, holds exactly the marked rules in order (no
+/// other rule), and looks up each set the family needs. Pure.
 RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e);
 
 /// Where the pipeline learns the ruleset's state (the real one: NftSets).

@@ -509,9 +509,10 @@ class Rules(unittest.TestCase):
                        "ip daddr @allowed4 accept", "ip6 daddr @allowed6 accept",
                        'log prefix "dnsward-drop: "', "reject", "policy drop",
                        'oif "lo" accept', "udp dport 53", "tcp dport 53",
-                       "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-                       "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, "
-                       "mld2-listener-report } ip6 hoplimit 1 accept",
+                       "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
+                       "ip6 hoplimit 255 accept",
+                       "icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } "
+                       "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1 accept",
                        'comment "dnsward ruleset id='):
             self.assertIn(needle, rules)
         # Every rule carries its place, which serve reads back (e2e_ruleset).
@@ -578,6 +579,74 @@ class Rules(unittest.TestCase):
         finally:
             subprocess.run(["ip", "link", "del", "dwv0"], capture_output=True)
             nft("delete", "table", "inet", "watch", check=False)
+            drop_table()
+
+    def test_of_icmpv6_only_nd_at_hop_limit_255_and_a_hosts_mld_reports_to_link_groups_pass(self):
+        # What the link rules let out, packet by packet, sent by root through a raw socket:
+        # each that is not ND at hop limit 255 or a host's MLD report from a link-local
+        # address to a link-scope group at hop limit 1 is counted by dnsward's drop rules.
+        # Joined groups (ff0e::<secret>) and unicast "reports" were a channel out of the
+        # sandbox; queries are what routers send.
+        drop_table()
+        r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        load = subprocess.run(["nft", "-f", "-"], input=r.stdout, capture_output=True, text=True,
+                              timeout=10)
+        self.assertEqual(load.returncode, 0, load.stderr)
+
+        def dropped():
+            chain = nft("list", "chain", "inet", "dnsward", "output").stdout
+            return sum(int(n) for n in re.findall(
+                r"counter packets (\d+) bytes \d+ log prefix \"dnsward-(?:dns-)?drop", chain))
+
+        try:
+            subprocess.run(["ip", "link", "add", "dwl0", "type", "veth", "peer", "name", "dwl1"],
+                           check=True)
+            for link in ("dwl0", "dwl1"):
+                subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{link}.accept_dad=0"], check=True)
+                subprocess.run(["ip", "link", "set", link, "up"], check=True)
+            subprocess.run(["ip", "-6", "addr", "add", "2001:db8:77::1/64", "dev", "dwl0", "nodad"],
+                           check=True)
+            idx = socket.if_nametoindex("dwl0")
+            wait_for(lambda: "fe80::" in subprocess.run(
+                ["ip", "-6", "addr", "show", "dev", "dwl0", "scope", "link"],
+                capture_output=True, text=True).stdout, timeout=5, what="a link-local address")
+
+            def send(icmp_type, dst, hops, src=None):
+                before = dropped()
+                with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sk:
+                    if src:
+                        sk.bind((src, 0))
+                    sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+                    sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+                    sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+                    try:
+                        sk.sendto(bytes([icmp_type, 0, 0, 0]) + b"EXFIL-payload-0123456789",
+                                  (dst, 0, 0, idx))
+                    except PermissionError:
+                        pass  # dropped in the output hook
+                return dropped() - before
+
+            cases = [
+                ("an MLDv1 report to a global-scope group", 131, "ff0e::4558:4649:4c", 1, None, 1),
+                ("an MLDv2 report to a unicast address", 143, "2001:db8:77::5", 1, None, 1),
+                ("an MLD query (routers send those)", 130, "ff02::1", 1, None, 1),
+                ("an MLDv2 report from a global address", 143, "ff02::16", 1, "2001:db8:77::1", 1),
+                ("an MLDv2 report at hop limit 2", 143, "ff02::16", 2, None, 1),
+                ("a neighbour solicitation at hop limit 64", 135, "2001:db8:77::5", 64, None, 1),
+                ("a router solicitation at hop limit 1", 133, "ff02::2", 1, None, 1),
+                ("an echo request", 128, "2001:db8:77::5", 64, None, 1),
+                ("an MLDv2 report to ff02::16 from a link-local address", 143, "ff02::16", 1, None, 0),
+                ("an MLDv1 done to ff02::2", 132, "ff02::2", 1, None, 0),
+                ("a neighbour solicitation at hop limit 255", 135, "ff02::1:ff00:5", 255, None, 0),
+                ("a neighbour solicitation to a global unicast next hop (NUD)", 135, "2001:db8:77::5",
+                 255, None, 0),
+            ]
+            for what, icmp_type, dst, hops, src, want in cases:
+                with self.subTest(what):
+                    self.assertEqual(send(icmp_type, dst, hops, src), want, what)
+        finally:
+            subprocess.run(["ip", "link", "del", "dwl0"], capture_output=True)
             drop_table()
 
     def test_nft_rules_rejects_bad_arguments(self):

@@ -7,6 +7,7 @@ SERVFAIL with EDE 14 while it is not. Against the real kernel, in a network name
 test process enters; no sleeps: each step waits for the answer or the log line it needs."""
 import re
 import subprocess
+import tempfile
 import unittest
 import urllib.request
 
@@ -211,10 +212,72 @@ class Changes(unittest.TestCase):
         self.assertIn("chain output {", nft("list", "table", "inet", "dnsward").stdout)
         self.check_noticed("chain output is not a base chain (no hook)")
 
+    def test_another_chain_of_its_table_rewriting_after_the_filter_takes_it_out_of_force(self):
+        # Root's postrouting chain in dnsward's own table: the output filter let an address
+        # of the set through, then `ip daddr set` sends the packet elsewhere.
+        nft("add", "chain", "inet", "dnsward", "post",
+            "{ type filter hook postrouting priority 0 ; policy accept ; }")
+        nft("add", "rule", "inet", "dnsward", "post", "ip", "daddr", "198.51.100.7", "ip", "daddr",
+            "set", "192.0.2.99")
+        self.check_noticed("table inet dnsward holds 2 chains where `nft-rules` prints one "
+                           "(output); besides it: post")
+
+    def test_sets_reloaded_with_flags_interval_take_it_out_of_force_and_withhold_answers(self):
+        # In an interval set each address dnsward adds would open a range to the top of
+        # the address space (93.184.216.34-255.255.255.255).
+        load(self.text.replace("flags timeout", "flags interval, timeout"))
+        self.check_noticed("set allowed4 of table inet dnsward has flags interval, timeout")
+        r = self.dw.query("www.allowed.test.", "A", use_edns=0)
+        self.assertEqual(r.rcode(), dns.rcode.SERVFAIL, r)
+        self.assertIn("firewall update failed", ede(r)[1])
+        self.assertEqual(nft_set("dnsward", "allowed4"), {})
+        self.assertTrue(any("event=vouch-failed" in l and "flags interval, timeout" in l
+                            for l in self.dw.logtext().splitlines()), self.dw.logtext()[-2000:])
+
 
 class RequireRuleset(unittest.TestCase):
     def tearDown(self):
         drop_table()
+
+    def test_a_table_owned_by_the_process_that_loaded_it_is_not_in_force(self):
+        # `nft -i` loading the ruleset with `flags owner` on its table: the table is the
+        # session's, and goes, chain and all, with no event, when the session ends.
+        drop_table()
+        owned = ruleset().replace("table inet dnsward {\n", "table inet dnsward {\n\tflags owner;\n", 1)
+        self.assertIn("flags owner;", owned)
+        with tempfile.NamedTemporaryFile("w", suffix=".nft") as f:
+            f.write(owned)
+            f.flush()
+            session = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+            try:
+                session.stdin.write(f'include "{f.name}"\n')
+                session.stdin.flush()
+                wait_for(lambda: "flags owner" in nft("list", "table", "inet", "dnsward",
+                                                      check=False).stdout,
+                         timeout=5, what="the owned table loaded")
+                d = Dnsward(knot.port, allowlist=ALLOW, nft=True, extra=["--require-ruleset"])
+                try:
+                    ruleset_state, reason = state(d)
+                    self.assertEqual(ruleset_state, "ruleset=not-in-force", reason)
+                    self.assertIn("table inet dnsward is owned by the process that loaded it "
+                                  "(flags owner", reason)
+                    r = d.query("www.allowed.test.", "A", use_edns=0)
+                    self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+                    self.assertEqual(ede(r)[0], 14)
+                    self.assertEqual(nft_set("dnsward", "allowed4"), {})
+                    # The session ends: the table goes without an event. Still no answer.
+                    session.stdin.close()
+                    session.wait(timeout=5)
+                    r = d.query("www.allowed.test.", "A", use_edns=0)
+                    self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+                    self.assertEqual(ede(r)[0], 14)
+                finally:
+                    self.assertEqual(d.stop(), 0, d.logtext())
+            finally:
+                if session.poll() is None:
+                    session.kill()
+                    session.wait()
 
     def test_require_ruleset_gives_servfail_with_ede_14_until_the_ruleset_is_in_force(self):
         drop_table()

@@ -1030,6 +1030,23 @@ TEST_CASE("ruleset: each way out of force is noticed by its event, with its reas
                                  table, rule_handles(table).at(m4->index), comment4)) == 0);
        },
        "no rule of chain output looks up set allowed4"},
+      {"another chain in its table rewriting the destination after the filter",
+       [&] {
+         REQUIRE(nft("add chain inet " + table + " post { type filter hook postrouting priority 0 ; }") == 0);
+         REQUIRE(nft("add rule inet " + table + " post ip daddr set 192.0.2.99") == 0);
+       },
+       "holds 2 chains where `nft-rules` prints one (output); besides it: post"},
+      {"another chain in its table, a regular one",
+       [&] { REQUIRE(nft("add chain inet " + table + " spare") == 0); },
+       "holds 2 chains where `nft-rules` prints one (output); besides it: spare"},
+      {"its sets declared with flags interval, timeout",
+       [&] {
+         std::string interval = text;
+         for (std::size_t at; (at = interval.find("flags timeout")) != std::string::npos;)
+           interval.replace(at, 13, "flags interval, timeout");
+         REQUIRE(load(interval) == 0);
+       },
+       "set allowed4 of table inet rs_cases has flags interval, timeout where dnsward needs flags timeout alone"},
   };
   for (const auto& c : cases) {
     const std::string what = c.what;
@@ -1067,8 +1084,8 @@ TEST_CASE("ruleset: a change that leaves it in force is judged but not logged ag
   REQUIRE(sets.ruleset().in_force());
   CHECK(logged("event=ruleset-in-force") == 1);
   const uint64_t checks = sets.ruleset_checks();
-  // A chain of its own in dnsward's table: judged (it touches the table), still in force.
-  REQUIRE(nft("add chain inet rs_quiet extra") == 0);
+  // A set of its own in dnsward's table: judged (it touches the table), still in force.
+  REQUIRE(nft("add set inet rs_quiet extra { type ipv4_addr ; }") == 0);
   sets.on_events();
   CHECK(sets.ruleset_checks() == checks + 1);
   CHECK(sets.ruleset().in_force());
@@ -1078,7 +1095,8 @@ TEST_CASE("ruleset: a change that leaves it in force is judged but not logged ag
   sets.on_events();
   CHECK(logged("event=ruleset-not-in-force") == 1);
   CHECK(logged("level=error") == 1);
-  REQUIRE(nft("add rule inet rs_quiet extra accept") == 0);  // out of force still, same reason
+  REQUIRE(nft("add element inet rs_quiet extra { 192.0.2.1 }") == 0);  // out of force still, same reason
+  REQUIRE(nft("delete set inet rs_quiet extra") == 0);
   sets.on_events();
   CHECK(logged("event=ruleset-not-in-force") == 1);
 }
@@ -1123,6 +1141,95 @@ TEST_CASE("ruleset: a change still queued is judged when the pipeline asks, with
   // No loop runs: ruleset_now() (what the pipeline asks) reads the queued events itself.
   CHECK(sets.ruleset().in_force());  // not read yet
   CHECK(sets.ruleset_now().state == RulesetStatus::State::NotInForce);
+}
+
+namespace {
+/// The ruleset text with its sets declared `flags interval, timeout`.
+std::string with_interval_sets(std::string text) {
+  for (std::size_t at = 0; (at = text.find("flags timeout", at)) != std::string::npos; at += 23)
+    text.replace(at, 13, "flags interval, timeout");
+  return text;
+}
+}  // namespace
+
+TEST_CASE("ruleset: sets with flags interval are refused at start; loaded later, answers are withheld and it is not in force") {
+  // In an interval set, an element without an end opens a range to the top of the address
+  // space: 93.184.216.34 would let 93.184.216.34-255.255.255.255 through.
+  const std::string interval = with_interval_sets(ruleset_text("rs_interval"));
+  REQUIRE(interval.find("flags interval, timeout") != std::string::npos);
+  REQUIRE(load(interval) == 0);
+  std::string what;
+  try {
+    NftSets sets(target("rs_interval"), RefreshMode::Auto);
+  } catch (const NftError& e) {
+    what = e.what();
+  }
+  CHECK_MESSAGE(what.find("set rs_interval allowed4 exists with flags interval, timeout; dnsward needs "
+                          "'flags timeout' and no other flag") != std::string::npos,
+                what);
+  CHECK(kernel_set("rs_interval", "allowed4")->empty());
+
+  // Loaded while serve runs (one transaction: the table deleted and rebuilt).
+  const std::string text = ruleset_text("rs_interval_later");
+  REQUIRE(load(text) == 0);
+  NftSets sets(target("rs_interval_later"), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  REQUIRE(load(with_interval_sets(text)) == 0);
+  sets.on_events();
+  CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+  CHECK_MESSAGE(sets.ruleset().reason.find("set allowed4 of table inet rs_interval_later has flags interval, timeout") !=
+                    std::string::npos,
+                sets.ruleset().reason);
+  std::string err;
+  CHECK_FALSE(vouch(sets, "93.184.216.34", 300, err));
+  CHECK_MESSAGE(err.find("flags interval, timeout") != std::string::npos, err);
+  CHECK(kernel_set("rs_interval_later", "allowed4")->empty());
+  // The ruleset of nft-rules again: in force, and vouches go in, a single address each.
+  REQUIRE(load(text) == 0);
+  sets.on_events();
+  CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+  err.clear();
+  CHECK_MESSAGE(vouch(sets, "93.184.216.34", 300, err), err);
+  CHECK(kernel_set("rs_interval_later", "allowed4")->size() == 1);
+}
+
+TEST_CASE("ruleset: a table of 20,000 chains is judged without reading their rules; a chain's rules beyond its mark are only counted") {
+  const std::string table = "rs_many";
+  REQUIRE(load(ruleset_text(table)) == 0);
+  NftSets sets(target(table.c_str()), RefreshMode::Auto);
+  REQUIRE(sets.ruleset().in_force());
+  CHECK(sets.ruleset_rules_read() == 13);
+  // 20,000 regular chains of 5 rules each, in one transaction: read and matched rule by
+  // rule against every chain, they stalled the loop (and DNS) for seconds.
+  std::string many = "table inet " + table + " {\n";
+  for (int i = 0; i < 20000; ++i) {
+    many += fmt::format("chain c{} {{\n", i);
+    for (int j = 0; j < 5; ++j) many += fmt::format("ip daddr 10.{}.{}.{} accept\n", j, i / 250, i % 250);
+    many += "}\n";
+  }
+  many += "}\n";
+  REQUIRE(load(many) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  sets.on_events();
+  const uint64_t ms = elapsed_ms(t0);
+  MESSAGE("judged 20,000 chains in " << ms << " ms");
+  CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+  CHECK_MESSAGE(sets.ruleset().reason.find("holds 20001 chains where `nft-rules` prints one (output)") != std::string::npos,
+                sets.ruleset().reason);
+  CHECK(sets.ruleset_rules_read() == 0);
+  // One chain again, with 5,000 rules appended: 13 read, the rest counted.
+  REQUIRE(load(ruleset_text(table)) == 0);
+  sets.on_events();
+  REQUIRE(sets.ruleset().in_force());
+  std::string more;
+  for (int i = 0; i < 5000; ++i) more += fmt::format("add rule inet {} output ip daddr 10.9.{}.{} accept\n", table, i / 250, i % 250);
+  REQUIRE(load(more) == 0);
+  sets.on_events();
+  CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+  CHECK_MESSAGE(sets.ruleset().reason.find("chain output holds 5013 rules where its comment declares 13") != std::string::npos,
+                sets.ruleset().reason);
+  CHECK(sets.ruleset_rules_read() == 13);
+  REQUIRE(nft("delete table inet " + table) == 0);
 }
 
 int main(int argc, char** argv) {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <sstream>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "dnsward/config.hpp"
@@ -106,6 +107,7 @@ class FakeSets : public SetWriter {
       err = "injected failure";
       return false;
     }
+    if (on_vouch) std::exchange(on_vouch, nullptr)();  // once
     for (const auto& it : items) {
       Elem& e = elems[it.addr.text()];
       e.expires_ms = std::max(e.expires_ms, now_ms + uint64_t(it.timeout_s) * 1000u);
@@ -144,6 +146,9 @@ class FakeSets : public SetWriter {
                                      [&](const auto& kv) { return kv.second.expires_ms > now_ms; }));
   }
   bool failing = false;
+  /// Runs inside the next vouch, which then succeeds: what NftSets::vouch() does when it
+  /// finds a set gone without an event and judges the ruleset anew (RULESET_ON_VOUCH).
+  std::function<void()> on_vouch;
   std::map<std::string, Elem> elems;
 };
 
@@ -367,16 +372,12 @@ class Runner {
     } else if (op == "SETS") {
       sets_.failing = w.at(1) == "fail";
     } else if (op == "RULESET") {
-      // RULESET in-force | RULESET not-in-force REASON...
-      RulesetStatus& r = ruleset_.status;
-      if (w.at(1) == "in-force") {
-        r = FakeRuleset().status;
-      } else {
-        REQUIRE_MESSAGE(w.at(1) == "not-in-force", where() << ": RULESET in-force|not-in-force REASON...");
-        r.state = RulesetStatus::State::NotInForce;
-        r.reason.clear();
-        for (std::size_t k = 2; k < w.size(); ++k) r.reason += (k > 2 ? " " : "") + w[k];
-      }
+      set_ruleset(w);
+    } else if (op == "RULESET_ON_VOUCH") {
+      // The same, done by the next vouch (which succeeds), as NftSets::vouch() may.
+      std::vector<std::string> rw(w);
+      rw[0] = "RULESET";
+      sets_.on_vouch = [this, rw] { set_ruleset(rw); };
     } else if (op == "CHECK_ANSWER") {
       check_answer(w, block());
     } else if (op == "CHECK_NO_ANSWER") {
@@ -417,6 +418,19 @@ class Runner {
                     where() << ": " << w[1] << " = " << pipeline_->counters().*(it->second));
     } else {
       FAIL(where() << ": unknown step " << op);
+    }
+  }
+
+  // RULESET in-force | RULESET not-in-force REASON...
+  void set_ruleset(const std::vector<std::string>& w) {
+    RulesetStatus& r = ruleset_.status;
+    if (w.at(1) == "in-force") {
+      r = FakeRuleset().status;
+    } else {
+      REQUIRE_MESSAGE(w.at(1) == "not-in-force", where() << ": RULESET in-force|not-in-force REASON...");
+      r.state = RulesetStatus::State::NotInForce;
+      r.reason.clear();
+      for (std::size_t k = 2; k < w.size(); ++k) r.reason += (k > 2 ? " " : "") + w[k];
     }
   }
 

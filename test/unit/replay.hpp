@@ -23,6 +23,10 @@
 //   RULESET in-force | RULESET not-in-force REASON...
 //                                   the ruleset's state from now on (in force, id
 //                                   0123456789abcdef, 14 rules in chain output, until set)
+//   RULESET_ON_VOUCH in-force | not-in-force REASON...
+//                                   the same, set by the next vouch (which succeeds), as
+//                                   NftSets::vouch() judges the ruleset when it finds a set
+//                                   gone without an event
 //   CHECK_ANSWER ID RCODE [tc] [ede=N] [edetext=WORD]...
 //                                   the reply to query ID: its RCODE, TC, EDE code, words its
 //                                   EDE text holds, and the answer section exactly as the

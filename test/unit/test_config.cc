@@ -681,15 +681,14 @@ TEST_CASE("the ruleset's chain names its id and rule count, and every rule its p
                                      fam == "ip6" ? "[2001:db8::53]" : "192.0.2.53", "--allow",
                                      fam == "ip6" ? "2001:db8::/32" : "192.0.2.0/24"};
     if (fam == "ip6") args.insert(args.end(), {"--listen", "[::1]:53"});
-    const std::vector<std::string> lines = chain_lines(rendered(args));
+    const std::string text = rendered(args);
+    const std::vector<std::string> lines = chain_lines(text);
     REQUIRE(lines.size() > 3);
     CHECK(lines[0] == "type filter hook output priority filter; policy drop;");
     REQUIRE(lines[1].rfind("comment \"", 0) == 0);
     const auto mark = parse_chain_comment(lines[1].substr(9, lines[1].size() - 10));
     REQUIRE(mark);
-    // Every rule, and nothing else, carries "dnsward i/N id=...", numbered in order; the id
-    // is the hash of the type line and the rules as printed without their comments.
-    std::vector<std::string> hashed = {lines[0]};
+    // Every rule, and nothing else, carries "dnsward i/N id=...", numbered in order.
     std::size_t rules = 0;
     for (std::size_t i = 2; i < lines.size(); ++i) {
       const std::string& l = lines[i];
@@ -701,15 +700,28 @@ TEST_CASE("the ruleset's chain names its id and rule count, and every rule its p
       CHECK(m->index == rules);
       CHECK(m->rules == mark->rules);
       CHECK(m->id == mark->id);
-      hashed.push_back(l.substr(0, at));
       ++rules;
     }
     CHECK(rules == mark->rules);
+    // The id is the hash of the table's lines as printed, from `table F T {` to its closing
+    // brace, without leading tabs, blank lines, notes and the marks (the chain's comment
+    // line, each rule's comment): the sets' declarations are part of it.
+    std::vector<std::string> hashed;
+    std::istringstream in(text.substr(text.find(fmt::format("table {} dnsward {{", fam))));
+    for (std::string l; std::getline(in, l);) {
+      l.erase(0, l.find_first_not_of('\t') == std::string::npos ? l.size() : l.find_first_not_of('\t'));
+      if (l.empty() || l[0] == '#' || l.rfind("comment \"", 0) == 0) continue;
+      const auto at = l.rfind(" comment \"dnsward ");
+      hashed.push_back(at == std::string::npos ? l : l.substr(0, at));
+    }
+    REQUIRE(hashed.size() > 8);
+    CHECK(std::find(hashed.begin(), hashed.end(), "flags timeout") != hashed.end());
+    CHECK(hashed.back() == "}");
     CHECK(ruleset_id(hashed) == mark->id);
   }
 }
 
-TEST_CASE("the ruleset's id changes with any rule and only with the rules") {
+TEST_CASE("the ruleset's id changes with any line of its table, options included") {
   const std::vector<std::string> base = {"--upstream", "192.0.2.53"};
   auto id_of = [](const std::vector<std::string>& args) {
     const std::vector<std::string> lines = chain_lines(rendered(args));
@@ -720,20 +732,36 @@ TEST_CASE("the ruleset's id changes with any rule and only with the rules") {
   CHECK(id_of({"--upstream", "192.0.2.54"}) != id);
   CHECK(id_of({"--upstream", "192.0.2.53", "--allow", "192.0.2.0/24"}) != id);
   CHECK(id_of({"--upstream", "192.0.2.53", "--user", "root"}) != id);
-  CHECK(id_of({"--upstream", "192.0.2.53", "--nft-set-size", "2048"}) == id);  // not a rule
+  // The sets' declarations and the names are part of the text the id names.
+  CHECK(id_of({"--upstream", "192.0.2.53", "--nft-set-size", "2048"}) != id);
+  CHECK(id_of({"--upstream", "192.0.2.53", "--nft-set4", "v4"}) != id);
+  CHECK(id_of({"--upstream", "192.0.2.53", "--nft-table", "fw"}) != id);
 }
 
-TEST_CASE("the ruleset lets IPv6 work on a link: neighbour discovery, and MLD at hop limit 1 only") {
+TEST_CASE("the ruleset lets IPv6 work on a link: neighbour discovery at hop limit 255, a host's MLD reports on the link only") {
   const std::string inet = rendered({"--upstream", "192.0.2.53"});
-  CHECK(inet.find("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept") !=
+  // ND at hop limit 255 (RFC 4861 7.1.1, 7.1.2: the receiver drops it otherwise), to any
+  // destination (neighbour unreachability detection probes a global next hop by unicast).
+  CHECK(inet.find("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
+                  "ip6 hoplimit 255 accept comment") != std::string::npos);
+  // The MLD a host sends: MLDv1 report and done (RFC 2710), the MLDv2 report (RFC 3810),
+  // from a link-local address or :: (RFC 3590), to a link-scope group, at hop limit 1. No
+  // query (type 130, what routers send), no report to a global group or a unicast address.
+  CHECK(inet.find("\t\ticmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } "
+                  "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1 accept comment") !=
         std::string::npos);
-  // MLDv1 query, report, done (RFC 2710) and the MLDv2 report (type 143, RFC 3810) that every
-  // interface sends for its solicited-node groups as it comes up; never beyond the link.
-  CHECK(inet.find("icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, "
-                  "mld2-listener-report } ip6 hoplimit 1 accept") != std::string::npos);
+  CHECK(inet.find("mld-listener-query") == std::string::npos);
+  // Exactly these two ICMPv6 rules: nothing else lets ICMPv6 out.
+  std::size_t icmpv6 = 0;
+  for (const auto& l : chain_lines(inet)) icmpv6 += l.rfind("icmpv6 ", 0) == 0;
+  CHECK(icmpv6 == 2);
   const std::string ip6 = rendered({"--nft-family", "ip6", "--listen", "[::1]:53", "--upstream", "[2001:db8::53]"});
-  CHECK(ip6.find("mld2-listener-report } ip6 hoplimit 1 accept") != std::string::npos);
-  CHECK(rendered({"--nft-family", "ip", "--upstream", "192.0.2.53"}).find("mld") == std::string::npos);
+  CHECK(ip6.find("mld2-listener-report } ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1 accept") !=
+        std::string::npos);
+  CHECK(ip6.find("nd-router-solicit } ip6 hoplimit 255 accept") != std::string::npos);
+  const std::string ip = rendered({"--nft-family", "ip", "--upstream", "192.0.2.53"});
+  CHECK(ip.find("mld") == std::string::npos);
+  CHECK(ip.find("nd-neighbor") == std::string::npos);
 }
 
 TEST_CASE("ruleset comments are read strictly: a near miss is no mark") {
@@ -774,4 +802,165 @@ TEST_CASE("a comment is read from nftables userdata as nft writes it, and hostil
   CHECK(userdata_comment(none, sizeof none).empty());
   CHECK(userdata_comment(nullptr, 0).empty());
   CHECK(userdata_comment(plain, 1).empty());
+}
+
+namespace {
+/// dnsward's table as the kernel holds it when the ruleset of `nft-rules` is loaded: one
+/// base chain with the marks, its rules looking up both sets, the sets of flags timeout.
+TableSeen table_in_force(uint64_t id = 0xabcdef0123456789ull, std::size_t n = 4) {
+  TableSeen t;
+  t.exists = true;
+  t.set4 = {true, 0x10, 7, 4};  // NFT_SET_TIMEOUT, ipv4_addr
+  t.set6 = {true, 0x10, 8, 16};
+  ChainSeen c;
+  c.name = "output";
+  c.base = true;
+  c.hook = 3;    // NF_INET_LOCAL_OUT
+  c.policy = 0;  // NF_DROP
+  c.type = "filter";
+  c.comment = ruleset_chain_comment(id, n);
+  for (std::size_t i = 0; i < n; ++i) {
+    RuleSeen r;
+    r.handle = 10 + i;
+    r.comment = ruleset_rule_comment(id, i, n);
+    if (i == 1) r.lookups = {"allowed4"};
+    if (i == 2) r.lookups = {"allowed6"};
+    c.rules.push_back(r);
+  }
+  t.chains.push_back(c);
+  return t;
+}
+
+RulesetExpectation inet_dnsward() {
+  RulesetExpectation e;
+  e.family = "inet";
+  e.table = "dnsward";
+  e.set4 = "allowed4";
+  e.set6 = "allowed6";
+  return e;
+}
+}  // namespace
+
+TEST_CASE("judge: the table nft-rules loads is in force; a set with any flag but timeout is not") {
+  const RulesetExpectation e = inet_dnsward();
+  REQUIRE_MESSAGE(judge_ruleset(table_in_force(), e).in_force(), judge_ruleset(table_in_force(), e).reason);
+  // `flags interval, timeout`: each address dnsward adds becomes a range to the top.
+  const struct {
+    uint32_t flags;
+    const char* says;
+  } cases[] = {
+      {0x14, "has flags interval, timeout where dnsward needs flags timeout alone"},
+      {0x18, "has flags map, timeout"},
+      {0x30, "has flags timeout, dynamic"},
+      {0x90, "has flags timeout, concat"},
+      {0x110, "has flags timeout, expr"},
+      {0x12, "has flags constant, timeout"},
+      {0x11, "has flags anonymous, timeout"},
+      {0x50, "has flags timeout, object"},
+      {0x0, "has flags none"},
+      {0x1010, "has flags timeout, 0x1000"},
+  };
+  for (const auto& c : cases) {
+    for (const bool v6 : {false, true}) {
+      const std::string says = c.says;
+      CAPTURE(says);
+      CAPTURE(v6);
+      TableSeen t = table_in_force();
+      (v6 ? t.set6 : t.set4).flags = c.flags;
+      const RulesetStatus r = judge_ruleset(t, e);
+      CHECK(r.state == RulesetStatus::State::NotInForce);
+      CHECK_MESSAGE(r.reason.find(std::string("set ") + (v6 ? "allowed6" : "allowed4") + " of table inet dnsward " + c.says) !=
+                        std::string::npos,
+                    r.reason);
+    }
+  }
+  // Another key type is not dnsward's set either; a set the family needs must exist.
+  TableSeen t = table_in_force();
+  t.set4.key_type = 8;
+  CHECK(judge_ruleset(t, e).reason.find("set allowed4 of table inet dnsward is of another type") != std::string::npos);
+  t = table_in_force();
+  t.set6.exists = false;
+  CHECK(judge_ruleset(t, e).reason.find("set allowed6 of table inet dnsward does not exist") != std::string::npos);
+  // In an ip table allowed6 is not looked up: absent is fine, but one of another kind is not.
+  RulesetExpectation ip = e;
+  ip.family = "ip";
+  ip.need6 = false;
+  t = table_in_force();
+  t.chains[0].rules[2].lookups.clear();
+  t.set6.exists = false;
+  CHECK_MESSAGE(judge_ruleset(t, ip).in_force(), judge_ruleset(t, ip).reason);
+  t.set6 = {true, 0x14, 8, 16};
+  CHECK_FALSE(judge_ruleset(t, ip).in_force());
+}
+
+TEST_CASE("judge: any other chain in dnsward's table, whatever its hook, takes the ruleset out of force") {
+  const RulesetExpectation e = inet_dnsward();
+  for (const bool base : {true, false}) {
+    CAPTURE(base);
+    TableSeen t = table_in_force();
+    ChainSeen rewrite;
+    rewrite.name = "post";
+    rewrite.base = base;
+    rewrite.hook = 4;  // NF_INET_POST_ROUTING
+    rewrite.type = "filter";
+    rewrite.policy = 1;
+    t.chains.push_back(rewrite);
+    const RulesetStatus r = judge_ruleset(t, e);
+    CHECK(r.state == RulesetStatus::State::NotInForce);
+    CHECK_MESSAGE(r.reason.find("table inet dnsward holds 2 chains where `nft-rules` prints one (output); "
+                                "besides it: post") != std::string::npos,
+                  r.reason);
+    CHECK(r.id == "abcdef0123456789");  // the marked chain's, still named
+  }
+  // Thousands of chains: named five at most.
+  TableSeen t = table_in_force();
+  for (int i = 0; i < 2000; ++i) {
+    ChainSeen c;
+    c.name = "c" + std::to_string(i);
+    t.chains.push_back(c);
+  }
+  const RulesetStatus r = judge_ruleset(t, e);
+  CHECK(r.reason.find("holds 2001 chains") != std::string::npos);
+  CHECK(r.reason.find("c0, c1, c2, c3, c4, ...") != std::string::npos);
+  CHECK(r.reason.find("c5") == std::string::npos);
+}
+
+TEST_CASE("judge: a table with flags owner (or any flag) is not in force") {
+  const RulesetExpectation e = inet_dnsward();
+  TableSeen t = table_in_force();
+  t.flags = 0x2;  // NFT_TABLE_F_OWNER
+  RulesetStatus r = judge_ruleset(t, e);
+  CHECK(r.state == RulesetStatus::State::NotInForce);
+  CHECK_MESSAGE(r.reason.find("is owned by the process that loaded it (flags owner)") != std::string::npos, r.reason);
+  t.flags = 0x6;  // owner, persist
+  CHECK(judge_ruleset(t, e).reason.find("(flags owner, persist)") != std::string::npos);
+  t.flags = 0x1;
+  CHECK(judge_ruleset(t, e).reason.find("is dormant") != std::string::npos);
+  t.flags = 0x8;
+  CHECK(judge_ruleset(t, e).reason.find("has flags 0x8") != std::string::npos);
+}
+
+TEST_CASE("judge: rules counted beyond the mark's count take it out of force, unread") {
+  const RulesetExpectation e = inet_dnsward();
+  TableSeen t = table_in_force();
+  t.chains[0].unread_rules = 100000;
+  const RulesetStatus r = judge_ruleset(t, e);
+  CHECK(r.state == RulesetStatus::State::NotInForce);
+  CHECK(r.reason.find("chain output holds 100004 rules where its comment declares 4") != std::string::npos);
+}
+
+TEST_CASE("judge: a chain's name is shown escaped, so it cannot pass for fields of the status answer") {
+  const RulesetExpectation e = inet_dnsward();
+  TableSeen t = table_in_force();
+  t.chains[0].name = "output rules=13 chain=output table=inet dnsward\n\"x\"";
+  RulesetStatus r = judge_ruleset(t, e);
+  REQUIRE_MESSAGE(r.in_force(), r.reason);  // the name is not judged, only shown
+  CHECK(r.chain == "output\\x20rules\\x3d13\\x20chain\\x3doutput\\x20table\\x3dinet\\x20dnsward\\x0a\\x22x\\x22");
+  CHECK(r.chain.find(' ') == std::string::npos);
+  CHECK(r.chain.find('=') == std::string::npos);
+  t.chains[0].policy = 1;
+  r = judge_ruleset(t, e);
+  CHECK(r.reason.rfind("chain output\\x20rules\\x3d13", 0) == 0);
+  CHECK(shown_name(std::string(100, 'a')) == std::string(64, 'a') + "...");
+  CHECK(shown_name("output_2.x-y/z") == "output_2.x-y/z");
 }

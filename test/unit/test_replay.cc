@@ -24,7 +24,8 @@ const std::set<std::string> kScenarios = {
     "policy_verdicts.rpl",                "overload.rpl",
     "reload_private_revoked.rpl",         "sweep_timer_is_one.rpl",
     "require_ruleset.rpl",                "status_answer.rpl",
-    "status_without_nft.rpl",
+    "status_without_nft.rpl",             "require_ruleset_no_retry.rpl",
+    "require_ruleset_after_vouch.rpl",
 };
 
 void play(const std::string& name) {
@@ -92,6 +93,12 @@ TEST_CASE("replay: a query resumed from inside the overdue sweep starts no secon
 }
 TEST_CASE("replay: --require-ruleset answers SERVFAIL with EDE 14 while the ruleset is not in force, diagnostics excepted") {
   play("require_ruleset.rpl");
+}
+TEST_CASE("replay: --require-ruleset sends no retry upstream once the ruleset is out of force") {
+  play("require_ruleset_no_retry.rpl");
+}
+TEST_CASE("replay: --require-ruleset asks again after the vouch, which may judge the ruleset anew") {
+  play("require_ruleset_after_vouch.rpl");
 }
 TEST_CASE("replay: CH TXT status.dnsward tells the ruleset's state, --require-ruleset, the policy and the mode") {
   play("status_answer.rpl");
