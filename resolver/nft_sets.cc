@@ -758,11 +758,14 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     return false;
   }
   // The two sets: their flags and key (an interval set is not a set of addresses).
-  for (const auto& [name, out] : {std::pair{&t_.set4, &seen.set4}, std::pair{&t_.set6, &seen.set6}}) {
+  for (const auto& pair : {std::pair{&t_.set4, &seen.set4}, std::pair{&t_.set6, &seen.set6}}) {
+    // Plain locals, not a structured binding: clang 14 (the fuzz build) cannot capture one.
+    const std::string* name = pair.first;
+    auto* out = pair.second;
     e = nl_.request(
         NFT_MSG_GETSET, NLM_F_ACK,
         [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, make_set(t_, *name).get()); },
-        [&, out = out](const nlmsghdr* h) {
+        [&](const nlmsghdr* h) {
           SetPtr got(nftnl_set_alloc());
           if (nftnl_set_nlmsg_parse(h, got.get()) < 0) return true;
           out->exists = true;
