@@ -77,8 +77,10 @@ std::string render_nft_rules(const ServeConfig& c) {
   auto note = [&](std::string t) { body.push_back({std::move(t), false}); };
   auto rule = [&](std::string t) { body.push_back({std::move(t), true}); };
   const std::string chain_type = "type filter hook output priority filter; policy drop;";
-  note("# Connections opened while their address was vouched for outlive its expiry.");
-  rule("ct state established,related accept");
+  note("# Connections opened while their address was vouched for outlive its expiry; only");
+  note("# in the direction the sandbox opened them: replies to a flow that someone else");
+  note("# started (a remote that sends first) would be a way out to any address.");
+  rule("ct direction original ct state established,related accept");
   note("");
   note("# DNS goes to dnsward only; dnsward's own user alone reaches its upstreams. This");
   note("# comes before the loopback rule, so no other local resolver can be asked.");

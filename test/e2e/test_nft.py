@@ -505,7 +505,8 @@ class Rules(unittest.TestCase):
                  "--listen", f"{LO}:53", "--allow", "192.0.2.0/24", "--allow", "2001:db8::/32"])
         self.assertEqual(r.returncode, 0, r.stderr)
         rules = r.stdout
-        for needle in ("ct state established,related accept", 'meta skuid "root"',
+        for needle in ("ct direction original ct state established,related accept",
+                       'meta skuid "root"',
                        "ip daddr @allowed4 accept", "ip6 daddr @allowed6 accept",
                        'log prefix "dnsward-drop: "', "reject", "policy drop",
                        'oif "lo" accept', "udp dport 53", "tcp dport 53",

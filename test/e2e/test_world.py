@@ -42,6 +42,34 @@ meta.allowed.test
 procs = []
 workdir = None
 
+# In the vm, as nobody: receive one datagram on UDP 4444 and try to echo it to its sender.
+ECHO_ONCE = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 4444))
+print("ready", flush=True)
+s.settimeout(20)
+data, peer = s.recvfrom(100)
+print("received from", peer[0], flush=True)
+try:
+    s.sendto(b"ECHO:" + data, peer)
+    print("echo sent", flush=True)
+except OSError as e:
+    print("echo refused:", e, flush=True)
+"""
+# In the internet, from an address nothing vouched for: send to the vm, wait 3 s for an echo.
+SEND_AND_WAIT = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("198.18.1.2", 0))
+s.settimeout(3)
+s.sendto(b"secret?", ("198.18.0.2", 4444))
+try:
+    print("reply:", s.recvfrom(100)[0])
+except socket.timeout:
+    print("no reply")
+"""
+
 
 def sh(*cmd, check=True, input=None, timeout=60):
     r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
@@ -227,6 +255,21 @@ class World(unittest.TestCase):
         # The kernel removes the element when its timeout ends (2 s): polled, with a deadline.
         wait_for(lambda: "198.18.1.4" not in vm_set4(), timeout=10, what="the element expiring")
         self.assertIsNone(curl("http://198.18.1.4/"))
+
+    def test_a_flow_someone_outside_opened_gets_no_reply_out(self):
+        # A remote that sends first makes a conntrack entry whose replies are "established":
+        # the sandbox must not be able to answer it (an echo of chosen data to any address).
+        echo = subprocess.Popen(
+            ["ip", "netns", "exec", VM, "setpriv", "--reuid=65534", "--regid=65534",
+             "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "/usr/bin/python3",
+             "-c", ECHO_ONCE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(echo)
+        self.assertEqual(echo.stdout.readline().strip(), "ready")  # bound: the event we need
+        got = sh("ip", "netns", "exec", INET, "/usr/bin/python3", "-c", SEND_AND_WAIT,
+                 check=False, timeout=30)
+        out, _ = echo.communicate(timeout=30)
+        self.assertIn("received from 198.18.1.2", out)  # it arrived, and the echo was tried
+        self.assertIn("no reply", got.stdout, got.stdout + got.stderr + out)
 
     def test_dns_to_any_other_server_is_dropped(self):
         r = in_vm("dig", f"@{DNS_IP}", "www.allowed.test", "+tries=1", "+time=2", check=False)
