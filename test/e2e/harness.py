@@ -479,6 +479,19 @@ def ede(msg):
     return None
 
 
+def nft(*args, stdin=None, check=True):
+    """Runs nft (in the test's namespace); raises with nft's message when check is set."""
+    r = subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True, timeout=10)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(args)}: {r.stderr}")
+    return r
+
+
+def drop_table():
+    """Deletes dnsward's default table, if there is one."""
+    nft("delete", "table", "inet", "dnsward", check=False)
+
+
 def enter_new_netns():
     """Moves this process (and so every child it starts) into a network namespace of its
     own with only loopback: nftables changes made there never touch the machine's."""

@@ -17,8 +17,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from harness import (BIN, Dnsward, Knot, LO, LoopbackServer, ede, enter_new_netns, free_port,
-                     nft_set, nft_set_info, require, run, shared_tempdir, wait_for)
+from harness import (BIN, Dnsward, Knot, LO, LoopbackServer, drop_table, ede, enter_new_netns,
+                     free_port, nft, nft_set, nft_set_info, require, run, shared_tempdir,
+                     wait_for)
 
 ZONE = """$ORIGIN test.
 $TTL 300
@@ -93,15 +94,13 @@ def tearDownModule():
     knot.stop()
 
 
-def nft(*args, check=True):
-    r = subprocess.run(["nft", *args], capture_output=True, text=True, timeout=10)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"nft {' '.join(args)}: {r.stderr}")
-    return r
-
-
-def drop_table():
-    nft("delete", "table", "inet", "dnsward", check=False)
+def load_printed_ruleset(test):
+    """Loads what `nft-rules` prints (user root, forwarding to knot) in place of any table."""
+    drop_table()
+    r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root"])
+    test.assertEqual(r.returncode, 0, r.stderr)
+    load = nft("-f", "-", stdin=r.stdout, check=False)
+    test.assertEqual(load.returncode, 0, load.stderr)
 
 
 def kernel_updates_in_place():
@@ -548,12 +547,7 @@ class Rules(unittest.TestCase):
         # solicited-node groups (MLDv2, ICMPv6 type 143, RFC 3810) leave through the output
         # hook. A table of the test's own, before dnsward's chain, counts the reports sent;
         # dnsward's drop rules must count none of them.
-        drop_table()
-        r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        load = subprocess.run(["nft", "-f", "-"], input=r.stdout, capture_output=True, text=True,
-                              timeout=10)
-        self.assertEqual(load.returncode, 0, load.stderr)
+        load_printed_ruleset(self)
         nft("add", "table", "inet", "watch")
         nft("add", "chain", "inet", "watch", "out",
             "{ type filter hook output priority -10 ; policy accept ; }")
@@ -588,12 +582,7 @@ class Rules(unittest.TestCase):
         # address to a link-scope group at hop limit 1 is counted by dnsward's drop rules.
         # Joined groups (ff0e::<secret>) and unicast "reports" were a channel out of the
         # sandbox; queries are what routers send.
-        drop_table()
-        r = run([BIN, "nft-rules", "--upstream", f"{LO}:{knot.port}", "--user", "root"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        load = subprocess.run(["nft", "-f", "-"], input=r.stdout, capture_output=True, text=True,
-                              timeout=10)
-        self.assertEqual(load.returncode, 0, load.stderr)
+        load_printed_ruleset(self)
 
         def dropped():
             chain = nft("list", "chain", "inet", "dnsward", "output").stdout

@@ -14,8 +14,8 @@ import urllib.request
 import dns.message
 import dns.rcode
 
-from harness import (BIN, Dnsward, Knot, LO, ede, enter_new_netns, ensure_user, free_port,
-                     nft_set, require, run, wait_for)
+from harness import (BIN, Dnsward, Knot, LO, drop_table, ede, enter_new_netns, ensure_user,
+                     free_port, nft, nft_set, require, run, wait_for)
 
 ALLOW = "www.allowed.test\n"
 knot = None
@@ -31,17 +31,6 @@ def setUpModule():
 
 def tearDownModule():
     knot.stop()
-
-
-def nft(*args, stdin=None, check=True):
-    r = subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True, timeout=10)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"nft {' '.join(args)}: {r.stderr}")
-    return r
-
-
-def drop_table():
-    nft("delete", "table", "inet", "dnsward", check=False)
 
 
 def ruleset():
