@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-from peer_setup import (ALLOWED, LO, UPSTREAM_PORT, ZONE_HEAD, allowlist, dnsmasq_args, knot_conf,
-                        unbound_conf)
+import peer_setup
+from peer_setup import LO, UPSTREAM_PORT, dnsmasq_args, unbound_conf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
@@ -41,16 +41,11 @@ procs = []
 
 
 def write(name, text):
-    path = os.path.join(work, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return peer_setup.write(work, name, text)
 
 
 def setup_files():
-    write("bench.zone", "\n".join(ZONE_HEAD) + "\n")
-    write("knot.conf", knot_conf(work))
-    write("bench.allow", allowlist())
+    peer_setup.write_upstream_files(work, [])
 
 
 def dnsward_cmd():

@@ -1,6 +1,7 @@
 """What the side-by-side benchmarks (peers.py, footprint.py) share: the names each resolver
 allows, and how knot (the upstream), dnsmasq and unbound are configured to allow exactly
 those and forward them to knot, so that every bench compares the same job."""
+import os
 
 LO = "127.0.0.1"
 UPSTREAM_PORT = 5399
@@ -8,6 +9,22 @@ ALLOWED = ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "crates.i
            "static.crates.io", "proxy.golang.org", "github.com", "c.bench", "m.bench", "n.bench"]
 ZONE_HEAD = ["$ORIGIN bench.", "$TTL 3600", "@ SOA ns.bench. h.bench. 1 3600 600 86400 60",
              "@ NS ns", "ns A 127.0.0.1", "c A 198.18.0.1", "*.m A 198.18.0.2"]
+
+
+def write(work, name, text):
+    """Writes text to WORK/NAME and returns the path."""
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_upstream_files(work, zone_lines):
+    """What every bench starts from: knot's zone (ZONE_HEAD and zone_lines), knot's config,
+    and dnsward's allowlist, in WORK."""
+    write(work, "bench.zone", "\n".join(ZONE_HEAD + list(zone_lines)) + "\n")
+    write(work, "knot.conf", knot_conf(work))
+    write(work, "bench.allow", allowlist())
 
 
 def knot_conf(work):

@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 
-from peer_setup import (ALLOWED, LO, UPSTREAM_PORT, ZONE_HEAD, allowlist, dnsmasq_args, knot_conf,
-                        unbound_conf)
+import peer_setup
+from peer_setup import LO, UPSTREAM_PORT, dnsmasq_args, unbound_conf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
@@ -47,18 +47,12 @@ def sh(*cmd, **kw):
 
 
 def write(name, text):
-    path = os.path.join(work, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return peer_setup.write(work, name, text)
 
 
 def setup_files():
-    zone = list(ZONE_HEAD)
-    zone += [f"r{i}.n A 198.19.{i >> 8 & 255}.{i & 255}" for i in range(N_UNIQUE)]
-    write("bench.zone", "\n".join(zone) + "\n")
-    write("knot.conf", knot_conf(work))
-    write("bench.allow", allowlist())
+    peer_setup.write_upstream_files(
+        work, [f"r{i}.n A 198.19.{i >> 8 & 255}.{i & 255}" for i in range(N_UNIQUE)])
     write("d.txt", "".join(f"d{i}.denied.example A\n" for i in range(20000)))
     write("c.txt", "c.bench A\n")
     write("n1.txt", "".join(f"r{i}.n.bench A\n" for i in range(N_UNIQUE // 2)))
