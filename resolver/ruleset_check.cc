@@ -49,17 +49,23 @@ const char* hook_name(uint32_t hook) {
   }
 }
 
-/// Text read from the kernel (a comment), fit to quote in a reason: printable ASCII but `"`
-/// and `\` as it is, every other byte as \xNN, at most 128 bytes shown.
-std::string printable(std::string_view s) {
+/// s with every byte `keep` refuses written as \xNN, at most `limit` bytes of it shown.
+template <typename Keep>
+std::string escaped(std::string_view s, std::size_t limit, Keep keep) {
   std::string out;
-  for (std::size_t i = 0; i < s.size() && i < 128; ++i) {
+  for (std::size_t i = 0; i < s.size() && i < limit; ++i) {
     const auto ch = uint8_t(s[i]);
-    if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') out += char(ch);
+    if (keep(ch)) out += char(ch);
     else out += fmt::format("\\x{:02x}", ch);
   }
-  if (s.size() > 128) out += "...";
+  if (s.size() > limit) out += "...";
   return out;
+}
+
+/// Text read from the kernel (a comment), fit to quote in a reason: printable ASCII but `"`
+/// and `\` as it is, at most 128 bytes shown.
+std::string printable(std::string_view s) {
+  return escaped(s, 128, [](uint8_t ch) { return ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\'; });
 }
 
 /// Why a marked chain is not the ruleset in force, or "" if it is.
@@ -167,17 +173,10 @@ std::string_view RulesetStatus::word() const {
 }
 
 std::string shown_name(std::string_view name) {
-  std::string out;
-  for (std::size_t i = 0; i < name.size() && i < 64; ++i) {
-    const auto ch = uint8_t(name[i]);
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-        ch == '_' || ch == '.' || ch == '-' || ch == '/')
-      out += char(ch);
-    else
-      out += fmt::format("\\x{:02x}", ch);
-  }
-  if (name.size() > 64) out += "...";
-  return out;
+  return escaped(name, 64, [](uint8_t ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '.' || ch == '-' || ch == '/';
+  });
 }
 
 std::string set_flags_text(uint32_t flags) {
