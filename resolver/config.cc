@@ -69,6 +69,18 @@ std::string check_nft_name(const OptionSpec&, const std::string& name) {
   return "";
 }
 
+/// An interface name, or a prefix and '*', as nft's iifname matches them: printed in double
+/// quotes, so only the characters interface names use (no quote, space or backslash).
+std::string check_iface_pattern(const OptionSpec&, const std::string& s) {
+  const std::string_view stem = !s.empty() && s.back() == '*' ? std::string_view(s).substr(0, s.size() - 1)
+                                                               : std::string_view(s);
+  const bool ok = !stem.empty() && stem.size() < 16 &&
+                  std::all_of(stem.begin(), stem.end(), [](char ch) {
+                    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.';
+                  });
+  return ok ? "" : "expected an interface name or prefix with '*' (letters, digits, '_', '-', '.'; at most 15)";
+}
+
 /// A user name: `nft-rules` prints it in double quotes (meta skuid "NAME").
 std::string check_user(const OptionSpec&, const std::string& user) {
   const bool ok = !user.empty() && std::none_of(user.begin(), user.end(), [](char ch) {
@@ -232,6 +244,48 @@ const std::vector<OptionSpec>& table() {
        .help = "addresses one answer may vouch for; records (and HTTPS/SVCB hints) beyond it are "
                "removed from the reply, with an EDE",
        .def = "64", .min = 1, .max = 4096, .field = &ServeConfig::max_answer_addresses},
+      {.name = "host", .kind = K::Flag, .commands = kBoth, .metavar = "",
+       .help = "host mode: one dnsward on the host serves many sandboxes (microVMs on taps), each "
+               "identified by its source address and held to its own allowlist; sandboxes are "
+               "registered over --control, and the sets are keyed by guest and destination",
+       .def = nullptr, .field = &ServeConfig::host},
+      {.name = "sandbox-ifaces", .kind = K::Text, .commands = kBoth, .metavar = "PATTERN",
+       .help = "host mode: the sandboxes' host interfaces as nft's iifname matches them (a name, "
+               "or a prefix and '*'); the host ruleset touches only traffic from them",
+       .def = "tap*", .check = check_iface_pattern, .field = &ServeConfig::sandbox_ifaces},
+      {.name = "host-mark", .kind = K::Int, .commands = kBoth, .metavar = "BIT",
+       .help = "host mode: the packet-mark bit the host ruleset sets on traffic from sandbox "
+               "interfaces, read back from accepted DNS-over-TCP sockets (tcp_fwmark_accept)",
+       .def = "20", .min = 0, .max = 31, .field = &ServeConfig::host_mark_bit},
+      {.name = "control", .kind = K::Text, .commands = kServe | kCtl, .metavar = "PATH",
+       .help = "host mode: the control socket (mode 0660, owner root, group --control-group) "
+               "where sandboxes are added, changed and removed",
+       .def = "/run/dnsward/control", .field = &ServeConfig::control},
+      {.name = "control-group", .kind = K::Text, .commands = kServe, .metavar = "GROUP",
+       .help = "host mode: the group that may use the control socket besides root",
+       .def = nullptr, .shown = "none: root only", .check = check_user, .field = &ServeConfig::control_group},
+      {.name = "sandboxes", .kind = K::Text, .commands = kServe, .metavar = "DIR",
+       .help = "host mode: keep each registration in DIR (one file per sandbox, written "
+               "atomically) and restore them at start",
+       .def = nullptr, .shown = "none: registrations last until dnsward stops", .field = &ServeConfig::sandboxes_dir},
+      {.name = "host-set-size", .kind = K::Int, .commands = kBoth, .metavar = "N",
+       .help = "host mode: size of each (guest . destination) set when dnsward creates it: "
+               "10,000 sandboxes of about 100 addresses",
+       .def = "1048576", .min = 1024, .max = 16777216, .field = &ServeConfig::host_set_size},
+      {.name = "sandbox-max-elements", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "host mode: vouched (guest . destination) elements one sandbox may hold; an answer "
+               "beyond it gets SERVFAIL, as from a full set",
+       .def = "4096", .min = 1, .max = 1048576, .field = &ServeConfig::sandbox_max_elements},
+      {.name = "sandbox-max-inflight", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "host mode: one sandbox's queries in flight upstream; beyond it it gets SERVFAIL",
+       .def = "64", .min = 1, .max = 60000, .field = &ServeConfig::sandbox_max_inflight},
+      {.name = "sandbox-max-tcp", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "host mode: one sandbox's TCP connections; at the cap its own longest-idle one "
+               "gives way, never another sandbox's",
+       .def = "8", .min = 1, .max = 65536, .field = &ServeConfig::sandbox_max_tcp},
+      {.name = "sandbox-state-names", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "host mode: denied (and would-deny) names kept per sandbox in its usage counts",
+       .def = "1000", .min = 1, .max = 1000000, .field = &ServeConfig::sandbox_state_names},
   };
   return t;
 }
@@ -618,6 +672,20 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
                   "ruleset to check";
       return out;
     }
+    if (c.host && c.no_nft) {
+      out.error = "--host needs the nftables hook: the host enforces each sandbox's policy in its "
+                  "sets (without it, --no-nft, nothing would be enforced)";
+      return out;
+    }
+    if (c.host)
+      for (const auto& l : c.listen)
+        if (!l.is_wildcard()) {
+          // The host ruleset redirects each sandbox's DNS to the address of the interface it
+          // came in on (nft `redirect`): only a wildcard socket receives them all.
+          out.error = fmt::format("--host listens on wildcard addresses (0.0.0.0:PORT, [::]:PORT), "
+                                  "where the host ruleset redirects sandboxes' DNS; not {}", l.text);
+          return out;
+        }
     if (c.min_ttl > c.max_ttl) {
       out.error = fmt::format("--min-ttl {} is above --max-ttl {}", c.min_ttl, c.max_ttl);
       return out;

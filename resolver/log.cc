@@ -11,6 +11,7 @@ namespace dnsward::log {
 LogLevel threshold = LogLevel::Info;
 Format format = Format::Logfmt;
 std::string policy_version;
+std::string sandbox;
 
 namespace {
 void to_stderr(std::string_view line) {
@@ -142,7 +143,7 @@ std::vector<Field> fields_of(std::string_view f, const std::vector<std::string>&
 }
 
 std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::vector<Field>& fields,
-                   std::string_view policy) {
+                   std::string_view policy, std::string_view sandbox) {
   static constexpr const char* names[] = {"debug", "info", "warn", "error"};
   std::string l;
   if (fmt_ == Format::Json) {
@@ -156,6 +157,10 @@ std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::
       l += ':';
       json::append_quoted(l, f.value);
     }
+    if (!sandbox.empty()) {
+      l += ",\"sandbox\":";
+      json::append_quoted(l, sandbox);
+    }
     if (!policy.empty()) {
       l += ",\"policy\":";
       json::append_quoted(l, policy);
@@ -164,12 +169,13 @@ std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::
   }
   l = fmt::format("ts={} level={}", ts, names[int(level)]);
   for (const auto& f : fields) l += fmt::format(" {}={}", f.key, logfmt_value(f.value));
+  if (!sandbox.empty()) l += " sandbox=" + logfmt_value(sandbox);
   if (!policy.empty()) l += " policy=" + logfmt_value(policy);
   return l;
 }
 
 void write(LogLevel level, const std::vector<Field>& fields) {
-  sink(render(format, level, date::format_timestamp_ms(now_ms()), fields, policy_version));
+  sink(render(format, level, date::format_timestamp_ms(now_ms()), fields, policy_version, sandbox));
 }
 
 void write(LogLevel level, const std::string& line) { write(level, fields_of(line, {})); }

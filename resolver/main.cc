@@ -16,6 +16,8 @@
 #include "dnsward/atomic_file.hpp"
 #include "dnsward/clock.hpp"
 #include "dnsward/config.hpp"
+#include "dnsward/control.hpp"
+#include "dnsward/host_mode.hpp"
 #include "dnsward/event_loop.hpp"
 #include "dnsward/explain.hpp"
 #include "dnsward/lint.hpp"
@@ -44,7 +46,8 @@ constexpr const char* kUsage =
     "  nft-rules  print the nftables ruleset for a sandbox (dnsward nft-rules --help)\n"
     "  check      lint allowlist files (dnsward check --help)\n"
     "  explain    why a name is allowed or denied (dnsward explain --help)\n"
-    "  report     unused entries, stale reviews, most denied names (dnsward report --help)\n";
+    "  report     unused entries, stale reviews, most denied names (dnsward report --help)\n"
+    "  ctl        add, change, remove, list, show sandboxes of `serve --host` (dnsward ctl --help)\n";
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "dnsward: %s\n", msg.c_str());
@@ -98,7 +101,9 @@ int serve(const std::vector<std::string>& args) {
   // that a restart with an edited list revokes what the new list no longer allows.
   const std::string ledger_path = cfg.state.empty() ? std::string() : cfg.state + ".vouched";
   NftSets* nft_for_state = nullptr;
+  HostMode* host_for_state = nullptr;
   auto save_state = [&] {
+    if (host_for_state) host_for_state->save_usage();
     if (cfg.state.empty()) return;
     std::string err;
     if (!usage.save(cfg.state, err)) log::error("event=state-save-failed error={}", log::quote(err));
@@ -119,8 +124,9 @@ int serve(const std::vector<std::string>& args) {
       target.table = cfg.nft_table;
       target.set4 = cfg.nft_set4;
       target.set6 = cfg.nft_set6;
-      target.set_size = cfg.nft_set_size;
+      target.set_size = cfg.host ? cfg.host_set_size : cfg.nft_set_size;
       target.max_timeout_s = cfg.max_ttl + cfg.grace;
+      target.host = cfg.host;
       try {
         nft = std::make_unique<NftSets>(target, cfg.nft_refresh);
       } catch (const NftError& e) {
@@ -130,6 +136,42 @@ int serve(const std::vector<std::string>& args) {
     }
     Upstream upstream(loop, cfg);
     Pipeline pipeline(loop, cfg, policy, upstream, nft.get());
+    // Host mode: the registry, restored before anything is revoked (each element is judged
+    // by its sandbox's policy), and the control socket.
+    Sandboxes sandboxes(cfg.sandbox_state_names);
+    std::unique_ptr<HostMode> host;
+    std::unique_ptr<ControlServer> control;
+    if (cfg.host) {
+      pipeline.set_sandboxes(&sandboxes);
+      host = std::make_unique<HostMode>(cfg, sandboxes, *nft, pipeline);
+      host_for_state = host.get();
+      nft->on_pairs_lost([&host] { host->restore_pairs(); });
+      const uint64_t t0 = mono_ms();
+      const std::size_t restored = host->restore();
+      log::info("event=sandboxes-restored count={} ms={} dir={}", restored, mono_ms() - t0,
+                log::quote(cfg.sandboxes_dir));
+      // TCP queries are taken from a sandbox only if the accepted socket carries the mark
+      // the host ruleset sets in prerouting; the kernel copies it to the socket only with
+      // tcp_fwmark_accept (per network namespace, IPv4 and IPv6).
+      if (FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_fwmark_accept", "r+")) {
+        char v = '0';
+        if (std::fread(&v, 1, 1, f) != 1 || v != '1') {
+          std::rewind(f);
+          if (std::fputs("1\n", f) < 0 || std::fflush(f) != 0)
+            log::error("event=tcp-fwmark-accept-failed msg={}",
+                       log::quote("cannot set net.ipv4.tcp_fwmark_accept=1: DNS over TCP from sandboxes will be refused"));
+          else
+            log::info("event=tcp-fwmark-accept msg={}", log::quote("set net.ipv4.tcp_fwmark_accept=1"));
+        }
+        std::fclose(f);
+      }
+      try {
+        control = std::make_unique<ControlServer>(loop, cfg.control, cfg.control_group, *host);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "dnsward: --control %s: %s\n", cfg.control.c_str(), e.what());
+        return 1;
+      }
+    }
     std::function<void()> upkeep;
     if (nft) {
       nft_for_state = nft.get();
@@ -164,6 +206,11 @@ int serve(const std::vector<std::string>& args) {
     for (const auto& ep : cfg.listen) {
       udp.push_back(std::make_unique<UdpListener>(loop, pipeline, ep));
       tcp.push_back(std::make_unique<TcpListener>(loop, pipeline, ep, cfg));
+      if (cfg.host)
+        tcp.back()->set_tenant_of([&sandboxes](const IpAddr& a) {
+          const auto sb = sandboxes.by_addr(a);
+          return sb ? sb->spec.id : std::string();
+        });
     }
     MetricsSources sources{&pipeline, nft.get(), uint64_t(time(nullptr))};
     std::unique_ptr<MetricsServer> metrics_server;
@@ -197,6 +244,11 @@ int serve(const std::vector<std::string>& args) {
     // the old policy stays in force and every error is logged.
     loop.on_signal(SIGHUP, [&] {
       sd_notify("RELOADING=1");
+      if (host) {  // host mode: every sandbox's own allowlists
+        host->reload_all();
+        sd_notify("READY=1");
+        return;
+      }
       struct Ready {
         ~Ready() { sd_notify("READY=1"); }
       } ready_again;
@@ -221,7 +273,7 @@ int serve(const std::vector<std::string>& args) {
       log::info("event=reload entries={} previous_policy={}", policy->size(), old);
     });
     std::function<void()> periodic_save;
-    if (!cfg.state.empty()) {
+    if (!cfg.state.empty() || (host && !cfg.sandboxes_dir.empty())) {
       periodic_save = [&] {
         save_state();
         loop.after(uint64_t(cfg.state_interval) * 1000u, periodic_save);
@@ -279,5 +331,6 @@ int main(int argc, char** argv) {
   if (cmd == "check") return check_main(args);
   if (cmd == "explain") return explain_main(args);
   if (cmd == "report") return report_main(args);
+  if (cmd == "ctl") return ctl_main(args);
   return usage_error("unknown command '" + cmd + "' (try dnsward --help)");
 }

@@ -6,7 +6,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <set>
 #include <cstdio>
+#include <optional>
 #include <tuple>
 
 #include "dnsward/ruleset_check.hpp"
@@ -32,13 +35,143 @@ bool sees(NftFamily f, int af) {
   return f == NftFamily::Inet || (f == NftFamily::Ip ? af == AF_INET : af == AF_INET6);
 }
 
+/// A line of a table as printed: its indent, its text and its kind. The ruleset's id is the
+/// hash of the lines that are neither notes nor marks, so it names the whole text nft loads
+/// (family, names, set declarations, rules), not the rules alone.
+enum class Kind : uint8_t { Text, Note, Mark, Rule };
+struct Out {
+  int indent;
+  std::string text;
+  Kind kind;
+};
+
+/// The table's lines printed after the preamble, each Mark line (a chain's comment) and
+/// each Rule line marked once the id and the rule counts are known, as `dnsward serve`
+/// reads them back (ruleset_check.hpp). A Mark opens a chain: the rules after it, up to the
+/// next Mark, are that chain's. With host, marks also name their chain's place (k of m).
+std::string print_marked(std::string r, const std::vector<Out>& table, bool host) {
+  std::vector<std::string> hashed;
+  std::vector<std::size_t> rules;  // per chain, in order
+  for (const Out& o : table) {
+    if (o.kind == Kind::Mark) rules.push_back(0);
+    if (o.kind == Kind::Text || o.kind == Kind::Rule) hashed.push_back(o.text);
+    if (o.kind == Kind::Rule) ++rules.back();
+  }
+  const uint64_t id = ruleset_id(hashed);
+  const std::size_t chains = rules.size();
+  std::size_t k = 0, i = 0;  // the chain being printed (k - 1), the next rule in it
+  for (const Out& o : table) {
+    const std::string tabs(std::size_t(o.indent), '\t');
+    switch (o.kind) {
+      case Kind::Text: r += tabs + o.text + "\n"; break;
+      case Kind::Note: r += o.text.empty() ? "\n" : tabs + o.text + "\n"; break;
+      case Kind::Mark:
+        r += fmt::format("{}comment \"{}\"\n", tabs,
+                         host ? ruleset_chain_comment(id, rules[k], k, chains) : ruleset_chain_comment(id, rules[k]));
+        ++k;
+        i = 0;
+        break;
+      case Kind::Rule: {
+        const std::size_t n = rules[k - 1];
+        r += fmt::format("{}{} comment \"{}\"\n", tabs, o.text,
+                         host ? ruleset_rule_comment(id, i, n, k - 1, chains) : ruleset_rule_comment(id, i, n));
+        ++i;
+        break;
+      }
+    }
+  }
+  return r;
+}
+
+/// The special-purpose IPv4 ranges of answer.cc's is_special_purpose, as CIDRs.
+constexpr std::pair<std::array<uint8_t, 4>, int> kSpecial4[] = {
+    {{0, 0, 0, 0}, 8},      // "this network", unspecified
+    {{10, 0, 0, 0}, 8},     // RFC 1918
+    {{100, 64, 0, 0}, 10},  // CGNAT (RFC 6598)
+    {{127, 0, 0, 0}, 8},    // loopback
+    {{169, 254, 0, 0}, 16}, // link-local, 169.254.169.254 cloud metadata
+    {{172, 16, 0, 0}, 12},  // RFC 1918
+    {{192, 0, 0, 0}, 24},   // IETF protocol assignments (RFC 6890)
+    {{192, 168, 0, 0}, 16}, // RFC 1918
+    {{224, 0, 0, 0}, 3},    // multicast, reserved, broadcast
+};
+
+std::string v6_text(const std::array<uint8_t, 16>& b, int len) {
+  char buf[INET6_ADDRSTRLEN] = "";
+  inet_ntop(AF_INET6, b.data(), buf, sizeof buf);
+  return fmt::format("{}/{}", buf, len);
+}
+
 }  // namespace
+
+namespace {
+/// The CIDRs of af for the IPv4 ranges v4 and the native IPv6 ranges v6: the IPv4 ones as
+/// they are (AF_INET), or v6 and the IPv6 forms that embed an IPv4 range of v4 (AF_INET6).
+template <std::size_t N4, std::size_t N6>
+std::vector<std::string> destinations(int af, const std::pair<std::array<uint8_t, 4>, int> (&v4)[N4],
+                                      const std::pair<std::array<uint8_t, 16>, int> (&v6)[N6]) {
+  std::vector<std::string> out;
+  if (af == AF_INET) {
+    for (const auto& [a, len] : v4) out.push_back(fmt::format("{}.{}.{}.{}/{}", a[0], a[1], a[2], a[3], len));
+    return out;
+  }
+  for (const auto& [b, len] : v6) out.push_back(v6_text(b, len));
+  // The forms that embed an IPv4 address: mapped (::ffff:0:0/96), compatible (::/96),
+  // NAT64 (64:ff9b::/96) and 6to4 (2002::/16), each of a special IPv4 range.
+  for (const auto& [a, len] : v4) {
+    for (const std::array<uint8_t, 12> prefix :
+         {std::array<uint8_t, 12>{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, std::array<uint8_t, 12>{},
+          std::array<uint8_t, 12>{0, 0x64, 0xff, 0x9b}}) {
+      std::array<uint8_t, 16> b{};
+      std::copy(prefix.begin(), prefix.end(), b.begin());
+      std::copy(a.begin(), a.end(), b.begin() + 12);
+      out.push_back(v6_text(b, 96 + len));
+    }
+    out.push_back(v6_text({0x20, 0x02, a[0], a[1], a[2], a[3]}, 16 + len));
+  }
+  return out;
+}
+
+// ::/127 (unspecified, loopback) lies inside the IPv4-compatible form of 0/8 (::/104).
+constexpr std::pair<std::array<uint8_t, 16>, int> kSpecial6[] = {
+    {{0xfc}, 7}, {{0xfe, 0x80}, 10}, {{0xfe, 0xc0}, 10}, {{0xff}, 8}, {{0, 0x64, 0xff, 0x9b, 0, 1}, 48}};
+/// What no sandbox may reach even when vouched for (private=yes vouches only for private
+/// networks): "this network", loopback, link-local with the cloud metadata service at
+/// 169.254.169.254, multicast and reserved; link-local and multicast IPv6.
+constexpr std::pair<std::array<uint8_t, 4>, int> kNever4[] = {
+    {{0, 0, 0, 0}, 8}, {{127, 0, 0, 0}, 8}, {{169, 254, 0, 0}, 16}, {{224, 0, 0, 0}, 3}};
+constexpr std::pair<std::array<uint8_t, 16>, int> kNever6[] = {{{0xfe, 0x80}, 10}, {{0xff}, 8}};
+}  // namespace
+
+std::vector<std::string> special_destinations(int af) { return destinations(af, kSpecial4, kSpecial6); }
+
+std::vector<std::string> never_destinations(int af) { return destinations(af, kNever4, kNever6); }
 
 ParseOutcome parse_nft_rules(const std::vector<std::string>& args, const std::string& resolv_conf) {
   ParseOutcome out = parse_command_options(kNftRules, args, resolv_conf);
   if (!out.config) return out;
   ServeConfig& c = *out.config;
   const auto family = option_value_name("nft-family", c.nft_family);
+  if (c.host) {
+    // One table sees the sandboxes' IPv4 and IPv6: anti-spoofing of one family alone would
+    // leave the other's sources unchecked.
+    if (c.nft_family != NftFamily::Inet) {
+      out.error = fmt::format("--host needs --nft-family inet (the host ruleset checks IPv4 and IPv6 "
+                              "in one table), not {}", family);
+      out.config.reset();
+      return out;
+    }
+    // As `serve --host` requires: the ruleset redirects each sandbox's DNS to the address of
+    // the interface it came in on, which only a wildcard socket receives.
+    for (const auto& l : c.listen)
+      if (!l.is_wildcard()) {
+        out.error = fmt::format("--host listens on wildcard addresses (0.0.0.0:PORT, [::]:PORT), "
+                                "where the host ruleset redirects sandboxes' DNS; not {}", l.text);
+        out.config.reset();
+        return out;
+      }
+    return out;
+  }
   auto refuse = [&](const char* option, const std::string& value, int af) {
     // The default --listen (127.0.0.1:53) is IPv4: an ip6 table needs one given.
     out.error = fmt::format("--{} {}: an {} address, but a table of --nft-family {} sees only {}{}",
@@ -65,6 +198,7 @@ ParseOutcome parse_nft_rules(const std::vector<std::string>& args, const std::st
 }
 
 std::string render_nft_rules(const ServeConfig& c) {
+  if (c.host) return render_host_rules(c);
   const auto family = option_value_name("nft-family", c.nft_family);
   const bool v4 = sees(c.nft_family, AF_INET), v6 = sees(c.nft_family, AF_INET6);
   // The chain's body, in order: comments and blank lines (rule = false), and rules, which
@@ -122,15 +256,7 @@ std::string render_nft_rules(const ServeConfig& c) {
   const char* icmp = v4 && v6 ? "icmpx" : v4 ? "icmp" : "icmpv6";
   rule(fmt::format("counter log prefix \"dnsward-drop: \" reject with {} type admin-prohibited", icmp));
 
-  // The table as printed, line by line (indent, text, kind): the id is the hash of its
-  // lines that are neither notes nor marks, so it names the whole text nft loads (family,
-  // names, set declarations, rules), not the rules alone.
-  enum class Kind : uint8_t { Text, Note, Mark, Rule };
-  struct Out {
-    int indent;
-    std::string text;
-    Kind kind;
-  };
+  // The table as printed, line by line.
   std::vector<Out> table;
   table.push_back({0, fmt::format("table {} {} {{", family, c.nft_table), Kind::Text});
   table.push_back({1, "# Filled by dnsward with every address it answered, each for its TTL plus grace.", Kind::Note});
@@ -151,17 +277,6 @@ std::string render_nft_rules(const ServeConfig& c) {
   table.push_back({1, "}", Kind::Text});
   table.push_back({0, "}", Kind::Text});
 
-  // `dnsward serve` checks that this chain is in force by these marks (ruleset_check.hpp):
-  // the chain's comment names the ruleset and its rule count, each rule's comment its place.
-  std::vector<std::string> hashed;
-  std::size_t n = 0;
-  for (const Out& o : table)
-    if (o.kind == Kind::Text || o.kind == Kind::Rule) {
-      hashed.push_back(o.text);
-      n += o.kind == Kind::Rule;
-    }
-  const uint64_t id = ruleset_id(hashed);
-
   std::string r;
   r += "#!/usr/sbin/nft -f\n";
   r += "# Generated by `dnsward nft-rules`: default-deny egress for a sandbox whose only\n";
@@ -171,17 +286,167 @@ std::string render_nft_rules(const ServeConfig& c) {
   if (!v6) r += "# A table of family ip sees IPv4 only: this ruleset leaves IPv6 alone.\n";
   if (!v4) r += "# A table of family ip6 sees IPv6 only: this ruleset leaves IPv4 alone.\n";
   r += fmt::format("table {} {}\ndelete table {} {}\n\n", family, c.nft_table, family, c.nft_table);
-  std::size_t i = 0;
-  for (const Out& o : table) {
-    const std::string tabs(std::size_t(o.indent), '\t');
-    switch (o.kind) {
-      case Kind::Text: r += tabs + o.text + "\n"; break;
-      case Kind::Note: r += o.text.empty() ? "\n" : tabs + o.text + "\n"; break;
-      case Kind::Mark: r += fmt::format("{}comment \"{}\"\n", tabs, ruleset_chain_comment(id, n)); break;
-      case Kind::Rule: r += fmt::format("{}{} comment \"{}\"\n", tabs, o.text, ruleset_rule_comment(id, i++, n)); break;
-    }
+  // `dnsward serve` checks that this chain is in force by these marks (ruleset_check.hpp):
+  // the chain's comment names the ruleset and its rule count, each rule's comment its place.
+  return print_marked(std::move(r), table, false);
+}
+
+std::string render_host_rules(const ServeConfig& c) {
+  const std::string mark = fmt::format("0x{:08x}", 1u << c.host_mark_bit);
+  // dnsward's ports: each family's queries go to the port it listens on there (host mode
+  // listens on wildcard addresses); input lets every one of them in.
+  std::optional<uint16_t> port4, port6;
+  std::set<uint16_t> ports;
+  for (const auto& l : c.listen) {
+    auto& p = l.family() == AF_INET ? port4 : port6;
+    if (!p) p = l.port();
+    ports.insert(l.port());
   }
-  return r;
+  std::string port_list;
+  for (const uint16_t p : ports) port_list += (port_list.empty() ? "" : ", ") + std::to_string(p);
+  if (ports.size() > 1) port_list = "{ " + port_list + " }";
+  auto cidrs = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& x : v) out += (out.empty() ? "" : ", ") + x;
+    return "{ " + out + " }";
+  };
+  const std::string nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } ip6 hoplimit 255";
+  const std::string mld = "icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } "
+                          "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1";
+
+  std::vector<Out> t;
+  auto text = [&](int indent, std::string s) { t.push_back({indent, std::move(s), Kind::Text}); };
+  auto note = [&](std::string s) { t.push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); };
+  auto rule = [&](std::string s) { t.push_back({2, std::move(s), Kind::Rule}); };
+  // A logged verdict is two rules: the log line, at most 10 a second (a guest decides how
+  // many packets it sends, and the host's log is not its to flood), then the counted
+  // verdict. One rule cannot do both: `limit` is a match, and a packet over the limit would
+  // skip the verdict and fall through to the next rule.
+  auto logged = [&](const std::string& match, const char* prefix, const char* verdict) {
+    const std::string m = match.empty() ? "" : match + " ";
+    rule(fmt::format("{}limit rate 10/second burst 20 packets log prefix \"{}\"", m, prefix));
+    rule(fmt::format("{}counter {}", m, verdict));
+  };
+  auto set = [&](const std::string& name, const char* type, bool timeout, uint32_t size) {
+    text(1, fmt::format("set {} {{", name));
+    text(2, fmt::format("type {}", type));
+    if (timeout) text(2, "flags timeout");
+    text(2, fmt::format("size {}", size));
+    text(1, "}");
+    t.push_back({0, "", Kind::Note});
+  };
+  // Opens chain k of kHostChains: its name, its hook line, its mark, then the rule for
+  // traffic that is not the sandboxes': the host's own goes on untouched.
+  auto chain = [&](std::size_t k) {
+    const HostChain& h = kHostChains[k];
+    static constexpr const char* kHooks[] = {"prerouting", "input", "forward"};
+    text(1, fmt::format("chain {} {{", h.name));
+    text(2, fmt::format("type {} hook {} priority {}; policy accept;", h.type, kHooks[h.hook], h.priority));
+    t.push_back({2, "", Kind::Mark});  // the chain's comment, once the id is known
+    t.push_back({0, "", Kind::Note});
+    note("# Only traffic from the sandboxes' interfaces: the host's own is left as it is.");
+    rule(fmt::format("iifname != \"{}\" return", c.sandbox_ifaces));
+  };
+  auto end_chain = [&](bool last) {
+    text(1, "}");
+    if (!last) t.push_back({0, "", Kind::Note});
+  };
+
+  text(0, fmt::format("table inet {} {{", c.nft_table));
+  t.push_back({1, "# Filled by dnsward: (guest address . destination) pairs it vouched for in answers", Kind::Note});
+  t.push_back({1, "# to that guest, each for its TTL plus grace. One sandbox's lookups open nothing", Kind::Note});
+  t.push_back({1, "# for another.", Kind::Note});
+  set(c.nft_set4, "ipv4_addr . ipv4_addr", true, c.host_set_size);
+  set(c.nft_set6, "ipv6_addr . ipv6_addr", true, c.host_set_size);
+  t.push_back({1, "# Filled by dnsward: (interface . guest address) of each registered sandbox, its tap", Kind::Note});
+  t.push_back({1, "# and its address(es). No flags: an interval would turn one pair into a range.", Kind::Note});
+  set(kSandboxSet4, "ifname . ipv4_addr", false, 65536);
+  set(kSandboxSet6, "ifname . ipv6_addr", false, 65536);
+
+  chain(kHostChainPrerouting);
+  note("");
+  note("# Anti-spoofing, before conntrack (priority raw) and so before any `ct state` accept:");
+  note("# a packet whose (interface . source address) is not a registered sandbox's goes no");
+  note("# further. dnsward tells sandboxes apart by source address, so this is what makes that");
+  note("# trustworthy; and deleting a sandbox's pair cuts its established connections at once.");
+  logged(fmt::format("iifname . ip saddr != @{}", kSandboxSet4), "dnsward-host-spoof: ", "drop");
+  note("# IPv6 needs neighbour discovery (RFC 4861, hop limit 255, 7.1; not router adverts: a");
+  note("# guest is no router) and MLD reports (RFC 2710, RFC 3810: to a link-scope group, hop");
+  note("# limit 1) from link-local addresses or :: (RFC 3590) before any registered one. They");
+  note("# stay on the link: input takes them, forward drops link-local sources.");
+  rule(fmt::format("ip6 saddr {{ fe80::/10, :: }} {} accept", nd));
+  rule(fmt::format("{} accept", mld));
+  logged(fmt::format("iifname . ip6 saddr != @{}", kSandboxSet6), "dnsward-host-spoof: ", "drop");
+  note("");
+  note(fmt::format("# The mark (bit {} of --host-mark) tells dnsward's TCP listener that a connection came", c.host_mark_bit));
+  note("# from a sandbox interface (SO_MARK with net.ipv4.tcp_fwmark_accept=1): TCP carries no PKTINFO.");
+  rule(fmt::format("meta mark set meta mark or {}", mark));
+  end_chain(false);
+
+  chain(kHostChainRedirect);
+  note("");
+  note("# Every DNS query goes to dnsward, whatever resolver the guest names (its resolv.conf");
+  note("# is the guest's to change): redirected to dnsward's port on the address of the");
+  note("# interface it came in on. It then goes through input, never forward.");
+  for (const auto& [nfproto, port] : {std::pair{"ipv4", port4}, std::pair{"ipv6", port6}})
+    if (port) rule(fmt::format("meta nfproto {} meta l4proto {{ udp, tcp }} th dport 53 redirect to :{}", nfproto, *port));
+  end_chain(false);
+
+  chain(kHostChainInput);
+  note("");
+  note("# What a sandbox may send the host itself: DNS to dnsward (redirected above), replies,");
+  note("# and what IPv6 needs on a link (as in prerouting). Nothing else of the host's is theirs.");
+  rule(fmt::format("meta l4proto {{ udp, tcp }} th dport {} accept", port_list));
+  rule("ct state established,related accept");
+  rule(fmt::format("{} accept", nd));
+  rule(fmt::format("{} accept", mld));
+  logged("meta l4proto tcp", "dnsward-host-input: ", "reject with tcp reset");
+  logged("", "dnsward-host-input: ", "reject with icmpx type admin-prohibited");
+  end_chain(false);
+
+  chain(kHostChainForward);
+  note("");
+  note("# Link-local sources never leave their link (prerouting let them in for ND and MLD).");
+  rule("ip6 saddr { fe80::/10, :: } counter drop");
+  note("# DNS goes to dnsward only (what is left of port 53 here is of a family it does not");
+  note("# listen on); DNS over TLS or QUIC (853) would resolve around it.");
+  logged("meta l4proto { udp, tcp } th dport { 53, 853 }", "dnsward-host-dns-drop: ", "drop");
+  if (!c.nft_allow.empty()) {
+    note("# Always reachable (--allow), special-purpose or not.");
+    for (const auto& a : c.nft_allow) rule(fmt::format("{} daddr {} accept", is_v6_cidr(a) ? "ip6" : "ip", a));
+  }
+  note("# Loopback, link-local with the cloud metadata service at 169.254.169.254, multicast and");
+  note("# reserved addresses, and their IPv6 forms: never, whatever was vouched. The other");
+  note("# special-purpose ranges (the host's private networks, other sandboxes) are reached only");
+  note("# through a vouched pair, which dnsward makes for them only under an entry with");
+  note("# private=yes (an internal mirror): everything else ends at the reject below.");
+  logged(fmt::format("ip daddr {}", cidrs(never_destinations(AF_INET))), "dnsward-host-drop: ",
+         "reject with icmpx type admin-prohibited");
+  logged(fmt::format("ip6 daddr {}", cidrs(never_destinations(AF_INET6))), "dnsward-host-drop: ",
+         "reject with icmpx type admin-prohibited");
+  note("# Connections a guest opened while the pair was vouched for outlive its expiry, in the");
+  note("# direction the guest opened them only (a reply to a flow a remote started would be a");
+  note("# way out to any address). After anti-spoofing: a removed sandbox keeps none.");
+  rule("ct direction original ct state established,related accept");
+  note("# The holes dnsward punched: this guest, this destination. UDP 443 (QUIC) too, only here.");
+  rule(fmt::format("ip saddr . ip daddr @{} accept", c.nft_set4));
+  rule(fmt::format("ip6 saddr . ip6 daddr @{} accept", c.nft_set6));
+  note("# Everything else: counted, logged, and rejected so that clients fail fast.");
+  logged("meta l4proto tcp", "dnsward-host-drop: ", "reject with tcp reset");
+  logged("", "dnsward-host-drop: ", "reject with icmpx type admin-prohibited");
+  end_chain(true);
+  text(0, "}");
+
+  std::string r;
+  r += "#!/usr/sbin/nft -f\n";
+  r += "# Generated by `dnsward nft-rules --host`: the host's enforcement for sandboxes on\n";
+  r += fmt::format("# interfaces {} (taps): anti-spoofing, DNS redirected to dnsward, and only the\n", c.sandbox_ifaces);
+  r += "# (guest . destination) pairs dnsward vouched for forwarded. The host's other traffic\n";
+  r += "# passes untouched. Load it before `dnsward serve --host` starts; loading it again\n";
+  r += "# replaces it (and empties the sets: dnsward notices and fills them again).\n";
+  r += "# dnsward serve checks that the chains below are in force, by their comments: keep them.\n";
+  r += fmt::format("table inet {}\ndelete table inet {}\n\n", c.nft_table, c.nft_table);
+  return print_marked(std::move(r), t, true);
 }
 
 std::string nft_rules_help() {
@@ -191,7 +456,10 @@ std::string nft_rules_help() {
          "--user only to the --upstream servers; addresses in the sets dnsward fills allowed;\n"
          "--allow CIDRs allowed; everything else counted, logged and rejected. The options are\n"
          "those of `dnsward serve`, with the same defaults. Check it with `nft -c -f -`.\n"
-         "Its chain and rules carry comments by which `dnsward serve` sees that it is in force.\n\n"
+         "Its chain and rules carry comments by which `dnsward serve` sees that it is in force.\n"
+         "With --host it prints the host's ruleset instead: for sandboxes on --sandbox-ifaces,\n"
+         "sources checked against the registered (interface . address) pairs, DNS redirected\n"
+         "to dnsward's --listen port, only vouched (guest . destination) pairs forwarded.\n\n"
          "Options:\n" +
          options_help(kNftRules);
 }
@@ -207,6 +475,11 @@ int nft_rules_main(const std::vector<std::string>& args) {
     return 2;
   }
   const ServeConfig& c = *parsed.config;
+  if (c.host) {
+    // The host ruleset leaves the host's own traffic (dnsward's to its upstreams) alone.
+    std::fputs(render_host_rules(c).c_str(), stdout);
+    return 0;
+  }
   if (c.upstreams.empty())
     std::fprintf(stderr, "dnsward: nft-rules: warning: no --upstream (and none in %s): dnsward "
                          "itself will not be able to reach any DNS server\n",

@@ -39,6 +39,22 @@ std::string failure(const std::string& what, int e) {
 // nftables' datatype numbers for set keys (nftables src/datatype.h): what `nft list set`
 // shows as ipv4_addr and ipv6_addr.
 constexpr uint32_t kTypeIpv4 = 7, kTypeIpv6 = 8;
+// Concatenations (host mode): nft numbers a concatenated type (a << 6) | b (datatype.h,
+// CONCAT_TYPE_BITS) and pads each field to 4 bytes; ifname is 16 bytes (IFNAMSIZ).
+constexpr uint32_t kTypeIfname = 41;
+constexpr uint32_t concat(uint32_t a, uint32_t b) { return (a << 6) | b; }
+constexpr uint32_t kIfnameLen = 16;
+
+/// The bytes of an element's key: the address, or in host mode guest . address.
+uint32_t key_bytes(const SetKey& k, uint8_t* out) {
+  if (!k.guest.family) {
+    std::memcpy(out, k.addr.bytes, k.addr.size());
+    return uint32_t(k.addr.size());
+  }
+  std::memcpy(out, k.guest.bytes, k.guest.size());
+  std::memcpy(out + k.guest.size(), k.addr.bytes, k.addr.size());
+  return uint32_t(k.guest.size() + k.addr.size());
+}
 
 struct SetDeleter {
   void operator()(nftnl_set* s) const { nftnl_set_free(s); }
@@ -181,7 +197,8 @@ bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& resul
                      SetPtr s = make_set(t_, m.family == AF_INET ? t_.set4 : t_.set6);
                      for (const ElemChange& c : m.elems) {
                        nftnl_set_elem* e = nftnl_set_elem_alloc();
-                       nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, c.addr.bytes, uint32_t(c.addr.size()));
+                       uint8_t key[32];
+                       nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, key_bytes(c.key(), key));
                        if (m.op != ElemOp::Del) {
                          nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, c.timeout_ms);
                          if (with_expiration) nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_EXPIRATION, c.timeout_ms);
@@ -194,15 +211,16 @@ bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& resul
   return nl_.transact(raw, results, err);
 }
 
-bool NftSets::element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) {
+bool NftSets::element_left(const SetKey& k, bool& exists, uint64_t& left_ms, std::string& err) {
   exists = false;
   left_ms = 0;
   const int e = nl_.request(
       NFT_MSG_GETSETELEM, NLM_F_ACK,
       [&](nlmsghdr* nlh) {
-        SetPtr s = make_set(t_, a.family == AF_INET ? t_.set4 : t_.set6);
+        SetPtr s = make_set(t_, k.addr.family == AF_INET ? t_.set4 : t_.set6);
         nftnl_set_elem* el = nftnl_set_elem_alloc();
-        nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, a.bytes, uint32_t(a.size()));
+        uint8_t key[32];
+        nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, key, key_bytes(k, key));
         nftnl_set_elem_add(s.get(), el);
         nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
       },
@@ -219,8 +237,22 @@ bool NftSets::element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std
   return e == 0;
 }
 
+namespace {
+std::string type_name(uint32_t t) {
+  switch (t) {
+    case kTypeIpv4: return "ipv4_addr";
+    case kTypeIpv6: return "ipv6_addr";
+    case concat(kTypeIpv4, kTypeIpv4): return "ipv4_addr . ipv4_addr";
+    case concat(kTypeIpv6, kTypeIpv6): return "ipv6_addr . ipv6_addr";
+    case concat(kTypeIfname, kTypeIpv4): return "ifname . ipv4_addr";
+    case concat(kTypeIfname, kTypeIpv6): return "ifname . ipv6_addr";
+  }
+  return std::to_string(t);
+}
+}  // namespace
+
 bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key_len,
-                        bool& exists, uint32_t& size, std::string& err) {
+                        bool& exists, uint32_t& size, std::string& err, bool want_flags) {
   exists = false;
   size = 0;
   const int e = nl_.request(
@@ -237,9 +269,18 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
           size = nftnl_set_get_u32(got.get(), NFTNL_SET_DESC_SIZE);
         if (type != key_type || klen != key_len) {
           err = "set " + t_.table + " " + name + " exists with another type; dnsward needs type " +
-                (key_type == kTypeIpv4 ? "ipv4_addr" : "ipv6_addr") + " with flags timeout";
+                type_name(key_type) + (want_flags ? " with flags timeout" : " without flags");
           schema_err_ = err;
           return false;
+        }
+        if (!want_flags) {
+          if (flags & ~uint32_t(NFT_SET_TIMEOUT)) {  // an interval here would match ranges
+            err = "set " + t_.table + " " + name + " exists with flags " + set_flags_text(flags) +
+                  "; dnsward needs a plain set of (interface . address) pairs";
+            schema_err_ = err;
+            return false;
+          }
+          return true;
         }
         if (!(flags & NFT_SET_TIMEOUT)) {
           err = "set " + t_.table + " " + name + " exists without 'flags timeout'; dnsward needs it "
@@ -269,10 +310,18 @@ bool NftSets::check_set(const std::string& name, uint32_t key_type, uint32_t key
 bool NftSets::ensure(std::string& err) {
   bool have4 = false, have6 = false;
   schema_err_.clear();  // set again by check_set if a set is still of the wrong kind
-  if (!check_set(t_.set4, kTypeIpv4, 4, have4, size4_, err) ||
-      !check_set(t_.set6, kTypeIpv6, 16, have6, size6_, err))
+  // Host mode: guest . destination, and the anti-spoofing pairs.
+  const uint32_t type4 = t_.host ? concat(kTypeIpv4, kTypeIpv4) : kTypeIpv4;
+  const uint32_t type6 = t_.host ? concat(kTypeIpv6, kTypeIpv6) : kTypeIpv6;
+  const uint32_t len4 = t_.host ? 8 : 4, len6 = t_.host ? 32 : 16;
+  bool havep4 = !t_.host, havep6 = !t_.host;
+  uint32_t ignored = 0;
+  if (!check_set(t_.set4, type4, len4, have4, size4_, err) ||
+      !check_set(t_.set6, type6, len6, have6, size6_, err) ||
+      (t_.host && (!check_set(t_.sbx4, concat(kTypeIfname, kTypeIpv4), kIfnameLen + 4, havep4, ignored, err, false) ||
+                   !check_set(t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, ignored, err, false))))
     return false;
-  if (have4 && have6) return true;
+  if (have4 && have6 && havep4 && havep6) return true;
 
   // Creating is idempotent (no NLM_F_EXCL): a table or set that appeared meanwhile is fine.
   std::vector<NetlinkSocket::Msg> msgs;
@@ -284,16 +333,19 @@ bool NftSets::ensure(std::string& err) {
                     nftnl_table_free(t);
                   }});
   uint32_t id = 1;
-  for (const auto& [name, type, len, have] :
-       {std::tuple{t_.set4, kTypeIpv4, 4u, have4}, std::tuple{t_.set6, kTypeIpv6, 16u, have6}}) {
+  for (const auto& [name, type, len, have, timeout] :
+       {std::tuple{t_.set4, type4, len4, have4, true}, std::tuple{t_.set6, type6, len6, have6, true},
+        std::tuple{t_.sbx4, concat(kTypeIfname, kTypeIpv4), kIfnameLen + 4, havep4, false},
+        std::tuple{t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, false}}) {
     if (have) continue;
-    msgs.push_back({NFT_MSG_NEWSET, NLM_F_CREATE, [this, name = name, type = type, len = len, id](nlmsghdr* nlh) {
+    msgs.push_back({NFT_MSG_NEWSET, NLM_F_CREATE,
+                    [this, name = name, type = type, len = len, id, timeout = timeout](nlmsghdr* nlh) {
                       SetPtr s = make_set(t_, name);
                       nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, type);
                       nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, len);
-                      nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT);
+                      nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, timeout ? NFT_SET_TIMEOUT : 0);
                       nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
-                      nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, t_.set_size);
+                      nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, timeout ? t_.set_size : 65536);
                       nftnl_set_nlmsg_build_payload(nlh, s.get());
                     }});
     ++id;
@@ -411,9 +463,13 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
         for_each_elem(h, [&](nftnl_set_elem* el) {
           uint32_t klen = 0;
           const void* key = nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen);
-          if (!key || klen != (family == AF_INET ? 4u : 16u)) return;
-          const IpAddr a = family == AF_INET ? IpAddr::v4(static_cast<const uint8_t*>(key))
-                                             : IpAddr::v6(static_cast<const uint8_t*>(key));
+          const uint32_t alen = family == AF_INET ? 4u : 16u;
+          if (!key || klen != (t_.host ? 2 * alen : alen)) return;
+          const auto* kb = static_cast<const uint8_t*>(key);
+          auto addr_at = [&](const uint8_t* p) { return family == AF_INET ? IpAddr::v4(p) : IpAddr::v6(p); };
+          SetKey a;
+          if (t_.host) a.guest = addr_at(kb);
+          a.addr = addr_at(t_.host ? kb + alen : kb);
           const uint64_t left = elem_left(el);
           if (left > 0) ledger_.merge_held(a, left, at);
         });
@@ -515,7 +571,7 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   std::vector<ElemChange> changes;
   std::vector<ChangeResult> results;
   int e = 0;
-  IpAddr failed;
+  SetKey failed;
   bool ok = false;
   for (int attempt = 0; attempt < 2; ++attempt) {
     changes = ledger_.plan(items, now_ms, mode_, effective);
@@ -536,14 +592,71 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   }
   if (!changes.empty()) check_fill(now_ms, false);
   if (!ok && e == ENFILE) {
-    err = full_message(failed.family ? failed.family : uint8_t(AF_INET));
+    err = full_message(failed.addr.family ? failed.addr.family : uint8_t(AF_INET));
     log::error("event=nft-set-full msg={}", log::quote(err));
   }
   return ok;
 }
 
-RevokeOutcome NftSets::revoke_unless(const VoucherJudge& keep,
-                                     const std::function<bool(std::string_view)>& keep_audit,
+RevokeOutcome NftSets::remove_guests(const std::vector<IpAddr>& guests, uint64_t now_ms) {
+  on_events();
+  RevokeOutcome out;
+  const std::vector<ElemChange> dels = ledger_.removals_of(guests, now_ms);
+  if (dels.empty()) return out;
+  std::vector<ChangeResult> results;
+  int e = 0;
+  out.ok = commit_changes(*this, dels, results, out.err, e);
+  for (const ChangeResult r : results) {
+    out.deleted += r == ChangeResult::Done;
+    out.already_gone += r == ChangeResult::AlreadyGone;
+  }
+  ledger_.revoked(dels, results);
+  return out;
+}
+
+bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
+                        std::string& err) {
+  if (!t_.host || addrs.empty()) return true;
+  if (iface.empty() || iface.size() >= kIfnameLen) {
+    err = "interface name must be 1 to 15 bytes";
+    return false;
+  }
+  // The key is the interface name padded with NULs to IFNAMSIZ, then the address (nft's
+  // ifname . ipv4_addr). Adds go in one batch, all or nothing; deletes one pair per batch,
+  // since one pair gone already (ENOENT) would refuse a whole batch.
+  auto msg = [&](const IpAddr& a) {
+    return NetlinkSocket::Msg{uint16_t(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM),
+                              uint16_t(add ? NLM_F_CREATE : 0), [this, &iface, &a](nlmsghdr* nlh) {
+                                SetPtr s = make_set(t_, a.family == AF_INET ? t_.sbx4 : t_.sbx6);
+                                nftnl_set_elem* e = nftnl_set_elem_alloc();
+                                uint8_t key[kIfnameLen + 16] = {};
+                                std::memcpy(key, iface.data(), iface.size());
+                                std::memcpy(key + kIfnameLen, a.bytes, a.size());
+                                nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, uint32_t(kIfnameLen + a.size()));
+                                nftnl_set_elem_add(s.get(), e);
+                                nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+                              }};
+  };
+  std::vector<std::vector<NetlinkSocket::Msg>> batches;
+  if (add) {
+    batches.emplace_back();
+    for (const IpAddr& a : addrs) batches.back().push_back(msg(a));
+  } else {
+    for (const IpAddr& a : addrs) batches.push_back({msg(a)});
+  }
+  for (const auto& b : batches) {
+    std::vector<int> res;
+    if (!nl_.transact(b, res, err)) return false;
+    for (const int r : res)
+      if (r != 0 && !(r == ENOENT && !add)) {
+        err = failure(std::string(add ? "adding" : "deleting") + " the anti-spoofing pairs of " + iface, r);
+        return false;
+      }
+  }
+  return true;
+}
+
+RevokeOutcome NftSets::revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                                      uint64_t now_ms) {
   on_events();
   RevokeOutcome out;
@@ -627,7 +740,7 @@ void NftSets::check_rules() {
 
 void NftSets::on_events() {
   char rbuf[65536];
-  bool changed = false, recreate = false, lost = false, ruleset_due = false;
+  bool changed = false, recreate = false, lost = false, ruleset_due = false, pairs_lost = false;
   for (;;) {
     const ssize_t n =
         netlink_receive(event_faults_, mnl_socket_get_fd(events_.get()), rbuf, sizeof rbuf, MSG_DONTWAIT);
@@ -685,15 +798,31 @@ void NftSets::on_events() {
         // its view from ever settling.
         const char* set = rc >= 0 && nftnl_set_is_set(s.get(), NFTNL_SET_NAME)
                               ? nftnl_set_get_str(s.get(), NFTNL_SET_NAME) : "";
-        if (rc < 0) table = t_.table;  // unreadable: assume the worst, read the sets again
-        else if (t_.set4 != set && t_.set6 != set) continue;
+        if (rc < 0) {
+          table = t_.table;  // unreadable: assume the worst, read the sets again
+        } else if (t_.set4 != set && t_.set6 != set) {
+          // Host mode: a registered pair deleted by someone else cuts its sandbox off (fail
+          // closed); dnsward puts the pairs of every registered sandbox back.
+          if (t_.host && msg != NFT_MSG_NEWSETELEM && (t_.sbx4 == set || t_.sbx6 == set) &&
+              table == t_.table)
+            pairs_lost = true;
+          continue;
+        }
       }
       if (table != t_.table) continue;
+      if (t_.host && msg == NFT_MSG_DELTABLE) pairs_lost = true;
       changed = true;
       if (msg == NFT_MSG_DELTABLE || msg == NFT_MSG_DELSET) recreate = true;
     }
   }
   if (changed) on_sets_changed(lost, recreate);
+  if ((pairs_lost || (lost && t_.host)) && on_pairs_lost_) {
+    if (!changed) {  // a set deleted alone: recreate it before its pairs go back in
+      std::string err;
+      if (!ensure(err)) log::error("event=nft-recreate-failed error={}", log::quote(err));
+    }
+    on_pairs_lost_();
+  }
   if (lost) {  // a transaction's events, or its end, may be among those lost
     ruleset_dirty_ = false;
     ruleset_due = true;
@@ -758,7 +887,9 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     return false;
   }
   // The two sets: their flags and key (an interval set is not a set of addresses).
-  for (const auto& pair : {std::pair{&t_.set4, &seen.set4}, std::pair{&t_.set6, &seen.set6}}) {
+  std::vector<std::pair<const std::string*, SetSeen*>> sets = {{&t_.set4, &seen.set4}, {&t_.set6, &seen.set6}};
+  if (t_.host) sets.insert(sets.end(), {{&t_.sbx4, &seen.sbx4}, {&t_.sbx6, &seen.sbx6}});
+  for (const auto& pair : sets) {
     // Plain locals, not a structured binding: clang 14 (the fuzz build) cannot capture one.
     const std::string* name = pair.first;
     auto* out = pair.second;
@@ -810,14 +941,18 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     if (e > 0) err = failure("listing the chains of table " + t_.table, e);
     return false;
   }
-  // `nft-rules` prints one chain: a table with more is not in force whatever their rules
-  // hold (judge_ruleset), so they are not read. 20,000 chains of 5 rules each, read and
-  // matched, stalled answers for seconds.
-  if (seen.chains.size() != 1) return true;
-  // Its rules, in the order the kernel evaluates them; read no further than its mark
-  // declares (one more makes it not in force: the rest are only counted).
-  const auto mark = parse_chain_comment(seen.chains[0].comment);
-  const std::size_t cap = mark ? mark->rules : 0;
+  // `nft-rules` prints one chain (four with --host): a table with more is not in force
+  // whatever their rules hold (judge_ruleset), so they are not read. 20,000 chains of 5
+  // rules each, read and matched, stalled answers for seconds.
+  const std::size_t printed = t_.host ? kHostChainCount : 1;
+  if (seen.chains.size() != printed) return true;
+  // Their rules, in the order the kernel evaluates them; read no further than each chain's
+  // mark declares (one more makes it not in force: the rest are only counted).
+  std::vector<std::size_t> caps;
+  for (const ChainSeen& ch : seen.chains) {
+    const auto mark = parse_chain_comment(ch.comment);
+    caps.push_back(mark ? mark->rules : 0);
+  }
   e = nl_.request(
       NFT_MSG_GETRULE, NLM_F_DUMP, [&](nlmsghdr* nlh) { build_rule_dump(nlh, t_); },
       [&](const nlmsghdr* h) {
@@ -826,6 +961,7 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
             t_.table == nftnl_rule_get_str(r, NFTNL_RULE_TABLE) && nftnl_rule_is_set(r, NFTNL_RULE_CHAIN)) {
           const auto at = by_name.find(nftnl_rule_get_str(r, NFTNL_RULE_CHAIN));
           ChainSeen* c = at == by_name.end() ? nullptr : &seen.chains[at->second];
+          const std::size_t cap = c ? caps[at->second] : 0;
           if (c && c->rules.size() >= cap) {
             ++c->unread_rules;
           } else if (c) {
@@ -840,10 +976,13 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
               const char* name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
               if (!name || std::strcmp(name, "lookup") != 0 || !nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_SET))
                 continue;
-              // `ip daddr != @set` lets through what the set does NOT hold.
+              // `ip daddr != @set` lets through what the set does NOT hold (host mode's
+              // anti-spoofing drops that way).
               if (nftnl_expr_is_set(x, NFTNL_EXPR_LOOKUP_FLAGS) &&
-                  (nftnl_expr_get_u32(x, NFTNL_EXPR_LOOKUP_FLAGS) & NFT_LOOKUP_F_INV))
+                  (nftnl_expr_get_u32(x, NFTNL_EXPR_LOOKUP_FLAGS) & NFT_LOOKUP_F_INV)) {
+                rule.negated_lookups.emplace_back(nftnl_expr_get_str(x, NFTNL_EXPR_LOOKUP_SET));
                 continue;
+              }
               rule.lookups.emplace_back(nftnl_expr_get_str(x, NFTNL_EXPR_LOOKUP_SET));
             }
             nftnl_expr_iter_destroy(it);
@@ -875,7 +1014,8 @@ void NftSets::check_ruleset() {
   std::string err;
   RulesetStatus now;
   if (read_ruleset(seen, err)) {
-    now = judge_ruleset(seen, want);
+    now = t_.host ? judge_host_ruleset(seen, HostRulesetExpectation{t_.table, t_.set4, t_.set6, t_.sbx4, t_.sbx6})
+                  : judge_ruleset(seen, want);
     ruleset_retry_ = false;
   } else {
     // Unknown is not in force: the answer fails closed (--require-ruleset) until a read works.

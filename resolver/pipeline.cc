@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <sys/random.h>
 
+#include <net/if.h>
+
 #include <algorithm>
 #include <ctime>
 #include <cstring>
@@ -16,6 +18,42 @@
 namespace dnsward {
 using namespace wire;
 
+namespace {
+/// Host mode: every log line written while a query of a sandbox is handled says
+/// sandbox=ID, and its policy is that sandbox's (log.hpp's context fields).
+class LogScope {
+ public:
+  void set(const Sandbox& sb) {
+    if (!saved_) saved_policy_ = log::policy_version;
+    saved_ = true;
+    log::sandbox = sb.spec.id;
+    log::policy_version = sb.policy->version();
+  }
+  ~LogScope() {
+    if (!saved_) return;
+    log::sandbox.clear();
+    log::policy_version = std::move(saved_policy_);
+  }
+
+ private:
+  bool saved_ = false;
+  std::string saved_policy_;
+};
+}  // namespace
+
+
+IpAddr ClientAddr::peer_addr() const {
+  if (peer.ss_family == AF_INET)
+    return IpAddr::v4(reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr));
+  if (peer.ss_family == AF_INET6)
+    return IpAddr::v6(reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr));
+  return IpAddr{};
+}
+
+unsigned ClientAddr::ifindex() const {
+  if (!has_local) return 0;
+  return peer.ss_family == AF_INET ? unsigned(local4.ipi_ifindex) : unsigned(local6.ipi6_ifindex);
+}
 
 std::string ClientAddr::peer_text() const {
   char buf[INET6_ADDRSTRLEN] = "?";
@@ -106,8 +144,11 @@ Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr
   c.sink = &sink;
   bind_reply(c);
   Step s;
+  LogScope scope;
   try {
     s = receive(c, pkt, len);
+    if (s == Step::Continue) s = identify(c);
+    if (c.sandbox) scope.set(*c.sandbox);
     if (s == Step::Continue) s = screen(c);
     if (s == Step::Continue) s = require_ruleset(c);
     if (s == Step::Continue) s = apply_policy(c);
@@ -145,6 +186,52 @@ Pipeline::Step Pipeline::receive(QueryCtx& c, const uint8_t* pkt, std::size_t le
       return Step::Reply;
   }
   return Step::Drop;
+}
+
+Pipeline::Step Pipeline::identify(QueryCtx& c) {
+  if (!sandboxes_) return Step::Continue;
+  const IpAddr from = c.client.peer_addr();
+  std::shared_ptr<Sandbox> sb = sandboxes_->by_addr(from);
+  // The source is trustworthy only as far as the host ruleset makes it: anti-spoofing in
+  // prerouting lets a guest address in only through its own tap. UDP says which interface
+  // it came in on (IP_PKTINFO); an accepted TCP socket carries the mark prerouting set on
+  // packets from sandbox interfaces (SO_MARK with tcp_fwmark_accept).
+  const char* why = nullptr;
+  if (!sb) {
+    why = "no sandbox has this address";
+  } else if (c.client.transport == ClientAddr::Transport::Tcp) {
+    if (!c.client.marked) why = "a TCP connection without the host mark (not from a sandbox interface)";
+  } else {
+    const unsigned idx = c.client.ifindex();
+    if (idx == 0 || idx != sb->ifindex) {
+      char name[IF_NAMESIZE] = {};
+      if (idx == 0 || !if_indextoname(idx, name) || sb->spec.iface != name)
+        why = "it came in on another interface than the sandbox's";
+      else
+        sb->ifindex = idx;  // the tap's index, until it changes (a tap recreated)
+    }
+  }
+  if (!why) {
+    c.sandbox = std::move(sb);
+    ++c.sandbox->counts.queries;
+    return Step::Continue;
+  }
+  ++counters_.unknown_source;
+  // A log line each, but at most 10 a second: a flood from an unknown source must not
+  // become a flood of logs.
+  const uint64_t now = timers_.now_ms();
+  if (now >= unknown_logged_ms_ + 1000) {
+    unknown_logged_ms_ = now;
+    unknown_logged_ = 0;
+  }
+  if (unknown_logged_++ < 10)
+    log::warn("event=unknown-source client={} claimed={} transport={} msg={}", c.client.peer_text(),
+              sb ? sb->spec.id : std::string("-"),
+              c.client.transport == ClientAddr::Transport::Tcp ? "tcp" : "udp", log::quote(why));
+  ++counters_.refused;
+  c.out_len = build_rcode(c.q, rcode::REFUSED, reply_opts_, c.out, c.out_cap, edns::EDE_PROHIBITED,
+                          "dnsward: this source is not a registered sandbox");
+  return Step::Reply;
 }
 
 namespace {
@@ -222,8 +309,9 @@ Pipeline::Step Pipeline::require_ruleset(QueryCtx& c) {
                               r ? r->reason : std::string("the ruleset is not checked")));
 }
 
-std::vector<std::string> Pipeline::status_lines() {
+std::vector<std::string> Pipeline::status_lines(const QueryCtx* c) {
   std::vector<std::string> out;
+  if (c && c->sandbox) out.push_back(fmt::format("sandbox={}", c->sandbox->spec.id));
   if (!ruleset_) {
     out.push_back("ruleset=not-checked");
     out.push_back("reason=--no-nft: no nftables hook, so no ruleset; answered addresses are not vouched for");
@@ -236,8 +324,9 @@ std::vector<std::string> Pipeline::status_lines() {
                                 option_value_name("nft-family", cfg_.nft_family), cfg_.nft_table));
   }
   out.push_back(fmt::format("require-ruleset={}", cfg_.require_ruleset ? "on" : "off"));
-  out.push_back(fmt::format("policy={} entries={}", policy_->version(), policy_->size()));
-  out.push_back(fmt::format("mode={}", cfg_.mode));
+  const Policy& p = c ? *policy_of(*c) : *policy_;
+  out.push_back(fmt::format("policy={} entries={}", p.version(), p.size()));
+  out.push_back(fmt::format("mode={}", c && c->sandbox ? (c->sandbox->spec.audit ? "audit" : "enforce") : cfg_.mode));
   return out;
 }
 
@@ -253,13 +342,13 @@ Pipeline::Step Pipeline::answer_locally(QueryCtx& c) {
       // `dig CH TXT why.NAME`: the verdict for NAME and its reason.
       ++counters_.chaos_why;
       const std::string name = wire::name_to_text(q.qname_lc + 4, q.qname_len - 4);
-      c.out_len = build_txt(q, explain_lines(*policy_, name), reply_opts_, c.out, c.out_cap);
+      c.out_len = build_txt(q, explain_lines(*policy_of(c), name), reply_opts_, c.out, c.out_cap);
       return fit_udp(c);
     }
     case LocalName::Status:
       // `dig CH TXT status.dnsward`: is the ruleset in force, and under which policy.
       ++counters_.chaos_status;
-      c.out_len = build_txt(q, status_lines(), reply_opts_, c.out, c.out_cap);
+      c.out_len = build_txt(q, status_lines(&c), reply_opts_, c.out, c.out_cap);
       return fit_udp(c);
     case LocalName::Localhost:
       ++counters_.localhost;
@@ -290,10 +379,10 @@ Pipeline::Step Pipeline::fit_udp(QueryCtx& c) {
   return Step::Reply;
 }
 
-bool Pipeline::within_budget(uint32_t entry, uint32_t budget, const std::string& name) {
+bool Pipeline::within_budget(QueryCtx& c, uint32_t entry, uint32_t budget, const std::string& name) {
   // A sliding window, not a calendar minute: with per-minute buckets, 2N names fit in two
-  // seconds around a minute boundary.
-  Window& w = budgets_[entry];
+  // seconds around a minute boundary. Each sandbox has its own windows.
+  BudgetWindow& w = (c.sandbox ? c.sandbox->budgets : budgets_)[entry];
   const uint64_t now = timers_.now_ms();
   while (!w.first_asked.empty() && w.first_asked.front().first + kBudgetWindowMs <= now) {
     w.names.erase(w.first_asked.front().second);
@@ -308,46 +397,49 @@ bool Pipeline::within_budget(uint32_t entry, uint32_t budget, const std::string&
 
 Pipeline::Step Pipeline::admit(QueryCtx& c, bool count) {
   const Query& q = c.q;
-  const Match m = policy_->match(q.qname_lc, q.qname_len);
-  Usage* const usage = count ? usage_ : nullptr;
+  const std::shared_ptr<const Policy>& pol = policy_of(c);  // the sandbox's, in host mode
+  const Match m = pol->match(q.qname_lc, q.qname_len);
+  // Usage is counted where it is kept: per sandbox in host mode.
+  Usage* const usage = !count ? nullptr : c.sandbox ? &c.sandbox->usage : usage_;
   const int64_t now = usage ? int64_t(std::time(nullptr)) : 0;
-  c.policy = policy_;
+  c.policy = pol;
   c.entry = -1;
   c.allow_private = false;
   if (m.verdict == Match::Verdict::Allow) {
     const auto idx = std::size_t(m.entry);
-    if (!policy_->allows_type(idx, q.qtype) && q.qtype != type::ANY) {
+    if (!pol->allows_type(idx, q.qtype) && q.qtype != type::ANY) {
       // Names under a wildcard are a channel to whoever runs that zone: only the types a
       // sandbox needs to connect go out (RFC 8914 17, Filtered).
       ++counters_.filtered_type;
       char why[512];
       const auto r = fmt::format_to_n(why, sizeof why, "dnsward: type {} is not allowed under '{}' (types=)",
-                                      type::text(q.qtype), policy_->pattern(idx));
+                                      type::text(q.qtype), pol->pattern(idx));
       c.out_len = build_negative(q, rcode::NOERROR, reply_opts_, c.out, c.out_cap,
                                  edns::EDE_FILTERED, std::string_view(why, std::min(r.size, sizeof why)));
       return Step::Reply;
     }
-    if (const uint32_t budget = policy_->budget(idx)) {
+    if (const uint32_t budget = pol->budget(idx)) {
       const std::string name = q.qname_text();
-      if (!within_budget(uint32_t(idx), budget, name)) {
+      if (!within_budget(c, uint32_t(idx), budget, name)) {
         ++counters_.over_budget;
         log::warn("event=over-budget name={} entry={} budget={} client={}", log::quote(name),
-                  log::quote(policy_->pattern(idx)), budget, c.client.peer_text());
+                  log::quote(pol->pattern(idx)), budget, c.client.peer_text());
         char why[512];
         const auto r = fmt::format_to_n(why, sizeof why,
             "dnsward: '{}' allows {} new names a minute and has used them; {} is denied for now",
-            policy_->pattern(idx), budget, name);
+            pol->pattern(idx), budget, name);
         c.out_len = build_negative(q, rcode::NXDOMAIN, reply_opts_, c.out, c.out_cap,
                                    edns::EDE_BLOCKED, std::string_view(why, std::min(r.size, sizeof why)));
         return Step::Reply;
       }
     }
-    c.allow_private = policy_->allow_private(idx);
+    c.allow_private = pol->allow_private(idx);
     c.entry = m.entry;
-    if (usage) usage->allowed(policy_->pattern(idx), now);
+    if (usage) usage->allowed(pol->pattern(idx), now);
+    if (c.sandbox && count) ++c.sandbox->counts.allowed;
     return Step::Continue;
   }
-  if (cfg_.audit) {
+  if (audit_of(c)) {
     // Audit mode: what enforce would deny is forwarded and vouched for like any other name,
     // and logged and counted so that `dnsward report` can list the lines to add.
     if (!count) return Step::Continue;
@@ -359,6 +451,7 @@ Pipeline::Step Pipeline::admit(QueryCtx& c, bool count) {
     return Step::Continue;
   }
   if (usage) usage->denied(q.qname_text(), now);
+  if (c.sandbox && count) ++c.sandbox->counts.denied;
   if (log::enabled(LogLevel::Debug))
     log::debug("event=denied name={} type={} client={}", log::quote(q.qname_text()),
                type::text(q.qtype), c.client.peer_text());
@@ -377,7 +470,7 @@ Pipeline::Step Pipeline::deny(QueryCtx& c, Match::Verdict v) {
   // tell caches that the allowed names below it do not exist either.
   const auto r = fmt::format_to_n(why, sizeof why,
                                   "dnsward: {} is not on the allowlist{} (policy {}; dig CH TXT why.{})",
-                                  nm, ancestor ? "; names below it are" : "", policy_->version(), nm);
+                                  nm, ancestor ? "; names below it are" : "", policy_of(c)->version(), nm);
   const std::string_view text(why, std::min(r.size, sizeof why));
   ++(ancestor ? counters_.ancestor_nodata : counters_.denied);
   c.out_len = build_negative(q, ancestor ? rcode::NOERROR : rcode::NXDOMAIN, reply_opts_,
@@ -385,11 +478,22 @@ Pipeline::Step Pipeline::deny(QueryCtx& c, Match::Verdict v) {
   return Step::Reply;
 }
 
+/// The cache key: the question, and in host mode whether the answer was filtered with
+/// private= (the one thing of an entry that changes what prepare_answer keeps). The cache
+/// holds answers as the upstream gave them, less what no entry would let through; every hit
+/// is admitted by the asking sandbox's own policy first and vouched for it alone.
+std::size_t Pipeline::cache_key(const QueryCtx& c, char* buf) const {
+  std::size_t n = AnswerCache::key(c.q, buf);
+  if (sandboxes_) buf[n++] = c.allow_private ? 'p' : '-';
+  return n;
+}
+
 Pipeline::Step Pipeline::answer_from_cache(QueryCtx& c) {
-  char key[AnswerCache::kMaxKey];
-  const CacheEntry* e = cache_.find(std::string_view(key, AnswerCache::key(c.q, key)), timers_.now_ms());
+  char key[AnswerCache::kMaxKey + 1];
+  const CacheEntry* e = cache_.find(std::string_view(key, cache_key(c, key)), timers_.now_ms());
   if (!e) return Step::Continue;
   ++counters_.cache_hits;
+  if (c.sandbox) ++c.sandbox->counts.cached;
   // Age the TTLs (RFC 1035 7.4 / RFC 2308 5) on a copy, then take the same exit as an
   // upstream answer: a cache hit vouches again, so an element that expired or was flushed
   // is back in the set before the client sees the address.
@@ -408,6 +512,13 @@ Pipeline::Step Pipeline::forward(QueryCtx& c) {
     ++counters_.overload;
     return servfail(c, edns::EDE_OTHER, "dnsward: too many queries in flight upstream");
   }
+  if (c.sandbox && c.sandbox->inflight >= cfg_.sandbox_max_inflight) {
+    // One sandbox's flood must not take every slot upstream from the others.
+    ++counters_.sandbox_capped;
+    ++c.sandbox->counts.refused_caps;
+    return servfail(c, edns::EDE_OTHER, "dnsward: this sandbox has too many queries in flight upstream");
+  }
+  if (c.sandbox) ++c.sandbox->counts.forwarded;
   Pending p;
   p.ctx = c;
   p.deadline_ms = timers_.now_ms() + overdue_ms_;
@@ -431,6 +542,7 @@ bool Pipeline::send_upstream(Pending p) {
   // Registered before the send. c-ares 1.18 may call back from inside ares_send (no route,
   // EPERM, no descriptors); the port defers such callbacks to the loop, so a reply is never
   // delivered while a transport is still handing us the query.
+  if (p.ctx.sandbox) ++p.ctx.sandbox->inflight;
   pending_.emplace(id, std::move(p));
   if (!sweep_timer_) arm_sweep();
   upstream_.send(buf, n, id);
@@ -451,10 +563,13 @@ void Pipeline::on_upstream_answer(uint64_t token, int status, const uint8_t* ans
   if (it == pending_.end() || shutting_down_) return;
   Pending p = std::move(it->second);
   pending_.erase(it);
+  if (p.ctx.sandbox) --p.ctx.sandbox->inflight;
   if (p.abandoned) return;  // the client already had its SERVFAIL
   QueryCtx& c = p.ctx;
   bind_reply(c);
   Step s;
+  LogScope scope;
+  if (c.sandbox) scope.set(*c.sandbox);
   // Called from the port's callback (c-ares' C frames): no exception may unwind through them.
   try {
     // The gate first: while the ruleset is not in force nothing goes upstream, and the
@@ -521,7 +636,12 @@ Pipeline::Step Pipeline::check_upstream(Pending& p, uint16_t id, int status, con
 }
 
 Pipeline::Step Pipeline::readmit(QueryCtx& c) {
-  if (c.policy == policy_) return Step::Continue;
+  if (c.sandbox && c.sandbox->gone) {
+    // Removed (or registered anew) while its query was upstream: nothing is vouched for a
+    // sandbox that is no longer there, whose addresses another may hold by now.
+    return servfail(c, edns::EDE_PROHIBITED, "dnsward: this sandbox was removed");
+  }
+  if (c.policy == policy_of(c)) return Step::Continue;
   // A reload happened while the query was upstream: the policy in force now decides, with
   // its own entry's private=, types= and budget=.
   return admit(c, false);
@@ -577,8 +697,8 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
     e.dropped_special = a.dropped_special;
     e.dropped_over_cap = a.dropped_over_cap;
     e.msg = std::move(a.msg);
-    char key[AnswerCache::kMaxKey];
-    cache_.store(std::string(key, AnswerCache::key(q, key)), std::move(e));
+    char key[AnswerCache::kMaxKey + 1];
+    cache_.store(std::string(key, cache_key(c, key)), std::move(e));
   }
   return s;
 }
@@ -597,7 +717,30 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
   for (const auto& v : *a.addrs) {
     const uint32_t remaining = v.ttl > a.age_s ? v.ttl - a.age_s : 0;
     const uint32_t t = std::clamp(remaining, cfg_.min_ttl, cfg_.max_ttl);
-    items.push_back({v.addr, t + cfg_.grace});
+    if (!c.sandbox) {
+      items.push_back({v.addr, t + cfg_.grace});
+      continue;
+    }
+    // Host mode: opened for this sandbox's own addresses only (guest . destination), each
+    // destination for the guest addresses of its family: a v4 guest cannot use a v6 one.
+    for (const IpAddr& g : c.sandbox->spec.addrs)
+      if (g.family == v.addr.family) items.push_back({v.addr, t + cfg_.grace, g});
+  }
+  if (c.sandbox) {
+    if (c.sandbox->gone) return servfail(c, edns::EDE_PROHIBITED, "dnsward: this sandbox was removed");
+    if (items.empty()) return Step::Continue;
+    // Its cap on elements: one sandbox cannot fill the sets the others share. Counted like
+    // a full set: the answer is withheld, never relayed unvouched.
+    std::size_t held = 0;
+    for (const IpAddr& g : c.sandbox->spec.addrs) held += sets_->elements_of(g);
+    if (held + sets_->would_add(items) > cfg_.sandbox_max_elements) {
+      ++counters_.sandbox_capped;
+      ++c.sandbox->counts.refused_caps;
+      log::warn("event=sandbox-elements-full name={} held={} cap={}", log::quote(c.q.qname_text()),
+                held, cfg_.sandbox_max_elements);
+      return servfail(c, edns::EDE_OTHER,
+                      "dnsward: this sandbox holds --sandbox-max-elements addresses; the answer is withheld");
+    }
   }
   std::string err;
   const uint64_t t0 = timers_.now_ns();
@@ -613,6 +756,7 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
     return servfail(c, edns::EDE_OTHER, "dnsward: the firewall update failed, so the answer is withheld");
   }
   ++counters_.vouched_answers;
+  if (c.sandbox) ++c.sandbox->counts.vouched;
   return Step::Continue;
 }
 
@@ -666,15 +810,28 @@ void Pipeline::revoke_unlisted(std::string_view why) {
   // kept while one entry that vouched for it is still listed (with private=yes, if it is a
   // special-purpose address); one vouched in audit mode
   // while one of its names would be allowed now (or audit mode goes on).
-  const Policy& now = *policy_;
+  // In host mode each element is judged by the policy of the sandbox its guest belongs to;
+  // an element of a guest no sandbox has goes.
+  auto policy_for = [&](const IpAddr& guest, bool& audit) -> const Policy* {
+    audit = cfg_.audit;
+    if (!sandboxes_) return policy_.get();
+    const auto sb = sandboxes_->by_addr(guest);
+    if (!sb) return nullptr;
+    audit = sb->spec.audit;
+    return sb->policy.get();
+  };
   const RevokeOutcome r = sets_->revoke_unless(
-      [&](std::string_view pattern) {
-        const int32_t idx = now.find_pattern(pattern);
+      [&](const IpAddr& guest, std::string_view pattern) {
+        bool audit = false;
+        const Policy* now = policy_for(guest, audit);
+        const int32_t idx = now ? now->find_pattern(pattern) : -1;
         if (idx < 0) return Voucher::Gone;
-        return now.allow_private(std::size_t(idx)) ? Voucher::ListedPrivate : Voucher::Listed;
+        return now->allow_private(std::size_t(idx)) ? Voucher::ListedPrivate : Voucher::Listed;
       },
-      [&](std::string_view name) {
-        return cfg_.audit || now.match_text(name).verdict == Match::Verdict::Allow;
+      [&](const IpAddr& guest, std::string_view name) {
+        bool audit = false;
+        const Policy* now = policy_for(guest, audit);
+        return now && (audit || now->match_text(name).verdict == Match::Verdict::Allow);
       },
       timers_.now_ms());
   counters_.revoked += r.deleted;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <iterator>
 
 namespace dnsward {
 namespace {
@@ -68,24 +69,23 @@ std::string printable(std::string_view s) {
   return escaped(s, 128, [](uint8_t ch) { return ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\'; });
 }
 
-/// Why a marked chain is not the ruleset in force, or "" if it is.
-std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
+static_assert(kHostChains[kHostChainPrerouting].hook == NF_INET_PRE_ROUTING &&
+              kHostChains[kHostChainRedirect].hook == NF_INET_PRE_ROUTING &&
+              kHostChains[kHostChainInput].hook == NF_INET_LOCAL_IN &&
+              kHostChains[kHostChainForward].hook == NF_INET_FORWARD);
+static_assert(std::size(kHostChains) == kHostChainCount);
+
+/// Why chain c does not hold exactly the rules its mark declares, in order, or "" if it
+/// does. A rule inserted before the final reject (an `accept`, say) opens what the ruleset
+/// closes, and one deleted may have been a lookup.
+std::string judge_rules(const ChainSeen& c, const ChainMark& mark) {
   const std::string name = shown_name(c.name);
-  // A regular chain is reached only by a jump from a base chain: its rules see no packet of
-  // their own, however exactly they match.
-  if (!c.base) return fmt::format("chain {} is not a base chain (no hook): its rules see no packet", name);
-  if (c.type != "filter") return fmt::format("chain {} is of type {}, not filter", name, shown_name(c.type));
-  if (c.hook != NF_INET_LOCAL_OUT)
-    return fmt::format("chain {} is on the {} hook, not output", name, hook_name(c.hook));
-  if (c.policy != NF_DROP)
-    return fmt::format("chain {} has policy {}, not drop", name, c.policy == NF_ACCEPT ? "accept" : "other");
-  // Exactly the marked rules, in their order: a rule inserted before the final reject (an
-  // `accept`, say) opens what the ruleset closes, and one deleted may have been a lookup.
   const std::size_t common = std::min(c.rules.size(), mark.rules);
   for (std::size_t i = 0; i < common; ++i) {
     const RuleSeen& r = c.rules[i];
     const auto m = parse_rule_comment(r.comment);
-    if (!m || m->id != mark.id || m->index != i || m->rules != mark.rules)
+    if (!m || m->id != mark.id || m->index != i || m->rules != mark.rules || m->chain != mark.chain ||
+        m->chains != mark.chains)
       return fmt::format("rule {} of chain {} (handle {}, {}) is not the rule `nft-rules` printed "
                          "there: a rule was inserted, deleted, moved or replaced",
                          i, name, r.handle,
@@ -95,18 +95,82 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
   if (c.rules.size() + c.unread_rules != mark.rules)
     return fmt::format("chain {} holds {} rules where its comment declares {}", name,
                        c.rules.size() + c.unread_rules, mark.rules);
-  auto looks_up = [&](const std::string& set) {
-    for (const RuleSeen& r : c.rules)
-      for (const auto& l : r.lookups)
-        if (l == set) return true;
-    return false;
-  };
+  return "";
+}
+
+/// Whether a rule of c looks set up (inverted: `!= @set`, when negated).
+bool chain_looks_up(const ChainSeen& c, const std::string& set, bool negated) {
+  for (const RuleSeen& r : c.rules)
+    for (const auto& l : negated ? r.negated_lookups : r.lookups)
+      if (l == set) return true;
+  return false;
+}
+
+/// Why a marked chain is not the ruleset in force, or "" if it is.
+std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
+  const std::string name = shown_name(c.name);
+  // A host ruleset's chain is not the single-VM chain, whatever its hook.
+  if (mark.chains != 0)
+    return fmt::format("chain {} carries the mark of a host ruleset (`nft-rules --host`), chain "
+                       "{} of {}", name, mark.chain, mark.chains);
+  // A regular chain is reached only by a jump from a base chain: its rules see no packet of
+  // their own, however exactly they match.
+  if (!c.base) return fmt::format("chain {} is not a base chain (no hook): its rules see no packet", name);
+  if (c.type != "filter") return fmt::format("chain {} is of type {}, not filter", name, shown_name(c.type));
+  if (c.hook != NF_INET_LOCAL_OUT)
+    return fmt::format("chain {} is on the {} hook, not output", name, hook_name(c.hook));
+  if (c.policy != NF_DROP)
+    return fmt::format("chain {} has policy {}, not drop", name, c.policy == NF_ACCEPT ? "accept" : "other");
+  if (auto why = judge_rules(c, mark); !why.empty()) return why;
   for (const auto& [need, set] : {std::pair{e.need4, &e.set4}, std::pair{e.need6, &e.set6}})
-    if (need && !looks_up(*set))
+    if (need && !chain_looks_up(c, *set, false))
       return fmt::format("no rule of chain {} looks up set {}: the addresses dnsward vouches for "
                          "are not what the chain lets through",
                          name, *set);
   return "";
+}
+
+/// Why table t's flags keep its chains from being in force, or "" if they do not.
+std::string judge_table_flags(const TableSeen& t, const std::string& table) {
+  constexpr uint32_t kPersist = 0x4;  // NFT_TABLE_F_PERSIST (6.9+), not in older headers
+  if (t.flags & NFT_TABLE_F_DORMANT)
+    return fmt::format("table {} is dormant (flags dormant): none of its chains sees a packet", table);
+  if (t.flags & NFT_TABLE_F_OWNER)
+    // `nft -i`, or any process, that adds a table with `flags owner` owns it: when that
+    // process exits, the kernel removes the table, its chains and sets, and sends no event.
+    return fmt::format("table {} is owned by the process that loaded it (flags owner{}): it "
+                       "goes, with no event, when that process exits; `nft-rules` sets no flag",
+                       table, t.flags & kPersist ? ", persist" : "");
+  if (t.flags) return fmt::format("table {} has flags 0x{:x}; `nft-rules` sets none", table, t.flags);
+  return "";
+}
+
+/// The names of t's chains but `except`, shown, at most five.
+std::string chain_names(const TableSeen& t, const ChainSeen* except) {
+  std::string out;
+  std::size_t n = 0;
+  for (const ChainSeen& c : t.chains) {
+    if (&c == except) continue;
+    if (n++ == 5) {
+      out += ", ...";
+      break;
+    }
+    out += (out.empty() ? "" : ", ") + shown_name(c.name);
+  }
+  return out;
+}
+
+/// A set's key type as nft names it, for messages.
+std::string key_type_name(uint32_t type) {
+  switch (type) {
+    case kKeyTypeV4: return "ipv4_addr";
+    case kKeyTypeV6: return "ipv6_addr";
+    case kKeyTypeV4V4: return "ipv4_addr . ipv4_addr";
+    case kKeyTypeV6V6: return "ipv6_addr . ipv6_addr";
+    case kKeyTypeIfV4: return "ifname . ipv4_addr";
+    case kKeyTypeIfV6: return "ifname . ipv6_addr";
+    default: return fmt::format("type {}", type);
+  }
 }
 
 }  // namespace
@@ -119,10 +183,28 @@ std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n) {
   return fmt::format("{}{}/{} id={:016x}", kRulePrefix, i, n, id);
 }
 
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m) {
+  return fmt::format("{} chain={}/{}", ruleset_chain_comment(id, rules), k, m);
+}
+
+std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n, std::size_t k, std::size_t m) {
+  return fmt::format("{} chain={}/{}", ruleset_rule_comment(id, i, n), k, m);
+}
+
+namespace {
+/// The host-mode suffix " chain=<k>/<m>" at the end of s, if there is one; false if s holds
+/// anything else (or k is not below m). Without it chains stays 0.
+bool take_chain_place(std::string_view& s, std::size_t& k, std::size_t& m) {
+  if (s.empty()) return true;
+  return take(s, " chain=") && take_number(s, k) && take(s, "/") && take_number(s, m) && s.empty() &&
+         k < m;
+}
+}  // namespace
+
 std::optional<ChainMark> parse_chain_comment(std::string_view s) {
   ChainMark m;
   if (!take(s, kChainPrefix) || !take_id(s, m.id) || !take(s, " rules=") || !take_number(s, m.rules) ||
-      !s.empty())
+      !take_chain_place(s, m.chain, m.chains))
     return std::nullopt;
   return m;
 }
@@ -130,7 +212,8 @@ std::optional<ChainMark> parse_chain_comment(std::string_view s) {
 std::optional<RuleMark> parse_rule_comment(std::string_view s) {
   RuleMark m;
   if (!take(s, kRulePrefix) || !take_number(s, m.index) || !take(s, "/") || !take_number(s, m.rules) ||
-      !take(s, " id=") || !take_id(s, m.id) || !s.empty() || m.index >= m.rules)
+      !take(s, " id=") || !take_id(s, m.id) || !take_chain_place(s, m.chain, m.chains) ||
+      m.index >= m.rules)
     return std::nullopt;
   return m;
 }
@@ -217,38 +300,12 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     s.chain = shown_name(marked.front().first->name);
     s.rules = marked.front().second.rules;
   }
-  auto names = [&](const ChainSeen* except) {
-    std::string out;
-    std::size_t n = 0;
-    for (const ChainSeen& c : t.chains) {
-      if (&c == except) continue;
-      if (n++ == 5) {
-        out += ", ...";
-        break;
-      }
-      out += (out.empty() ? "" : ", ") + shown_name(c.name);
-    }
-    return out;
-  };
-  constexpr uint32_t kPersist = 0x4;  // NFT_TABLE_F_PERSIST (6.9+), not in older headers
-  if (t.flags & NFT_TABLE_F_DORMANT) {
-    s.reason = fmt::format("table {} is dormant (flags dormant): none of its chains sees a packet", table);
-    return s;
-  }
-  if (t.flags & NFT_TABLE_F_OWNER) {
-    // `nft -i`, or any process, that adds a table with `flags owner` owns it: when that
-    // process exits, the kernel removes the table, its chains and sets, and sends no event.
-    s.reason = fmt::format("table {} is owned by the process that loaded it (flags owner{}): it "
-                           "goes, with no event, when that process exits; `nft-rules` sets no flag",
-                           table, t.flags & kPersist ? ", persist" : "");
-    return s;
-  }
-  if (t.flags) {
-    s.reason = fmt::format("table {} has flags 0x{:x}; `nft-rules` sets none", table, t.flags);
+  if (auto why = judge_table_flags(t, table); !why.empty()) {
+    s.reason = std::move(why);
     return s;
   }
   if (marked.empty()) {
-    const std::string list = names(nullptr);
+    const std::string list = chain_names(t, nullptr);
     s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules` prints "
                            "({}): its ruleset is not loaded (did `nft -f` of it fail?)",
                            table, list.empty() ? "the table has no chain" : "its chains: " + list);
@@ -261,13 +318,14 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     s.reason = fmt::format("table {} holds {} chains where `nft-rules` prints one ({}); besides "
                            "it: {}: another chain of the table can rewrite or reroute what its "
                            "filter let through",
-                           table, t.chains.size(), s.chain, names(marked.front().first));
+                           table, t.chains.size(), s.chain, chain_names(t, marked.front().first));
     return s;
   }
   // The sets the chain looks up. An interval set holds ranges: dnsward's elements, which
   // carry no end, would each open a range up to the top of the address space.
   for (const auto& [set, name, type, len, need] :
-       {std::tuple{&t.set4, &e.set4, 7u, 4u, e.need4}, std::tuple{&t.set6, &e.set6, 8u, 16u, e.need6}}) {
+       {std::tuple{&t.set4, &e.set4, kKeyTypeV4, kKeyLenV4, e.need4},
+        std::tuple{&t.set6, &e.set6, kKeyTypeV6, kKeyLenV6, e.need6}}) {
     if (!set->exists) {
       if (!need) continue;
       s.reason = fmt::format("set {} of table {} does not exist", *name, table);
@@ -289,6 +347,170 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
   const auto& [c, mark] = marked.front();
   s.reason = judge_chain(*c, mark, e);
   if (s.reason.empty()) s.state = RulesetStatus::State::InForce;
+  return s;
+}
+
+RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectation& e) {
+  RulesetStatus s;
+  s.state = RulesetStatus::State::NotInForce;
+  const std::string table = "inet " + e.table;
+  if (!t.exists) {
+    s.reason = fmt::format("table {} does not exist", table);
+    return s;
+  }
+  // The chains by the place their marks name; the id and the names shown are those found.
+  std::pair<const ChainSeen*, ChainMark> at[kHostChainCount] = {};
+  const ChainSeen* first = nullptr;
+  ChainMark first_mark;
+  std::size_t rules = 0;
+  for (const ChainSeen& c : t.chains) {
+    const auto m = parse_chain_comment(c.comment);
+    if (!m || m->chains != kHostChainCount) continue;
+    if (!first) {
+      first = &c;
+      first_mark = *m;
+    }
+    if (!at[m->chain].first) {
+      at[m->chain] = {&c, *m};
+      rules += m->rules;
+    }
+  }
+  if (first) {
+    s.id = fmt::format("{:016x}", first_mark.id);
+    for (const auto& [c, m] : at)
+      if (c) s.chain += (s.chain.empty() ? "" : ",") + shown_name(c->name);
+    s.rules = rules;
+  }
+  if (auto why = judge_table_flags(t, table); !why.empty()) {
+    s.reason = std::move(why);
+    return s;
+  }
+  if (!first) {
+    const std::string list = chain_names(t, nullptr);
+    s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules --host` "
+                           "prints ({}): its ruleset is not loaded (did `nft -f` of it fail?)",
+                           table, list.empty() ? "the table has no chain" : "its chains: " + list);
+    return s;
+  }
+  // Exactly the four marked chains, of one ruleset. Another chain of the table, whatever its
+  // hook and priority, can undo what they decide (a postrouting chain rewriting `ip daddr`
+  // after forward accepted the pair, say); two copies of one place are a mix of loads.
+  for (const ChainSeen& c : t.chains) {
+    const std::string name = shown_name(c.name);
+    const auto m = parse_chain_comment(c.comment);
+    if (!m) {
+      s.reason = fmt::format("table {} holds chain {}, which `nft-rules --host` does not print (it "
+                             "carries no mark): another chain of the table can rewrite or reroute "
+                             "what the ruleset decided",
+                             table, name);
+      return s;
+    }
+    if (m->chains != kHostChainCount) {
+      s.reason = fmt::format("chain {} of table {} carries the mark of {}, not of chain k of {} as "
+                             "`nft-rules --host` prints",
+                             name, table,
+                             m->chains ? fmt::format("chain {} of {}", m->chain, m->chains)
+                                       : std::string("a single-VM ruleset"),
+                             kHostChainCount);
+      return s;
+    }
+    if (m->id != first_mark.id) {
+      s.reason = fmt::format("chains of table {} carry marks of two rulesets (id {:016x} on chain {}, "
+                             "{:016x} on chain {}): it holds parts of two loads",
+                             table, first_mark.id, shown_name(first->name), m->id, name);
+      return s;
+    }
+    if (at[m->chain].first != &c) {
+      s.reason = fmt::format("chains {} and {} of table {} both carry the mark of chain {} of {}",
+                             shown_name(at[m->chain].first->name), name, table, m->chain, kHostChainCount);
+      return s;
+    }
+  }
+  for (std::size_t k = 0; k < kHostChainCount; ++k)
+    if (!at[k].first) {
+      s.reason = fmt::format("table {} holds no chain marked as chain {} of {} (the {} chain, "
+                             "type {} on the {} hook): the ruleset is not whole",
+                             table, k, kHostChainCount, kHostChains[k].name, kHostChains[k].type,
+                             hook_name(kHostChains[k].hook));
+      return s;
+    }
+  // The vouched sets, keyed by (guest . destination), and the sandboxes' sets, keyed by
+  // (interface . guest address). An interval flag on either makes one element a range: a
+  // vouched pair would open every destination above it, a registered pair every interface
+  // and source address between two registrations.
+  const struct {
+    const SetSeen* set;
+    const std::string* name;
+    uint32_t type, len, flags;
+    const char* why;
+  } sets[] = {
+      {&t.set4, &e.set4, kKeyTypeV4V4, kKeyLenV4V4, NFT_SET_TIMEOUT, "flags timeout alone"},
+      {&t.set6, &e.set6, kKeyTypeV6V6, kKeyLenV6V6, NFT_SET_TIMEOUT, "flags timeout alone"},
+      {&t.sbx4, &e.sbx4, kKeyTypeIfV4, kKeyLenIfV4, 0, "no flag at all"},
+      {&t.sbx6, &e.sbx6, kKeyTypeIfV6, kKeyLenIfV6, 0, "no flag at all"},
+  };
+  for (const auto& x : sets) {
+    if (!x.set->exists) {
+      s.reason = fmt::format("set {} of table {} does not exist", *x.name, table);
+      return s;
+    }
+    if (x.set->key_type != x.type || x.set->key_len != x.len) {
+      s.reason = fmt::format("set {} of table {} is of {} (key length {}), not {} (key length {})",
+                             *x.name, table, key_type_name(x.set->key_type), x.set->key_len,
+                             key_type_name(x.type), x.len);
+      return s;
+    }
+    if (x.set->flags != x.flags) {
+      s.reason = fmt::format("set {} of table {} has flags {} where dnsward needs {} (an interval "
+                             "set turns each element into a range)",
+                             *x.name, table, set_flags_text(x.set->flags), x.why);
+      return s;
+    }
+  }
+  for (std::size_t k = 0; k < kHostChainCount; ++k) {
+    const auto& [c, mark] = at[k];
+    const HostChain& want = kHostChains[k];
+    const std::string name = shown_name(c->name);
+    if (!c->base) {
+      s.reason = fmt::format("chain {} (chain {} of {}) is not a base chain (no hook): its rules "
+                             "see no packet", name, k, kHostChainCount);
+      return s;
+    }
+    if (c->type != want.type) {
+      s.reason = fmt::format("chain {} (chain {} of {}) is of type {}, not {}", name, k,
+                             kHostChainCount, shown_name(c->type), want.type);
+      return s;
+    }
+    if (c->hook != want.hook) {
+      s.reason = fmt::format("chain {} (chain {} of {}) is on the {} hook, not {}", name, k,
+                             kHostChainCount, hook_name(c->hook), hook_name(want.hook));
+      return s;
+    }
+    if (auto why = judge_rules(*c, mark); !why.empty()) {
+      s.reason = std::move(why);
+      return s;
+    }
+  }
+  // What makes it host enforcement: forward accepts only vouched (guest . destination)
+  // pairs, and prerouting drops a source that is not its interface's registered guest (an
+  // inverted lookup: a plain one would drop the registered guests instead).
+  const ChainSeen& forward = *at[kHostChainForward].first;
+  for (const std::string* set : {&e.set4, &e.set6})
+    if (!chain_looks_up(forward, *set, false)) {
+      s.reason = fmt::format("no rule of chain {} looks up set {}: the pairs dnsward vouches for are "
+                             "not what the host forwards",
+                             shown_name(forward.name), *set);
+      return s;
+    }
+  const ChainSeen& pre = *at[kHostChainPrerouting].first;
+  for (const std::string* set : {&e.sbx4, &e.sbx6})
+    if (!chain_looks_up(pre, *set, true)) {
+      s.reason = fmt::format("no rule of chain {} drops sources missing from set {} (`!= @{}`): a "
+                             "sandbox could send from another's address",
+                             shown_name(pre.name), *set, *set);
+      return s;
+    }
+  s.state = RulesetStatus::State::InForce;
   return s;
 }
 

@@ -51,7 +51,28 @@ void TcpListener::on_accept() {
         log::warn("event=tcp-accept-error error={}", log::quote(std::strerror(errno)));
       return;
     }
-    if (conns_.size() >= cfg_.tcp_max_connections && !evict_one(peer, plen)) {
+    bool marked = false;
+    std::string tenant;
+    if (cfg_.host) {
+      // The mark prerouting set on packets from sandbox interfaces, kept by the accepted
+      // socket (net.ipv4.tcp_fwmark_accept): the pipeline trusts the source only with it.
+      uint32_t mark = 0;
+      socklen_t ml = sizeof mark;
+      marked = getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &ml) == 0 && (mark >> cfg_.host_mark_bit) & 1u;
+      ClientAddr who;
+      who.peer = peer;
+      who.peer_len = plen;
+      if (tenant_of_) tenant = tenant_of_(who.peer_addr());
+      // One sandbox's connections: at its cap its own longest-idle one gives way, or the
+      // new one is refused; never another sandbox's.
+      if (per_tenant_[tenant] >= cfg_.sandbox_max_tcp && !evict_one(peer, plen, &tenant)) {
+        close(fd);
+        log::debug("event=tcp-refused reason=sandbox-max-tcp client={}", who.peer_text());
+        continue;
+      }
+    }
+    if (conns_.size() >= cfg_.tcp_max_connections &&
+        !evict_one(peer, plen, cfg_.host ? &tenant : nullptr)) {
       close(fd);  // every connection has a query in progress: refuse at once
       log::debug("event=tcp-refused reason=max-connections");
       continue;
@@ -65,6 +86,9 @@ void TcpListener::on_accept() {
     c->client.tcp_conn = c->id;
     c->client.peer = peer;
     c->client.peer_len = plen;
+    c->client.marked = marked;
+    c->tenant = tenant;
+    if (cfg_.host) ++per_tenant_[tenant];
     const uint64_t id = c->id;
     loop_.watch(fd, EPOLLIN, [this, id](uint32_t ev) { on_event(id, ev); });
     Conn& ref = *c;
@@ -74,7 +98,7 @@ void TcpListener::on_accept() {
   }
 }
 
-bool TcpListener::evict_one(const sockaddr_storage& newcomer, socklen_t len) {
+bool TcpListener::evict_one(const sockaddr_storage& newcomer, socklen_t len, const std::string* tenant) {
   // RFC 7766 6.2.3: a server may close idle connections, and should when it is under
   // resource pressure. Closing the longest-idle one that owes nothing means idle or slow
   // (byte-dripping) clients can never hold every slot and deny TCP service. lru_ is in
@@ -83,6 +107,7 @@ bool TcpListener::evict_one(const sockaddr_storage& newcomer, socklen_t len) {
   for (const uint64_t id : lru_) {
     Conn& v = *conns_.at(id);
     if (v.forwarded > 0 || v.out_off < v.out.size() || v.in_input) continue;
+    if (tenant && v.tenant != *tenant) continue;  // never another sandbox's slot
     ClientAddr who;
     who.peer = newcomer;
     who.peer_len = len;
@@ -250,6 +275,10 @@ void TcpListener::close_conn(uint64_t id, const char* why) {
   if (why) log::debug("event=tcp-close client={} reason={}", c.client.peer_text(), why);
   if (c.idle) loop_.cancel(c.idle);
   lru_.erase(c.lru_pos);
+  if (cfg_.host) {
+    const auto t = per_tenant_.find(c.tenant);
+    if (t != per_tenant_.end() && --t->second == 0) per_tenant_.erase(t);
+  }
   loop_.unwatch(c.fd);
   close(c.fd);
   conns_.erase(it);

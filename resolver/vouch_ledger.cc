@@ -49,7 +49,7 @@ constexpr std::size_t kNoSlot = SIZE_MAX;
 // One batch's worth of commit_changes.
 bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<std::size_t> from,
                   std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                  IpAddr* failed, std::vector<uint64_t>* held_left) {
+                  SetKey* failed, std::vector<uint64_t>* held_left) {
   std::vector<bool> alone(work.size(), false);
   std::vector<bool> dropped(work.size(), false);
   // Every failed round splits a message or settles an element, so this bound is never the
@@ -92,7 +92,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         // Its add, if it was a replacement, is now exclusive: should someone add the element
         // back meanwhile, EEXIST says so (a plain add would keep their timeout before 6.12).
         for (std::size_t i = 0; i < work.size(); ++i)
-          if (!dropped[i] && work[i].op == ElemOp::Add && work[i].addr == work[w].addr)
+          if (!dropped[i] && work[i].op == ElemOp::Add && work[i].key() == work[w].key())
             work[i].op = ElemOp::AddExcl;
         progress = true;
       } else if (work[w].op == ElemOp::AddIfMissing && res[m] == EEXIST) {
@@ -100,7 +100,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         bool exists = false;
         uint64_t left = 0;
         std::string why;
-        const bool read = port.element_left(work[w].addr, exists, left, why);
+        const bool read = port.element_left(work[w].key(), exists, left, why);
         if (read && exists && left >= work[w].timeout_ms) {
           dropped[w] = true;  // long enough (or for ever): left as it is
           results[from[w]] = ChangeResult::AlreadyHeld;
@@ -111,7 +111,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
           // Shorter than needed (or unreadable): replaced, for at least what it had.
           if (exists && left != kNoExpiry) work[w].timeout_ms = std::max(work[w].timeout_ms, left);
           work[w].op = ElemOp::Add;
-          extra.push_back({ElemOp::Del, work[w].addr, 0});
+          extra.push_back({ElemOp::Del, work[w].addr, 0, work[w].guest});
           extra_from.push_back(kNoSlot);
         }
         progress = true;
@@ -119,14 +119,14 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         // The kernel holds it, though we did not know: a plain re-add would keep its old
         // timeout on kernels before 6.12, so replace it.
         work[w].op = ElemOp::Add;
-        extra.push_back({ElemOp::Del, work[w].addr, 0});
+        extra.push_back({ElemOp::Del, work[w].addr, 0, work[w].guest});
         extra_from.push_back(kNoSlot);
         progress = true;
       } else {
         errno_out = res[m];
-        if (failed) *failed = work[w].addr;
+        if (failed) *failed = work[w].key();
         err = fmt::format("nftables refused {} {}: {}",
-                          work[w].op == ElemOp::Del ? "deleting" : "adding", work[w].addr.text(),
+                          work[w].op == ElemOp::Del ? "deleting" : "adding", work[w].key().text(),
                           std::strerror(res[m]));
         return false;
       }
@@ -157,7 +157,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
 
 bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
                     std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                    IpAddr* failed, std::vector<uint64_t>* held_left) {
+                    SetKey* failed, std::vector<uint64_t>* held_left) {
   if (held_left) held_left->assign(changes.size(), 0);
   results.assign(changes.size(), ChangeResult::Failed);
   errno_out = 0;
@@ -168,7 +168,7 @@ bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
     // A delete + add pair (a replacement) stays in one batch, or the element would be
     // missing between two transactions.
     if (end < changes.size() && changes[end - 1].op == ElemOp::Del &&
-        changes[end].op != ElemOp::Del && changes[end].addr == changes[end - 1].addr)
+        changes[end].op != ElemOp::Del && changes[end].key() == changes[end - 1].key())
       ++end;
     std::vector<ElemChange> work(changes.begin() + std::ptrdiff_t(i), changes.begin() + std::ptrdiff_t(end));
     std::vector<std::size_t> from(work.size());
@@ -188,7 +188,67 @@ uint32_t VouchLedger::intern(std::string_view pattern) {
   return uint32_t(patterns_.size() - 1);
 }
 
-const LedgerRecord* VouchLedger::find(const IpAddr& a) const {
+std::string SetKey::text() const {
+  return guest.family ? guest.text() + ">" + addr.text() : addr.text();
+}
+
+bool SetKey::parse(std::string_view s, SetKey& out) {
+  out = SetKey{};
+  const auto gt = s.find('>');
+  if (gt == std::string_view::npos) return IpAddr::parse(std::string(s), out.addr);
+  // Host mode: a guest pairs with destinations of its own family (the sets are v4 . v4 and
+  // v6 . v6).
+  return IpAddr::parse(std::string(s.substr(0, gt)), out.guest) &&
+         IpAddr::parse(std::string(s.substr(gt + 1)), out.addr) && out.guest.family == out.addr.family;
+}
+
+LedgerRecord& VouchLedger::record(const SetKey& k) {
+  const auto [it, made] = records_.try_emplace(k);
+  if (made && k.guest.family) ++per_guest_[k.guest];
+  return it->second;
+}
+
+void VouchLedger::erase(const SetKey& k) {
+  if (!records_.erase(k) || !k.guest.family) return;
+  const auto g = per_guest_.find(k.guest);
+  if (g != per_guest_.end() && --g->second == 0) per_guest_.erase(g);
+}
+
+std::size_t VouchLedger::count_of(const IpAddr& guest) const {
+  const auto g = per_guest_.find(guest);
+  return g == per_guest_.end() ? 0 : g->second;
+}
+
+std::size_t VouchLedger::unknown(const std::vector<VouchItem>& items) const {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    bool dup = false;
+    for (std::size_t j = 0; j < i && !dup; ++j) dup = items[j].key() == items[i].key();
+    n += !dup && !records_.count(items[i].key());
+  }
+  return n;
+}
+
+std::vector<ElemChange> VouchLedger::removals_of(const std::vector<IpAddr>& guests,
+                                                 uint64_t now_ms) const {
+  std::vector<ElemChange> dels;
+  for (const auto& [k, r] : records_) {
+    if (!k.guest.family || std::find(guests.begin(), guests.end(), k.guest) == guests.end()) continue;
+    // Maybe held counts: a delete of what is gone costs an ENOENT, never a hole.
+    if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
+    dels.push_back({ElemOp::Del, k.addr, 0, k.guest});
+  }
+  return dels;
+}
+
+void VouchLedger::for_each_of(const IpAddr& guest,
+                              const std::function<void(const SetKey&, const LedgerRecord&)>& fn) const {
+  if (!count_of(guest)) return;
+  for (const auto& [k, r] : records_)
+    if (k.guest == guest) fn(k, r);
+}
+
+const LedgerRecord* VouchLedger::find(const SetKey& a) const {
   const auto it = records_.find(a);
   return it == records_.end() ? nullptr : &it->second;
 }
@@ -200,7 +260,7 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
   // element: it gets the longest timeout asked for.
   std::vector<VouchItem> uniq;
   for (const VouchItem& i : items) {
-    auto same = std::find_if(uniq.begin(), uniq.end(), [&](const VouchItem& u) { return u.addr == i.addr; });
+    auto same = std::find_if(uniq.begin(), uniq.end(), [&](const VouchItem& u) { return u.key() == i.key(); });
     if (same == uniq.end()) uniq.push_back(i);
     else same->timeout_s = std::max(same->timeout_s, i.timeout_s);
   }
@@ -208,7 +268,7 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
   effective_ms.clear();
   for (const VouchItem& i : uniq) {
     uint64_t want = now_ms + uint64_t(i.timeout_s) * 1000u;
-    const LedgerRecord* r = find(i.addr);
+    const LedgerRecord* r = find(i.key());
     // Never below what an earlier answer promised: a later short TTL must not cut short
     // a client that was told it may use the address longer. Nor, while the view is being
     // reread, below what the kernel held before: an exclusive add that finds the element
@@ -221,7 +281,7 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     if (!held && r && r->prior_ms >= want) {
       // The kernel may still hold it at least this long (or for ever: someone else's
       // permanent element): add it if it is missing, and leave it as it is if not.
-      changes.push_back({ElemOp::AddIfMissing, i.addr, want - now_ms});
+      changes.push_back({ElemOp::AddIfMissing, i.addr, want - now_ms, i.guest});
       effective_ms.push_back(r->prior_ms);
       continue;
     }
@@ -231,15 +291,15 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     if (!held) {
       // Exclusive: if the kernel holds it after all, EEXIST says so, instead of a silent
       // no-op that would keep its old, shorter timeout (kernels before 6.12).
-      changes.push_back({ElemOp::AddExcl, i.addr, timeout});
+      changes.push_back({ElemOp::AddExcl, i.addr, timeout, i.guest});
       effective_ms.push_back(want);
     } else if (mode == RefreshMode::Update) {
-      changes.push_back({ElemOp::Add, i.addr, timeout});  // in place, with an expiration
+      changes.push_back({ElemOp::Add, i.addr, timeout, i.guest});  // in place, with an expiration
       effective_ms.push_back(want);
     } else {
-      changes.push_back({ElemOp::Del, i.addr, 0});
+      changes.push_back({ElemOp::Del, i.addr, 0, i.guest});
       effective_ms.push_back(0);
-      changes.push_back({ElemOp::Add, i.addr, timeout});
+      changes.push_back({ElemOp::Add, i.addr, timeout, i.guest});
       effective_ms.push_back(want);
     }
   }
@@ -259,12 +319,12 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
       // take its absence for granted (a refused batch, applied by nothing, costs at most an
       // ENOENT or an EEXIST then).
       if (changes[k].op != ElemOp::Del) {
-        LedgerRecord& r = records_[changes[k].addr];
+        LedgerRecord& r = record(changes[k].key());
         r.prior_ms = std::max(r.prior_ms, now_ms + changes[k].timeout_ms);
       }
       continue;
     }
-    LedgerRecord& r = records_[changes[k].addr];
+    LedgerRecord& r = record(changes[k].key());
     r.written = epoch_;  // newer than any dump already asked for
     if (changes[k].op == ElemOp::Del) {
       r.kernel_ms = 0;
@@ -287,7 +347,7 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
                                      [](ChangeResult r) { return r == ChangeResult::Failed; });
   const uint32_t pid = who.pattern.empty() ? UINT32_MAX : intern(who.pattern);
   for (const VouchItem& i : items) {
-    const auto it = records_.find(i.addr);
+    const auto it = records_.find(i.key());
     // Not held, not maybe held: nothing to answer for.
     if (it == records_.end() || (it->second.kernel_ms <= now_ms && it->second.prior_ms <= now_ms)) continue;
     LedgerRecord& r = it->second;
@@ -314,7 +374,7 @@ void VouchLedger::add_name(LedgerRecord& r, std::string_view name) {
   r.names += name;
 }
 
-void VouchLedger::reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held,
+void VouchLedger::reset_kernel(const std::vector<std::pair<SetKey, uint64_t>>& held,
                                uint64_t now_ms) {
   forget_kernel();
   for (const auto& [a, left] : held) merge_held(a, left, now_ms);
@@ -330,8 +390,8 @@ void VouchLedger::forget_kernel() {
   }
 }
 
-void VouchLedger::merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms) {
-  LedgerRecord& r = records_[a];
+void VouchLedger::merge_held(const SetKey& a, uint64_t left_ms, uint64_t at_ms) {
+  LedgerRecord& r = record(a);
   if (r.written == epoch_) return;  // dnsward changed it after the dump was asked for
   r.kernel_ms = left_ms == kNoExpiry ? kNoExpiry : at_ms + left_ms;
 }
@@ -343,11 +403,15 @@ void VouchLedger::reread_done() {
 }
 
 std::vector<ElemChange> VouchLedger::revocations(
-    const VoucherJudge& keep,
-    const std::function<bool(std::string_view)>& keep_audit, uint64_t now_ms) const {
+    const VoucherJudge& keep, const AuditJudge& keep_audit, uint64_t now_ms) const {
   std::vector<ElemChange> dels;
-  std::vector<int8_t> kept(patterns_.size(), -1);  // each pattern judged once: a Voucher, or -1
-  for (const auto& [a, r] : records_) {
+  // Each (guest, pattern) judged once: a Voucher, or -1. Single-VM mode has one guest (none).
+  std::unordered_map<IpAddr, std::vector<int8_t>, IpAddrHash> kept_by_guest;
+  // Plain locals, not a structured binding: clang 14 (the fuzz build) cannot capture one.
+  for (const auto& entry : records_) {
+    const SetKey& key = entry.first;
+    const LedgerRecord& r = entry.second;
+    const IpAddr& a = key.addr;
     // Held, or maybe held: while the view is reread (or after a failed reread) the kernel
     // may still hold what it held before; a delete of what is gone costs an ENOENT, never
     // a hole.
@@ -362,8 +426,10 @@ std::vector<ElemChange> VouchLedger::revocations(
     // An entry that lost private=yes keeps no special-purpose address it vouched for:
     // answers no longer carry it (rebinding protection), so neither may the firewall.
     const bool special = is_special_purpose(a);
+    std::vector<int8_t>& kept = kept_by_guest[key.guest];
+    if (kept.size() < patterns_.size()) kept.resize(patterns_.size(), -1);
     for (const uint32_t p : r.patterns) {
-      if (kept[p] < 0) kept[p] = int8_t(keep(patterns_[p]));
+      if (kept[p] < 0) kept[p] = int8_t(keep(key.guest, patterns_[p]));
       const auto v = Voucher(kept[p]);
       if (v == Voucher::ListedPrivate || (v == Voucher::Listed && !special)) {
         stays = true;
@@ -371,8 +437,8 @@ std::vector<ElemChange> VouchLedger::revocations(
       }
     }
     if (!stays && r.audit)
-      for_each_name(r.names, [&](std::string_view n) { stays = stays || keep_audit(n); });
-    if (!stays) dels.push_back({ElemOp::Del, a, 0});
+      for_each_name(r.names, [&](std::string_view n) { stays = stays || keep_audit(key.guest, n); });
+    if (!stays) dels.push_back({ElemOp::Del, a, 0, key.guest});
   }
   return dels;
 }
@@ -384,7 +450,7 @@ void VouchLedger::revoked(const std::vector<ElemChange>& dels,
       // A failed delete may still have been applied (its answers lost or late): the element
       // counts as maybe gone. Answers add it again (exclusively, so a kernel that still holds
       // it says so), and revocations still cover it until its old expiry.
-      const auto it = records_.find(dels[k].addr);
+      const auto it = records_.find(dels[k].key());
       if (it != records_.end()) {
         it->second.prior_ms = std::max(it->second.prior_ms, it->second.kernel_ms);
         it->second.kernel_ms = 0;
@@ -393,12 +459,12 @@ void VouchLedger::revoked(const std::vector<ElemChange>& dels,
       continue;
     }
     if (!rereading_) {
-      records_.erase(dels[k].addr);
+      erase(dels[k].key());
       continue;
     }
     // Kept, empty, as a mark that dnsward deleted it: a dump asked for before the delete
     // must not bring it back.
-    LedgerRecord& r = records_[dels[k].addr];
+    LedgerRecord& r = record(dels[k].key());
     r = LedgerRecord{};
     r.written = epoch_;
   }
@@ -409,13 +475,17 @@ void VouchLedger::expire(uint64_t now_ms) {
     const LedgerRecord& r = it->second;
     const bool dead = r.kernel_ms <= now_ms && r.promised_ms <= now_ms && r.prior_ms <= now_ms &&
                       !(rereading_ && r.written == epoch_);
+    if (dead && it->first.guest.family) {
+      const auto g = per_guest_.find(it->first.guest);
+      if (g != per_guest_.end() && --g->second == 0) per_guest_.erase(g);
+    }
     it = dead ? records_.erase(it) : std::next(it);
   }
 }
 
 std::size_t VouchLedger::held(uint8_t family, uint64_t now_ms) const {
   std::size_t n = 0;
-  for (const auto& [a, r] : records_) n += a.family == family && r.kernel_ms > now_ms;
+  for (const auto& [k, r] : records_) n += k.addr.family == family && r.kernel_ms > now_ms;
   return n;
 }
 
@@ -464,7 +534,7 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
                               std::string& err) {
   // Parsed completely before anything is merged: a corrupt file changes nothing.
   struct Line {
-    IpAddr addr;
+    SetKey addr;
     uint64_t promised;
     std::vector<std::string_view> patterns, names;
     bool audit;
@@ -506,7 +576,7 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
     const auto f = split(line, '\t');
     Line l;
     int64_t promised = 0;
-    if (f.size() != 5 || !IpAddr::parse(std::string(f[0]), l.addr) ||
+    if (f.size() != 5 || !SetKey::parse(f[0], l.addr) ||
         std::from_chars(f[1].data(), f[1].data() + f[1].size(), promised).ec != std::errc() ||
         (f[3] != "0" && f[3] != "1")) {
       err = fmt::format("line {}: expected ADDRESS, PROMISED, PATTERNS, AUDIT, NAMES", lineno);
@@ -537,7 +607,7 @@ bool VouchLedger::merge_saved(std::string_view text, uint64_t now_ms, int64_t wa
     return false;
   }
   for (const Line& l : lines) {
-    LedgerRecord& r = records_[l.addr];
+    LedgerRecord& r = record(l.addr);
     r.promised_ms = std::max(r.promised_ms, l.promised);
     r.audit = r.audit || l.audit;
     for (const auto p : l.patterns) {

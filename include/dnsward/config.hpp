@@ -100,6 +100,19 @@ struct ServeConfig {
   bool user_explicit = false;  ///< --user was given (not an option: how user was set)
   uint32_t state_interval;
   uint32_t state_max_names;  ///< denied (and would-deny) names kept in the state
+
+  // Host mode: one dnsward on the host, many sandboxes (sandbox.hpp).
+  bool host;                    ///< --host
+  std::string sandbox_ifaces;   ///< nft iifname pattern of the sandboxes' interfaces ("tap*")
+  uint32_t host_mark_bit;       ///< the packet-mark bit prerouting sets on sandbox traffic
+  std::string control;          ///< the control socket's path
+  std::string control_group;    ///< group allowed on the control socket besides root ("": none)
+  std::string sandboxes_dir;    ///< where registrations persist ("": not kept)
+  uint32_t host_set_size;       ///< the concatenated sets' size in host mode
+  uint32_t sandbox_max_elements;
+  uint32_t sandbox_max_inflight;
+  uint32_t sandbox_max_tcp;
+  uint32_t sandbox_state_names;
 };
 
 /// What an option's value is.
@@ -115,6 +128,7 @@ enum class OptionKind {
 enum OptionCommand : unsigned {
   kServe = 1u << 0,
   kNftRules = 1u << 1,
+  kCtl = 1u << 2,  ///< `dnsward ctl`, the control socket's client
 };
 
 /// One value of an enumerated option: its name and the enum value it stands for.

@@ -28,6 +28,8 @@ extern Format format;
 /// The loaded policy's version, carried by every line so an operator can tell which list
 /// decided ("" before one is loaded).
 extern std::string policy_version;
+/// Host mode: the sandbox whose query is being handled ("": none), on every line as sandbox=ID.
+extern std::string sandbox;
 
 /// Text from outside (names, error messages): a value type, so that it stays one field's
 /// value whatever it holds; logfmt quotes it when needed and JSON escapes it. Formatted with
@@ -102,7 +104,8 @@ std::vector<Field> make_fields(fmt::format_string<A...> f, A&&... a) {
 /// One line in the given format: ts and level first, the event's fields, then policy= if
 /// policy is not empty. No newline.
 std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::vector<Field>& fields,
-                   std::string_view policy);
+                   std::string_view policy,
+                   std::string_view sandbox = {});
 
 /// Writes one event (render() with the current format, time and policy version, to sink).
 void write(LogLevel level, const std::vector<Field>& fields);

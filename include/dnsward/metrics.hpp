@@ -60,6 +60,9 @@ struct Histogram {
   COUNTER(over_budget, "dnsward_queries_total", "verdict=\"over_budget\"", false, "")              \
   COUNTER(overload, "dnsward_queries_total", "verdict=\"overload\"", true, "")                     \
   COUNTER(dropped, "dnsward_queries_total", "verdict=\"dropped\"", false, "")                      \
+  COUNTER(unknown_source, "dnsward_queries_total", "verdict=\"unknown_source\"", true, "")         \
+  COUNTER(sandbox_capped, "dnsward_sandbox_capped_total", "", true,                                \
+          "Host mode: queries a sandbox's own caps refused (elements, queries in flight).")       \
   COUNTER(upstream_answers, "dnsward_upstream_answers_total", "", false,                           \
           "Answers received from the upstream.")                                                   \
   COUNTER(upstream_failures, "dnsward_upstream_failures_total", "", true,                          \

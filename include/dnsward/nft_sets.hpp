@@ -32,6 +32,12 @@ struct NftTarget {
   std::string set6 = "allowed6";
   uint32_t set_size = 65536;  ///< the sets' size when dnsward creates them
   uint32_t max_timeout_s = 3630;  ///< the longest element timeout (max-ttl + grace)
+  /// Host mode: set4/set6 are keyed `guest . destination` (ipv4_addr . ipv4_addr and
+  /// ipv6_addr . ipv6_addr), and sbx4/sbx6 (ifname . address) hold the registered pairs of
+  /// tap and guest address that the host ruleset's anti-spoofing lets through.
+  bool host = false;
+  std::string sbx4 = "sandboxes4";
+  std::string sbx6 = "sandboxes6";
 };
 
 /// Fault-injection hooks for NftSets' three netlink sockets (see NetlinkFaults), for tests
@@ -69,8 +75,7 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
 
   /// Deletes every element the kernel holds whose vouchers are all rejected by keep (see
   /// VouchLedger::revocations); an element that is gone already never hides the others.
-  RevokeOutcome revoke_unless(const VoucherJudge& keep,
-                              const std::function<bool(std::string_view)>& keep_audit,
+  RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                               uint64_t now_ms) override;
 
   /// The event socket, for the event loop; call on_events() when it is readable.
@@ -116,12 +121,28 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   // ElementPort
   bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
                 std::string& err) override;
-  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) override;
+  bool element_left(const SetKey& k, bool& exists, uint64_t& left_ms, std::string& err) override;
+
+  // SetWriter, host mode
+  std::size_t elements_of(const IpAddr& guest) const override { return ledger_.count_of(guest); }
+  std::size_t would_add(const std::vector<VouchItem>& items) const override { return ledger_.unknown(items); }
+
+  /// Host mode: adds (or deletes) the anti-spoofing pairs (iface . addr) of a sandbox, ACKed,
+  /// in one batch. A delete of a pair that is gone already is not an error.
+  bool set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
+                 std::string& err);
+  /// Host mode: called when someone else deleted anti-spoofing pairs (or their sets or the
+  /// table): the registry puts every registered sandbox's pairs back.
+  void on_pairs_lost(std::function<void()> f) { on_pairs_lost_ = std::move(f); }
+  /// Host mode: deletes every element opened for guests (a sandbox removed), ACKed.
+  RevokeOutcome remove_guests(const std::vector<IpAddr>& guests, uint64_t now_ms);
 
  private:
   bool ensure(std::string& err);
+  /// want_flags: a set of vouched elements (`flags timeout` and no other); false: a plain set
+  /// of anti-spoofing pairs (no flags).
   bool check_set(const std::string& name, uint32_t key_type, uint32_t key_len, bool& exists,
-                 uint32_t& size, std::string& err);
+                 uint32_t& size, std::string& err, bool want_flags = true);
   enum class Probe : uint8_t { Yes, No, Failed };
   /// Whether the kernel updates an element's timeout in place (6.12+), tried on a scratch
   /// set; Failed (err set) when the probe could not tell.
@@ -166,6 +187,7 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   };
   std::unique_ptr<mnl_socket, SocketCloser> events_;  // NFNLGRP_NFTABLES notifications
   NetlinkFaults* event_faults_ = nullptr;
+  std::function<void()> on_pairs_lost_;
   VouchLedger ledger_;
   uint32_t size4_ = 0, size6_ = 0;
   bool warned_full_[2] = {false, false};

@@ -30,6 +30,7 @@
 #include "dnsward/policy.hpp"
 #include "dnsward/ports.hpp"
 #include "dnsward/ruleset_check.hpp"
+#include "dnsward/sandboxes.hpp"
 #include "dnsward/usage.hpp"
 
 namespace dnsward {
@@ -45,7 +46,14 @@ struct ClientAddr {
   in6_pktinfo local6{};
   in_pktinfo local4{};
   uint64_t tcp_conn = 0;
+  /// TCP in host mode: the accepted socket carries the host ruleset's mark (SO_MARK), so the
+  /// connection came in on a sandbox interface past the anti-spoofing.
+  bool marked = false;
   std::string peer_text() const;
+  /// The peer's address (family 0 if it has none).
+  IpAddr peer_addr() const;
+  /// The interface a UDP query came in on (0: unknown).
+  unsigned ifindex() const;
 };
 
 /// A transport that can carry replies back to its clients.
@@ -83,6 +91,8 @@ struct Removed {
 struct QueryCtx {
   Query q;
   ClientAddr client;
+  /// Host mode: the sandbox that asked (identify); null in single-VM mode.
+  std::shared_ptr<Sandbox> sandbox;
   ReplySink* sink = nullptr;
   LocalName local = LocalName::None;
   /// The policy that admitted it and the deciding entry (-1: none, e.g. a would-deny in
@@ -137,9 +147,15 @@ class Pipeline {
   void set_usage(Usage* u) { usage_ = u; }
   /// Where the ruleset's state is read (NftSets); null: not checked (--no-nft).
   void set_ruleset(RulesetWatch* r) { ruleset_ = r; }
+  /// Host mode: the registered sandboxes; every query is identified by its source and held
+  /// to its sandbox's policy. Null: single-VM mode.
+  void set_sandboxes(Sandboxes* s) { sandboxes_ = s; }
+  /// Host mode: the cache (unfiltered by policy, shared by all) is kept, and every element
+  /// opened for a sandbox its policy in force no longer vouches for is deleted.
+  void sandboxes_changed(std::string_view why) { revoke_unlisted(why); }
   /// The answer to `dig CH TXT status.dnsward`, one TXT string each: the ruleset's state
   /// (and why, and its id), --require-ruleset, the policy version, the mode.
-  std::vector<std::string> status_lines();
+  std::vector<std::string> status_lines(const QueryCtx* c = nullptr);
   const Counters& counters() const { return counters_; }
   std::size_t cache_size() const { return cache_.size(); }
   const Histogram& upstream_latency() const { return upstream_latency_; }
@@ -171,6 +187,9 @@ class Pipeline {
 
   // The query path.
   Step receive(QueryCtx& c, const uint8_t* pkt, std::size_t len);
+  /// Host mode: the sandbox of the query's source (for UDP also its arrival interface, for
+  /// TCP the host mark); REFUSED, logged, for a source no sandbox has.
+  Step identify(QueryCtx& c);
   Step screen(QueryCtx& c);
   /// --require-ruleset: SERVFAIL with EDE 14 while the ruleset is not in force (the CH TXT
   /// diagnostics excepted). Also on the answer path: an answer that comes back after the
@@ -179,6 +198,7 @@ class Pipeline {
   Step apply_policy(QueryCtx& c);
   Step answer_locally(QueryCtx& c);
   Step answer_from_cache(QueryCtx& c);
+  std::size_t cache_key(const QueryCtx& c, char* buf) const;
   Step forward(QueryCtx& c);
 
   // The answer path.
@@ -202,7 +222,12 @@ class Pipeline {
   /// The reply for a name the policy denies: NXDOMAIN, or NODATA for an ancestor of entries.
   Step deny(QueryCtx& c, Match::Verdict v);
   /// Whether one more distinct name fits the entry's budget= in the sliding window.
-  bool within_budget(uint32_t entry, uint32_t budget, const std::string& name);
+  bool within_budget(QueryCtx& c, uint32_t entry, uint32_t budget, const std::string& name);
+  /// The policy in force for the query's sandbox (or the one policy in single-VM mode).
+  const std::shared_ptr<const Policy>& policy_of(const QueryCtx& c) const {
+    return c.sandbox ? c.sandbox->policy : policy_;
+  }
+  bool audit_of(const QueryCtx& c) const { return c.sandbox ? c.sandbox->spec.audit : cfg_.audit; }
   Step servfail(QueryCtx& c, uint16_t ede, std::string_view why);
   /// A local answer larger than a UDP client takes becomes the question alone with TC=1.
   Step fit_udp(QueryCtx& c);
@@ -227,13 +252,12 @@ class Pipeline {
   AnswerCache cache_;
   Usage* usage_ = nullptr;
   RulesetWatch* ruleset_ = nullptr;
-  /// Distinct names asked under each budgeted entry in the last kBudgetWindowMs: when each
-  /// was first asked, oldest first, and the same as a set.
-  struct Window {
-    std::deque<std::pair<uint64_t, std::string>> first_asked;
-    std::unordered_set<std::string> names;
-  };
-  std::unordered_map<uint32_t, Window> budgets_;
+  Sandboxes* sandboxes_ = nullptr;
+  uint64_t unknown_logged_ms_ = 0;  // log lines for unknown sources: at most a few a second
+  uint32_t unknown_logged_ = 0;
+  /// Distinct names asked under each budgeted entry in the last kBudgetWindowMs (single-VM
+  /// mode; each sandbox keeps its own).
+  std::unordered_map<uint32_t, BudgetWindow> budgets_;
   std::vector<uint8_t> scratch_;  // a cached answer being aged
   std::unordered_map<uint16_t, Pending> pending_;  // by upstream query ID
   Counters counters_;

@@ -49,9 +49,12 @@ class SetWriter {
                      std::string& err) = 0;
   /// Deletes every element whose vouchers keep(pattern) all reject (audit-vouched ones:
   /// unless keep_audit(name) holds for one of their names).
-  virtual RevokeOutcome revoke_unless(const VoucherJudge& keep,
-                                      const std::function<bool(std::string_view)>& keep_audit,
+  virtual RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                                       uint64_t now_ms) = 0;
+  /// Host mode: elements held for guest (what its cap counts), and how many of items the
+  /// sets hold no record of (what vouching them would add).
+  virtual std::size_t elements_of(const IpAddr& guest) const { return 0; }
+  virtual std::size_t would_add(const std::vector<VouchItem>& items) const { return items.size(); }
 };
 
 }  // namespace dnsward

@@ -6,6 +6,11 @@
 // comments, not parsed back; only the lookups of dnsward's sets are read from them. The
 // table is judged whole: its flags, its two sets' flags, and that it holds no chain but the
 // marked one (another chain of its own could rewrite what the filter let through).
+//
+// Host mode (`nft-rules --host`) prints four chains, each marked with its place among them
+// ("... chain=k/4"), and two more sets: the sandboxes' (interface . guest address) pairs.
+// judge_host_ruleset judges that table the same way: by its marks, its sets' kernel types
+// and flags, and the lookups its rules make.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,17 +25,25 @@ namespace dnsward {
 std::string ruleset_chain_comment(uint64_t id, std::size_t rules);
 /// The comment `nft-rules` puts on rule i (0-based) of n: "dnsward <i>/<n> id=<16 hex>".
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n);
+/// Host mode, chain k (0-based) of m: "dnsward ruleset id=<16 hex> rules=<N> chain=<k>/<m>".
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m);
+/// Host mode, rule i of n in chain k of m: "dnsward <i>/<n> id=<16 hex> chain=<k>/<m>".
+std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n, std::size_t k, std::size_t m);
 
-/// A chain comment read back: the ruleset's id and how many rules it printed.
+/// A chain comment read back: the ruleset's id and how many rules it printed in the chain;
+/// in host mode also the chain's place (chains = 0 in a single-VM mark, which has none).
 struct ChainMark {
   uint64_t id = 0;
   std::size_t rules = 0;
+  std::size_t chain = 0, chains = 0;
 };
 std::optional<ChainMark> parse_chain_comment(std::string_view comment);
-/// A rule comment read back: its place, its ruleset's size and id.
+/// A rule comment read back: its place, its chain's size and the ruleset's id (and in host
+/// mode its chain's place; chains = 0 without one).
 struct RuleMark {
   uint64_t id = 0;
   std::size_t index = 0, rules = 0;
+  std::size_t chain = 0, chains = 0;
 };
 std::optional<RuleMark> parse_rule_comment(std::string_view comment);
 
@@ -55,6 +68,7 @@ struct RuleSeen {
   uint64_t handle = 0;
   std::string comment;               ///< "" without one
   std::vector<std::string> lookups;  ///< sets the rule looks addresses up in (not `!= @set`)
+  std::vector<std::string> negated_lookups;  ///< sets it looks up inverted (`!= @set`)
 };
 
 /// One chain of dnsward's table, as the kernel holds it.
@@ -81,9 +95,22 @@ bool set_flags_ok(uint32_t flags);
 struct SetSeen {
   bool exists = false;
   uint32_t flags = 0;     ///< NFT_SET_*: dnsward's sets have NFT_SET_TIMEOUT and nothing else
-  uint32_t key_type = 0;  ///< nftables datatype (7 ipv4_addr, 8 ipv6_addr)
+  uint32_t key_type = 0;  ///< nftables datatype (7 ipv4_addr, 8 ipv6_addr; kKeyType* below)
   uint32_t key_len = 0;
 };
+
+/// The key types and lengths the kernel holds (NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN) for the
+/// sets dnsward declares, as nft 1.0.6 declares them: measured by loading `nft-rules
+/// --host` in a namespace (6.18 kernel) and reading the sets back with libnftnl. A
+/// concatenation's type is its fields' types, each shifted in by 6 bits (nft datatype.h,
+/// CONCAT_TYPE_BITS) — ipv4_addr 7, ipv6_addr 8, ifname 41 — and its length the fields'
+/// lengths, each rounded up to 4 bytes (an ifname is 16).
+inline constexpr uint32_t kKeyTypeV4 = 7, kKeyLenV4 = 4;                 ///< ipv4_addr
+inline constexpr uint32_t kKeyTypeV6 = 8, kKeyLenV6 = 16;                ///< ipv6_addr
+inline constexpr uint32_t kKeyTypeV4V4 = (7u << 6) | 7u, kKeyLenV4V4 = 8;    ///< ipv4_addr . ipv4_addr (455)
+inline constexpr uint32_t kKeyTypeV6V6 = (8u << 6) | 8u, kKeyLenV6V6 = 32;   ///< ipv6_addr . ipv6_addr (520)
+inline constexpr uint32_t kKeyTypeIfV4 = (41u << 6) | 7u, kKeyLenIfV4 = 20;  ///< ifname . ipv4_addr (2631)
+inline constexpr uint32_t kKeyTypeIfV6 = (41u << 6) | 8u, kKeyLenIfV6 = 32;  ///< ifname . ipv6_addr (2632)
 
 /// dnsward's table, as the kernel holds it.
 struct TableSeen {
@@ -93,6 +120,8 @@ struct TableSeen {
   uint32_t flags = 0;
   std::vector<ChainSeen> chains;
   SetSeen set4, set6;
+  /// Host mode: the sandboxes' (interface . guest address) sets (kSandboxSet4, kSandboxSet6).
+  SetSeen sbx4, sbx6;
 };
 
 /// What the judge needs to know of serve's configuration.
@@ -129,6 +158,43 @@ struct RulesetStatus {
 /// filter on the output hook with policy drop, holds exactly the marked rules in order (no
 /// other rule), and looks up each set the family needs. Pure.
 RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e);
+
+/// One of the chains `nft-rules --host` prints, in the order of their marks (chain=k/4).
+struct HostChain {
+  const char* name;
+  const char* type;      ///< "filter" or "nat"
+  uint32_t hook;         ///< NF_INET_*
+  const char* priority;  ///< as nft names it
+};
+/// The host ruleset's chains: anti-spoofing and the mark before conntrack; DNS redirected
+/// to dnsward; what reaches the host itself; what is forwarded.
+inline constexpr HostChain kHostChains[] = {
+    {"prerouting", "filter", 0 /* NF_INET_PRE_ROUTING */, "raw"},
+    {"dns_redirect", "nat", 0 /* NF_INET_PRE_ROUTING */, "dstnat"},
+    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter"},
+    {"forward", "filter", 2 /* NF_INET_FORWARD */, "filter"},
+};
+inline constexpr std::size_t kHostChainPrerouting = 0, kHostChainRedirect = 1, kHostChainInput = 2,
+                             kHostChainForward = 3, kHostChainCount = 4;
+
+/// What the host judge needs to know of serve's configuration (family inet always).
+struct HostRulesetExpectation {
+  std::string table;
+  std::string set4, set6;  ///< the (guest . destination) sets dnsward fills
+  std::string sbx4, sbx6;  ///< the (interface . guest address) sets of registered sandboxes
+};
+
+/// Judges the host table read from the kernel: in force when the table has no flags; the
+/// vouched sets are (address . address) sets with flags timeout alone and the sandbox sets
+/// (ifname . address) sets with no flag at all (an interval set would make one registered
+/// pair a range of interfaces and addresses); the table holds exactly the four marked
+/// chains of kHostChains, of one ruleset id, each a base chain of its type on its hook,
+/// each holding exactly its marked rules in order; the forward chain looks up both
+/// vouched sets and the prerouting chain both sandbox sets inverted (anti-spoofing).
+/// Policies and priorities are not judged: every chain's policy is accept (the host's other
+/// traffic passes; the sandboxes' ends in a reject rule), and rule bodies, priorities
+/// included, are known by the marks alone, as in the single-VM judge. Pure.
+RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectation& e);
 
 /// Where the pipeline learns the ruleset's state (the real one: NftSets).
 class RulesetWatch {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <unordered_map>
@@ -57,12 +58,17 @@ class TcpListener : public ReplySink {
   void deliver(const ClientAddr& to, const uint8_t* data, std::size_t len,
                bool was_forwarded) override;
   std::size_t connections() const { return conns_.size(); }
+  /// Host mode: the sandbox (its id) a peer address belongs to, "" for none. Connections
+  /// are counted and evicted per sandbox: --sandbox-max-tcp each, and one sandbox's new
+  /// connection never evicts another's.
+  void set_tenant_of(std::function<std::string(const IpAddr&)> f) { tenant_of_ = std::move(f); }
 
  private:
   struct Conn {
     int fd = -1;
     uint64_t id = 0;
     ClientAddr client;
+    std::string tenant;          // host mode: its sandbox's id ("" unknown)
     std::vector<uint8_t> in;     // bytes received and not yet handed to the pipeline
     std::size_t in_off = 0;      // in[0, in_off) is consumed (compacted after each pass)
     std::vector<uint8_t> out;    // length-prefixed replies not yet written
@@ -88,7 +94,8 @@ class TcpListener : public ReplySink {
   void on_idle(uint64_t id);
   /// At the connection cap: closes the longest-idle connection that owes nothing, so a new
   /// one can be admitted. False if every connection has a query in progress.
-  bool evict_one(const sockaddr_storage& newcomer, socklen_t len);
+  /// In host mode only a connection of the same tenant may be evicted.
+  bool evict_one(const sockaddr_storage& newcomer, socklen_t len, const std::string* tenant = nullptr);
   void close_conn(uint64_t id, const char* why);
 
   EventLoop& loop_;
@@ -98,6 +105,8 @@ class TcpListener : public ReplySink {
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
   std::list<uint64_t> lru_;  // connection ids, least recently active first
+  std::function<std::string(const IpAddr&)> tenant_of_;
+  std::unordered_map<std::string, uint32_t> per_tenant_;  // host mode: connections per sandbox
 };
 
 }  // namespace dnsward

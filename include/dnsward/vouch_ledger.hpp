@@ -22,10 +22,32 @@ enum class RefreshMode {
   Replace,  ///< delete + add in one batch (older kernels, e.g. Debian 12's 6.1)
 };
 
+/// A set element's key: the destination address and, in host mode, the guest it is opened
+/// for (the host's sets are keyed `guest . destination`, so sandbox A's answer opens nothing
+/// for sandbox B). guest.family is 0 in single-VM mode.
+struct SetKey {
+  IpAddr guest;
+  IpAddr addr;
+  SetKey() = default;
+  SetKey(const IpAddr& a) : addr(a) {}  // NOLINT: single-VM mode's key is the address
+  SetKey(const IpAddr& g, const IpAddr& a) : guest(g), addr(a) {}
+  bool operator==(const SetKey& o) const { return guest == o.guest && addr == o.addr; }
+  /// "ADDR", or "GUEST>ADDR" in host mode (the ledger file's and the logs' form).
+  std::string text() const;
+  static bool parse(std::string_view s, SetKey& out);
+};
+struct SetKeyHash {
+  std::size_t operator()(const SetKey& k) const {
+    return IpAddrHash{}(k.addr) * 31u + (k.guest.family ? IpAddrHash{}(k.guest) : 0u);
+  }
+};
+
 /// One address to vouch for and the element timeout it needs.
 struct VouchItem {
   IpAddr addr;
   uint32_t timeout_s = 0;  ///< never 0: nftables reads 0 as "never expires"
+  IpAddr guest;            ///< host mode: the guest it is opened for
+  SetKey key() const { return {guest, addr}; }
 };
 
 /// Who vouched: the deciding entry's pattern (empty in audit mode for a name no entry
@@ -49,6 +71,8 @@ struct ElemChange {
   ElemOp op;
   IpAddr addr;
   uint64_t timeout_ms = 0;  ///< for adds
+  IpAddr guest;             ///< host mode: the guest half of the key
+  SetKey key() const { return {guest, addr}; }
 };
 /// One netlink message: elements of one family, one operation.
 struct ElemMsg {
@@ -67,7 +91,7 @@ class ElementPort {
                         std::string& err) = 0;
   /// Reads one element: whether the kernel holds it and for how long (ms; kNoExpiry for
   /// an element without a timeout). Returns false if it could not be read.
-  virtual bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) = 0;
+  virtual bool element_left(const SetKey& k, bool& exists, uint64_t& left_ms, std::string& err) = 0;
   /// Whether Add carries an expiration (Update mode refreshes in place with it).
   bool with_expiration = false;
 };
@@ -101,7 +125,7 @@ enum class ChangeResult : uint8_t {
 /// timeout written, or what it said when read (AlreadyHeld; kNoExpiry: for ever).
 bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
                     std::vector<ChangeResult>& results, std::string& err, int& errno_out,
-                    IpAddr* failed = nullptr, std::vector<uint64_t>* held_left = nullptr);
+                    SetKey* failed = nullptr, std::vector<uint64_t>* held_left = nullptr);
 
 /// Groups changes into messages: one per (operation, family) run, at most kElemsPerMsg
 /// elements each; changes whose index is in alone get a message of their own. Deletes come
@@ -143,8 +167,12 @@ enum class Voucher : uint8_t {
   Listed,         ///< listed: keeps its elements, except special-purpose addresses
   ListedPrivate,  ///< listed with private=yes: keeps every element it vouched for
 };
-/// Judges a voucher by its pattern (called once per pattern per revocation).
-using VoucherJudge = std::function<Voucher(std::string_view pattern)>;
+/// Judges a voucher by its pattern, for the guest the element was opened for (family 0 in
+/// single-VM mode; in host mode each sandbox's own policy judges). Called once per
+/// (guest, pattern) per revocation.
+using VoucherJudge = std::function<Voucher(const IpAddr& guest, std::string_view pattern)>;
+/// Whether an element vouched in audit mode for a name stays, for that guest.
+using AuditJudge = std::function<bool(const IpAddr& guest, std::string_view name)>;
 
 /// Expiry value for an element the kernel holds without a timeout.
 inline constexpr uint64_t kNoExpiry = UINT64_MAX;
@@ -171,7 +199,7 @@ class VouchLedger {
                  uint64_t now_ms, const std::vector<uint64_t>* held_left = nullptr);
   /// Forgets what the kernel was believed to hold (provenance and promises stay), then
   /// records what a dump of the sets found: (address, expiry in ms from now or kNoExpiry).
-  void reset_kernel(const std::vector<std::pair<IpAddr, uint64_t>>& held, uint64_t now_ms);
+  void reset_kernel(const std::vector<std::pair<SetKey, uint64_t>>& held, uint64_t now_ms);
   /// The same in steps, for a dump read a little at a time. forget_kernel(): every element
   /// counts as missing (safe: it is added exclusively, and replaced if the kernel has it,
   /// never shorter than the kernel held it before), and revocations still delete what the
@@ -181,7 +209,7 @@ class VouchLedger {
   /// reread_done(): the dump is complete; what it showed is held (what it did not show is
   /// treated as missing for answers, but revocations still cover it until its prior expiry).
   void forget_kernel();
-  void merge_held(const IpAddr& a, uint64_t left_ms, uint64_t at_ms);
+  void merge_held(const SetKey& k, uint64_t left_ms, uint64_t at_ms);
   void reread_done();
   /// The reread failed: the view stays forgotten (and the prior expiries kept) until the next.
   void reread_failed() { rereading_ = false; }
@@ -189,15 +217,23 @@ class VouchLedger {
   /// keeps (a Listed entry keeps no special-purpose address: a reload that takes private=yes
   /// away revokes them); audit-vouched elements are kept if keep_audit(name) holds for one of their
   /// names. Elements without provenance (not vouched by this ledger) are kept.
-  std::vector<ElemChange> revocations(const VoucherJudge& keep,
-                                      const std::function<bool(std::string_view)>& keep_audit,
+  std::vector<ElemChange> revocations(const VoucherJudge& keep, const AuditJudge& keep_audit,
                                       uint64_t now_ms) const;
+  /// Deletes for every element held (or maybe held) for one of guests: a sandbox removed.
+  std::vector<ElemChange> removals_of(const std::vector<IpAddr>& guests, uint64_t now_ms) const;
+  /// Records (held, maybe held or promised) for a guest: what its element cap counts.
+  std::size_t count_of(const IpAddr& guest) const;
+  /// How many of items' keys the ledger has no record of: the elements they would add.
+  std::size_t unknown(const std::vector<VouchItem>& items) const;
+  /// Calls fn(key, record) for every record of guest (`ctl show`).
+  void for_each_of(const IpAddr& guest, const std::function<void(const SetKey&, const LedgerRecord&)>& fn) const;
   /// Records the outcome of revocations.
   void revoked(const std::vector<ElemChange>& dels, const std::vector<ChangeResult>& results);
   /// Drops records that are neither held nor promised any more.
   void expire(uint64_t now_ms);
 
-  const LedgerRecord* find(const IpAddr& a) const;
+  const LedgerRecord* find(const SetKey& k) const;
+  const LedgerRecord* find(const IpAddr& a) const { return find(SetKey{{}, a}); }
   std::size_t size() const { return records_.size(); }
   /// Elements held per family (AF_INET, AF_INET6) as of now.
   std::size_t held(uint8_t family, uint64_t now_ms) const;
@@ -214,7 +250,11 @@ class VouchLedger {
  private:
   uint32_t intern(std::string_view pattern);
   static void add_name(LedgerRecord& r, std::string_view name);
-  std::unordered_map<IpAddr, LedgerRecord, IpAddrHash> records_;
+  /// The record of k, made if missing (and counted for its guest).
+  LedgerRecord& record(const SetKey& k);
+  void erase(const SetKey& k);
+  std::unordered_map<SetKey, LedgerRecord, SetKeyHash> records_;
+  std::unordered_map<IpAddr, uint32_t, IpAddrHash> per_guest_;  // records per guest (host mode)
   uint64_t max_timeout_ms_ = (604800ull + 3600ull) * 1000u;  // the options' bounds
   uint32_t epoch_ = 1;      // bumped by forget_kernel()
   bool rereading_ = false;  // between forget_kernel() and reread_done()

@@ -83,7 +83,9 @@ class Errors(UsageErrors, unittest.TestCase):
         "--udp-payload", "--upstream-timeout", "--upstream-tries", "--max-inflight",
         "--tcp-max-connections", "--tcp-idle-timeout", "--tcp-max-pipelined", "--log-level",
         "--log-format", "--user", "--metrics-listen", "--metrics-file", "--metrics-interval",
-        "--state-max-names", "--help",
+        "--state-max-names", "--host", "--sandbox-ifaces", "--host-mark", "--control",
+        "--control-group", "--sandboxes", "--host-set-size", "--sandbox-max-elements",
+        "--sandbox-max-inflight", "--sandbox-max-tcp", "--sandbox-state-names", "--help",
     }
 
     def test_help_lists_every_option(self):

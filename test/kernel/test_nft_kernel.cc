@@ -850,8 +850,8 @@ TEST_CASE("after a revocation whose answers were late, an answer for the same ad
   REQUIRE(kernel_set("lost_revoke", "allowed4")->count("192.0.2.7") == 1);
   batches.hold = true;  // the delete reaches the kernel; its ACK is late
   const RevokeOutcome r = sets.revoke_unless(
-      [](std::string_view p) { return p == "kept.test" ? Voucher::Listed : Voucher::Gone; },
-      [](std::string_view) { return false; }, mono_ms());
+      [](const IpAddr&, std::string_view p) { return p == "kept.test" ? Voucher::Listed : Voucher::Gone; },
+      [](const IpAddr&, std::string_view) { return false; }, mono_ms());
   CHECK_FALSE(r.ok);
   batches.hold = false;
   REQUIRE(kernel_set("lost_revoke", "allowed4")->count("192.0.2.7") == 0);  // deleted

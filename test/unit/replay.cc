@@ -109,28 +109,27 @@ class FakeSets : public SetWriter {
     }
     if (on_vouch) std::exchange(on_vouch, nullptr)();  // once
     for (const auto& it : items) {
-      Elem& e = elems[it.addr.text()];
+      Elem& e = elems[it.key().text()];
       e.expires_ms = std::max(e.expires_ms, now_ms + uint64_t(it.timeout_s) * 1000u);
       e.patterns.emplace_back(who.pattern);
       e.names.emplace_back(who.name);
     }
     return true;
   }
-  RevokeOutcome revoke_unless(const VoucherJudge& keep,
-                              const std::function<bool(std::string_view)>& keep_audit,
+  RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                               uint64_t now_ms) override {
     RevokeOutcome out;
     for (auto it = elems.begin(); it != elems.end();) {
       bool kept = it->second.expires_ms <= now_ms;  // expired: the kernel dropped it already
-      IpAddr a;
-      REQUIRE(IpAddr::parse(it->first, a));
+      SetKey k;
+      REQUIRE(SetKey::parse(it->first, k));
       for (std::size_t i = 0; i < it->second.patterns.size() && !kept; ++i) {
         if (it->second.patterns[i].empty()) {
-          kept = keep_audit(it->second.names[i]);
+          kept = keep_audit(k.guest, it->second.names[i]);
           continue;
         }
-        const Voucher v = keep(it->second.patterns[i]);
-        kept = v == Voucher::ListedPrivate || (v == Voucher::Listed && !is_special_purpose(a));
+        const Voucher v = keep(k.guest, it->second.patterns[i]);
+        kept = v == Voucher::ListedPrivate || (v == Voucher::Listed && !is_special_purpose(k.addr));
       }
       if (kept) {
         ++it;

@@ -119,6 +119,17 @@ const std::map<std::string, std::function<std::string(const ServeConfig&)>>& rea
       {"cache-size", [](const ServeConfig& c) { return std::to_string(c.cache_size); }},
       {"cache-bytes", [](const ServeConfig& c) { return std::to_string(c.cache_bytes); }},
       {"max-answer-addresses", [](const ServeConfig& c) { return std::to_string(c.max_answer_addresses); }},
+      {"host", [](const ServeConfig& c) { return std::string(c.host ? "true" : "false"); }},
+      {"sandbox-ifaces", [](const ServeConfig& c) { return c.sandbox_ifaces; }},
+      {"host-mark", [](const ServeConfig& c) { return std::to_string(c.host_mark_bit); }},
+      {"control", [](const ServeConfig& c) { return c.control; }},
+      {"control-group", [](const ServeConfig& c) { return c.control_group; }},
+      {"sandboxes", [](const ServeConfig& c) { return c.sandboxes_dir; }},
+      {"host-set-size", [](const ServeConfig& c) { return std::to_string(c.host_set_size); }},
+      {"sandbox-max-elements", [](const ServeConfig& c) { return std::to_string(c.sandbox_max_elements); }},
+      {"sandbox-max-inflight", [](const ServeConfig& c) { return std::to_string(c.sandbox_max_inflight); }},
+      {"sandbox-max-tcp", [](const ServeConfig& c) { return std::to_string(c.sandbox_max_tcp); }},
+      {"sandbox-state-names", [](const ServeConfig& c) { return std::to_string(c.sandbox_state_names); }},
   };
   return r;
 }
@@ -144,6 +155,10 @@ std::pair<std::string, std::string> samples(const OptionSpec& o) {
       {"metrics-listen", {"127.0.0.1:9101", "127.0.0.1:9102"}},
       {"metrics-file", {"/tmp/metrics-a", "/tmp/metrics-b"}},
       {"user", {"nobody", "root"}},
+      {"sandbox-ifaces", {"vm*", "tap0"}},
+      {"control", {"/tmp/control-a", "/tmp/control-b"}},
+      {"control-group", {"adm", "nogroup"}},
+      {"sandboxes", {"/tmp/sandboxes-a", "/tmp/sandboxes-b"}},
   };
   switch (o.kind) {
     case OptionKind::Flag: return {"false", "true"};
@@ -353,6 +368,8 @@ TEST_CASE("command-line values win over config-file values; list values add up, 
     const std::string f = write_temp(fmt::format("{} = {}\n", o->name, in_file));
     std::vector<std::string> args = {"--config", f, fmt::format("--{}", o->name)};
     if (o->kind != OptionKind::Flag) args.push_back(on_line);
+    // --host listens on wildcard addresses only (where the host ruleset redirects DNS).
+    if (opt_name == "host") args.insert(args.end(), {"--listen", "0.0.0.0:5353"});
     const auto r = parse_serve_config(args, test_resolv_conf());
     std::remove(f.c_str());
     REQUIRE_MESSAGE(r.config, r.error);

@@ -18,7 +18,7 @@ namespace {
 
 /// A judge that lists only pattern (with private=yes, so it keeps every address).
 VoucherJudge listed_if(std::string pattern, Voucher how = Voucher::ListedPrivate) {
-  return [pattern, how](std::string_view p) { return p == pattern ? how : Voucher::Gone; };
+  return [pattern, how](const IpAddr&, std::string_view p) { return p == pattern ? how : Voucher::Gone; };
 }
 
 IpAddr v4(uint8_t last) {
@@ -54,7 +54,7 @@ struct FakeKernel : ElementPort {
     bool failed = false;
     for (std::size_t i = 0; i < msgs.size(); ++i) {
       for (const ElemChange& c : msgs[i].elems) {
-        const std::string k = c.addr.text();
+        const std::string k = c.key().text();
         const bool has = next.count(k) && next[k] > now;
         if (msgs[i].op == ElemOp::Del) {
           if (!has) results[i] = ENOENT;
@@ -74,8 +74,9 @@ struct FakeKernel : ElementPort {
     if (!failed) held = next;
     return true;
   }
-  uint64_t left(const IpAddr& a) { return held.count(a.text()) ? held[a.text()] - now : 0; }
-  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string&) override {
+  uint64_t left(const SetKey& a) { return held.count(a.text()) ? held[a.text()] - now : 0; }
+  bool element_left(const SetKey& key, bool& exists, uint64_t& left_ms, std::string&) override {
+    const SetKey& a = key;
     exists = held.count(a.text()) && held[a.text()] > now;
     left_ms = !exists ? 0 : held[a.text()] >= UINT64_MAX / 4 ? kNoExpiry : held[a.text()] - now;
     return true;
@@ -217,9 +218,9 @@ TEST_CASE("an entry that lost private=yes keeps its public addresses and revokes
   VouchLedger l;
   const uint8_t ten[4] = {10, 1, 2, 3};
   REQUIRE(vouch(l, k, {{v4(1), 300}, {IpAddr::v4(ten), 300}}, RefreshMode::Replace, "intranet.test"));
-  CHECK(l.revocations(listed_if("intranet.test"), [](std::string_view) { return false; }, k.now).empty());
+  CHECK(l.revocations(listed_if("intranet.test"), [](const IpAddr&, std::string_view) { return false; }, k.now).empty());
   const auto dels = l.revocations(listed_if("intranet.test", Voucher::Listed),
-                                  [](std::string_view) { return false; }, k.now);
+                                  [](const IpAddr&, std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   CHECK(dels[0].addr == IpAddr::v4(ten));
   CHECK(dels[0].op == ElemOp::Del);
@@ -231,7 +232,7 @@ TEST_CASE("an add whose answers were lost may have been applied: a reload still 
   k.lose_answers = true;
   CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   REQUIRE(k.left(v4(1)) == 300000);  // the kernel applied it all the same
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   CHECK(dels[0].addr == v4(1));
   // And the next answer for it does not take its absence for granted: no plain add that a
@@ -248,7 +249,7 @@ TEST_CASE("revocation deletes what the kernel holds; a missing element never hid
   REQUIRE(vouch(l, k, {{v4(4), 300}}, RefreshMode::Replace, "kept.test"));
   k.held.erase(v4(2).text());  // deleted behind our back; no dump since
   const auto dels = l.revocations(listed_if("kept.test"),
-                                  [](std::string_view) { return false; }, k.now);
+                                  [](const IpAddr&, std::string_view) { return false; }, k.now);
   CHECK(dels.size() == 3);
   std::vector<ChangeResult> res;
   std::string err;
@@ -269,9 +270,9 @@ TEST_CASE("an element vouched by two entries survives the removal of one of them
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "a.test"));
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "b.test"));
   CHECK(l.revocations(listed_if("b.test"),
-                      [](std::string_view) { return false; }, k.now).empty());
+                      [](const IpAddr&, std::string_view) { return false; }, k.now).empty());
   CHECK(l.revocations(listed_if(""),
-                      [](std::string_view) { return false; }, k.now).size() == 1);
+                      [](const IpAddr&, std::string_view) { return false; }, k.now).size() == 1);
 }
 
 TEST_CASE("audit-mode elements are judged by their names; elements without provenance are kept") {
@@ -281,7 +282,7 @@ TEST_CASE("audit-mode elements are judged by their names; elements without prove
   REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "", "bad.test"));
   l.reset_kernel({{v4(1), 300000}, {v4(2), 300000}, {v4(9), 300000}}, k.now);  // 9: unknown
   const auto dels = l.revocations(listed_if(""),
-                                  [](std::string_view n) { return n == "ok.test"; }, k.now);
+                                  [](const IpAddr&, std::string_view n) { return n == "ok.test"; }, k.now);
   REQUIRE(dels.size() == 1);
   CHECK(dels[0].addr == v4(2));
 }
@@ -350,7 +351,7 @@ TEST_CASE("a revocation during a reread deletes what the kernel may hold, and a 
   REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "kept.test"));
   l.forget_kernel();
   const auto dels = l.revocations(listed_if("kept.test"),
-                                  [](std::string_view) { return false; }, k.now);
+                                  [](const IpAddr&, std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   std::vector<ChangeResult> res;
   std::string err;
@@ -372,7 +373,7 @@ TEST_CASE("after a failed reread, revocations still cover what the kernel may ho
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   l.forget_kernel();
   l.reread_failed();
-  CHECK(l.revocations(listed_if(""), [](std::string_view) { return false; },
+  CHECK(l.revocations(listed_if(""), [](const IpAddr&, std::string_view) { return false; },
                       k.now).size() == 1);
 }
 
@@ -438,7 +439,7 @@ TEST_CASE("a dump's silence never takes an element out of a later revocation") {
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   l.forget_kernel();
   l.reread_done();  // the dump missed it (positional walks skip elements)
-  CHECK(l.revocations(listed_if(""), [](std::string_view) { return false; },
+  CHECK(l.revocations(listed_if(""), [](const IpAddr&, std::string_view) { return false; },
                       k.now).size() == 1);
 }
 
@@ -461,7 +462,7 @@ namespace {
 // dnsward's next batch.
 struct RacyKernel : FakeKernel {
   bool armed = false;
-  bool element_left(const IpAddr& a, bool& exists, uint64_t& left_ms, std::string& err) override {
+  bool element_left(const SetKey& a, bool& exists, uint64_t& left_ms, std::string& err) override {
     held.erase(a.text());
     armed = true;
     return FakeKernel::element_left(a, exists, left_ms, err);
@@ -515,7 +516,7 @@ TEST_CASE("a delete whose answers were lost may have been applied: the next answ
   FakeKernel k;
   VouchLedger l;
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   std::vector<ChangeResult> res;
   std::string err;
@@ -539,7 +540,7 @@ TEST_CASE("a reload never deletes a permanent element dnsward did not add") {
   l.reset_kernel({{v4(1), kNoExpiry}}, k.now);
   REQUIRE(vouch(l, k, {{v4(1), 60}}, RefreshMode::Replace, "gone.test"));  // nothing written
   CHECK(k.batches.empty());
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   CHECK(dels.empty());
 }
 
@@ -564,7 +565,7 @@ TEST_CASE("an add whose delete found nothing and whose answers were lost still c
   CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   REQUIRE(k.round == 4);  // round 3 and its inner, applied call
   REQUIRE(k.left(v4(1)) == 300000);  // applied: the kernel holds it for 300 s
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   CHECK(dels.size() == 1);
 }
 
@@ -582,7 +583,7 @@ TEST_CASE("an element dnsward added after someone's permanent one went is still 
   k.lose_answers = true;  // dnsward's add is applied, its answers lost
   CHECK_FALSE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "gone.test"));
   REQUIRE(k.left(v4(1)) == 300000);  // dnsward's element, with a timeout
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   CHECK(dels.size() == 1);  // README: an add whose answers were lost is revoked like any other
 }
 
@@ -595,7 +596,7 @@ TEST_CASE("a delete whose answers were lost during a reread is not undone by the
   const uint64_t asked = k.now;
   l.forget_kernel();  // an event: the dump is asked for; its first datagram holds 198.18.0.1
   const uint64_t left_in_dump = k.left(v4(1));
-  const auto dels = l.revocations(listed_if("kept.test"), [](std::string_view) { return false; }, k.now);
+  const auto dels = l.revocations(listed_if("kept.test"), [](const IpAddr&, std::string_view) { return false; }, k.now);
   REQUIRE(dels.size() == 1);
   std::vector<ChangeResult> res;
   std::string err;
@@ -609,4 +610,71 @@ TEST_CASE("a delete whose answers were lost during a reread is not undone by the
   k.now += 500;
   REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "kept.test"));  // relayed
   CHECK(k.held.count(v4(1).text()) == 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Host mode: elements keyed guest . destination
+
+TEST_CASE("host mode: one destination vouched for two guests is two elements, each judged by its own guest's policy") {
+  VouchLedger l;
+  FakeKernel k;
+  const IpAddr g1 = v4(101), g2 = v4(102), dest = v4(7);
+  REQUIRE(vouch(l, k, {{dest, 300, g1}}, RefreshMode::Replace, "a.test", "a.test"));
+  REQUIRE(vouch(l, k, {{dest, 300, g2}}, RefreshMode::Replace, "b.test", "b.test"));
+  CHECK(k.held.count(SetKey(g1, dest).text()) == 1);
+  CHECK(k.held.count(SetKey(g2, dest).text()) == 1);
+  CHECK(k.held.size() == 2);
+  CHECK(l.count_of(g1) == 1);
+  CHECK(l.count_of(g2) == 1);
+  // g1's policy no longer lists a.test; g2's still lists b.test: only g1's element goes.
+  const auto dels = l.revocations(
+      [&](const IpAddr& guest, std::string_view p) {
+        return guest == g2 && p == "b.test" ? Voucher::Listed : Voucher::Gone;
+      },
+      [](const IpAddr&, std::string_view) { return false; }, k.now);
+  REQUIRE(dels.size() == 1);
+  CHECK(dels[0].key() == SetKey(g1, dest));
+}
+
+TEST_CASE("host mode: removals_of deletes exactly the removed guests' elements and their count goes to zero") {
+  VouchLedger l;
+  FakeKernel k;
+  const IpAddr g1 = v4(101), g2 = v4(102);
+  REQUIRE(vouch(l, k, {{v4(1), 300, g1}, {v4(2), 300, g1}, {v4(1), 300, g2}}, RefreshMode::Replace));
+  CHECK(l.count_of(g1) == 2);
+  const auto dels = l.removals_of({g1}, k.now);
+  REQUIRE(dels.size() == 2);
+  for (const auto& d : dels) CHECK(d.guest == g1);
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  REQUIRE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  CHECK(l.count_of(g1) == 0);
+  CHECK(l.count_of(g2) == 1);
+  CHECK(k.held.size() == 1);
+  CHECK(k.held.count(SetKey(g2, v4(1)).text()) == 1);
+  // What would be added: a known key costs nothing, a new one counts once.
+  CHECK(l.unknown({{v4(1), 300, g2}, {v4(3), 300, g2}, {v4(3), 300, g2}}) == 1);
+}
+
+TEST_CASE("host mode: the ledger file keeps the guest half of every key, and a guest of another family is refused") {
+  VouchLedger l;
+  FakeKernel k;
+  const IpAddr g = v4(101);
+  REQUIRE(vouch(l, k, {{v4(1), 300, g}, {v6(1), 300, v6(101)}}, RefreshMode::Replace, "a.test", "a.test"));
+  const std::string text = l.serialize(k.now, 5'000'000);
+  CHECK(text.find(SetKey(g, v4(1)).text() + "\t") != std::string::npos);
+  VouchLedger back;
+  std::string err;
+  REQUIRE_MESSAGE(back.merge_saved(text, k.now, 5'000'000, err), err);
+  REQUIRE(back.find(SetKey(g, v4(1))));
+  CHECK(back.find(SetKey(g, v4(1)))->promised_ms > 0);
+  CHECK_FALSE(back.find(v4(1)));  // not the single-VM key
+  SetKey key;
+  CHECK(SetKey::parse("100.64.1.2>198.18.0.1", key));
+  CHECK(key.guest.text() == "100.64.1.2");
+  CHECK(key.addr.text() == "198.18.0.1");
+  CHECK_FALSE(SetKey::parse("100.64.1.2>2001:db8::1", key));
+  CHECK_FALSE(SetKey::parse("100.64.1.2>", key));
 }

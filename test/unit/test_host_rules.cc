@@ -1,0 +1,565 @@
+// `dnsward nft-rules --host`, the host's ruleset, and judge_host_ruleset, which tells from
+// the table the kernel holds whether that ruleset is in force. The judge is fed the shape
+// of the very text the renderer prints (its chains, marks and set lookups, read back from
+// the text as the kernel would hold them), then that shape with one thing changed.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dnsward/answer.hpp"
+#include "dnsward/config.hpp"
+#include "dnsward/nft_rules.hpp"
+#include "dnsward/ruleset_check.hpp"
+
+using namespace dnsward;
+
+namespace {
+
+/// The config nft-rules parses from args (no resolv.conf: the host ruleset names no upstream).
+ServeConfig host_config(std::vector<std::string> args) {
+  const auto r = parse_nft_rules(args, "/nonexistent/resolv.conf");
+  REQUIRE_MESSAGE(r.config, r.error);
+  return *r.config;
+}
+
+const std::vector<std::string> kListen = {"--host", "--listen", "0.0.0.0:5353", "--listen", "[::]:5353"};
+
+std::vector<std::string> with(std::vector<std::string> more) {
+  std::vector<std::string> a = kListen;
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+std::string host_text(std::vector<std::string> more = {}) { return render_nft_rules(host_config(with(std::move(more)))); }
+
+std::string trimmed(const std::string& l) {
+  const auto first = l.find_first_not_of('\t');
+  return first == std::string::npos ? "" : l.substr(first);
+}
+
+/// A chain of the printed text: its name, its `type` line, its comment, and its rules
+/// (each as printed: body, and the mark after ` comment "`).
+struct PrintedChain {
+  std::string name, type_line, comment;
+  std::vector<std::pair<std::string, std::string>> rules;
+};
+
+std::vector<PrintedChain> chains_of(const std::string& text) {
+  std::vector<PrintedChain> out;
+  std::istringstream in(text);
+  PrintedChain* c = nullptr;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("\tchain ", 0) == 0) {
+      out.push_back({});
+      c = &out.back();
+      c->name = line.substr(7, line.find(' ', 7) - 7);
+      continue;
+    }
+    if (!c) continue;
+    if (line == "\t}") {
+      c = nullptr;
+      continue;
+    }
+    const std::string l = trimmed(line);
+    if (l.empty() || l[0] == '#') continue;
+    if (l.rfind("type ", 0) == 0) {
+      c->type_line = l;
+    } else if (l.rfind("comment \"", 0) == 0) {
+      c->comment = l.substr(9, l.size() - 10);
+    } else {
+      const auto at = l.rfind(" comment \"");
+      REQUIRE_MESSAGE(at != std::string::npos, l);
+      c->rules.emplace_back(l.substr(0, at), l.substr(at + 10, l.size() - at - 11));
+    }
+  }
+  return out;
+}
+
+/// The table as the kernel holds it once the text is loaded: chains with their hooks and
+/// types, comments and set lookups (`@set`, inverted after `!=`), and the sets as measured.
+TableSeen seen_from(const std::string& text) {
+  TableSeen t;
+  t.exists = true;
+  t.set4 = {true, 0x10, kKeyTypeV4V4, kKeyLenV4V4};
+  t.set6 = {true, 0x10, kKeyTypeV6V6, kKeyLenV6V6};
+  t.sbx4 = {true, 0, kKeyTypeIfV4, kKeyLenIfV4};
+  t.sbx6 = {true, 0, kKeyTypeIfV6, kKeyLenIfV6};
+  const std::map<std::string, uint32_t> hooks = {{"prerouting", 0}, {"input", 1}, {"forward", 2}};
+  uint64_t handle = 1;
+  for (const PrintedChain& p : chains_of(text)) {
+    ChainSeen c;
+    c.name = p.name;
+    c.comment = p.comment;
+    std::istringstream words(p.type_line);
+    std::string type_word, type, hook_word, hook;
+    words >> type_word >> type >> hook_word >> hook;
+    c.base = hook_word == "hook";
+    c.type = type;
+    c.hook = hooks.at(hook);
+    c.policy = 1;
+    for (const auto& [body, comment] : p.rules) {
+      RuleSeen r;
+      r.handle = handle++;
+      r.comment = comment;
+      for (auto at = body.find('@'); at != std::string::npos; at = body.find('@', at + 1)) {
+        const std::string set = body.substr(at + 1, body.find(' ', at) - at - 1);
+        const bool negated = at >= 3 && body.compare(at - 3, 3, "!= ") == 0;
+        (negated ? r.negated_lookups : r.lookups).push_back(set);
+      }
+      c.rules.push_back(r);
+    }
+    t.chains.push_back(c);
+  }
+  return t;
+}
+
+HostRulesetExpectation expectation() {
+  return {"dnsward", "allowed4", "allowed6", kSandboxSet4, kSandboxSet6};
+}
+
+/// The judge's verdict on the rendered ruleset's shape after change; must be not in force,
+/// for a reason containing says.
+void check_not_in_force(const std::string& what, const std::function<void(TableSeen&)>& change, const std::string& says) {
+  CAPTURE(what);
+  TableSeen t = seen_from(host_text());
+  REQUIRE(judge_host_ruleset(t, expectation()).in_force());
+  change(t);
+  const RulesetStatus s = judge_host_ruleset(t, expectation());
+  CHECK(s.state == RulesetStatus::State::NotInForce);
+  CHECK_MESSAGE(s.reason.find(says) != std::string::npos, s.reason);
+}
+
+}  // namespace
+
+TEST_CASE("host ruleset: four chains in kHostChains' order, each on its hook, every rule marked with its place and one id") {
+  const std::string text = host_text({"--allow", "192.0.2.0/24"});
+  const auto chains = chains_of(text);
+  REQUIRE(chains.size() == kHostChainCount);
+  const std::map<uint32_t, std::string> hook_names = {{0, "prerouting"}, {1, "input"}, {2, "forward"}};
+  std::optional<uint64_t> id;
+  for (std::size_t k = 0; k < kHostChainCount; ++k) {
+    const PrintedChain& c = chains[k];
+    CAPTURE(c.name);
+    CHECK(c.name == kHostChains[k].name);
+    CHECK(c.type_line == fmt::format("type {} hook {} priority {}; policy accept;", kHostChains[k].type,
+                                     hook_names.at(kHostChains[k].hook), kHostChains[k].priority));
+    const auto mark = parse_chain_comment(c.comment);
+    REQUIRE_MESSAGE(mark, c.comment);
+    CHECK(mark->chain == k);
+    CHECK(mark->chains == kHostChainCount);
+    CHECK(mark->rules == c.rules.size());
+    if (!id) id = mark->id;
+    CHECK(mark->id == *id);
+    for (std::size_t i = 0; i < c.rules.size(); ++i) {
+      const auto m = parse_rule_comment(c.rules[i].second);
+      REQUIRE_MESSAGE(m, c.rules[i].second);
+      CHECK(m->index == i);
+      CHECK(m->rules == c.rules.size());
+      CHECK(m->chain == k);
+      CHECK(m->chains == kHostChainCount);
+      CHECK(m->id == *id);
+    }
+    // Every chain first lets the host's own traffic go, untouched.
+    REQUIRE(!c.rules.empty());
+    CHECK(c.rules[0].first == "iifname != \"tap*\" return");
+  }
+  // The id is FNV-1a over the whole table as printed, sets included, notes and marks left out.
+  std::vector<std::string> hashed;
+  std::istringstream in(text.substr(text.find("table inet dnsward {")));
+  for (std::string l; std::getline(in, l);) {
+    l = trimmed(l);
+    if (l.empty() || l[0] == '#' || l.rfind("comment \"", 0) == 0) continue;
+    const auto at = l.rfind(" comment \"dnsward ");
+    hashed.push_back(at == std::string::npos ? l : l.substr(0, at));
+  }
+  CHECK(std::find(hashed.begin(), hashed.end(), "type ifname . ipv4_addr") != hashed.end());
+  CHECK(hashed.back() == "}");
+  CHECK(ruleset_id(hashed) == *id);
+}
+
+TEST_CASE("host ruleset: the id is stable and changes with every option the text depends on") {
+  auto id_of = [](std::vector<std::string> more) {
+    return parse_chain_comment(chains_of(host_text(std::move(more))).at(0).comment).value().id;
+  };
+  const uint64_t id = id_of({});
+  CHECK(id_of({}) == id);
+  CHECK(id_of({"--sandbox-ifaces", "vm*"}) != id);
+  CHECK(id_of({"--host-mark", "8"}) != id);
+  CHECK(id_of({"--host-set-size", "2048"}) != id);
+  CHECK(id_of({"--allow", "192.0.2.0/24"}) != id);
+  CHECK(id_of({"--nft-set4", "v4"}) != id);
+  CHECK(id_of({"--nft-table", "hostfw"}) != id);
+  const auto other_port = render_nft_rules(host_config({"--host", "--listen", "0.0.0.0:53"}));
+  CHECK(parse_chain_comment(chains_of(other_port).at(0).comment).value().id != id);
+}
+
+TEST_CASE("host ruleset: the interface pattern, the mark bit and dnsward's ports are where they act") {
+  const std::string text = host_text({"--sandbox-ifaces", "vm-*", "--host-mark", "8", "--host-set-size", "4096"});
+  const auto chains = chains_of(text);
+  REQUIRE(chains.size() == kHostChainCount);
+  for (const auto& c : chains) CHECK(c.rules.at(0).first == "iifname != \"vm-*\" return");
+  CHECK(text.find("tap*") == std::string::npos);
+  CHECK(chains[kHostChainPrerouting].rules.back().first == "meta mark set meta mark or 0x00000100");
+  CHECK(text.find("\t\tsize 4096\n") != std::string::npos);
+  CHECK(text.find("\t\tsize 65536\n") != std::string::npos);  // the sandbox sets
+  const auto& redirect = chains[kHostChainRedirect].rules;
+  REQUIRE(redirect.size() == 3);
+  CHECK(redirect[1].first == "meta nfproto ipv4 meta l4proto { udp, tcp } th dport 53 redirect to :5353");
+  CHECK(redirect[2].first == "meta nfproto ipv6 meta l4proto { udp, tcp } th dport 53 redirect to :5353");
+  CHECK(chains[kHostChainInput].rules.at(1).first == "meta l4proto { udp, tcp } th dport 5353 accept");
+
+  // Each family's queries go to the port dnsward listens on there; input admits both.
+  const auto two = chains_of(render_nft_rules(host_config({"--host", "--listen", "0.0.0.0:5300", "--listen", "[::]:5301"})));
+  CHECK(two[kHostChainRedirect].rules.at(1).first == "meta nfproto ipv4 meta l4proto { udp, tcp } th dport 53 redirect to :5300");
+  CHECK(two[kHostChainRedirect].rules.at(2).first == "meta nfproto ipv6 meta l4proto { udp, tcp } th dport 53 redirect to :5301");
+  CHECK(two[kHostChainInput].rules.at(1).first == "meta l4proto { udp, tcp } th dport { 5300, 5301 } accept");
+  // No IPv6 listener: IPv6 DNS is not redirected to a port nothing listens on (forward drops it).
+  const auto v4only = chains_of(render_nft_rules(host_config({"--host", "--listen", "0.0.0.0:53"})));
+  CHECK(v4only[kHostChainRedirect].rules.size() == 2);
+  CHECK(v4only[kHostChainRedirect].rules.at(1).first.find("ipv4") != std::string::npos);
+}
+
+TEST_CASE("host ruleset: anti-spoofing comes first, DoT is dropped, and only vouched pairs are forwarded") {
+  const auto chains = chains_of(host_text());
+  std::vector<std::string> pre, fwd, in;
+  for (const auto& r : chains[kHostChainPrerouting].rules) pre.push_back(r.first);
+  for (const auto& r : chains[kHostChainForward].rules) fwd.push_back(r.first);
+  for (const auto& r : chains[kHostChainInput].rules) in.push_back(r.first);
+  const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
+  CHECK(pre.at(1) == "iifname . ip saddr != @sandboxes4 " + lim + "\"dnsward-host-spoof: \"");
+  CHECK(pre.at(2) == "iifname . ip saddr != @sandboxes4 counter drop");
+  CHECK(pre.at(5) == "iifname . ip6 saddr != @sandboxes6 " + lim + "\"dnsward-host-spoof: \"");
+  CHECK(pre.at(6) == "iifname . ip6 saddr != @sandboxes6 counter drop");
+  // Only link-local ND and MLD pass unregistered, and no router advertisement.
+  CHECK(pre.at(3).rfind("ip6 saddr { fe80::/10, :: } icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, "
+                        "nd-router-solicit } ip6 hoplimit 255 accept", 0) == 0);
+  CHECK(pre.at(4).find("ip6 daddr ff02::/16 ip6 hoplimit 1 accept") != std::string::npos);
+  for (const auto& r : pre) CHECK(r.find("router-advert") == std::string::npos);
+  CHECK(fwd.at(1) == "ip6 saddr { fe80::/10, :: } counter drop");
+  CHECK(fwd.at(2) == "meta l4proto { udp, tcp } th dport { 53, 853 } " + lim + "\"dnsward-host-dns-drop: \"");
+  CHECK(fwd.at(3) == "meta l4proto { udp, tcp } th dport { 53, 853 } counter drop");
+  const auto at = [&](const std::string& r) { return std::find(fwd.begin(), fwd.end(), r) - fwd.begin(); };
+  const auto est = at("ct direction original ct state established,related accept");
+  const auto v4 = at("ip saddr . ip daddr @allowed4 accept");
+  const auto v6 = at("ip6 saddr . ip6 daddr @allowed6 accept");
+  CHECK(est < v4);
+  CHECK(v4 < v6);
+  CHECK(v6 == std::ptrdiff_t(fwd.size()) - 5);
+  // Never reachable, vouched or not: metadata, loopback, link-local, multicast. Private
+  // networks are not here: only a vouched pair (private=yes) opens them.
+  CHECK(fwd.at(5).rfind("ip daddr { 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 } counter reject", 0) == 0);
+  CHECK(fwd.at(7).rfind("ip6 daddr { fe80::/10, ff00::/8,", 0) == 0);
+  CHECK(fwd.at(7).find("10.0.0.0") == std::string::npos);
+  CHECK(fwd.at(7).find("::ffff:169.254.0.0/112") != std::string::npos);
+  CHECK(fwd.at(4) == fwd.at(5).substr(0, fwd.at(5).find(" counter ")) + " " + lim + "\"dnsward-host-drop: \"");
+  CHECK(fwd[fwd.size() - 4] == "meta l4proto tcp " + lim + "\"dnsward-host-drop: \"");
+  CHECK(fwd[fwd.size() - 3] == "meta l4proto tcp counter reject with tcp reset");
+  CHECK(fwd[fwd.size() - 2] == lim + "\"dnsward-host-drop: \"");
+  CHECK(fwd.back() == "counter reject with icmpx type admin-prohibited");
+  CHECK(in.back() == "counter reject with icmpx type admin-prohibited");
+  CHECK(in[in.size() - 2] == lim + "\"dnsward-host-input: \"");
+  // --allow CIDRs come before the never-reachable reject: an operator's own choice.
+  const auto allowed = chains_of(host_text({"--allow", "10.1.0.0/16", "--allow", "2001:db8::/32"}))[kHostChainForward].rules;
+  CHECK(allowed.at(4).first == "ip daddr 10.1.0.0/16 accept");
+  CHECK(allowed.at(5).first == "ip6 daddr 2001:db8::/32 accept");
+  CHECK(allowed.at(7).first.rfind("ip daddr { 0.0.0.0/8", 0) == 0);
+}
+
+TEST_CASE("host ruleset: a logged verdict is a rate-limited log rule and then the verdict, never a limited verdict") {
+  // `limit` is a match: in one rule with the verdict, a packet over the limit would skip the
+  // drop and fall through to the next rule (in prerouting: to the mark, and in).
+  for (const auto& ch : chains_of(host_text()))
+    for (std::size_t i = 0; i < ch.rules.size(); ++i) {
+      const std::string& r = ch.rules[i].first;
+      if (r.find("limit rate") == std::string::npos) continue;
+      CHECK(r.find(" drop") == std::string::npos);
+      CHECK(r.find(" reject") == std::string::npos);
+      CHECK(r.find(" accept") == std::string::npos);
+      REQUIRE(i + 1 < ch.rules.size());
+      const std::string match = r.substr(0, r.find("limit rate"));
+      CHECK(ch.rules[i + 1].first.rfind(match + "counter ", 0) == 0);
+    }
+}
+
+TEST_CASE("host ruleset: the rejected destinations are exactly the special-purpose addresses dnsward never vouches for") {
+  struct Cidr {
+    IpAddr net;
+    int len;
+  };
+  auto parse = [](const std::string& s) {
+    Cidr c{};
+    const auto slash = s.find('/');
+    REQUIRE(IpAddr::parse(s.substr(0, slash), c.net));
+    c.len = std::stoi(s.substr(slash + 1));
+    return c;
+  };
+  auto contains = [](const Cidr& c, const IpAddr& a) {
+    if (a.family != c.net.family) return false;
+    for (int bit = 0; bit < c.len; ++bit) {
+      const int mask = 0x80 >> (bit % 8);
+      if ((a.bytes[bit / 8] & mask) != (c.net.bytes[bit / 8] & mask)) return false;
+    }
+    return true;
+  };
+  for (const int af : {AF_INET, AF_INET6}) {
+    std::vector<Cidr> cidrs;
+    for (const auto& s : special_destinations(af)) cidrs.push_back(parse(s));
+    REQUIRE(cidrs.size() > 5);
+    const std::size_t n = af == AF_INET ? 4 : 16;
+    // Probes: each range's first and last address and their neighbours, and pseudo-random
+    // addresses, also inside the prefixes that embed IPv4 addresses.
+    std::vector<IpAddr> probes;
+    for (const Cidr& c : cidrs) {
+      IpAddr first = c.net, last = c.net;
+      for (std::size_t bit = std::size_t(c.len); bit < n * 8; ++bit) last.bytes[bit / 8] |= uint8_t(0x80 >> (bit % 8));
+      IpAddr before = first, after = last;
+      for (std::size_t i = n; i-- > 0;)
+        if (before.bytes[i]-- != 0) break;
+      for (std::size_t i = n; i-- > 0;)
+        if (++after.bytes[i] != 0) break;
+      probes.insert(probes.end(), {first, last, before, after});
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    const std::vector<std::vector<uint8_t>> prefixes = {
+        {}, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+        {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0}, {0x20, 0x02}, {0x20, 0x01, 0x0d, 0xb8}};
+    for (int i = 0; i < 20000; ++i) {
+      IpAddr a;
+      a.family = uint8_t(af);
+      for (std::size_t b = 0; b < n; ++b) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        a.bytes[b] = uint8_t(x);
+      }
+      if (af == AF_INET6) {
+        const auto& p = prefixes[std::size_t(i) % prefixes.size()];
+        std::copy(p.begin(), p.end(), a.bytes);
+      }
+      probes.push_back(a);
+    }
+    for (const IpAddr& a : probes) {
+      const bool listed = std::any_of(cidrs.begin(), cidrs.end(), [&](const Cidr& c) { return contains(c, a); });
+      CAPTURE(a.text());
+      CHECK(listed == is_special_purpose(a));
+    }
+  }
+}
+
+TEST_CASE("host ruleset: refused with --nft-family other than inet and with a listen address that is not a wildcard") {
+  for (const char* family : {"ip", "ip6"}) {
+    const std::vector<std::string> args = {"--host", "--listen", std::string(family) == "ip" ? "0.0.0.0:5353" : "[::]:5353",
+                                           "--nft-family", family};
+    const auto r = parse_nft_rules(args, "/nonexistent/resolv.conf");
+    CHECK_FALSE(r.config);
+    CHECK(r.error == fmt::format("--host needs --nft-family inet (the host ruleset checks IPv4 and IPv6 "
+                                 "in one table), not {}", family));
+  }
+  const auto r = parse_nft_rules({"--host", "--listen", "127.0.0.1:53"}, "/nonexistent/resolv.conf");
+  CHECK_FALSE(r.config);
+  CHECK(r.error.rfind("--host listens on wildcard addresses", 0) == 0);
+  // The default --listen (127.0.0.1:53) is not one either.
+  CHECK_FALSE(parse_nft_rules({"--host"}, "/nonexistent/resolv.conf").config);
+}
+
+TEST_CASE("host ruleset: without --host nft-rules prints the single-VM ruleset, unmarked by chain places") {
+  ServeConfig c = host_config(with({}));
+  CHECK(render_nft_rules(c) == render_host_rules(c));
+  const auto single = parse_nft_rules({"--upstream", "192.0.2.53"}, "/nonexistent/resolv.conf");
+  REQUIRE_MESSAGE(single.config, single.error);
+  const std::string text = render_nft_rules(*single.config);
+  CHECK(text.find("\tchain output {") != std::string::npos);
+  CHECK(text.find(" chain=") == std::string::npos);
+  CHECK(text.find("sandboxes4") == std::string::npos);
+}
+
+TEST_CASE("host marks are read strictly, and a single-VM mark is not a host one") {
+  const auto m = parse_chain_comment(ruleset_chain_comment(0xfeedull, 6, 3, 4));
+  REQUIRE(m);
+  CHECK(m->id == 0xfeedull);
+  CHECK(m->rules == 6);
+  CHECK(m->chain == 3);
+  CHECK(m->chains == 4);
+  const auto r = parse_rule_comment(ruleset_rule_comment(0xfeedull, 5, 6, 3, 4));
+  REQUIRE(r);
+  CHECK(r->index == 5);
+  CHECK(r->chain == 3);
+  CHECK(r->chains == 4);
+  CHECK(parse_chain_comment(ruleset_chain_comment(0xfeedull, 6)).value().chains == 0);
+  CHECK(parse_rule_comment(ruleset_rule_comment(0xfeedull, 5, 6)).value().chains == 0);
+  for (const char* bad : {"dnsward ruleset id=000000000000feed rules=6 chain=4/4", "dnsward ruleset id=000000000000feed rules=6 chain=1/",
+                          "dnsward ruleset id=000000000000feed rules=6 chain=1/4 ", "dnsward ruleset id=000000000000feed rules=6  chain=1/4"}) {
+    const std::string comment = bad;
+    CAPTURE(comment);
+    CHECK_FALSE(parse_chain_comment(bad));
+  }
+  for (const char* bad : {"dnsward 5/6 id=000000000000feed chain=4/4", "dnsward 5/6 id=000000000000feed chain=",
+                          "dnsward 5/6 id=000000000000feed chain=1/4x"}) {
+    const std::string comment = bad;
+    CAPTURE(comment);
+    CHECK_FALSE(parse_rule_comment(bad));
+  }
+}
+
+TEST_CASE("host judge: the rendered ruleset's shape is in force, and names its id, chains and rule count") {
+  const std::string text = host_text();
+  const TableSeen t = seen_from(text);
+  const RulesetStatus s = judge_host_ruleset(t, expectation());
+  REQUIRE_MESSAGE(s.in_force(), s.reason);
+  const auto mark = parse_chain_comment(chains_of(text).at(0).comment).value();
+  CHECK(s.id == fmt::format("{:016x}", mark.id));
+  CHECK(s.chain == "prerouting,dns_redirect,input,forward");
+  std::size_t rules = 0;
+  for (const auto& c : t.chains) rules += c.rules.size();
+  CHECK(s.rules == rules);
+  // The constants are nft's concatenation arithmetic (6 bits a field, 4-byte alignment).
+  CHECK(kKeyTypeV4V4 == 455);
+  CHECK(kKeyTypeV6V6 == 520);
+  CHECK(kKeyTypeIfV4 == 2631);
+  CHECK(kKeyTypeIfV6 == 2632);
+  CHECK(kKeyLenIfV4 == 16 + 4);
+  // The single-VM judge does not take the host table for its own.
+  RulesetExpectation single;
+  single.family = "inet";
+  single.table = "dnsward";
+  single.set4 = "allowed4";
+  single.set6 = "allowed6";
+  CHECK_FALSE(judge_ruleset(t, single).in_force());
+  TableSeen forward_only = t;
+  forward_only.chains = {t.chains[kHostChainForward]};
+  forward_only.set4 = {true, 0x10, kKeyTypeV4, kKeyLenV4};
+  forward_only.set6 = {true, 0x10, kKeyTypeV6, kKeyLenV6};
+  const RulesetStatus f = judge_ruleset(forward_only, single);
+  CHECK_FALSE(f.in_force());
+  CHECK_MESSAGE(f.reason.find("carries the mark of a host ruleset") != std::string::npos, f.reason);
+}
+
+TEST_CASE("host judge: any one deviation from the rendered ruleset takes it out of force") {
+  check_not_in_force("table gone", [](TableSeen& t) { t = TableSeen{}; }, "table inet dnsward does not exist");
+  check_not_in_force("dormant", [](TableSeen& t) { t.flags = 0x1; }, "is dormant");
+  check_not_in_force("owner", [](TableSeen& t) { t.flags = 0x2; }, "is owned by the process");
+  check_not_in_force("no marks", [](TableSeen& t) { for (auto& c : t.chains) c.comment.clear(); },
+                     "no chain of table inet dnsward carries the comment `dnsward nft-rules --host` prints");
+  // Chains: one missing, one more (unmarked, or a second copy of a place), marks mixed.
+  check_not_in_force("forward missing", [](TableSeen& t) { t.chains.pop_back(); },
+                     "holds no chain marked as chain 3 of 4 (the forward chain");
+  check_not_in_force("prerouting missing", [](TableSeen& t) { t.chains.erase(t.chains.begin()); },
+                     "holds no chain marked as chain 0 of 4 (the prerouting chain");
+  check_not_in_force("extra chain", [](TableSeen& t) {
+    ChainSeen c;
+    c.name = "postrouting";
+    c.base = true;
+    c.hook = 4;
+    c.type = "nat";
+    t.chains.push_back(c);
+  }, "holds chain postrouting, which `nft-rules --host` does not print");
+  check_not_in_force("second copy of forward", [](TableSeen& t) {
+    ChainSeen c = t.chains[kHostChainForward];
+    c.name = "forward2";
+    t.chains.push_back(c);
+  }, "chains forward and forward2 of table inet dnsward both carry the mark of chain 3 of 4");
+  check_not_in_force("two ids", [](TableSeen& t) {
+    ChainSeen& c = t.chains[kHostChainInput];
+    const auto m = parse_chain_comment(c.comment).value();
+    c.comment = ruleset_chain_comment(m.id ^ 1, m.rules, m.chain, m.chains);
+  }, "carry marks of two rulesets");
+  check_not_in_force("single-VM mark", [](TableSeen& t) {
+    ChainSeen& c = t.chains[kHostChainInput];
+    const auto m = parse_chain_comment(c.comment).value();
+    c.comment = ruleset_chain_comment(m.id, m.rules);
+  }, "carries the mark of a single-VM ruleset");
+  // A chain unhooked, on another hook, of another type.
+  check_not_in_force("forward unhooked", [](TableSeen& t) { t.chains[kHostChainForward].base = false; },
+                     "chain forward (chain 3 of 4) is not a base chain");
+  check_not_in_force("forward on input", [](TableSeen& t) { t.chains[kHostChainForward].hook = 1; },
+                     "chain forward (chain 3 of 4) is on the input hook, not forward");
+  check_not_in_force("prerouting on input", [](TableSeen& t) { t.chains[kHostChainPrerouting].hook = 1; },
+                     "is on the input hook, not prerouting");
+  check_not_in_force("redirect as filter", [](TableSeen& t) { t.chains[kHostChainRedirect].type = "filter"; },
+                     "chain dns_redirect (chain 1 of 4) is of type filter, not nat");
+  // Rules: one more, one fewer, one unmarked, one moved from another chain, one unread.
+  check_not_in_force("rule appended", [](TableSeen& t) {
+    RuleSeen r;
+    r.handle = 999;
+    t.chains[kHostChainForward].rules.push_back(r);
+  }, "chain forward holds 16 rules where its comment declares 15");
+  check_not_in_force("rule inserted", [](TableSeen& t) {
+    RuleSeen r;
+    r.handle = 999;
+    auto& rules = t.chains[kHostChainForward].rules;
+    rules.insert(rules.begin(), r);
+  }, "rule 0 of chain forward (handle 999, no comment) is not the rule `nft-rules` printed there");
+  check_not_in_force("rule deleted", [](TableSeen& t) {
+    auto& rules = t.chains[kHostChainInput].rules;
+    rules.erase(rules.begin() + 2);
+  }, "rule 2 of chain input");
+  check_not_in_force("last rule deleted", [](TableSeen& t) { t.chains[kHostChainInput].rules.pop_back(); },
+                     "chain input holds 8 rules where its comment declares 9");
+  check_not_in_force("rule unmarked", [](TableSeen& t) { t.chains[kHostChainRedirect].rules[1].comment = "my rule"; },
+                     "rule 1 of chain dns_redirect (handle");
+  check_not_in_force("rule from another chain", [](TableSeen& t) {
+    // Rule 1 of input carries input's place; put in forward's slot 1 with forward's count.
+    const auto m = parse_rule_comment(t.chains[kHostChainForward].rules[1].comment).value();
+    t.chains[kHostChainForward].rules[1].comment = ruleset_rule_comment(m.id, 1, m.rules, kHostChainInput, 4);
+  }, "rule 1 of chain forward");
+  check_not_in_force("rule single-VM mark", [](TableSeen& t) {
+    const auto m = parse_rule_comment(t.chains[kHostChainForward].rules[1].comment).value();
+    t.chains[kHostChainForward].rules[1].comment = ruleset_rule_comment(m.id, 1, m.rules);
+  }, "rule 1 of chain forward");
+  check_not_in_force("unread rules", [](TableSeen& t) { t.chains[kHostChainPrerouting].unread_rules = 1; },
+                     "chain prerouting holds 9 rules where its comment declares 8");
+  // Sets: the kernel's key type and length, the flags.
+  check_not_in_force("set4 plain ipv4", [](TableSeen& t) { t.set4 = {true, 0x10, kKeyTypeV4, kKeyLenV4}; },
+                     "set allowed4 of table inet dnsward is of ipv4_addr (key length 4), not ipv4_addr . ipv4_addr (key length 8)");
+  check_not_in_force("set6 key length", [](TableSeen& t) { t.set6.key_len = 16; }, "set allowed6 of table inet dnsward is of");
+  check_not_in_force("sbx4 type", [](TableSeen& t) { t.sbx4.key_type = kKeyTypeV4V4; },
+                     "set sandboxes4 of table inet dnsward is of ipv4_addr . ipv4_addr");
+  check_not_in_force("sbx6 as v4", [](TableSeen& t) { t.sbx6 = t.sbx4; }, "set sandboxes6 of table inet dnsward is of ifname . ipv4_addr");
+  check_not_in_force("sbx4 interval", [](TableSeen& t) { t.sbx4.flags = 0x4 | 0x80; },
+                     "set sandboxes4 of table inet dnsward has flags interval, concat where dnsward needs no flag at all");
+  check_not_in_force("sbx6 timeout", [](TableSeen& t) { t.sbx6.flags = 0x10; },
+                     "set sandboxes6 of table inet dnsward has flags timeout where dnsward needs no flag at all");
+  check_not_in_force("set4 interval", [](TableSeen& t) { t.set4.flags = 0x14; },
+                     "set allowed4 of table inet dnsward has flags interval, timeout where dnsward needs flags timeout alone");
+  check_not_in_force("set6 no timeout", [](TableSeen& t) { t.set6.flags = 0; }, "set allowed6 of table inet dnsward has flags none");
+  check_not_in_force("sbx4 missing", [](TableSeen& t) { t.sbx4.exists = false; }, "set sandboxes4 of table inet dnsward does not exist");
+  check_not_in_force("set6 missing", [](TableSeen& t) { t.set6.exists = false; }, "set allowed6 of table inet dnsward does not exist");
+  // Lookups: the vouched sets in forward; the sandbox sets, inverted, in prerouting.
+  check_not_in_force("no set4 lookup", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainForward].rules) std::erase(r.lookups, "allowed4");
+  }, "no rule of chain forward looks up set allowed4");
+  check_not_in_force("no set6 lookup", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainForward].rules) std::erase(r.lookups, "allowed6");
+  }, "no rule of chain forward looks up set allowed6");
+  check_not_in_force("set6 looked up inverted", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainForward].rules)
+      if (std::erase(r.lookups, "allowed6")) r.negated_lookups.push_back("allowed6");
+  }, "no rule of chain forward looks up set allowed6");
+  check_not_in_force("no anti-spoofing v4", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainPrerouting].rules) std::erase(r.negated_lookups, "sandboxes4");
+  }, "no rule of chain prerouting drops sources missing from set sandboxes4");
+  check_not_in_force("anti-spoofing v6 not inverted", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainPrerouting].rules)
+      if (std::erase(r.negated_lookups, "sandboxes6")) r.lookups.push_back("sandboxes6");
+  }, "no rule of chain prerouting drops sources missing from set sandboxes6");
+  check_not_in_force("anti-spoofing in forward only", [](TableSeen& t) {
+    for (auto& r : t.chains[kHostChainPrerouting].rules)
+      if (std::erase(r.negated_lookups, "sandboxes4")) t.chains[kHostChainForward].rules[0].negated_lookups.push_back("sandboxes4");
+  }, "no rule of chain prerouting drops sources missing from set sandboxes4");
+  // Other names expected: serve's --nft-set4 differs from what was loaded.
+  TableSeen t = seen_from(host_text());
+  HostRulesetExpectation e = expectation();
+  e.set4 = "v4";
+  t.set4 = {true, 0x10, kKeyTypeV4V4, kKeyLenV4V4};
+  CHECK(judge_host_ruleset(t, e).reason.find("no rule of chain forward looks up set v4") != std::string::npos);
+}
