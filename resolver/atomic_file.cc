@@ -34,6 +34,17 @@ bool write_file_atomically(const std::string& path, const std::string& text, std
     unlink(tmp.c_str());
     return false;
   }
+  // The rename is durable only once its directory is: without this, a power cut after an
+  // acknowledged write (a `ctl add` replied to) could leave the old file, or none.
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || fsync(dfd) != 0) {
+    err = fmt::format("{}: {}", dir, std::strerror(errno));
+    if (dfd >= 0) close(dfd);
+    return false;
+  }
+  close(dfd);
   return true;
 }
 

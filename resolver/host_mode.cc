@@ -48,17 +48,28 @@ std::string HostMode::file_of(const std::string& id, const char* ext) const {
   return cfg_.sandboxes_dir + "/" + id + ext;
 }
 
-bool HostMode::add(const SandboxSpec& spec, bool persist, std::string& reply, std::string& err) {
+bool HostMode::add(const SandboxSpec& spec, bool persist, std::string& reply, std::string& err,
+                   Restore* restore) {
   if (err = check_sandbox_spec(spec); !err.empty()) return false;
   if (err = sandboxes_.conflicts(spec); !err.empty()) return false;
   std::vector<std::string> errors;
-  auto policy = sandboxes_.policy_for(spec, errors);
+  auto policy = sandboxes_.policy_for(spec, errors, restore ? &restore->files : nullptr);
   if (!policy) {
     err = errors.empty() ? "the allowlist could not be loaded" : errors.front();
     if (errors.size() > 1) err += fmt::format(" (and {} more)", errors.size() - 1);
     return false;
   }
   const auto old = sandboxes_.by_id(spec.id);
+  if (restore) {
+    // At start: the pairs go in together once every file is read (HostMode::restore).
+    if (old) {
+      err = fmt::format("sandbox {} is registered twice", spec.id);
+      return false;
+    }
+    for (const IpAddr& a : spec.addrs) restore->pairs.emplace_back(spec.iface, a);
+    sandboxes_.put(spec, policy);
+    return true;
+  }
   // The anti-spoofing pairs first: until they are in the kernel, nothing from the guest gets
   // past prerouting, so once this returns the sandbox is reachable and no sooner.
   if (!nft_.set_pairs(spec.iface, spec.addrs, true, err)) return false;
@@ -222,12 +233,13 @@ std::size_t HostMode::restore() {
   closedir(d);
   std::sort(files.begin(), files.end());
   std::size_t ok = 0;
+  Restore batch;
   for (const auto& f : files) {
     const std::string path = cfg_.sandboxes_dir + "/" + f;
     std::string text, err, reply;
     SandboxSpec spec;
     if (read_file(path, text, err, 4u << 20) != ReadFile::Ok || !parse_sandbox_file(text, path, spec, err) ||
-        !add(spec, false, reply, err)) {
+        !add(spec, false, reply, err, &batch)) {
       log::error("event=sandbox-not-restored file={} error={} msg={}", log::quote(path), log::quote(err),
                  log::quote("skipped; the other sandboxes are restored"));
       continue;
@@ -239,7 +251,24 @@ std::size_t HostMode::restore() {
     std::string uerr;
     if (sb && Usage::load(file_of(spec.id, ".usage"), sb->usage, uerr) == Usage::Load::Corrupt)
       log::error("event=sandbox-usage-corrupt id={} error={}", spec.id, log::quote(uerr));
+    if (sb) log::debug("event=sandbox-restored id={} policy={}", spec.id, sb->policy->version());
     ++ok;
+  }
+  std::string err;
+  if (!nft_.add_pairs(batch.pairs, err)) {
+    // One bad pair refuses its whole batch: each sandbox alone, so that only the ones whose
+    // pairs cannot be added stay unregistered (and cut off).
+    log::error("event=sandbox-pairs-failed error={} msg={}", log::quote(err),
+               log::quote("adding each sandbox's pairs alone"));
+    std::vector<std::string> ids;
+    for (const auto& [id, sb] : sandboxes_.all()) ids.push_back(id);
+    for (const auto& id : ids) {
+      const auto sb = sandboxes_.by_id(id);
+      if (nft_.set_pairs(sb->spec.iface, sb->spec.addrs, true, err)) continue;
+      log::error("event=sandbox-not-restored id={} error={}", id, log::quote(err));
+      sandboxes_.erase(id);
+      --ok;
+    }
   }
   return ok;
 }

@@ -83,7 +83,9 @@ int serve(const std::vector<std::string>& args) {
   std::shared_ptr<const Policy> policy = load_policy(cfg.allowlists, errors);
   for (const auto& e : errors) std::fprintf(stderr, "dnsward: %s\n", e.c_str());
   if (!policy) return 2;
-  log::policy_version = policy->version();
+  // Host mode: each sandbox has its own policy, named on its lines; the global list of
+  // --allowlist is no one's, so lines for no sandbox carry no policy.
+  if (!parsed.config->host) log::policy_version = policy->version();
 
   // The usage state: a corrupt file is reported and set aside, never fatal.
   Usage usage(cfg.state_max_names);
@@ -285,10 +287,16 @@ int serve(const std::vector<std::string>& args) {
     for (const auto& e : cfg.listen) listen += (listen.empty() ? "" : ",") + e.text;
     for (const auto& e : cfg.upstreams) ups += (ups.empty() ? "" : ",") + e.text;
     for (const auto& l : cfg.allowlists) lists += (lists.empty() ? "" : ",") + l;
-    log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={} mode={}",
-              listen, ups, log::quote(cfg.upstream_source),
-              lists.empty() ? "embedded-default" : lists, policy->size(), cfg.mode);
-    warn_unjustified(*policy);
+    if (host)
+      log::info("event=start listen={} upstream={} upstream_from={} host=on sandboxes={} control={} "
+                "sandbox_ifaces={}",
+                listen, ups, log::quote(cfg.upstream_source), sandboxes.size(), log::quote(cfg.control),
+                log::quote(cfg.sandbox_ifaces));
+    else
+      log::info("event=start listen={} upstream={} upstream_from={} allowlist={} entries={} mode={}",
+                listen, ups, log::quote(cfg.upstream_source),
+                lists.empty() ? "embedded-default" : lists, policy->size(), cfg.mode);
+    if (!host) warn_unjustified(*policy);
     if (cfg.audit)
       log::warn("event=audit-mode msg={}", log::quote("AUDIT MODE: the allowlist is NOT enforced; every "
                                                      "name is forwarded and its addresses vouched for; "

@@ -614,6 +614,40 @@ RevokeOutcome NftSets::remove_guests(const std::vector<IpAddr>& guests, uint64_t
   return out;
 }
 
+bool NftSets::add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs, std::string& err) {
+  if (!t_.host) return true;
+  // kChangesPerBatch messages of about 100 bytes stay far below a batch's limit.
+  for (std::size_t from = 0; from < pairs.size(); from += kChangesPerBatch) {
+    std::vector<NetlinkSocket::Msg> msgs;
+    for (std::size_t i = from; i < std::min(pairs.size(), from + kChangesPerBatch); ++i) {
+      const std::string& iface = pairs[i].first;
+      const IpAddr& a = pairs[i].second;
+      if (iface.empty() || iface.size() >= kIfnameLen) {
+        err = "interface name must be 1 to 15 bytes";
+        return false;
+      }
+      msgs.push_back({NFT_MSG_NEWSETELEM, NLM_F_CREATE, [this, &iface, &a](nlmsghdr* nlh) {
+                        SetPtr s = make_set(t_, a.family == AF_INET ? t_.sbx4 : t_.sbx6);
+                        nftnl_set_elem* e = nftnl_set_elem_alloc();
+                        uint8_t key[kIfnameLen + 16] = {};
+                        std::memcpy(key, iface.data(), iface.size());
+                        std::memcpy(key + kIfnameLen, a.bytes, a.size());
+                        nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, uint32_t(kIfnameLen + a.size()));
+                        nftnl_set_elem_add(s.get(), e);
+                        nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+                      }});
+    }
+    std::vector<int> res;
+    if (!nl_.transact(msgs, res, err)) return false;
+    for (const int r : res)
+      if (r != 0) {
+        err = failure("adding anti-spoofing pairs", r);
+        return false;
+      }
+  }
+  return true;
+}
+
 bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
                         std::string& err) {
   if (!t_.host || addrs.empty()) return true;

@@ -25,16 +25,23 @@ uint64_t fnv64(std::string_view s, uint64_t h = 1469598103934665603ull) {
 }
 }  // namespace
 
-std::shared_ptr<const Policy> Sandboxes::policy_for(const SandboxSpec& spec,
-                                                    std::vector<std::string>& errors) {
+std::shared_ptr<const Policy> Sandboxes::policy_for(const SandboxSpec& spec, std::vector<std::string>& errors,
+                                                    std::unordered_map<std::string, PolicySource>* files) {
   // The files are read every time (a changed file is a changed policy); parsing, the costly
   // part, happens once per distinct set of texts.
   std::vector<PolicySource> sources;
   if (spec.default_list) sources.push_back({"embedded default list", kDefaultAllowlist, true});
-  if (!spec.allowlists.empty()) {
-    auto files = read_allowlists(spec.allowlists, errors);
+  for (const std::string& path : spec.allowlists) {
+    if (files) {
+      if (const auto it = files->find(path); it != files->end()) {
+        sources.push_back(it->second);
+        continue;
+      }
+    }
+    auto read = read_allowlists({path}, errors);
     if (!errors.empty()) return nullptr;
-    for (auto& f : files) sources.push_back(std::move(f));
+    if (files) files->emplace(path, read.front());
+    sources.push_back(std::move(read.front()));
   }
   if (!spec.allowlist_text.empty()) sources.push_back({"sandbox " + spec.id + " inline", spec.allowlist_text, false});
   // The key: every source's name and text (hashed), in order. Inline entries are named by

@@ -6,6 +6,7 @@
 // answered only once what it asked for is in force.
 #pragma once
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dnsward/config.hpp"
@@ -34,8 +35,16 @@ class HostMode : public ControlHandler {
 
   std::string handle(const CtlRequest& r) override;
 
-  /// The parts of add: false with err (one line) and nothing changed.
-  bool add(const SandboxSpec& spec, bool persist, std::string& reply, std::string& err);
+  /// What a restore shares between its adds: each allowlist file read once, the pairs
+  /// added in a few batches at the end, one log line.
+  struct Restore {
+    std::unordered_map<std::string, PolicySource> files;
+    std::vector<std::pair<std::string, IpAddr>> pairs;
+  };
+  /// The parts of add: false with err (one line) and nothing changed. With restore, the
+  /// pairs are left to the caller.
+  bool add(const SandboxSpec& spec, bool persist, std::string& reply, std::string& err,
+           Restore* restore = nullptr);
   bool remove(const std::string& id, std::string& reply, std::string& err);
 
  private:

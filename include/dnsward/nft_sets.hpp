@@ -131,6 +131,8 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   /// in one batch. A delete of a pair that is gone already is not an error.
   bool set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
                  std::string& err);
+  /// Host mode: adds many pairs (interface, address) in as few batches as fit (a restore).
+  bool add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs, std::string& err);
   /// Host mode: called when someone else deleted anti-spoofing pairs (or their sets or the
   /// table): the registry puts every registered sandbox's pairs back.
   void on_pairs_lost(std::function<void()> f) { on_pairs_lost_ = std::move(f); }

@@ -41,7 +41,9 @@ struct Sandbox {
   bool gone = false;          ///< removed (or replaced): nothing more is vouched for it
   unsigned ifindex = 0;       ///< spec.iface's index when last seen (0: not yet)
   uint32_t inflight = 0;      ///< its queries upstream
-  uint64_t saved_at = UINT64_MAX;  ///< counts.queries when its usage was last written
+  /// counts.queries when its usage was last written: an idle sandbox's is never written
+  /// (10,000 fsyncs at each save would stall the loop for tens of seconds).
+  uint64_t saved_at = 0;
   struct Counts {
     uint64_t queries = 0, allowed = 0, denied = 0, forwarded = 0, cached = 0, vouched = 0,
              refused_caps = 0;
@@ -62,7 +64,10 @@ class Sandboxes {
   /// The policy for spec's sources (the embedded default list unless spec says not, its
   /// files, its inline entries), shared with every sandbox of the same sources; null with
   /// errors ("FILE:LINE: reason") if any source is unreadable or invalid.
-  std::shared_ptr<const Policy> policy_for(const SandboxSpec& spec, std::vector<std::string>& errors);
+  /// files: the allowlist files' texts already read (a restore of 10,000 sandboxes sharing
+  /// three files reads each once); null: read them now (a change may have been made).
+  std::shared_ptr<const Policy> policy_for(const SandboxSpec& spec, std::vector<std::string>& errors,
+                                           std::unordered_map<std::string, PolicySource>* files = nullptr);
 
   /// "" if spec may be registered (again, under its id): its addresses belong to no other
   /// sandbox. Else the one-line reason.
