@@ -52,6 +52,17 @@ rebind.allowed A {PRIVATE}
 meta.allowed A {METADATA}
 """ + race_zone(RACE)
 
+# Host mode (test_vm_host.py): one dnsward on the host, one sandbox per guest, each allowed
+# only its own name, each name on an address of its own that the internet serves.
+HOST_SANDBOXES = {
+    "a": ("198.18.2.1", "2001:db8:1::2:1"),
+    "b": ("198.18.2.2", "2001:db8:1::2:2"),
+    "c": ("198.18.2.3", "2001:db8:1::2:3"),
+}
+HOST_ZONE = "".join(f"{k}.sandbox A {v4}\n{k}.sandbox AAAA {v6}\n"
+                    for k, (v4, v6) in HOST_SANDBOXES.items())
+ZONE += HOST_ZONE
+
 ALLOW = """www.allowed.test
 alias.allowed.test
 short.allowed.test
@@ -358,6 +369,60 @@ class World:
         for ns in (self.host, self.net):
             sh("ip", "netns", "delete", ns, check=False)  # takes its taps and veth with it
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HostDnsward:
+    """Host mode in the World's "host" namespace: the ruleset of `dnsward nft-rules --host`
+    loaded, then one `dnsward serve --host` (as root there) for every guest's tap, driven
+    over its control socket with `dnsward ctl`. stop() ends only the serve it started."""
+
+    PORT = 5353
+    IFACES = "dwtap*"
+
+    def __init__(self, world, binary=BIN, extra=()):
+        self.world, self.bin = world, binary
+        self.control = os.path.join(world.dir, "control")
+        self.log_path = os.path.join(world.dir, "dnsward-host.log")
+        self.rules_path = os.path.join(world.dir, "host.nft")
+        self.proc = None
+        self.log = None
+        common = ["--sandbox-ifaces", self.IFACES, "--listen", f"0.0.0.0:{self.PORT}",
+                  "--listen", f"[::]:{self.PORT}", "--upstream", UPSTREAM]
+        rules = sh(binary, "nft-rules", "--host", *common)
+        with open(self.rules_path, "w") as f:
+            f.write(rules.stdout)
+        world.in_host("nft", "-f", self.rules_path)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", world.host, binary, "serve", "--host", *common,
+             "--control", self.control, "--user", "root", *extra],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while self.ctl("list", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dnsward serve --host did not come up: {self.text()}")
+            time.sleep(0.1)  # paces a bounded poll for the control socket
+
+    def ctl(self, *args, check=True):
+        """`dnsward ctl` in the host namespace; its reply (JSON) is the result's stdout."""
+        return self.world.in_host(self.bin, "ctl", "--control", self.control, *args,
+                                  check=check)
+
+    def text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log:
+            self.log.close()
+            self.log = None
 
 
 HTTP_SERVER = r"""
