@@ -15,11 +15,13 @@ std::vector<PolicySource> read_allowlists(const std::vector<std::string>& paths,
   std::vector<PolicySource> sources;
   if (paths.empty()) sources.push_back({"default.allow (embedded)", kDefaultAllowlist, true});
   for (const auto& path : paths) {
-    // A directory opens fine and reads as nothing: it would load as an empty list (and a
-    // reload would put that in force, revoking every vouched address); a FIFO would block
-    // the loop. /dev/null stays allowed: an empty list on purpose.
+    // Regular files only. A directory opens fine and reads as nothing: it would load as an
+    // empty list (and a reload would put that in force, revoking every vouched address); a
+    // FIFO would block the loop; a character device (/dev/zero, given to `ctl add`) would be
+    // read until memory runs out, the loop stalled for every sandbox meanwhile. /dev/null
+    // stays allowed: an empty list on purpose.
     struct stat st {};
-    if (stat(path.c_str(), &st) == 0 && (S_ISDIR(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && path != "/dev/null") {
       errors.push_back(path + ": cannot read: not a file");
       continue;
     }

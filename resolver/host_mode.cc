@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -18,6 +19,13 @@
 namespace dnsward {
 
 namespace {
+/// Whether nft's iifname pattern (a name, or a prefix and '*') matches name.
+bool iface_matches(const std::string& pattern, const std::string& name) {
+  if (!pattern.empty() && pattern.back() == '*')
+    return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
+  return name == pattern;
+}
+
 std::string quoted(std::string_view s) {
   std::string out;
   json::append_quoted(out, s);
@@ -51,6 +59,13 @@ std::string HostMode::file_of(const std::string& id, const char* ext) const {
 bool HostMode::add(const SandboxSpec& spec, bool persist, std::string& reply, std::string& err,
                    Restore* restore) {
   if (err = check_sandbox_spec(spec); !err.empty()) return false;
+  if (!iface_matches(cfg_.sandbox_ifaces, spec.iface)) {
+    // The host ruleset touches only --sandbox-ifaces: a sandbox on another interface would
+    // be registered and yet filtered by nothing.
+    err = fmt::format("interface {} does not match --sandbox-ifaces {}: the host ruleset would not filter it",
+                      spec.iface, cfg_.sandbox_ifaces);
+    return false;
+  }
   if (err = sandboxes_.conflicts(spec); !err.empty()) return false;
   std::vector<std::string> errors;
   auto policy = sandboxes_.policy_for(spec, errors, restore ? &restore->files : nullptr);
@@ -69,6 +84,20 @@ bool HostMode::add(const SandboxSpec& spec, bool persist, std::string& reply, st
     for (const IpAddr& a : spec.addrs) restore->pairs.emplace_back(spec.iface, a);
     sandboxes_.put(spec, policy);
     return true;
+  }
+  // A new sandbox starts with nothing: elements still held for its addresses (a sandbox
+  // that had them and was never removed) go before its pairs let it in.
+  std::vector<IpAddr> fresh_addrs;
+  for (const IpAddr& a : spec.addrs)
+    if ((!old || std::find(old->spec.addrs.begin(), old->spec.addrs.end(), a) == old->spec.addrs.end()) &&
+        nft_.elements_of(a) > 0)
+      fresh_addrs.push_back(a);
+  if (!fresh_addrs.empty()) {
+    const RevokeOutcome r = nft_.remove_guests(fresh_addrs, mono_ms());
+    if (!r.ok) {
+      err = "cannot delete elements left for its addresses: " + r.err;
+      return false;
+    }
   }
   // The anti-spoofing pairs first: until they are in the kernel, nothing from the guest gets
   // past prerouting, so once this returns the sandbox is reachable and no sooner.
@@ -218,11 +247,15 @@ std::string HostMode::handle(const CtlRequest& r) {
 }
 
 std::size_t HostMode::restore() {
-  if (cfg_.sandboxes_dir.empty()) return 0;
+  if (cfg_.sandboxes_dir.empty()) {
+    forget_unregistered();  // nothing is restored: whatever a previous run left goes
+    return 0;
+  }
   DIR* d = opendir(cfg_.sandboxes_dir.c_str());
   if (!d) {
     log::warn("event=sandboxes-unreadable dir={} error={}", log::quote(cfg_.sandboxes_dir),
               log::quote(std::strerror(errno)));
+    forget_unregistered();
     return 0;
   }
   std::vector<std::string> files;
@@ -270,7 +303,41 @@ std::size_t HostMode::restore() {
       --ok;
     }
   }
+  forget_unregistered();
   return ok;
+}
+
+void HostMode::forget_unregistered() {
+  // What the kernel holds for sandboxes that are not registered now (one that was not
+  // restored, a restart without --sandboxes, a file deleted while dnsward was down) goes:
+  // their anti-spoofing pairs, every element opened for their addresses (with or without
+  // provenance) and their flows. Else a sandbox given the address later would inherit them.
+  std::vector<std::pair<std::string, IpAddr>> pairs;
+  std::vector<IpAddr> stale;
+  std::string err;
+  if (!nft_.list_pairs(pairs, err)) {
+    log::error("event=stale-pairs-unread error={}", log::quote(err));
+  } else {
+    std::map<std::string, std::vector<IpAddr>> by_iface;
+    for (const auto& [iface, a] : pairs) {
+      const auto sb = sandboxes_.by_addr(a);
+      if (sb && sb->spec.iface == iface) continue;
+      by_iface[iface].push_back(a);
+      if (!sb) stale.push_back(a);
+    }
+    for (const auto& [iface, addrs] : by_iface)
+      if (!nft_.set_pairs(iface, addrs, false, err))
+        log::error("event=stale-pairs-failed iface={} error={}", log::quote(iface), log::quote(err));
+  }
+  for (const IpAddr& g : nft_.guests())
+    if (!sandboxes_.by_addr(g) && std::find(stale.begin(), stale.end(), g) == stale.end()) stale.push_back(g);
+  if (stale.empty()) return;
+  const RevokeOutcome r = nft_.remove_guests(stale, mono_ms());
+  std::size_t flows = 0;
+  if (!forget_flows_from(stale, flows, err))
+    log::error("event=stale-flows-failed error={}", log::quote(err));
+  log::info("event=stale-sandboxes-forgotten addresses={} elements={} flows={} ok={}", stale.size(), r.deleted,
+            flows, r.ok ? "yes" : "no");
 }
 
 void HostMode::reload_all() {

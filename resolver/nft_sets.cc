@@ -648,6 +648,36 @@ bool NftSets::add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs
   return true;
 }
 
+bool NftSets::list_pairs(std::vector<std::pair<std::string, IpAddr>>& out, std::string& err) {
+  out.clear();
+  if (!t_.host) return true;
+  for (const bool v4 : {true, false}) {
+    const std::string& name = v4 ? t_.sbx4 : t_.sbx6;
+    const uint32_t alen = v4 ? 4 : 16;
+    const int e = nl_.request(
+        NFT_MSG_GETSETELEM, NLM_F_DUMP,
+        [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, make_set(t_, name).get()); },
+        [&](const nlmsghdr* h) {
+          for_each_elem(h, [&](nftnl_set_elem* el) {
+            uint32_t klen = 0;
+            const auto* key = static_cast<const uint8_t*>(nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen));
+            if (!key || klen != kIfnameLen + alen) return;  // not a pair of ours: left alone
+            const std::string iface(reinterpret_cast<const char*>(key), strnlen(reinterpret_cast<const char*>(key), kIfnameLen));
+            out.emplace_back(iface, v4 ? IpAddr::v4(key + kIfnameLen) : IpAddr::v6(key + kIfnameLen));
+          });
+          return true;
+        },
+        err);
+    if (e != 0 && e != ENOENT) {
+      if (e > 0) err = failure("listing set " + name, e);
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<IpAddr> NftSets::guests() const { return ledger_.guests(); }
+
 bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
                         std::string& err) {
   if (!t_.host || addrs.empty()) return true;

@@ -147,7 +147,13 @@ Verdict Pipeline::on_query(const uint8_t* pkt, std::size_t len, const ClientAddr
   LogScope scope;
   try {
     s = receive(c, pkt, len);
-    if (s == Step::Continue) s = identify(c);
+    // Host mode: the source first, whatever the message: an unknown source gets REFUSED (or
+    // nothing, if the message cannot be answered) and a log line, never FORMERR or NOTIMP.
+    if (sandboxes_) {
+      const bool parsed = s == Step::Continue;
+      const Step id = identify(c, parsed);
+      if (id != Step::Continue || parsed) s = id;
+    }
     if (c.sandbox) scope.set(*c.sandbox);
     if (s == Step::Continue) s = screen(c);
     if (s == Step::Continue) s = require_ruleset(c);
@@ -188,7 +194,7 @@ Pipeline::Step Pipeline::receive(QueryCtx& c, const uint8_t* pkt, std::size_t le
   return Step::Drop;
 }
 
-Pipeline::Step Pipeline::identify(QueryCtx& c) {
+Pipeline::Step Pipeline::identify(QueryCtx& c, bool parsed) {
   if (!sandboxes_) return Step::Continue;
   const IpAddr from = c.client.peer_addr();
   std::shared_ptr<Sandbox> sb = sandboxes_->by_addr(from);
@@ -228,6 +234,7 @@ Pipeline::Step Pipeline::identify(QueryCtx& c) {
     log::warn("event=unknown-source client={} claimed={} transport={} msg={}", c.client.peer_text(),
               sb ? sb->spec.id : std::string("-"),
               c.client.transport == ClientAddr::Transport::Tcp ? "tcp" : "udp", log::quote(why));
+  if (!parsed) return Step::Drop;  // nothing to echo a question from
   ++counters_.refused;
   c.out_len = build_rcode(c.q, rcode::REFUSED, reply_opts_, c.out, c.out_cap, edns::EDE_PROHIBITED,
                           "dnsward: this source is not a registered sandbox");
@@ -399,8 +406,12 @@ Pipeline::Step Pipeline::admit(QueryCtx& c, bool count) {
   const Query& q = c.q;
   const std::shared_ptr<const Policy>& pol = policy_of(c);  // the sandbox's, in host mode
   const Match m = pol->match(q.qname_lc, q.qname_len);
-  // Usage is counted where it is kept: per sandbox in host mode.
-  Usage* const usage = !count ? nullptr : c.sandbox ? &c.sandbox->usage : usage_;
+  // Usage is counted where it is kept: per sandbox in host mode (with --sandboxes, where
+  // its counts are written), else with --state.
+  Usage* const usage = !count                         ? nullptr
+                       : !c.sandbox                   ? usage_
+                       : cfg_.sandboxes_dir.empty()   ? nullptr
+                                                      : &c.sandbox->usage;
   const int64_t now = usage ? int64_t(std::time(nullptr)) : 0;
   c.policy = pol;
   c.entry = -1;

@@ -18,13 +18,6 @@ std::shared_ptr<Sandbox> Sandboxes::by_id(const std::string& id) const {
   return it == by_id_.end() ? nullptr : it->second;
 }
 
-namespace {
-uint64_t fnv64(std::string_view s, uint64_t h = 1469598103934665603ull) {
-  for (const char c : s) h = (h ^ uint8_t(c)) * 1099511628211ull;
-  return h;
-}
-}  // namespace
-
 std::shared_ptr<const Policy> Sandboxes::policy_for(const SandboxSpec& spec, std::vector<std::string>& errors,
                                                     std::unordered_map<std::string, PolicySource>* files) {
   // The files are read every time (a changed file is a changed policy); parsing, the costly
@@ -44,12 +37,12 @@ std::shared_ptr<const Policy> Sandboxes::policy_for(const SandboxSpec& spec, std
     sources.push_back(std::move(read.front()));
   }
   if (!spec.allowlist_text.empty()) sources.push_back({"sandbox " + spec.id + " inline", spec.allowlist_text, false});
-  // The key: every source's name and text (hashed), in order. Inline entries are named by
-  // sandbox, so sandboxes sharing them by text alone get separate (equal) policies: their
-  // FILE:LINE messages name their own sandbox.
+  // The key: every source's name and whole text, in order (a hash could be made to collide
+  // by whoever writes one of the texts, and an edit would go unseen). Inline entries are
+  // named by sandbox, so sandboxes sharing them by text alone get separate (equal)
+  // policies: their FILE:LINE messages name their own sandbox.
   std::string key;
-  for (const auto& s : sources)
-    key += fmt::format("{}\n{:016x}\n{}\n", s.name, fnv64(s.text), s.text.size());
+  for (const auto& s : sources) key += fmt::format("{}\n{}\n{}", s.name, s.text.size(), s.text);
   if (const auto it = cache_.find(key); it != cache_.end())
     if (auto p = it->second.lock()) return p;
   auto p = std::make_shared<const Policy>(Policy::parse(sources, errors));
@@ -69,6 +62,12 @@ std::size_t Sandboxes::policies() const {
 }
 
 std::string Sandboxes::conflicts(const SandboxSpec& spec) const {
+  // Anti-spoofing can only check (interface . source address): a guest may send from any
+  // address registered on its own interface, so two sandboxes on one interface (a bridge)
+  // could pass for each other.
+  if (const auto it = by_iface_.find(spec.iface); it != by_iface_.end() && it->second != spec.id)
+    return fmt::format("interface {} is registered to sandbox {} (one interface per sandbox: "
+                       "anti-spoofing tells sandboxes apart by interface)", spec.iface, it->second);
   for (const IpAddr& a : spec.addrs) {
     const auto it = by_addr_.find(a);
     if (it != by_addr_.end() && it->second->spec.id != spec.id)
@@ -86,6 +85,7 @@ std::shared_ptr<Sandbox> Sandboxes::put(const SandboxSpec& spec, std::shared_ptr
     sb->counts = old->counts;
   }
   for (const IpAddr& a : spec.addrs) by_addr_[a] = sb;
+  by_iface_[spec.iface] = spec.id;
   by_id_[spec.id] = sb;
   return sb;
 }
@@ -99,6 +99,7 @@ std::shared_ptr<Sandbox> Sandboxes::erase(const std::string& id) {
     const auto at = by_addr_.find(a);
     if (at != by_addr_.end() && at->second == sb) by_addr_.erase(at);
   }
+  if (const auto at = by_iface_.find(sb->spec.iface); at != by_iface_.end() && at->second == id) by_iface_.erase(at);
   by_id_.erase(it);
   return sb;
 }

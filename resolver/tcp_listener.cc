@@ -72,7 +72,7 @@ void TcpListener::on_accept() {
       }
     }
     if (conns_.size() >= cfg_.tcp_max_connections &&
-        !evict_one(peer, plen, cfg_.host ? &tenant : nullptr)) {
+        !evict_one(peer, plen, cfg_.host ? &tenant : nullptr) && !(cfg_.host && evict_from_largest(peer, plen, tenant))) {
       close(fd);  // every connection has a query in progress: refuse at once
       log::debug("event=tcp-refused reason=max-connections");
       continue;
@@ -117,6 +117,25 @@ bool TcpListener::evict_one(const sockaddr_storage& newcomer, socklen_t len, con
     return true;
   }
   return false;
+}
+
+bool TcpListener::evict_from_largest(const sockaddr_storage& newcomer, socklen_t len, const std::string& tenant) {
+  // At the global cap, with no idle connection of its own: a sandbox holding more connections
+  // than the newcomer's would after it is admitted gives up its longest-idle one. Without
+  // this, a few sandboxes at their own cap would keep every other out of TCP; with it, none
+  // loses a connection to one that holds as many as it does.
+  const std::string* largest = nullptr;
+  uint32_t most = 0;
+  for (const auto& [t, n] : per_tenant_)
+    if (n > most) {
+      most = n;
+      largest = &t;
+    }
+  const auto mine = per_tenant_.find(tenant);
+  const uint32_t have = mine == per_tenant_.end() ? 0 : mine->second;
+  if (!largest || *largest == tenant || most <= have + 1) return false;
+  const std::string victim = *largest;  // a copy: eviction may erase its map entry
+  return evict_one(newcomer, len, &victim);
 }
 
 void TcpListener::touch(Conn& c) {

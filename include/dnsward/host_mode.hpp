@@ -49,6 +49,8 @@ class HostMode : public ControlHandler {
 
  private:
   std::string file_of(const std::string& id, const char* ext) const;
+  /// At start: pairs, elements and flows of addresses no registered sandbox has go.
+  void forget_unregistered();
   const ServeConfig& cfg_;
   Sandboxes& sandboxes_;
   NftSets& nft_;

@@ -131,6 +131,10 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   /// in one batch. A delete of a pair that is gone already is not an error.
   bool set_pairs(const std::string& iface, const std::vector<IpAddr>& addrs, bool add,
                  std::string& err);
+  /// Host mode: every pair the kernel's sandbox sets hold.
+  bool list_pairs(std::vector<std::pair<std::string, IpAddr>>& out, std::string& err);
+  /// Host mode: every guest address the ledger holds elements (or maybe-held ones) for.
+  std::vector<IpAddr> guests() const;
   /// Host mode: adds many pairs (interface, address) in as few batches as fit (a restore).
   bool add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs, std::string& err);
   /// Host mode: called when someone else deleted anti-spoofing pairs (or their sets or the

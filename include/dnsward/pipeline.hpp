@@ -188,8 +188,9 @@ class Pipeline {
   // The query path.
   Step receive(QueryCtx& c, const uint8_t* pkt, std::size_t len);
   /// Host mode: the sandbox of the query's source (for UDP also its arrival interface, for
-  /// TCP the host mark); REFUSED, logged, for a source no sandbox has.
-  Step identify(QueryCtx& c);
+  /// TCP the host mark); REFUSED, logged, for a source no sandbox has (dropped, logged, if
+  /// the message did not parse: parsed false). Continue for a sandbox's query.
+  Step identify(QueryCtx& c, bool parsed);
   Step screen(QueryCtx& c);
   /// --require-ruleset: SERVFAIL with EDE 14 while the ruleset is not in force (the CH TXT
   /// diagnostics excepted). Also on the answer path: an answer that comes back after the

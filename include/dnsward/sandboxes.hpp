@@ -69,8 +69,8 @@ class Sandboxes {
   std::shared_ptr<const Policy> policy_for(const SandboxSpec& spec, std::vector<std::string>& errors,
                                            std::unordered_map<std::string, PolicySource>* files = nullptr);
 
-  /// "" if spec may be registered (again, under its id): its addresses belong to no other
-  /// sandbox. Else the one-line reason.
+  /// "" if spec may be registered (again, under its id): its addresses and its interface
+  /// belong to no other sandbox. Else the one-line reason.
   std::string conflicts(const SandboxSpec& spec) const;
   /// Registers spec with its policy, replacing a sandbox of the same id (which is marked
   /// gone; its usage counts carry over). Returns the new one.
@@ -84,6 +84,7 @@ class Sandboxes {
   std::size_t state_names_;
   std::map<std::string, std::shared_ptr<Sandbox>> by_id_;
   std::unordered_map<IpAddr, std::shared_ptr<Sandbox>, IpAddrHash> by_addr_;
+  std::unordered_map<std::string, std::string> by_iface_;  // interface -> sandbox id
   /// Loaded policies by their sources' key; weak, so a policy no sandbox uses goes.
   std::unordered_map<std::string, std::weak_ptr<const Policy>> cache_;
 };

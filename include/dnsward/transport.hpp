@@ -96,6 +96,9 @@ class TcpListener : public ReplySink {
   /// one can be admitted. False if every connection has a query in progress.
   /// In host mode only a connection of the same tenant may be evicted.
   bool evict_one(const sockaddr_storage& newcomer, socklen_t len, const std::string* tenant = nullptr);
+  /// Host mode, at the global cap: evicts an idle connection of the sandbox holding the most,
+  /// if it holds more than the newcomer's sandbox would.
+  bool evict_from_largest(const sockaddr_storage& newcomer, socklen_t len, const std::string& tenant);
   void close_conn(uint64_t id, const char* why);
 
   EventLoop& loop_;

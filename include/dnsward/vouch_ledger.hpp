@@ -221,6 +221,12 @@ class VouchLedger {
                                       uint64_t now_ms) const;
   /// Deletes for every element held (or maybe held) for one of guests: a sandbox removed.
   std::vector<ElemChange> removals_of(const std::vector<IpAddr>& guests, uint64_t now_ms) const;
+  /// The guests (host mode) that have records.
+  std::vector<IpAddr> guests() const {
+    std::vector<IpAddr> out;
+    for (const auto& g : per_guest_) out.push_back(g.first);
+    return out;
+  }
   /// Records (held, maybe held or promised) for a guest: what its element cap counts.
   std::size_t count_of(const IpAddr& guest) const;
   /// How many of items' keys the ledger has no record of: the elements they would add.

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -699,6 +700,15 @@ class Registration(HostTest):
              "registered to sandbox g1"),
             (json.dumps({"cmd": "add", "id": "g9", "addrs": ["100.64.9.2"], "iface": "tap9",
                          "allowlists": [missing]}), missing),
+            # Another sandbox on g1's tap could send from g1's address past anti-spoofing.
+            ('{"cmd":"add","id":"g9","addrs":["100.64.1.77"],"iface":"tap1","allowlist_text":"x.test\\n"}',
+             "interface tap1 is registered to sandbox g1"),
+            # An interface the host ruleset does not filter ('tap*').
+            ('{"cmd":"add","id":"g9","addrs":["100.64.9.2"],"iface":"vm9","allowlist_text":"x.test\\n"}',
+             "does not match --sandbox-ifaces"),
+            # A device read until memory runs out would stall every sandbox's DNS.
+            ('{"cmd":"add","id":"g9","addrs":["100.64.9.2"],"iface":"tap9","allowlists":["/dev/zero"]}',
+             "/dev/zero: cannot read: not a file"),
         ]
         for line, fragment in cases:
             reply = self.dw.raw(line)
@@ -756,6 +766,37 @@ class Persistence(HostTest):
         self.assert_resolves(2, "two-a.two.test", [TWO_A])
         self.assertEqual(connect(1, ONE_A), "ok")
         self.assertEqual(self.allowed4(), {(guest4(1), ONE_A), (guest4(2), TWO_A)})
+
+
+class StaleState(HostTest):
+    def test_a_restart_without_registrations_leaves_no_pair_element_or_flow_for_the_next_owner_of_the_address(self):
+        self.assert_resolves(1, "one-a.one.test", [ONE_A])
+        self.assertEqual(connect(1, ONE_A), "ok")
+        self.assertEqual(self.dw.stop(), 0)
+        # Started again without --sandboxes: nothing is registered, so nothing may stay open.
+        self.dw.start()
+        self.assertEqual(nft_elements("sandboxes4"), set())
+        self.assertEqual(self.allowed4(), set())
+        # The next sandbox on that tap and address, with another policy, inherits nothing.
+        code, reply, out = self.dw.ctl("add", "next", "--addr", guest4(1), "--iface", "tap1",
+                                       "--allowlist", world.g2_allow, "--no-default")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.allowed4(), set())
+        self.assertEqual(connect(1, ONE_A), "refused")
+        self.assert_denied(1, "one-a.one.test")
+        self.assert_resolves(1, "two-a.two.test", [TWO_A])
+        self.assertIn("event=stale-sandboxes-forgotten", self.dw.logtext())
+
+    def test_an_unknown_source_never_gets_formerr_or_notimp_only_refused_or_nothing(self):
+        # qdcount 0 from the host (no sandbox): a known client would get FORMERR.
+        msg = struct.pack("!HHHHHH", 0x1234, 0x0100, 0, 0, 0, 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as so:
+            so.settimeout(1.0)
+            so.sendto(msg, ("127.0.0.1", world.port))
+            with self.assertRaises(socket.timeout):
+                so.recv(512)
+        wait_for(lambda: "event=unknown-source client=127.0.0.1" in self.new_log(), timeout=5,
+                 what="the unknown-source line")
 
 
 class Caps(HostTest):

@@ -81,8 +81,20 @@ TEST_CASE("a source address belongs to exactly one sandbox; another sandbox clai
   REQUIRE(r.by_addr(ip("100.64.1.2")));
   CHECK(r.by_addr(ip("100.64.1.2"))->spec.id == "s1");
   CHECK_FALSE(r.by_addr(ip("100.64.1.3")));
-  CHECK(r.conflicts(spec("s2", "100.64.1.2", {})) == "address 100.64.1.2 is registered to sandbox s1");
+  SandboxSpec other = spec("s2", "100.64.1.2", {});
+  other.iface = "tap1";
+  CHECK(r.conflicts(other) == "address 100.64.1.2 is registered to sandbox s1");
   CHECK(r.conflicts(spec("s1", "100.64.1.2", {})).empty());  // itself, changed
+}
+
+TEST_CASE("an interface belongs to one sandbox: a second sandbox on it could send from the first's address") {
+  Sandboxes r(100);
+  std::vector<std::string> errors;
+  const auto p = r.policy_for(spec("s1", "100.64.1.2", {}, "one.test why=x\n"), errors);
+  r.put(spec("s1", "100.64.1.2", {}, "one.test why=x\n"), p);  // on tap0
+  CHECK(r.conflicts(spec("s2", "100.64.9.9", {})).rfind("interface tap0 is registered to sandbox s1", 0) == 0);
+  r.erase("s1");
+  CHECK(r.conflicts(spec("s2", "100.64.9.9", {})).empty());  // free again once s1 is gone
 }
 
 TEST_CASE("replacing or removing a sandbox marks the old one gone, so its queries in flight vouch nothing") {
