@@ -143,7 +143,7 @@ std::vector<Field> fields_of(std::string_view f, const std::vector<std::string>&
 }
 
 std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::vector<Field>& fields,
-                   std::string_view policy, std::string_view sandbox) {
+                   std::string_view policy, std::string_view sandbox_id) {
   static constexpr const char* names[] = {"debug", "info", "warn", "error"};
   std::string l;
   if (fmt_ == Format::Json) {
@@ -157,9 +157,9 @@ std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::
       l += ':';
       json::append_quoted(l, f.value);
     }
-    if (!sandbox.empty()) {
+    if (!sandbox_id.empty()) {
       l += ",\"sandbox\":";
-      json::append_quoted(l, sandbox);
+      json::append_quoted(l, sandbox_id);
     }
     if (!policy.empty()) {
       l += ",\"policy\":";
@@ -169,7 +169,7 @@ std::string render(Format fmt_, LogLevel level, std::string_view ts, const std::
   }
   l = fmt::format("ts={} level={}", ts, names[int(level)]);
   for (const auto& f : fields) l += fmt::format(" {}={}", f.key, logfmt_value(f.value));
-  if (!sandbox.empty()) l += " sandbox=" + logfmt_value(sandbox);
+  if (!sandbox_id.empty()) l += " sandbox=" + logfmt_value(sandbox_id);
   if (!policy.empty()) l += " policy=" + logfmt_value(policy);
   return l;
 }

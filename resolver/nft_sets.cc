@@ -598,10 +598,8 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   return ok;
 }
 
-RevokeOutcome NftSets::remove_guests(const std::vector<IpAddr>& guests, uint64_t now_ms) {
-  on_events();
+RevokeOutcome NftSets::delete_elements(const std::vector<ElemChange>& dels) {
   RevokeOutcome out;
-  const std::vector<ElemChange> dels = ledger_.removals_of(guests, now_ms);
   if (dels.empty()) return out;
   std::vector<ChangeResult> results;
   int e = 0;
@@ -612,6 +610,27 @@ RevokeOutcome NftSets::remove_guests(const std::vector<IpAddr>& guests, uint64_t
   }
   ledger_.revoked(dels, results);
   return out;
+}
+
+RevokeOutcome NftSets::remove_guests(const std::vector<IpAddr>& guests, uint64_t now_ms) {
+  on_events();
+  return delete_elements(ledger_.removals_of(guests, now_ms));
+}
+
+NetlinkSocket::Msg NftSets::pair_msg(const std::string& iface, const IpAddr& a, bool add) {
+  // The key is the interface name padded with NULs to IFNAMSIZ, then the address (nft's
+  // ifname . ipv4_addr). iface and a must outlive the message's send.
+  return {uint16_t(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM), uint16_t(add ? NLM_F_CREATE : 0),
+          [this, &iface, &a](nlmsghdr* nlh) {
+            SetPtr s = make_set(t_, a.family == AF_INET ? t_.sbx4 : t_.sbx6);
+            nftnl_set_elem* e = nftnl_set_elem_alloc();
+            uint8_t key[kIfnameLen + 16] = {};
+            std::memcpy(key, iface.data(), iface.size());
+            std::memcpy(key + kIfnameLen, a.bytes, a.size());
+            nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, uint32_t(kIfnameLen + a.size()));
+            nftnl_set_elem_add(s.get(), e);
+            nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+          }};
 }
 
 bool NftSets::add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs, std::string& err) {
@@ -626,16 +645,7 @@ bool NftSets::add_pairs(const std::vector<std::pair<std::string, IpAddr>>& pairs
         err = "interface name must be 1 to 15 bytes";
         return false;
       }
-      msgs.push_back({NFT_MSG_NEWSETELEM, NLM_F_CREATE, [this, &iface, &a](nlmsghdr* nlh) {
-                        SetPtr s = make_set(t_, a.family == AF_INET ? t_.sbx4 : t_.sbx6);
-                        nftnl_set_elem* e = nftnl_set_elem_alloc();
-                        uint8_t key[kIfnameLen + 16] = {};
-                        std::memcpy(key, iface.data(), iface.size());
-                        std::memcpy(key + kIfnameLen, a.bytes, a.size());
-                        nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, uint32_t(kIfnameLen + a.size()));
-                        nftnl_set_elem_add(s.get(), e);
-                        nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
-                      }});
+      msgs.push_back(pair_msg(iface, a, true));
     }
     std::vector<int> res;
     if (!nl_.transact(msgs, res, err)) return false;
@@ -685,22 +695,9 @@ bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& add
     err = "interface name must be 1 to 15 bytes";
     return false;
   }
-  // The key is the interface name padded with NULs to IFNAMSIZ, then the address (nft's
-  // ifname . ipv4_addr). Adds go in one batch, all or nothing; deletes one pair per batch,
-  // since one pair gone already (ENOENT) would refuse a whole batch.
-  auto msg = [&](const IpAddr& a) {
-    return NetlinkSocket::Msg{uint16_t(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM),
-                              uint16_t(add ? NLM_F_CREATE : 0), [this, &iface, &a](nlmsghdr* nlh) {
-                                SetPtr s = make_set(t_, a.family == AF_INET ? t_.sbx4 : t_.sbx6);
-                                nftnl_set_elem* e = nftnl_set_elem_alloc();
-                                uint8_t key[kIfnameLen + 16] = {};
-                                std::memcpy(key, iface.data(), iface.size());
-                                std::memcpy(key + kIfnameLen, a.bytes, a.size());
-                                nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, uint32_t(kIfnameLen + a.size()));
-                                nftnl_set_elem_add(s.get(), e);
-                                nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
-                              }};
-  };
+  // Adds go in one batch, all or nothing; deletes one pair per batch, since one pair gone
+  // already (ENOENT) would refuse a whole batch.
+  auto msg = [&](const IpAddr& a) { return pair_msg(iface, a, add); };
   std::vector<std::vector<NetlinkSocket::Msg>> batches;
   if (add) {
     batches.emplace_back();
@@ -723,18 +720,7 @@ bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& add
 RevokeOutcome NftSets::revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                                      uint64_t now_ms) {
   on_events();
-  RevokeOutcome out;
-  const std::vector<ElemChange> dels = ledger_.revocations(keep, keep_audit, now_ms);
-  if (dels.empty()) return out;
-  std::vector<ChangeResult> results;
-  int e = 0;
-  out.ok = commit_changes(*this, dels, results, out.err, e);
-  for (const ChangeResult r : results) {
-    out.deleted += r == ChangeResult::Done;
-    out.already_gone += r == ChangeResult::AlreadyGone;
-  }
-  ledger_.revoked(dels, results);
-  return out;
+  return delete_elements(ledger_.revocations(keep, keep_audit, now_ms));
 }
 
 void NftSets::maintain(uint64_t now_ms) {

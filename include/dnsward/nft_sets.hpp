@@ -145,6 +145,10 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
 
  private:
   bool ensure(std::string& err);
+  /// Deletes dels (from the ledger's revocations or removals) and records the outcome.
+  RevokeOutcome delete_elements(const std::vector<ElemChange>& dels);
+  /// The message that adds (or deletes) one anti-spoofing pair.
+  NetlinkSocket::Msg pair_msg(const std::string& iface, const IpAddr& a, bool add);
   /// want_flags: a set of vouched elements (`flags timeout` and no other); false: a plain set
   /// of anti-spoofing pairs (no flags).
   bool check_set(const std::string& name, uint32_t key_type, uint32_t key_len, bool& exists,

@@ -53,7 +53,7 @@ class SetWriter {
                                       uint64_t now_ms) = 0;
   /// Host mode: elements held for guest (what its cap counts), and how many of items the
   /// sets hold no record of (what vouching them would add).
-  virtual std::size_t elements_of(const IpAddr& guest) const { return 0; }
+  virtual std::size_t elements_of(const IpAddr& /*guest*/) const { return 0; }
   virtual std::size_t would_add(const std::vector<VouchItem>& items) const { return items.size(); }
 };
 

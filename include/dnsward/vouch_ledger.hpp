@@ -44,6 +44,8 @@ struct SetKeyHash {
 
 /// One address to vouch for and the element timeout it needs.
 struct VouchItem {
+  VouchItem() = default;
+  VouchItem(const IpAddr& a, uint32_t t, const IpAddr& g = {}) : addr(a), timeout_s(t), guest(g) {}
   IpAddr addr;
   uint32_t timeout_s = 0;  ///< never 0: nftables reads 0 as "never expires"
   IpAddr guest;            ///< host mode: the guest it is opened for
@@ -68,7 +70,10 @@ enum class ElemOp : uint8_t {
   Del,      ///< DELSETELEM: ENOENT tells us it is gone already
 };
 struct ElemChange {
-  ElemOp op;
+  ElemChange() = default;
+  ElemChange(ElemOp o, const IpAddr& a, uint64_t t = 0, const IpAddr& g = {})
+      : op(o), addr(a), timeout_ms(t), guest(g) {}
+  ElemOp op = ElemOp::Add;
   IpAddr addr;
   uint64_t timeout_ms = 0;  ///< for adds
   IpAddr guest;             ///< host mode: the guest half of the key

@@ -95,6 +95,11 @@ TEST_CASE("an interface belongs to one sandbox: a second sandbox on it could sen
   CHECK(r.conflicts(spec("s2", "100.64.9.9", {})).rfind("interface tap0 is registered to sandbox s1", 0) == 0);
   r.erase("s1");
   CHECK(r.conflicts(spec("s2", "100.64.9.9", {})).empty());  // free again once s1 is gone
+  // Loopback: the host's own processes, no guest; sandboxes may share it.
+  SandboxSpec a = spec("l1", "100.64.5.1", {}), b = spec("l2", "100.64.5.2", {});
+  a.iface = b.iface = "lo";
+  r.put(a, p);
+  CHECK(r.conflicts(b).empty());
 }
 
 TEST_CASE("replacing or removing a sandbox marks the old one gone, so its queries in flight vouch nothing") {
