@@ -458,17 +458,23 @@ class Dnsward:
 
     def stop(self):
         try:
-            if self.alive():
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    return self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-                    return None
-            return self.proc.returncode
+            return terminate(self.proc)
         finally:
             self.log.close()
+
+
+def terminate(proc):
+    """SIGTERM to a process the test started, SIGKILL if it is not gone in 10 s; its exit
+    code (None if it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def ede(msg):

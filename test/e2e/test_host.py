@@ -28,7 +28,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from harness import BIN, ede, enter_new_netns, free_port, require, wait_for, write_knot_config
+from harness import BIN, ede, enter_new_netns, free_port, require, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 NET = f"dwh{TAG}net"
@@ -431,15 +431,7 @@ class Dnsward:
 
     def stop(self):
         """SIGTERM; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return None
-        return self.proc.returncode
+        return terminate(self.proc)
 
     def close(self):
         code = self.stop()
