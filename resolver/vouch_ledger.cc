@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -220,12 +221,11 @@ std::size_t VouchLedger::count_of(const IpAddr& guest) const {
 }
 
 std::size_t VouchLedger::unknown(const std::vector<VouchItem>& items) const {
+  // Linear: an answer's items are its addresses times the sandbox's guest addresses.
+  std::unordered_set<SetKey, SetKeyHash> seen;
   std::size_t n = 0;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    bool dup = false;
-    for (std::size_t j = 0; j < i && !dup; ++j) dup = items[j].key() == items[i].key();
-    n += !dup && !records_.count(items[i].key());
-  }
+  for (const VouchItem& i : items)
+    if (!records_.count(i.key()) && seen.insert(i.key()).second) ++n;
   return n;
 }
 
