@@ -215,6 +215,8 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
     }
     if (!advanced) break;
   }
+  s.chain.reserve(chain.size());
+  for (const Name& n : chain) s.chain.push_back(name_to_text(n.wire.data(), n.wire.size()));
   auto on_chain = [&](const Rec& rec) {
     return std::any_of(chain.begin(), chain.end(), [&](const Name& n) { return owner_is(ans, len, rec, n); });
   };

@@ -16,8 +16,10 @@ std::size_t AnswerCache::key(const Query& q, char* buf) {
 }
 
 std::size_t AnswerCache::cost(std::string_view key, const CacheEntry& e) {
-  return key.size() + e.msg.size() + e.ttl_offsets.size() * sizeof(uint32_t) +
-         e.vouch.size() * sizeof(VouchAddr);
+  std::size_t c = key.size() + e.msg.size() + e.ttl_offsets.size() * sizeof(uint32_t) +
+                  e.vouch.size() * sizeof(VouchAddr) + e.chain.size() * sizeof(std::string);
+  for (const std::string& n : e.chain) c += n.size();
+  return c;
 }
 
 void AnswerCache::erase(Map::iterator it) {

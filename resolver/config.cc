@@ -106,6 +106,20 @@ std::string check_cidr(const OptionSpec&, const std::string& s) {
   return ok ? "" : "expected an address or CIDR";
 }
 
+/// A TCP port, 1..65535.
+std::string check_port(const OptionSpec&, const std::string& s) {
+  unsigned n = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  return !s.empty() && ec == std::errc() && end == s.data() + s.size() && n >= 1 && n <= 65535
+             ? ""
+             : "expected a port (1..65535)";
+}
+
+/// --guard-marks: hex, exactly three bits set.
+std::string check_guard_marks(const OptionSpec&, const std::string& s) {
+  return guard_mark_bits(s) ? "" : "expected a hex mask with exactly three bits set (0x00e00000)";
+}
+
 // The table. Order is the order of --help. `def` is parsed like a user's value, so a
 // default that its own checks would refuse fails every ServeConfig (and the unit tests).
 const std::vector<OptionSpec>& table() {
@@ -286,6 +300,51 @@ const std::vector<OptionSpec>& table() {
       {.name = "sandbox-state-names", .kind = K::Int, .commands = kServe, .metavar = "N",
        .help = "host mode: denied (and would-deny) names kept per sandbox in its usage counts",
        .def = "1000", .min = 1, .max = 1000000, .field = &ServeConfig::sandbox_state_names},
+      {.name = "max-names-per-element", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "names bound to one vouched element (the query names and CNAME chains whose answers "
+               "vouched for it, which --sni-guard checks connections against); an answer that "
+               "would bind more gets SERVFAIL, as from a full set",
+       .def = "32", .min = 1, .max = 1024, .field = &ServeConfig::max_names_per_element},
+      {.name = "sni-guard", .kind = K::Flag, .commands = kBoth, .metavar = "",
+       .help = "hold each new TCP connection to a vouched address on --sni-ports/--http-ports until "
+               "its first flight, and reset it unless the TLS server_name (or HTTP Host) is a name "
+               "that resolved to that address (nfqueue); the ruleset rejects QUIC (UDP 443)",
+       .def = nullptr, .field = &ServeConfig::sni_guard},
+      {.name = "sni-ports", .kind = K::List, .commands = kBoth, .metavar = "PORT",
+       .help = "with --sni-guard: TCP ports whose first flight must be a TLS ClientHello naming a "
+               "bound name",
+       .def = "443", .check = check_port, .field = &ServeConfig::sni_ports},
+      {.name = "http-ports", .kind = K::List, .commands = kBoth, .metavar = "PORT",
+       .help = "with --sni-guard: TCP ports whose first flight must be a plain HTTP request with "
+               "the Host of a bound name",
+       .def = "80", .check = check_port, .field = &ServeConfig::http_ports},
+      {.name = "queue-num", .kind = K::Int, .commands = kBoth, .metavar = "N",
+       .help = "with --sni-guard: the netfilter queue first flights are sent to", .def = "53",
+       .min = 0, .max = 65535, .field = &ServeConfig::queue_num},
+      {.name = "queue-maxlen", .kind = K::Int, .commands = kServe, .metavar = "N",
+       .help = "with --sni-guard: packets the kernel may hold for dnsward (beyond it they are "
+               "dropped, never passed), and connections dnsward follows at once",
+       .def = "4096", .min = 64, .max = 1048576, .field = &ServeConfig::queue_maxlen},
+      {.name = "queue-backend", .kind = K::Enum, .commands = kBoth, .metavar = "BACKEND",
+       .help = "with --sni-guard: nft queues with nftables' own queue expression (nft_queue); xt "
+               "with the xt NFQUEUE target through iptables-nft, for kernels built without nft_queue",
+       .def = "nft", .values = {{"nft", int(QueueBackend::Nft)}, {"xt", int(QueueBackend::Xt)}},
+       .field = &ServeConfig::queue_backend},
+      {.name = "guard-marks", .kind = K::Text, .commands = kBoth, .metavar = "MASK",
+       .help = "with --sni-guard: three packet- and conntrack-mark bits (hex), lowest first: "
+               "judged this packet, connection allowed, connection rejected",
+       .def = "0x00e00000", .check = check_guard_marks, .field = &ServeConfig::guard_marks},
+      {.name = "first-flight-timeout", .kind = K::Int, .commands = kServe, .metavar = "MS",
+       .help = "with --sni-guard: how long a connection may wait for its whole first flight "
+               "before it is reset",
+       .def = "10000", .min = 100, .max = 600000, .field = &ServeConfig::first_flight_timeout_ms},
+      {.name = "print", .kind = K::Enum, .commands = kNftRules, .metavar = "FORMAT",
+       .help = "nft prints the ruleset for `nft -f`; iptables and ip6tables print the xt queue of "
+               "--sni-guard --queue-backend xt for iptables-nft-restore --noflush",
+       .def = "nft",
+       .values = {{"nft", int(RulesFormat::Nft)}, {"iptables", int(RulesFormat::Iptables)},
+                  {"ip6tables", int(RulesFormat::Ip6tables)}},
+       .field = &ServeConfig::print},
   };
   return t;
 }
@@ -561,6 +620,31 @@ std::string shown_default(const OptionSpec& o) {
   return o.kind == K::Flag ? "off" : "none";
 }
 
+std::optional<GuardMarks> guard_mark_bits(std::string_view text) {
+  if (text.size() < 3 || text.size() > 10 || text[0] != '0' || (text[1] != 'x' && text[1] != 'X'))
+    return std::nullopt;
+  uint32_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data() + 2, text.data() + text.size(), v, 16);
+  if (ec != std::errc() || end != text.data() + text.size() || __builtin_popcount(v) != 3) return std::nullopt;
+  GuardMarks m{};
+  m.seen = v & -v;
+  v &= v - 1;
+  m.allowed = v & -v;
+  v &= v - 1;
+  m.rejected = v;
+  return m;
+}
+
+std::vector<uint16_t> port_numbers(const std::vector<std::string>& ports) {
+  std::vector<uint16_t> out;
+  for (const auto& p : ports) {
+    unsigned n = 0;
+    std::from_chars(p.data(), p.data() + p.size(), n);
+    if (std::find(out.begin(), out.end(), uint16_t(n)) == out.end()) out.push_back(uint16_t(n));
+  }
+  return out;
+}
+
 std::string_view option_value_name(std::string_view option, int value) {
   if (const OptionSpec* o = find_option(option))
     for (const auto& v : o->values)
@@ -652,6 +736,31 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
     }
   }
   c.user_explicit = vm.count("user") || file.count("user");
+
+  if (c.sni_guard) {
+    const auto marks = guard_mark_bits(c.guard_marks);
+    if (c.host && (marks->mask() >> c.host_mark_bit) & 1u) {
+      out.error = fmt::format("--guard-marks {} includes bit {} of --host-mark: the guard's marks "
+                              "need bits of their own", c.guard_marks, c.host_mark_bit);
+      return out;
+    }
+    for (const auto& p : c.http_ports)
+      if (std::find(c.sni_ports.begin(), c.sni_ports.end(), p) != c.sni_ports.end()) {
+        out.error = fmt::format("port {} is in both --sni-ports and --http-ports: a port's first "
+                                "flight is either TLS or plain HTTP", p);
+        return out;
+      }
+    if (c.host) {
+      // Host mode's forward chain is not guarded yet (issue 13's next step).
+      out.error = "--sni-guard is not available with --host yet";
+      return out;
+    }
+    if (c.no_nft && (command & kServe)) {
+      out.error = "--sni-guard needs the nftables hook: the names it checks are those of the vouched "
+                  "elements (without it, --no-nft, there are none)";
+      return out;
+    }
+  }
 
   if (c.nft_set4 == c.nft_set6) {
     out.error = "--nft-set4 and --nft-set6 must name different sets";

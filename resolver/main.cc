@@ -22,6 +22,8 @@
 #include "dnsward/explain.hpp"
 #include "dnsward/lint.hpp"
 #include "dnsward/metrics.hpp"
+#include "dnsward/nfqueue.hpp"
+#include "dnsward/sni_guard.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
 #include "dnsward/policy_commands.hpp"
@@ -129,6 +131,7 @@ int serve(const std::vector<std::string>& args) {
       target.set_size = cfg.host ? cfg.host_set_size : cfg.nft_set_size;
       target.max_timeout_s = cfg.max_ttl + cfg.grace;
       target.host = cfg.host;
+      target.guard = cfg.sni_guard;
       try {
         nft = std::make_unique<NftSets>(target, cfg.nft_refresh);
       } catch (const NftError& e) {
@@ -202,6 +205,27 @@ int serve(const std::vector<std::string>& args) {
       };
       loop.after(10000, upkeep);
     }
+    // The first-flight guard: its queue is bound before privileges go (CAP_NET_ADMIN would
+    // do, but a refusal, e.g. another process on the queue, must stop the start).
+    std::unique_ptr<NfQueue> queue;
+    std::unique_ptr<LedgerBoundNames> bound_names;
+    std::unique_ptr<SniGuard> guard;
+    if (cfg.sni_guard) {
+      try {
+        queue = std::make_unique<NfQueue>(uint16_t(cfg.queue_num), cfg.queue_maxlen);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "dnsward: --sni-guard: netfilter queue %u: %s\n", cfg.queue_num, e.what());
+        return 1;
+      }
+      bound_names = std::make_unique<LedgerBoundNames>(nft->ledger());
+      guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *queue, loop);
+      queue->start(loop, [&guard](uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len) {
+        guard->on_packet(id, mark, pkt, len);
+      });
+      log::info("event=sni-guard queue={} backend={} ports={} http_ports={} marks={}", cfg.queue_num,
+                option_value_name("queue-backend", cfg.queue_backend), fmt::join(cfg.sni_ports, ","),
+                fmt::join(cfg.http_ports, ","), cfg.guard_marks);
+    }
     if (!cfg.state.empty()) pipeline.set_usage(&usage);  // counting only where it is kept
     std::vector<std::unique_ptr<UdpListener>> udp;
     std::vector<std::unique_ptr<TcpListener>> tcp;
@@ -214,7 +238,7 @@ int serve(const std::vector<std::string>& args) {
           return sb ? sb->spec.id : std::string();
         });
     }
-    MetricsSources sources{&pipeline, nft.get(), uint64_t(time(nullptr))};
+    MetricsSources sources{&pipeline, nft.get(), uint64_t(time(nullptr)), guard.get(), queue.get()};
     std::unique_ptr<MetricsServer> metrics_server;
     if (!cfg.metrics_listen.empty()) metrics_server = std::make_unique<MetricsServer>(loop, cfg.metrics_listen, sources);
     std::function<void()> write_metrics;

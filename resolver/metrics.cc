@@ -1,4 +1,6 @@
 #include "dnsward/metrics.hpp"
+#include "dnsward/nfqueue.hpp"
+#include "dnsward/sni_guard.hpp"
 
 #include <dlfcn.h>
 #include <microhttpd.h>

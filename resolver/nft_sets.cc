@@ -1060,6 +1060,7 @@ void NftSets::check_ruleset() {
   want.set6 = t_.set6;
   want.need4 = t_.family != NFPROTO_IPV6;
   want.need6 = t_.family != NFPROTO_IPV4;
+  want.guard = t_.guard;
   TableSeen seen;
   std::string err;
   RulesetStatus now;

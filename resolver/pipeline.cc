@@ -512,7 +512,7 @@ Pipeline::Step Pipeline::answer_from_cache(QueryCtx& c) {
   scratch_.assign(e->msg.begin(), e->msg.end());
   rewrite_ttls(scratch_.data(), e->ttl_offsets, UINT32_MAX, age);
   const AnswerInput a{scratch_.data(), scratch_.size(), &e->vouch, age,
-                      Removed{e->dropped_special, e->dropped_over_cap}};
+                      Removed{e->dropped_special, e->dropped_over_cap}, &e->chain};
   Step s = vouch(c, a);
   if (s == Step::Continue) s = require_ruleset(c);  // vouching may have judged it anew
   return s == Step::Continue ? relay(c, a) : s;
@@ -692,7 +692,7 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
               a.dropped_over_cap, a.addresses_over_cap, cfg_.max_answer_addresses);
   }
   const AnswerInput in{a.msg.data(), a.msg.size(), &a.scan.vouch, 0,
-                       Removed{a.dropped_special, a.dropped_over_cap}};
+                       Removed{a.dropped_special, a.dropped_over_cap}, &a.scan.chain};
   Step s = vouch(c, in);
   if (s == Step::Continue) s = require_ruleset(c);  // vouching may have judged it anew
   if (s != Step::Continue) return s;
@@ -705,6 +705,7 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
     e.stored_ms = timers_.now_ms();
     e.ttl_offsets = std::move(a.scan.ttl_offsets);
     e.vouch = std::move(a.scan.vouch);
+    e.chain = std::move(a.scan.chain);
     e.dropped_special = a.dropped_special;
     e.dropped_over_cap = a.dropped_over_cap;
     e.msg = std::move(a.msg);
@@ -753,12 +754,26 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
                       "dnsward: this sandbox holds --sandbox-max-elements addresses; the answer is withheld");
     }
   }
-  std::string err;
-  const uint64_t t0 = timers_.now_ns();
   // Provenance by pattern, which survives reloads (entry indices do not).
   const std::string pattern = c.entry >= 0 ? c.policy->pattern(std::size_t(c.entry)) : std::string();
   const std::string name = c.q.qname_text();
-  const bool ok = sets_->vouch(items, timers_.now_ms(), Provenance{pattern, name}, err);
+  const Provenance who{pattern, name, a.chain};
+  // Each element is bound to the names that vouched for it (the SNI guard's list), never
+  // to some of them: an answer that would take one over the cap is withheld, like one a
+  // full set refuses, and never relayed unvouched.
+  SetKey full;
+  std::size_t bound = 0;
+  if (sets_->would_overflow_names(items, who, cfg_.max_names_per_element, timers_.now_ms(), full, bound)) {
+    ++counters_.names_capped;
+    log::warn("event=names-full name={} addr={} bound={} cap={}", log::quote(name),
+              full.addr.text(), bound, cfg_.max_names_per_element);
+    return servfail(c, edns::EDE_OTHER,
+                    "dnsward: an address of this answer is bound to --max-names-per-element names; "
+                    "the answer is withheld");
+  }
+  std::string err;
+  const uint64_t t0 = timers_.now_ns();
+  const bool ok = sets_->vouch(items, timers_.now_ms(), who, err);
   vouch_latency_.observe(double(timers_.now_ns() - t0) / 1e9);
   if (!ok) {
     ++counters_.vouch_failures;

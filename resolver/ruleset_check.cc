@@ -175,8 +175,8 @@ std::string key_type_name(uint32_t type) {
 
 }  // namespace
 
-std::string ruleset_chain_comment(uint64_t id, std::size_t rules) {
-  return fmt::format("{}{:016x} rules={}", kChainPrefix, id, rules);
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, bool guard) {
+  return fmt::format("{}{:016x} rules={}{}", kChainPrefix, id, rules, guard ? " guard=on" : "");
 }
 
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n) {
@@ -203,9 +203,10 @@ bool take_chain_place(std::string_view& s, std::size_t& k, std::size_t& m) {
 
 std::optional<ChainMark> parse_chain_comment(std::string_view s) {
   ChainMark m;
-  if (!take(s, kChainPrefix) || !take_id(s, m.id) || !take(s, " rules=") || !take_number(s, m.rules) ||
-      !take_chain_place(s, m.chain, m.chains))
+  if (!take(s, kChainPrefix) || !take_id(s, m.id) || !take(s, " rules=") || !take_number(s, m.rules))
     return std::nullopt;
+  m.guard = take(s, " guard=on");
+  if (!take_chain_place(s, m.chain, m.chains)) return std::nullopt;
   return m;
 }
 
@@ -346,6 +347,13 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
   }
   const auto& [c, mark] = marked.front();
   s.reason = judge_chain(*c, mark, e);
+  // With --sni-guard, a ruleset printed without it lets connections on guarded ports pass
+  // unjudged; one printed with it, under a dnsward without, holds them for nobody.
+  if (s.reason.empty() && mark.guard != e.guard)
+    s.reason = e.guard ? "the ruleset in force was printed without --sni-guard: connections on guarded "
+                         "ports would pass unjudged (print it with `nft-rules --sni-guard`)"
+                       : "the ruleset in force was printed with --sni-guard, but serve runs without "
+                         "it: connections on guarded ports wait for a verdict that never comes";
   if (s.reason.empty()) s.state = RulesetStatus::State::InForce;
   return s;
 }

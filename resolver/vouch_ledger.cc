@@ -181,6 +181,31 @@ bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
   return ok;
 }
 
+namespace {
+
+bool plain_field(std::string_view s, bool backslash) {
+  if (s.empty()) return false;
+  return std::all_of(s.begin(), s.end(), [&](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '*' || c == '.' || (backslash && c == '\\');
+  });
+}
+
+char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; }
+
+/// A name as records hold it: lower-case, without a trailing dot (the root stays ".").
+std::string_view without_dot(std::string_view n) {
+  if (n.size() > 1 && n.back() == '.') n.remove_suffix(1);
+  return n;
+}
+
+/// Neither held, nor maybe held, nor promised: what expire() drops.
+bool dead(const LedgerRecord& r, uint64_t now_ms) {
+  return r.kernel_ms <= now_ms && r.promised_ms <= now_ms && r.prior_ms <= now_ms;
+}
+
+}  // namespace
+
 uint32_t VouchLedger::intern(std::string_view pattern) {
   const auto it = pattern_ids_.find(pattern);
   if (it != pattern_ids_.end()) return it->second;
@@ -311,6 +336,12 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
                             const std::vector<uint64_t>& effective_ms,
                             const std::vector<ChangeResult>& results, const Provenance& who,
                             uint64_t now_ms, const std::vector<uint64_t>* held_left) {
+  // An element that expired (its record not yet dropped by expire()) starts its names
+  // afresh, as would_overflow_names counted it.
+  for (const VouchItem& i : items) {
+    const auto it = records_.find(i.key());
+    if (it != records_.end() && dead(it->second, now_ms)) it->second.names.clear();
+  }
   for (std::size_t k = 0; k < changes.size() && k < results.size(); ++k) {
     if (results[k] == ChangeResult::Failed) {
       // A failed add may still have been applied: a batch whose answers were lost or came
@@ -346,6 +377,7 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
   const bool all_done = std::none_of(results.begin(), results.end(),
                                      [](ChangeResult r) { return r == ChangeResult::Failed; });
   const uint32_t pid = who.pattern.empty() ? UINT32_MAX : intern(who.pattern);
+  const std::vector<std::string> names = names_of(who);
   for (const VouchItem& i : items) {
     const auto it = records_.find(i.key());
     // Not held, not maybe held: nothing to answer for.
@@ -356,22 +388,74 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
     if (pid == UINT32_MAX) r.audit = true;
     else if (std::find(r.patterns.begin(), r.patterns.end(), pid) == r.patterns.end())
       r.patterns.push_back(pid);
-    add_name(r, who.name);
+    for (const std::string& n : names) add_name(r, n);
   }
 }
 
-void VouchLedger::add_name(LedgerRecord& r, std::string_view name) {
-  if (name.empty() || name.find(',') != std::string_view::npos) return;
-  if (r.names.size() + 1 + name.size() > kMaxNameBytes) return;
-  std::size_t count = 0;
-  bool seen = false;
-  for_each_name(r.names, [&](std::string_view n) {
-    ++count;
-    seen |= n == name;
+std::vector<std::string> VouchLedger::names_of(const Provenance& who) {
+  std::vector<std::string> out;
+  for_each_bound_name(who, [&](std::string_view n) {
+    n = without_dot(n);
+    if (!plain_field(n, true)) return;  // never from name_to_text; a file could not hold it
+    std::string lc(n);
+    std::transform(lc.begin(), lc.end(), lc.begin(), lower);
+    if (std::find(out.begin(), out.end(), lc) == out.end()) out.push_back(std::move(lc));
   });
-  if (seen || count >= kMaxNames) return;
+  return out;
+}
+
+void VouchLedger::add_name(LedgerRecord& r, std::string_view name) {
+  std::string lc(without_dot(name));
+  std::transform(lc.begin(), lc.end(), lc.begin(), lower);
+  bool seen = false;
+  for_each_name(r.names, [&](std::string_view n) { seen = seen || n == lc; });
+  if (seen) return;
   if (!r.names.empty()) r.names += ',';
-  r.names += name;
+  r.names += lc;
+}
+
+bool VouchLedger::would_overflow_names(const std::vector<VouchItem>& items, const Provenance& who,
+                                       std::size_t cap, uint64_t now_ms, SetKey* which,
+                                       std::size_t* bound) const {
+  const std::vector<std::string> names = names_of(who);
+  std::vector<bool> seen;
+  for (const VouchItem& i : items) {
+    const auto it = records_.find(i.key());
+    // One pass over the names it has, whatever their number (a hostile zone may send the
+    // longest chains it can).
+    std::size_t have = 0, fresh = names.size();
+    if (it != records_.end() && !dead(it->second, now_ms)) {
+      seen.assign(names.size(), false);
+      for_each_name(it->second.names, [&](std::string_view n) {
+        ++have;
+        for (std::size_t k = 0; k < names.size(); ++k)
+          if (!seen[k] && names[k] == n) {
+            seen[k] = true;
+            --fresh;
+            break;
+          }
+      });
+    }
+    if (have + fresh > cap) {
+      if (which) *which = i.key();
+      if (bound) *bound = have;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool VouchLedger::bound(const SetKey& k, std::string_view name, uint64_t now_ms) const {
+  const LedgerRecord* r = find(k);
+  if (!r || (r->kernel_ms <= now_ms && r->promised_ms <= now_ms)) return false;
+  name = without_dot(name);
+  bool found = false;
+  for_each_name(r->names, [&](std::string_view n) {
+    found = found || (n.size() == name.size() &&
+                      std::equal(n.begin(), n.end(), name.begin(),
+                                 [](char a, char b) { return a == lower(b); }));
+  });
+  return found;
 }
 
 void VouchLedger::reset_kernel(const std::vector<std::pair<SetKey, uint64_t>>& held,
@@ -491,14 +575,6 @@ std::size_t VouchLedger::held(uint8_t family, uint64_t now_ms) const {
 
 namespace {
 constexpr std::string_view kMagic = "dnsward-vouch-ledger 1";
-
-bool plain_field(std::string_view s, bool backslash) {
-  if (s.empty()) return false;
-  return std::all_of(s.begin(), s.end(), [&](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '*' || c == '.' || (backslash && c == '\\');
-  });
-}
 
 std::vector<std::string_view> split(std::string_view s, char sep) {
   std::vector<std::string_view> out;

@@ -45,6 +45,10 @@ struct AnswerScan {
   /// Ordinary addresses on the CNAME chain, each once, with the longest TTL of the records
   /// that carried it (the set must hold it as long as any record tells the client to use it).
   std::vector<VouchAddr> vouch;
+  /// The names the CNAME chain walk followed: the query name, then each target, in the
+  /// form Query::qname_text() gives (lower-case, no trailing dot). What the vouched
+  /// addresses are bound to in the ledger.
+  std::vector<std::string> chain;
   std::vector<uint16_t> drop;             ///< records to remove, numbered over answer+authority
   uint32_t dropped_special = 0;           ///< of those, how many were special-purpose
   uint32_t dropped_off_chain = 0;         ///< of those, how many were off the chain or in authority

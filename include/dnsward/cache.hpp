@@ -20,6 +20,7 @@ struct CacheEntry {
   std::vector<uint8_t> msg;           ///< the upstream answer, normalised, upstream ID in it
   std::vector<uint32_t> ttl_offsets;  ///< where its TTLs are, for ageing
   std::vector<VouchAddr> vouch;       ///< addresses and their TTLs at storage time
+  std::vector<std::string> chain;     ///< the CNAME chain's names: a hit binds them too
   uint64_t stored_ms = 0;
   uint32_t ttl = 0;                   ///< seconds it may be served
   uint32_t dropped_special = 0;       ///< records removed as special-purpose, for the EDE
@@ -44,7 +45,8 @@ class AnswerCache {
   static constexpr std::size_t kMaxKey = wire::kMaxNameWire + 5;
   static std::size_t key(const Query& q, char* buf);
 
-  /// What an entry counts against max_bytes: its key, message, TTL offsets and vouch list.
+  /// What an entry counts against max_bytes: its key, message, TTL offsets, vouch list and
+  /// chain names.
   static std::size_t cost(std::string_view key, const CacheEntry& e);
 
   /// A live entry, or null (an expired one is removed).

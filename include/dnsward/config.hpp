@@ -50,6 +50,12 @@ enum class NftFamily : uint16_t {
   Ip6 = NFPROTO_IPV6,
 };
 
+/// How first flights reach dnsward (--queue-backend): nftables' own `queue` expression, or
+/// the xt NFQUEUE target loaded through iptables-nft (kernels built without nft_queue).
+enum class QueueBackend : uint8_t { Nft, Xt };
+/// What `nft-rules` prints (--print): the nft ruleset, or the xt queue's iptables-restore text.
+enum class RulesFormat : uint8_t { Nft, Iptables, Ip6tables };
+
 /// Everything `dnsward serve` (and `nft-rules`) needs, validated. Option fields have no
 /// initialisers: the constructor applies the option table's defaults, the only place they
 /// are written.
@@ -113,7 +119,29 @@ struct ServeConfig {
   uint32_t sandbox_max_inflight;
   uint32_t sandbox_max_tcp;
   uint32_t sandbox_state_names;
+
+  // The first-flight guard (--sni-guard): connections must name a name bound to their
+  // destination (sni_guard.hpp).
+  uint32_t max_names_per_element;  ///< names one vouched element may be bound to
+  bool sni_guard;
+  std::vector<std::string> sni_ports;   ///< TLS ports, as given (checked 1..65535)
+  std::vector<std::string> http_ports;  ///< plain HTTP ports
+  uint32_t queue_num;
+  uint32_t queue_maxlen;
+  QueueBackend queue_backend;
+  std::string guard_marks;  ///< three mark bits, hex (guard_mark_bits() reads them)
+  uint32_t first_flight_timeout_ms;
+  RulesFormat print;  ///< nft-rules --print
 };
+
+/// --guard-marks read: the three bits, lowest first. nullopt unless exactly three are set.
+struct GuardMarks {
+  uint32_t seen, allowed, rejected;
+  uint32_t mask() const { return seen | allowed | rejected; }
+};
+std::optional<GuardMarks> guard_mark_bits(std::string_view text);
+/// A port list option's values as numbers (checked by the option table).
+std::vector<uint16_t> port_numbers(const std::vector<std::string>& ports);
 
 /// What an option's value is.
 enum class OptionKind {
@@ -145,7 +173,8 @@ struct OptionSpec {
                              std::vector<std::string> ServeConfig::*,
                              std::vector<Endpoint> ServeConfig::*, LogLevel ServeConfig::*,
                              log::Format ServeConfig::*, RefreshMode ServeConfig::*,
-                             NftFamily ServeConfig::*>;
+                             NftFamily ServeConfig::*, QueueBackend ServeConfig::*,
+                             RulesFormat ServeConfig::*>;
   /// Extra check of one value (of a Text or List option): "" or why it is refused.
   using Check = std::string (*)(const OptionSpec&, const std::string& value);
 

@@ -74,6 +74,9 @@ struct Histogram {
           "Answers whose addresses were put in the nftables sets before the reply.")               \
   COUNTER(vouch_failures, "dnsward_vouch_failures_total", "", true,                                \
           "Answers withheld (SERVFAIL) because the sets could not be updated.")                    \
+  COUNTER(names_capped, "dnsward_vouch_refused_total", "reason=\"names_full\"", true,              \
+          "Answers withheld (SERVFAIL) before vouching, by reason: names_full, an address "        \
+          "would be bound to more than --max-names-per-element names.")                           \
   COUNTER(special_dropped, "dnsward_special_addresses_dropped_total", "", false,                   \
           "Records with special-purpose addresses removed from answers.")                          \
   READING(netlink_batches, Counter, "dnsward_netlink_batches_total", "", false,                    \
@@ -117,6 +120,38 @@ struct Histogram {
   COUNTER(reloads_failed, "dnsward_reloads_total", "result=\"failed\"", true, "")                  \
   COUNTER(revoked, "dnsward_revoked_addresses_total", "", false,                                   \
           "Addresses deleted from the sets because a reload removed their entries.")               \
+  READING(guard_allowed, Counter, "dnsward_first_flights_total", "verdict=\"allowed\"", true,        \
+          "Connections on guarded ports judged by --sni-guard: allowed (a bound name), or rejected " \
+          "(reset; a TCP Fast Open SYN or one past --queue-maxlen dropped) by reason.",         \
+          (s.guard ? s.guard->counts().allowed : 0))                                               \
+  READING(guard_mismatch, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"mismatch\"", \
+          false, "", (s.guard ? s.guard->counts().mismatch : 0))                                  \
+  READING(guard_no_name, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"no_name\"", \
+          false, "", (s.guard ? s.guard->counts().no_name : 0))                                  \
+  READING(guard_not_tls, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"not_tls\"", \
+          false, "", (s.guard ? s.guard->counts().not_tls : 0))                                  \
+  READING(guard_not_http, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"not_http\"", \
+          false, "", (s.guard ? s.guard->counts().not_http : 0))                                  \
+  READING(guard_malformed, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"malformed\"", \
+          false, "", (s.guard ? s.guard->counts().malformed : 0))                                  \
+  READING(guard_too_large, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"too_large\"", \
+          false, "", (s.guard ? s.guard->counts().too_large : 0))                                  \
+  READING(guard_conflict, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"conflict\"", \
+          false, "", (s.guard ? s.guard->counts().conflict : 0))                                  \
+  READING(guard_timeout, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"timeout\"", \
+          false, "", (s.guard ? s.guard->counts().timeout : 0))                                  \
+  READING(guard_no_state, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"no_state\"", \
+          false, "", (s.guard ? s.guard->counts().no_state : 0))                                  \
+  READING(guard_tfo, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"tfo\"", \
+          false, "", (s.guard ? s.guard->counts().tfo : 0))                                  \
+  READING(guard_full, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"full\"", \
+          false, "", (s.guard ? s.guard->counts().full : 0))                                  \
+  READING(guard_packets, Counter, "dnsward_guard_packets_total", "", false,                       \
+          "Packets the first-flight guard's queue handed to dnsward.",                            \
+          (s.guard ? s.guard->counts().packets : 0))                                               \
+  READING(guard_overruns, Counter, "dnsward_guard_queue_overruns_total", "", false,               \
+          "Times the kernel dropped queued packets because dnsward read too slowly (ENOBUFS).",   \
+          (s.queue ? s.queue->overruns() : 0))                                                     \
   READING(policy_entries, Gauge, "dnsward_policy_entries", "", false,                              \
           "Entries of the policy in force.", s.pipeline->policy().size())                          \
   READING(start_time, Gauge, "dnsward_start_time_seconds", "", false,                              \
@@ -152,6 +187,8 @@ struct MetricsSnapshot {
 
 class Pipeline;
 class NftSets;
+class SniGuard;
+class NfQueue;
 class EventLoop;
 
 /// Everything the metrics table reads.
@@ -159,6 +196,8 @@ struct MetricsSources {
   const Pipeline* pipeline = nullptr;
   const NftSets* nft = nullptr;  ///< null with --no-nft
   uint64_t start_unix = 0;
+  const SniGuard* guard = nullptr;  ///< null without --sni-guard
+  const NfQueue* queue = nullptr;
 };
 
 /// Reads every value of the table from the running parts.

@@ -28,6 +28,12 @@ inline constexpr const char* kSandboxSet6 = "sandboxes6";
 /// `nft -f` reads it; with c.host the host ruleset (render_host_rules). Pure.
 std::string render_nft_rules(const ServeConfig& c);
 
+/// The first-flight guard's queue for --queue-backend xt, as iptables-restore reads it (af
+/// AF_INET: iptables, AF_INET6: ip6tables): a chain in table mangle that moves dnsward's
+/// verdict marks into the conntrack mark and queues unjudged connections on guarded ports.
+/// Pure.
+std::string render_xt_rules(const ServeConfig& c, int af);
+
 /// The host ruleset (`nft-rules --host`): table inet c.nft_table with the vouched sets
 /// c.nft_set4/6 keyed by (guest . destination), the sandbox sets kSandboxSet4/6 keyed by
 /// (interface . guest address), and the chains of kHostChains (ruleset_check.hpp), touching

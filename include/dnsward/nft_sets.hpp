@@ -38,6 +38,9 @@ struct NftTarget {
   bool host = false;
   std::string sbx4 = "sandboxes4";
   std::string sbx6 = "sandboxes6";
+  /// --sni-guard: the ruleset in force must be one printed with it (its chain's mark says
+  /// guard=on), or guarded connections would pass unjudged.
+  bool guard = false;
 };
 
 /// Fault-injection hooks for NftSets' three netlink sockets (see NetlinkFaults), for tests
@@ -122,6 +125,13 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   bool transact(const std::vector<ElemMsg>& msgs, std::vector<int>& results,
                 std::string& err) override;
   bool element_left(const SetKey& k, bool& exists, uint64_t& left_ms, std::string& err) override;
+
+  /// Asks the ledger (VouchLedger::would_overflow_names).
+  bool would_overflow_names(const std::vector<VouchItem>& items, const Provenance& who,
+                            std::size_t cap, uint64_t now_ms, SetKey& which,
+                            std::size_t& bound) const override {
+    return ledger_.would_overflow_names(items, who, cap, now_ms, &which, &bound);
+  }
 
   // SetWriter, host mode
   std::size_t elements_of(const IpAddr& guest) const override { return ledger_.count_of(guest); }

@@ -115,6 +115,8 @@ struct AnswerInput {
   const std::vector<VouchAddr>* addrs = nullptr;
   uint32_t age_s = 0;  ///< seconds it spent in the cache
   Removed removed;
+  /// The names its CNAME chain followed (AnswerScan::chain): the addresses are bound to them.
+  const std::vector<std::string>* chain = nullptr;
 };
 
 class Pipeline {
@@ -211,7 +213,9 @@ class Pipeline {
   Step readmit(QueryCtx& c);
   /// Everything after the checks: prepare, vouch, relay, cache.
   Step answer_from_upstream(QueryCtx& c, uint16_t id, const uint8_t* ans, std::size_t len);
-  /// Puts the answer's addresses into the sets, ACKed. Fails closed: SERVFAIL if not.
+  /// Puts the answer's addresses into the sets, ACKed, bound to its chain's names. Fails
+  /// closed: SERVFAIL if not, or if an address would be bound to more than
+  /// --max-names-per-element names.
   Step vouch(QueryCtx& c, const AnswerInput& a);
   /// The answer, as the client gets it: its ID, TTLs, EDE for removed records, TC.
   Step relay(QueryCtx& c, const AnswerInput& a);

@@ -51,6 +51,13 @@ class SetWriter {
   /// unless keep_audit(name) holds for one of their names).
   virtual RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                                       uint64_t now_ms) = 0;
+  /// Whether vouching items for who would bind an element to more than cap names (who.name
+  /// and its CNAME chain, each once, added to those it has); which gets that element and
+  /// bound how many names it has. The caller must then withhold the answer: a name left
+  /// unbound would make the SNI guard reset connections the answer allowed.
+  virtual bool would_overflow_names(const std::vector<VouchItem>& items, const Provenance& who,
+                                    std::size_t cap, uint64_t now_ms, SetKey& which,
+                                    std::size_t& bound) const = 0;
   /// Host mode: elements held for guest (what its cap counts), and how many of items the
   /// sets hold no record of (what vouching them would add).
   virtual std::size_t elements_of(const IpAddr& /*guest*/) const { return 0; }

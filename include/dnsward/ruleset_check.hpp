@@ -21,8 +21,9 @@
 
 namespace dnsward {
 
-/// The comment `nft-rules` puts on its chain: "dnsward ruleset id=<16 hex> rules=<N>".
-std::string ruleset_chain_comment(uint64_t id, std::size_t rules);
+/// The comment `nft-rules` puts on its chain: "dnsward ruleset id=<16 hex> rules=<N>", and
+/// " guard=on" after it when printed with --sni-guard.
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, bool guard = false);
 /// The comment `nft-rules` puts on rule i (0-based) of n: "dnsward <i>/<n> id=<16 hex>".
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n);
 /// Host mode, chain k (0-based) of m: "dnsward ruleset id=<16 hex> rules=<N> chain=<k>/<m>".
@@ -36,6 +37,7 @@ struct ChainMark {
   uint64_t id = 0;
   std::size_t rules = 0;
   std::size_t chain = 0, chains = 0;
+  bool guard = false;  ///< printed with --sni-guard (" guard=on" after the rule count)
 };
 std::optional<ChainMark> parse_chain_comment(std::string_view comment);
 /// A rule comment read back: its place, its chain's size and the ruleset's id (and in host
@@ -130,6 +132,7 @@ struct RulesetExpectation {
   std::string table;
   std::string set4, set6;
   bool need4 = true, need6 = true;  ///< the family's table sees IPv4 / IPv6
+  bool guard = false;  ///< serve --sni-guard: the chain must be marked guard=on
 };
 
 /// Whether dnsward's ruleset is in force, and why not.

@@ -53,11 +53,22 @@ struct VouchItem {
 };
 
 /// Who vouched: the deciding entry's pattern (empty in audit mode for a name no entry
-/// allows) and the name that was answered.
+/// allows), the name that was answered (for logs and audit), and the names its answer's
+/// CNAME chain followed (AnswerScan::chain, the query name first; null: the name alone).
+/// Every item is bound to name and to each chain name.
 struct Provenance {
   std::string_view pattern;
   std::string_view name;
+  const std::vector<std::string>* chain = nullptr;
 };
+
+/// Calls fn for each name who binds: who.name, then its chain (unnormalised, maybe twice).
+template <typename Fn>
+void for_each_bound_name(const Provenance& who, Fn&& fn) {
+  fn(who.name);
+  if (who.chain)
+    for (const std::string& n : *who.chain) fn(std::string_view(n));
+}
 
 /// One element change, as the kernel sees it.
 enum class ElemOp : uint8_t {
@@ -149,9 +160,13 @@ struct LedgerRecord {
   uint32_t written = 0;      ///< the view epoch of dnsward's last change to this element
   std::vector<uint32_t> patterns;  ///< interned patterns of the entries that vouched
   bool audit = false;        ///< vouched in audit mode for a name no entry allowed
-  /// Names it was answered for, comma-separated (names in text form hold no comma): one
-  /// string, at most kMaxNames names and kMaxNameBytes bytes, so that a hostile wildcard
-  /// zone answering under thousands of long names cannot grow the ledger without bound.
+  /// The names it is bound to: the query names and CNAME chain names of the answers that
+  /// vouched for it, lower-case, without trailing dot, each once, comma-separated (names
+  /// in text form hold no comma). Never cut short: a dropped name would make the SNI guard
+  /// reset a legitimate connection. The pipeline bounds it instead, refusing (SERVFAIL) an
+  /// answer that would bind more than --max-names-per-element names (would_overflow_names),
+  /// so a hostile wildcard zone answering under thousands of names cannot grow it without
+  /// bound; only a ledger file written under a larger cap holds more.
   std::string names;
 };
 
@@ -184,9 +199,6 @@ inline constexpr uint64_t kNoExpiry = UINT64_MAX;
 
 class VouchLedger {
  public:
-  static constexpr std::size_t kMaxNames = 32;
-  static constexpr std::size_t kMaxNameBytes = 512;
-
   /// The longest element timeout dnsward gives (max-ttl + grace): promises read back from a
   /// ledger file, and expiries a reread found, never make an element live longer.
   void set_max_timeout_ms(uint64_t ms) { max_timeout_ms_ = ms; }
@@ -197,7 +209,9 @@ class VouchLedger {
   /// gets, per change, the expiry it gives the element.
   std::vector<ElemChange> plan(const std::vector<VouchItem>& items, uint64_t now_ms,
                                RefreshMode mode, std::vector<uint64_t>& effective_ms) const;
-  /// Records what commit_changes did for a plan, and the provenance of every item.
+  /// Records what commit_changes did for a plan, and the provenance of every item: its
+  /// pattern, and every name who binds (whatever their number: check would_overflow_names
+  /// first).
   void committed(const std::vector<VouchItem>& items, const std::vector<ElemChange>& changes,
                  const std::vector<uint64_t>& effective_ms,
                  const std::vector<ChangeResult>& results, const Provenance& who,
@@ -243,6 +257,17 @@ class VouchLedger {
   /// Drops records that are neither held nor promised any more.
   void expire(uint64_t now_ms);
 
+  /// Whether binding who's names to items would leave an element (one held, maybe held or
+  /// promised at now_ms) bound to more than cap names. An element bound to more already (a
+  /// ledger file written under a larger cap) overflows whatever the names: answers for it
+  /// fail closed until it expires. which gets the element and bound the names it has.
+  bool would_overflow_names(const std::vector<VouchItem>& items, const Provenance& who,
+                            std::size_t cap, uint64_t now_ms, SetKey* which = nullptr,
+                            std::size_t* bound = nullptr) const;
+  /// Whether k is held or promised at now_ms and bound to name (any letter case, a trailing
+  /// dot ignored; in text form, as wire::name_to_text writes it): what the SNI guard asks.
+  bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const;
+
   const LedgerRecord* find(const SetKey& k) const;
   const LedgerRecord* find(const IpAddr& a) const { return find(SetKey{{}, a}); }
   std::size_t size() const { return records_.size(); }
@@ -260,7 +285,11 @@ class VouchLedger {
 
  private:
   uint32_t intern(std::string_view pattern);
+  /// Appends name (normalised) to r's names unless it is there already.
   static void add_name(LedgerRecord& r, std::string_view name);
+  /// who's names, normalised (lower-case, no trailing dot), each once; names a ledger file
+  /// could not hold (empty, or with a byte name_to_text never writes) are left out.
+  static std::vector<std::string> names_of(const Provenance& who);
   /// The record of k, made if missing (and counted for its guest).
   LedgerRecord& record(const SetKey& k);
   void erase(const SetKey& k);

@@ -85,7 +85,9 @@ class Errors(UsageErrors, unittest.TestCase):
         "--log-format", "--user", "--metrics-listen", "--metrics-file", "--metrics-interval",
         "--state-max-names", "--host", "--sandbox-ifaces", "--host-mark", "--control",
         "--control-group", "--sandboxes", "--host-set-size", "--sandbox-max-elements",
-        "--sandbox-max-inflight", "--sandbox-max-tcp", "--sandbox-state-names", "--help",
+        "--sandbox-max-inflight", "--sandbox-max-tcp", "--sandbox-state-names",
+        "--max-names-per-element", "--sni-guard", "--sni-ports", "--http-ports", "--queue-num",
+        "--queue-maxlen", "--queue-backend", "--guard-marks", "--first-flight-timeout", "--help",
     }
 
     def test_help_lists_every_option(self):

@@ -1009,6 +1009,8 @@ class Revocation(unittest.TestCase):
             ledger = f.read()
         self.assertIn("198.18.0.2\t", ledger)
         self.assertIn("\talias.test\t", ledger)
+        # Bound to the query name and its CNAME chain (the SNI guard's names).
+        self.assertIn("\talias.test\t0\talias.test,target.other.test\n", ledger)
         before = nft_set("dnsward", "allowed4")["198.18.0.1"]
         d = Dnsward(knot.port, allowlist="www.test\n", nft=True, extra=["--state", state])
         try:

@@ -1,4 +1,5 @@
 #include "replay.hpp"
+#include "../common/fake_timers.hpp"
 
 #include <ares.h>
 #include <sys/socket.h>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <utility>
@@ -27,42 +29,9 @@
 namespace dnsward::replay {
 namespace {
 
-/// The clock and timers, advanced only by TIME_PASSES.
-class FakeTimers : public Timers {
- public:
-  uint64_t now_ms() const override { return now_; }
-  uint64_t now_ns() const override { return now_ * 1000000u; }
-  TimerId after(uint64_t ms, std::function<void()> fn) override {
-    const TimerId id = next_++;
-    timers_.emplace(std::make_pair(now_ + ms, id), std::move(fn));
-    return id;
-  }
-  void cancel(TimerId id) override {
-    for (auto it = timers_.begin(); it != timers_.end(); ++it)
-      if (it->first.second == id) {
-        timers_.erase(it);
-        return;
-      }
-  }
-  /// Moves the clock, running every timer that falls due on the way, in deadline order.
-  void advance(uint64_t ms) {
-    const uint64_t end = now_ + ms;
-    while (!timers_.empty() && timers_.begin()->first.first <= end) {
-      auto it = timers_.begin();
-      now_ = std::max(now_, it->first.first);
-      auto fn = std::move(it->second);
-      timers_.erase(it);
-      fn();
-    }
-    now_ = end;
-  }
-  uint64_t now_ = 59000;  // not on a minute boundary: calendar-minute windows would show
-  std::size_t armed() const { return timers_.size(); }
-
- private:
-  std::map<std::pair<uint64_t, TimerId>, std::function<void()>> timers_;
-  TimerId next_ = 1;
-};
+/// The clock and timers, advanced only by TIME_PASSES; not on a minute boundary, where
+/// calendar-minute windows would not show.
+using testing::FakeTimers;
 
 /// The upstream: keeps what was sent; answers only when the scenario says so.
 class FakeUpstream : public UpstreamPort {
@@ -100,7 +69,19 @@ class FakeSets : public SetWriter {
     uint64_t expires_ms;
     std::vector<std::string> patterns;  // "" for audit
     std::vector<std::string> names;
+    std::set<std::string> bound;  // every name it is bound to, as the ledger keeps them
   };
+  /// The names who binds, as the ledger keeps them: lower-case, no trailing dot, each once.
+  static std::set<std::string> names_of(const Provenance& who) {
+    std::set<std::string> out;
+    for_each_bound_name(who, [&](std::string_view n) {
+      if (n.size() > 1 && n.back() == '.') n.remove_suffix(1);
+      std::string lc(n);
+      std::transform(lc.begin(), lc.end(), lc.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+      out.insert(lc);
+    });
+    return out;
+  }
   bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
              std::string& err) override {
     if (failing) {
@@ -108,13 +89,32 @@ class FakeSets : public SetWriter {
       return false;
     }
     if (on_vouch) std::exchange(on_vouch, nullptr)();  // once
+    calls.push_back(names_of(who));
     for (const auto& it : items) {
       Elem& e = elems[it.key().text()];
+      if (e.expires_ms <= now_ms) e.bound.clear();  // expired: bound afresh
       e.expires_ms = std::max(e.expires_ms, now_ms + uint64_t(it.timeout_s) * 1000u);
       e.patterns.emplace_back(who.pattern);
       e.names.emplace_back(who.name);
+      e.bound.insert(calls.back().begin(), calls.back().end());
     }
     return true;
+  }
+  bool would_overflow_names(const std::vector<VouchItem>& items, const Provenance& who,
+                            std::size_t cap, uint64_t now_ms, SetKey& which,
+                            std::size_t& bound) const override {
+    const std::set<std::string> add = names_of(who);
+    for (const auto& it : items) {
+      const auto e = elems.find(it.key().text());
+      std::set<std::string> all = add;
+      if (e != elems.end() && e->second.expires_ms > now_ms) all.insert(e->second.bound.begin(), e->second.bound.end());
+      if (all.size() > cap) {
+        which = it.key();
+        bound = e != elems.end() && e->second.expires_ms > now_ms ? e->second.bound.size() : 0;
+        return true;
+      }
+    }
+    return false;
   }
   RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
                               uint64_t now_ms) override {
@@ -149,6 +149,7 @@ class FakeSets : public SetWriter {
   /// finds a set gone without an event and judges the ruleset anew (RULESET_ON_VOUCH).
   std::function<void()> on_vouch;
   std::map<std::string, Elem> elems;
+  std::vector<std::set<std::string>> calls;  // the names each vouch bound, in order
 };
 
 /// The ruleset's state, as the scenario sets it (RULESET); in force until it says otherwise.
@@ -210,6 +211,12 @@ std::string lower(std::string s) {
 }
 
 std::string fqdn(std::string n) { return n.empty() || n.back() != '.' ? n + "." : n; }
+
+std::string joined(const std::set<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : " ") + n;
+  return out.empty() ? "(none)" : out;
+}
 
 /// One record as ldns prints it, whitespace normalised: the form CHECK_ANSWER compares.
 std::string canonical(ldns_rr* rr) {
@@ -392,6 +399,17 @@ class Runner {
         CHECK_MESSAGE((it->second.expires_ms - timers_.now_ms()) / 1000u == std::stoull(w[2]),
                       where() << ": " << w[1] << " has " << (it->second.expires_ms - timers_.now_ms()) << " ms left");
       }
+    } else if (op == "CHECK_NAMES") {
+      const auto it = sets_.elems.find(w.at(1));
+      REQUIRE_MESSAGE(it != sets_.elems.end(), where() << ": " << w[1] << " was never vouched");
+      const std::set<std::string> want(w.begin() + 2, w.end());
+      CHECK_MESSAGE(it->second.bound == want, where() << ": " << w[1] << " is bound to " << joined(it->second.bound));
+    } else if (op == "CHECK_VOUCH_CALLS") {
+      CHECK_MESSAGE(sets_.calls.size() == std::stoul(w.at(1)), where() << ": " << sets_.calls.size() << " vouches");
+    } else if (op == "CHECK_LAST_VOUCH") {
+      REQUIRE_MESSAGE(!sets_.calls.empty(), where() << ": nothing was vouched");
+      const std::set<std::string> want(w.begin() + 1, w.end());
+      CHECK_MESSAGE(sets_.calls.back() == want, where() << ": the last vouch bound " << joined(sets_.calls.back()));
     } else if (op == "CHECK_SET_SIZE") {
       CHECK_MESSAGE(sets_.held(timers_.now_ms()) == std::stoul(w.at(1)),
                     where() << ": " << sets_.held(timers_.now_ms()) << " elements");

@@ -34,6 +34,9 @@
 //   CHECK_NO_ANSWER ID              no reply to query ID yet
 //   CHECK_SET ADDR SECONDS|absent   the element and the seconds it has left
 //   CHECK_SET_SIZE N                elements held
+//   CHECK_NAMES ADDR NAME...        exactly the names the element is bound to
+//   CHECK_VOUCH_CALLS N             vouches the set writer took so far
+//   CHECK_LAST_VOUCH NAME...        exactly the names the last vouch bound
 //   CHECK_COUNTER NAME N            a pipeline counter (a member of struct Counters)
 //   TCP_RESUME_ON_DELIVER ID NAME TYPE
 //                                   from now on, each forwarded reply starts this query from

@@ -168,6 +168,32 @@ TEST_CASE("the CNAME chain is followed from the query name; targets need no entr
   CHECK(s.drop == std::vector<uint16_t>{3});  // an address off the chain never reaches the client
 }
 
+TEST_CASE("the chain names are the query name and each CNAME target followed, as qname_text() writes them") {
+  const Bytes b = answer("Alias.Example.", {"alias.example. 300 IN CNAME Mid.CDN.",
+                                            "mid.cdn. 300 IN CNAME edge.cdn.",
+                                            "edge.cdn. 20 IN A 198.18.1.1",
+                                            "other.example. 300 IN CNAME elsewhere.cdn.",
+                                            "unrelated.example. 300 IN A 198.18.9.9"});
+  const std::vector<std::string> want = {"alias.example", "mid.cdn", "edge.cdn"};
+  const auto s = scan(b, "Alias.Example.");
+  REQUIRE(s.ok);
+  CHECK(s.chain == want);
+  const Query q = query("Alias.Example.");
+  CHECK(s.chain.front() == q.qname_text());
+  // The same after the rebuild that drops the off-chain address.
+  const PreparedAnswer p = prepare_answer(q, 1, b.data(), b.size(), {});
+  REQUIRE(p.status == PrepareStatus::Ok);
+  CHECK(p.dropped_off_chain == 1);
+  CHECK(p.scan.chain == want);
+  // No CNAME: the query name alone.
+  CHECK(scan(answer("www.example.", {"www.example. 300 IN A 198.18.1.2"}), "www.example").chain ==
+        std::vector<std::string>{"www.example"});
+  // A loop lists each name once.
+  CHECK(scan(answer("a.example.", {"a.example. 300 IN CNAME b.example.", "b.example. 300 IN CNAME a.example."}),
+             "a.example")
+            .chain == std::vector<std::string>{"a.example", "b.example"});
+}
+
 TEST_CASE("a CNAME loop or an over-long chain stops safely") {
   const auto loop = scan(answer("a.example.", {"a.example. 300 IN CNAME b.example.",
                                                "b.example. 300 IN CNAME a.example.",

@@ -25,8 +25,11 @@ std::string k(int i) { return "key" + std::to_string(i); }
 
 }  // namespace
 
-TEST_CASE("an entry costs its key, message, TTL offsets and vouch list") {
+TEST_CASE("an entry costs its key, message, TTL offsets, vouch list and chain names") {
   CHECK(AnswerCache::cost("key1", entry(1000)) == 4 + 1000 + 4 + sizeof(VouchAddr));
+  CacheEntry e = entry(1000);
+  e.chain = {"a.test", "cdn.test"};
+  CHECK(AnswerCache::cost("key1", e) == 4 + 1000 + 4 + sizeof(VouchAddr) + 2 * sizeof(std::string) + 14);
 }
 
 TEST_CASE("the byte bound holds exactly: entries are evicted until the new one fits") {

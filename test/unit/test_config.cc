@@ -130,6 +130,25 @@ const std::map<std::string, std::function<std::string(const ServeConfig&)>>& rea
       {"sandbox-max-inflight", [](const ServeConfig& c) { return std::to_string(c.sandbox_max_inflight); }},
       {"sandbox-max-tcp", [](const ServeConfig& c) { return std::to_string(c.sandbox_max_tcp); }},
       {"sandbox-state-names", [](const ServeConfig& c) { return std::to_string(c.sandbox_state_names); }},
+      {"max-names-per-element", [](const ServeConfig& c) { return std::to_string(c.max_names_per_element); }},
+      {"sni-guard", [](const ServeConfig& c) { return std::string(c.sni_guard ? "true" : "false"); }},
+      {"sni-ports", [](const ServeConfig& c) { return join(c.sni_ports); }},
+      {"http-ports", [](const ServeConfig& c) { return join(c.http_ports); }},
+      {"queue-num", [](const ServeConfig& c) { return std::to_string(c.queue_num); }},
+      {"queue-maxlen", [](const ServeConfig& c) { return std::to_string(c.queue_maxlen); }},
+      {"queue-backend",
+       [](const ServeConfig& c) { return std::string(c.queue_backend == QueueBackend::Nft ? "nft" : "xt"); }},
+      {"guard-marks", [](const ServeConfig& c) { return c.guard_marks; }},
+      {"first-flight-timeout", [](const ServeConfig& c) { return std::to_string(c.first_flight_timeout_ms); }},
+      {"print",
+       [](const ServeConfig& c) {
+         switch (c.print) {
+           case RulesFormat::Nft: return std::string("nft");
+           case RulesFormat::Iptables: return std::string("iptables");
+           case RulesFormat::Ip6tables: return std::string("ip6tables");
+         }
+         return std::string("?");
+       }},
   };
   return r;
 }
@@ -159,6 +178,9 @@ std::pair<std::string, std::string> samples(const OptionSpec& o) {
       {"control", {"/tmp/control-a", "/tmp/control-b"}},
       {"control-group", {"adm", "nogroup"}},
       {"sandboxes", {"/tmp/sandboxes-a", "/tmp/sandboxes-b"}},
+      {"sni-ports", {"8443", "4443"}},
+      {"http-ports", {"8080", "8000"}},
+      {"guard-marks", {"0x00000007", "0x70000000"}},
   };
   switch (o.kind) {
     case OptionKind::Flag: return {"false", "true"};
@@ -980,4 +1002,21 @@ TEST_CASE("judge: a chain's name is shown escaped, so it cannot pass for fields 
   CHECK(r.reason.rfind("chain output\\x20rules\\x3d13", 0) == 0);
   CHECK(shown_name(std::string(100, 'a')) == std::string(64, 'a') + "...");
   CHECK(shown_name("output_2.x-y/z") == "output_2.x-y/z");
+}
+
+TEST_CASE("judge: serve --sni-guard needs a ruleset printed with it, and serve without it one printed without") {
+  RulesetExpectation e = inet_dnsward();
+  TableSeen plain = table_in_force();
+  TableSeen guarded = table_in_force();
+  const auto mark = parse_chain_comment(guarded.chains[0].comment);
+  REQUIRE(mark);
+  guarded.chains[0].comment = ruleset_chain_comment(mark->id, mark->rules, true);
+  REQUIRE(parse_chain_comment(guarded.chains[0].comment)->guard);
+  CHECK(judge_ruleset(plain, e).in_force());
+  CHECK(judge_ruleset(guarded, e).reason.find("printed with --sni-guard, but serve runs without it") !=
+        std::string::npos);
+  e.guard = true;
+  CHECK(judge_ruleset(guarded, e).in_force());
+  CHECK(judge_ruleset(plain, e).reason.find("printed without --sni-guard") != std::string::npos);
+  CHECK_FALSE(judge_ruleset(plain, e).in_force());
 }

@@ -25,7 +25,8 @@ const std::set<std::string> kScenarios = {
     "reload_private_revoked.rpl",         "sweep_timer_is_one.rpl",
     "require_ruleset.rpl",                "status_answer.rpl",
     "status_without_nft.rpl",             "require_ruleset_no_retry.rpl",
-    "require_ruleset_after_vouch.rpl",
+    "require_ruleset_after_vouch.rpl",    "names_full_withholds_answer.rpl",
+    "cache_hit_binds_chain.rpl",
 };
 
 void play(const std::string& name) {
@@ -105,4 +106,10 @@ TEST_CASE("replay: CH TXT status.dnsward tells the ruleset's state, --require-ru
 }
 TEST_CASE("replay: with --no-nft the status answer says the ruleset is not checked") {
   play("status_without_nft.rpl");
+}
+TEST_CASE("replay: an answer that would bind an address to more than --max-names-per-element names is withheld, and nothing is vouched") {
+  play("names_full_withholds_answer.rpl");
+}
+TEST_CASE("replay: a cache hit binds the same query and CNAME chain names as the upstream answer") {
+  play("cache_hit_binds_chain.rpl");
 }

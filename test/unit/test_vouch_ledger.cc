@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -84,7 +85,8 @@ struct FakeKernel : ElementPort {
 };
 
 bool vouch(VouchLedger& l, FakeKernel& k, const std::vector<VouchItem>& items, RefreshMode mode,
-           const char* pattern = "www.test", const char* name = "www.test") {
+           const char* pattern = "www.test", const char* name = "www.test",
+           const std::vector<std::string>* chain = nullptr) {
   std::vector<uint64_t> eff;
   const auto changes = l.plan(items, k.now, mode, eff);
   std::vector<ChangeResult> res;
@@ -92,8 +94,22 @@ bool vouch(VouchLedger& l, FakeKernel& k, const std::vector<VouchItem>& items, R
   std::string err;
   int e = 0;
   const bool ok = changes.empty() || commit_changes(k, changes, res, err, e, nullptr, &left);
-  l.committed(items, changes, eff, res, Provenance{pattern, name}, k.now, &left);
+  l.committed(items, changes, eff, res, Provenance{pattern, name, chain}, k.now, &left);
   return ok;
+}
+
+/// The names a record is bound to; each must be there once.
+std::set<std::string> names_of(const VouchLedger& l, const SetKey& key) {
+  std::set<std::string> out;
+  const LedgerRecord* r = l.find(key);
+  REQUIRE(r);
+  std::size_t n = 0;
+  for_each_name(r->names, [&](std::string_view name) {
+    out.emplace(name);
+    ++n;
+  });
+  CHECK_MESSAGE(n == out.size(), "a name is bound twice: " << r->names);
+  return out;
 }
 
 }  // namespace
@@ -377,23 +393,131 @@ TEST_CASE("after a failed reread, revocations still cover what the kernel may ho
                       k.now).size() == 1);
 }
 
-TEST_CASE("names per element are bounded in count and bytes") {
+TEST_CASE("an element is bound to exactly the query name and its CNAME chain, lower-cased, each name once") {
   FakeKernel k;
   VouchLedger l;
+  const std::vector<std::string> chain = {"www.test", "Edge.CDN.test.", "e1.cdn.test", "edge.cdn.test"};
+  REQUIRE(vouch(l, k, {{v4(1), 300}, {v6(1), 300}}, RefreshMode::Replace, "www.test", "WWW.Test.", &chain));
+  const std::set<std::string> want = {"www.test", "edge.cdn.test", "e1.cdn.test"};
+  CHECK(names_of(l, v4(1)) == want);
+  CHECK(names_of(l, v6(1)) == want);
+  // The same answer again binds nothing new.
+  k.now += 20000;
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "www.test", "www.test", &chain));
+  CHECK(names_of(l, v4(1)) == want);
+  // Without a chain, the name alone.
+  REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "www.test", "Other.Test"));
+  CHECK(names_of(l, v4(2)) == std::set<std::string>{"other.test"});
+  // What the SNI guard asks: any letter case, a trailing dot ignored; the key must match.
+  CHECK(l.bound(v4(1), "EDGE.cdn.test.", k.now));
+  CHECK(l.bound(v4(1), "www.test", k.now));
+  CHECK_FALSE(l.bound(v4(1), "other.test", k.now));
+  CHECK_FALSE(l.bound(v4(1), "cdn.test", k.now));
+  CHECK_FALSE(l.bound(v4(1), "www.test.evil", k.now));
+  CHECK_FALSE(l.bound(v4(3), "www.test", k.now));
+  CHECK_FALSE(l.bound(SetKey(v4(101), v4(1)), "www.test", k.now));  // another guest's key
+}
+
+TEST_CASE("binding up to the names cap succeeds; one more is refused before anything changes") {
+  FakeKernel k;
+  VouchLedger l;
+  constexpr std::size_t kCap = 4;
+  // The pipeline's order: ask, then vouch only if it fits.
+  auto vouch_capped = [&](const std::vector<VouchItem>& items, std::string_view name,
+                          const std::vector<std::string>* chain, SetKey* which, std::size_t* bound) {
+    if (l.would_overflow_names(items, Provenance{"*.wild.test", name, chain}, kCap, k.now, which, bound))
+      return false;
+    REQUIRE(vouch(l, k, items, RefreshMode::Replace, "*.wild.test", std::string(name).c_str(), chain));
+    return true;
+  };
+  const std::vector<std::string> chain = {"n0.wild.test", "n1.wild.test"};
+  CHECK(vouch_capped({{v4(1), 300}}, "n0.wild.test", &chain, nullptr, nullptr));
+  CHECK(vouch_capped({{v4(1), 300}}, "n2.wild.test", nullptr, nullptr, nullptr));
+  CHECK(vouch_capped({{v4(1), 300}}, "N3.wild.test.", nullptr, nullptr, nullptr));  // the fourth
+  REQUIRE(names_of(l, v4(1)).size() == kCap);
+  const std::string before = l.find(v4(1))->names;
+  const uint64_t promised = l.find(v4(1))->promised_ms;
+  const std::size_t batches = k.batches.size();
+  // A fifth name, with a fresh address first: refused, naming the full element.
+  k.now += 60000;
+  SetKey which;
+  std::size_t bound = 0;
+  CHECK_FALSE(vouch_capped({{v4(2), 300}, {v4(1), 300}}, "n4.wild.test", nullptr, &which, &bound));
+  CHECK(which == SetKey(v4(1)));
+  CHECK(bound == kCap);
+  CHECK(l.find(v4(1))->names == before);
+  CHECK(l.find(v4(1))->promised_ms == promised);
+  CHECK_FALSE(l.find(v4(2)));
+  CHECK(k.batches.size() == batches);
+  // Names it has count once: an answer of bound names, in another case, still fits.
+  const std::vector<std::string> known = {"n1.wild.test", "n2.wild.test"};
+  CHECK(vouch_capped({{v4(1), 300}}, "N0.WILD.test", &known, nullptr, nullptr));
+  CHECK(l.find(v4(1))->names == before);
+  // A fresh element whose answer alone is over the cap: refused, with nothing bound yet.
+  const std::vector<std::string> longchain = {"a.test", "b.test", "c.test", "d.test", "e.test"};
+  bound = 99;
+  CHECK_FALSE(vouch_capped({{v4(3), 300}}, "a.test", &longchain, &which, &bound));
+  CHECK(which == SetKey(v4(3)));
+  CHECK(bound == 0);
+  CHECK_FALSE(l.find(v4(3)));
+  // Without the cap check nothing is ever dropped: long names, many of them, all kept.
   for (int i = 0; i < 100; ++i) {
-    std::string name = "n";  // built in steps: GCC 12 warns (-Wrestrict) on "n" + string
+    std::string name(200, 'x');
     name += std::to_string(i);
-    name += ".wild.test";
-    REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "*.wild.test", name.c_str()));
+    REQUIRE(vouch(l, k, {{v4(4), 300}}, RefreshMode::Replace, "*.wild.test", name.c_str()));
   }
-  std::size_t n = 0;
-  for_each_name(l.find(v4(1))->names, [&](std::string_view) { ++n; });
-  CHECK(n == VouchLedger::kMaxNames);
-  const std::string long_name(200, 'x');
-  for (int i = 0; i < 10; ++i)
-    REQUIRE(vouch(l, k, {{v4(2), 300}}, RefreshMode::Replace, "*.wild.test", (long_name + char('a' + i)).c_str()));
-  CHECK(l.find(v4(2))->names.size() <= VouchLedger::kMaxNameBytes);
-  CHECK(l.find(v4(2))->names.size() > 400);
+  CHECK(names_of(l, v4(4)).size() == 100);
+}
+
+TEST_CASE("bound() is false once the element expires, and then its names start afresh") {
+  FakeKernel k;
+  VouchLedger l;
+  const std::vector<std::string> chain = {"a.test", "cdn.test"};
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "a.test", "a.test", &chain));
+  k.now += 299000;
+  CHECK(l.bound(v4(1), "cdn.test", k.now));
+  k.now += 1000;  // held and promised until exactly now
+  CHECK_FALSE(l.bound(v4(1), "cdn.test", k.now));
+  CHECK_FALSE(l.bound(v4(1), "a.test", k.now));
+  REQUIRE(l.find(v4(1)));  // expire() has not run: the record is still there
+  // Its old names no longer count against the cap, nor stay bound.
+  const Provenance b{"b.test", "b.test"};
+  CHECK_FALSE(l.would_overflow_names({{v4(1), 300}}, b, 1, k.now));
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "b.test", "b.test"));
+  CHECK(names_of(l, v4(1)) == std::set<std::string>{"b.test"});
+  CHECK(l.bound(v4(1), "b.test", k.now));
+  CHECK_FALSE(l.bound(v4(1), "a.test", k.now));
+}
+
+TEST_CASE("the ledger file keeps every name bound, also more than a lowered cap allows") {
+  FakeKernel k;
+  VouchLedger l;
+  const std::vector<std::string> chain = {"n0.wild.test", "n1.wild.test", "n2.wild.test", "n3.wild.test",
+                                          "n4.wild.test"};
+  REQUIRE(vouch(l, k, {{v4(1), 300}}, RefreshMode::Replace, "*.wild.test", "n0.wild.test", &chain));
+  const int64_t wall = 1'700'000'000'000;
+  const std::string text = l.serialize(k.now, wall);
+  VouchLedger back;
+  std::string err;
+  REQUIRE_MESSAGE(back.merge_saved(text, 5000, wall, err), err);
+  CHECK(names_of(back, v4(1)) == std::set<std::string>(chain.begin(), chain.end()));
+  CHECK(back.bound(v4(1), "n4.wild.test", 5000));  // promised, from the file
+  // Restarted with a cap of 3: the record is kept whole, and answers for it fail closed,
+  // even ones that bind nothing new, until it expires.
+  SetKey which;
+  std::size_t bound = 0;
+  CHECK(back.would_overflow_names({{v4(1), 300}}, Provenance{"*.wild.test", "n0.wild.test"}, 3, 5000,
+                                  &which, &bound));
+  CHECK(which == SetKey(v4(1)));
+  CHECK(bound == 5);
+  CHECK_FALSE(back.would_overflow_names({{v4(1), 300}}, Provenance{"*.wild.test", "n0.wild.test"}, 3,
+                                        5000 + 300001));
+  // Names written in another case (by hand, or an older dnsward) are read lower-cased.
+  VouchLedger mixed;
+  REQUIRE(mixed.merge_saved("dnsward-vouch-ledger 1\n198.18.0.1\t" + std::to_string(wall + 60000) +
+                                "\ta.test\t0\tA.Test,CDN.test,a.test\nend 1\n",
+                            5000, wall, err));
+  CHECK(names_of(mixed, v4(1)) == std::set<std::string>{"a.test", "cdn.test"});
 }
 
 TEST_CASE("a promise from a ledger written under another clock is clamped to the longest timeout") {

@@ -1,0 +1,204 @@
+// The first-flight guard (--sni-guard). Vouching addresses is only as narrow as the
+// addresses: registries sit on shared CDN front ends, so a vouched address reaches every
+// other customer of that CDN by naming it in TLS's server_name or HTTP's Host (domain
+// fronting). The ruleset sends each new connection to a vouched address on a guarded port to
+// dnsward (nfqueue) until its first flight is judged: the ClientHello's server_name (or the
+// Host of a plain HTTP request) must be a name whose answer vouched for that destination
+// (the vouch ledger's bound names). A packet is never passed on unjudged: each gets a
+// verdict of NF_REPEAT with a packet mark, and rules move the mark into the conntrack mark,
+// so a judged connection never leaves the kernel again; a rejected one is reset by the
+// ruleset (a queue verdict cannot send a reset).
+//
+// Pure: packets come in as bytes with the kernel's id and mark, verdicts go out through
+// VerdictPort, names are asked of BoundNames and time comes from Timers, so unit tests drive
+// it with fakes and a fake clock. Every length and sequence number is hostile: the client
+// (untrusted code) writes them.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "dnsward/answer.hpp"
+#include "dnsward/clock.hpp"
+#include "dnsward/config.hpp"
+#include "dnsward/vouch_ledger.hpp"
+
+namespace dnsward {
+
+/// An IPv4 or IPv6 packet carrying TCP, as the queue hands it over (from the IP header on).
+struct TcpPacket {
+  IpAddr src, dst;
+  uint16_t sport = 0, dport = 0;
+  uint32_t seq = 0;
+  bool syn = false, ack = false, rst = false, fin = false;
+  const uint8_t* payload = nullptr;
+  std::size_t payload_len = 0;
+};
+/// Reads the IP and TCP headers: false for anything else (not TCP, fragments, IPv6 extension
+/// headers, truncated or inconsistent lengths).
+bool parse_tcp_packet(const uint8_t* pkt, std::size_t len, TcpPacket& out);
+
+/// What becomes of one queued packet. Every verdict but Drop is NF_REPEAT with the packet
+/// mark's "judged" bit (the queue rule skips it), and Allow/Reject add their bit, which the
+/// ruleset copies into the conntrack mark.
+enum class GuardVerdict : uint8_t {
+  Pass,    ///< not decided by this packet (SYN, bare ACK): the ruleset goes on as usual
+  Allow,   ///< the connection named a bound name: never queued again
+  Reject,  ///< the connection is reset by the ruleset, now and for any later packet
+  Drop,    ///< NF_DROP: the client retransmits (a TCP Fast Open SYN, or no room to follow it)
+};
+const char* guard_verdict_name(GuardVerdict v);
+
+/// Where verdicts go: the kernel's queue (NfQueue), or a test's recorder.
+class VerdictPort {
+ public:
+  virtual ~VerdictPort() = default;
+  virtual void verdict(uint32_t id, GuardVerdict v, uint32_t mark) = 0;
+};
+
+/// The names bound to vouched elements (the vouch ledger's, through NftSets).
+class BoundNames {
+ public:
+  virtual ~BoundNames() = default;
+  /// Whether name is bound to k, which is held or promised now.
+  virtual bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const = 0;
+  /// The bound names, comma-separated, for the log.
+  virtual std::string names(const SetKey& k) const = 0;
+};
+
+/// BoundNames read from the vouch ledger (in-guest and host mode alike: the key says which).
+class LedgerBoundNames : public BoundNames {
+ public:
+  explicit LedgerBoundNames(const VouchLedger& l) : ledger_(l) {}
+  bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const override;
+  std::string names(const SetKey& k) const override;
+
+ private:
+  const VouchLedger& ledger_;
+};
+
+/// Why a connection was rejected (or a SYN dropped): metrics labels and log reasons.
+#define DNSWARD_GUARD_REASONS(X)                                                               \
+  X(mismatch, "mismatch")         /* the name is not bound to the destination */              \
+  X(no_name, "no_name")           /* a ClientHello without server_name, or no Host */         \
+  X(not_tls, "not_tls")           /* a TLS port's first bytes are no TLS handshake */         \
+  X(not_http, "not_http")         /* an HTTP port's first bytes are no HTTP/1.x request */    \
+  X(malformed, "malformed")       /* inconsistent lengths, a duplicate extension, ... */      \
+  X(too_large, "too_large")       /* over the byte or segment bounds before it ended */       \
+  X(conflict, "conflict")         /* two segments disagree on the same bytes */               \
+  X(timeout, "timeout")           /* no whole first flight within --first-flight-timeout */   \
+  X(no_state, "no_state")         /* data with no handshake seen (state lost or evicted) */   \
+  X(tfo, "tfo")                   /* a TCP Fast Open SYN that did not carry a bound name */   \
+  X(full, "full")                 /* --queue-maxlen connections followed already */
+
+struct GuardCounts {
+#define DNSWARD_GUARD_FIELD_(m, s) uint64_t m = 0;
+  DNSWARD_GUARD_REASONS(DNSWARD_GUARD_FIELD_)
+#undef DNSWARD_GUARD_FIELD_
+  uint64_t allowed = 0;   ///< connections that named a bound name
+  uint64_t packets = 0;   ///< packets queued to dnsward
+  uint64_t unparsed = 0;  ///< packets that were not TCP over IP (passed to the ruleset)
+};
+
+struct GuardOptions {
+  std::vector<uint16_t> sni_ports, http_ports;
+  GuardMarks marks{};
+  uint32_t max_flows = 4096;
+  uint64_t timeout_ms = 10000;
+  bool host = false;  ///< sets keyed guest . destination
+  static GuardOptions from(const ServeConfig& c);
+};
+
+/// Bounds of one connection's first flight as followed: past them it is rejected.
+inline constexpr std::size_t kMaxFlightBytes = 17 * 1024;  ///< a ClientHello's 16 KiB and records
+inline constexpr std::size_t kMaxFlightSegments = 16;
+/// Bytes of first flights held at once, over every connection: past it a connection whose
+/// flight would need more is rejected (`full`). 4096 connections of 17 KiB each would
+/// otherwise be 68 MiB that untrusted code could make dnsward hold.
+inline constexpr std::size_t kMaxHeldBytes = 8u << 20;
+/// Deadlines are met to within this: one sweep serves those that fall due together.
+inline constexpr uint64_t kSweepSlackMs = 100;
+
+class SniGuard {
+ public:
+  SniGuard(GuardOptions o, const BoundNames& names, VerdictPort& out, Timers& timers);
+  ~SniGuard();
+  SniGuard(const SniGuard&) = delete;
+  SniGuard& operator=(const SniGuard&) = delete;
+
+  /// One queued packet: its id, its mark, and the packet from its IP header on.
+  void on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len);
+
+  const GuardCounts& counts() const { return counts_; }
+  std::size_t flows() const { return flows_.size(); }
+
+ private:
+  struct Key {
+    IpAddr src, dst;
+    uint16_t sport = 0, dport = 0;
+    bool operator==(const Key& o) const {
+      return sport == o.sport && dport == o.dport && src == o.src && dst == o.dst;
+    }
+  };
+  struct KeyHash {
+    std::size_t operator()(const Key& k) const {
+      return IpAddrHash{}(k.src) * 31u + IpAddrHash{}(k.dst) * 7u + (std::size_t(k.sport) << 16 | k.dport);
+    }
+  };
+  struct Held {
+    uint32_t id, mark;
+  };
+  struct Flow {
+    uint32_t start = 0;          ///< sequence number of the first byte of the flight
+    uint64_t deadline_ms = 0;    ///< rejected (held packets) or forgotten (none) after it
+    std::vector<uint8_t> bytes;  ///< the flight as received, by offset from start
+    std::vector<bool> have;      ///< which of bytes arrived
+    std::vector<Held> held;      ///< packets waiting for the verdict, in arrival order
+    std::size_t segments = 0;
+    bool decided = false;        ///< verdict given; late packets get the same
+    GuardVerdict verdict = GuardVerdict::Pass;
+  };
+  enum class Reason : uint8_t {
+#define DNSWARD_GUARD_ENUM_(m, s) m,
+    DNSWARD_GUARD_REASONS(DNSWARD_GUARD_ENUM_)
+#undef DNSWARD_GUARD_ENUM_
+    none
+  };
+
+  void give(uint32_t id, uint32_t mark, GuardVerdict v);
+  void on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
+  void on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
+  /// Judges the flight received so far: Pass while more is needed.
+  GuardVerdict judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance, Reason& why,
+                     std::string& name) const;
+  void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name);
+  void reject_log(const Key& k, Reason why, const std::string& name);
+  void count(Reason why);
+  void arm();
+  void sweep();
+  bool is_sni_port(uint16_t p) const;
+  bool is_http_port(uint16_t p) const;
+  SetKey set_key(const Key& k) const { return o_.host ? SetKey{k.src, k.dst} : SetKey{k.dst}; }
+
+  GuardOptions o_;
+  const BoundNames& names_;
+  VerdictPort& out_;
+  Timers& timers_;
+  std::unordered_map<Key, Flow, KeyHash> flows_;
+  void erase(std::unordered_map<Key, Flow, KeyHash>::iterator it);
+  // (deadline, key) in deadline order: connections waiting for their flight, and decided
+  // ones lingering for late packets.
+  std::deque<std::pair<uint64_t, Key>> pending_expiry_, decided_expiry_;
+  std::size_t pending_ = 0;  // flows not decided yet: what --queue-maxlen bounds
+  std::size_t held_bytes_ = 0;  // sum of the pending flows' bytes.size()
+  Timers::TimerId timer_ = 0;
+  bool armed_ = false;
+  GuardCounts counts_;
+  uint64_t log_window_ms_ = 0;
+  uint32_t logged_in_window_ = 0, suppressed_ = 0;
+};
+
+}  // namespace dnsward

@@ -1,0 +1,432 @@
+#include "dnsward/sni_guard.hpp"
+
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dnsward/client_hello.hpp"
+#include "dnsward/log.hpp"
+
+namespace dnsward {
+namespace {
+
+uint16_t be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+
+/// Decided connections are remembered this long, for packets the kernel queued before the
+/// conntrack mark was set (segments written back to back): they get the same verdict. An
+/// allowed connection must never meet "no state" and be reset.
+constexpr uint64_t kDecidedLingerMs = 2000;
+
+constexpr const char* kReasonNames[] = {
+#define DNSWARD_GUARD_NAME_(m, s) s,
+    DNSWARD_GUARD_REASONS(DNSWARD_GUARD_NAME_)
+#undef DNSWARD_GUARD_NAME_
+};
+
+}  // namespace
+
+bool parse_tcp_packet(const uint8_t* p, std::size_t len, TcpPacket& out) {
+  if (len < 1) return false;
+  std::size_t l4 = 0, total = 0;
+  const int version = p[0] >> 4;
+  if (version == 4) {
+    if (len < 20) return false;
+    const std::size_t ihl = std::size_t(p[0] & 0x0f) * 4;
+    total = be16(p + 2);
+    // A fragment cannot be judged by its own bytes (the kernel reassembles before conntrack,
+    // so one here is hostile or broken): refused by the caller as unparsed.
+    const uint16_t frag = be16(p + 6);
+    if (ihl < 20 || total < ihl || total > len || p[9] != IPPROTO_TCP || (frag & 0x3fff) != 0) return false;
+    out.src = IpAddr::v4(p + 12);
+    out.dst = IpAddr::v4(p + 16);
+    l4 = ihl;
+  } else if (version == 6) {
+    if (len < 40) return false;
+    // Extension headers are not followed: only TCP straight after the fixed header. The
+    // ruleset's `tcp dport` matches such packets too; refusing them fails closed.
+    total = 40 + std::size_t(be16(p + 4));
+    if (total > len || p[6] != IPPROTO_TCP) return false;
+    out.src = IpAddr::v6(p + 8);
+    out.dst = IpAddr::v6(p + 24);
+    l4 = 40;
+  } else {
+    return false;
+  }
+  if (total < l4 + 20) return false;
+  const uint8_t* t = p + l4;
+  const std::size_t doff = std::size_t(t[12] >> 4) * 4;
+  if (doff < 20 || l4 + doff > total) return false;
+  out.sport = be16(t);
+  out.dport = be16(t + 2);
+  out.seq = be32(t + 4);
+  const uint8_t flags = t[13];
+  out.fin = flags & 0x01;
+  out.syn = flags & 0x02;
+  out.rst = flags & 0x04;
+  out.ack = flags & 0x10;
+  out.payload = t + doff;
+  out.payload_len = total - l4 - doff;
+  return true;
+}
+
+const char* guard_verdict_name(GuardVerdict v) {
+  switch (v) {
+    case GuardVerdict::Pass: return "pass";
+    case GuardVerdict::Allow: return "allow";
+    case GuardVerdict::Reject: return "reject";
+    case GuardVerdict::Drop: return "drop";
+  }
+  return "?";
+}
+
+bool LedgerBoundNames::bound(const SetKey& k, std::string_view name, uint64_t now_ms) const {
+  // The ledger compares without letter case or a trailing dot, in the form names are
+  // stored in (qname_text()); a ClientHello's server_name is lower-case [a-z0-9.-] already.
+  return ledger_.bound(k, name, now_ms);
+}
+
+std::string LedgerBoundNames::names(const SetKey& k) const {
+  const LedgerRecord* r = ledger_.find(k);
+  return r ? r->names : std::string();
+}
+
+GuardOptions GuardOptions::from(const ServeConfig& c) {
+  GuardOptions o;
+  o.sni_ports = port_numbers(c.sni_ports);
+  o.http_ports = port_numbers(c.http_ports);
+  o.marks = *guard_mark_bits(c.guard_marks);
+  o.max_flows = c.queue_maxlen;
+  o.timeout_ms = c.first_flight_timeout_ms;
+  o.host = c.host;
+  return o;
+}
+
+SniGuard::SniGuard(GuardOptions o, const BoundNames& names, VerdictPort& out, Timers& timers)
+    : o_(std::move(o)), names_(names), out_(out), timers_(timers) {}
+
+SniGuard::~SniGuard() {
+  if (armed_) timers_.cancel(timer_);
+}
+
+bool SniGuard::is_sni_port(uint16_t p) const {
+  return std::find(o_.sni_ports.begin(), o_.sni_ports.end(), p) != o_.sni_ports.end();
+}
+bool SniGuard::is_http_port(uint16_t p) const {
+  return std::find(o_.http_ports.begin(), o_.http_ports.end(), p) != o_.http_ports.end();
+}
+
+void SniGuard::give(uint32_t id, uint32_t mark, GuardVerdict v) {
+  const GuardMarks& m = o_.marks;
+  if (v == GuardVerdict::Drop) {
+    out_.verdict(id, v, 0);  // a dropped packet keeps no mark
+    return;
+  }
+  uint32_t out = (mark & ~m.mask()) | m.seen;
+  if (v == GuardVerdict::Allow) out |= m.allowed;
+  if (v == GuardVerdict::Reject) out |= m.rejected;
+  out_.verdict(id, v, out);
+}
+
+void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len) {
+  ++counts_.packets;
+  TcpPacket t;
+  if (!parse_tcp_packet(pkt, len, t) || (!is_sni_port(t.dport) && !is_http_port(t.dport))) {
+    // Not what the queue rule sends (not TCP to a guarded port, or unreadable): left to the
+    // rest of the ruleset, which accepts nothing it has not vouched for. A data packet that
+    // the guard cannot read is no first flight the ruleset would let through either: the
+    // rule after the queue drops unjudged payload on guarded ports.
+    ++counts_.unparsed;
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  const Key k{t.src, t.dst, t.sport, t.dport};
+  if (t.rst) {
+    if (const auto it = flows_.find(k); it != flows_.end()) {
+      // Held packets must not wait for a deadline after the client gave up.
+      if (!it->second.decided && !it->second.held.empty())
+        decide(k, it->second, GuardVerdict::Reject, Reason::none, "");
+      else
+        erase(it);
+    }
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  if (t.syn) {
+    on_syn(k, t, id, mark);
+    return;
+  }
+  if (t.payload_len == 0) {
+    // The handshake's ACK, a bare FIN: nothing to judge, and nothing reaches the server.
+    const auto it = flows_.find(k);
+    give(id, mark, it != flows_.end() && it->second.decided ? it->second.verdict : GuardVerdict::Pass);
+    return;
+  }
+  on_data(k, t, id, mark);
+}
+
+void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  const uint64_t now = timers_.now_ms();
+  auto it = flows_.find(k);
+  if (it != flows_.end() && it->second.decided) {
+    // A SYN after a verdict: the client starts over on the same ports (or retransmits).
+    erase(it);
+    it = flows_.end();
+  }
+  if (t.payload_len > 0) {
+    // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Judged alone; unless it
+    // is a whole first flight naming a bound name, the SYN is dropped and the client sends
+    // a plain SYN again (its data follows the handshake, where it is judged as usual).
+    Reason why = Reason::none;
+    std::string name;
+    const GuardVerdict v = judge(k, t.payload, t.payload_len, true, why, name);
+    if (v == GuardVerdict::Allow) {
+      ++counts_.allowed;
+      give(id, mark, GuardVerdict::Allow);
+      return;
+    }
+    count(Reason::tfo);
+    reject_log(k, Reason::tfo, name);
+    give(id, mark, GuardVerdict::Drop);
+    return;
+  }
+  if (it == flows_.end()) {
+    if (pending_ >= o_.max_flows) {
+      // No room to follow one more connection: the SYN is dropped (the client retries),
+      // never passed unfollowed, and no followed connection is evicted.
+      count(Reason::full);
+      give(id, mark, GuardVerdict::Drop);
+      return;
+    }
+    Flow f;
+    f.start = t.seq + 1;  // the SYN takes one sequence number (RFC 9293 3.4)
+    f.deadline_ms = now + o_.timeout_ms;
+    it = flows_.emplace(k, std::move(f)).first;
+    ++pending_;
+    pending_expiry_.emplace_back(it->second.deadline_ms, k);
+    arm();
+  } else if (it->second.start != t.seq + 1 && it->second.held.empty()) {
+    it->second.start = t.seq + 1;  // a new handshake on the same ports before any data
+  }
+  give(id, mark, GuardVerdict::Pass);
+}
+
+void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  auto it = flows_.find(k);
+  if (it == flows_.end()) {
+    // Data without a handshake seen: the state expired or dnsward restarted in between.
+    // Guessing where the flight starts could be played (bytes before the guess, sent
+    // later, would reach the server unjudged): reset.
+    count(Reason::no_state);
+    reject_log(k, Reason::no_state, "");
+    give(id, mark, GuardVerdict::Reject);
+    return;
+  }
+  Flow& f = it->second;
+  if (f.decided) {
+    give(id, mark, f.verdict);
+    return;
+  }
+  f.held.push_back({id, mark});
+  ++f.segments;
+  // Offset of this segment in the flight, modulo 2^32 (sequence numbers wrap).
+  const uint32_t off32 = t.seq - f.start;
+  if (off32 >= kMaxFlightBytes || t.payload_len > kMaxFlightBytes - off32) {
+    // Before the flight's start (a huge offset after wrapping) or past our bounds.
+    decide(k, f, GuardVerdict::Reject, off32 >= (1u << 31) ? Reason::malformed : Reason::too_large, "");
+    return;
+  }
+  const std::size_t off = off32, end = off + t.payload_len;
+  if (f.bytes.size() < end) {
+    if (held_bytes_ + (end - f.bytes.size()) > kMaxHeldBytes) {
+      decide(k, f, GuardVerdict::Reject, Reason::full, "");
+      return;
+    }
+    held_bytes_ += end - f.bytes.size();
+    f.bytes.resize(end);
+    f.have.resize(end, false);
+  }
+  for (std::size_t i = 0; i < t.payload_len; ++i) {
+    if (f.have[off + i] && f.bytes[off + i] != t.payload[i]) {
+      // A retransmission that says something else: the server may keep either copy, so no
+      // verdict on one of them holds for what it reads.
+      decide(k, f, GuardVerdict::Reject, Reason::conflict, "");
+      return;
+    }
+    f.bytes[off + i] = t.payload[i];
+    f.have[off + i] = true;
+  }
+  const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
+  Reason why = Reason::none;
+  std::string name;
+  const bool last_segment = f.segments >= kMaxFlightSegments;
+  const GuardVerdict v =
+      contiguous == 0 ? GuardVerdict::Pass : judge(k, f.bytes.data(), contiguous, last_segment, why, name);
+  if (v == GuardVerdict::Pass) {
+    if (last_segment) decide(k, f, GuardVerdict::Reject, Reason::too_large, "");
+    return;  // held until more arrives, or the deadline
+  }
+  decide(k, f, v, why, name);
+}
+
+GuardVerdict SniGuard::judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance,
+                             Reason& why, std::string& name) const {
+  std::string host;
+  if (is_sni_port(k.dport)) {
+    const ClientHelloResult r = parse_client_hello(data, len);
+    switch (r.status) {
+      case FlightStatus::NeedMore: why = final_chance ? Reason::too_large : Reason::none;
+                                   return final_chance ? GuardVerdict::Reject : GuardVerdict::Pass;
+      case FlightStatus::NotTls: why = Reason::not_tls; return GuardVerdict::Reject;
+      case FlightStatus::TooLarge: why = Reason::too_large; return GuardVerdict::Reject;
+      case FlightStatus::Complete: break;
+      default: why = Reason::malformed; return GuardVerdict::Reject;
+    }
+    // With ECH the server_name seen here is the outer one (dnsward strips ECH configs from
+    // the HTTPS records it relays, so a client offers ECH only with a config of its own):
+    // it is judged like any other.
+    if (!r.has_sni) {
+      why = Reason::no_name;
+      return GuardVerdict::Reject;
+    }
+    host = r.sni;
+  } else {
+    const HttpHostResult r = parse_http_host(data, len);
+    switch (r.status) {
+      case FlightStatus::NeedMore: why = final_chance ? Reason::too_large : Reason::none;
+                                   return final_chance ? GuardVerdict::Reject : GuardVerdict::Pass;
+      case FlightStatus::NotHttp: why = Reason::not_http; return GuardVerdict::Reject;
+      case FlightStatus::TooLarge: why = Reason::too_large; return GuardVerdict::Reject;
+      case FlightStatus::Complete: break;
+      default: why = Reason::malformed; return GuardVerdict::Reject;
+    }
+    if (r.host.empty()) {
+      why = Reason::no_name;
+      return GuardVerdict::Reject;
+    }
+    host = r.host;
+  }
+  name = host;
+  if (names_.bound(set_key(k), host, timers_.now_ms())) return GuardVerdict::Allow;
+  why = Reason::mismatch;
+  return GuardVerdict::Reject;
+}
+
+void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name) {
+  const std::size_t segments = f.segments;
+  // Every held packet gets the verdict, in the order they came: reinjected in that order.
+  for (const Held& h : f.held) give(h.id, h.mark, v);
+  f.held.clear();
+  f.held.shrink_to_fit();
+  held_bytes_ -= f.bytes.size();
+  f.bytes = {};
+  f.have = {};
+  f.decided = true;
+  f.verdict = v;
+  --pending_;
+  f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
+  decided_expiry_.emplace_back(f.deadline_ms, k);
+  // Decided flows are few at a time (each lingers for seconds): past max_flows of them
+  // the oldest are forgotten early.
+  while (flows_.size() - pending_ > o_.max_flows && !decided_expiry_.empty()) {
+    const auto [at, key] = decided_expiry_.front();
+    decided_expiry_.pop_front();
+    const auto old = flows_.find(key);
+    if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k))
+      erase(old);
+  }
+  arm();
+  if (v == GuardVerdict::Allow) {
+    ++counts_.allowed;
+    if (log::enabled(LogLevel::Debug))  // the addresses' text only when it is written
+      log::debug("event=first-flight-allowed name={} addr={} port={} src={} segments={}", log::quote(name),
+               k.dst.text(), k.dport, k.src.text(), segments);
+    return;
+  }
+  if (why == Reason::none) return;  // the client reset it itself
+  count(why);
+  reject_log(k, why, name);
+}
+
+void SniGuard::count(Reason why) {
+  switch (why) {
+#define DNSWARD_GUARD_COUNT_(m, s) \
+  case Reason::m: ++counts_.m; break;
+    DNSWARD_GUARD_REASONS(DNSWARD_GUARD_COUNT_)
+#undef DNSWARD_GUARD_COUNT_
+    case Reason::none: break;
+  }
+}
+
+void SniGuard::reject_log(const Key& k, Reason why, const std::string& name) {
+  // Untrusted code can open connections as fast as it likes: at most 20 lines a second,
+  // and the count of those left out in the next line.
+  const uint64_t now = timers_.now_ms();
+  if (now >= log_window_ms_ + 1000) {
+    log_window_ms_ = now;
+    logged_in_window_ = 0;
+  }
+  if (++logged_in_window_ > 20) {
+    ++suppressed_;
+    return;
+  }
+  const uint32_t left_out = suppressed_;
+  suppressed_ = 0;
+  const char* reason = why == Reason::none ? "?" : kReasonNames[std::size_t(why)];
+  if (why == Reason::mismatch)
+    log::warn("event=sni-mismatch name={} addr={} port={} src={} bound={} suppressed={}", log::quote(name),
+              k.dst.text(), k.dport, k.src.text(), log::quote(names_.names(set_key(k))), left_out);
+  else
+    log::warn("event=first-flight-rejected reason={} name={} addr={} port={} src={} suppressed={}", reason,
+              log::quote(name), k.dst.text(), k.dport, k.src.text(), left_out);
+}
+
+void SniGuard::arm() {
+  if (armed_) return;
+  uint64_t next = UINT64_MAX;
+  if (!pending_expiry_.empty()) next = pending_expiry_.front().first;
+  if (!decided_expiry_.empty()) next = std::min(next, decided_expiry_.front().first);
+  if (next == UINT64_MAX) return;
+  const uint64_t now = timers_.now_ms();
+  armed_ = true;
+  // One wakeup serves every deadline within kSweepSlackMs after the first: a timer per
+  // connection would cost more than judging it.
+  timer_ = timers_.after((next > now ? next - now : 0) + kSweepSlackMs, [this] {
+    armed_ = false;
+    sweep();
+  });
+}
+
+void SniGuard::sweep() {
+  const uint64_t now = timers_.now_ms();
+  // Both queues are in deadline order (fixed timeouts); an entry whose flow is gone or has
+  // another deadline by now is stale and skipped.
+  while (!pending_expiry_.empty() && pending_expiry_.front().first <= now) {
+    const auto [at, key] = pending_expiry_.front();
+    pending_expiry_.pop_front();
+    const auto it = flows_.find(key);
+    if (it == flows_.end() || it->second.decided || it->second.deadline_ms != at) continue;
+    if (!it->second.held.empty()) {
+      decide(key, it->second, GuardVerdict::Reject, Reason::timeout, "");
+    } else {
+      // A handshake and no data yet: forgotten; data after it is reset (no_state).
+      erase(it);
+    }
+  }
+  while (!decided_expiry_.empty() && decided_expiry_.front().first <= now) {
+    const auto [at, key] = decided_expiry_.front();
+    decided_expiry_.pop_front();
+    const auto it = flows_.find(key);
+    if (it != flows_.end() && it->second.decided && it->second.deadline_ms == at) erase(it);
+  }
+  arm();
+}
+
+void SniGuard::erase(std::unordered_map<Key, Flow, KeyHash>::iterator it) {
+  if (!it->second.decided) --pending_;
+  held_bytes_ -= it->second.bytes.size();
+  flows_.erase(it);
+}
+
+}  // namespace dnsward

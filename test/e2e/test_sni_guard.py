@@ -1,0 +1,384 @@
+"""The first-flight guard (--sni-guard) against real parts: one "internet" namespace with knot
+and a TLS and HTTP server answering two names on ONE address (a shared CDN front end), and a
+"vm" namespace with the ruleset from `dnsward nft-rules --sni-guard`, dnsward as its only
+resolver, and real clients (curl; Python's ssl for ClientHellos written in pieces, without
+server_name, or in a TCP Fast Open SYN). Only www.allowed.test is on the allowlist; other.test
+lives on the same address.
+
+The queue backend is the kernel's: nftables' own `queue` where the kernel has nft_queue (the
+6.1 guest), else the xt NFQUEUE target through iptables-nft (these machines' 6.18 kernel)."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from harness import BIN, require, wait_for, terminate
+
+TAG = f"{os.getpid() % 100000}"
+INET, VM = f"dwsinet{TAG}", f"dwsvm{TAG}"
+DNS_IP = "198.18.0.53"
+SHARED = "198.18.1.1"  # the front end both names live on
+
+ZONE = """$ORIGIN test.
+$TTL 300
+@ SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+@ NS ns
+ns A 198.18.0.53
+www.allowed A 198.18.1.1
+alias.allowed CNAME edge.cdn
+edge.cdn A 198.18.1.1
+other A 198.18.1.1
+"""
+ALLOW = "www.allowed.test\nalias.allowed.test\n"
+
+# The front end: TLS on 443 and plain HTTP on 80, for any name (a CDN serves its customers
+# on one address); the certificate names every one, so only the guard can tell them apart.
+SERVER = r"""
+import http.server, ssl, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    # The guard resets only the client's side of a rejected connection: the server's side
+    # waits in its handshake until this timeout, in its own thread.
+    timeout = 5
+    def do_GET(self):
+        body = ("hello " + (self.headers.get("Host") or "?") + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+plain = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+# The handshake runs in the handler's thread (not in accept, where one stalled client
+# would block every other).
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+print("ready", flush=True)
+tls.serve_forever()
+"""
+
+# A TLS client whose ClientHello goes out in `parts` writes of its own, with TCP_NODELAY (each
+# write its own segment on the veth's MTU of 1500), or in a TCP Fast Open SYN (tfo). Prints
+# the HTTP status, or the error that ended the connection.
+CLIENT = r"""
+import socket, ssl, sys
+host, addr, sni, parts, tfo, cafile = sys.argv[1:7]
+parts = int(parts)
+ctx = ssl.create_default_context(cafile=cafile)
+if sni == "-":
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname=None if sni == "-" else sni)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = outgoing.read()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+try:
+    if tfo == "1":
+        s.sendto(hello, socket.MSG_FASTOPEN, (addr, 443))
+    else:
+        s.connect((addr, 443))
+        step = (len(hello) + parts - 1) // parts
+        for i in range(0, len(hello), step):
+            s.send(hello[i:i + step])
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            out = outgoing.read()
+            if out:
+                s.sendall(out)
+            data = s.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            incoming.write(data)
+    out = outgoing.read()
+    if out:
+        s.sendall(out)
+    tls.write(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
+    s.sendall(outgoing.read())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        try:
+            reply += tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = s.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+    print(reply.split(b" ")[1].decode())
+except Exception as e:
+    print("error", type(e).__name__, e)
+"""
+
+# What the bench (bench/sni_guard.py) changes: dnsward's log level, and options given to both
+# `nft-rules` and `serve` (more guarded ports).
+LOG_LEVEL = "debug"
+GUARD_OPTIONS = []
+
+procs = []
+logs = []
+workdir = None
+dnsward = None
+dnsward_log = None
+backend = None
+
+
+def sh(*cmd, check=True, input=None, timeout=60):
+    r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.returncode}: {r.stderr}")
+    return r
+
+
+def in_vm(*cmd, **kw):
+    return sh("ip", "netns", "exec", VM, *cmd, **kw)
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def start(ns, *cmd, log):
+    p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=subprocess.STDOUT,
+                         env=clean_env())
+    procs.append(p)
+    return p
+
+
+def queue_backend():
+    """nft where this kernel's nftables has a queue expression, else xt (iptables-nft), else
+    None. Asked of the kernel in a namespace of our own (`nft -c` sends the batch)."""
+    ns = f"dwsprobe{TAG}"
+    sh("ip", "netns", "add", ns)
+    try:
+        r = sh("ip", "netns", "exec", ns, "nft", "-c", "-f", "-", check=False,
+               input="table inet p { chain c { type filter hook output priority 0; queue num 1; } }\n")
+        if r.returncode == 0:
+            return "nft"
+        if shutil.which("iptables-nft-restore"):
+            r = sh("ip", "netns", "exec", ns, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-j",
+                   "NFQUEUE", "--queue-num", "1", check=False)
+            if r.returncode == 0:
+                return "xt"
+        return None
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def start_dnsward():
+    global dnsward, dnsward_log
+    if dnsward_log is None:
+        dnsward_log = open(os.path.join(workdir, "dnsward.log"), "a")
+    allow = os.path.join(workdir, "world.allow")
+    caps = "+net_admin,+net_bind_service"
+    dnsward = start(VM, "setpriv", "--reuid=dnsward", "--regid=dnsward", "--clear-groups",
+                    f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}",
+                    f"--bounding-set=-all,{caps}", BIN, "serve", "--listen", "127.0.0.1:53",
+                    "--upstream", DNS_IP, "--allowlist", allow, "--sni-guard",
+                    "--queue-backend", backend, "--log-level", LOG_LEVEL, *GUARD_OPTIONS,
+                    log=dnsward_log)
+    wait_for(lambda: "NOERROR" in in_vm("dig", "@127.0.0.1", "www.allowed.test", "+tries=1",
+                                        "+time=1", check=False).stdout,
+             timeout=20, what="dnsward answering inside the vm")
+
+
+def setUpModule():
+    global workdir, backend
+    require("knotd", "nft", "ip", "setpriv", "curl", "dig", "openssl")
+    backend = queue_backend()
+    if backend is None:
+        raise unittest.SkipTest("this kernel queues with neither nft_queue nor xt NFQUEUE (iptables-nft)")
+    workdir = tempfile.mkdtemp(prefix="dnsward-sni-")
+    os.chmod(workdir, 0o755)
+    if sh("id", "dnsward", check=False).returncode != 0:
+        sh("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "dnsward")
+    for ns in (INET, VM):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    sh("ip", "link", "add", f"dsi{TAG}", "type", "veth", "peer", "name", f"dsv{TAG}")
+    sh("ip", "link", "set", f"dsi{TAG}", "netns", INET)
+    sh("ip", "link", "set", f"dsv{TAG}", "netns", VM)
+    ie = ("ip", "netns", "exec", INET)
+    sh(*ie, "ip", "addr", "add", "198.18.0.1/24", "dev", f"dsi{TAG}")
+    sh(*ie, "ip", "link", "set", f"dsi{TAG}", "mtu", "1500", "up")
+    sh(*ie, "ip", "addr", "add", f"{DNS_IP}/32", "dev", "lo")
+    sh(*ie, "ip", "addr", "add", f"{SHARED}/32", "dev", "lo")
+    sh("ip", "netns", "exec", VM, "ip", "addr", "add", "198.18.0.2/24", "dev", f"dsv{TAG}")
+    sh("ip", "netns", "exec", VM, "ip", "link", "set", f"dsv{TAG}", "mtu", "1500", "up")
+    sh("ip", "netns", "exec", VM, "ip", "route", "add", "default", "via", "198.18.0.1")
+    # TCP Fast Open without a cookie (client bit 1 | no-cookie bit 4): the SYN carries data.
+    in_vm("sysctl", "-q", "-w", "net.ipv4.tcp_fastopen=5")
+    os.makedirs(f"/etc/netns/{VM}", exist_ok=True)
+    with open(f"/etc/netns/{VM}/resolv.conf", "w") as f:
+        f.write("nameserver 127.0.0.1\noptions attempts:1 timeout:2\n")
+
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+       "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=www.allowed.test",
+       "-addext", "subjectAltName=DNS:www.allowed.test,DNS:alias.allowed.test,DNS:edge.cdn.test,DNS:other.test")
+    os.chmod(key, 0o644)
+    log = open(os.path.join(workdir, "servers.log"), "w")
+    logs.append(log)
+    with open(os.path.join(workdir, "test.zone"), "w") as f:
+        f.write(ZONE)
+    with open(os.path.join(workdir, "knot.conf"), "w") as f:
+        f.write(f"""server:
+    rundir: "{workdir}"
+    listen: {DNS_IP}@53
+database:
+    storage: "{workdir}"
+log:
+  - target: stderr
+    any: warning
+zone:
+  - domain: test
+    file: "{workdir}/test.zone"
+""")
+    start(INET, "knotd", "-c", os.path.join(workdir, "knot.conf"), log=log)
+    with open(os.path.join(workdir, "server.py"), "w") as f:
+        f.write(SERVER)
+    with open(os.path.join(workdir, "client.py"), "w") as f:
+        f.write(CLIENT)
+    start(INET, "/usr/bin/python3", os.path.join(workdir, "server.py"), cert, key, log=log)
+    wait_for(lambda: sh(*ie, "curl", "-s", "--noproxy", "*", f"http://{SHARED}/",
+                        check=False).returncode == 0,
+             timeout=20, what="the front end answering")
+
+    rules = sh(BIN, "nft-rules", "--upstream", DNS_IP, "--user", "dnsward", "--sni-guard",
+               "--queue-backend", backend, *GUARD_OPTIONS).stdout
+    with open(os.path.join(workdir, "rules.nft"), "w") as f:
+        f.write(rules)
+    in_vm("nft", "-f", os.path.join(workdir, "rules.nft"))
+    if backend == "xt":
+        xt = sh(BIN, "nft-rules", "--sni-guard", "--queue-backend", "xt", "--print", "iptables",
+                *GUARD_OPTIONS).stdout
+        in_vm("iptables-nft-restore", "--noflush", input=xt)
+    with open(os.path.join(workdir, "world.allow"), "w") as f:
+        f.write(ALLOW)
+    os.chmod(os.path.join(workdir, "world.allow"), 0o644)
+    start_dnsward()
+
+
+def tearDownModule():
+    for p in reversed(procs):
+        terminate(p)
+    for ns in (INET, VM):
+        sh("ip", "netns", "del", ns, check=False)
+    shutil.rmtree(f"/etc/netns/{VM}", ignore_errors=True)
+    for f in logs + ([dnsward_log] if dnsward_log else []):
+        f.close()
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def curl(*args):
+    """(exit code, HTTP status or None) of curl inside the vm."""
+    r = in_vm("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+              "--noproxy", "*", "--cacert", os.path.join(workdir, "cert.pem"), *args, check=False)
+    return r.returncode, (int(r.stdout) if r.returncode == 0 else None)
+
+
+def client(host, sni, parts=1, tfo=False):
+    r = in_vm("/usr/bin/python3", os.path.join(workdir, "client.py"), host, SHARED, sni, str(parts),
+              "1" if tfo else "0", os.path.join(workdir, "cert.pem"), check=False, timeout=30)
+    return r.stdout.strip()
+
+
+def log():
+    with open(os.path.join(workdir, "dnsward.log")) as f:
+        return f.read()
+
+
+def events(kind, **fields):
+    """Log lines of event=kind whose fields include every one given (values as logged)."""
+    out = []
+    for line in log().splitlines():
+        if f"event={kind} " not in line + " ":
+            continue
+        if all(re.search(rf"\b{k}={re.escape(v)}(\s|$)", line) for k, v in fields.items()):
+            out.append(line)
+    return out
+
+
+class SniGuard(unittest.TestCase):
+    def setUp(self):
+        # Every test starts from a vouched front end: the allowed name resolved.
+        self.assertEqual(curl("http://www.allowed.test/"), (0, 200))
+
+    def test_tls_to_the_allowed_name_passes(self):
+        self.assertEqual(curl("https://www.allowed.test/"), (0, 200))
+
+    def test_tls_naming_another_customer_of_the_same_address_is_reset(self):
+        before = len(events("sni-mismatch", name='other.test', addr=SHARED, port="443"))
+        code, status = curl("--resolve", f"other.test:443:{SHARED}", "https://other.test/")
+        self.assertIsNone(status)
+        self.assertIn(code, (35, 56), "curl should see the connection reset during the handshake")
+        lines = events("sni-mismatch", name='other.test', addr=SHARED, port="443")
+        self.assertEqual(len(lines), before + 1, log()[-2000:])
+        # The names bound to the address: every allowed name that resolved to it, never other.test.
+        bound = re.search(r"bound=(\S+)", lines[-1]).group(1).split(",")
+        self.assertIn("www.allowed.test", bound)
+        self.assertNotIn("other.test", bound)
+
+    def test_plain_http_with_another_host_is_reset(self):
+        code, status = curl("-H", "Host: other.test", "http://www.allowed.test/")
+        self.assertIsNone(status)
+        self.assertEqual(code, 56, "curl should see the connection reset")
+        self.assertTrue(events("sni-mismatch", name='other.test', port="80"))
+
+    def test_a_cname_target_is_bound_too(self):
+        # alias.allowed.test -> edge.cdn -> the shared address: both names resolved to it.
+        self.assertEqual(curl("https://alias.allowed.test/"), (0, 200))
+        self.assertEqual(client("edge.cdn.test", "edge.cdn.test"), "200")
+        self.assertFalse(events("sni-mismatch", name='edge.cdn.test'))
+
+    def test_a_client_hello_in_two_segments_is_reassembled_and_passes(self):
+        before = len(events("first-flight-allowed", name='www.allowed.test', segments="2"))
+        self.assertEqual(client("www.allowed.test", "www.allowed.test", parts=2), "200")
+        self.assertEqual(len(events("first-flight-allowed", name='www.allowed.test', segments="2")),
+                         before + 1, "the guard saw the ClientHello in exactly two segments")
+
+    def test_a_client_hello_without_server_name_is_reset(self):
+        before = len(events("first-flight-rejected", reason="no_name"))
+        out = client("www.allowed.test", "-")
+        self.assertTrue(out.startswith("error"), out)
+        self.assertEqual(len(events("first-flight-rejected", reason="no_name")), before + 1)
+
+    def test_a_tfo_syn_with_a_wrong_name_is_dropped_and_the_connection_then_reset(self):
+        before = len(events("first-flight-rejected", reason="tfo"))
+        out = client("other.test", "other.test", tfo=True)
+        self.assertTrue(out.startswith("error"), out)
+        self.assertEqual(len(events("first-flight-rejected", reason="tfo")), before + 1)
+
+    def test_quic_to_a_vouched_address_is_rejected(self):
+        r = in_vm("/usr/bin/python3", "-c",
+                  "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                  f"s.connect(('{SHARED}', 443));\n"
+                  "try:\n s.send(b'x'*1200); print('sent')\nexcept OSError as e:\n print('refused', e.errno)",
+                  check=False)
+        self.assertIn("refused 1", r.stdout)  # EPERM: the output chain's reject
+
+    def test_zz_with_dnsward_gone_new_tls_connections_fail_and_none_passes(self):
+        terminate(dnsward)
+        try:
+            code, status = curl("--connect-timeout", "3", "--resolve", f"www.allowed.test:443:{SHARED}",
+                                "https://www.allowed.test/")
+            self.assertIsNone(status)
+            self.assertEqual(code, 28, "the queue has no listener: the first flight waits and times out")
+        finally:
+            start_dnsward()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,184 @@
+// libFuzzer: the first-flight guard (sni_guard.hpp) fed one connection's packets as a client
+// might write them: SYNs (with or without a Fast Open payload), segments at any offset and of
+// any content, resets, and time passing. The oracle is the guard's promise, checked against
+// what the server would receive (the payload of every packet not dropped or rejected):
+// - no packet with payload is ever passed unjudged (a Pass verdict for payload);
+// - when a connection is first allowed (all verdicts of that decision given), the bytes
+//   delivered so far, from the flight's start,
+//   agree wherever two packets overlap and begin with a whole ClientHello (port 443) or
+//   HTTP head (port 80) that names a bound name;
+// - every packet gets exactly one verdict, in the end (the deadline rejects what waits).
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <netinet/in.h>
+
+#include "dnsward/client_hello.hpp"
+#include "dnsward/sni_guard.hpp"
+#include "../common/fake_timers.hpp"
+
+using namespace dnsward;
+
+namespace {
+
+void require(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+using Clock = testing::FakeTimers;
+
+class Names : public BoundNames {
+ public:
+  bool bound(const SetKey&, std::string_view name, uint64_t) const override {
+    return name == "allowed.example" || name == "x.test";
+  }
+  std::string names(const SetKey&) const override { return "allowed.example,x.test"; }
+};
+
+constexpr uint32_t kIsn = 999;  // the flight starts at 1000
+
+struct Sent {
+  bool syn = false;
+  uint32_t seq = 0;
+  std::vector<uint8_t> payload;
+};
+
+class Oracle : public VerdictPort {
+ public:
+  void verdict(uint32_t id, GuardVerdict v, uint32_t) override {
+    require(id < sent.size());
+    require(given.insert(id).second);  // one verdict per packet
+    const Sent& s = sent[id];
+    if (!s.payload.empty()) require(v != GuardVerdict::Pass);
+    if (v == GuardVerdict::Drop || v == GuardVerdict::Reject) return;
+    // Delivered to the server: its bytes, by offset from the flight's start.
+    const uint32_t off = s.seq + (s.syn ? 1 : 0) - (kIsn + 1);
+    for (std::size_t i = 0; i < s.payload.size(); ++i) delivered.emplace_back(off + uint32_t(i), s.payload[i]);
+    if (v == GuardVerdict::Allow) allowed = true;
+  }
+  /// After each packet and each passage of time: the verdicts of one decision come together
+  /// (held packets in the order they came, so later bytes may come first), and the server
+  /// gets them together.
+  void settle() {
+    if (allowed && !checked) {
+      checked = true;
+      check_allowed();
+    }
+  }
+  void check_allowed() {
+    std::map<uint32_t, uint8_t> bytes;
+    for (const auto& [off, b] : delivered) {
+      const auto [it, fresh] = bytes.emplace(off, b);
+      require(fresh || it->second == b);  // overlapping packets agree
+    }
+    std::vector<uint8_t> stream;
+    for (uint32_t o = 0; bytes.count(o); ++o) stream.push_back(bytes[o]);
+    Names n;
+    if (port == 443) {
+      const ClientHelloResult r = parse_client_hello(stream.data(), stream.size());
+      require(r.status == FlightStatus::Complete && r.has_sni && n.bound({}, r.sni, 0));
+    } else {
+      const HttpHostResult r = parse_http_host(stream.data(), stream.size());
+      require(r.status == FlightStatus::Complete && n.bound({}, r.host, 0));
+    }
+  }
+  std::vector<Sent> sent;
+  std::set<uint32_t> given;
+  std::vector<std::pair<uint32_t, uint8_t>> delivered;
+  bool allowed = false, checked = false;
+  uint16_t port = 443;
+};
+
+std::vector<uint8_t> packet(uint16_t dport, const Sent& s, bool rst) {
+  std::vector<uint8_t> p(40 + s.payload.size());
+  const std::size_t total = p.size();
+  p[0] = 0x45;
+  p[2] = uint8_t(total >> 8);
+  p[3] = uint8_t(total);
+  p[8] = 64;
+  p[9] = IPPROTO_TCP;
+  const uint8_t src[4] = {10, 0, 0, 2}, dst[4] = {198, 51, 100, 7};
+  std::memcpy(&p[12], src, 4);
+  std::memcpy(&p[16], dst, 4);
+  uint8_t* t = &p[20];
+  t[0] = 0x9c;
+  t[1] = 0x40;
+  t[2] = uint8_t(dport >> 8);
+  t[3] = uint8_t(dport);
+  t[4] = uint8_t(s.seq >> 24);
+  t[5] = uint8_t(s.seq >> 16);
+  t[6] = uint8_t(s.seq >> 8);
+  t[7] = uint8_t(s.seq);
+  t[12] = 5 << 4;
+  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (rst ? 0x04 : 0));
+  if (!s.payload.empty()) std::memcpy(t + 20, s.payload.data(), s.payload.size());
+  return p;
+}
+
+}  // namespace
+
+// Input: one byte choosing the port (odd: 80), then operations: a tag byte, and for data a
+// 16-bit offset (from 256 before the flight's start), a 16-bit length and the payload.
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
+  if (size < 1) return 0;
+  Oracle oracle;
+  oracle.port = (data[0] & 1) ? 80 : 443;
+  Clock clock;
+  Names names;
+  GuardOptions o;
+  o.sni_ports = {443};
+  o.http_ports = {80};
+  o.marks = {1, 2, 4};
+  o.max_flows = 4;
+  o.timeout_ms = 10000;
+  {
+    SniGuard guard(o, names, oracle, clock);
+    std::size_t i = 1;
+    int ops = 0;
+    while (i < size && ops++ < 64) {
+      const uint8_t tag = data[i++];
+      Sent s;
+      bool rst = false;
+      switch (tag % 5) {
+        case 0:  // a SYN
+          s.syn = true;
+          s.seq = kIsn;
+          break;
+        case 1:  // time passes
+          clock.advance(uint64_t(tag) * 100);
+          oracle.settle();
+          continue;
+        case 2:  // a reset
+          rst = true;
+          s.seq = kIsn + 1;
+          break;
+        default: {  // a segment (tag % 5 == 4 with the SYN flag: Fast Open)
+          if (i + 4 > size) return 0;
+          const uint32_t off = uint32_t(data[i]) << 8 | data[i + 1];
+          std::size_t len = std::size_t(data[i + 2]) << 8 | data[i + 3];
+          i += 4;
+          len = std::min(len, size - i);
+          s.syn = tag % 5 == 4 && (tag & 0x80);
+          s.seq = s.syn ? kIsn : kIsn + 1 + off - 256;
+          s.payload.assign(data + i, data + i + len);
+          i += len;
+        }
+      }
+      const uint32_t id = uint32_t(oracle.sent.size());
+      oracle.sent.push_back(s);
+      const std::vector<uint8_t> p = packet(oracle.port, s, rst);
+      guard.on_packet(id, 0, p.data(), p.size());
+      oracle.settle();
+    }
+    clock.advance(3600 * 1000);  // every deadline passes
+    // Every packet got its verdict: none is left waiting in the queue for ever.
+    require(oracle.given.size() == oracle.sent.size());
+  }
+  return 0;
+}

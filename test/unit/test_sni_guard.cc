@@ -1,0 +1,448 @@
+// The first-flight guard's logic (sni_guard.hpp) with a fake queue, fake bound names and a
+// fake clock: packets built here byte by byte, verdicts recorded in order.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "dnsward/sni_guard.hpp"
+#include "../common/fake_timers.hpp"
+
+using namespace dnsward;
+
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+Bytes capture(const std::string& name) {
+  std::ifstream in(std::string(DNSWARD_TEST_DATA) + "/client_hello/" + name, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), name);
+  return Bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+// curl's ClientHello names allowed.example (test/data/client_hello), python's python.example.
+const Bytes& curl_hello() {
+  static const Bytes b = capture("curl_openssl.bin");
+  return b;
+}
+const Bytes& python_hello() {
+  static const Bytes b = capture("python_ssl.bin");
+  return b;
+}
+
+using Timers0 = testing::FakeTimers;
+
+struct Given {
+  uint32_t id;
+  GuardVerdict v;
+  uint32_t mark;
+  bool operator==(const Given& o) const { return id == o.id && v == o.v && mark == o.mark; }
+};
+doctest::String toString(const Given& g) {
+  return (std::to_string(g.id) + ":" + guard_verdict_name(g.v) + ":" + std::to_string(g.mark)).c_str();
+}
+
+class Recorder : public VerdictPort {
+ public:
+  void verdict(uint32_t id, GuardVerdict v, uint32_t mark) override { given.push_back({id, v, mark}); }
+  std::vector<Given> given;
+};
+
+/// Names bound per key text ("ADDR" or "GUEST>ADDR").
+class Names : public BoundNames {
+ public:
+  bool bound(const SetKey& k, std::string_view name, uint64_t) const override {
+    const auto it = bound_.find(k.text());
+    return it != bound_.end() && it->second.count(std::string(name)) > 0;
+  }
+  std::string names(const SetKey& k) const override {
+    std::string r;
+    if (const auto it = bound_.find(k.text()); it != bound_.end())
+      for (const auto& n : it->second) r += (r.empty() ? "" : ",") + n;
+    return r;
+  }
+  std::map<std::string, std::set<std::string>> bound_;
+};
+
+constexpr uint32_t kSeen = 0x00200000, kAllowed = 0x00400000, kRejected = 0x00800000;
+
+struct Seg {
+  std::string src = "10.0.0.2", dst = "198.51.100.7";
+  uint16_t sport = 40000, dport = 443;
+  uint32_t seq = 1000;
+  bool syn = false, rst = false;
+  Bytes payload;
+};
+
+Bytes packet(const Seg& s) {
+  IpAddr src, dst;
+  REQUIRE(IpAddr::parse(s.src, src));
+  REQUIRE(IpAddr::parse(s.dst, dst));
+  Bytes p;
+  const bool v6 = src.family == AF_INET6;
+  const std::size_t l3 = v6 ? 40 : 20, total = l3 + 20 + s.payload.size();
+  p.resize(total);
+  if (v6) {
+    p[0] = 0x60;
+    p[4] = uint8_t((total - 40) >> 8);
+    p[5] = uint8_t(total - 40);
+    p[6] = IPPROTO_TCP;
+    p[7] = 64;
+    std::memcpy(&p[8], src.bytes, 16);
+    std::memcpy(&p[24], dst.bytes, 16);
+  } else {
+    p[0] = 0x45;
+    p[2] = uint8_t(total >> 8);
+    p[3] = uint8_t(total);
+    p[6] = 0x40;  // don't fragment
+    p[8] = 64;
+    p[9] = IPPROTO_TCP;
+    std::memcpy(&p[12], src.bytes, 4);
+    std::memcpy(&p[16], dst.bytes, 4);
+  }
+  uint8_t* t = &p[l3];
+  t[0] = uint8_t(s.sport >> 8);
+  t[1] = uint8_t(s.sport);
+  t[2] = uint8_t(s.dport >> 8);
+  t[3] = uint8_t(s.dport);
+  t[4] = uint8_t(s.seq >> 24);
+  t[5] = uint8_t(s.seq >> 16);
+  t[6] = uint8_t(s.seq >> 8);
+  t[7] = uint8_t(s.seq);
+  t[12] = 5 << 4;
+  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (s.rst ? 0x04 : 0) | (s.payload.empty() || s.syn ? 0 : 0x08));
+  std::copy(s.payload.begin(), s.payload.end(), t + 20);
+  return p;
+}
+
+struct World {
+  Timers0 timers;
+  Recorder out;
+  Names names;
+  GuardOptions o;
+  std::unique_ptr<SniGuard> guard;
+  uint32_t next_id = 1;
+  explicit World(bool host = false, uint32_t max_flows = 4096) {
+    o.sni_ports = {443};
+    o.http_ports = {80};
+    o.marks = {kSeen, kAllowed, kRejected};
+    o.max_flows = max_flows;
+    o.timeout_ms = 10000;
+    o.host = host;
+    guard = std::make_unique<SniGuard>(o, names, out, timers);
+    names.bound_["198.51.100.7"] = {"allowed.example", "python.example"};
+  }
+  uint32_t send(const Seg& s, uint32_t mark = 0) {
+    const Bytes p = packet(s);
+    const uint32_t id = next_id++;
+    guard->on_packet(id, mark, p.data(), p.size());
+    return id;
+  }
+  /// A handshake (SYN at seq 999, so the flight starts at 1000), its verdict checked.
+  void handshake(Seg s) {
+    s.syn = true;
+    s.seq = 999;
+    const uint32_t id = send(s);
+    REQUIRE(out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
+    out.given.clear();
+  }
+};
+
+Bytes slice(const Bytes& b, std::size_t from, std::size_t to) { return Bytes(b.begin() + long(from), b.begin() + long(to)); }
+
+}  // namespace
+
+TEST_CASE("a ClientHello naming a bound name is allowed: NF_REPEAT with the judged and allowed bits") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  const uint32_t id = w.send(s, 0x00000005);  // bits of other software's kept as they are
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, 0x00000005 | kSeen | kAllowed}});
+  CHECK(w.guard->counts().allowed == 1);
+}
+
+TEST_CASE("a ClientHello naming a name not bound to the destination is rejected") {
+  World w;
+  w.names.bound_["198.51.100.7"] = {"registry.example"};
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  const uint32_t id = w.send(s, kAllowed);  // a forged allowed bit in the packet mark is cleared
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().mismatch == 1);
+  CHECK(w.guard->counts().allowed == 0);
+}
+
+TEST_CASE("a name bound to one destination does not open another") {
+  World w;
+  Seg s;
+  s.dst = "198.51.100.8";  // vouched, but for other names
+  w.names.bound_["198.51.100.8"] = {"other.example"};
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  REQUIRE(w.out.given.size() == 1);
+  CHECK(w.out.given[0].v == GuardVerdict::Reject);
+}
+
+TEST_CASE("host mode: a name bound for one guest does not let another guest use it") {
+  World w(true);
+  w.names.bound_.clear();
+  w.names.bound_["10.0.0.2>198.51.100.7"] = {"allowed.example"};
+  Seg a, b;
+  b.src = "10.0.0.3";
+  w.handshake(a);
+  w.handshake(b);
+  a.payload = b.payload = curl_hello();
+  w.send(a);
+  w.send(b);
+  REQUIRE(w.out.given.size() == 2);
+  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[1].v == GuardVerdict::Reject);
+}
+
+TEST_CASE("a ClientHello in two segments is held until whole, then both get the verdict in order") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  const Bytes& h = curl_hello();
+  Seg a = s, b = s;
+  a.payload = slice(h, 0, 100);
+  b.seq = 1100;
+  b.payload = slice(h, 100, h.size());
+  const uint32_t ia = w.send(a);
+  CHECK(w.out.given.empty());  // held: nothing reaches the server before the verdict
+  const uint32_t ib = w.send(b);
+  CHECK(w.out.given == std::vector<Given>{{ia, GuardVerdict::Allow, kSeen | kAllowed},
+                                         {ib, GuardVerdict::Allow, kSeen | kAllowed}});
+}
+
+TEST_CASE("segments out of order are put back in order") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  const Bytes& h = curl_hello();
+  Seg a = s, b = s;
+  a.payload = slice(h, 0, 200);
+  b.seq = 1200;
+  b.payload = slice(h, 200, h.size());
+  const uint32_t ib = w.send(b);
+  CHECK(w.out.given.empty());
+  const uint32_t ia = w.send(a);
+  CHECK(w.out.given == std::vector<Given>{{ib, GuardVerdict::Allow, kSeen | kAllowed},
+                                         {ia, GuardVerdict::Allow, kSeen | kAllowed}});
+}
+
+TEST_CASE("a retransmission that rewrites bytes already received is rejected") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  const Bytes& h = curl_hello();
+  Seg a = s, again = s;
+  a.payload = slice(h, 0, 100);
+  again.payload = slice(h, 0, 100);
+  again.payload[50] ^= 0x20;
+  w.send(a);
+  w.send(again);
+  REQUIRE(w.out.given.size() == 2);
+  CHECK(w.out.given[0].v == GuardVerdict::Reject);
+  CHECK(w.out.given[1].v == GuardVerdict::Reject);
+  CHECK(w.guard->counts().conflict == 1);
+}
+
+TEST_CASE("a segment before the flight's start, or past its bound, is rejected") {
+  for (const uint32_t seq : {999u, 1000u + uint32_t(kMaxFlightBytes)}) {
+    CAPTURE(seq);
+    World w;
+    Seg s;
+    w.handshake(s);
+    s.seq = seq;
+    s.payload = {0x16, 0x03, 0x01};
+    w.send(s);
+    REQUIRE(w.out.given.size() == 1);
+    CHECK(w.out.given[0].v == GuardVerdict::Reject);
+  }
+}
+
+TEST_CASE("data on a connection whose handshake the guard never saw is rejected") {
+  World w;
+  Seg s;
+  s.payload = curl_hello();  // a whole, allowed ClientHello: where it starts is still a guess
+  w.send(s);
+  REQUIRE(w.out.given.size() == 1);
+  CHECK(w.out.given[0].v == GuardVerdict::Reject);
+  CHECK(w.guard->counts().no_state == 1);
+}
+
+TEST_CASE("a first flight that never completes is rejected at the deadline, not before") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = slice(curl_hello(), 0, 10);
+  const uint32_t id = w.send(s);
+  w.timers.advance(9999);
+  CHECK(w.out.given.empty());
+  w.timers.advance(1 + kSweepSlackMs);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().timeout == 1);
+  CHECK(w.guard->flows() == 1);  // lingering decided, for late packets
+  w.timers.advance(5000);
+  CHECK(w.guard->flows() == 0);
+}
+
+TEST_CASE("without server_name, not TLS, or malformed: rejected with the reason counted") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = {'G', 'E', 'T', ' ', '/', ' '};
+  w.send(s);
+  CHECK(w.guard->counts().not_tls == 1);
+  Seg h;
+  h.sport = 40001;
+  w.handshake(h);
+  h.payload = {0x16, 0x03, 0x01, 0x00, 0x00};  // a TLS handshake record of no bytes
+  w.send(h);
+  CHECK(w.guard->counts().malformed == 1);
+  Seg n;
+  n.sport = 40002;
+  w.handshake(n);
+  n.payload = capture("python_no_sni.bin");
+  w.send(n);
+  CHECK(w.guard->counts().no_name == 1);
+  REQUIRE(w.out.given.size() == 1);  // handshake() clears what came before
+  CHECK(w.out.given[0].v == GuardVerdict::Reject);
+}
+
+TEST_CASE("later packets of a decided connection get the same verdict") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  Seg more = s;
+  more.seq = 1000 + uint32_t(s.payload.size());
+  more.payload = {1, 2, 3};
+  const uint32_t id = w.send(more);  // queued before the conntrack mark was set
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+}
+
+TEST_CASE("a TCP Fast Open SYN with a bound name is allowed; with another it is dropped") {
+  World w;
+  Seg s;
+  s.syn = true;
+  s.seq = 999;
+  s.payload = curl_hello();
+  const uint32_t ok = w.send(s);
+  CHECK(w.out.given.back() == Given{ok, GuardVerdict::Allow, kSeen | kAllowed});
+  w.names.bound_["198.51.100.7"] = {"registry.example"};
+  s.sport = 40001;
+  const uint32_t bad = w.send(s);
+  CHECK(w.out.given.back().id == bad);
+  CHECK(w.out.given.back().v == GuardVerdict::Drop);
+  CHECK(w.guard->counts().tfo == 1);
+}
+
+TEST_CASE("plain HTTP: the Host must be bound") {
+  World w;
+  Seg s, t;
+  s.dport = t.dport = 80;
+  t.sport = 40002;
+  w.handshake(s);
+  w.handshake(t);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example:80\r\nAccept: */*\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  const std::string other = "GET / HTTP/1.1\r\nHost: other.example\r\n\r\n";
+  t.payload.assign(other.begin(), other.end());
+  w.send(s);
+  w.send(t);
+  REQUIRE(w.out.given.size() == 2);
+  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[1].v == GuardVerdict::Reject);
+}
+
+TEST_CASE("IPv6 connections are judged the same way") {
+  World w;
+  w.names.bound_["2001:db8::7"] = {"python.example"};
+  Seg s;
+  s.src = "2001:db8::2";
+  s.dst = "2001:db8::7";
+  w.handshake(s);
+  s.payload = python_hello();
+  w.send(s);
+  REQUIRE(w.out.given.size() == 1);
+  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+}
+
+TEST_CASE("past --queue-maxlen followed connections a new SYN is dropped, none evicted") {
+  World w(false, 2);
+  Seg a, b, c;
+  b.sport = 40001;
+  c.sport = 40002;
+  w.handshake(a);
+  w.handshake(b);
+  c.syn = true;
+  const uint32_t id = w.send(c);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+  CHECK(w.guard->counts().full == 1);
+  a.payload = curl_hello();
+  w.send(a);
+  CHECK(w.out.given.back().v == GuardVerdict::Allow);  // the followed one was kept
+}
+
+TEST_CASE("packets that are not TCP to a guarded port pass to the ruleset unjudged") {
+  World w;
+  Seg s;
+  s.dport = 22;
+  s.payload = {1, 2, 3};
+  const uint32_t id = w.send(s);
+  const Bytes junk = {0x45, 0, 0};
+  w.guard->on_packet(99, 0, junk.data(), junk.size());
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}, {99, GuardVerdict::Pass, kSeen}});
+  CHECK(w.guard->counts().unparsed == 2);
+}
+
+TEST_CASE("parse_tcp_packet refuses fragments, short headers and lengths past the buffer") {
+  Seg s;
+  s.payload = {1, 2, 3};
+  Bytes p = packet(s);
+  TcpPacket t;
+  REQUIRE(parse_tcp_packet(p.data(), p.size(), t));
+  CHECK(t.payload_len == 3);
+  CHECK(t.sport == 40000);
+  CHECK(t.dport == 443);
+  CHECK(t.seq == 1000);
+  Bytes frag = p;
+  frag[6] = 0x20;  // more fragments
+  CHECK_FALSE(parse_tcp_packet(frag.data(), frag.size(), t));
+  Bytes longer = p;
+  longer[3] = uint8_t(p.size() + 1);  // total length past what was received
+  CHECK_FALSE(parse_tcp_packet(longer.data(), longer.size(), t));
+  Bytes doff = p;
+  doff[20 + 12] = 15 << 4;  // TCP header of 60 bytes in a 43-byte packet
+  CHECK_FALSE(parse_tcp_packet(doff.data(), doff.size(), t));
+  for (std::size_t n = 0; n < p.size() - 3; ++n) CHECK_FALSE(parse_tcp_packet(p.data(), n, t));
+}
+
+TEST_CASE("first flights held over every connection are bounded in bytes: past it one is rejected") {
+  World w;
+  const std::size_t each = kMaxFlightBytes - 1;
+  const std::size_t fit = kMaxHeldBytes / each;
+  std::vector<uint32_t> ids;
+  for (std::size_t i = 0; i <= fit; ++i) {
+    Seg s;
+    s.sport = uint16_t(20000 + i);
+    w.handshake(s);
+    s.seq = 1001;  // one byte after the start: never contiguous, so held
+    s.payload.assign(each - 1, 0x16);
+    ids.push_back(w.send(s));
+  }
+  REQUIRE(w.out.given.size() == 1);  // handshake() cleared the rest; only the last was refused
+  CHECK(w.out.given[0] == Given{ids.back(), GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().full == 1);
+}
