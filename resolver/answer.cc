@@ -160,6 +160,25 @@ bool addresses_of(const uint8_t* ans, const Rec& rec, std::vector<IpAddr>& addrs
   return true;
 }
 
+// RFC 9460 14.3.2: SvcParamKey 5 is "ech", 0 "mandatory". Whether rec (SVCB/HTTPS, already
+// walked by addresses_of) carries ech, and whether its mandatory key lists it.
+constexpr uint16_t kSvcMandatory = 0, kSvcEch = 5;
+void ech_of(const uint8_t* ans, const Rec& rec, bool& has, bool& mandatory) {
+  has = mandatory = false;
+  if (rec.type != type::SVCB && rec.type != type::HTTPS) return;
+  Reader p(ans, rec.rdata + rec.rdlen, rec.rdata);
+  uint16_t prio;
+  if (!p.u16(prio) || !read_name(p)) return;
+  while (p.remaining() > 0) {
+    uint16_t key, vlen;
+    if (!p.u16(key) || !p.u16(vlen) || p.remaining() < vlen) return;
+    if (key == kSvcEch) has = true;
+    if (key == kSvcMandatory)
+      for (std::size_t k = 0; k + 2 <= vlen; k += 2) mandatory = mandatory || get16(ans + p.pos() + k) == kSvcEch;
+    p.skip(vlen);
+  }
+}
+
 }  // namespace
 
 AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname_lc,
@@ -230,6 +249,10 @@ AnswerScan scan_answer(const uint8_t* ans, std::size_t len, const uint8_t* qname
     const Rec& rec = rrs[i];
     addrs.clear();
     if (!addresses_of(ans, rec, addrs)) return s;
+    bool ech = false, ech_mandatory = false;
+    ech_of(ans, rec, ech, ech_mandatory);
+    if (ech) s.ech.push_back(uint16_t(i));
+    if (ech_mandatory) s.ech_mandatory.push_back(uint16_t(i));
     if (addrs.empty()) continue;  // no addresses (or SVCB without hints): nothing to hide
     if (i >= an || !on_chain(rec)) {
       s.drop.push_back(uint16_t(i));
@@ -286,14 +309,29 @@ PreparedAnswer prepare_answer(const Query& q, uint16_t upstream_id, const uint8_
   p.dropped_over_cap = first.dropped_over_cap;
   p.addresses_over_cap = first.addresses_over_cap;
   p.dropped_off_chain = first.dropped_off_chain;
-  if (first.drop.empty()) {
+  // With the guard on, no ech parameter reaches a client: a record that makes it mandatory
+  // cannot be used without it (RFC 9460 8) and goes whole; the others lose the parameter
+  // and stay usable (their hints, alpn and port still apply). Clients then send the
+  // server_name in the clear, where the guard reads it.
+  std::vector<uint16_t> strip;
+  if (o.strip_ech) {
+    for (const uint16_t i : first.ech_mandatory)
+      if (std::find(first.drop.begin(), first.drop.end(), i) == first.drop.end()) {
+        first.drop.push_back(i);
+        ++p.dropped_ech;
+      }
+    for (const uint16_t i : first.ech)
+      if (std::find(first.drop.begin(), first.drop.end(), i) == first.drop.end()) strip.push_back(i);
+    p.ech_stripped = uint32_t(strip.size());
+  }
+  if (first.drop.empty() && strip.empty()) {
     p.msg.assign(ans, ans + len);
     p.scan = std::move(first);
   } else {
     // Records that must not reach the client: rebuilt without them, then read again to find
     // the TTLs in the new layout. A rebuilt answer that would still drop something is not
     // what was scanned, and is refused rather than relayed.
-    if (!rebuild_without(ans, len, first.drop, p.msg)) {
+    if (!rebuild_without(ans, len, first.drop, p.msg, strip)) {
       p.msg.clear();
       p.status = PrepareStatus::RebuildFailed;
       return p;
@@ -301,7 +339,7 @@ PreparedAnswer prepare_answer(const Query& q, uint16_t upstream_id, const uint8_
     p.msg.shrink_to_fit();  // rebuild_without writes into a 64 KiB buffer
     p.scan = scan_answer(p.msg.data(), p.msg.size(), q.qname_lc, q.qname_len, o.allow_private,
                          o.max_addresses);
-    if (!p.scan.ok || !p.scan.drop.empty()) {
+    if (!p.scan.ok || !p.scan.drop.empty() || (o.strip_ech && !p.scan.ech.empty())) {
       p.msg.clear();
       p.status = PrepareStatus::RebuildFailed;
       return p;
@@ -347,7 +385,7 @@ int compressed_names_in(uint16_t t, std::size_t& fixed_before, std::size_t& fixe
 }  // namespace
 
 bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
-                     std::vector<uint8_t>& out) {
+                     std::vector<uint8_t>& out, const std::vector<uint16_t>& strip_ech) {
   // Every name is written uncompressed, so no pointer can refer to a record that is gone.
   if (len < kHeaderSize) return false;
   out.assign(kMaxMessage, 0);
@@ -383,6 +421,31 @@ bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint
     w.u16(rr.type);
     w.u16(rr.klass);
     w.u32(rr.ttl);
+    if ((rr.type == type::SVCB || rr.type == type::HTTPS) &&
+        std::find(strip_ech.begin(), strip_ech.end(), uint16_t(i)) != strip_ech.end()) {
+      // Priority, target name (never compressed, RFC 9460 2.2; written out in full anyway),
+      // then every parameter but ech, in the order given (which must be ascending).
+      const std::size_t rdlen_at = w.len();
+      w.u16(0);
+      const std::size_t start = w.len();
+      Reader d(ans, rr.rdata + rr.rdlen, rr.rdata);
+      uint16_t prio;
+      if (!d.u16(prio) || !read_name(d, name, &name_len)) return false;
+      w.u16(prio);
+      w.bytes(name, name_len);
+      while (d.remaining() > 0) {
+        uint16_t key, vlen;
+        if (!d.u16(key) || !d.u16(vlen) || d.remaining() < vlen) return false;
+        if (key != kSvcEch) {
+          w.u16(key);
+          w.u16(vlen);
+          w.bytes(ans + d.pos(), vlen);
+        }
+        d.skip(vlen);
+      }
+      w.patch16(rdlen_at, uint16_t(w.len() - start));
+      continue;
+    }
     std::size_t before, after;
     const int names = compressed_names_in(rr.type, before, after);
     if (names == 0) {

@@ -401,6 +401,12 @@ HttpHostResult parse_http_host(const uint8_t* data, std::size_t len) {
   HttpHostResult r;
   for (std::size_t p = 0; p < len; ++p) {
     if (p >= kMaxHttpHead) return http_status(FlightStatus::TooLarge);
+    // RFC 9112 2.2: a bare CR must be refused or replaced, and servers differ on which (one
+    // that ends the line there would read a Host hidden behind it, the review's attack);
+    // control characters other than HTAB have no place in a head either (RFC 9110 5.5).
+    if (data[p] == '\r' && p + 1 < len && data[p + 1] != '\n') return http_status(FlightStatus::Malformed);
+    if ((data[p] < 0x20 && data[p] != '\t' && data[p] != '\r' && data[p] != '\n') || data[p] == 0x7f)
+      return http_status(FlightStatus::Malformed);
     if (data[p] != '\n') continue;
     std::size_t end = p;  // exclusive, without CR
     if (end > line_start && data[end - 1] == '\r') --end;

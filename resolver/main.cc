@@ -219,8 +219,8 @@ int serve(const std::vector<std::string>& args) {
       }
       bound_names = std::make_unique<LedgerBoundNames>(nft->ledger());
       guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *queue, loop);
-      queue->start(loop, [&guard](uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len) {
-        guard->on_packet(id, mark, pkt, len);
+      queue->start(loop, [&guard](uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len, bool pending) {
+        guard->on_packet(id, mark, pkt, len, pending);
       });
       log::info("event=sni-guard queue={} backend={} ports={} http_ports={} marks={}", cfg.queue_num,
                 option_value_name("queue-backend", cfg.queue_backend), fmt::join(cfg.sni_ports, ","),

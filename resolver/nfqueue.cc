@@ -156,7 +156,10 @@ void NfQueue::read_some() {
         pkt = static_cast<const uint8_t*>(mnl_attr_get_payload(tb[NFQA_PAYLOAD]));
         len = mnl_attr_get_payload_len(tb[NFQA_PAYLOAD]);
       }
-      handler_(id, mark, pkt, len);
+      bool pending = false;
+      if (tb[NFQA_SKB_INFO] && mnl_attr_get_payload_len(tb[NFQA_SKB_INFO]) >= 4)
+        pending = ntohl(mnl_attr_get_u32(tb[NFQA_SKB_INFO])) & NFQA_SKB_CSUMNOTREADY;
+      handler_(id, mark, pkt, len, pending);
     }
   }
 }

@@ -233,6 +233,11 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
   r += "# NF_REPEAT runs this chain again: the first two rules move dnsward's verdict (the\n";
   r += "# packet mark) into the conntrack mark, so the connection is not queued again.\n";
   r += "*mangle\n:DNSWARD_GUARD - [0:0]\n";
+  // A new handshake is judged anew: conntrack can reuse a closed entry, verdict and all,
+  // for a SYN on the same ports (after a reset without FIN), so its verdict bits go first.
+  r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --dports {} --tcp-flags SYN,ACK SYN -m conntrack "
+                   "--ctdir ORIGINAL -j CONNMARK --and-mark 0x{:x}\n",
+                   ports, ~verdicts);
   r += fmt::format("-A DNSWARD_GUARD -m mark --mark 0x{0:x}/0x{2:x} -j CONNMARK --set-xmark 0x{0:x}/0x{2:x}\n",
                    m.allowed, 0, verdicts);
   r += fmt::format("-A DNSWARD_GUARD -m mark --mark 0x{0:x}/0x{1:x} -j CONNMARK --set-xmark 0x{0:x}/0x{1:x}\n",
@@ -280,7 +285,15 @@ std::string render_nft_rules(const ServeConfig& c) {
     note("# mark, so the connection is never queued again. A rejected one is reset here (a queue");
     note("# verdict cannot send a reset). The queue has no bypass: with dnsward gone, new");
     note("# connections on these ports wait and fail, they never pass unjudged.");
+    note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
+    note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
+    rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
     if (c.queue_backend == QueueBackend::Nft) {
+      note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
+      note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes.");
+      rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
+                       "0x{:08x}",
+                       ports, ~(m.allowed | m.rejected)));
       rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts,
                        m.allowed, ~(m.allowed | m.rejected)));
       rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts,
@@ -305,13 +318,16 @@ std::string render_nft_rules(const ServeConfig& c) {
                            ports, verdicts, m.seen, what, proto, *set, c.queue_num));
       }
     }
-    note("# Payload of a connection not judged (not queued: the queue rule is missing, or dnsward");
-    note("# could not read the packet) never leaves.");
-    rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 @ih,0,8 0-255 counter drop", ports,
-                     verdicts));
-    note("# QUIC (HTTP/3) carries its ClientHello in encrypted Initial packets: clients fall back");
-    note("# to TCP, where the guard reads it.");
-    rule(fmt::format("udp dport {} counter reject", tls));
+    note("# Payload to a vouched address on a connection not judged (not queued: the queue rule");
+    note("# is missing, or dnsward could not read the packet) never leaves. QUIC (HTTP/3)");
+    note("# carries its ClientHello in encrypted Initial packets: rejected, clients fall back to");
+    note("# TCP, where the guard reads it.");
+    for (const auto& [yes, set, proto] : {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
+      if (!yes) continue;
+      rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 @ih,0,8 0-255 {} daddr @{} counter drop",
+                       ports, verdicts, proto, *set));
+      rule(fmt::format("udp dport {} {} daddr @{} counter reject", tls, proto, *set));
+    }
     note("");
   }
   note("# Connections opened while their address was vouched for outlive its expiry; only");

@@ -670,7 +670,7 @@ Pipeline::Step Pipeline::answer_from_upstream(QueryCtx& c, uint16_t id, const ui
   // addresses to vouch for, rebuilt without the records that must not reach the client,
   // TTLs lowered to max-ttl: one pure function, the one the answer fuzz target checks.
   PreparedAnswer a = prepare_answer(
-      q, id, ans, len, PrepareOptions{c.allow_private, cfg_.max_answer_addresses, cfg_.max_ttl});
+      q, id, ans, len, PrepareOptions{c.allow_private, cfg_.max_answer_addresses, cfg_.max_ttl, cfg_.sni_guard});
   switch (a.status) {
     case PrepareStatus::Ok: break;
     case PrepareStatus::Mismatch: return unusable("mismatch");

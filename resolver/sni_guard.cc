@@ -66,9 +66,34 @@ bool parse_tcp_packet(const uint8_t* p, std::size_t len, TcpPacket& out) {
   out.syn = flags & 0x02;
   out.rst = flags & 0x04;
   out.ack = flags & 0x10;
+  out.urg = flags & 0x20;
   out.payload = t + doff;
   out.payload_len = total - l4 - doff;
   return true;
+}
+
+bool tcp_checksum_ok(const uint8_t* p, std::size_t len) {
+  // The one's-complement sum of the pseudo-header and the segment is 0xffff when right.
+  uint64_t sum = 0;
+  auto add = [&](const uint8_t* b, std::size_t n) {
+    for (std::size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(b[i]) << 8 | b[i + 1];
+    if (n & 1) sum += uint32_t(b[n - 1]) << 8;
+  };
+  std::size_t l4 = 0, seg = 0;
+  if ((p[0] >> 4) == 4) {
+    l4 = std::size_t(p[0] & 0x0f) * 4;
+    seg = be16(p + 2) - l4;
+    add(p + 12, 8);  // source and destination
+  } else {
+    l4 = 40;
+    seg = be16(p + 4);
+    add(p + 8, 32);
+  }
+  sum += IPPROTO_TCP + seg;
+  if (l4 + seg > len) return false;
+  add(p + l4, seg);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return sum == 0xffff;
 }
 
 const char* guard_verdict_name(GuardVerdict v) {
@@ -129,7 +154,8 @@ void SniGuard::give(uint32_t id, uint32_t mark, GuardVerdict v) {
   out_.verdict(id, v, out);
 }
 
-void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len) {
+void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len,
+                         bool checksum_pending) {
   ++counts_.packets;
   TcpPacket t;
   if (!parse_tcp_packet(pkt, len, t) || (!is_sni_port(t.dport) && !is_http_port(t.dport))) {
@@ -142,6 +168,23 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     return;
   }
   const Key k{t.src, t.dst, t.sport, t.dport};
+  if (!names_.known(set_key(k))) {
+    // Not an address dnsward vouched for (loopback, an --allow range, or an element whose
+    // record a restart without --state lost): nothing to judge it by. The ruleset decides
+    // as without the guard; for an address in the sets it drops the payload unjudged.
+    ++counts_.unparsed;
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  if (!checksum_pending && !tcp_checksum_ok(pkt, len)) {
+    // A segment the server will discard must not be judged: a raw socket's ClientHello with
+    // a wrong checksum would win a verdict for the bytes that follow it (review). Dropped,
+    // as the server's stack would.
+    count(Reason::checksum);
+    reject_log(k, Reason::checksum, "");
+    give(id, mark, GuardVerdict::Drop);
+    return;
+  }
   if (t.rst) {
     if (const auto it = flows_.find(k); it != flows_.end()) {
       // Held packets must not wait for a deadline after the client gave up.
@@ -169,6 +212,7 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
 void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
   const uint64_t now = timers_.now_ms();
   auto it = flows_.find(k);
+  const bool followed = it != flows_.end();
   if (it != flows_.end() && it->second.decided) {
     // A SYN after a verdict: the client starts over on the same ports (or retransmits).
     erase(it);
@@ -177,7 +221,16 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
   if (t.payload_len > 0) {
     // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Judged alone; unless it
     // is a whole first flight naming a bound name, the SYN is dropped and the client sends
-    // a plain SYN again (its data follows the handshake, where it is judged as usual).
+    // a plain SYN again (its data follows the handshake, where it is judged as usual). Only
+    // on a connection not followed yet: a SYN with payload on one whose handshake was seen
+    // is no Fast Open (the kernel retransmits a lost SYN-data as a plain SYN) but a raw
+    // socket's way to have another flight judged than the one the socket sends (review).
+    if (followed || t.urg) {
+      count(Reason::tfo);
+      reject_log(k, Reason::tfo, "");
+      give(id, mark, GuardVerdict::Drop);
+      return;
+    }
     Reason why = Reason::none;
     std::string name;
     const GuardVerdict v = judge(k, t.payload, t.payload_len, true, why, name);
@@ -230,6 +283,13 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   f.held.push_back({id, mark});
   ++f.segments;
+  if (t.urg) {
+    // Urgent data is taken out of the stream by the server's kernel (without SO_OOBINLINE):
+    // the bytes it reads would not be the bytes judged here (the review's polyglot
+    // ClientHello). No TLS or HTTP client sends any.
+    decide(k, f, GuardVerdict::Reject, Reason::urgent, "");
+    return;
+  }
   // Offset of this segment in the flight, modulo 2^32 (sequence numbers wrap).
   const uint32_t off32 = t.seq - f.start;
   if (off32 >= kMaxFlightBytes || t.payload_len > kMaxFlightBytes - off32) {

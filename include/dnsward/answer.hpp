@@ -50,6 +50,9 @@ struct AnswerScan {
   /// addresses are bound to in the ledger.
   std::vector<std::string> chain;
   std::vector<uint16_t> drop;             ///< records to remove, numbered over answer+authority
+  /// SVCB/HTTPS records (numbered the same way) with an ech parameter, and of those the ones
+  /// whose mandatory key lists it.
+  std::vector<uint16_t> ech, ech_mandatory;
   uint32_t dropped_special = 0;           ///< of those, how many were special-purpose
   uint32_t dropped_off_chain = 0;         ///< of those, how many were off the chain or in authority
   uint32_t dropped_over_cap = 0;          ///< of those, how many the address cap removed
@@ -84,15 +87,21 @@ void rewrite_ttls(uint8_t* msg, const std::vector<uint32_t>& offsets, uint32_t m
 /// Rebuilds an answer without the records listed in drop (numbered over answer+authority)
 /// and without its additional section (but for the OPT). Every name is written
 /// uncompressed (owners, and the RDATA names of the RFC 1035 types that may be compressed,
-/// RFC 3597 4), so no pointer can dangle. Returns false if the message cannot be walked.
+/// RFC 3597 4), so no pointer can dangle. The SVCB/HTTPS records listed in strip_ech are
+/// written without their ech parameter (key 5). Returns false if the message cannot be
+/// walked.
 bool rebuild_without(const uint8_t* ans, std::size_t len, const std::vector<uint16_t>& drop,
-                     std::vector<uint8_t>& out);
+                     std::vector<uint8_t>& out, const std::vector<uint16_t>& strip_ech = {});
 
 /// How prepare_answer() treats an answer.
 struct PrepareOptions {
   bool allow_private = false;                       ///< the deciding entry says private=yes
   std::size_t max_addresses = kDefaultMaxAddresses; ///< --max-answer-addresses
   uint32_t max_ttl = 3600;                          ///< --max-ttl: every TTL is lowered to it
+  /// --sni-guard: remove the `ech` parameter from relayed SVCB/HTTPS records (a record
+  /// that lists ech as mandatory goes whole), so clients do not encrypt the server_name
+  /// the guard judges (RFC 9460 7, draft-ietf-tls-svcb-ech).
+  bool strip_ech = false;
 };
 
 /// What became of an upstream answer in prepare_answer().
@@ -114,6 +123,8 @@ struct PreparedAnswer {
   uint32_t dropped_over_cap = 0;    ///< records removed by the address cap
   uint32_t addresses_over_cap = 0;  ///< addresses those records carried
   uint32_t dropped_off_chain = 0;   ///< address records removed as off-chain or in authority
+  uint32_t ech_stripped = 0;        ///< SVCB/HTTPS records relayed without their ech parameter
+  uint32_t dropped_ech = 0;         ///< SVCB/HTTPS records removed: ech was mandatory in them
   /// Records removed for any reason.
   uint32_t dropped() const { return dropped_special + dropped_over_cap + dropped_off_chain; }
 };

@@ -146,6 +146,10 @@ struct Histogram {
           false, "", (s.guard ? s.guard->counts().tfo : 0))                                  \
   READING(guard_full, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"full\"", \
           false, "", (s.guard ? s.guard->counts().full : 0))                                  \
+  READING(guard_urgent, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"urgent\"", \
+          false, "", (s.guard ? s.guard->counts().urgent : 0))                                    \
+  READING(guard_checksum, Counter, "dnsward_first_flights_total", "verdict=\"rejected\",reason=\"checksum\"", \
+          false, "", (s.guard ? s.guard->counts().checksum : 0))                                  \
   READING(guard_packets, Counter, "dnsward_guard_packets_total", "", false,                       \
           "Packets the first-flight guard's queue handed to dnsward.",                            \
           (s.guard ? s.guard->counts().packets : 0))                                               \

@@ -18,8 +18,10 @@ namespace dnsward {
 
 class NfQueue : public VerdictPort {
  public:
-  /// One queued packet: the kernel's id, the packet mark, the packet from its IP header.
-  using Handler = std::function<void(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len)>;
+  /// One queued packet: the kernel's id, the packet mark, the packet from its IP header, and
+  /// whether its checksum is still to be filled in by the kernel (NFQA_SKB_CSUMNOTREADY).
+  using Handler = std::function<void(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len,
+                                     bool checksum_pending)>;
   /// Binds queue num, copying whole packets, at most maxlen waiting. Throws std::runtime_error
   /// (with the kernel's reason) if it cannot: another process holds the queue, no
   /// nfnetlink_queue, no CAP_NET_ADMIN.

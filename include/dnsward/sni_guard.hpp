@@ -33,13 +33,16 @@ struct TcpPacket {
   IpAddr src, dst;
   uint16_t sport = 0, dport = 0;
   uint32_t seq = 0;
-  bool syn = false, ack = false, rst = false, fin = false;
+  bool syn = false, ack = false, rst = false, fin = false, urg = false;
   const uint8_t* payload = nullptr;
   std::size_t payload_len = 0;
 };
 /// Reads the IP and TCP headers: false for anything else (not TCP, fragments, IPv6 extension
 /// headers, truncated or inconsistent lengths).
 bool parse_tcp_packet(const uint8_t* pkt, std::size_t len, TcpPacket& out);
+/// Whether the TCP checksum of a packet parse_tcp_packet() read is right (RFC 9293 3.1,
+/// with the IPv4 or IPv6 pseudo-header).
+bool tcp_checksum_ok(const uint8_t* pkt, std::size_t len);
 
 /// What becomes of one queued packet. Every verdict but Drop is NF_REPEAT with the packet
 /// mark's "judged" bit (the queue rule skips it), and Allow/Reject add their bit, which the
@@ -63,6 +66,9 @@ class VerdictPort {
 class BoundNames {
  public:
   virtual ~BoundNames() = default;
+  /// Whether dnsward vouched for k at all (its ledger has a record of it): for others the
+  /// guard has nothing to judge by, and leaves the packet to the ruleset.
+  virtual bool known(const SetKey& k) const = 0;
   /// Whether name is bound to k, which is held or promised now.
   virtual bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const = 0;
   /// The bound names, comma-separated, for the log.
@@ -73,6 +79,7 @@ class BoundNames {
 class LedgerBoundNames : public BoundNames {
  public:
   explicit LedgerBoundNames(const VouchLedger& l) : ledger_(l) {}
+  bool known(const SetKey& k) const override { return ledger_.find(k) != nullptr; }
   bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const override;
   std::string names(const SetKey& k) const override;
 
@@ -92,6 +99,8 @@ class LedgerBoundNames : public BoundNames {
   X(timeout, "timeout")           /* no whole first flight within --first-flight-timeout */   \
   X(no_state, "no_state")         /* data with no handshake seen (state lost or evicted) */   \
   X(tfo, "tfo")                   /* a TCP Fast Open SYN that did not carry a bound name */   \
+  X(urgent, "urgent")             /* urgent data: the server's stream would differ */        \
+  X(checksum, "checksum")         /* a wrong checksum: the server would discard the packet */ \
   X(full, "full")                 /* --queue-maxlen connections followed already */
 
 struct GuardCounts {
@@ -100,7 +109,9 @@ struct GuardCounts {
 #undef DNSWARD_GUARD_FIELD_
   uint64_t allowed = 0;   ///< connections that named a bound name
   uint64_t packets = 0;   ///< packets queued to dnsward
-  uint64_t unparsed = 0;  ///< packets that were not TCP over IP (passed to the ruleset)
+  /// Packets passed to the ruleset unjudged: not TCP to a guarded port, or to an address
+  /// dnsward did not vouch for.
+  uint64_t unparsed = 0;
 };
 
 struct GuardOptions {
@@ -130,7 +141,9 @@ class SniGuard {
   SniGuard& operator=(const SniGuard&) = delete;
 
   /// One queued packet: its id, its mark, and the packet from its IP header on.
-  void on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len);
+  /// checksum_pending: the kernel fills the checksum in later (NFQA_SKB_CSUMNOTREADY, a
+  /// local socket's packet); otherwise the checksum is the sender's and is verified.
+  void on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len, bool checksum_pending);
 
   const GuardCounts& counts() const { return counts_; }
   std::size_t flows() const { return flows_.size(); }

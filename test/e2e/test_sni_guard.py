@@ -27,6 +27,7 @@ $TTL 300
 @ NS ns
 ns A 198.18.0.53
 www.allowed A 198.18.1.1
+www.allowed HTTPS 1 . alpn=h2 ech=AAQBAgME ipv4hint=198.18.1.1
 alias.allowed CNAME edge.cdn
 edge.cdn A 198.18.1.1
 other A 198.18.1.1
@@ -199,6 +200,15 @@ def setUpModule():
     backend = queue_backend()
     if backend is None:
         raise unittest.SkipTest("this kernel queues with neither nft_queue nor xt NFQUEUE (iptables-nft)")
+    try:
+        set_up_world()
+    except BaseException:
+        tearDownModule()  # unittest skips tearDownModule when setUpModule fails
+        raise
+
+
+def set_up_world():
+    global workdir
     workdir = tempfile.mkdtemp(prefix="dnsward-sni-")
     os.chmod(workdir, 0o755)
     if sh("id", "dnsward", check=False).returncode != 0:
@@ -360,6 +370,14 @@ class SniGuard(unittest.TestCase):
         out = client("other.test", "other.test", tfo=True)
         self.assertTrue(out.startswith("error"), out)
         self.assertEqual(len(events("first-flight-rejected", reason="tfo")), before + 1)
+
+    def test_https_records_reach_the_client_without_ech(self):
+        # knot serves the record with ech (checked from the internet side); through dnsward
+        # it keeps alpn and the hint, and loses ech, so clients send the server_name in clear.
+        upstream = sh("ip", "netns", "exec", INET, "dig", "+short", f"@{DNS_IP}", "www.allowed.test", "HTTPS").stdout
+        self.assertIn("ech=", upstream)
+        r = in_vm("dig", "+short", "@127.0.0.1", "www.allowed.test", "HTTPS")
+        self.assertEqual(r.stdout.strip(), '1 . alpn="h2" ipv4hint=198.18.1.1')
 
     def test_quic_to_a_vouched_address_is_rejected(self):
         r = in_vm("/usr/bin/python3", "-c",

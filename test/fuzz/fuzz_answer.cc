@@ -5,7 +5,8 @@
 // walker reads each relayed reply and traps unless every A/AAAA address and every
 // SVCB/HTTPS ipv4hint/ipv6hint in any section is in the vouch list, with a TTL no longer
 // than the vouched one; the vouch list holds each address once, at most max_addresses of
-// them, and no special-purpose address unless the entry allows private ones.
+// them, and no special-purpose address unless the entry allows private ones; and with
+// strip_ech (--sni-guard) no SVCB/HTTPS record in it carries an ech parameter.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -59,7 +60,8 @@ void must_be_vouched(const std::vector<VouchAddr>& vouch, const IpAddr& a, uint3
 }
 
 // Walks a reply as sent to the client, every section, and checks every address in it.
-void check_relayed(const uint8_t* m, std::size_t n, const std::vector<VouchAddr>& vouch) {
+// With strip_ech (the guard on), no SVCB/HTTPS record may carry an ech parameter (key 5).
+void check_relayed(const uint8_t* m, std::size_t n, const std::vector<VouchAddr>& vouch, bool strip_ech) {
   if (n < 12) __builtin_trap();
   const uint16_t qd = rd16(m + 4);
   const uint32_t records = uint32_t(rd16(m + 6)) + rd16(m + 8) + rd16(m + 10);
@@ -87,6 +89,7 @@ void check_relayed(const uint8_t* m, std::size_t n, const std::vector<VouchAddr>
         const uint16_t key = rd16(rd + p), vlen = rd16(rd + p + 2);
         p += 4;
         if (rdlen - p < vlen) __builtin_trap();
+        if (strip_ech && key == 5) __builtin_trap();
         if (key == 4 || key == 6) {  // ipv4hint, ipv6hint
           const std::size_t step = key == 4 ? 4 : 16;
           if (vlen % step) __builtin_trap();
@@ -117,6 +120,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   o.allow_private = size & 1;
   o.max_addresses = 1 + (size % 8);
   o.max_ttl = kMaxTtl;
+  o.strip_ech = size & 2;
   const PreparedAnswer p = prepare_answer(q, id, data, size, o);
   if (p.status != PrepareStatus::Ok) {
     if (!p.msg.empty() || !p.scan.vouch.empty()) __builtin_trap();  // nothing leaves a failure
@@ -134,7 +138,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     std::size_t n = 0;
     const RelayStatus rs = relay_answer(q, id, p.msg.data(), p.msg.size(), limit, ReplyOptions{},
                                         out, sizeof out, n, limit == 512 ? 15 : wire::edns::kNoEde, "x");
-    if (rs == RelayStatus::Ok) check_relayed(out, n, vouch);
+    if (rs == RelayStatus::Ok) check_relayed(out, n, vouch, o.strip_ech);
   }
   return 0;
 }

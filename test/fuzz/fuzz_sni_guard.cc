@@ -35,6 +35,7 @@ using Clock = testing::FakeTimers;
 
 class Names : public BoundNames {
  public:
+  bool known(const SetKey&) const override { return true; }
   bool bound(const SetKey&, std::string_view name, uint64_t) const override {
     return name == "allowed.example" || name == "x.test";
   }
@@ -173,7 +174,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
       const uint32_t id = uint32_t(oracle.sent.size());
       oracle.sent.push_back(s);
       const std::vector<uint8_t> p = packet(oracle.port, s, rst);
-      guard.on_packet(id, 0, p.data(), p.size());
+      guard.on_packet(id, 0, p.data(), p.size(), true);
       oracle.settle();
     }
     clock.advance(3600 * 1000);  // every deadline passes

@@ -479,3 +479,31 @@ TEST_CASE("prepare_answer fails closed when records must go but the rest cannot 
   CHECK(p.status == PrepareStatus::RebuildFailed);
   CHECK(p.msg.empty());
 }
+
+TEST_CASE("with strip_ech, HTTPS records lose their ech parameter and keep the rest; ech made mandatory drops the record") {
+  const Bytes b = answer("svc.example.", {"svc.example. 300 IN HTTPS 1 . alpn=h2 ech=AAQBAgME ipv4hint=198.18.5.5",
+                                          "svc.example. 300 IN HTTPS 2 . mandatory=ech ech=AAQBAgME",
+                                          "svc.example. 300 IN HTTPS 3 . alpn=h3",
+                                          "svc.example. 300 IN A 198.18.5.5"});
+  const auto s = scan(b, "svc.example");
+  REQUIRE(s.ok);
+  CHECK(s.ech == std::vector<uint16_t>{0, 1});
+  CHECK(s.ech_mandatory == std::vector<uint16_t>{1});
+
+  PrepareOptions o{false, 64, 3600};
+  const PreparedAnswer kept = prepare_answer(query("svc.example"), 1, b.data(), b.size(), o);
+  REQUIRE(kept.status == PrepareStatus::Ok);
+  CHECK(kept.msg == b);  // without the guard, relayed as it came
+  o.strip_ech = true;
+  const PreparedAnswer p = prepare_answer(query("svc.example"), 1, b.data(), b.size(), o);
+  REQUIRE(p.status == PrepareStatus::Ok);
+  CHECK(p.ech_stripped == 1);
+  CHECK(p.dropped_ech == 1);
+  CHECK(p.scan.ech.empty());
+  // Read back by ldns, the reference parser: the first record without ech, the second gone.
+  CHECK(answer_texts(p.msg) == std::vector<std::string>{
+                                   "svc.example.\t300\tIN\tHTTPS\t1 . alpn=h2 ipv4hint=198.18.5.5\n",
+                                   "svc.example.\t300\tIN\tHTTPS\t3 . alpn=h3\n",
+                                   "svc.example.\t300\tIN\tA\t198.18.5.5\n"});
+  CHECK(texts(p.scan) == std::vector<std::string>{"198.18.5.5/300"});
+}

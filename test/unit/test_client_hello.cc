@@ -464,3 +464,20 @@ TEST_CASE("HTTP: a head over 8 KiB without its blank line is TooLarge") {
   CHECK(http(req).status == FlightStatus::TooLarge);
   CHECK(http(req.substr(0, kMaxHttpHead - 1)).status == FlightStatus::NeedMore);
 }
+
+TEST_CASE("HTTP: a bare CR or a control character in the head is Malformed, so no Host hides behind it") {
+  // The review's attack: a server that ends a line at a bare CR reads `Host: other.test`
+  // first, where a parser splitting at LF alone judges the second Host.
+  for (const std::string req : {std::string("GET / HTTP/1.1\r\nX-A: a\rHost: other.test\r\nHost: allowed.example\r\n\r\n"),
+                                std::string("GET / HTTP/1.1\r\nHost: allowed.example\r\nX-A: a\x01" "b\r\n\r\n"),
+                                std::string("GET / HTTP/1.1\r\nHost: allowed.example\r\nX-A: \x7f\r\n\r\n"),
+                                std::string("GET / HTTP/1.1\r\nHost: allowed.example\r\n\0\r\n\r\n", 44)}) {
+    CAPTURE(req);
+    CHECK(http_n(req, req.size()).status == FlightStatus::Malformed);
+  }
+  // A tab in a value is fine; a CR at the very end of what arrived may be a CRLF's half.
+  const std::string tab = "GET / HTTP/1.1\r\nHost: allowed.example\r\nX-A: a\tb\r\n\r\n";
+  CHECK(http_n(tab, tab.size()).status == FlightStatus::Complete);
+  const std::string half = "GET / HTTP/1.1\r\nHost: allowed.example\r";
+  CHECK(http_n(half, half.size()).status == FlightStatus::NeedMore);
+}

@@ -56,6 +56,7 @@ class Recorder : public VerdictPort {
 /// Names bound per key text ("ADDR" or "GUEST>ADDR").
 class Names : public BoundNames {
  public:
+  bool known(const SetKey& k) const override { return bound_.count(k.text()) > 0; }
   bool bound(const SetKey& k, std::string_view name, uint64_t) const override {
     const auto it = bound_.find(k.text());
     return it != bound_.end() && it->second.count(std::string(name)) > 0;
@@ -140,7 +141,7 @@ struct World {
   uint32_t send(const Seg& s, uint32_t mark = 0) {
     const Bytes p = packet(s);
     const uint32_t id = next_id++;
-    guard->on_packet(id, mark, p.data(), p.size());
+    guard->on_packet(id, mark, p.data(), p.size(), true);  // as a local socket's: no checksum yet
     return id;
   }
   /// A handshake (SYN at seq 999, so the flight starts at 1000), its verdict checked.
@@ -204,7 +205,9 @@ TEST_CASE("host mode: a name bound for one guest does not let another guest use 
   w.send(b);
   REQUIRE(w.out.given.size() == 2);
   CHECK(w.out.given[0].v == GuardVerdict::Allow);
-  CHECK(w.out.given[1].v == GuardVerdict::Reject);
+  // Nothing was vouched for b: left to the ruleset, whose (guest . destination) set has no
+  // element for it. Never allowed.
+  CHECK(w.out.given[1].v == GuardVerdict::Pass);
 }
 
 TEST_CASE("a ClientHello in two segments is held until whole, then both get the verdict in order") {
@@ -402,7 +405,7 @@ TEST_CASE("packets that are not TCP to a guarded port pass to the ruleset unjudg
   s.payload = {1, 2, 3};
   const uint32_t id = w.send(s);
   const Bytes junk = {0x45, 0, 0};
-  w.guard->on_packet(99, 0, junk.data(), junk.size());
+  w.guard->on_packet(99, 0, junk.data(), junk.size(), true);
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}, {99, GuardVerdict::Pass, kSeen}});
   CHECK(w.guard->counts().unparsed == 2);
 }
@@ -445,4 +448,90 @@ TEST_CASE("first flights held over every connection are bounded in bytes: past i
   REQUIRE(w.out.given.size() == 1);  // handshake() cleared the rest; only the last was refused
   CHECK(w.out.given[0] == Given{ids.back(), GuardVerdict::Reject, kSeen | kRejected});
   CHECK(w.guard->counts().full == 1);
+}
+
+TEST_CASE("a SYN with payload on a connection already followed is dropped, never judged as Fast Open") {
+  // The review's attack: a raw socket's SYN carrying a bound name's ClientHello on the ports
+  // of a connection the kernel opened, so that the socket's own flight would never be queued.
+  World w;
+  Seg s;
+  w.handshake(s);
+  Seg syn = s;
+  syn.syn = true;
+  syn.seq = 12345;
+  syn.payload = curl_hello();
+  const uint32_t id = w.send(syn);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Drop, 0}});
+  CHECK(w.guard->counts().tfo == 1);
+  CHECK(w.guard->counts().allowed == 0);
+}
+
+TEST_CASE("urgent data in a first flight rejects the connection: the server would read other bytes") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  Bytes p = packet(s);
+  p[20 + 13] |= 0x20;  // URG
+  w.guard->on_packet(77, 0, p.data(), p.size(), true);
+  CHECK(w.out.given == std::vector<Given>{{77, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().urgent == 1);
+}
+
+TEST_CASE("an address dnsward never vouched for is left to the ruleset, unjudged") {
+  World w;
+  Seg s;
+  s.dst = "127.0.0.1";  // loopback, or an --allow range: no record in the ledger
+  w.handshake(s);
+  s.payload = curl_hello();
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}});
+  CHECK(w.guard->counts().allowed == 0);
+}
+
+namespace {
+// Writes the TCP checksum a sender computes (RFC 9293 3.1), IPv4 or IPv6.
+void fill_checksum(Bytes& p) {
+  const bool v6 = (p[0] >> 4) == 6;
+  const std::size_t l4 = v6 ? 40 : 20;
+  p[l4 + 16] = p[l4 + 17] = 0;
+  uint64_t sum = 0;
+  auto add = [&](const uint8_t* b, std::size_t n) {
+    for (std::size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(b[i]) << 8 | b[i + 1];
+    if (n & 1) sum += uint32_t(b[n - 1]) << 8;
+  };
+  add(&p[v6 ? 8 : 12], v6 ? 32 : 8);
+  sum += IPPROTO_TCP + (p.size() - l4);
+  add(&p[l4], p.size() - l4);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  const uint16_t c = uint16_t(~sum);
+  p[l4 + 16] = uint8_t(c >> 8);
+  p[l4 + 17] = uint8_t(c);
+}
+}  // namespace
+
+TEST_CASE("a segment whose checksum is the sender's and wrong is dropped, never judged; a right one is") {
+  // A raw socket can send a bound name's ClientHello with a wrong checksum: the server
+  // would discard it and read the bytes sent after, under the verdict (review).
+  for (const char* dst : {"198.51.100.7", "2001:db8::7"}) {
+    CAPTURE(dst);
+    World w;
+    w.names.bound_["2001:db8::7"] = {"allowed.example"};
+    Seg s;
+    s.dst = dst;
+    if (std::string(dst).find(':') != std::string::npos) s.src = "2001:db8::2";
+    w.handshake(s);
+    s.payload = curl_hello();
+    Bytes p = packet(s);
+    fill_checksum(p);
+    REQUIRE(tcp_checksum_ok(p.data(), p.size()));
+    Bytes bad = p;
+    bad.back() ^= 0x01;
+    CHECK_FALSE(tcp_checksum_ok(bad.data(), bad.size()));
+    w.guard->on_packet(50, 0, bad.data(), bad.size(), false);
+    CHECK(w.out.given.back() == Given{50, GuardVerdict::Drop, 0});
+    CHECK(w.guard->counts().checksum == 1);
+    w.guard->on_packet(51, 0, p.data(), p.size(), false);
+    CHECK(w.out.given.back() == Given{51, GuardVerdict::Allow, kSeen | kAllowed});
+  }
 }

@@ -1,0 +1,311 @@
+"""Attacks on the first-flight guard found by review (of 4206357), kept as regression tests,
+in the world of test_sni_guard: a front end on 198.18.1.1 serving www.allowed.test (allowed)
+and other.test (not allowed). Each test tries to reach other.test through the guard; the
+front end reports the TLS server_name and HTTP Host it saw. Clients run as `nobody` without
+capabilities unless the test says otherwise (the raw SYN needs CAP_NET_RAW alone, which
+container runtimes grant by default). The attackers' scripts pace themselves (a short wait
+for their own earlier packets to be handled, or for the front end's reset), as an attacker
+would; the tests wait for nothing but the scripts' exit."""
+import os
+import shutil
+import unittest
+
+import test_sni_guard as g
+
+# The front end, now telling which server_name and Host it saw.
+g.SERVER = r"""
+import http.server, ssl, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    timeout = 5
+    def do_GET(self):
+        sni = getattr(self.request, "sni_seen", "-")
+        body = ("hello " + (self.headers.get("Host") or "?") + " sni=" + str(sni) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+def remember(sock, name, c):
+    sock.sni_seen = name
+plain = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
+tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+ctx.sni_callback = remember
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+print("ready", flush=True)
+tls.serve_forever()
+"""
+
+# Finishes a TLS handshake whose ClientHello was already sent on s, asks for other.test and
+# prints the reply's last line.
+FINISH = r"""
+def finish(s, tls, incoming, outgoing, host="other.test"):
+    import ssl
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                out = outgoing.read()
+                if out:
+                    s.sendall(out)
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                incoming.write(data)
+        out = outgoing.read()
+        if out:
+            s.sendall(out)
+        tls.write(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
+        s.sendall(outgoing.read())
+        reply = b""
+        while True:
+            try:
+                reply += tls.read(65536)
+            except ssl.SSLWantReadError:
+                try:
+                    data = s.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    break
+                incoming.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+        print(reply.decode(errors="replace").strip().splitlines()[-1])
+    except Exception as e:
+        print("error", type(e).__name__, e)
+"""
+
+URGENT = FINISH + r"""
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+import sni_polyglot
+addr, cafile, mode = sys.argv[2:5]
+tls, incoming, outgoing, S, D, u = sni_polyglot.build("other.test", "www.allowed.test", cafile)
+s = socket.create_connection((addr, 443), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if mode == "oob":
+    # D[u], the byte that makes dnsward read www.allowed.test, is urgent data: the server's
+    # kernel takes it out of the stream, and its TLS reads S, which names other.test.
+    s.send(D[:u + 1], socket.MSG_OOB)
+    s.sendall(D[u + 1:])
+elif mode == "S":
+    s.sendall(S)
+else:
+    s.sendall(D)
+finish(s, tls, incoming, outgoing)
+"""
+
+RAW_SYN = FINISH + r"""
+import socket, ssl, struct, sys
+addr, cafile = sys.argv[1:3]
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def hello(name):
+    ctx = ssl.create_default_context(cafile=cafile)
+    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+    t = ctx.wrap_bio(i, o, server_hostname=name)
+    try:
+        t.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return t, i, o, o.read()
+s = socket.create_connection((addr, 443), timeout=5)   # handshake by the kernel: SYN passes
+src, sport = s.getsockname()
+# A SYN on the same ports carrying a ClientHello for the allowed name: dnsward judges it as a
+# TCP Fast Open flight and allows the connection (the conntrack mark), which the kernel's
+# socket then uses for a ClientHello naming other.test, never queued.
+_, _, _, good = hello("www.allowed.test")
+tcp = struct.pack("!HHIIBBHHH", sport, 443, 12345, 0, 5 << 4, 0x02, 65535, 0, 0) + good
+pseudo = socket.inet_aton(src) + socket.inet_aton(addr) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.sendto(tcp, (addr, 0))
+import time; time.sleep(0.3)
+tls, incoming, outgoing, evil = hello("other.test")
+s.sendall(evil)
+finish(s, tls, incoming, outgoing)
+"""
+
+BARE_CR = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+# dnsward splits lines at LF only: "X-A: a\rHost: other.test" is one field X-A, and the Host
+# it judges is www.allowed.test. Python's header parser splits at the bare CR too and takes
+# the first Host.
+s.sendall(b"GET / HTTP/1.1\r\nX-A: a\rHost: other.test\r\nHost: www.allowed.test\r\n"
+          b"Connection: close\r\n\r\n")
+r = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        r += d
+    print(r.decode(errors="replace").strip().splitlines()[-1])
+except Exception as e:
+    print("error", type(e).__name__, e)
+"""
+
+# A front end that ends each connection with a reset and no FIN (SO_LINGER 0), as load
+# balancers configured with `nolinger` and servers that close with unread data do.
+RST_SERVER = r"""
+import socket, ssl, struct, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+def remember(sock, name, c):
+    sock.sni_seen = name
+ctx.sni_callback = remember
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("0.0.0.0", 8443))
+ls.listen(16)
+def serve(c):
+    try:
+        c.settimeout(5)
+        t = ctx.wrap_socket(c, server_side=True)
+        req = b""
+        while b"\r\n\r\n" not in req:
+            d = t.recv(4096)
+            if not d:
+                break
+            req += d
+        host = [l.split(b":", 1)[1].strip() for l in req.split(b"\r\n") if l.lower().startswith(b"host:")]
+        body = ("hello %s sni=%s\n" % (host[0].decode() if host else "?", getattr(t, "sni_seen", "-"))).encode()
+        t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        import time; time.sleep(0.2)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.close()
+    except Exception as e:
+        print("server", e, flush=True)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+REUSE = FINISH + r"""
+import socket, ssl, sys, time
+addr, cafile = sys.argv[1:3]
+def conn(sni, port=None):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(5)
+    if port:
+        s.bind(("0.0.0.0", port))
+    s.connect((addr, 8443))
+    ctx = ssl.create_default_context(cafile=cafile)
+    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+    t = ctx.wrap_bio(i, o, server_hostname=sni)
+    try:
+        t.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    s.sendall(o.read())
+    return s, t, i, o
+# 1: the allowed name; the front end answers, then resets (no FIN on either side).
+s, t, i, o = conn("www.allowed.test")
+port = s.getsockname()[1]
+finish(s, t, i, o, host="www.allowed.test")
+time.sleep(0.5)
+s.close()
+# 2: the same ports again, within the 10 s conntrack keeps a closed entry: the SYN is
+# "ignored" by conntrack and rides the old entry, whose mark says allowed.
+s, t, i, o = conn("other.test", port)
+finish(s, t, i, o)
+"""
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+          "--bounding-set=-all"]
+NET_RAW_ONLY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                "--inh-caps=-all,+net_raw", "--ambient-caps=+net_raw", "--bounding-set=-all,+net_raw"]
+
+
+g.GUARD_OPTIONS = ["--sni-ports", "443", "--sni-ports", "8443"]
+
+
+def setUpModule():
+    g.setUpModule()
+    try:
+        set_up_attackers()
+    except BaseException:
+        g.tearDownModule()  # unittest skips tearDownModule when setUpModule fails
+        raise
+
+
+def set_up_attackers():
+    with open(os.path.join(g.workdir, "rst_server.py"), "w") as f:
+        f.write(RST_SERVER)
+    g.start(g.INET, "/usr/bin/python3", os.path.join(g.workdir, "rst_server.py"),
+            os.path.join(g.workdir, "cert.pem"), os.path.join(g.workdir, "key.pem"), log=g.logs[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "sni_polyglot.py"), g.workdir)
+    for name, text in (("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
+        with open(os.path.join(g.workdir, name), "w") as f:
+            f.write(text)
+
+
+def tearDownModule():
+    g.tearDownModule()
+
+
+def run(prefix, script, *args):
+    r = g.in_vm(*prefix, "/usr/bin/python3", os.path.join(g.workdir, script), *args, check=False, timeout=40)
+    return (r.stdout + r.stderr).strip()
+
+
+class Attack(unittest.TestCase):
+    """Each attack must end with the connection refused: the front end never answers for
+    other.test (it says which server_name and Host it saw when it does answer)."""
+
+    def setUp(self):
+        self.assertEqual(g.curl("http://www.allowed.test/"), (0, 200))
+        self.cert = os.path.join(g.workdir, "cert.pem")
+
+    def assertRefused(self, out):
+        self.assertNotIn("other.test", out.replace("error", ""), out)
+        self.assertTrue(out.startswith("error") or not out.startswith("hello"), out)
+
+    def test_the_polyglot_sent_plainly_is_judged_as_the_allowed_name_it_reads_as(self):
+        # D parses as a ClientHello for www.allowed.test (the guard allows it) while its
+        # real server_name bytes sit in an unknown extension: the front end's TLS, reading
+        # D whole, fails the handshake. The control for the urgent-byte case below.
+        out = run(NOBODY, "urgent.py", g.workdir, g.SHARED, self.cert, "D")
+        self.assertRefused(out)
+
+    def test_an_urgent_byte_that_would_make_the_server_read_other_test_is_reset(self):
+        before = len(g.events("first-flight-rejected", reason="urgent"))
+        out = run(NOBODY, "urgent.py", g.workdir, g.SHARED, self.cert, "oob")
+        self.assertRefused(out)
+        self.assertEqual(len(g.events("first-flight-rejected", reason="urgent")), before + 1)
+
+    def test_reusing_the_ports_of_an_allowed_connection_that_ended_in_a_reset_is_judged_anew(self):
+        before = len(g.events("sni-mismatch", name="other.test", port="8443"))
+        out = run(NOBODY, "reuse.py", g.SHARED, self.cert)
+        self.assertRefused(out.splitlines()[-1])
+        self.assertEqual(len(g.events("sni-mismatch", name="other.test", port="8443")), before + 1)
+
+    def test_a_bare_cr_cannot_hide_a_second_host(self):
+        before = len(g.events("first-flight-rejected", reason="malformed", port="80"))
+        out = run(NOBODY, "bare_cr.py", g.SHARED)
+        self.assertRefused(out)
+        self.assertEqual(len(g.events("first-flight-rejected", reason="malformed", port="80")), before + 1)
+
+    def test_a_raw_syn_with_payload_on_an_open_connection_allows_nothing(self):
+        before = len(g.events("first-flight-rejected", reason="tfo"))
+        out = run(NET_RAW_ONLY, "raw_syn.py", g.SHARED, self.cert)
+        self.assertRefused(out)
+        self.assertEqual(len(g.events("first-flight-rejected", reason="tfo")), before + 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
