@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "test", "e2e"))
 build = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "build")
 os.environ["DNSWARD_BIN"] = os.path.abspath(os.path.join(build, "dnsward"))
 
+import sni_polyglot  # noqa: E402 - its ClientHello maker
 import test_sni_guard as world  # noqa: E402
 
 N = int(os.environ.get("CONNS", "3000"))
@@ -79,16 +80,7 @@ print(" ".join(map(str, out)))
 
 
 def canned_hello(name):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
-    t = ctx.wrap_bio(i, o, server_hostname=name)
-    try:
-        t.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return o.read()
+    return sni_polyglot.hello(name, ["http/1.1"])[3]
 
 
 def cpu_ticks(pid):

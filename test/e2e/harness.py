@@ -545,3 +545,16 @@ def nft_set_info(table, name, family="inet"):
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+
+
+def sh(*cmd, check=True, input=None, timeout=60):
+    """Runs cmd; raises with its stderr if it fails and check is set."""
+    r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.returncode}: {r.stderr}")
+    return r
+
+
+def clean_env():
+    """The environment without proxies: none may stand between clients and the world under test."""
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

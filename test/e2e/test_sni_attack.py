@@ -12,33 +12,6 @@ import unittest
 
 import test_sni_guard as g
 
-# The front end, now telling which server_name and Host it saw.
-g.SERVER = r"""
-import http.server, ssl, sys, threading
-class H(http.server.BaseHTTPRequestHandler):
-    timeout = 5
-    def do_GET(self):
-        sni = getattr(self.request, "sni_seen", "-")
-        body = ("hello " + (self.headers.get("Host") or "?") + " sni=" + str(sni) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-def remember(sock, name, c):
-    sock.sni_seen = name
-plain = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
-tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-ctx.sni_callback = remember
-tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
-threading.Thread(target=plain.serve_forever, daemon=True).start()
-print("ready", flush=True)
-tls.serve_forever()
-"""
-
 # Finishes a TLS handshake whose ClientHello was already sent on s, asks for other.test and
 # prints the reply's last line.
 FINISH = r"""
@@ -103,7 +76,9 @@ finish(s, tls, incoming, outgoing)
 
 RAW_SYN = FINISH + r"""
 import socket, ssl, struct, sys
-addr, cafile = sys.argv[1:3]
+sys.path.insert(0, sys.argv[1])
+from sni_polyglot import hello as make_hello
+addr, cafile = sys.argv[2:4]
 def csum(b):
     if len(b) % 2:
         b += b"\0"
@@ -112,14 +87,7 @@ def csum(b):
         s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
 def hello(name):
-    ctx = ssl.create_default_context(cafile=cafile)
-    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
-    t = ctx.wrap_bio(i, o, server_hostname=name)
-    try:
-        t.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return t, i, o, o.read()
+    return make_hello(name, ["http/1.1"], cafile)
 s = socket.create_connection((addr, 443), timeout=5)   # handshake by the kernel: SYN passes
 src, sport = s.getsockname()
 # A SYN on the same ports carrying a ClientHello for the allowed name: dnsward judges it as a
@@ -302,7 +270,7 @@ class Attack(unittest.TestCase):
 
     def test_a_raw_syn_with_payload_on_an_open_connection_allows_nothing(self):
         before = len(g.events("first-flight-rejected", reason="tfo"))
-        out = run(NET_RAW_ONLY, "raw_syn.py", g.SHARED, self.cert)
+        out = run(NET_RAW_ONLY, "raw_syn.py", g.workdir, g.SHARED, self.cert)
         self.assertRefused(out)
         self.assertEqual(len(g.events("first-flight-rejected", reason="tfo")), before + 1)
 

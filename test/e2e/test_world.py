@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import BIN, HERE, race_zone, require, wait_for
+from harness import BIN, HERE, clean_env, race_zone, require, sh, wait_for
 
 TAG = f"{os.getpid() % 100000}"
 INET, VM = f"dwinet{TAG}", f"dwvm{TAG}"
@@ -71,20 +71,8 @@ except socket.timeout:
 """
 
 
-def sh(*cmd, check=True, input=None, timeout=60):
-    r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.returncode}: {r.stderr}")
-    return r
-
-
 def in_vm(*cmd, **kw):
     return sh("ip", "netns", "exec", VM, *cmd, **kw)
-
-
-def clean_env():
-    # No proxy may stand between the clients and the world under test.
-    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
 
 def start(ns, *cmd, log):

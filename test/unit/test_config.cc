@@ -1020,3 +1020,47 @@ TEST_CASE("judge: serve --sni-guard needs a ruleset printed with it, and serve w
   CHECK(judge_ruleset(plain, e).reason.find("printed without --sni-guard") != std::string::npos);
   CHECK_FALSE(judge_ruleset(plain, e).in_force());
 }
+
+TEST_CASE("nft-rules --sni-guard: every queue rule judges only unjudged original-direction packets once") {
+  // The rules the queue's verdicts depend on, as printed (the xt backend is what this
+  // machine's kernel runs; the nft one runs in the 6.1 guest): a queue rule without the
+  // direction, the verdict-bits or the seen-bit condition would queue replies, judged
+  // connections, or the same packet for ever; without the backstop, unjudged payload would
+  // leave; QUIC is rejected on the TLS ports only.
+  auto rules = [](std::vector<std::string> args) {
+    const ParseOutcome r = parse_nft_rules(args, test_resolv_conf());
+    REQUIRE_MESSAGE(r.config, r.error);
+    return std::pair{render_nft_rules(*r.config), *r.config};
+  };
+  const auto [nft, c] = rules({"--sni-guard"});
+  std::size_t queues = 0;
+  std::istringstream in(nft);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(" queue num 53") == std::string::npos) continue;
+    ++queues;
+    CHECK(line.find("ct direction original ct mark & 0x00c00000 == 0 meta mark & 0x00200000 == 0") != std::string::npos);
+    CHECK(line.find("bypass") == std::string::npos);
+  }
+  CHECK(queues == 4);
+  CHECK(nft.find("ct mark & 0x00c00000 == 0 @ih,0,8 0-255 ip daddr @allowed4 counter drop") != std::string::npos);
+  CHECK(nft.find("ct mark & 0x00c00000 == 0 @ih,0,8 0-255 ip6 daddr @allowed6 counter drop") != std::string::npos);
+  CHECK(nft.find("udp dport { 443 } ip daddr @allowed4 counter reject") != std::string::npos);
+  CHECK(nft.find("ct state invalid,untracked counter drop") != std::string::npos);
+  const auto [xt_nft, xc] = rules({"--sni-guard", "--queue-backend", "xt"});
+  CHECK(xt_nft.find(" queue num") == std::string::npos);  // the queue is iptables'
+  for (const int af : {AF_INET, AF_INET6}) {
+    const std::string xt = render_xt_rules(xc, af);
+    std::size_t nfq = 0;
+    std::istringstream x(xt);
+    for (std::string line; std::getline(x, line);) {
+      if (line.find("-j NFQUEUE") == std::string::npos) continue;
+      ++nfq;
+      CHECK(line.find("--ctdir ORIGINAL") != std::string::npos);
+      CHECK(line.find("-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
+      CHECK(line.find("bypass") == std::string::npos);
+    }
+    CHECK(nfq == 2);
+    CHECK(xt.find("--tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL -j CONNMARK --and-mark 0xff3fffff") !=
+          std::string::npos);
+  }
+}

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "dnsward/sni_guard.hpp"
+#include "dnsward/config.hpp"
 #include "../common/fake_timers.hpp"
 
 using namespace dnsward;
@@ -534,4 +535,103 @@ TEST_CASE("a segment whose checksum is the sender's and wrong is dropped, never 
     w.guard->on_packet(51, 0, p.data(), p.size(), false);
     CHECK(w.out.given.back() == Given{51, GuardVerdict::Allow, kSeen | kAllowed});
   }
+}
+
+TEST_CASE("a client's reset gives its held packets their verdict at once (none waits in the kernel's queue)") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = slice(curl_hello(), 0, 100);
+  const uint32_t held = w.send(s);
+  CHECK(w.out.given.empty());
+  Seg r;
+  r.rst = true;
+  r.seq = 1100;
+  const uint32_t rst = w.send(r);
+  CHECK(w.out.given == std::vector<Given>{{held, GuardVerdict::Reject, kSeen | kRejected}, {rst, GuardVerdict::Pass, kSeen}});
+}
+
+TEST_CASE("a first flight in more than 16 segments is rejected at the 16th, not held on") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  const Bytes& h = curl_hello();
+  for (uint32_t i = 0; i < kMaxFlightSegments; ++i) {
+    Seg one = s;
+    one.seq = 1000 + i;
+    one.payload = {h[i]};
+    w.send(one);
+    if (i + 1 < kMaxFlightSegments) REQUIRE(w.out.given.empty());
+  }
+  REQUIRE(w.out.given.size() == kMaxFlightSegments);
+  CHECK(w.out.given.back().v == GuardVerdict::Reject);
+  CHECK(w.guard->counts().too_large == 1);
+}
+
+TEST_CASE("a new handshake on the ports of a decided connection is judged anew, not given the old verdict") {
+  // Within the linger of an allowed connection, the same four-tuple opens again: the new
+  // flight names a name no longer bound, and must not ride the old Allow.
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  w.names.bound_["198.51.100.7"] = {"registry.example"};
+  Seg again;
+  again.syn = true;
+  again.seq = 4999;
+  const uint32_t syn = w.send(again);
+  CHECK(w.out.given.back() == Given{syn, GuardVerdict::Pass, kSeen});
+  again.syn = false;
+  again.seq = 5000;
+  again.payload = curl_hello();
+  const uint32_t id = w.send(again);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().mismatch == 1);
+}
+
+TEST_CASE("a bare ACK of a rejected connection is rejected too") {
+  World w;
+  w.names.bound_["198.51.100.7"] = {"registry.example"};
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  REQUIRE(w.out.given.back().v == GuardVerdict::Reject);
+  Seg ack;
+  ack.seq = 1000 + uint32_t(curl_hello().size());
+  const uint32_t id = w.send(ack);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+}
+
+TEST_CASE("GuardOptions come from the options: ports, marks, follow cap and deadline") {
+  const ParseOutcome r = parse_serve_config({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080",
+                                             "--guard-marks", "0x70000000", "--queue-maxlen", "100",
+                                             "--first-flight-timeout", "500", "--upstream", "192.0.2.1"});
+  REQUIRE_MESSAGE(r.config, r.error);
+  const GuardOptions o = GuardOptions::from(*r.config);
+  CHECK(o.sni_ports == std::vector<uint16_t>{8443});
+  CHECK(o.http_ports == std::vector<uint16_t>{8080});
+  CHECK(o.marks.seen == 0x10000000u);
+  CHECK(o.marks.allowed == 0x20000000u);
+  CHECK(o.marks.rejected == 0x40000000u);
+  CHECK(o.max_flows == 100);
+  CHECK(o.timeout_ms == 500);
+  CHECK_FALSE(o.host);
+}
+
+TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and --host (not guarded yet)") {
+  auto refused = [](std::vector<std::string> args, const char* why) {
+    args.push_back("--upstream");
+    args.push_back("192.0.2.1");
+    const ParseOutcome r = parse_serve_config(args);
+    CAPTURE(why);
+    CHECK_FALSE(r.config);
+    CHECK(r.error.find(why) != std::string::npos);
+  };
+  refused({"--sni-guard", "--sni-ports", "443", "--http-ports", "443"}, "is in both --sni-ports and --http-ports");
+  refused({"--sni-guard", "--no-nft"}, "--sni-guard needs the nftables hook");
+  refused({"--sni-guard", "--guard-marks", "0x3"}, "exactly three bits");
+  refused({"--sni-guard", "--host", "--listen", "0.0.0.0:53"}, "--sni-guard is not available with --host yet");
 }

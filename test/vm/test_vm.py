@@ -4,7 +4,9 @@ namespace of their own, beside a stand-in internet in another (test/vm/vmlib.py 
 Two guests boot at once, each running many checks in one boot (boots are the cost):
   - "in-guest": dnsward as the README's microVM section says (ruleset from nft-rules,
     resolv.conf naming only dnsward, dnsward as user dnsward with two capabilities, the
-    workload unprivileged), checked with curl, dig and glibc from inside the guest;
+    workload unprivileged), checked with curl, dig and glibc from inside the guest; then
+    the first-flight guard (--sni-guard) with nftables' own queue, which only this 6.1
+    kernel has here, against a TLS and HTTP front end serving two names on one address;
   - "e2e": e2e_nft's cases (and e2e_ruleset's) run by python inside the guest, against the
     guest's kernel, from the host's root shared read only over virtio-9p.
 A failed check fails its test here with the guest's console around it."""
@@ -36,7 +38,15 @@ metadata_address_is_unreachable short_lived_name_connects address_expires_after_
 race_resolve_then_connect_udp_and_tcp auto_refresh_picks_replace_on_6_1
 forced_update_refresh_is_refused_on_6_1 later_modules_are_loaded nft_queue_rules_load_on_6_1
 root_can_flush_the_ruleset_and_reach_anything a_flushed_ruleset_is_noticed
-""".split()
+""".split() + """
+sni_guard_ruleset_loads_with_nft_queue_on_6_1 sni_guard_serve_finds_the_ruleset_in_force
+shared_address_is_vouched_by_the_allowed_name tls_to_the_allowed_name_passes_the_guard
+plain_http_to_the_allowed_name_passes_the_guard
+tls_naming_another_name_on_the_vouched_address_is_reset
+plain_http_with_another_host_on_the_vouched_address_is_reset
+tls_to_the_allowed_name_still_passes_after_the_resets
+with_dnsward_stopped_a_guarded_connection_times_out
+""".split()  # the first-flight guard with --queue-backend nft (guest/sni_guard.sh)
 
 # The python suites run inside the e2e guest, and cases that must have run there, not been
 # skipped: refresh by replacement is what a 6.1 kernel needs.

@@ -7,7 +7,8 @@ on a tap device in a network namespace of its own, beside a stand-in internet.
       tapN 100.64.N.1/24, fd64:N::1/64  <-veth->      knot on 198.18.0.53 and .54, HTTP
       routes 198.18/16, 10.99/16, 169.254.169.254,    on all of 198.18.0.0/19 (AnyIP) and
       2001:db8::/32 to "net"; nothing else            2001:db8:1::/64, 10.99.0.1 (private),
-                                                       169.254.169.254 (metadata)
+                                                       169.254.169.254 (metadata); TLS on
+                                                       the same, for a shared front end
 
 Everything is torn down by Vm.stop() and World.stop(), also when a test fails. Every boot has a
 deadline; the guest reports on its serial console, one line per check:
@@ -36,6 +37,12 @@ OTHER_DNS = "198.18.0.54"     # another resolver the workload must not reach
 PRIVATE = "10.99.0.1"         # answered for rebind.allowed.test: never vouched
 METADATA = "169.254.169.254"  # answered for meta.allowed.test: never vouched
 RACE = 500                    # resolve-then-connect iterations per transport
+# A shared front end (a CDN's address): two names on one address, served over TLS (443) and
+# HTTP (80) with one certificate naming both. Only FRONT_ALLOWED is on the allowlist; the
+# first-flight guard (--sni-guard) must tell them apart on the vouched address.
+FRONT = "198.18.4.1"
+FRONT_ALLOWED = "shared.allowed.test"
+FRONT_OTHER = "neighbour.test"
 
 ZONE = f"""$ORIGIN test.
 $TTL 300
@@ -50,6 +57,8 @@ target.elsewhere A 198.18.1.3
 short.allowed 1 A 198.18.1.4
 rebind.allowed A {PRIVATE}
 meta.allowed A {METADATA}
+{FRONT_ALLOWED.removesuffix(".test")} A {FRONT}
+{FRONT_OTHER.removesuffix(".test")} A {FRONT}
 """ + race_zone(RACE)
 
 # Host mode (test_vm_host.py): one dnsward on the host, one sandbox per guest, each allowed
@@ -63,11 +72,12 @@ HOST_ZONE = "".join(f"{k}.sandbox A {v4}\n{k}.sandbox AAAA {v6}\n"
                     for k, (v4, v6) in HOST_SANDBOXES.items())
 ZONE += HOST_ZONE
 
-ALLOW = """www.allowed.test
+ALLOW = f"""www.allowed.test
 alias.allowed.test
 short.allowed.test
 rebind.allowed.test
 meta.allowed.test
+{FRONT_ALLOWED}
 *.udprace.test
 *.tcprace.test
 """
@@ -121,7 +131,7 @@ def kernel_dir():
 def require():
     if os.geteuid() != 0:
         raise CannotRun("cannot run here: needs root (namespaces, taps)")
-    missing = [p for p in ["qemu-system-x86_64", "ip", "knotd", "cpio", *PROGRAMS]
+    missing = [p for p in ["qemu-system-x86_64", "ip", "knotd", "cpio", "openssl", *PROGRAMS]
                if shutil.which(p) is None]
     if not os.path.exists("/usr/bin/busybox"):
         missing.append("busybox (busybox-static)")
@@ -324,11 +334,25 @@ class World:
             f.write("hello from the internet\n")
         # One server, both families (IPV6_V6ONLY off), on every address of the namespace.
         self._start(self.net, ["/usr/bin/python3", "-c", HTTP_SERVER, www], log)
+        # TLS on 443, the same way, with one self-signed certificate naming both names of the
+        # shared front end: the guests trust it (curl --cacert dw.cacert, over virtio-9p).
+        self.cert = os.path.join(self.dir, "front.pem")
+        key = os.path.join(self.dir, "front.key")
+        sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", key, "-out", self.cert, "-days", "2",
+           "-subj", f"/CN={FRONT_ALLOWED}",
+           "-addext", f"subjectAltName=DNS:{FRONT_ALLOWED},DNS:{FRONT_OTHER}")
+        os.chmod(self.cert, 0o644)
+        # The guard's tests' shared front end: TLS for any name its certificate holds.
+        self._start(self.net, ["/usr/bin/python3", TLS_FRONT, self.cert, key], log)
         deadline = time.monotonic() + 20
         while True:
             ok = all(self.in_net("curl", "-s", "-o", "/dev/null", "--noproxy", "*",
-                                 "--max-time", "2", url, check=False).returncode == 0
-                     for url in ("http://198.18.1.1/", "http://[2001:db8:1::1]/"))
+                                 "--max-time", "2", "--cacert", self.cert,
+                                 "--resolve", f"{FRONT_ALLOWED}:443:{FRONT}", url,
+                                 check=False).returncode == 0
+                     for url in ("http://198.18.1.1/", "http://[2001:db8:1::1]/",
+                                 f"https://{FRONT_ALLOWED}/"))
             dns = self.in_net("dig", f"@{UPSTREAM}", "+short", "+time=1", "+tries=1",
                               "www.allowed.test", check=False).stdout.strip()
             if ok and dns == "198.18.1.1":
@@ -425,6 +449,9 @@ class HostDnsward:
             self.log = None
 
 
+TLS_FRONT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "tls_front.py")
+
+
 HTTP_SERVER = r"""
 import http.server, socket, sys, functools
 class S(http.server.ThreadingHTTPServer):
@@ -500,7 +527,9 @@ class Vm:
         self.console_path = os.path.join(world.dir, f"console{index}.log")
         append = (f"dw.scenario={scenario} dw.ip4=100.64.{index}.2/24 dw.gw4=100.64.{index}.1 "
                   f"dw.ip6=fd64:{index}::2/64 dw.gw6=fd64:{index}::1 dw.upstream={UPSTREAM} "
-                  f"dw.other={OTHER_DNS} dw.race={RACE} dw.root={ROOT} {extra}")
+                  f"dw.other={OTHER_DNS} dw.race={RACE} dw.root={ROOT} dw.cacert={world.cert} "
+                  f"dw.front={FRONT} dw.front_allowed={FRONT_ALLOWED} "
+                  f"dw.front_other={FRONT_OTHER} {extra}")
         cmd = qemu_cmd(accel(kernel, initrd), kernel, initrd, append, memory=memory,
                        tap=self.tap, index=index, share=share)
         self.console = open(self.console_path, "wb")

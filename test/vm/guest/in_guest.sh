@@ -77,7 +77,9 @@ no_tentative() { ! ip -6 addr show dev eth0 | grep -q tentative && ip -6 addr sh
 poll 100 no_tentative || echo "DWVM note: DAD not over:" "$(ip -6 addr show dev eth0)"
 # MLD reports go out when a group is joined, before DAD ends (RFC 3810 9.11), and so do
 # neighbour solicitations: once DAD is over, the ruleset has judged both.
-drops=$(dmesg | grep 'dnsward-' | tail -5 | tr '\n' ' ')
+# The ruleset's log lines only ("dnsward-drop: IN=..."): the kernel's command line, which
+# dmesg shows too, may hold "dnsward-" in a path.
+drops=$(dmesg | grep -E 'dnsward-[a-z-]+: IN=' | tail -5 | tr '\n' ' ')
 is the_guest_link_traffic_is_never_dropped "" "$drops"
 
 # --- The promises, as the workload sees them ------------------------------------------------
@@ -184,3 +186,6 @@ wait $DW
 echo "DWVM dnsward-log-begin"
 tail -40 $LOG
 echo "DWVM dnsward-log-end"
+
+# --- The first-flight guard, with nftables' own queue on 6.1 ---------------------------------
+. /sni_guard.sh
