@@ -38,6 +38,9 @@ std::vector<std::string> explain_lines(const Policy& p, std::string_view name_in
       } else if (key.kind == KeyKind::YesNo) {
         if (e.allow_private)
           out.push_back(fmt::format("  {}=yes: special-purpose addresses are vouched for", key.name));
+      } else if (key.kind == KeyKind::Any) {
+        if (e.sni_any)
+          out.push_back(fmt::format("  {}=any: with --sni-guard, any first flight may reach its addresses", key.name));
       } else if (key.kind == KeyKind::TypeList) {
         if (!e.types.empty()) {
           std::string list;

@@ -110,6 +110,10 @@ bool check_key_value(const AllowlistKey& key, std::string_view v, std::string& r
       if (v == "yes" || v == "no") return true;
       reason = fmt::format("{}={}: must be yes or no", key.name, v);
       return false;
+    case KeyKind::Any:
+      if (v == "any") return true;
+      reason = fmt::format("{}={}: the only value is any", key.name, v);
+      return false;
     case KeyKind::TypeList: {
       std::vector<uint16_t> list;
       for (std::string_view rest = v;;) {
@@ -296,7 +300,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       if (!ok) { fail(fmt::format("bad pattern '{}': {}", tok[0], err)); continue; }
 
       Meta meta;
-      bool has_meta = false, allow_private = false;
+      bool has_meta = false, allow_private = false, sni_any = false;
       static_assert(std::size(kAllowlistKeys) <= 32, "seen holds one bit a key");
       uint32_t seen = 0;  // bit i: kAllowlistKeys[i] given on this line
       for (std::size_t i = 1; i < tok.size() && ok; ++i) {
@@ -328,6 +332,8 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
         }
         if (known->kind == KeyKind::YesNo) {  // private= is the only one: kept as a flag
           allow_private = v == "yes";
+        } else if (known->kind == KeyKind::Any) {  // sni=any, the only one: a flag too
+          sni_any = true;
         } else {
           if (known->text) meta.text[text_slot(*known)] = v;
           has_meta = true;
@@ -338,7 +344,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
       const auto index = uint32_t(p.entries_.size());
       const uint32_t node = p.walk(reinterpret_cast<const uint8_t*>(key.data()), key.size(), true);
       Rec r{node, lineno, kNone, source_index, uint8_t(kind),
-            uint8_t((allow_private ? kPrivate : 0) | (src.shipped ? kShipped : 0))};
+            uint8_t((allow_private ? kPrivate : 0) | (src.shipped ? kShipped : 0) | (sni_any ? kSniAny : 0))};
       if (has_meta) {
         r.meta = uint32_t(p.meta_.size());
         p.meta_.push_back(std::move(meta));
@@ -360,6 +366,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
         h = fnv(fnv(h, m.types.data(), m.types.size() * sizeof(uint16_t)), &m.budget, sizeof m.budget);
       }
       h = fnv(h, &allow_private, 1);
+      if (sni_any) h = fnv(h, "sni=any", 7);  // leaves every other list's version as it was
       version_sum += h;
     }
   }
@@ -382,6 +389,7 @@ Entry Policy::entry(std::size_t i) const {
   e.source = sources_[r.source];
   e.line = r.line;
   e.allow_private = r.flags & kPrivate;
+  e.sni_any = r.flags & kSniAny;
   e.shipped = r.flags & kShipped;
   if (e.kind != Entry::Kind::Exact)
     e.types = {wire::type::A, wire::type::AAAA, wire::type::CNAME, wire::type::HTTPS, wire::type::SVCB};

@@ -332,6 +332,12 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
 
 GuardVerdict SniGuard::judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance,
                              Reason& why, std::string& name) const {
+  // An sni=any entry vouched for this destination: any first flight passes, named or not
+  // (the entry's why says which client needs it).
+  if (names_.bound(set_key(k), kAnyName, timers_.now_ms())) {
+    name = std::string(kAnyName);
+    return GuardVerdict::Allow;
+  }
   std::string host;
   if (is_sni_port(k.dport)) {
     const ClientHelloResult r = parse_client_hello(data, len);

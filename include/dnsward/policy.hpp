@@ -26,6 +26,9 @@ struct Entry {
   /// private=yes: addresses of this entry's answers may be special-purpose ones (RFC 1918,
   /// loopback, ...), which dnsward otherwise refuses to vouch for (DNS rebinding).
   bool allow_private = false;
+  /// sni=any: connections to this entry's addresses need not name a bound name (the first-
+  /// flight guard lets any first flight through), for clients that send no server_name.
+  bool sni_any = false;
   /// For wildcard entries: the query types allowed below it (types=; default A, AAAA,
   /// CNAME, HTTPS, SVCB) and the distinct names allowed per minute (budget=; 0: no limit).
   /// Names under a wildcard are a channel to whoever runs that zone: these limit it.
@@ -44,6 +47,7 @@ enum class KeyKind : uint8_t {
   YesNo,      ///< yes or no
   TypeList,   ///< RR types separated by commas: mnemonics or TYPEnnn (RFC 3597)
   PerMinute,  ///< a number of names per minute, 1 to 9999999
+  Any,        ///< the word `any` alone
 };
 
 /// One allowlist key, declared once: the parser, `check`, `explain`, the ready-to-fill lines
@@ -69,6 +73,7 @@ inline constexpr AllowlistKey kAllowlistKeys[] = {
     {"private", KeyKind::YesNo, "whether it may vouch for special-purpose addresses", false, nullptr},
     {"types", KeyKind::TypeList, "the query types allowed below a wildcard", false, nullptr},
     {"budget", KeyKind::PerMinute, "distinct names a minute allowed below a wildcard", false, nullptr},
+    {"sni", KeyKind::Any, "with --sni-guard, any first flight may reach its addresses", false, nullptr},
 };
 
 /// How many keys keep their value as text (Text and Date kinds).
@@ -136,6 +141,7 @@ class Policy {
   /// Entry i's pattern, e.g. "*.example.com".
   std::string pattern(std::size_t i) const;
   bool allow_private(std::size_t i) const { return entries_[i].flags & kPrivate; }
+  bool sni_any(std::size_t i) const { return entries_[i].flags & kSniAny; }
   bool is_wildcard(std::size_t i) const { return entries_[i].kind != uint8_t(Entry::Kind::Exact); }
   /// May a query of this type go out under entry i? Exact entries allow every type.
   bool allows_type(std::size_t i, uint16_t qtype) const;
@@ -148,7 +154,7 @@ class Policy {
   const std::string& version() const { return version_; }
 
  private:
-  static constexpr uint8_t kPrivate = 1, kShipped = 2;
+  static constexpr uint8_t kPrivate = 1, kShipped = 2, kSniAny = 4;
   static constexpr uint32_t kNone = UINT32_MAX;
   static constexpr uint32_t kWildBit = 0x80000000u;  // in Node::label: node has wildcards
   struct Node {

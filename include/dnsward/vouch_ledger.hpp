@@ -170,6 +170,9 @@ struct LedgerRecord {
   std::string names;
 };
 
+/// The name an sni=any entry binds to its elements: any first flight may reach them.
+inline constexpr std::string_view kAnyName = "*";
+
 /// Calls fn for each name in LedgerRecord::names.
 template <typename Fn>
 void for_each_name(std::string_view names, Fn&& fn) {

@@ -31,8 +31,11 @@ www.allowed HTTPS 1 . alpn=h2 ech=AAQBAgME ipv4hint=198.18.1.1
 alias.allowed CNAME edge.cdn
 edge.cdn A 198.18.1.1
 other A 198.18.1.1
+nosni.allowed A 198.18.1.5
 """
-ALLOW = "www.allowed.test\nalias.allowed.test\n"
+ALLOW = ("www.allowed.test\nalias.allowed.test\n"
+         'nosni.allowed.test sni=any why="a client that sends no server_name"\n')
+NOSNI = "198.18.1.5"  # an address of its own: sni=any opens its address to any first flight
 
 # The front end (test/data/tls_front.py): TLS on 443 and plain HTTP on 80, for any name (a
 # CDN serves its customers on one address); the certificate names every one, so only the
@@ -190,6 +193,7 @@ def set_up_world():
     sh(*ie, "ip", "link", "set", f"dsi{TAG}", "mtu", "1500", "up")
     sh(*ie, "ip", "addr", "add", f"{DNS_IP}/32", "dev", "lo")
     sh(*ie, "ip", "addr", "add", f"{SHARED}/32", "dev", "lo")
+    sh(*ie, "ip", "addr", "add", f"{NOSNI}/32", "dev", "lo")
     sh("ip", "netns", "exec", VM, "ip", "addr", "add", "198.18.0.2/24", "dev", f"dsv{TAG}")
     sh("ip", "netns", "exec", VM, "ip", "link", "set", f"dsv{TAG}", "mtu", "1500", "up")
     sh("ip", "netns", "exec", VM, "ip", "route", "add", "default", "via", "198.18.0.1")
@@ -248,8 +252,8 @@ def curl(*args):
     return r.returncode, (int(r.stdout) if r.returncode == 0 else None)
 
 
-def client(host, sni, parts=1, tfo=False):
-    r = in_vm("/usr/bin/python3", os.path.join(workdir, "client.py"), host, SHARED, sni, str(parts),
+def client(host, sni, parts=1, tfo=False, addr=SHARED):
+    r = in_vm("/usr/bin/python3", os.path.join(workdir, "client.py"), host, addr, sni, str(parts),
               "1" if tfo else "0", os.path.join(workdir, "cert.pem"), check=False, timeout=30)
     return r.stdout.strip()
 
@@ -313,6 +317,13 @@ class SniGuard(unittest.TestCase):
         out = client("www.allowed.test", "-")
         self.assertTrue(out.startswith("error"), out)
         self.assertEqual(len(events("first-flight-rejected", reason="no_name")), before + 1)
+
+    def test_an_sni_any_entry_lets_a_client_hello_without_server_name_through_to_its_address(self):
+        self.assertIn(NOSNI, in_vm("dig", "+short", "@127.0.0.1", "nosni.allowed.test").stdout)
+        self.assertEqual(client("nosni.allowed.test", "-", addr=NOSNI), "200")
+        self.assertTrue(events("first-flight-allowed", name="*", addr=NOSNI))
+        # The shared address, vouched by entries without sni=any, still wants a bound name.
+        self.assertTrue(client("www.allowed.test", "-").startswith("error"))
 
     def test_a_tfo_syn_with_a_wrong_name_is_dropped_and_the_connection_then_reset(self):
         before = len(events("first-flight-rejected", reason="tfo"))

@@ -231,6 +231,7 @@ Samples samples(dnsward::KeyKind k) {
     case K::YesNo: return {"yes", "maybe", "{0}=maybe: must be yes or no"};
     case K::TypeList: return {"A,TXT,type99", "A,BOGUS", "{0}: unknown type 'BOGUS'"};
     case K::PerMinute: return {"5", "0", "{0}=0: must be a number of names per minute"};
+    case K::Any: return {"any", "all", "{0}=all: the only value is any"};
   }
   return {};
 }
@@ -291,6 +292,7 @@ TEST_CASE("every key of the table is accepted with a valid value and kept") {
       case K::YesNo: CHECK(e.allow_private); break;
       case K::TypeList: CHECK(e.types == std::vector<uint16_t>{1, 16, 99}); break;
       case K::PerMinute: CHECK(e.budget == 5); break;
+      case K::Any: CHECK(e.sni_any); break;
     }
   }
 }

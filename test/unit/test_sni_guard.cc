@@ -635,3 +635,20 @@ TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and --host (not g
   refused({"--sni-guard", "--guard-marks", "0x3"}, "exactly three bits");
   refused({"--sni-guard", "--host", "--listen", "0.0.0.0:53"}, "--sni-guard is not available with --host yet");
 }
+
+TEST_CASE("an element an sni=any entry vouched for lets any first flight through, named or not") {
+  World w;
+  w.names.bound_["198.51.100.7"] = {std::string(kAnyName)};
+  Seg s, h;
+  h.sport = 40001;
+  w.handshake(s);
+  w.handshake(h);
+  s.payload = capture("python_no_sni.bin");
+  const std::string junk = "SSH-2.0-OpenSSH\r\n";
+  h.payload.assign(junk.begin(), junk.end());
+  w.send(s);
+  w.send(h);
+  REQUIRE(w.out.given.size() == 2);
+  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[1].v == GuardVerdict::Allow);
+}
