@@ -159,10 +159,9 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
   ++counts_.packets;
   TcpPacket t;
   if (!parse_tcp_packet(pkt, len, t) || (!is_sni_port(t.dport) && !is_http_port(t.dport))) {
-    // Not what the queue rule sends (not TCP to a guarded port, or unreadable): left to the
-    // rest of the ruleset, which accepts nothing it has not vouched for. A data packet that
-    // the guard cannot read is no first flight the ruleset would let through either: the
-    // rule after the queue drops unjudged payload on guarded ports.
+    // Not what the queue rule sends (not TCP to a guarded port, or unreadable: IPv6
+    // extension headers, say): left to the rest of the ruleset, whose rule after the queue
+    // drops unjudged payload to vouched addresses on guarded ports.
     ++counts_.unparsed;
     give(id, mark, GuardVerdict::Pass);
     return;
@@ -259,8 +258,16 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
     ++pending_;
     pending_expiry_.emplace_back(it->second.deadline_ms, k);
     arm();
-  } else if (it->second.start != t.seq + 1 && it->second.held.empty()) {
-    it->second.start = t.seq + 1;  // a new handshake on the same ports before any data
+  } else if (it->second.start != t.seq + 1) {
+    // A SYN of another sequence number on a connection followed and not decided: never
+    // where the flight starts. The kernel retransmits its SYN with the same one; a raw
+    // socket's SYN would move the start before the real stream, so that bytes the server
+    // discards as old fill the head of the flight judged (the second review's attack).
+    // Dropped; a client that really starts over gets through once this state expires.
+    count(Reason::conflict);
+    reject_log(k, Reason::conflict, "");
+    give(id, mark, GuardVerdict::Drop);
+    return;
   }
   give(id, mark, GuardVerdict::Pass);
 }

@@ -7,7 +7,9 @@
 //   delivered so far, from the flight's start,
 //   agree wherever two packets overlap and begin with a whole ClientHello (port 443) or
 //   HTTP head (port 80) that names a bound name;
-// - every packet gets exactly one verdict, in the end (the deadline rejects what waits).
+// - every packet gets exactly one verdict, in the end (the deadline rejects what waits);
+// - no segment with urgent data (which the server's kernel takes out of the stream) passes
+//   before the connection is allowed.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -45,7 +47,7 @@ class Names : public BoundNames {
 constexpr uint32_t kIsn = 999;  // the flight starts at 1000
 
 struct Sent {
-  bool syn = false;
+  bool syn = false, urg = false;
   uint32_t seq = 0;
   std::vector<uint8_t> payload;
 };
@@ -58,6 +60,9 @@ class Oracle : public VerdictPort {
     const Sent& s = sent[id];
     if (!s.payload.empty()) require(v != GuardVerdict::Pass);
     if (v == GuardVerdict::Drop || v == GuardVerdict::Reject) return;
+    // Urgent data leaves the server's stream: what the guard judged would not be what it
+    // reads, so none may pass before the first flight is allowed.
+    if (s.urg && !checked) urgent_delivered = true;
     // Delivered to the server: its bytes, by offset from the flight's start.
     const uint32_t off = s.seq + (s.syn ? 1 : 0) - (kIsn + 1);
     for (std::size_t i = 0; i < s.payload.size(); ++i) delivered.emplace_back(off + uint32_t(i), s.payload[i]);
@@ -73,6 +78,7 @@ class Oracle : public VerdictPort {
     }
   }
   void check_allowed() {
+    require(!urgent_delivered);
     std::map<uint32_t, uint8_t> bytes;
     for (const auto& [off, b] : delivered) {
       const auto [it, fresh] = bytes.emplace(off, b);
@@ -92,7 +98,7 @@ class Oracle : public VerdictPort {
   std::vector<Sent> sent;
   std::set<uint32_t> given;
   std::vector<std::pair<uint32_t, uint8_t>> delivered;
-  bool allowed = false, checked = false;
+  bool allowed = false, checked = false, urgent_delivered = false;
   uint16_t port = 443;
 };
 
@@ -117,7 +123,7 @@ std::vector<uint8_t> packet(uint16_t dport, const Sent& s, bool rst) {
   t[6] = uint8_t(s.seq >> 8);
   t[7] = uint8_t(s.seq);
   t[12] = 5 << 4;
-  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (rst ? 0x04 : 0));
+  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (rst ? 0x04 : 0) | (s.urg ? 0x20 : 0));
   if (!s.payload.empty()) std::memcpy(t + 20, s.payload.data(), s.payload.size());
   return p;
 }
@@ -166,6 +172,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
           i += 4;
           len = std::min(len, size - i);
           s.syn = tag % 5 == 4 && (tag & 0x80);
+          s.urg = tag & 0x40;
           s.seq = s.syn ? kIsn : kIsn + 1 + off - 256;
           s.payload.assign(data + i, data + i + len);
           i += len;

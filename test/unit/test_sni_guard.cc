@@ -652,3 +652,22 @@ TEST_CASE("an element an sni=any entry vouched for lets any first flight through
   CHECK(w.out.given[0].v == GuardVerdict::Allow);
   CHECK(w.out.given[1].v == GuardVerdict::Allow);
 }
+
+TEST_CASE("a SYN of another sequence number on a followed connection is dropped: the flight's start never moves") {
+  // The second review's attack: a raw socket's bare SYN at ISN - k moves the start k bytes
+  // before the real stream; k bytes the server discards as old then head the flight judged.
+  World w;
+  Seg s;
+  w.handshake(s);  // ISN 999: the flight starts at 1000
+  Seg syn = s;
+  syn.syn = true;
+  syn.seq = 899;
+  const uint32_t id = w.send(syn);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Drop, 0}});
+  CHECK(w.guard->counts().conflict == 1);
+  // The kernel's own retransmission (same ISN) still passes, and the flight still starts at 1000.
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  CHECK(w.out.given.back().v == GuardVerdict::Allow);
+}
