@@ -671,3 +671,19 @@ TEST_CASE("a SYN of another sequence number on a followed connection is dropped:
   w.send(s);
   CHECK(w.out.given.back().v == GuardVerdict::Allow);
 }
+
+TEST_CASE("an urgent pointer on a bare ACK before the verdict rejects the connection (it may point into later bytes)") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  Bytes p = packet(s);  // a bare ACK
+  p[20 + 13] |= 0x20;   // URG
+  p[20 + 18] = 0;
+  p[20 + 19] = 50;      // urgent pointer: 50 bytes on, in data not sent yet
+  w.guard->on_packet(88, 0, p.data(), p.size(), true);
+  CHECK(w.out.given == std::vector<Given>{{88, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().urgent == 1);
+  s.payload = curl_hello();
+  w.send(s);
+  CHECK(w.out.given.back().v == GuardVerdict::Reject);  // the connection stays rejected
+}
