@@ -79,6 +79,7 @@ TEST_CASE("check_sandbox_spec refuses each kind of bad spec with its reason") {
       {"iface slash", [](SandboxSpec& s) { s.iface = "tap/1"; }, "may hold only"},
       {"relative path", [](SandboxSpec& s) { s.allowlists = {"x.allow"}; }, "allowlist path \"x.allow\" is not absolute"},
       {"control in path", [](SandboxSpec& s) { s.allowlists = {"/a\nb"}; }, "has a control character"},
+      {"path ending in a blank", [](SandboxSpec& s) { s.allowlists = {"/etc/x.allow "}; }, "ends with a blank"},
       {"65 paths", [](SandboxSpec& s) { s.allowlists.assign(65, "/x"); }, "more than 64 allowlist files"},
       {"text too long", [](SandboxSpec& s) { s.allowlist_text = std::string(kMaxAllowlistText, 'a') + "\n"; }, "longer than 1 MiB"},
       {"text with CR", [](SandboxSpec& s) { s.allowlist_text = "a\r\n"; }, "has a control character"},
