@@ -3,7 +3,7 @@
 # held). dnsward then judges P || D, where P (raw, k bytes just before the real stream) plus the
 # kernel socket's ClientHello D parse as one ClientHello naming www.allowed.test. The server's
 # TCP drops P as old data (before rcv_nxt) and reads D alone: a ClientHello naming other.test.
-import socket, struct, sys, time
+import socket, struct, sys
 sys.path.insert(0, sys.argv[1])
 from sni_polyglot import hello
 addr, cafile = sys.argv[2:4]
@@ -43,9 +43,8 @@ while True:
         break
 a1, srv1 = ack, seq + 1   # a1: where the kernel socket's data starts
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+# The three go through dnsward's queue in the order sent: no waits between them.
 raw.sendto(seg(src, sport, a1 - k - 1, 0, 0x02), (addr, 0))        # bare SYN: start = a1 - k
-time.sleep(0.3)
 raw.sendto(seg(src, sport, a1 - k, srv1, 0x18, P), (addr, 0))       # P at offset 0, held
-time.sleep(0.3)
 s.sendall(D)                                                        # D at offset k
 finish(s, tls, incoming, outgoing)

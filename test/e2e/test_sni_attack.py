@@ -3,9 +3,8 @@ in the world of test_sni_guard: a front end on 198.18.1.1 serving www.allowed.te
 and other.test (not allowed). Each test tries to reach other.test through the guard; the
 front end reports the TLS server_name and HTTP Host it saw. Clients run as `nobody` without
 capabilities unless the test says otherwise (the raw SYN needs CAP_NET_RAW alone, which
-container runtimes grant by default). The attackers' scripts pace themselves (a short wait
-for their own earlier packets to be handled, or for the front end's reset), as an attacker
-would; the tests wait for nothing but the scripts' exit."""
+container runtimes grant by default). The scripts need no waits: an attacker's packets
+reach dnsward through one queue, in the order sent; the tests wait for the scripts' exit."""
 import os
 import shutil
 import unittest
@@ -99,7 +98,7 @@ pseudo = socket.inet_aton(src) + socket.inet_aton(addr) + struct.pack("!BBH", 0,
 tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 raw.sendto(tcp, (addr, 0))
-import time; time.sleep(0.3)
+# No wait needed: the SYN and the data after it go through the same queue, in order.
 tls, incoming, outgoing, evil = hello("other.test")
 s.sendall(evil)
 finish(s, tls, incoming, outgoing)
@@ -151,7 +150,6 @@ def serve(c):
         host = [l.split(b":", 1)[1].strip() for l in req.split(b"\r\n") if l.lower().startswith(b"host:")]
         body = ("hello %s sni=%s\n" % (host[0].decode() if host else "?", getattr(t, "sni_seen", "-"))).encode()
         t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        import time; time.sleep(0.2)
         t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         t.close()
     except Exception as e:
@@ -184,8 +182,7 @@ def conn(sni, port=None):
 s, t, i, o = conn("www.allowed.test")
 port = s.getsockname()[1]
 finish(s, t, i, o, host="www.allowed.test")
-time.sleep(0.5)
-s.close()
+s.close()  # finish() returned: the front end's reset has arrived
 # 2: the same ports again, within the 10 s conntrack keeps a closed entry: the SYN is
 # "ignored" by conntrack and rides the old entry, whose mark says allowed.
 s, t, i, o = conn("other.test", port)
