@@ -758,15 +758,8 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
   const std::string pattern = c.entry >= 0 ? c.policy->pattern(std::size_t(c.entry)) : std::string();
   const std::string name = c.q.qname_text();
   // sni=any: the element is bound to kAnyName too, which lets the first-flight guard pass
-  // any first flight to it (ledger names are DNS names, never "*").
-  std::vector<std::string> with_any;
-  const std::vector<std::string>* chain = a.chain;
-  if (c.entry >= 0 && c.policy->sni_any(std::size_t(c.entry))) {
-    if (a.chain) with_any = *a.chain;
-    with_any.emplace_back(kAnyName);
-    chain = &with_any;
-  }
-  const Provenance who{pattern, name, chain};
+  // any first flight to it.
+  const Provenance who{pattern, name, a.chain, c.entry >= 0 && c.policy->sni_any(std::size_t(c.entry))};
   // Each element is bound to the names that vouched for it (the SNI guard's list), never
   // to some of them: an answer that would take one over the cap is withheld, like one a
   // full set refuses, and never relayed unvouched.

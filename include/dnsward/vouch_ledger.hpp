@@ -60,6 +60,9 @@ struct Provenance {
   std::string_view pattern;
   std::string_view name;
   const std::vector<std::string>* chain = nullptr;
+  /// The deciding entry has sni=any: its elements are bound to kAnyName too. Only this flag
+  /// binds it; a name "*" from an answer (a CNAME to `*.`) never does.
+  bool any_name = false;
 };
 
 /// Calls fn for each name who binds: who.name, then its chain (unnormalised, maybe twice).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dnsward/vouch_ledger.hpp"
+#include "dnsward/policy.hpp"
 
 using namespace dnsward;
 
@@ -801,4 +802,35 @@ TEST_CASE("host mode: the ledger file keeps the guest half of every key, and a g
   CHECK(key.addr.text() == "198.18.0.1");
   CHECK_FALSE(SetKey::parse("100.64.1.2>2001:db8::1", key));
   CHECK_FALSE(SetKey::parse("100.64.1.2>", key));
+}
+
+TEST_CASE("only an sni=any entry binds the any-name: an answer's CNAME to '*.' does not (review)") {
+  // a.example. A? -> a.example. CNAME *. ; *. A 198.51.100.7, from a hostile upstream.
+  const std::vector<uint8_t> b = {
+      0, 1, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0,
+      1, 'a', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1,
+      0xC0, 12, 0, 5, 0, 1, 0, 0, 1, 44, 0, 3, 1, '*', 0,
+      1, '*', 0, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 198, 51, 100, 7};
+  std::string q;
+  REQUIRE(text_to_wire("a.example", q));
+  const AnswerScan s = scan_answer(b.data(), b.size(), reinterpret_cast<const uint8_t*>(q.data()), q.size(), false, 64);
+  REQUIRE(s.ok);
+  REQUIRE(s.vouch.size() == 1);
+  REQUIRE(s.chain == std::vector<std::string>{"a.example", "*"});
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{s.vouch[0].addr, 300}}, RefreshMode::Replace, "a.example", "a.example", &s.chain));
+  CHECK_FALSE(l.bound(s.vouch[0].addr, kAnyName, k.now));
+  CHECK(l.find(s.vouch[0].addr)->names == "a.example");
+  // The entry's flag does bind it.
+  std::vector<uint64_t> eff;
+  const std::vector<VouchItem> items = {{v4(9), 300}};
+  const auto changes = l.plan(items, k.now, RefreshMode::Replace, eff);
+  std::vector<ChangeResult> res;
+  std::vector<uint64_t> left;
+  std::string err;
+  int e = 0;
+  REQUIRE(commit_changes(k, changes, res, err, e, nullptr, &left));
+  l.committed(items, changes, eff, res, Provenance{"b.example", "b.example", nullptr, true}, k.now, &left);
+  CHECK(l.bound(v4(9), kAnyName, k.now));
 }
