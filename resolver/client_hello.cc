@@ -328,6 +328,7 @@ ClientHelloResult parse_client_hello(const uint8_t* data, std::size_t len) {
   if (s != FlightStatus::Complete) return status(s);
   r.status = FlightStatus::Complete;
   r.hello_end = pos;
+  r.trailing = hs_have - hs_need;
   return r;
 }
 

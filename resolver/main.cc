@@ -217,7 +217,10 @@ int serve(const std::vector<std::string>& args) {
         std::fprintf(stderr, "dnsward: --sni-guard: netfilter queue %u: %s\n", cfg.queue_num, e.what());
         return 1;
       }
-      bound_names = std::make_unique<LedgerBoundNames>(nft->ledger());
+      bound_names = std::make_unique<LedgerBoundNames>(
+          nft->ledger(), [&pipeline](const IpAddr& guest, std::string_view pattern) {
+            return pipeline.sni_any_vouches(guest, pattern);
+          });
       guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *queue, loop);
       queue->start(loop, [&guard](uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len, bool pending) {
         guard->on_packet(id, mark, pkt, len, pending);

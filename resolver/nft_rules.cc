@@ -319,13 +319,16 @@ std::string render_nft_rules(const ServeConfig& c) {
       }
     }
     note("# Payload to a vouched address on a connection not judged (not queued: the queue rule");
-    note("# is missing, or dnsward could not read the packet) never leaves. QUIC (HTTP/3)");
-    note("# carries its ClientHello in encrypted Initial packets: rejected, clients fall back to");
-    note("# TCP, where the guard reads it.");
+    note("# is missing, or dnsward could not read the packet) never leaves; but for a packet");
+    note("# marked with both verdict bits: a TLS 1.3 ClientHello that passed, on a connection");
+    note("# watched until the client's next flight (the server may ask for a second");
+    note("# ClientHello, RFC 8446 4.1.4). QUIC (HTTP/3) carries its ClientHello in encrypted");
+    note("# Initial packets: rejected, clients fall back to TCP, where the guard reads it.");
     for (const auto& [yes, set, proto] : {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
       if (!yes) continue;
-      rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 @ih,0,8 0-255 {} daddr @{} counter drop",
-                       ports, verdicts, proto, *set));
+      rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
+                       "{} daddr @{} counter drop",
+                       ports, verdicts, verdicts, verdicts, proto, *set));
       rule(fmt::format("udp dport {} {} daddr @{} counter reject", tls, proto, *set));
     }
     note("");

@@ -757,9 +757,8 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
   // Provenance by pattern, which survives reloads (entry indices do not).
   const std::string pattern = c.entry >= 0 ? c.policy->pattern(std::size_t(c.entry)) : std::string();
   const std::string name = c.q.qname_text();
-  // sni=any: the element is bound to kAnyName too, which lets the first-flight guard pass
-  // any first flight to it.
-  const Provenance who{pattern, name, a.chain, c.entry >= 0 && c.policy->sni_any(std::size_t(c.entry))};
+  // (sni=any is not recorded here: the guard asks the policy in force, sni_any_vouches().)
+  const Provenance who{pattern, name, a.chain};
   // Each element is bound to the names that vouched for it (the SNI guard's list), never
   // to some of them: an answer that would take one over the cap is withheld, like one a
   // full set refuses, and never relayed unvouched.
@@ -832,6 +831,22 @@ void Pipeline::reload(std::shared_ptr<const Policy> p) {
   revoke_unlisted("removed from the allowlist by a reload");
 }
 
+const Policy* Pipeline::policy_of_guest(const IpAddr& guest, bool& audit) const {
+  audit = cfg_.audit;
+  if (!sandboxes_) return policy_.get();
+  const auto sb = sandboxes_->by_addr(guest);
+  if (!sb) return nullptr;
+  audit = sb->spec.audit;
+  return sb->policy.get();
+}
+
+bool Pipeline::sni_any_vouches(const IpAddr& guest, std::string_view pattern) const {
+  bool audit = false;
+  const Policy* now = policy_of_guest(guest, audit);
+  const int32_t idx = now ? now->find_pattern(pattern) : -1;
+  return idx >= 0 && now->sni_any(std::size_t(idx));
+}
+
 void Pipeline::revoke_unlisted(std::string_view why) {
   if (!sets_) return;
   // Entries are known by pattern, which survives reloads (indices do not). An element is
@@ -840,14 +855,7 @@ void Pipeline::revoke_unlisted(std::string_view why) {
   // while one of its names would be allowed now (or audit mode goes on).
   // In host mode each element is judged by the policy of the sandbox its guest belongs to;
   // an element of a guest no sandbox has goes.
-  auto policy_for = [&](const IpAddr& guest, bool& audit) -> const Policy* {
-    audit = cfg_.audit;
-    if (!sandboxes_) return policy_.get();
-    const auto sb = sandboxes_->by_addr(guest);
-    if (!sb) return nullptr;
-    audit = sb->spec.audit;
-    return sb->policy.get();
-  };
+  auto policy_for = [this](const IpAddr& guest, bool& audit) { return policy_of_guest(guest, audit); };
   const RevokeOutcome r = sets_->revoke_unless(
       [&](const IpAddr& guest, std::string_view pattern) {
         bool audit = false;

@@ -102,6 +102,7 @@ const char* guard_verdict_name(GuardVerdict v) {
     case GuardVerdict::Allow: return "allow";
     case GuardVerdict::Reject: return "reject";
     case GuardVerdict::Drop: return "drop";
+    case GuardVerdict::Watch: return "watch";
   }
   return "?";
 }
@@ -110,6 +111,14 @@ bool LedgerBoundNames::bound(const SetKey& k, std::string_view name, uint64_t no
   // The ledger compares without letter case or a trailing dot, in the form names are
   // stored in (qname_text()); a ClientHello's server_name is lower-case [a-z0-9.-] already.
   return ledger_.bound(k, name, now_ms);
+}
+
+bool LedgerBoundNames::any(const SetKey& k, uint64_t now_ms) const {
+  const LedgerRecord* r = ledger_.find(k);
+  if (!r || (r->kernel_ms <= now_ms && r->promised_ms <= now_ms)) return false;
+  for (const uint32_t p : r->patterns)
+    if (any_(k.guest, ledger_.pattern(p))) return true;
+  return false;
 }
 
 std::string LedgerBoundNames::names(const SetKey& k) const {
@@ -151,6 +160,9 @@ void SniGuard::give(uint32_t id, uint32_t mark, GuardVerdict v) {
   uint32_t out = (mark & ~m.mask()) | m.seen;
   if (v == GuardVerdict::Allow) out |= m.allowed;
   if (v == GuardVerdict::Reject) out |= m.rejected;
+  // Both bits: no conntrack mark is set (the ruleset moves exactly one), so the connection's
+  // next payload is queued again.
+  if (v == GuardVerdict::Watch) out |= m.allowed | m.rejected;
   out_.verdict(id, v, out);
 }
 
@@ -250,16 +262,28 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
       give(id, mark, GuardVerdict::Drop);
       return;
     }
-    Reason why = Reason::none;
-    std::string name;
-    const GuardVerdict v = judge(k, t.payload, t.payload_len, true, why, name);
-    if (v == GuardVerdict::Allow) {
+    const Judged j = judge(k, t.payload, t.payload_len, true);
+    if (j.verdict == GuardVerdict::Allow) {
       ++counts_.allowed;
       give(id, mark, GuardVerdict::Allow);
       return;
     }
+    if (j.verdict == GuardVerdict::Watch && j.hello_end == t.payload_len && pending_ < o_.max_flows &&
+        held_bytes_ + t.payload_len <= kMaxHeldBytes) {
+      // A TLS 1.3 ClientHello and nothing after it: followed from here like any other.
+      Flow f;
+      f.start = t.seq + 1;
+      f.bytes.assign(t.payload, t.payload + t.payload_len);
+      f.have.assign(t.payload_len, true);
+      f.held.push_back({id, mark});
+      f.segments = 1;
+      held_bytes_ += t.payload_len;
+      ++pending_;
+      watch(k, flows_.emplace(k, std::move(f)).first->second, j);
+      return;
+    }
     count(Reason::tfo);
-    reject_log(k, Reason::tfo, name);
+    reject_log(k, Reason::tfo, j.name);
     give(id, mark, GuardVerdict::Drop);
     return;
   }
@@ -319,7 +343,7 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   // Offset of this segment in the flight, modulo 2^32 (sequence numbers wrap).
   const uint32_t off32 = t.seq - f.start;
-  if (off32 >= kMaxFlightBytes || t.payload_len > kMaxFlightBytes - off32) {
+  if (off32 >= f.limit || t.payload_len > f.limit - off32) {
     // Before the flight's start (a huge offset after wrapping) or past our bounds.
     decide(k, f, GuardVerdict::Reject, off32 >= (1u << 31) ? Reason::malformed : Reason::too_large, "");
     return;
@@ -344,70 +368,198 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
     f.bytes[off + i] = t.payload[i];
     f.have[off + i] = true;
   }
+  if (f.watching && end <= f.next_at) {
+    // Bytes judged and passed already, sent again (the server may have lost them): they
+    // pass again, at once. Held, the client would wait for the server's answer to them.
+    f.held.pop_back();
+    --f.segments;
+    give(id, mark, GuardVerdict::Watch);
+    return;
+  }
   const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
-  Reason why = Reason::none;
-  std::string name;
   const bool last_segment = f.segments >= kMaxFlightSegments;
-  const GuardVerdict v =
-      contiguous == 0 ? GuardVerdict::Pass : judge(k, f.bytes.data(), contiguous, last_segment, why, name);
-  if (v == GuardVerdict::Pass) {
-    if (last_segment) decide(k, f, GuardVerdict::Reject, Reason::too_large, "");
+  const Judged j = contiguous == 0  ? Judged{}
+                   : f.watching     ? judge_next(k, f, contiguous, last_segment)
+                                    : judge(k, f.bytes.data(), contiguous, last_segment);
+  if (j.verdict == GuardVerdict::Watch) {
+    watch(k, f, j);
+    return;
+  }
+  if (j.verdict == GuardVerdict::Pass) {
+    if (last_segment) {
+      decide(k, f, GuardVerdict::Reject, Reason::too_large, "");
+    } else if (f.watching && f.next_at == f.bytes.size()) {
+      // All that came is a change_cipher_spec record, which the server ignores: it goes on
+      // (a client may send it alone and wait for the server).
+      for (const Held& h : f.held) give(h.id, h.mark, GuardVerdict::Watch);
+      f.held.clear();
+    }
     return;  // held until more arrives, or the deadline
   }
-  decide(k, f, v, why, name);
+  decide(k, f, j.verdict, j.why, j.name);
 }
 
-GuardVerdict SniGuard::judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance,
-                             Reason& why, std::string& name) const {
+void SniGuard::watch(const Key& k, Flow& f, const Judged& j) {
+  f.watching = true;
+  f.next_at = j.hello_end;
+  f.limit = j.hello_end + kMaxFlightBytes;
+  f.sni = j.name;
+  f.hello_segments = f.segments;
+  f.segments = 0;
+  // The next flight comes after the server's answer: --first-flight-timeout from now.
+  f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
+  pending_expiry_.emplace_back(f.deadline_ms, k);
+  arm();
+  // The next flight may have begun in the segments already here.
+  const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
+  const Judged n = judge_next(k, f, contiguous, false);
+  if (n.verdict != GuardVerdict::Pass) {
+    decide(k, f, n.verdict, n.why, n.name);
+    return;
+  }
+  // Held packets that carry part of the next flight wait for its verdict, with the rest.
+  if (f.next_at != f.bytes.size()) return;
+  for (const Held& h : f.held) give(h.id, h.mark, GuardVerdict::Watch);
+  f.held.clear();
+}
+
+SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance) const {
+  Judged j;
+  auto reject = [&j](Reason why) {
+    j.verdict = GuardVerdict::Reject;
+    j.why = why;
+    return j;
+  };
   // An sni=any entry vouched for this destination: any first flight passes, named or not
   // (the entry's why says which client needs it).
-  if (names_.bound(set_key(k), kAnyName, timers_.now_ms())) {
-    name = std::string(kAnyName);
-    return GuardVerdict::Allow;
+  if (names_.any(set_key(k), timers_.now_ms())) {
+    j.name = std::string(kAnyName);
+    j.verdict = GuardVerdict::Allow;
+    return j;
   }
-  std::string host;
+  bool tls13 = false;
   if (is_sni_port(k.dport)) {
     const ClientHelloResult r = parse_client_hello(data, len);
     switch (r.status) {
-      case FlightStatus::NeedMore: why = final_chance ? Reason::too_large : Reason::none;
-                                   return final_chance ? GuardVerdict::Reject : GuardVerdict::Pass;
-      case FlightStatus::NotTls: why = Reason::not_tls; return GuardVerdict::Reject;
-      case FlightStatus::TooLarge: why = Reason::too_large; return GuardVerdict::Reject;
+      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
+      case FlightStatus::NotTls: return reject(Reason::not_tls);
+      case FlightStatus::TooLarge: return reject(Reason::too_large);
       case FlightStatus::Complete: break;
-      default: why = Reason::malformed; return GuardVerdict::Reject;
+      default: return reject(Reason::malformed);
     }
     // With ECH the server_name seen here is the outer one (dnsward strips ECH configs from
     // the HTTPS records it relays, so a client offers ECH only with a config of its own):
     // it is judged like any other.
-    if (!r.has_sni) {
-      why = Reason::no_name;
-      return GuardVerdict::Reject;
+    j.name = r.sni;
+    if (!r.has_sni) return reject(Reason::no_name);
+    // Handshake bytes after the ClientHello in its record: a second ClientHello there would
+    // be read after a HelloRetryRequest without a flight of its own to judge.
+    if (r.trailing > 0) return reject(Reason::malformed);
+    if (r.offers_tls13 && r.has_early_data) {
+      // 0-RTT data (RFC 8446 4.2.10) follows the ClientHello in application_data records,
+      // which look like the encrypted handshake that tells judge_next() the server took
+      // this ClientHello; and after a HelloRetryRequest the server skips them and reads a
+      // second ClientHello. Refused: the client's next connection goes without it.
+      return reject(Reason::early_data);
     }
-    host = r.sni;
+    tls13 = r.offers_tls13;
+    j.hello_end = r.hello_end;
   } else {
     const HttpHostResult r = parse_http_host(data, len);
     switch (r.status) {
-      case FlightStatus::NeedMore: why = final_chance ? Reason::too_large : Reason::none;
-                                   return final_chance ? GuardVerdict::Reject : GuardVerdict::Pass;
-      case FlightStatus::NotHttp: why = Reason::not_http; return GuardVerdict::Reject;
-      case FlightStatus::TooLarge: why = Reason::too_large; return GuardVerdict::Reject;
+      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
+      case FlightStatus::NotHttp: return reject(Reason::not_http);
+      case FlightStatus::TooLarge: return reject(Reason::too_large);
       case FlightStatus::Complete: break;
-      default: why = Reason::malformed; return GuardVerdict::Reject;
+      default: return reject(Reason::malformed);
     }
-    if (r.host.empty()) {
-      why = Reason::no_name;
-      return GuardVerdict::Reject;
-    }
-    host = r.host;
+    j.name = r.host;
+    if (r.host.empty()) return reject(Reason::no_name);
   }
-  name = host;
-  if (names_.bound(set_key(k), host, timers_.now_ms())) return GuardVerdict::Allow;
-  why = Reason::mismatch;
-  return GuardVerdict::Reject;
+  if (!names_.bound(set_key(k), j.name, timers_.now_ms())) return reject(Reason::mismatch);
+  // TLS 1.3 lets the server ask for a second ClientHello (HelloRetryRequest, RFC 8446
+  // 4.1.4), which is judged too: the connection is watched to the client's next flight. TLS
+  // 1.2 has none in the clear (renegotiation is encrypted), and HTTP/1.x no second head
+  // that a front end routes by.
+  j.verdict = tls13 ? GuardVerdict::Watch : GuardVerdict::Allow;
+  return j;
+}
+
+SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bool final_chance) const {
+  Judged j;
+  auto reject = [&j](Reason why) {
+    j.verdict = GuardVerdict::Reject;
+    j.why = why;
+    return j;
+  };
+  auto allow = [&j, &f] {
+    j.verdict = GuardVerdict::Allow;
+    j.name = f.sni;
+    return j;
+  };
+  const uint8_t* d = f.bytes.data();
+  constexpr std::size_t kHeader = 5;  // RFC 8446 5.1: type, legacy_record_version, length
+  for (;;) {
+    const std::size_t pos = f.next_at;
+    if (len - pos < kHeader) return final_chance ? reject(Reason::too_large) : j;
+    const uint8_t type = d[pos];
+    const std::size_t rec_len = be16(d + pos + 3);
+    switch (type) {
+      case 20:
+        // change_cipher_spec: one byte 0x01, which a TLS 1.3 client sends once, before its
+        // second flight or its second ClientHello, for middleboxes (RFC 8446 D.4).
+        if (f.ccs || rec_len != 1) return reject(Reason::malformed);
+        if (len - pos < kHeader + 1) return final_chance ? reject(Reason::too_large) : j;
+        if (d[pos + kHeader] != 1) return reject(Reason::malformed);
+        f.ccs = true;
+        f.next_at = pos + kHeader + 1;
+        continue;
+      case 23:
+        // application_data: encrypted with keys from the server's answer, which was a
+        // ServerHello, so no second ClientHello can come. After a HelloRetryRequest a
+        // server reads a plaintext ClientHello and skips encrypted records only if 0-RTT
+        // was offered (RFC 8446 4.1.2, 4.2.10), which judge() refused.
+        return allow();
+      case 21:
+        return reject(Reason::alert);
+      case 22:
+        break;
+      default:
+        return reject(Reason::malformed);
+    }
+    // RFC 8446 5.1: "Implementations MUST NOT send zero-length fragments of Handshake types".
+    if (rec_len == 0) return reject(Reason::malformed);
+    if (len - pos < kHeader + 1) return final_chance ? reject(Reason::too_large) : j;
+    if (d[pos + kHeader] != 1) {
+      // Another handshake message than a ClientHello: TLS 1.2's ClientKeyExchange or
+      // Certificate (the server chose 1.2), or, after the change_cipher_spec, 1.2's
+      // encrypted Finished. After a HelloRetryRequest a server takes nothing but a
+      // ClientHello (RFC 8446 4.1.4: anything else aborts the handshake).
+      return allow();
+    }
+    // A second ClientHello, after a HelloRetryRequest. It must repeat the first one's name
+    // (RFC 8446 4.1.2: the same ClientHello but for key_share, early_data, cookie and
+    // padding); OpenSSL's server takes another. A TLS 1.2 encrypted Finished whose first
+    // byte happens to be 1 (when resuming with a suite without explicit nonce) comes here
+    // too, and is rejected: a rare reset rather than a second name unread.
+    const ClientHelloResult r = parse_client_hello(d + pos, len - pos);
+    switch (r.status) {
+      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
+      case FlightStatus::TooLarge: return reject(Reason::too_large);
+      case FlightStatus::Complete: break;
+      default: return reject(Reason::malformed);
+    }
+    j.name = r.sni;
+    if (!r.has_sni) return reject(Reason::no_name);
+    if (r.trailing > 0) return reject(Reason::malformed);
+    if (r.sni != f.sni || !names_.bound(set_key(k), r.sni, timers_.now_ms())) return reject(Reason::mismatch);
+    j.verdict = GuardVerdict::Allow;
+    return j;
+  }
 }
 
 void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name) {
-  const std::size_t segments = f.segments;
+  const std::size_t segments = f.watching ? f.hello_segments : f.segments;  // the first ClientHello's
   // Every held packet gets the verdict, in the order they came: reinjected in that order.
   for (const Held& h : f.held) give(h.id, h.mark, v);
   f.held.clear();

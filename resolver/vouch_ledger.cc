@@ -397,13 +397,13 @@ std::vector<std::string> VouchLedger::names_of(const Provenance& who) {
   for_each_bound_name(who, [&](std::string_view n) {
     n = without_dot(n);
     if (!plain_field(n, true)) return;  // never from name_to_text; a file could not hold it
-    // A hostile upstream's CNAME to `*.` names "*": it must not stand for sni=any (review).
+    // A hostile upstream's CNAME to `*.` names "*": it must not look like sni=any in a log
+    // or a ledger file (review).
     if (n == kAnyName) return;
     std::string lc(n);
     std::transform(lc.begin(), lc.end(), lc.begin(), lower);
     if (std::find(out.begin(), out.end(), lc) == out.end()) out.push_back(std::move(lc));
   });
-  if (who.any_name) out.emplace_back(kAnyName);
   return out;
 }
 

@@ -31,6 +31,11 @@ struct ClientHelloResult {
   FlightStatus status = FlightStatus::NeedMore;
   std::size_t need = 0;        ///< NeedMore: at least this many more bytes (never 0)
   std::size_t hello_end = 0;   ///< Complete: input bytes up to the end of the last record used
+  /// Complete: handshake bytes after the ClientHello in its last record (RFC 8446 5.1 lets
+  /// messages share a record). A client sends none: nothing follows its ClientHello before
+  /// the server answers, and a second ClientHello hidden there would be read after a
+  /// HelloRetryRequest without ever being a flight of its own.
+  std::size_t trailing = 0;
   uint16_t legacy_version = 0; ///< ClientHello.legacy_version (0x0303 from TLS 1.3 clients)
   bool offers_tls13 = false;   ///< supported_versions lists 0x0304
   bool has_sni = false;        ///< a server_name extension with its one host_name

@@ -145,6 +145,9 @@ class Pipeline {
   /// Counts a reload that failed (the old policy stays).
   void reload_failed() { ++counters_.reloads_failed; }
   const Policy& policy() const { return *policy_; }
+  /// Whether the entry of pattern has sni=any in the policy guest's queries are judged by
+  /// now (the first-flight guard's BoundNames::any).
+  bool sni_any_vouches(const IpAddr& guest, std::string_view pattern) const;
   /// Where usage is counted (per entry, per denied name); null: not counted.
   void set_usage(Usage* u) { usage_ = u; }
   /// Where the ruleset's state is read (NftSets); null: not checked (--no-nft).
@@ -168,6 +171,9 @@ class Pipeline {
   static constexpr uint64_t kBudgetWindowMs = 60000;
 
  private:
+  /// The policy a guest's queries are judged by now (null: no sandbox has it), and whether
+  /// it is in audit mode.
+  const Policy* policy_of_guest(const IpAddr& guest, bool& audit) const;
   /// What one stage decided.
   enum class Step : uint8_t {
     Continue,  ///< the next stage decides

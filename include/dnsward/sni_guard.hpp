@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -52,6 +53,13 @@ enum class GuardVerdict : uint8_t {
   Allow,   ///< the connection named a bound name: never queued again
   Reject,  ///< the connection is reset by the ruleset, now and for any later packet
   Drop,    ///< NF_DROP: the client retransmits (a TCP Fast Open SYN, or no room to follow it)
+  /// A TLS 1.3 ClientHello named a bound name, but the server may answer it with a
+  /// HelloRetryRequest and read a second ClientHello (RFC 8446 4.1.4), which OpenSSL's server
+  /// takes with another server_name: the packet goes on to the server, and the connection
+  /// stays queued until the client's next flight shows which it is. Marked with both the
+  /// allowed and the rejected bit, which the ruleset moves into no conntrack mark and lets
+  /// past the drop of unjudged payload.
+  Watch,
 };
 const char* guard_verdict_name(GuardVerdict v);
 
@@ -71,20 +79,31 @@ class BoundNames {
   virtual bool known(const SetKey& k) const = 0;
   /// Whether name is bound to k, which is held or promised now.
   virtual bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const = 0;
+  /// Whether k, held or promised now, was vouched for by an entry that has sni=any in the
+  /// policy in force now: any first flight may reach it. Asked of the policy, not of what
+  /// the entry said when it vouched, so that a reload taking sni=any away closes k at once,
+  /// though its answers keep refreshing it.
+  virtual bool any(const SetKey& k, uint64_t now_ms) const = 0;
   /// The bound names, comma-separated, for the log.
   virtual std::string names(const SetKey& k) const = 0;
 };
 
+/// Whether the entry of pattern, in the policy the guest's queries are judged by now, has
+/// sni=any (the pipeline answers; family 0 guest in single-VM mode).
+using SniAnyJudge = std::function<bool(const IpAddr& guest, std::string_view pattern)>;
+
 /// BoundNames read from the vouch ledger (in-guest and host mode alike: the key says which).
 class LedgerBoundNames : public BoundNames {
  public:
-  explicit LedgerBoundNames(const VouchLedger& l) : ledger_(l) {}
+  LedgerBoundNames(const VouchLedger& l, SniAnyJudge any) : ledger_(l), any_(std::move(any)) {}
   bool known(const SetKey& k) const override { return ledger_.find(k) != nullptr; }
   bool bound(const SetKey& k, std::string_view name, uint64_t now_ms) const override;
+  bool any(const SetKey& k, uint64_t now_ms) const override;
   std::string names(const SetKey& k) const override;
 
  private:
   const VouchLedger& ledger_;
+  SniAnyJudge any_;
 };
 
 /// Why a connection was rejected (or a SYN dropped): metrics labels and log reasons.
@@ -101,7 +120,9 @@ class LedgerBoundNames : public BoundNames {
   X(tfo, "tfo")                   /* a TCP Fast Open SYN that did not carry a bound name */   \
   X(urgent, "urgent")             /* urgent data: the server's stream would differ */        \
   X(checksum, "checksum")         /* a wrong checksum: the server would discard the packet */ \
-  X(full, "full")                 /* --queue-maxlen connections followed already */
+  X(full, "full")                 /* --queue-maxlen connections followed already */           \
+  X(early_data, "early_data")     /* TLS 1.3 0-RTT data offered: see judge_next() */          \
+  X(alert, "alert")               /* a plaintext alert after the ClientHello: it gave up */
 
 struct GuardCounts {
 #define DNSWARD_GUARD_FIELD_(m, s) uint64_t m = 0;
@@ -173,6 +194,15 @@ class SniGuard {
     std::size_t segments = 0;
     bool decided = false;        ///< verdict given; late packets get the same
     GuardVerdict verdict = GuardVerdict::Pass;
+    /// After a TLS 1.3 ClientHello (Watch): the client's next flight is read from next_at
+    /// (past the ClientHello and any change_cipher_spec records since), up to limit; its
+    /// ClientHello, if it sends another, must name sni again.
+    bool watching = false;
+    std::size_t next_at = 0;
+    std::size_t limit = kMaxFlightBytes;
+    std::string sni;
+    bool ccs = false;            ///< a change_cipher_spec record was read (one is allowed)
+    std::size_t hello_segments = 0;  ///< segments of the first ClientHello (for the log)
   };
   enum class Reason : uint8_t {
 #define DNSWARD_GUARD_ENUM_(m, s) m,
@@ -180,13 +210,26 @@ class SniGuard {
 #undef DNSWARD_GUARD_ENUM_
     none
   };
+  /// What judge() or judge_next() made of the bytes so far.
+  struct Judged {
+    GuardVerdict verdict = GuardVerdict::Pass;  ///< Pass: more is needed
+    Reason why = Reason::none;
+    std::string name;
+    std::size_t hello_end = 0;  ///< Watch: where the ClientHello's records end
+  };
 
   void give(uint32_t id, uint32_t mark, GuardVerdict v);
   void on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
   void on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
-  /// Judges the flight received so far: Pass while more is needed.
-  GuardVerdict judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance, Reason& why,
-                     std::string& name) const;
+  /// Judges the first flight received so far: Pass while more is needed, Watch for a TLS 1.3
+  /// ClientHello that names a bound name.
+  Judged judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance) const;
+  /// Judges the client's next flight after a TLS 1.3 ClientHello (f.watching), from f.next_at
+  /// to len; moves f.next_at past change_cipher_spec records read.
+  Judged judge_next(const Key& k, Flow& f, std::size_t len, bool final_chance) const;
+  /// The flight's first ClientHello was judged Watch: held packets go on, the flow waits for
+  /// the next flight.
+  void watch(const Key& k, Flow& f, const Judged& j);
   void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name);
   void reject_log(const Key& k, Reason why, const std::string& name);
   void count(Reason why);

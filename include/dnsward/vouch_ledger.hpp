@@ -60,9 +60,6 @@ struct Provenance {
   std::string_view pattern;
   std::string_view name;
   const std::vector<std::string>* chain = nullptr;
-  /// The deciding entry has sni=any: its elements are bound to kAnyName too. Only this flag
-  /// binds it; a name "*" from an answer (a CNAME to `*.`) never does.
-  bool any_name = false;
 };
 
 /// Calls fn for each name who binds: who.name, then its chain (unnormalised, maybe twice).
@@ -173,7 +170,9 @@ struct LedgerRecord {
   std::string names;
 };
 
-/// The name an sni=any entry binds to its elements: any first flight may reach them.
+/// What the guard logs as the name of a first flight an sni=any entry let through. Never a
+/// bound name: sni=any is asked of the policy in force (BoundNames::any), and a "*" from an
+/// answer (a hostile upstream's CNAME to `*.`) is not bound.
 inline constexpr std::string_view kAnyName = "*";
 
 /// Calls fn for each name in LedgerRecord::names.

@@ -283,21 +283,31 @@ class Attack(unittest.TestCase):
         self.assertRefused(out.splitlines()[-1] if out else out)
         self.assertGreater(len(g.events("first-flight-rejected", reason="conflict")), before)
 
-    @unittest.expectedFailure
-    def test_known_open_a_hello_retry_request_lets_the_second_client_hello_name_another_server(self):
-        """KNOWN OPEN BYPASS (second review), kept so that its fix shows: the guard judges the
-        first ClientHello only. An unprivileged client whose first ClientHello names the
+    def test_a_hello_retry_request_does_not_let_the_second_client_hello_name_another_server(self):
+        """The second review's bypass: an unprivileged client whose first ClientHello names the
         allowed name with no usable key share gets a HelloRetryRequest, and its second
-        ClientHello, never queued, names other.test; OpenSSL's server takes the new name.
-        When the guard follows a TLS 1.3 connection to the client's next flight, this test
-        passes, and unittest reports an unexpected success (a failure) until this decorator
-        goes."""
+        ClientHello names other.test; OpenSSL's server takes the new name. The guard follows
+        a TLS 1.3 connection to the client's next flight and rejects the second name."""
+        before = len(g.events("sni-mismatch"))
         try:
             import cryptography  # noqa: F401 - the client writes its own TLS 1.3 handshake
         except ImportError:
             self.skipTest("python3-cryptography is not installed (scripts/install-deps test)")
         out = run(NOBODY, "hrr_client.py", g.SHARED, "443", "www.allowed.test", "other.test")
         self.assertRefused(out)
+        mismatches = g.events("sni-mismatch")[before:]
+        self.assertEqual(len(mismatches), 1, mismatches)
+        self.assertIn(" name=other.test ", mismatches[0])
+
+    def test_a_hello_retry_request_with_the_same_name_again_completes(self):
+        """The same client, its second ClientHello repeating the allowed name: the handshake
+        completes through the guard (what a real client does after a HelloRetryRequest)."""
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            self.skipTest("python3-cryptography is not installed (scripts/install-deps test)")
+        out = run(NOBODY, "hrr_client.py", g.SHARED, "443", "www.allowed.test", "www.allowed.test")
+        self.assertTrue(out.startswith("hello") and "www.allowed.test" in out, out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ lives on the same address.
 The queue backend is the kernel's: nftables' own `queue` where the kernel has nft_queue (the
 6.1 guest), else the xt NFQUEUE target through iptables-nft (these machines' 6.18 kernel)."""
 import os
+import signal
 import re
 import shutil
 import subprocess
@@ -324,6 +325,35 @@ class SniGuard(unittest.TestCase):
         self.assertTrue(events("first-flight-allowed", name="*", addr=NOSNI))
         # The shared address, vouched by entries without sni=any, still wants a bound name.
         self.assertTrue(client("www.allowed.test", "-").startswith("error"))
+
+    def test_taking_sni_any_off_a_listed_entry_closes_its_address_at_the_reload(self):
+        # The entry stays listed, so its address stays vouched (and its answers would keep
+        # refreshing it); only sni=any goes. The next first flight without server_name to it
+        # is judged by the policy now in force, not by what the entry said when it vouched.
+        self.assertIn(NOSNI, in_vm("dig", "+short", "@127.0.0.1", "nosni.allowed.test").stdout)
+        self.assertEqual(client("nosni.allowed.test", "-", addr=NOSNI), "200")
+        allow = os.path.join(workdir, "world.allow")
+        try:
+            self.reload(ALLOW.replace(' sni=any why="a client that sends no server_name"', ""))
+            self.assertIn(NOSNI, in_vm("dig", "+short", "@127.0.0.1", "nosni.allowed.test").stdout)
+            before = len(events("first-flight-rejected", reason="no_name", addr=NOSNI))
+            self.assertTrue(client("nosni.allowed.test", "-", addr=NOSNI).startswith("error"))
+            self.assertEqual(len(events("first-flight-rejected", reason="no_name", addr=NOSNI)), before + 1)
+            # The name itself still passes the guard, which bound it: the front end answers
+            # with its certificate (which does not name it: the client refuses that).
+            out = client("nosni.allowed.test", "nosni.allowed.test", addr=NOSNI)
+            self.assertIn("certificate is not valid for 'nosni.allowed.test'", out)
+        finally:
+            self.reload(ALLOW)
+        self.assertEqual(client("nosni.allowed.test", "-", addr=NOSNI), "200")
+        self.assertTrue(os.path.exists(allow))
+
+    def reload(self, text):
+        with open(os.path.join(workdir, "world.allow"), "w") as f:
+            f.write(text)
+        before = log().count("event=reload ")
+        dnsward.send_signal(signal.SIGHUP)
+        wait_for(lambda: log().count("event=reload ") > before, what="dnsward reloading its allowlist")
 
     def test_a_tfo_syn_with_a_wrong_name_is_dropped_and_the_connection_then_reset(self):
         before = len(events("first-flight-rejected", reason="tfo"))

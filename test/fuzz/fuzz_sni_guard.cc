@@ -3,10 +3,14 @@
 // any content, resets, and time passing. The oracle is the guard's promise, checked against
 // what the server would receive (the payload of every packet not dropped or rejected):
 // - no packet with payload is ever passed unjudged (a Pass verdict for payload);
-// - when a connection is first allowed (all verdicts of that decision given), the bytes
-//   delivered so far, from the flight's start,
-//   agree wherever two packets overlap and begin with a whole ClientHello (port 443) or
-//   HTTP head (port 80) that names a bound name;
+// - whenever bytes were delivered up to the connection's Allow (after all verdicts of one
+//   packet are given), those from
+//   the flight's start agree wherever two packets overlap and begin with a whole
+//   ClientHello (port 443) or HTTP head (port 80) that names a bound name, with nothing
+//   after the ClientHello in its record and no 0-RTT offered with TLS 1.3;
+// - and, as a TLS 1.3 server that sent a HelloRetryRequest would read them (RFC 8446
+//   4.1.4): past any change_cipher_spec records, a handshake record that begins a second
+//   ClientHello, once whole, names the first one's name;
 // - every packet gets exactly one verdict, in the end (the deadline rejects what waits);
 // - no segment with urgent data (which the server's kernel takes out of the stream) passes
 //   before the connection is allowed.
@@ -41,6 +45,7 @@ class Names : public BoundNames {
   bool bound(const SetKey&, std::string_view name, uint64_t) const override {
     return name == "allowed.example" || name == "x.test";
   }
+  bool any(const SetKey&, uint64_t) const override { return false; }
   std::string names(const SetKey&) const override { return "allowed.example,x.test"; }
 };
 
@@ -67,6 +72,7 @@ class Oracle : public VerdictPort {
     const uint32_t off = s.seq + (s.syn ? 1 : 0) - (kIsn + 1);
     for (std::size_t i = 0; i < s.payload.size(); ++i) delivered.emplace_back(off + uint32_t(i), s.payload[i]);
     if (v == GuardVerdict::Allow) allowed = true;
+    if (!s.payload.empty()) fresh = true;
   }
   /// After each packet and each passage of time: the verdicts of one decision come together
   /// (held packets in the order they came, so later bytes may come first), and the server
@@ -74,11 +80,17 @@ class Oracle : public VerdictPort {
   void settle() {
     if (allowed && !checked) {
       checked = true;
-      check_allowed();
+      require(!urgent_delivered);
+    }
+    // Up to the verdict that allows the connection: after it the kernel queues nothing more
+    // of it (here, late packets get Allow unread), and what the client sends is its own.
+    if (fresh && !after_allow) {
+      fresh = false;
+      check_delivered();
+      after_allow = allowed;
     }
   }
-  void check_allowed() {
-    require(!urgent_delivered);
+  void check_delivered() {
     std::map<uint32_t, uint8_t> bytes;
     for (const auto& [off, b] : delivered) {
       const auto [it, fresh] = bytes.emplace(off, b);
@@ -89,7 +101,15 @@ class Oracle : public VerdictPort {
     Names n;
     if (port == 443) {
       const ClientHelloResult r = parse_client_hello(stream.data(), stream.size());
-      require(r.status == FlightStatus::Complete && r.has_sni && n.bound({}, r.sni, 0));
+      require(r.status == FlightStatus::Complete && r.has_sni && n.bound({}, r.sni, 0) && r.trailing == 0);
+      if (!r.offers_tls13) return;
+      require(!r.has_early_data);
+      std::size_t pos = r.hello_end;
+      while (stream.size() - pos >= 6 && stream[pos] == 20 && stream[pos + 3] == 0 && stream[pos + 4] == 1)
+        pos += 6;  // change_cipher_spec records, which a lenient server skips
+      if (stream.size() - pos < 6 || stream[pos] != 22 || stream[pos + 5] != 1) return;
+      const ClientHelloResult second = parse_client_hello(stream.data() + pos, stream.size() - pos);
+      if (second.status == FlightStatus::Complete) require(second.has_sni && second.sni == r.sni);
     } else {
       const HttpHostResult r = parse_http_host(stream.data(), stream.size());
       require(r.status == FlightStatus::Complete && n.bound({}, r.host, 0));
@@ -98,7 +118,7 @@ class Oracle : public VerdictPort {
   std::vector<Sent> sent;
   std::set<uint32_t> given;
   std::vector<std::pair<uint32_t, uint8_t>> delivered;
-  bool allowed = false, checked = false, urgent_delivered = false;
+  bool allowed = false, checked = false, urgent_delivered = false, fresh = false, after_allow = false;
   uint16_t port = 443;
 };
 

@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "dnsward/client_hello.hpp"
+#include "../common/tls_records.hpp"
 
 using namespace dnsward;
+using namespace dnsward::testing;
 
 namespace {
 
@@ -39,65 +41,6 @@ HttpHostResult http_n(const std::string& s, std::size_t n) {
 }
 
 HttpHostResult http(const std::string& s) { return http_n(s, s.size()); }
-
-void put16(Bytes& b, std::size_t v) {
-  b.push_back(uint8_t(v >> 8));
-  b.push_back(uint8_t(v));
-}
-
-struct Ext {
-  uint16_t type;
-  Bytes data;
-};
-
-Ext sni_ext(const std::string& host) {
-  Ext e{0, {}};
-  put16(e.data, host.size() + 3);
-  e.data.push_back(0);
-  put16(e.data, host.size());
-  e.data.insert(e.data.end(), host.begin(), host.end());
-  return e;
-}
-
-// A ClientHello handshake message (RFC 8446 4.1.2) with the given extensions.
-Bytes hello_message(const std::vector<Ext>& exts) {
-  Bytes body{1, 0, 0, 0};  // msg_type client_hello, uint24 length filled in below
-  put16(body, 0x0303);
-  for (int i = 0; i < 32; ++i) body.push_back(uint8_t(i));
-  body.push_back(32);
-  for (int i = 0; i < 32; ++i) body.push_back(uint8_t(0xa0 + i));
-  put16(body, 4);
-  put16(body, 0x1301);
-  put16(body, 0x1302);
-  body.push_back(1);
-  body.push_back(0);
-  Bytes ext;
-  for (const Ext& e : exts) {
-    put16(ext, e.type);
-    put16(ext, e.data.size());
-    ext.insert(ext.end(), e.data.begin(), e.data.end());
-  }
-  put16(body, ext.size());
-  body.insert(body.end(), ext.begin(), ext.end());
-  const std::size_t n = body.size() - 4;
-  body[1] = uint8_t(n >> 16);
-  body[2] = uint8_t(n >> 8);
-  body[3] = uint8_t(n);
-  return body;
-}
-
-// Wraps a handshake message in TLS records of at most `frag` bytes each.
-Bytes records(const Bytes& msg, std::size_t frag = 16384) {
-  Bytes out;
-  for (std::size_t off = 0; off < msg.size(); off += frag) {
-    const std::size_t n = std::min(frag, msg.size() - off);
-    out.push_back(0x16);
-    put16(out, 0x0301);
-    put16(out, n);
-    out.insert(out.end(), msg.begin() + long(off), msg.begin() + long(off + n));
-  }
-  return out;
-}
 
 // Browser-like extensions: SNI, ALPN h2/http1.1, supported_versions with TLS 1.3, and a
 // key_share with an X25519MLKEM768 share (group 0x11ec, 1216 bytes) as Chrome and Firefox
@@ -296,6 +239,21 @@ TEST_CASE("ECH present: has_ech, and the outer SNI is the one reported") {
   REQUIRE(r.status == FlightStatus::Complete);
   CHECK(r.has_ech);
   CHECK(r.sni == "public.example");
+}
+
+TEST_CASE("handshake bytes after the ClientHello in its own record are reported as trailing, not read") {
+  Bytes msg = hello_message({sni_ext("a.example")});
+  ClientHelloResult r = parse_n(records(msg), records(msg).size());
+  REQUIRE(r.status == FlightStatus::Complete);
+  CHECK(r.trailing == 0);
+  const Bytes second = hello_message({sni_ext("b.example")});
+  msg.insert(msg.end(), second.begin(), second.end());  // a second ClientHello in the same record
+  const Bytes b = records(msg);
+  r = parse_n(b, b.size());
+  REQUIRE(r.status == FlightStatus::Complete);
+  CHECK(r.sni == "a.example");
+  CHECK(r.trailing == second.size());
+  CHECK(r.hello_end == b.size());
 }
 
 TEST_CASE("early_data is reported, and must be empty") {

@@ -1042,8 +1042,8 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only unjudged original
     CHECK(line.find("bypass") == std::string::npos);
   }
   CHECK(queues == 4);
-  CHECK(nft.find("ct mark & 0x00c00000 == 0 @ih,0,8 0-255 ip daddr @allowed4 counter drop") != std::string::npos);
-  CHECK(nft.find("ct mark & 0x00c00000 == 0 @ih,0,8 0-255 ip6 daddr @allowed6 counter drop") != std::string::npos);
+  CHECK(nft.find("ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip daddr @allowed4 counter drop") != std::string::npos);
+  CHECK(nft.find("ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip6 daddr @allowed6 counter drop") != std::string::npos);
   CHECK(nft.find("udp dport { 443 } ip daddr @allowed4 counter reject") != std::string::npos);
   CHECK(nft.find("ct state invalid,untracked counter drop") != std::string::npos);
   const auto [xt_nft, xc] = rules({"--sni-guard", "--queue-backend", "xt"});

@@ -14,6 +14,7 @@
 #include "dnsward/sni_guard.hpp"
 #include "dnsward/config.hpp"
 #include "../common/fake_timers.hpp"
+#include "../common/tls_records.hpp"
 
 using namespace dnsward;
 
@@ -62,6 +63,7 @@ class Names : public BoundNames {
     const auto it = bound_.find(k.text());
     return it != bound_.end() && it->second.count(std::string(name)) > 0;
   }
+  bool any(const SetKey& k, uint64_t) const override { return any_.count(k.text()) > 0; }
   std::string names(const SetKey& k) const override {
     std::string r;
     if (const auto it = bound_.find(k.text()); it != bound_.end())
@@ -69,9 +71,11 @@ class Names : public BoundNames {
     return r;
   }
   std::map<std::string, std::set<std::string>> bound_;
+  std::set<std::string> any_;  ///< keys an sni=any entry vouched for
 };
 
 constexpr uint32_t kSeen = 0x00200000, kAllowed = 0x00400000, kRejected = 0x00800000;
+constexpr uint32_t kWatch = kSeen | kAllowed | kRejected;
 
 struct Seg {
   std::string src = "10.0.0.2", dst = "198.51.100.7";
@@ -157,15 +161,34 @@ struct World {
 
 Bytes slice(const Bytes& b, std::size_t from, std::size_t to) { return Bytes(b.begin() + long(from), b.begin() + long(to)); }
 
+/// A TLS record of the given type whose body is n bytes of x.
+Bytes record(uint8_t type, std::size_t n, uint8_t x = 0xab) {
+  Bytes r = {type, 3, 3, uint8_t(n >> 8), uint8_t(n)};
+  r.insert(r.end(), n, x);
+  return r;
+}
+/// The client's next flight after a TLS 1.3 ClientHello that the server took: its
+/// encrypted Finished (an application_data record), sent at seq.
+Seg encrypted_flight(Seg s, uint32_t seq) {
+  s.syn = false;
+  s.seq = seq;
+  s.payload = record(23, 53);
+  return s;
+}
+
 }  // namespace
 
-TEST_CASE("a ClientHello naming a bound name is allowed: NF_REPEAT with the judged and allowed bits") {
+TEST_CASE("a TLS 1.3 ClientHello naming a bound name passes watched (both bits); the encrypted next flight allows") {
   World w;
   Seg s;
   w.handshake(s);
   s.payload = curl_hello();
   const uint32_t id = w.send(s, 0x00000005);  // bits of other software's kept as they are
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, 0x00000005 | kSeen | kAllowed}});
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, 0x00000005 | kWatch}});
+  CHECK(w.guard->counts().allowed == 0);
+  // The server answered with a ServerHello: the client's next flight is encrypted.
+  const uint32_t next = w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())), 0x00000005);
+  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, 0x00000005 | kSeen | kAllowed});
   CHECK(w.guard->counts().allowed == 1);
 }
 
@@ -205,7 +228,7 @@ TEST_CASE("host mode: a name bound for one guest does not let another guest use 
   w.send(a);
   w.send(b);
   REQUIRE(w.out.given.size() == 2);
-  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[0].v == GuardVerdict::Watch);
   // Nothing was vouched for b: left to the ruleset, whose (guest . destination) set has no
   // element for it. Never allowed.
   CHECK(w.out.given[1].v == GuardVerdict::Pass);
@@ -223,8 +246,7 @@ TEST_CASE("a ClientHello in two segments is held until whole, then both get the 
   const uint32_t ia = w.send(a);
   CHECK(w.out.given.empty());  // held: nothing reaches the server before the verdict
   const uint32_t ib = w.send(b);
-  CHECK(w.out.given == std::vector<Given>{{ia, GuardVerdict::Allow, kSeen | kAllowed},
-                                         {ib, GuardVerdict::Allow, kSeen | kAllowed}});
+  CHECK(w.out.given == std::vector<Given>{{ia, GuardVerdict::Watch, kWatch}, {ib, GuardVerdict::Watch, kWatch}});
 }
 
 TEST_CASE("segments out of order are put back in order") {
@@ -239,8 +261,7 @@ TEST_CASE("segments out of order are put back in order") {
   const uint32_t ib = w.send(b);
   CHECK(w.out.given.empty());
   const uint32_t ia = w.send(a);
-  CHECK(w.out.given == std::vector<Given>{{ib, GuardVerdict::Allow, kSeen | kAllowed},
-                                         {ia, GuardVerdict::Allow, kSeen | kAllowed}});
+  CHECK(w.out.given == std::vector<Given>{{ib, GuardVerdict::Watch, kWatch}, {ia, GuardVerdict::Watch, kWatch}});
 }
 
 TEST_CASE("a retransmission that rewrites bytes already received is rejected") {
@@ -329,21 +350,26 @@ TEST_CASE("later packets of a decided connection get the same verdict") {
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
+  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
   Seg more = s;
-  more.seq = 1000 + uint32_t(s.payload.size());
+  more.seq = 1000 + uint32_t(s.payload.size()) + 58;
   more.payload = {1, 2, 3};
   const uint32_t id = w.send(more);  // queued before the conntrack mark was set
   CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
-TEST_CASE("a TCP Fast Open SYN with a bound name is allowed; with another it is dropped") {
+TEST_CASE("a TCP Fast Open SYN with a bound name passes (watched, as TLS 1.3); with another it is dropped") {
   World w;
   Seg s;
   s.syn = true;
   s.seq = 999;
   s.payload = curl_hello();
   const uint32_t ok = w.send(s);
-  CHECK(w.out.given.back() == Given{ok, GuardVerdict::Allow, kSeen | kAllowed});
+  CHECK(w.out.given.back() == Given{ok, GuardVerdict::Watch, kWatch});
+  // Followed from the SYN: the next flight is judged at the offset after the ClientHello.
+  const uint32_t next = w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, kSeen | kAllowed});
   w.names.bound_["198.51.100.7"] = {"registry.example"};
   s.sport = 40001;
   const uint32_t bad = w.send(s);
@@ -380,7 +406,7 @@ TEST_CASE("IPv6 connections are judged the same way") {
   s.payload = python_hello();
   w.send(s);
   REQUIRE(w.out.given.size() == 1);
-  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[0].v == GuardVerdict::Watch);
 }
 
 TEST_CASE("past --queue-maxlen followed connections a new SYN is dropped, none evicted") {
@@ -396,7 +422,7 @@ TEST_CASE("past --queue-maxlen followed connections a new SYN is dropped, none e
   CHECK(w.guard->counts().full == 1);
   a.payload = curl_hello();
   w.send(a);
-  CHECK(w.out.given.back().v == GuardVerdict::Allow);  // the followed one was kept
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);  // the followed one was kept
 }
 
 TEST_CASE("packets that are not TCP to a guarded port pass to the ruleset unjudged") {
@@ -533,7 +559,7 @@ TEST_CASE("a segment whose checksum is the sender's and wrong is dropped, never 
     CHECK(w.out.given.back() == Given{50, GuardVerdict::Drop, 0});
     CHECK(w.guard->counts().checksum == 1);
     w.guard->on_packet(51, 0, p.data(), p.size(), false);
-    CHECK(w.out.given.back() == Given{51, GuardVerdict::Allow, kSeen | kAllowed});
+    CHECK(w.out.given.back() == Given{51, GuardVerdict::Watch, kWatch});
   }
 }
 
@@ -576,6 +602,7 @@ TEST_CASE("a new handshake on the ports of a decided connection is judged anew, 
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
+  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
   w.names.bound_["198.51.100.7"] = {"registry.example"};
   Seg again;
@@ -638,7 +665,8 @@ TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and --host (not g
 
 TEST_CASE("an element an sni=any entry vouched for lets any first flight through, named or not") {
   World w;
-  w.names.bound_["198.51.100.7"] = {std::string(kAnyName)};
+  w.names.bound_["198.51.100.7"] = {"allowed.example"};
+  w.names.any_ = {"198.51.100.7"};
   Seg s, h;
   h.sport = 40001;
   w.handshake(s);
@@ -669,7 +697,7 @@ TEST_CASE("a SYN of another sequence number on a followed connection is dropped:
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
-  CHECK(w.out.given.back().v == GuardVerdict::Allow);
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
 }
 
 TEST_CASE("an urgent pointer on a bare ACK before the verdict rejects the connection (it may point into later bytes)") {
@@ -686,4 +714,259 @@ TEST_CASE("an urgent pointer on a bare ACK before the verdict rejects the connec
   s.payload = curl_hello();
   w.send(s);
   CHECK(w.out.given.back().v == GuardVerdict::Reject);  // the connection stays rejected
+}
+
+// A TLS 1.3 server may answer the ClientHello with a HelloRetryRequest and read a second one
+// (RFC 8446 4.1.4); OpenSSL's server takes another server_name there (the second review's
+// bypass, test_sni_attack's HRR client). The guard follows the connection to the client's
+// next flight.
+namespace {
+/// A TLS 1.3 ClientHello (supported_versions 1.3 and a key share) naming host, in one record.
+Bytes tls13_hello(const std::string& host, std::vector<testing::Ext> more = {}) {
+  std::vector<testing::Ext> e = {testing::sni_ext(host), testing::Ext{43, {2, 0x03, 0x04}}};
+  e.insert(e.end(), more.begin(), more.end());
+  return testing::records(testing::hello_message(e));
+}
+Bytes tls12_hello(const std::string& host) {
+  return testing::records(testing::hello_message({testing::sni_ext(host)}));
+}
+Bytes ccs() { return {20, 3, 3, 0, 1, 1}; }
+Bytes cat(Bytes a, const Bytes& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+/// The connection of w after handshake and a first ClientHello naming allowed.example, given
+/// Watch; returns the sequence number after it.
+uint32_t watched(World& w, Seg& s) {
+  w.handshake(s);
+  s.payload = tls13_hello("allowed.example");
+  const uint32_t id = w.send(s);
+  REQUIRE(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
+  w.out.given.clear();
+  return 1000 + uint32_t(s.payload.size());
+}
+}  // namespace
+
+TEST_CASE("after a HelloRetryRequest a second ClientHello naming another name is rejected, even a bound one") {
+  World w;  // python.example is bound to the destination too
+  for (const std::string second : {"python.example", "other.example"}) {
+    CAPTURE(second);
+    Seg s;
+    s.sport = second == "other.example" ? 40001 : 40000;
+    const uint32_t at = watched(w, s);
+    s.seq = at;
+    s.payload = cat(ccs(), tls13_hello(second));  // as OpenSSL sends it: CCS first (RFC 8446 D.4)
+    const uint32_t id = w.send(s);
+    CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+    w.out.given.clear();
+  }
+  CHECK(w.guard->counts().mismatch == 2);
+  CHECK(w.guard->counts().allowed == 0);
+}
+
+TEST_CASE("a second ClientHello repeating the first one's name is allowed") {
+  World w;
+  Seg s;
+  s.seq = watched(w, s);
+  s.payload = cat(ccs(), tls13_hello("allowed.example"));
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, kSeen | kAllowed}});
+  CHECK(w.guard->counts().allowed == 1);
+}
+
+TEST_CASE("a change_cipher_spec sent alone passes watched; the second ClientHello after it is still judged") {
+  World w;
+  Seg s;
+  const uint32_t at = watched(w, s);
+  s.seq = at;
+  s.payload = ccs();
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
+  s.seq = at + 6;
+  s.payload = tls13_hello("other.example");
+  const uint32_t bad = w.send(s);
+  CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().mismatch == 1);
+}
+
+TEST_CASE("a second ClientHello split over segments is held until whole, then judged") {
+  World w;
+  Seg s;
+  const uint32_t at = watched(w, s);
+  const Bytes next = cat(ccs(), tls13_hello("other.example"));
+  Seg a = s, b = s;
+  a.seq = at;
+  a.payload = slice(next, 0, 30);
+  b.seq = at + 30;
+  b.payload = slice(next, 30, next.size());
+  const uint32_t ia = w.send(a);
+  CHECK(w.out.given.empty());  // part of a ClientHello never reaches the server unjudged
+  const uint32_t ib = w.send(b);
+  CHECK(w.out.given == std::vector<Given>{{ia, GuardVerdict::Reject, kSeen | kRejected},
+                                         {ib, GuardVerdict::Reject, kSeen | kRejected}});
+}
+
+TEST_CASE("the client's next flight decides: encrypted or TLS 1.2 handshake allows, an alert or junk rejects") {
+  struct Case {
+    const char* what;
+    Bytes next;
+    GuardVerdict v;
+  };
+  const Case cases[] = {
+      {"TLS 1.3 encrypted Finished", record(23, 53), GuardVerdict::Allow},
+      {"CCS, then the encrypted Finished", cat(ccs(), record(23, 53)), GuardVerdict::Allow},
+      {"TLS 1.2 ClientKeyExchange", cat(record(22, 37, 0x10), ccs()), GuardVerdict::Allow},
+      {"TLS 1.2 resumption: CCS and an encrypted Finished", cat(ccs(), record(22, 40, 0x00)), GuardVerdict::Allow},
+      {"a plaintext alert", record(21, 2), GuardVerdict::Reject},
+      {"two change_cipher_spec records", cat(ccs(), ccs()), GuardVerdict::Reject},
+      {"a change_cipher_spec of two bytes", record(20, 2, 1), GuardVerdict::Reject},
+      {"a zero-length handshake record", record(22, 0), GuardVerdict::Reject},
+      {"a record of an unknown type", record(24, 3), GuardVerdict::Reject},
+      {"a handshake record beginning a malformed ClientHello", record(22, 40, 0x01), GuardVerdict::Reject},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(std::string(c.what));
+    World w;
+    Seg s;
+    s.seq = watched(w, s);
+    s.payload = c.next;
+    const uint32_t id = w.send(s);
+    REQUIRE(w.out.given.size() == 1);
+    CHECK(w.out.given[0].id == id);
+    CHECK(w.out.given[0].v == c.v);
+  }
+}
+
+TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed at once: no second one comes in the clear") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = tls12_hello("allowed.example");
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, kSeen | kAllowed}});
+}
+
+TEST_CASE("a TLS 1.3 ClientHello offering 0-RTT data is rejected: its records could hide a second ClientHello") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = tls13_hello("allowed.example", {testing::Ext{42, {}}});
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().early_data == 1);
+}
+
+TEST_CASE("a second ClientHello in the first one's record is rejected, not left for the server to read") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  Bytes msg = testing::hello_message({testing::sni_ext("allowed.example"), testing::Ext{43, {2, 0x03, 0x04}}});
+  const Bytes second = testing::hello_message({testing::sni_ext("other.example"), testing::Ext{43, {2, 0x03, 0x04}}});
+  msg.insert(msg.end(), second.begin(), second.end());
+  s.payload = testing::records(msg);
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().malformed == 1);
+}
+
+TEST_CASE("the next flight in the ClientHello's own segment is judged with it") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = cat(tls13_hello("allowed.example"), cat(ccs(), tls13_hello("other.example")));
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+}
+
+TEST_CASE("a watched connection's ClientHello sent again passes again at once; rewritten, it is rejected") {
+  World w;
+  Seg s;
+  const uint32_t at = watched(w, s);
+  const uint32_t again = w.send(s);  // the same segment: the server may have lost it
+  CHECK(w.out.given == std::vector<Given>{{again, GuardVerdict::Watch, kWatch}});
+  // Also while part of the next flight waits: the client may be resending the ClientHello
+  // because the server never got it.
+  Seg part = s;
+  part.seq = at;
+  part.payload = slice(cat(ccs(), tls13_hello("allowed.example")), 0, 30);
+  const uint32_t held = w.send(part);
+  const uint32_t again2 = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{again, GuardVerdict::Watch, kWatch}, {again2, GuardVerdict::Watch, kWatch}});
+  Seg other = s;
+  other.payload = tls13_hello("allowed.exampl0");  // same length, other bytes
+  const uint32_t bad = w.send(other);
+  CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.out.given[w.out.given.size() - 2] == Given{held, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().conflict == 1);
+}
+
+TEST_CASE("a segment with the ClientHello and the start of the next flight waits for the next flight's verdict") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  const Bytes hello = tls13_hello("allowed.example"), next = cat(ccs(), tls13_hello("other.example"));
+  s.payload = cat(hello, slice(next, 0, 30));
+  const uint32_t first = w.send(s);
+  CHECK(w.out.given.empty());  // the start of a second ClientHello is not sent on unjudged
+  s.seq = 1000 + uint32_t(s.payload.size());
+  s.payload = slice(next, 30, next.size());
+  const uint32_t rest = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{first, GuardVerdict::Reject, kSeen | kRejected},
+                                         {rest, GuardVerdict::Reject, kSeen | kRejected}});
+}
+
+TEST_CASE("a watched connection whose next flight never comes is forgotten at the deadline; data after it is reset") {
+  World w;
+  Seg s;
+  const uint32_t at = watched(w, s);
+  CHECK(w.guard->flows() == 1);
+  w.timers.advance(10000 + kSweepSlackMs);
+  CHECK(w.guard->flows() == 0);
+  s.seq = at;
+  s.payload = tls13_hello("other.example");
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().no_state == 1);
+}
+
+TEST_CASE("a watched connection's next flight is bounded like the first") {
+  World w;
+  Seg s;
+  const uint32_t at = watched(w, s);
+  s.seq = at;
+  s.payload = Bytes{22, 3, 3, 0x40, 0x00, 1, 0, 0x3f, 0xfc};  // a ClientHello of 16 KiB, begun
+  w.send(s);
+  CHECK(w.out.given.empty());
+  s.seq = at + uint32_t(kMaxFlightBytes) - 4;  // past the bound after the first ClientHello
+  s.payload = Bytes(8, 0);
+  const uint32_t id = w.send(s);
+  REQUIRE(!w.out.given.empty());
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().too_large == 1);
+}
+
+TEST_CASE("LedgerBoundNames::any asks the policy in force of the entries that vouched, so a reload takes sni=any away at once") {
+  VouchLedger l;
+  const uint8_t a7[4] = {198, 51, 100, 7}, a8[4] = {198, 51, 100, 8};
+  const SetKey k{{}, IpAddr::v4(a7)};
+  const std::vector<VouchItem> items = {{IpAddr::v4(a7), 300}};
+  std::vector<uint64_t> eff;
+  const uint64_t now = 1000;
+  const auto changes = l.plan(items, now, RefreshMode::Replace, eff);
+  std::vector<ChangeResult> res(changes.size(), ChangeResult::Done);
+  l.committed(items, changes, eff, res, Provenance{"*.registry.example", "a.registry.example"}, now);
+  std::set<std::string> any_patterns = {"*.registry.example"};
+  std::vector<std::string> asked;
+  LedgerBoundNames names(l, [&](const IpAddr&, std::string_view pattern) {
+    asked.emplace_back(pattern);
+    return any_patterns.count(std::string(pattern)) > 0;
+  });
+  CHECK(names.any(k, now));
+  CHECK(asked == std::vector<std::string>{"*.registry.example"});
+  any_patterns.clear();  // the reload: the entry is still listed, without sni=any
+  CHECK_FALSE(names.any(k, now));
+  any_patterns = {"*.registry.example"};
+  CHECK_FALSE(names.any(k, now + 301 * 1000));  // expired: nothing vouches for it any more
+  CHECK_FALSE(names.any(SetKey{{}, IpAddr::v4(a8)}, now));
+  CHECK_FALSE(names.bound(k, kAnyName, now));  // "*" is never a bound name
 }

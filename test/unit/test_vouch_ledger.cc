@@ -822,15 +822,4 @@ TEST_CASE("only an sni=any entry binds the any-name: an answer's CNAME to '*.' d
   REQUIRE(vouch(l, k, {{s.vouch[0].addr, 300}}, RefreshMode::Replace, "a.example", "a.example", &s.chain));
   CHECK_FALSE(l.bound(s.vouch[0].addr, kAnyName, k.now));
   CHECK(l.find(s.vouch[0].addr)->names == "a.example");
-  // The entry's flag does bind it.
-  std::vector<uint64_t> eff;
-  const std::vector<VouchItem> items = {{v4(9), 300}};
-  const auto changes = l.plan(items, k.now, RefreshMode::Replace, eff);
-  std::vector<ChangeResult> res;
-  std::vector<uint64_t> left;
-  std::string err;
-  int e = 0;
-  REQUIRE(commit_changes(k, changes, res, err, e, nullptr, &left));
-  l.committed(items, changes, eff, res, Provenance{"b.example", "b.example", nullptr, true}, k.now, &left);
-  CHECK(l.bound(v4(9), kAnyName, k.now));
 }
