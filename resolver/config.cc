@@ -739,6 +739,8 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
 
   if (c.sni_guard) {
     const auto marks = guard_mark_bits(c.guard_marks);
+    // Host mode: prerouting ORs --host-mark into every sandbox packet's mark, which the
+    // guard's queue rules read as "judged" if the bits were shared.
     if (c.host && (marks->mask() >> c.host_mark_bit) & 1u) {
       out.error = fmt::format("--guard-marks {} includes bit {} of --host-mark: the guard's marks "
                               "need bits of their own", c.guard_marks, c.host_mark_bit);
@@ -750,11 +752,6 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
                                 "flight is either TLS or plain HTTP", p);
         return out;
       }
-    if (c.host) {
-      // Host mode's forward chain is not guarded yet (issue 13's next step).
-      out.error = "--sni-guard is not available with --host yet";
-      return out;
-    }
     if (c.no_nft && (command & kServe)) {
       out.error = "--sni-guard needs the nftables hook: the names it checks are those of the vouched "
                   "elements (without it, --no-nft, there are none)";

@@ -222,12 +222,17 @@ int serve(const std::vector<std::string>& args) {
             return pipeline.sni_any_vouches(guest, pattern);
           });
       guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *queue, loop);
+      if (cfg.host)  // keyed (guest . destination); its lines name the guest's sandbox
+        guard->set_tenant_of([&sandboxes](const IpAddr& a) {
+          const auto sb = sandboxes.by_addr(a);
+          return sb ? sb->spec.id : std::string();
+        });
       queue->start(loop, [&guard](uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len, bool pending) {
         guard->on_packet(id, mark, pkt, len, pending);
       });
-      log::info("event=sni-guard queue={} backend={} ports={} http_ports={} marks={}", cfg.queue_num,
+      log::info("event=sni-guard queue={} backend={} ports={} http_ports={} marks={} keys={}", cfg.queue_num,
                 option_value_name("queue-backend", cfg.queue_backend), fmt::join(cfg.sni_ports, ","),
-                fmt::join(cfg.http_ports, ","), cfg.guard_marks);
+                fmt::join(cfg.http_ports, ","), cfg.guard_marks, cfg.host ? "guest.destination" : "destination");
     }
     if (!cfg.state.empty()) pipeline.set_usage(&usage);  // counting only where it is kept
     std::vector<std::unique_ptr<UdpListener>> udp;

@@ -1065,7 +1065,7 @@ void NftSets::check_ruleset() {
   std::string err;
   RulesetStatus now;
   if (read_ruleset(seen, err)) {
-    now = t_.host ? judge_host_ruleset(seen, HostRulesetExpectation{t_.table, t_.set4, t_.set6, t_.sbx4, t_.sbx6})
+    now = t_.host ? judge_host_ruleset(seen, HostRulesetExpectation{t_.table, t_.set4, t_.set6, t_.sbx4, t_.sbx6, t_.guard})
                   : judge_ruleset(seen, want);
     ruleset_retry_ = false;
   } else {

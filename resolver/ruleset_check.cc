@@ -183,8 +183,8 @@ std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n) {
   return fmt::format("{}{}/{} id={:016x}", kRulePrefix, i, n, id);
 }
 
-std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m) {
-  return fmt::format("{} chain={}/{}", ruleset_chain_comment(id, rules), k, m);
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m, bool guard) {
+  return fmt::format("{} chain={}/{}", ruleset_chain_comment(id, rules, guard), k, m);
 }
 
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n, std::size_t k, std::size_t m) {
@@ -518,6 +518,17 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                              shown_name(pre.name), *set, *set);
       return s;
     }
+  // The guard's rules are the forward chain's: with --sni-guard, a ruleset printed without
+  // them forwards connections on guarded ports unjudged; one printed with them, under a
+  // dnsward without, holds them for a queue nobody reads.
+  if (at[kHostChainForward].second.guard != e.guard) {
+    s.reason = e.guard ? "the host ruleset in force was printed without --sni-guard: sandboxes' connections "
+                         "on guarded ports would be forwarded unjudged (print it with `nft-rules --host "
+                         "--sni-guard`)"
+                       : "the host ruleset in force was printed with --sni-guard, but serve runs without "
+                         "it: sandboxes' connections on guarded ports wait for a verdict that never comes";
+    return s;
+  }
   s.state = RulesetStatus::State::InForce;
   return s;
 }

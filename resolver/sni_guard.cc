@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "dnsward/client_hello.hpp"
 #include "dnsward/log.hpp"
@@ -23,6 +24,26 @@ constexpr const char* kReasonNames[] = {
 #define DNSWARD_GUARD_NAME_(m, s) s,
     DNSWARD_GUARD_REASONS(DNSWARD_GUARD_NAME_)
 #undef DNSWARD_GUARD_NAME_
+};
+
+/// Host mode: log::sandbox (every line's sandbox=ID) set to the guest's sandbox while one
+/// line is written, and put back after.
+class SandboxField {
+ public:
+  SandboxField(const std::function<std::string(const IpAddr&)>& tenant_of, const IpAddr& guest) {
+    if (!tenant_of) return;
+    saved_ = std::exchange(log::sandbox, tenant_of(guest));
+    set_ = true;
+  }
+  ~SandboxField() {
+    if (set_) log::sandbox = std::move(saved_);
+  }
+  SandboxField(const SandboxField&) = delete;
+  SandboxField& operator=(const SandboxField&) = delete;
+
+ private:
+  std::string saved_;
+  bool set_ = false;
 };
 
 }  // namespace
@@ -584,9 +605,11 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   arm();
   if (v == GuardVerdict::Allow) {
     ++counts_.allowed;
-    if (log::enabled(LogLevel::Debug))  // the addresses' text only when it is written
+    if (log::enabled(LogLevel::Debug)) {  // the addresses' text only when it is written
+      const SandboxField sandbox(tenant_of_, k.src);
       log::debug("event=first-flight-allowed name={} addr={} port={} src={} segments={}", log::quote(name),
                k.dst.text(), k.dport, k.src.text(), segments);
+    }
     return;
   }
   if (why == Reason::none) return;  // the client reset it itself
@@ -619,6 +642,7 @@ void SniGuard::reject_log(const Key& k, Reason why, const std::string& name) {
   const uint32_t left_out = suppressed_;
   suppressed_ = 0;
   const char* reason = why == Reason::none ? "?" : kReasonNames[std::size_t(why)];
+  const SandboxField sandbox(tenant_of_, k.src);
   if (why == Reason::mismatch)
     log::warn("event=sni-mismatch name={} addr={} port={} src={} bound={} suppressed={}", log::quote(name),
               k.dst.text(), k.dport, k.src.text(), log::quote(names_.names(set_key(k))), left_out);

@@ -30,14 +30,16 @@ std::string render_nft_rules(const ServeConfig& c);
 
 /// The first-flight guard's queue for --queue-backend xt, as iptables-restore reads it (af
 /// AF_INET: iptables, AF_INET6: ip6tables): a chain in table mangle that moves dnsward's
-/// verdict marks into the conntrack mark and queues unjudged connections on guarded ports.
+/// verdict marks into the conntrack mark and queues unjudged connections on guarded ports,
+/// jumped to from OUTPUT; with c.host from FORWARD, for packets in on c.sandbox_ifaces only.
 /// Pure.
 std::string render_xt_rules(const ServeConfig& c, int af);
 
 /// The host ruleset (`nft-rules --host`): table inet c.nft_table with the vouched sets
 /// c.nft_set4/6 keyed by (guest . destination), the sandbox sets kSandboxSet4/6 keyed by
 /// (interface . guest address), and the chains of kHostChains (ruleset_check.hpp), touching
-/// only traffic that arrives on c.sandbox_ifaces. Pure.
+/// only traffic that arrives on c.sandbox_ifaces. With c.sni_guard the forward chain holds
+/// the first-flight guard's rules for vouched (guest . destination) pairs. Pure.
 std::string render_host_rules(const ServeConfig& c);
 
 /// The destinations the host ruleset rejects from sandboxes whatever was vouched for, as

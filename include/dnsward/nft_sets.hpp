@@ -39,7 +39,7 @@ struct NftTarget {
   std::string sbx4 = "sandboxes4";
   std::string sbx6 = "sandboxes6";
   /// --sni-guard: the ruleset in force must be one printed with it (its chain's mark says
-  /// guard=on), or guarded connections would pass unjudged.
+  /// guard=on; in host mode its forward chain's), or guarded connections would pass unjudged.
   bool guard = false;
 };
 

@@ -26,8 +26,10 @@ namespace dnsward {
 std::string ruleset_chain_comment(uint64_t id, std::size_t rules, bool guard = false);
 /// The comment `nft-rules` puts on rule i (0-based) of n: "dnsward <i>/<n> id=<16 hex>".
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n);
-/// Host mode, chain k (0-based) of m: "dnsward ruleset id=<16 hex> rules=<N> chain=<k>/<m>".
-std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m);
+/// Host mode, chain k (0-based) of m: "dnsward ruleset id=<16 hex> rules=<N> chain=<k>/<m>",
+/// with " guard=on" before " chain=" on the forward chain of a ruleset printed with --sni-guard.
+std::string ruleset_chain_comment(uint64_t id, std::size_t rules, std::size_t k, std::size_t m,
+                                  bool guard = false);
 /// Host mode, rule i of n in chain k of m: "dnsward <i>/<n> id=<16 hex> chain=<k>/<m>".
 std::string ruleset_rule_comment(uint64_t id, std::size_t i, std::size_t n, std::size_t k, std::size_t m);
 
@@ -185,6 +187,7 @@ struct HostRulesetExpectation {
   std::string table;
   std::string set4, set6;  ///< the (guest . destination) sets dnsward fills
   std::string sbx4, sbx6;  ///< the (interface . guest address) sets of registered sandboxes
+  bool guard = false;      ///< serve --sni-guard: the forward chain must be marked guard=on
 };
 
 /// Judges the host table read from the kernel: in force when the table has no flags; the
@@ -193,7 +196,8 @@ struct HostRulesetExpectation {
 /// pair a range of interfaces and addresses); the table holds exactly the four marked
 /// chains of kHostChains, of one ruleset id, each a base chain of its type on its hook,
 /// each holding exactly its marked rules in order; the forward chain looks up both
-/// vouched sets and the prerouting chain both sandbox sets inverted (anti-spoofing).
+/// vouched sets and the prerouting chain both sandbox sets inverted (anti-spoofing); the
+/// forward chain's mark says guard=on exactly when e.guard (as in the single-VM judge).
 /// Policies and priorities are not judged: every chain's policy is accept (the host's other
 /// traffic passes; the sandboxes' ends in a reject rule), and rule bodies, priorities
 /// included, are known by the marks alone, as in the single-VM judge. Pure.

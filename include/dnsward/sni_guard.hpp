@@ -168,6 +168,9 @@ class SniGuard {
 
   const GuardCounts& counts() const { return counts_; }
   std::size_t flows() const { return flows_.size(); }
+  /// Host mode: the sandbox a guest address is registered to ("" if none), so that the
+  /// guard's log lines say sandbox=ID beside src=, as the lines of its queries do.
+  void set_tenant_of(std::function<std::string(const IpAddr&)> f) { tenant_of_ = std::move(f); }
 
  private:
   struct Key {
@@ -253,6 +256,7 @@ class SniGuard {
   Timers::TimerId timer_ = 0;
   bool armed_ = false;
   GuardCounts counts_;
+  std::function<std::string(const IpAddr&)> tenant_of_;
   uint64_t log_window_ms_ = 0;
   uint32_t logged_in_window_ = 0, suppressed_ = 0;
 };

@@ -280,7 +280,7 @@ TEST_CASE("host ruleset: anti-spoofing comes first, DoT is dropped, and only vou
 TEST_CASE("host ruleset: a logged verdict is a rate-limited log rule and then the verdict, never a limited verdict") {
   // `limit` is a match: in one rule with the verdict, a packet over the limit would skip the
   // drop and fall through to the next rule (in prerouting: to the mark, and in).
-  for (const auto& ch : chains_of(host_text()))
+  for (const auto& ch : chains_of(host_text({"--sni-guard"})))
     for (std::size_t i = 0; i < ch.rules.size(); ++i) {
       const std::string& r = ch.rules[i].first;
       if (r.find("limit rate") == std::string::npos) continue;
@@ -562,4 +562,168 @@ TEST_CASE("host judge: any one deviation from the rendered ruleset takes it out 
   e.set4 = "v4";
   t.set4 = {true, 0x10, kKeyTypeV4V4, kKeyLenV4V4};
   CHECK(judge_host_ruleset(t, e).reason.find("no rule of chain forward looks up set v4") != std::string::npos);
+}
+
+namespace {
+/// The forward chain's rule bodies of the host ruleset printed with more.
+std::vector<std::string> forward_rules(std::vector<std::string> more) {
+  const auto chains = chains_of(host_text(std::move(more)));
+  std::vector<std::string> out;
+  for (const auto& r : chains.at(kHostChainForward).rules) out.push_back(r.first);
+  return out;
+}
+std::size_t count_with(const std::vector<std::string>& rules, const std::string& part) {
+  return std::size_t(std::count_if(rules.begin(), rules.end(),
+                                   [&](const std::string& r) { return r.find(part) != std::string::npos; }));
+}
+}  // namespace
+
+TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destination) pairs' first flights before any accept") {
+  const std::string text = host_text({"--sni-guard"});
+  const auto chains = chains_of(text);
+  REQUIRE(chains.size() == kHostChainCount);
+  // The forward chain, and it alone, says guard=on; the ruleset's id covers the guard's rules.
+  for (std::size_t k = 0; k < kHostChainCount; ++k)
+    CHECK(parse_chain_comment(chains[k].comment).value().guard == (k == kHostChainForward));
+  for (const auto& c : chains_of(host_text())) CHECK_FALSE(parse_chain_comment(c.comment).value().guard);
+  CHECK(parse_chain_comment(chains[0].comment).value().id !=
+        parse_chain_comment(chains_of(host_text()).at(0).comment).value().id);
+
+  const std::vector<std::string> fwd = forward_rules({"--sni-guard"});
+  const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
+  const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0";
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
+                        "0xff3fffff") == 1);
+  CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000") == 1);
+  CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000") == 1);
+  // A rejected connection is reset, its log line rate-limited like the host's others.
+  const std::string rejected = "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000";
+  CHECK(count_with(fwd, rejected + " " + lim + "\"dnsward-sni-reject: \"") == 1);
+  CHECK(count_with(fwd, rejected + " counter reject with tcp reset") == 1);
+  // Queued: SYNs and payload of unjudged connections to pairs this guest had vouched, per family.
+  std::size_t queues = 0;
+  for (const auto& r : fwd) {
+    if (r.find(" queue num 53") == std::string::npos) continue;
+    ++queues;
+    CHECK(r.find(unjudged + " meta mark & 0x00200000 == 0 ") != std::string::npos);
+    CHECK(r.find("bypass") == std::string::npos);
+    const bool v6 = r.find("ip6 saddr . ip6 daddr @allowed6 queue num 53") != std::string::npos;
+    CHECK((v6 || r.find("ip saddr . ip daddr @allowed4 queue num 53") != std::string::npos));
+  }
+  CHECK(queues == 4);
+  CHECK(count_with(fwd, "tcp flags syn ip saddr . ip daddr @allowed4 queue") == 1);
+  CHECK(count_with(fwd, "@ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 queue") == 1);
+  // The backstop and QUIC, per pair.
+  const std::string unwatched = " meta mark & 0x00c00000 != 0x00c00000";  // a watched TLS 1.3 flight passes
+  CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
+  CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
+  CHECK(count_with(fwd, "udp dport { 443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
+  CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
+  // Never by destination alone: the sets are keyed (guest . destination).
+  CHECK(count_with(fwd, "ip saddr . ip daddr @allowed4") + count_with(fwd, "ip6 saddr . ip6 daddr @allowed6") ==
+        count_with(fwd, "daddr @allowed"));
+  // Every guard rule comes before the first accept (established flows, --allow, vouched pairs)
+  // and after the host's own traffic went (rule 0).
+  const auto first_accept = std::find_if(fwd.begin(), fwd.end(), [](const std::string& r) {
+                              return r.size() >= 6 && r.compare(r.size() - 6, 6, "accept") == 0;
+                            }) - fwd.begin();
+  std::ptrdiff_t last_guard = 0;
+  for (std::size_t i = 0; i < fwd.size(); ++i)
+    if (fwd[i].find("tcp dport { 443, 80 }") != std::string::npos || fwd[i].find("udp dport { 443 }") != std::string::npos ||
+        fwd[i].find("meta mark & 0x00c00000") != std::string::npos)
+      last_guard = std::ptrdiff_t(i);
+  CHECK(last_guard > 0);
+  CHECK(last_guard < first_accept);
+  CHECK(fwd.at(0) == "iifname != \"tap*\" return");
+  const auto allowed = forward_rules({"--sni-guard", "--allow", "192.0.2.0/24"});
+  const auto allow_at = std::find(allowed.begin(), allowed.end(), "ip daddr 192.0.2.0/24 accept") - allowed.begin();
+  CHECK(count_with({allowed.begin(), allowed.begin() + allow_at}, "udp dport { 443 } ip6 saddr") == 1);
+  // Without --sni-guard: none of it.
+  for (const auto& r : forward_rules({})) {
+    CHECK(r.find("queue") == std::string::npos);
+    CHECK(r.find("ct mark") == std::string::npos);
+    CHECK(r.find("dnsward-sni-reject") == std::string::npos);
+  }
+  // The options reach the rules: ports, queue number, marks.
+  const auto other = forward_rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
+                                    "--guard-marks", "0x07000000"});
+  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0 meta mark & "
+                          "0x01000000 == 0 tcp flags syn ip saddr . ip daddr @allowed4 queue num 7") == 1);
+  CHECK(count_with(other, "udp dport { 8443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
+}
+
+TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and backstop, the queue is iptables' on FORWARD") {
+  const std::vector<std::string> fwd = forward_rules({"--sni-guard", "--queue-backend", "xt"});
+  CHECK(count_with(fwd, " queue ") == 0);
+  CHECK(count_with(fwd, "ct mark set") == 0);  // the two mark rules and the SYN's are iptables'
+  CHECK(count_with(fwd, "ct state invalid,untracked counter drop") == 1);
+  CHECK(count_with(fwd, "counter reject with tcp reset") == 2);  // the guard's and the final one
+  CHECK(count_with(fwd, "@ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
+  CHECK(count_with(fwd, "@ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
+  CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
+  CHECK(parse_chain_comment(chains_of(host_text({"--sni-guard", "--queue-backend", "xt"})).at(kHostChainForward).comment)
+            .value()
+            .guard);
+
+  for (const int af : {AF_INET, AF_INET6}) {
+    CAPTURE(af);
+    const std::string xt = render_xt_rules(host_config(with({"--sni-guard", "--queue-backend", "xt"})), af);
+    // Hooked into FORWARD, for the sandboxes' interfaces only (nft's `tap*` is iptables' `tap+`).
+    CHECK(xt.find("\n-I FORWARD -i tap+ -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
+    CHECK(xt.find("OUTPUT") == std::string::npos);
+    std::size_t nfq = 0;
+    std::istringstream x(xt);
+    for (std::string line; std::getline(x, line);) {
+      if (line.find("-j NFQUEUE") == std::string::npos) continue;
+      ++nfq;
+      CHECK(line.find("--ctdir ORIGINAL") != std::string::npos);
+      CHECK(line.find("-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
+      CHECK(line.find("bypass") == std::string::npos);
+    }
+    CHECK(nfq == 2);
+    CHECK(xt.find("--tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL -j CONNMARK --and-mark 0xff3fffff") !=
+          std::string::npos);
+    CHECK(xt.find("nft-rules --host --sni-guard --queue-backend xt --print") != std::string::npos);
+  }
+  const auto ifaces = [](const char* pattern) {
+    return render_xt_rules(host_config(with({"--sni-guard", "--queue-backend", "xt", "--sandbox-ifaces", pattern})),
+                           AF_INET);
+  };
+  CHECK(ifaces("vm-*").find("\n-I FORWARD -i vm-+ -j DNSWARD_GUARD\n") != std::string::npos);
+  CHECK(ifaces("tap7").find("\n-I FORWARD -i tap7 -j DNSWARD_GUARD\n") != std::string::npos);
+  // In-guest, the same queue hooks OUTPUT, for every interface.
+  const auto guest = parse_nft_rules({"--sni-guard", "--queue-backend", "xt"}, "/nonexistent/resolv.conf");
+  REQUIRE(guest.config);
+  const std::string in_guest = render_xt_rules(*guest.config, AF_INET);
+  CHECK(in_guest.find("\n-I OUTPUT -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
+  CHECK(in_guest.find("FORWARD") == std::string::npos);
+}
+
+TEST_CASE("host judge: serve --host --sni-guard needs a host ruleset printed with it, and serve without it one printed without") {
+  const TableSeen guarded = seen_from(host_text({"--sni-guard"}));
+  const TableSeen plain = seen_from(host_text());
+  HostRulesetExpectation e = expectation();
+  CHECK(judge_host_ruleset(plain, e).in_force());
+  RulesetStatus s = judge_host_ruleset(guarded, e);
+  CHECK_FALSE(s.in_force());
+  CHECK_MESSAGE(s.reason.find("printed with --sni-guard, but serve runs without it") != std::string::npos, s.reason);
+  e.guard = true;
+  s = judge_host_ruleset(guarded, e);
+  CHECK_MESSAGE(s.in_force(), s.reason);
+  s = judge_host_ruleset(plain, e);
+  CHECK_FALSE(s.in_force());
+  CHECK_MESSAGE(s.reason.find("printed without --sni-guard") != std::string::npos, s.reason);
+  CHECK(judge_host_ruleset(seen_from(host_text({"--sni-guard", "--queue-backend", "xt"})), e).in_force());
+  // The mark that counts is the forward chain's, where the guard's rules are.
+  TableSeen moved = guarded;
+  for (std::size_t k : {kHostChainPrerouting, kHostChainForward}) {
+    const auto m = parse_chain_comment(moved.chains[k].comment).value();
+    moved.chains[k].comment = ruleset_chain_comment(m.id, m.rules, m.chain, m.chains, k == kHostChainPrerouting);
+  }
+  CHECK_FALSE(judge_host_ruleset(moved, e).in_force());
+  // The status names the whole ruleset's rule count, guard rules included.
+  std::size_t rules = 0;
+  for (const auto& c : guarded.chains) rules += c.rules.size();
+  CHECK(judge_host_ruleset(guarded, e).rules == rules);
 }

@@ -13,6 +13,7 @@
 
 #include "dnsward/sni_guard.hpp"
 #include "dnsward/config.hpp"
+#include "dnsward/nft_rules.hpp"
 #include "../common/fake_timers.hpp"
 #include "../common/tls_records.hpp"
 
@@ -648,7 +649,7 @@ TEST_CASE("GuardOptions come from the options: ports, marks, follow cap and dead
   CHECK_FALSE(o.host);
 }
 
-TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and --host (not guarded yet)") {
+TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and with --host guard marks on --host-mark's bit") {
   auto refused = [](std::vector<std::string> args, const char* why) {
     args.push_back("--upstream");
     args.push_back("192.0.2.1");
@@ -660,7 +661,27 @@ TEST_CASE("--sni-guard refuses a port in both lists, --no-nft, and --host (not g
   refused({"--sni-guard", "--sni-ports", "443", "--http-ports", "443"}, "is in both --sni-ports and --http-ports");
   refused({"--sni-guard", "--no-nft"}, "--sni-guard needs the nftables hook");
   refused({"--sni-guard", "--guard-marks", "0x3"}, "exactly three bits");
-  refused({"--sni-guard", "--host", "--listen", "0.0.0.0:53"}, "--sni-guard is not available with --host yet");
+  // Prerouting ORs the --host-mark bit into every sandbox packet: as a guard bit it would
+  // read as judged (never queued) or as a verdict.
+  refused({"--sni-guard", "--host", "--listen", "0.0.0.0:53", "--host-mark", "22"},
+          "--guard-marks 0x00e00000 includes bit 22 of --host-mark");
+  refused({"--sni-guard", "--host", "--listen", "0.0.0.0:53", "--guard-marks", "0x00700000"},
+          "--guard-marks 0x00700000 includes bit 20 of --host-mark");
+}
+
+TEST_CASE("serve --host --sni-guard starts the guard with (guest . destination) keys") {
+  const ParseOutcome r = parse_serve_config({"--sni-guard", "--host", "--listen", "0.0.0.0:53", "--upstream",
+                                             "192.0.2.1"});
+  REQUIRE_MESSAGE(r.config, r.error);
+  CHECK(GuardOptions::from(*r.config).host);
+  // Disjoint bits are fine, and nft-rules takes the same options.
+  CHECK(parse_serve_config({"--sni-guard", "--host", "--listen", "0.0.0.0:53", "--upstream", "192.0.2.1",
+                            "--host-mark", "3", "--guard-marks", "0x00000007"})
+            .config);
+  CHECK(parse_nft_rules({"--sni-guard", "--host", "--listen", "0.0.0.0:53"}, "/nonexistent").config);
+  CHECK_FALSE(parse_nft_rules({"--sni-guard", "--host", "--listen", "0.0.0.0:53", "--host-mark", "21"},
+                              "/nonexistent")
+                  .config);
 }
 
 TEST_CASE("an element an sni=any entry vouched for lets any first flight through, named or not") {

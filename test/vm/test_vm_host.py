@@ -13,6 +13,10 @@ ROLE.sandbox.test, on an address of its own):
     `ctl remove` and is cut off at once, while B goes on;
   - C (vm-c), registered only once A and B are running: before it, its tap gets nothing;
     after it, its own name works.
+dnsward runs the first-flight guard (--sni-guard, on TLS port 443 only: the checks above use
+plain HTTP on port 80 with addresses for Host). A's list also has one name of the shared front
+end (vmlib.FRONT), B's the other: both guests vouch the same address, and each may name only
+its own over TLS there; naming the other guest's is reset.
 The host orders the guests' steps: a guest prints `DWVM wait STEP` and polls (bounded) for
 the file ROLE.STEP in a directory of the host's that it sees over virtio-9p; the host does
 its part (a registration, a removal, reading counters), then creates that file. Checks made
@@ -37,6 +41,11 @@ GUESTS = {
     "c": (3, "vm-c", vmlib.OTHER_DNS, "a"),
 }
 
+# The guard on the shared front end (A and B): the same address vouched for both guests.
+GUARD = """shared_front_own_name_resolves shared_front_own_name_passes_the_guard
+shared_front_name_bound_for_the_other_sandbox_is_reset""".split()
+# Each guest's name on the front end (its list has it, the other's has the other).
+FRONT_NAMES = {"a": vmlib.FRONT_ALLOWED, "b": vmlib.FRONT_OTHER}
 OWN = """own_name_resolves own_name_connects own_name_connects_over_ipv6
 status_names_its_own_sandbox other_guests_name_is_nxdomain
 other_guests_name_does_not_resolve_for_curl other_guests_vouched_address_is_unreachable""".split()
@@ -50,10 +59,10 @@ unregistered_source_cannot_reach_its_own_vouched_address unregistered_source_get
 own_address_still_connects_from_its_own_source""".split()
 # Every check each guest must report: a check it never reports fails.
 CHECKS = {
-    "a": OWN + ROOT_AND_SPOOF + """held_connection_gets_answers_before_removal
+    "a": OWN + GUARD + ROOT_AND_SPOOF + """held_connection_gets_answers_before_removal
 removed_guest_cannot_connect_to_its_own_address
 removed_guest_gets_no_dns_answer removed_guest_loses_its_established_connection""".split(),
-    "b": OWN + ROOT_AND_SPOOF + """own_name_still_connects_after_the_others_changed
+    "b": OWN + GUARD + ROOT_AND_SPOOF + """own_name_still_connects_after_the_others_changed
 own_name_still_resolves_after_the_others_changed""".split(),
     "c": ["unregistered_guest_gets_no_dns", "unregistered_guest_reaches_nothing"] + OWN,
 }
@@ -63,7 +72,9 @@ each_guests_lookup_opens_only_its_own_pairs spoofed_packets_from_a_reach_neither
 spoofed_packets_from_b_reach_neither_forward_nor_input
 unregistered_guest_traffic_reaches_neither_forward_nor_input ctl_add_while_others_run
 ctl_remove_deletes_the_pairs_and_elements_of_the_sandbox no_pair_ever_crosses_guests
-denied_queries_are_logged_with_their_sandbox dnsward_ran_throughout""".split()
+denied_queries_are_logged_with_their_sandbox dnsward_ran_throughout
+guarded_host_ruleset_is_in_force guard_lets_each_sandbox_name_its_own_front_name
+guard_resets_each_sandbox_naming_the_others_front_name""".split()
 
 # Counters of the test's own, outside dnsward's table: in prerouting before dnsward's
 # anti-spoofing ("sent": the guest did send such packets) and in forward and input after
@@ -135,6 +146,8 @@ class Host:
         path = os.path.join(self.world.dir, f"{role}.allow")
         with open(path, "w") as f:
             f.write(f"{role}.sandbox.test\n")
+            if role in FRONT_NAMES:
+                f.write(f"{FRONT_NAMES[role]}\n")
         return path
 
     def add(self, role):
@@ -279,6 +292,31 @@ def log_lines(text):
          f"{ {k: sorted(v) for k, v in sorted(want.items())} } without sandbox={unnamed[:3]}")
 
 
+def guard_lines(text):
+    """dnsward's log: the guard judged each guest's TLS connections on the shared front end
+    by the names bound to its own (guest . front end) pair, and named its sandbox."""
+    note("guarded_host_ruleset_is_in_force",
+         re.search(r"event=nft .*ruleset=in-force ", text)
+         and re.search(r"event=sni-guard .*keys=guest\.destination", text),
+         "\n".join(l for l in text.splitlines() if "event=nft " in l or "event=sni-guard" in l
+                    or "ruleset-" in l)[:1000])
+    allowed, mismatched = [], []
+    for role, own in FRONT_NAMES.items():
+        sid, src = GUESTS[role][1], re.escape(guest_addr(role))
+        peer = FRONT_NAMES["b" if role == "a" else "a"]
+        fr = re.escape(vmlib.FRONT)
+        if not re.search(rf"event=first-flight-allowed name={re.escape(own)} addr={fr} port=443 "
+                         rf"src={src} .*sandbox={sid}\b", text):
+            allowed.append(f"{sid} {own}")
+        if not re.search(rf"event=sni-mismatch name={re.escape(peer)} addr={fr} port=443 src={src} "
+                         rf"bound={re.escape(own)} .*sandbox={sid}\b", text):
+            mismatched.append(f"{sid} {peer}")
+    guard = "\n".join(l for l in text.splitlines() if "first-flight" in l or "sni-mismatch" in l)[:1500]
+    note("guard_lets_each_sandbox_name_its_own_front_name", not allowed, f"missing={allowed}\n{guard}")
+    note("guard_resets_each_sandbox_naming_the_others_front_name", not mismatched,
+         f"missing={mismatched}\n{guard}")
+
+
 def boot_all():
     global host_log
     tmp = tempfile.mkdtemp(prefix="dnsward-vmhost-")
@@ -289,7 +327,10 @@ def boot_all():
         kernel = vmlib.build_initramfs(initrd)
         world = vmlib.World(tag=f"h{os.getpid() % 100000}")
         world.in_host("nft", "-f", "-", input=COUNTERS)
-        dw = vmlib.HostDnsward(world, extra=["--log-level", "debug"])
+        # The guard on TLS alone: --http-ports names a port nothing uses, so the plain HTTP
+        # checks (port 80, an address for Host) stay unjudged, as without it.
+        dw = vmlib.HostDnsward(world, extra=["--log-level", "debug"],
+                               guard=["--sni-guard", "--http-ports", "8080"])
         h = Host(world, dw)
         ra, rb = h.add("a"), h.add("b")
         listed = dw.ctl("list", check=False).stdout
@@ -303,11 +344,16 @@ def boot_all():
                 continue
             peers = ",".join(f"{r}={vmlib.HOST_SANDBOXES[r][0]}" for r in GUESTS if r != role)
             v4, v6 = vmlib.HOST_SANDBOXES[role]
+            front = ""
+            if role in FRONT_NAMES:
+                front = (f" dw.front={vmlib.FRONT} dw.front_own={FRONT_NAMES[role]} "
+                         f"dw.front_peer={FRONT_NAMES['b' if role == 'a' else 'a']} "
+                         f"dw.cacert={world.cert}")
             vms[role] = vmlib.Vm(world, index, kernel, initrd, "host_guest", memory=512,
                                  share=True,
                                  extra=f"dw.role={role} dw.id={sid} dw.addr4={v4} dw.addr6={v6} "
                                        f"dw.peers={peers} dw.peerip4={guest_addr(spoof)} "
-                                       f"dw.dns={dns} dw.sync={h.sync}")
+                                       f"dw.dns={dns} dw.sync={h.sync}{front}")
         h.t0 = min(v.started for v in vms.values())
         deadline = time.monotonic() + BOOT_DEADLINE
         h.run(vms, deadline)
@@ -321,6 +367,7 @@ def boot_all():
         alive = dw.proc.poll() is None
         note("dnsward_ran_throughout", alive, f"exit={dw.proc.poll()}")
         log_lines(dw.text())
+        guard_lines(dw.text())
         for name in HOST_CHECKS:
             ok, detail = host.get(name, (False, "never checked"))
             print(f"vm: host check {name} {'ok' if ok else 'fail'} {detail[:300]}",

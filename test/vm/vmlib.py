@@ -398,12 +398,15 @@ class World:
 class HostDnsward:
     """Host mode in the World's "host" namespace: the ruleset of `dnsward nft-rules --host`
     loaded, then one `dnsward serve --host` (as root there) for every guest's tap, driven
-    over its control socket with `dnsward ctl`. stop() ends only the serve it started."""
+    over its control socket with `dnsward ctl`. stop() ends only the serve it started.
+    guard: options given to both commands (--sni-guard and its own); with --sni-guard the
+    queue backend is the host kernel's (nftables' own queue, else the xt queue that
+    `nft-rules --print iptables|ip6tables` prints, loaded through iptables-nft)."""
 
     PORT = 5353
     IFACES = "dwtap*"
 
-    def __init__(self, world, binary=BIN, extra=()):
+    def __init__(self, world, binary=BIN, extra=(), guard=()):
         self.world, self.bin = world, binary
         self.control = os.path.join(world.dir, "control")
         self.log_path = os.path.join(world.dir, "dnsward-host.log")
@@ -411,11 +414,21 @@ class HostDnsward:
         self.proc = None
         self.log = None
         common = ["--sandbox-ifaces", self.IFACES, "--listen", f"0.0.0.0:{self.PORT}",
-                  "--listen", f"[::]:{self.PORT}", "--upstream", UPSTREAM]
+                  "--listen", f"[::]:{self.PORT}", "--upstream", UPSTREAM, *guard]
+        self.backend = None
+        if "--sni-guard" in guard:
+            probe = "table inet dwprobe { chain c { type filter hook forward priority 0; queue num 1; } }\n"
+            self.backend = "nft" if world.in_host("nft", "-c", "-f", "-", input=probe,
+                                                  check=False).returncode == 0 else "xt"
+            common += ["--queue-backend", self.backend]
         rules = sh(binary, "nft-rules", "--host", *common)
         with open(self.rules_path, "w") as f:
             f.write(rules.stdout)
         world.in_host("nft", "-f", self.rules_path)
+        if self.backend == "xt":
+            for tool in ("iptables", "ip6tables"):
+                xt = sh(binary, "nft-rules", "--host", *common, "--print", tool).stdout
+                world.in_host(f"{tool}-nft-restore", "--noflush", input=xt)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", world.host, binary, "serve", "--host", *common,

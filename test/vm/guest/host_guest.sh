@@ -7,6 +7,9 @@
 #   dw.role (a, b or c), dw.id (its sandbox id), dw.addr4/dw.addr6 (its name's addresses), dw.peers (the other roles,
 #   "name=address" pairs: b=198.18.2.2,c=198.18.2.3), dw.peerip4 (another guest's source
 #   address, to spoof), dw.dns (what resolv.conf names), dw.sync (the host's directory).
+#   A and B also: dw.front (the shared front end's address), dw.front_own (the name on it
+#   that this guest's list has), dw.front_peer (the one the other guest's has), dw.cacert
+#   (the front end's certificate, the host's file): the host runs the first-flight guard.
 
 poll() {  # poll TRIES CMD...: run CMD every 0.1 s until it succeeds, at most TRIES times
   n=$1; shift
@@ -90,9 +93,23 @@ for p in $peers; do
 done
 
 if [ "$dw_role" != c ]; then
+  # The shared front end: this guest's list has one of its names, the other guest's the
+  # other, so the same address is vouched for both guests, each with its own name bound.
+  is shared_front_own_name_resolves "$dw_front" "$(dig +short +time=2 +tries=2 "$dw_front_own" A)"
   # The host waits until A and B both resolved their own names: each one's address is
   # vouched, for its own guest only, before the other tries it.
   wait_host resolved
+  # --- The first-flight guard: a name bound for the other sandbox is not this one's ----------
+  cp "/host$dw_cacert" /tmp/front.pem
+  tls() {  # tls NAME [curl options]: https://NAME/ on the front end, trusting its certificate
+    n=$1; shift
+    http "https://$n/" --cacert /tmp/front.pem --resolve "$n:443:$dw_front" "$@"
+  }
+  is shared_front_own_name_passes_the_guard 200 "$(tls "$dw_front_own")"
+  # Reset in the TLS handshake (35) or on receiving (56); a timeout (28) would be a drop.
+  r=$(tls "$dw_front_peer")
+  case "$r" in exit35|exit56) check shared_front_name_bound_for_the_other_sandbox_is_reset ok "$r" ;;
+    *) check shared_front_name_bound_for_the_other_sandbox_is_reset fail "got [$r]" ;; esac
 fi
 # --- What another guest's lookup vouched for is not this guest's ---------------------------
 for p in $peers; do
