@@ -23,6 +23,7 @@
 #include "dnsward/lint.hpp"
 #include "dnsward/metrics.hpp"
 #include "dnsward/nfqueue.hpp"
+#include "dnsward/queue_rules.hpp"
 #include "dnsward/sni_guard.hpp"
 #include "dnsward/log.hpp"
 #include "dnsward/nft_rules.hpp"
@@ -216,6 +217,28 @@ int serve(const std::vector<std::string>& args) {
       } catch (const std::exception& e) {
         std::fprintf(stderr, "dnsward: --sni-guard: netfilter queue %u: %s\n", cfg.queue_num, e.what());
         return 1;
+      }
+      if (cfg.queue_backend == QueueBackend::Xt) {
+        // The xt queue is iptables-nft's, outside the ruleset serve judges by its marks:
+        // without it nothing is queued and the backstop holds every guarded connection.
+        const std::string hook = cfg.host ? "FORWARD" : "OUTPUT";
+        for (const auto& [family, tool] : {std::pair{uint8_t(NFPROTO_IPV4), "iptables"},
+                                           std::pair{uint8_t(NFPROTO_IPV6), "ip6tables"}}) {
+          if ((family == NFPROTO_IPV4 && cfg.nft_family == NftFamily::Ip6) ||
+              (family == NFPROTO_IPV6 && cfg.nft_family == NftFamily::Ip))
+            continue;
+          std::vector<XtRuleSeen> rules;
+          std::string err;
+          const std::string why =
+              read_xt_mangle(family, rules, err) ? judge_xt_queue(rules, hook, uint16_t(cfg.queue_num)) : err;
+          if (!why.empty()) {
+            std::fprintf(stderr,
+                         "dnsward: --queue-backend xt: the guard's queue is not loaded (%s mangle: %s); load "
+                         "`dnsward nft-rules ... --print %s | %s-nft-restore --noflush` first\n",
+                         tool, why.c_str(), tool, tool);
+            return 1;
+          }
+        }
       }
       bound_names = std::make_unique<LedgerBoundNames>(
           nft->ledger(), [&pipeline](const IpAddr& guest, std::string_view pattern) {

@@ -225,9 +225,10 @@ def set_up_world():
         f.write(rules)
     in_vm("nft", "-f", os.path.join(workdir, "rules.nft"))
     if backend == "xt":
-        xt = sh(BIN, "nft-rules", "--sni-guard", "--queue-backend", "xt", "--print", "iptables",
-                *GUARD_OPTIONS).stdout
-        in_vm("iptables-nft-restore", "--noflush", input=xt)
+        for tool in ("iptables", "ip6tables"):
+            xt = sh(BIN, "nft-rules", "--sni-guard", "--queue-backend", "xt", "--print", tool,
+                    *GUARD_OPTIONS).stdout
+            in_vm(f"{tool}-nft-restore", "--noflush", input=xt)
     with open(os.path.join(workdir, "world.allow"), "w") as f:
         f.write(ALLOW)
     os.chmod(os.path.join(workdir, "world.allow"), 0o644)
@@ -347,6 +348,30 @@ class SniGuard(unittest.TestCase):
             self.reload(ALLOW)
         self.assertEqual(client("nosni.allowed.test", "-", addr=NOSNI), "200")
         self.assertTrue(os.path.exists(allow))
+
+    def test_serve_refuses_to_start_on_the_xt_backend_without_its_queue_rules(self):
+        # Without them nothing is queued and the backstop holds every guarded connection.
+        if backend != "xt":
+            self.skipTest("the xt backend is not this kernel's")
+        ns = f"dwsnoxt{TAG}"
+        sh("ip", "netns", "add", ns)
+        try:
+            def serve():
+                return sh("ip", "netns", "exec", ns, BIN, "serve", "--listen", "127.0.0.1:5353",
+                          "--upstream", DNS_IP, "--user", "root", "--sni-guard", "--queue-backend", "xt",
+                          check=False, timeout=20)
+            r = serve()
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("dnsward: --queue-backend xt: the guard's queue is not loaded (iptables mangle: "
+                          "chain DNSWARD_GUARD has 0 NFQUEUE rules to queue 53", r.stderr)
+            # IPv4's loaded, IPv6's not: still refused, naming ip6tables.
+            xt = sh(BIN, "nft-rules", "--sni-guard", "--queue-backend", "xt", "--print", "iptables").stdout
+            sh("ip", "netns", "exec", ns, "iptables-nft-restore", "--noflush", input=xt)
+            r = serve()
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("(ip6tables mangle: chain DNSWARD_GUARD has 0 NFQUEUE rules", r.stderr)
+        finally:
+            sh("ip", "netns", "del", ns, check=False)
 
     def reload(self, text):
         with open(os.path.join(workdir, "world.allow"), "w") as f:
