@@ -48,6 +48,15 @@ class SandboxField {
 
 }  // namespace
 
+SniGuard::Reason SniGuard::refusal(FlightStatus s) {
+  switch (s) {
+    case FlightStatus::NotTls: return Reason::not_tls;
+    case FlightStatus::NotHttp: return Reason::not_http;
+    case FlightStatus::TooLarge: return Reason::too_large;
+    default: return Reason::malformed;
+  }
+}
+
 bool parse_tcp_packet(const uint8_t* p, std::size_t len, TcpPacket& out) {
   if (len < 1) return false;
   std::size_t l4 = 0, total = 0;
@@ -461,13 +470,8 @@ SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t 
   bool tls13 = false;
   if (is_sni_port(k.dport)) {
     const ClientHelloResult r = parse_client_hello(data, len);
-    switch (r.status) {
-      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
-      case FlightStatus::NotTls: return reject(Reason::not_tls);
-      case FlightStatus::TooLarge: return reject(Reason::too_large);
-      case FlightStatus::Complete: break;
-      default: return reject(Reason::malformed);
-    }
+    if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
+    if (r.status != FlightStatus::Complete) return reject(refusal(r.status));
     // With ECH the server_name seen here is the outer one (dnsward strips ECH configs from
     // the HTTPS records it relays, so a client offers ECH only with a config of its own):
     // it is judged like any other.
@@ -487,13 +491,8 @@ SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t 
     j.hello_end = r.hello_end;
   } else {
     const HttpHostResult r = parse_http_host(data, len);
-    switch (r.status) {
-      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
-      case FlightStatus::NotHttp: return reject(Reason::not_http);
-      case FlightStatus::TooLarge: return reject(Reason::too_large);
-      case FlightStatus::Complete: break;
-      default: return reject(Reason::malformed);
-    }
+    if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
+    if (r.status != FlightStatus::Complete) return reject(refusal(r.status));
     j.name = r.host;
     if (r.host.empty()) return reject(Reason::no_name);
   }
@@ -564,12 +563,8 @@ SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bo
     // byte happens to be 1 (when resuming with a suite without explicit nonce) comes here
     // too, and is rejected: a rare reset rather than a second name unread.
     const ClientHelloResult r = parse_client_hello(d + pos, len - pos);
-    switch (r.status) {
-      case FlightStatus::NeedMore: return final_chance ? reject(Reason::too_large) : j;
-      case FlightStatus::TooLarge: return reject(Reason::too_large);
-      case FlightStatus::Complete: break;
-      default: return reject(Reason::malformed);
-    }
+    if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
+    if (r.status != FlightStatus::Complete) return reject(refusal(r.status));
     j.name = r.sni;
     if (!r.has_sni) return reject(Reason::no_name);
     if (r.trailing > 0) return reject(Reason::malformed);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "dnsward/answer.hpp"
+#include "dnsward/client_hello.hpp"
 #include "dnsward/clock.hpp"
 #include "dnsward/config.hpp"
 #include "dnsward/vouch_ledger.hpp"
@@ -221,6 +222,8 @@ class SniGuard {
     std::size_t hello_end = 0;  ///< Watch: where the ClientHello's records end
   };
 
+  /// Why a flight that a parser did not find whole and well-formed is rejected.
+  static Reason refusal(FlightStatus s);
   void give(uint32_t id, uint32_t mark, GuardVerdict v);
   void on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
   void on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);

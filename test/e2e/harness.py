@@ -2,6 +2,7 @@
 loopback, an optional recording relay in front of it (to see what reached the upstream),
 and the real dnsward binary. Nothing here talks to the machine's own resolver."""
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -558,3 +559,23 @@ def sh(*cmd, check=True, input=None, timeout=60):
 def clean_env():
     """The environment without proxies: none may stand between clients and the world under test."""
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def queue_backend(ns, hook="output"):
+    """The first-flight guard's queue backend on this kernel: nft where its nftables has a
+    queue expression, else xt (iptables-nft's NFQUEUE), else None. Asked of the kernel in
+    the namespace ns, made here and deleted after (`nft -c` still sends the batch)."""
+    sh("ip", "netns", "add", ns)
+    try:
+        r = sh("ip", "netns", "exec", ns, "nft", "-c", "-f", "-", check=False,
+               input=f"table inet p {{ chain c {{ type filter hook {hook} priority 0; queue num 1; }} }}\n")
+        if r.returncode == 0:
+            return "nft"
+        if shutil.which("iptables-nft-restore"):
+            r = sh("ip", "netns", "exec", ns, "iptables-nft", "-t", "mangle", "-A", hook.upper(), "-j",
+                   "NFQUEUE", "--queue-num", "1", check=False)
+            if r.returncode == 0:
+                return "xt"
+        return None
+    finally:
+        sh("ip", "netns", "del", ns, check=False)

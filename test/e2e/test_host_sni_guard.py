@@ -19,7 +19,7 @@ import unittest
 import dns.message
 import dns.query
 
-from harness import BIN, clean_env, enter_new_netns, free_port, require, sh, terminate, wait_for, write_knot_config
+from harness import BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 NET = f"dwg{TAG}net"
@@ -52,25 +52,6 @@ def guest4(sid):
 def tap4(sid):
     return f"100.64.{SANDBOXES[sid]}.1"
 
-
-def queue_backend():
-    """nft where this kernel's nftables has a queue expression, else xt (iptables-nft), else
-    None. Asked of the kernel in a namespace of our own, deleted after."""
-    ns = f"dwg{TAG}probe"
-    sh("ip", "netns", "add", ns)
-    try:
-        r = sh("ip", "netns", "exec", ns, "nft", "-c", "-f", "-", check=False,
-               input="table inet p { chain c { type filter hook forward priority 0; queue num 1; } }\n")
-        if r.returncode == 0:
-            return "nft"
-        if shutil.which("iptables-nft-restore"):
-            r = sh("ip", "netns", "exec", ns, "iptables-nft", "-t", "mangle", "-A", "FORWARD", "-j",
-                   "NFQUEUE", "--queue-num", "1", check=False)
-            if r.returncode == 0:
-                return "xt"
-        return None
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
 
 
 class World:
@@ -188,7 +169,7 @@ def setUpModule():
     global world
     require("knotd", "nft", "ip", "dig", "curl", "openssl", "sysctl")
     enter_new_netns()
-    backend = queue_backend()
+    backend = queue_backend(f"dwg{TAG}probe", "forward")
     if backend is None:
         raise unittest.SkipTest("cannot run here: this kernel queues with neither nft_queue nor xt NFQUEUE "
                                 "(iptables-nft)")

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import BIN, clean_env, require, sh, terminate, wait_for, write_knot_config
+from harness import BIN, clean_env, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 INET, VM = f"dwsinet{TAG}", f"dwsvm{TAG}"
@@ -127,25 +127,6 @@ def start(ns, *cmd, log):
     return p
 
 
-def queue_backend():
-    """nft where this kernel's nftables has a queue expression, else xt (iptables-nft), else
-    None. Asked of the kernel in a namespace of our own (`nft -c` sends the batch)."""
-    ns = f"dwsprobe{TAG}"
-    sh("ip", "netns", "add", ns)
-    try:
-        r = sh("ip", "netns", "exec", ns, "nft", "-c", "-f", "-", check=False,
-               input="table inet p { chain c { type filter hook output priority 0; queue num 1; } }\n")
-        if r.returncode == 0:
-            return "nft"
-        if shutil.which("iptables-nft-restore"):
-            r = sh("ip", "netns", "exec", ns, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-j",
-                   "NFQUEUE", "--queue-num", "1", check=False)
-            if r.returncode == 0:
-                return "xt"
-        return None
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
-
 
 def start_dnsward():
     global dnsward, dnsward_log
@@ -167,7 +148,7 @@ def start_dnsward():
 def setUpModule():
     global workdir, backend
     require("knotd", "nft", "ip", "setpriv", "curl", "dig", "openssl")
-    backend = queue_backend()
+    backend = queue_backend(f"dwsprobe{TAG}")
     if backend is None:
         raise unittest.SkipTest("this kernel queues with neither nft_queue nor xt NFQUEUE (iptables-nft)")
     try:
