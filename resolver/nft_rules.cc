@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <array>
 #include <set>
 #include <cstdio>
@@ -216,6 +217,79 @@ std::string port_set(const ServeConfig& c) {
 std::string tls_port_set(const ServeConfig& c) { return port_list(port_numbers(c.sni_ports)); }
 }  // namespace
 
+namespace {
+/// Where render_guard_rules() writes, and how the chain it writes into names a vouched
+/// destination: `ip daddr @set` in-guest, `ip saddr . ip daddr @set` (guest . destination)
+/// in host mode, whose rejected connections' log lines are rate-limited.
+struct GuardRuleOut {
+  std::function<void(std::string)> note, rule;
+  std::function<void(const std::string& match)> reset;  ///< the logged reset of what matches
+  std::function<std::string(const char* proto, const std::string& set)> vouched;
+  std::vector<std::pair<const char*, const std::string*>> families;  ///< ("ip", &set4), ...
+  bool host = false;
+};
+
+/// The first-flight guard's rules (--sni-guard), one text for the in-guest output chain and
+/// the host's forward chain.
+void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
+  const GuardMarks m = *guard_mark_bits(c.guard_marks);
+  const std::string ports = port_set(c), tls = tls_port_set(c);
+  const std::string verdicts = fmt::format("0x{:08x}", m.allowed | m.rejected);
+  const char* dest = o.host ? "a destination dnsward vouched for that guest" : "a vouched address";
+  o.note(fmt::format("# The first-flight guard (--sni-guard). A new TCP connection to {}", dest));
+  o.note(fmt::format("# on a guarded port ({}) goes to dnsward (netfilter queue {}) until its first flight", ports,
+                     c.queue_num));
+  o.note(o.host ? "# names a host that resolved to that destination for that guest (TLS server_name, HTTP"
+                : "# names a host that resolved to that address (TLS server_name, HTTP");
+  o.note(fmt::format("# Host). dnsward answers each packet with NF_REPEAT and a packet mark: bit 0x{:08x}", m.seen));
+  o.note(fmt::format("# judged, 0x{:08x} allowed, 0x{:08x} rejected; the chain runs again and the verdict",
+                     m.allowed, m.rejected));
+  o.note("# moves into the conntrack mark, so the connection is never queued again. A rejected one");
+  o.note("# is reset here (a queue verdict cannot send a reset). The queue has no bypass: with");
+  o.note("# dnsward gone, new connections on these ports wait and fail, they never pass unjudged.");
+  o.note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
+  o.note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
+  o.rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
+  if (c.queue_backend == QueueBackend::Nft) {
+    o.note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
+    o.note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes.");
+    o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
+                       "0x{:08x}",
+                       ports, ~(m.allowed | m.rejected)));
+    for (const uint32_t bit : {m.allowed, m.rejected})
+      o.rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts, bit,
+                         ~(m.allowed | m.rejected)));
+  } else {
+    o.note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this");
+    o.note(fmt::format("# kernel's nftables has no queue expression): load `nft-rules{} --print iptables`.",
+                       o.host ? " --host --sni-guard" : ""));
+  }
+  o.reset(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x}", ports, verdicts, m.rejected));
+  if (c.queue_backend == QueueBackend::Nft) {
+    o.note("# Queued: the SYN (where the flight's sequence numbers start; a TCP Fast Open SYN");
+    o.note("# carries the flight itself) and packets with payload (`@ih,0,8 0-255`: the first");
+    o.note("# byte after the TCP header, which a bare ACK does not have, so it is not queued).");
+    for (const auto& f : o.families)
+      for (const char* what : {"tcp flags syn", "@ih,0,8 0-255"})
+        o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
+                           "{} {} queue num {}",
+                           ports, verdicts, m.seen, what, o.vouched(f.first, *f.second), c.queue_num));
+  }
+  o.note("# Payload to a vouched destination on a connection not judged (not queued: the queue");
+  o.note("# rule is missing, or dnsward could not read the packet) never leaves; but for a packet");
+  o.note("# marked with both verdict bits: a TLS 1.3 ClientHello that passed, on a connection");
+  o.note("# watched until the client's next flight (the server may ask for a second");
+  o.note("# ClientHello, RFC 8446 4.1.4). QUIC (HTTP/3) carries its ClientHello in encrypted");
+  o.note("# Initial packets: rejected, clients fall back to TCP, where the guard reads it.");
+  for (const auto& f : o.families) {
+    o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
+                       "{} counter drop",
+                       ports, verdicts, verdicts, verdicts, o.vouched(f.first, *f.second)));
+    o.rule(fmt::format("udp dport {} {} counter reject", tls, o.vouched(f.first, *f.second)));
+  }
+}
+}  // namespace
+
 std::string render_xt_rules(const ServeConfig& c, int af) {
   const GuardMarks m = *guard_mark_bits(c.guard_marks);
   const uint32_t verdicts = m.allowed | m.rejected;
@@ -288,66 +362,16 @@ std::string render_nft_rules(const ServeConfig& c) {
   auto rule = [&](std::string t) { body.push_back({std::move(t), true}); };
   const std::string chain_type = "type filter hook output priority filter; policy drop;";
   if (c.sni_guard) {
-    const GuardMarks m = *guard_mark_bits(c.guard_marks);
-    const std::string ports = port_set(c), tls = tls_port_set(c);
-    const std::string verdicts = fmt::format("0x{:08x}", m.allowed | m.rejected);
-    note("# The first-flight guard (--sni-guard). A new TCP connection to a vouched address on");
-    note(fmt::format("# a guarded port ({}) goes to dnsward (netfilter queue {}) until its first flight", ports,
-                     c.queue_num));
-    note("# names a host that resolved to that address (TLS server_name, HTTP Host). dnsward");
-    note("# answers each packet with NF_REPEAT and a packet mark: bit " + fmt::format("0x{:08x}", m.seen) +
-         " judged, " + fmt::format("0x{:08x}", m.allowed) + " allowed,");
-    note(fmt::format("# 0x{:08x} rejected; the chain runs again and the verdict moves into the conntrack",
-                     m.rejected));
-    note("# mark, so the connection is never queued again. A rejected one is reset here (a queue");
-    note("# verdict cannot send a reset). The queue has no bypass: with dnsward gone, new");
-    note("# connections on these ports wait and fail, they never pass unjudged.");
-    note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
-    note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
-    rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
-    if (c.queue_backend == QueueBackend::Nft) {
-      note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
-      note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes.");
-      rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
-                       "0x{:08x}",
-                       ports, ~(m.allowed | m.rejected)));
-      rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts,
-                       m.allowed, ~(m.allowed | m.rejected)));
-      rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts,
-                       m.rejected, ~(m.allowed | m.rejected)));
-    } else {
-      note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this");
-      note("# kernel's nftables has no queue expression): load `nft-rules --print iptables`.");
-    }
-    rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x} counter log prefix "
-                     "\"dnsward-sni-reject: \" reject with tcp reset",
-                     ports, verdicts, m.rejected));
-    if (c.queue_backend == QueueBackend::Nft) {
-      note("# Queued: the SYN (where the flight's sequence numbers start; a TCP Fast Open SYN");
-      note("# carries the flight itself) and packets with payload (`@ih,0,8 0-255`: the first");
-      note("# byte after the TCP header, which a bare ACK does not have, so it is not queued).");
-      for (const auto& [yes, set, proto] :
-           {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
-        if (!yes) continue;
-        for (const char* what : {"tcp flags syn", "@ih,0,8 0-255"})
-          rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
-                           "{} {} daddr @{} queue num {}",
-                           ports, verdicts, m.seen, what, proto, *set, c.queue_num));
-      }
-    }
-    note("# Payload to a vouched address on a connection not judged (not queued: the queue rule");
-    note("# is missing, or dnsward could not read the packet) never leaves; but for a packet");
-    note("# marked with both verdict bits: a TLS 1.3 ClientHello that passed, on a connection");
-    note("# watched until the client's next flight (the server may ask for a second");
-    note("# ClientHello, RFC 8446 4.1.4). QUIC (HTTP/3) carries its ClientHello in encrypted");
-    note("# Initial packets: rejected, clients fall back to TCP, where the guard reads it.");
-    for (const auto& [yes, set, proto] : {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
-      if (!yes) continue;
-      rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
-                       "{} daddr @{} counter drop",
-                       ports, verdicts, verdicts, verdicts, proto, *set));
-      rule(fmt::format("udp dport {} {} daddr @{} counter reject", tls, proto, *set));
-    }
+    std::vector<std::pair<const char*, const std::string*>> families;
+    if (v4) families.emplace_back("ip", &c.nft_set4);
+    if (v6) families.emplace_back("ip6", &c.nft_set6);
+    render_guard_rules(c, GuardRuleOut{
+        note, rule,
+        [&](const std::string& match) {
+          rule(match + " counter log prefix \"dnsward-sni-reject: \" reject with tcp reset");
+        },
+        [](const char* proto, const std::string& set) { return fmt::format("{} daddr @{}", proto, set); },
+        families, false});
     note("");
   }
   note("# Connections opened while their address was vouched for outlive its expiry; only");
@@ -551,59 +575,13 @@ std::string render_host_rules(const ServeConfig& c) {
   note("# listen on); DNS over TLS or QUIC (853) would resolve around it.");
   logged("meta l4proto { udp, tcp } th dport { 53, 853 }", "dnsward-host-dns-drop: ", "drop");
   if (c.sni_guard) {
-    // The first-flight guard, as in-guest (render_nft_rules) but on the forward path and
-    // keyed by (guest . destination): a name bound for one sandbox lets no other through.
-    const GuardMarks m = *guard_mark_bits(c.guard_marks);
-    const std::string guarded = port_set(c), tls = tls_port_set(c);
-    const std::string verdicts = fmt::format("0x{:08x}", m.allowed | m.rejected);
-    note("# The first-flight guard (--sni-guard). A new TCP connection from a guest to a destination");
-    note(fmt::format("# dnsward vouched for that guest, on a guarded port ({}), goes to dnsward (netfilter", guarded));
-    note(fmt::format("# queue {}) until its first flight names a host that resolved to that destination for", c.queue_num));
-    note("# that guest (TLS server_name, HTTP Host). dnsward answers each packet with NF_REPEAT and");
-    note(fmt::format("# a packet mark: bit 0x{:08x} judged, 0x{:08x} allowed, 0x{:08x} rejected; the chain", m.seen,
-                     m.allowed, m.rejected));
-    note("# runs again and the verdict moves into the conntrack mark, so the connection is never");
-    note("# queued again. A rejected one is reset here. The queue has no bypass: with dnsward gone,");
-    note("# new connections on these ports wait and fail, they never pass unjudged.");
-    note("# A packet conntrack cannot place carries no conntrack mark for the rules below to read:");
-    note("# on guarded ports it is dropped, never judged by the vouched sets alone.");
-    rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", guarded));
-    if (c.queue_backend == QueueBackend::Nft) {
-      note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and all,");
-      note("# for a SYN on the same ports (after a reset without FIN), so its mark goes.");
-      rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
-                       "0x{:08x}",
-                       guarded, ~(m.allowed | m.rejected)));
-      for (const uint32_t bit : {m.allowed, m.rejected})
-        rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts, bit,
-                         ~(m.allowed | m.rejected)));
-    } else {
-      note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this kernel's");
-      note("# nftables has no queue expression): load `nft-rules --host --sni-guard --print iptables`.");
-    }
-    logged(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x}", guarded, verdicts, m.rejected),
-           "dnsward-sni-reject: ", "reject with tcp reset");
-    if (c.queue_backend == QueueBackend::Nft) {
-      note("# Queued: the SYN (where the flight's sequence numbers start; a TCP Fast Open SYN carries");
-      note("# the flight itself) and packets with payload (`@ih,0,8 0-255`: the first byte after the");
-      note("# TCP header, which a bare ACK does not have), of pairs dnsward vouched for.");
-      for (const auto& [proto, vouched] : {std::pair{"ip", &c.nft_set4}, std::pair{"ip6", &c.nft_set6}})
-        for (const char* what : {"tcp flags syn", "@ih,0,8 0-255"})
-          rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
-                           "{} {} saddr . {} daddr @{} queue num {}",
-                           guarded, verdicts, m.seen, what, proto, proto, *vouched, c.queue_num));
-    }
-    note("# Payload to a vouched pair on a connection not judged (not queued: the queue rule is");
-    note("# missing, or dnsward could not read the packet) is never forwarded; but for a packet");
-    note("# marked with both verdict bits: a TLS 1.3 ClientHello that passed, on a connection");
-    note("# watched until the client's next flight (RFC 8446 4.1.4). QUIC (HTTP/3) carries its");
-    note("# ClientHello in encrypted Initial packets: rejected, clients fall back to TCP.");
-    for (const auto& [proto, vouched] : {std::pair{"ip", &c.nft_set4}, std::pair{"ip6", &c.nft_set6}}) {
-      rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
-                       "{} saddr . {} daddr @{} counter drop",
-                       guarded, verdicts, verdicts, verdicts, proto, proto, *vouched));
-      rule(fmt::format("udp dport {} {} saddr . {} daddr @{} counter reject", tls, proto, proto, *vouched));
-    }
+    // Keyed (guest . destination): a name bound for one sandbox lets no other through.
+    render_guard_rules(c, GuardRuleOut{
+        note, rule, [&](const std::string& match) { logged(match, "dnsward-sni-reject: ", "reject with tcp reset"); },
+        [](const char* proto, const std::string& set) {
+          return fmt::format("{0} saddr . {0} daddr @{1}", proto, set);
+        },
+        {{"ip", &c.nft_set4}, {"ip6", &c.nft_set6}}, true});
   }
   if (!c.nft_allow.empty()) {
     note("# Always reachable (--allow), special-purpose or not.");
