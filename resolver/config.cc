@@ -188,10 +188,12 @@ const std::vector<OptionSpec>& table() {
        .help = "nftables table that holds the sets (created if missing)", .def = "dnsward",
        .check = check_nft_name, .field = &ServeConfig::nft_table},
       {.name = "nft-set4", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
-       .help = "set of vouched IPv4 addresses (type ipv4_addr, flags timeout)", .def = "allowed4",
+       .help = "set of vouched IPv4 addresses (type ipv4_addr, flags timeout); with --sni-guard also "
+               "NAME_ports, the ports= elements (ipv4_addr . inet_proto . inet_service)", .def = "allowed4",
        .check = check_nft_name, .field = &ServeConfig::nft_set4},
       {.name = "nft-set6", .kind = K::Text, .commands = kBoth, .metavar = "NAME",
-       .help = "set of vouched IPv6 addresses (type ipv6_addr, flags timeout)", .def = "allowed6",
+       .help = "set of vouched IPv6 addresses (type ipv6_addr, flags timeout); with --sni-guard also "
+               "NAME_ports, the ports= elements (ipv6_addr . inet_proto . inet_service)", .def = "allowed6",
        .check = check_nft_name, .field = &ServeConfig::nft_set6},
       {.name = "nft-set-size", .kind = K::Int, .commands = kBoth, .metavar = "N",
        .help = "size of each set when dnsward creates it; a full set fails the answer (SERVFAIL)",
@@ -761,6 +763,12 @@ ParseOutcome parse_command_options(unsigned command, const std::vector<std::stri
 
   if (c.nft_set4 == c.nft_set6) {
     out.error = "--nft-set4 and --nft-set6 must name different sets";
+    return out;
+  }
+  if (c.sni_guard && (ports_set_name(c.nft_set4) == c.nft_set6 || ports_set_name(c.nft_set6) == c.nft_set4)) {
+    // The port sets of ports= are named after the address sets: one would be the other.
+    out.error = fmt::format("--nft-set4 {} and --nft-set6 {}: with --sni-guard each has a port set named "
+                            "after it (<set>_ports), which must not be the other", c.nft_set4, c.nft_set6);
     return out;
   }
   for (std::size_t i = 0; i < c.listen.size(); ++i)

@@ -41,6 +41,10 @@ std::vector<std::string> explain_lines(const Policy& p, std::string_view name_in
       } else if (key.kind == KeyKind::Any) {
         if (e.sni_any)
           out.push_back(fmt::format("  {}=any: with --sni-guard, any first flight may reach its addresses", key.name));
+      } else if (key.kind == KeyKind::PortList) {
+        if (!e.ports.empty())
+          out.push_back(fmt::format("  {}={}: with --sni-guard, its addresses are open on these ports too "
+                                    "(without the guard every port is)", key.name, ports_text(e.ports)));
       } else if (key.kind == KeyKind::TypeList) {
         if (!e.types.empty()) {
           std::string list;

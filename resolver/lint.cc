@@ -224,6 +224,9 @@ std::vector<Finding> lint(const Policy& p, const PublicSuffixList& psl, const Li
     if (e.allow_private && e.why.empty())
       add(e, true, fmt::format("'{}' has private=yes: its why must name the internal endpoint and "
                                "what the sandbox can reach through it", e.pattern));
+    if (!e.ports.empty() && e.why.empty())
+      add(e, true, fmt::format("'{}' has ports={}: its why must say what the sandbox reaches on those "
+                               "ports", e.pattern, ports_text(e.ports)));
     long age = 0;
     if (!e.reviewed.empty() && days_between(e.reviewed, o.today, age)) {
       if (age > o.review_days)

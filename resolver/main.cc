@@ -133,6 +133,10 @@ int serve(const std::vector<std::string>& args) {
       target.max_timeout_s = cfg.max_ttl + cfg.grace;
       target.host = cfg.host;
       target.guard = cfg.sni_guard;
+      if (cfg.sni_guard) {  // ports=: the port sets, as `nft-rules --sni-guard` declares them
+        target.ports4 = ports_set_name(cfg.nft_set4);
+        target.ports6 = ports_set_name(cfg.nft_set6);
+      }
       try {
         nft = std::make_unique<NftSets>(target, cfg.nft_refresh);
       } catch (const NftError& e) {

@@ -404,9 +404,23 @@ std::string render_nft_rules(const ServeConfig& c) {
          "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1 accept");
   }
   note("");
-  note("# The holes dnsward punched, one per answered address.");
-  if (v4) rule(fmt::format("ip daddr @{} accept", c.nft_set4));
-  if (v6) rule(fmt::format("ip6 daddr @{} accept", c.nft_set6));
+  if (!c.sni_guard) {
+    note("# The holes dnsward punched, one per answered address.");
+    if (v4) rule(fmt::format("ip daddr @{} accept", c.nft_set4));
+    if (v6) rule(fmt::format("ip6 daddr @{} accept", c.nft_set6));
+  } else {
+    // ports= (issue 13): with the guard, a vouched address is open on the guarded ports only,
+    // where the rules above judged the first flight; other ports only as (address . protocol
+    // . port) elements of entries that name them. These come after the guard's rules, so a
+    // port element never opens a guarded port unjudged.
+    note("# The holes dnsward punched, one per answered address: on the guarded ports only");
+    note("# (judged above), and on the ports an entry names (ports=), one element per port.");
+    for (const auto& [yes, set, proto] : {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
+      if (!yes) continue;
+      rule(fmt::format("{} daddr @{} tcp dport {} accept", proto, *set, port_set(c)));
+      rule(fmt::format("{} daddr . meta l4proto . th dport @{} accept", proto, ports_set_name(*set)));
+    }
+  }
   if (!c.nft_allow.empty()) {
     note("");
     note("# Always reachable (--allow).");
@@ -431,6 +445,19 @@ std::string render_nft_rules(const ServeConfig& c) {
     table.push_back({2, fmt::format("size {}", c.nft_set_size), Kind::Text});
     table.push_back({1, "}", Kind::Text});
     table.push_back({0, "", Kind::Note});
+  }
+  if (c.sni_guard) {
+    table.push_back({1, "# With the guard: (address . protocol . port) of the entries with ports=, each", Kind::Note});
+    table.push_back({1, "# vouched with its address and for as long.", Kind::Note});
+    for (const auto& [yes, name, type] : {std::tuple{v4, &c.nft_set4, "ipv4_addr"}, std::tuple{v6, &c.nft_set6, "ipv6_addr"}}) {
+      if (!yes) continue;
+      table.push_back({1, fmt::format("set {} {{", ports_set_name(*name)), Kind::Text});
+      table.push_back({2, fmt::format("type {} . inet_proto . inet_service", type), Kind::Text});
+      table.push_back({2, "flags timeout", Kind::Text});
+      table.push_back({2, fmt::format("size {}", c.nft_set_size), Kind::Text});
+      table.push_back({1, "}", Kind::Text});
+      table.push_back({0, "", Kind::Note});
+    }
   }
   table.push_back({1, "chain output {", Kind::Text});
   table.push_back({2, chain_type, Kind::Text});
@@ -521,6 +548,11 @@ std::string render_host_rules(const ServeConfig& c) {
   t.push_back({1, "# for another.", Kind::Note});
   set(c.nft_set4, "ipv4_addr . ipv4_addr", true, c.host_set_size);
   set(c.nft_set6, "ipv6_addr . ipv6_addr", true, c.host_set_size);
+  if (c.sni_guard) {  // ports= (issue 13): keyed by guest, as the pairs above
+    t.push_back({1, "# With the guard: (guest . destination . protocol . port) of the entries with ports=.", Kind::Note});
+    set(ports_set_name(c.nft_set4), "ipv4_addr . ipv4_addr . inet_proto . inet_service", true, c.host_set_size);
+    set(ports_set_name(c.nft_set6), "ipv6_addr . ipv6_addr . inet_proto . inet_service", true, c.host_set_size);
+  }
   t.push_back({1, "# Filled by dnsward: (interface . guest address) of each registered sandbox, its tap", Kind::Note});
   t.push_back({1, "# and its address(es). No flags: an interval would turn one pair into a range.", Kind::Note});
   set(kSandboxSet4, "ifname . ipv4_addr", false, 65536);
@@ -600,9 +632,20 @@ std::string render_host_rules(const ServeConfig& c) {
   note("# direction the guest opened them only (a reply to a flow a remote started would be a");
   note("# way out to any address). After anti-spoofing: a removed sandbox keeps none.");
   rule("ct direction original ct state established,related accept");
-  note("# The holes dnsward punched: this guest, this destination. UDP 443 (QUIC) too, only here.");
-  rule(fmt::format("ip saddr . ip daddr @{} accept", c.nft_set4));
-  rule(fmt::format("ip6 saddr . ip6 daddr @{} accept", c.nft_set6));
+  if (!c.sni_guard) {
+    note("# The holes dnsward punched: this guest, this destination. UDP 443 (QUIC) too, only here.");
+    rule(fmt::format("ip saddr . ip daddr @{} accept", c.nft_set4));
+    rule(fmt::format("ip6 saddr . ip6 daddr @{} accept", c.nft_set6));
+  } else {
+    // ports= (issue 13), as in render_nft_rules: the guarded ports, and the ports= elements.
+    note("# The holes dnsward punched: this guest, this destination, on the guarded ports, and on");
+    note("# the ports its entry names (ports=), one element per port.");
+    for (const char* f : {"ip", "ip6"}) {
+      const std::string& set = f[2] ? c.nft_set6 : c.nft_set4;
+      rule(fmt::format("{0} saddr . {0} daddr @{1} tcp dport {2} accept", f, set, port_set(c)));
+      rule(fmt::format("{0} saddr . {0} daddr . meta l4proto . th dport @{1} accept", f, ports_set_name(set)));
+    }
+  }
   note("# Everything else: counted, logged, and rejected so that clients fail fast.");
   logged("meta l4proto tcp", "dnsward-host-drop: ", "reject with tcp reset");
   logged("", "dnsward-host-drop: ", "reject with icmpx type admin-prohibited");

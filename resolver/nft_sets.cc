@@ -42,18 +42,25 @@ constexpr uint32_t kTypeIpv4 = 7, kTypeIpv6 = 8;
 // Concatenations (host mode): nft numbers a concatenated type (a << 6) | b (datatype.h,
 // CONCAT_TYPE_BITS) and pads each field to 4 bytes; ifname is 16 bytes (IFNAMSIZ).
 constexpr uint32_t kTypeIfname = 41;
+// ports=: inet_proto (1 byte) and inet_service (2 bytes, network order), each padded to 4.
+constexpr uint32_t kTypeInetProto = 12, kTypeInetService = 13;
 constexpr uint32_t concat(uint32_t a, uint32_t b) { return (a << 6) | b; }
 constexpr uint32_t kIfnameLen = 16;
 
-/// The bytes of an element's key: the address, or in host mode guest . address.
+/// The bytes of an element's key: the address, or in host mode guest . address; a port
+/// element then its protocol and port, each in a 4-byte field of its own.
 uint32_t key_bytes(const SetKey& k, uint8_t* out) {
-  if (!k.guest.family) {
-    std::memcpy(out, k.addr.bytes, k.addr.size());
-    return uint32_t(k.addr.size());
+  uint32_t n = 0;
+  if (k.guest.family) {
+    std::memcpy(out, k.guest.bytes, k.guest.size());
+    n = uint32_t(k.guest.size());
   }
-  std::memcpy(out, k.guest.bytes, k.guest.size());
-  std::memcpy(out + k.guest.size(), k.addr.bytes, k.addr.size());
-  return uint32_t(k.guest.size() + k.addr.size());
+  std::memcpy(out + n, k.addr.bytes, k.addr.size());
+  n += uint32_t(k.addr.size());
+  if (!k.port) return n;
+  const uint8_t tail[8] = {k.proto, 0, 0, 0, uint8_t(k.port >> 8), uint8_t(k.port), 0, 0};
+  std::memcpy(out + n, tail, sizeof tail);
+  return n + uint32_t(sizeof tail);
 }
 
 struct SetDeleter {
@@ -194,10 +201,10 @@ bool NftSets::transact(const std::vector<ElemMsg>& msgs, std::vector<int>& resul
                                ? uint16_t(NLM_F_CREATE | NLM_F_EXCL)
                                                      : uint16_t(NLM_F_CREATE);
     raw.push_back({type, flags, [this, &m](nlmsghdr* nlh) {
-                     SetPtr s = make_set(t_, m.family == AF_INET ? t_.set4 : t_.set6);
+                     SetPtr s = make_set(t_, set_of(m.family, m.ported));
                      for (const ElemChange& c : m.elems) {
                        nftnl_set_elem* e = nftnl_set_elem_alloc();
-                       uint8_t key[32];
+                       uint8_t key[48];
                        nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, key, key_bytes(c.key(), key));
                        if (m.op != ElemOp::Del) {
                          nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, c.timeout_ms);
@@ -217,9 +224,9 @@ bool NftSets::element_left(const SetKey& k, bool& exists, uint64_t& left_ms, std
   const int e = nl_.request(
       NFT_MSG_GETSETELEM, NLM_F_ACK,
       [&](nlmsghdr* nlh) {
-        SetPtr s = make_set(t_, k.addr.family == AF_INET ? t_.set4 : t_.set6);
+        SetPtr s = make_set(t_, set_of(k.addr.family, k.ported()));
         nftnl_set_elem* el = nftnl_set_elem_alloc();
-        uint8_t key[32];
+        uint8_t key[48];
         nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, key, key_bytes(k, key));
         nftnl_set_elem_add(s.get(), el);
         nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
@@ -246,6 +253,12 @@ std::string type_name(uint32_t t) {
     case concat(kTypeIpv6, kTypeIpv6): return "ipv6_addr . ipv6_addr";
     case concat(kTypeIfname, kTypeIpv4): return "ifname . ipv4_addr";
     case concat(kTypeIfname, kTypeIpv6): return "ifname . ipv6_addr";
+    case concat(concat(kTypeIpv4, kTypeInetProto), kTypeInetService): return "ipv4_addr . inet_proto . inet_service";
+    case concat(concat(kTypeIpv6, kTypeInetProto), kTypeInetService): return "ipv6_addr . inet_proto . inet_service";
+    case concat(concat(concat(kTypeIpv4, kTypeIpv4), kTypeInetProto), kTypeInetService):
+      return "ipv4_addr . ipv4_addr . inet_proto . inet_service";
+    case concat(concat(concat(kTypeIpv6, kTypeIpv6), kTypeInetProto), kTypeInetService):
+      return "ipv6_addr . ipv6_addr . inet_proto . inet_service";
   }
   return std::to_string(t);
 }
@@ -315,13 +328,20 @@ bool NftSets::ensure(std::string& err) {
   const uint32_t type6 = t_.host ? concat(kTypeIpv6, kTypeIpv6) : kTypeIpv6;
   const uint32_t len4 = t_.host ? 8 : 4, len6 = t_.host ? 32 : 16;
   bool havep4 = !t_.host, havep6 = !t_.host;
+  // ports= (--sni-guard): the same keys . protocol . port.
+  const uint32_t typeq4 = concat(concat(type4, kTypeInetProto), kTypeInetService);
+  const uint32_t typeq6 = concat(concat(type6, kTypeInetProto), kTypeInetService);
+  const uint32_t lenq4 = len4 + 8, lenq6 = len6 + 8;
+  bool haveq4 = !t_.ports(), haveq6 = !t_.ports();
   uint32_t ignored = 0;
   if (!check_set(t_.set4, type4, len4, have4, size4_, err) ||
       !check_set(t_.set6, type6, len6, have6, size6_, err) ||
       (t_.host && (!check_set(t_.sbx4, concat(kTypeIfname, kTypeIpv4), kIfnameLen + 4, havep4, ignored, err, false) ||
-                   !check_set(t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, ignored, err, false))))
+                   !check_set(t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, ignored, err, false))) ||
+      (t_.ports() && (!check_set(t_.ports4, typeq4, lenq4, haveq4, ignored, err) ||
+                      !check_set(t_.ports6, typeq6, lenq6, haveq6, ignored, err))))
     return false;
-  if (have4 && have6 && havep4 && havep6) return true;
+  if (have4 && have6 && havep4 && havep6 && haveq4 && haveq6) return true;
 
   // Creating is idempotent (no NLM_F_EXCL): a table or set that appeared meanwhile is fine.
   std::vector<NetlinkSocket::Msg> msgs;
@@ -336,7 +356,8 @@ bool NftSets::ensure(std::string& err) {
   for (const auto& [name, type, len, have, timeout] :
        {std::tuple{t_.set4, type4, len4, have4, true}, std::tuple{t_.set6, type6, len6, have6, true},
         std::tuple{t_.sbx4, concat(kTypeIfname, kTypeIpv4), kIfnameLen + 4, havep4, false},
-        std::tuple{t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, false}}) {
+        std::tuple{t_.sbx6, concat(kTypeIfname, kTypeIpv6), kIfnameLen + 16, havep6, false},
+        std::tuple{t_.ports4, typeq4, lenq4, haveq4, true}, std::tuple{t_.ports6, typeq6, lenq6, haveq6, true}}) {
     if (have) continue;
     msgs.push_back({NFT_MSG_NEWSET, NLM_F_CREATE,
                     [this, name = name, type = type, len = len, id, timeout = timeout](nlmsghdr* nlh) {
@@ -442,7 +463,7 @@ bool NftSets::start_reread(std::string& err) {
 }
 
 bool NftSets::start_stage(std::string& err) {
-  const std::string& name = dump_stage_ == 1 ? t_.set4 : t_.set6;
+  const std::string& name = stage_set(dump_stage_);
   stage_started_ms_ = mono_ms();
   return dump_.start_request(
       NFT_MSG_GETSETELEM, NLM_F_DUMP,
@@ -452,7 +473,8 @@ bool NftSets::start_stage(std::string& err) {
 bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
   done = false;
   const bool stale = reread_again_;
-  const uint8_t family = dump_stage_ == 1 ? AF_INET : AF_INET6;
+  const uint8_t family = dump_stage_ % 2 ? AF_INET : AF_INET6;
+  const bool ported = dump_stage_ > 2;
   // The time left that the kernel reports was measured after the dump was asked for:
   // counted from then, an expiry is never later than the kernel's.
   const uint64_t at = stage_started_ms_;
@@ -464,12 +486,19 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
           uint32_t klen = 0;
           const void* key = nftnl_set_elem_get(el, NFTNL_SET_ELEM_KEY, &klen);
           const uint32_t alen = family == AF_INET ? 4u : 16u;
-          if (!key || klen != (t_.host ? 2 * alen : alen)) return;
+          const uint32_t klen_want = (t_.host ? 2 * alen : alen) + (ported ? 8u : 0u);
+          if (!key || klen != klen_want) return;
           const auto* kb = static_cast<const uint8_t*>(key);
           auto addr_at = [&](const uint8_t* p) { return family == AF_INET ? IpAddr::v4(p) : IpAddr::v6(p); };
           SetKey a;
           if (t_.host) a.guest = addr_at(kb);
           a.addr = addr_at(t_.host ? kb + alen : kb);
+          if (ported) {
+            const uint8_t* tail = kb + klen - 8;
+            a.proto = tail[0];
+            a.port = uint16_t(tail[4] << 8 | tail[5]);
+            if (!a.port) return;  // not one dnsward writes
+          }
           const uint64_t left = elem_left(el);
           if (left > 0) ledger_.merge_held(a, left, at);
         });
@@ -489,11 +518,11 @@ bool NftSets::reread_step(int max_reads, bool& done, std::string& err) {
     return start_reread(err);
   }
   if (e != 0) {
-    err = failure("listing set " + (dump_stage_ == 1 ? t_.set4 : t_.set6), e);
+    err = failure("listing set " + stage_set(dump_stage_), e);
     return fail();
   }
-  if (dump_stage_ == 1) {
-    dump_stage_ = 2;
+  if (dump_stage_ < (t_.ports() ? 4 : 2)) {
+    ++dump_stage_;
     return start_stage(err) || fail();
   }
   dump_stage_ = 0;
@@ -592,7 +621,9 @@ bool NftSets::vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const 
   }
   if (!changes.empty()) check_fill(now_ms, false);
   if (!ok && e == ENFILE) {
-    err = full_message(failed.addr.family ? failed.addr.family : uint8_t(AF_INET));
+    err = failed.ported() ? fmt::format("set {} {} is full: raise --nft-set-size", t_.table,
+                                        set_of(failed.addr.family, true))
+                          : full_message(failed.addr.family ? failed.addr.family : uint8_t(AF_INET));
     log::error("event=nft-set-full msg={}", log::quote(err));
   }
   return ok;
@@ -718,9 +749,9 @@ bool NftSets::set_pairs(const std::string& iface, const std::vector<IpAddr>& add
 }
 
 RevokeOutcome NftSets::revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
-                                     uint64_t now_ms) {
+                                     uint64_t now_ms, const PortJudge& keep_port) {
   on_events();
-  return delete_elements(ledger_.revocations(keep, keep_audit, now_ms));
+  return delete_elements(ledger_.revocations(keep, keep_audit, now_ms, keep_port));
 }
 
 void NftSets::maintain(uint64_t now_ms) {
@@ -764,7 +795,7 @@ void NftSets::check_rule(const nlmsghdr* h, const char* when) {
       if (!name || std::strcmp(name, "dynset") != 0 || !nftnl_expr_is_set(e, NFTNL_EXPR_DYNSET_SET_NAME))
         continue;
       const std::string set = nftnl_expr_get_str(e, NFTNL_EXPR_DYNSET_SET_NAME);
-      if (set != t_.set4 && set != t_.set6) continue;
+      if (set != t_.set4 && set != t_.set6 && (!t_.ports() || (set != t_.ports4 && set != t_.ports6))) continue;
       ++foreign_set_rules_;
       log::error("event=nft-foreign-set-rule table={} set={} when={} msg={}", t_.table, set, when,
                  log::quote("a rule changes this set from the packet path (update/delete @set): "
@@ -850,7 +881,7 @@ void NftSets::on_events() {
                               ? nftnl_set_get_str(s.get(), NFTNL_SET_NAME) : "";
         if (rc < 0) {
           table = t_.table;  // unreadable: assume the worst, read the sets again
-        } else if (t_.set4 != set && t_.set6 != set) {
+        } else if (t_.set4 != set && t_.set6 != set && (!t_.ports() || (t_.ports4 != set && t_.ports6 != set))) {
           // Host mode: a registered pair deleted by someone else cuts its sandbox off (fail
           // closed); dnsward puts the pairs of every registered sandbox back.
           if (t_.host && msg != NFT_MSG_NEWSETELEM && (t_.sbx4 == set || t_.sbx6 == set) &&
@@ -939,6 +970,7 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
   // The two sets: their flags and key (an interval set is not a set of addresses).
   std::vector<std::pair<const std::string*, SetSeen*>> sets = {{&t_.set4, &seen.set4}, {&t_.set6, &seen.set6}};
   if (t_.host) sets.insert(sets.end(), {{&t_.sbx4, &seen.sbx4}, {&t_.sbx6, &seen.sbx6}});
+  if (t_.ports()) sets.insert(sets.end(), {{&t_.ports4, &seen.ports4}, {&t_.ports6, &seen.ports6}});
   for (const auto& pair : sets) {
     // Plain locals, not a structured binding: clang 14 (the fuzz build) cannot capture one.
     const std::string* name = pair.first;
@@ -1061,11 +1093,14 @@ void NftSets::check_ruleset() {
   want.need4 = t_.family != NFPROTO_IPV6;
   want.need6 = t_.family != NFPROTO_IPV4;
   want.guard = t_.guard;
+  want.ports4 = t_.ports4;
+  want.ports6 = t_.ports6;
   TableSeen seen;
   std::string err;
   RulesetStatus now;
   if (read_ruleset(seen, err)) {
-    now = t_.host ? judge_host_ruleset(seen, HostRulesetExpectation{t_.table, t_.set4, t_.set6, t_.sbx4, t_.sbx6, t_.guard})
+    now = t_.host ? judge_host_ruleset(seen, HostRulesetExpectation{t_.table, t_.set4, t_.set6, t_.sbx4, t_.sbx6, t_.guard,
+                                                                      t_.ports4, t_.ports6})
                   : judge_ruleset(seen, want);
     ruleset_retry_ = false;
   } else {

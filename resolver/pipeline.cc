@@ -738,6 +738,20 @@ Pipeline::Step Pipeline::vouch(QueryCtx& c, const AnswerInput& a) {
     for (const IpAddr& g : c.sandbox->spec.addrs)
       if (g.family == v.addr.family) items.push_back({v.addr, t + cfg_.grace, g});
   }
+  // ports= (only with the guard, whose ruleset opens a vouched address on the guarded ports
+  // alone): each address element gets one element per port in the port sets, with the same
+  // timeout and in the same batch, so both are in the kernel before the answer goes out.
+  if (cfg_.sni_guard && c.entry >= 0) {
+    const std::vector<PortSpec>& ports = c.policy->ports(std::size_t(c.entry));
+    const std::size_t n = items.size();
+    for (std::size_t i = 0; i < n && !ports.empty(); ++i)
+      for (const PortSpec& p : ports) {
+        VouchItem it = items[i];
+        it.proto = p.proto;
+        it.port = p.port;
+        items.push_back(it);
+      }
+  }
   if (c.sandbox) {
     if (c.sandbox->gone) return servfail(c, edns::EDE_PROHIBITED, "dnsward: this sandbox was removed");
     if (items.empty()) return Step::Continue;
@@ -869,7 +883,17 @@ void Pipeline::revoke_unlisted(std::string_view why) {
         const Policy* now = policy_for(guest, audit);
         return now && (audit || now->match_text(name).verdict == Match::Verdict::Allow);
       },
-      timers_.now_ms());
+      timers_.now_ms(),
+      // A port element stays while its entry still names its port (ports= changed by a
+      // reload revokes the ports it no longer names).
+      [&](const IpAddr& guest, std::string_view pattern, uint8_t proto, uint16_t port) {
+        bool audit = false;
+        const Policy* now = policy_for(guest, audit);
+        const int32_t idx = now ? now->find_pattern(pattern) : -1;
+        if (idx < 0) return false;
+        const auto& ports = now->ports(std::size_t(idx));
+        return std::find(ports.begin(), ports.end(), PortSpec{proto, port}) != ports.end();
+      });
   counters_.revoked += r.deleted;
   if (r.deleted || r.already_gone)
     log::info("event=revoked deleted={} already_gone={} msg={}", r.deleted, r.already_gone,

@@ -93,8 +93,14 @@ std::string allowlist_key_names() {
   return s;
 }
 
+std::string ports_text(const std::vector<PortSpec>& ports) {
+  std::string s;
+  for (const PortSpec& p : ports) s += (s.empty() ? "" : ",") + p.text();
+  return s;
+}
+
 bool check_key_value(const AllowlistKey& key, std::string_view v, std::string& reason,
-                     std::vector<uint16_t>* types, uint32_t* budget) {
+                     std::vector<uint16_t>* types, uint32_t* budget, std::vector<PortSpec>* ports) {
   if (v.empty()) {
     reason = fmt::format("key '{}' has an empty value", key.name);
     return false;
@@ -141,6 +147,49 @@ bool check_key_value(const AllowlistKey& key, std::string_view v, std::string& r
         return false;
       }
       if (budget) *budget = n;
+      return true;
+    }
+    case KeyKind::PortList: {
+      std::vector<PortSpec> list;
+      for (std::string_view rest = v;;) {
+        const std::size_t comma = rest.find(',');
+        std::string_view t = rest.substr(0, comma);
+        PortSpec p;
+        std::string_view num = t;
+        if (const std::size_t slash = t.find('/'); slash != std::string_view::npos) {
+          const std::string_view proto = t.substr(slash + 1);
+          num = t.substr(0, slash);
+          if (proto == "udp") p.proto = 17;
+          else if (proto != "tcp") {
+            reason = fmt::format("{}: '{}' names no protocol dnsward opens (N for TCP, N/udp for UDP)", key.name, t);
+            return false;
+          }
+        }
+        uint32_t n = 0;
+        if (num.empty() || num.size() > 5 || num.find_first_not_of("0123456789") != std::string_view::npos) {
+          reason = fmt::format("{}: '{}' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)", key.name, t);
+          return false;
+        }
+        for (char c : num) n = n * 10 + uint32_t(c - '0');
+        if (n == 0 || n > 65535) {
+          reason = fmt::format("{}: port {} is out of range (1 to 65535)", key.name, num);
+          return false;
+        }
+        p.port = uint16_t(n);
+        if (std::find(list.begin(), list.end(), p) != list.end()) {
+          reason = fmt::format("{}: {} given twice", key.name, p.text());
+          return false;
+        }
+        list.push_back(p);
+        if (list.size() > kMaxEntryPorts) {
+          reason = fmt::format("{}: more than {} ports; give the sandbox's service an address of its own "
+                               "instead", key.name, kMaxEntryPorts);
+          return false;
+        }
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+      if (ports) *ports = std::move(list);
       return true;
     }
   }
@@ -325,7 +374,7 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
           break;
         }
         seen |= bit;
-        if (!check_key_value(*known, v, err, &meta.types, &meta.budget)) {
+        if (!check_key_value(*known, v, err, &meta.types, &meta.budget, &meta.ports)) {
           fail(err);
           ok = false;
           break;
@@ -364,6 +413,11 @@ Policy Policy::parse(const std::vector<PolicySource>& sources, std::vector<std::
         const Meta& m = p.meta_[r.meta];
         for (const std::string& f : m.text) h = fnv(fnv(h, "|", 1), f.data(), f.size());
         h = fnv(fnv(h, m.types.data(), m.types.size() * sizeof(uint16_t)), &m.budget, sizeof m.budget);
+        // Only entries with ports= hash them: every other list's version stays as it was.
+        if (!m.ports.empty()) {
+          const std::string pt = "ports=" + ports_text(m.ports);
+          h = fnv(h, pt.data(), pt.size());
+        }
       }
       h = fnv(h, &allow_private, 1);
       if (sni_any) h = fnv(h, "sni=any", 7);  // leaves every other list's version as it was
@@ -397,6 +451,7 @@ Entry Policy::entry(std::size_t i) const {
     const Meta& m = meta_[r.meta];
     if (!m.types.empty()) e.types = m.types;
     e.budget = m.budget;
+    e.ports = m.ports;
     for (const auto& key : kAllowlistKeys)
       if (key.text) e.*key.text = m.text[text_slot(key)];
   }
@@ -417,6 +472,12 @@ bool Policy::allows_type(std::size_t i, uint16_t qtype) const {
 uint32_t Policy::budget(std::size_t i) const {
   const Rec& r = entries_[i];
   return r.meta == kNone ? 0 : meta_[r.meta].budget;
+}
+
+const std::vector<PortSpec>& Policy::ports(std::size_t i) const {
+  static const std::vector<PortSpec> kNone_;
+  const Rec& r = entries_[i];
+  return r.meta == kNone ? kNone_ : meta_[r.meta].ports;
 }
 
 std::string Policy::pattern(std::size_t i) const {

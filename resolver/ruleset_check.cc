@@ -122,7 +122,9 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
   if (c.policy != NF_DROP)
     return fmt::format("chain {} has policy {}, not drop", name, c.policy == NF_ACCEPT ? "accept" : "other");
   if (auto why = judge_rules(c, mark); !why.empty()) return why;
-  for (const auto& [need, set] : {std::pair{e.need4, &e.set4}, std::pair{e.need6, &e.set6}})
+  for (const auto& [need, set] : {std::pair{e.need4, &e.set4}, std::pair{e.need6, &e.set6},
+                                  std::pair{e.need4 && !e.ports4.empty(), &e.ports4},
+                                  std::pair{e.need6 && !e.ports6.empty(), &e.ports6}})
     if (need && !chain_looks_up(c, *set, false))
       return fmt::format("no rule of chain {} looks up set {}: the addresses dnsward vouches for "
                          "are not what the chain lets through",
@@ -169,6 +171,8 @@ std::string key_type_name(uint32_t type) {
     case kKeyTypeV6V6: return "ipv6_addr . ipv6_addr";
     case kKeyTypeIfV4: return "ifname . ipv4_addr";
     case kKeyTypeIfV6: return "ifname . ipv6_addr";
+    case kKeyTypeV4V4Port: return "ipv4_addr . ipv4_addr . inet_proto . inet_service";
+    case kKeyTypeV6V6Port: return "ipv6_addr . ipv6_addr . inet_proto . inet_service";
     default: return fmt::format("type {}", type);
   }
 }
@@ -324,9 +328,15 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
   }
   // The sets the chain looks up. An interval set holds ranges: dnsward's elements, which
   // carry no end, would each open a range up to the top of the address space.
+  // With --sni-guard, the port sets of ports= too: an element in an interval set would open
+  // a range of ports (and of addresses).
+  const bool ports = !e.ports4.empty();
   for (const auto& [set, name, type, len, need] :
        {std::tuple{&t.set4, &e.set4, kKeyTypeV4, kKeyLenV4, e.need4},
-        std::tuple{&t.set6, &e.set6, kKeyTypeV6, kKeyLenV6, e.need6}}) {
+        std::tuple{&t.set6, &e.set6, kKeyTypeV6, kKeyLenV6, e.need6},
+        std::tuple{&t.ports4, &e.ports4, kKeyTypeV4Port, kKeyLenV4Port, e.need4 && ports},
+        std::tuple{&t.ports6, &e.ports6, kKeyTypeV6Port, kKeyLenV6Port, e.need6 && ports}}) {
+    if (name->empty()) continue;
     if (!set->exists) {
       if (!need) continue;
       s.reason = fmt::format("set {} of table {} does not exist", *name, table);
@@ -334,7 +344,10 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     }
     if (set->key_type != type || set->key_len != len) {
       s.reason = fmt::format("set {} of table {} is of another type than {}", *name, table,
-                             type == 7 ? "ipv4_addr" : "ipv6_addr");
+                             type == kKeyTypeV4       ? "ipv4_addr"
+                             : type == kKeyTypeV6     ? "ipv6_addr"
+                             : type == kKeyTypeV4Port ? "ipv4_addr . inet_proto . inet_service"
+                                                      : "ipv6_addr . inet_proto . inet_service");
       return s;
     }
     if (!set_flags_ok(set->flags)) {
@@ -442,21 +455,40 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                              hook_name(kHostChains[k].hook));
       return s;
     }
+  // (First: a ruleset printed without the guard also lacks its sets.) The guard's rules are
+  // the forward chain's: with --sni-guard, a ruleset printed without
+  // them forwards connections on guarded ports unjudged; one printed with them, under a
+  // dnsward without, holds them for a queue nobody reads.
+  if (at[kHostChainForward].second.guard != e.guard) {
+    s.reason = e.guard ? "the host ruleset in force was printed without --sni-guard: sandboxes' connections "
+                         "on guarded ports would be forwarded unjudged (print it with `nft-rules --host "
+                         "--sni-guard`)"
+                       : "the host ruleset in force was printed with --sni-guard, but serve runs without "
+                         "it: sandboxes' connections on guarded ports wait for a verdict that never comes";
+    return s;
+  }
   // The vouched sets, keyed by (guest . destination), and the sandboxes' sets, keyed by
   // (interface . guest address). An interval flag on either makes one element a range: a
   // vouched pair would open every destination above it, a registered pair every interface
   // and source address between two registrations.
-  const struct {
+  struct Expected {
     const SetSeen* set;
     const std::string* name;
     uint32_t type, len, flags;
     const char* why;
-  } sets[] = {
+  };
+  std::vector<Expected> sets = {
       {&t.set4, &e.set4, kKeyTypeV4V4, kKeyLenV4V4, NFT_SET_TIMEOUT, "flags timeout alone"},
       {&t.set6, &e.set6, kKeyTypeV6V6, kKeyLenV6V6, NFT_SET_TIMEOUT, "flags timeout alone"},
       {&t.sbx4, &e.sbx4, kKeyTypeIfV4, kKeyLenIfV4, 0, "no flag at all"},
       {&t.sbx6, &e.sbx6, kKeyTypeIfV6, kKeyLenIfV6, 0, "no flag at all"},
   };
+  // With the guard, ports= elements (guest . destination . protocol . port): an interval
+  // would open a range of ports, guests and destinations.
+  if (!e.ports4.empty()) {
+    sets.push_back({&t.ports4, &e.ports4, kKeyTypeV4V4Port, kKeyLenV4V4Port, NFT_SET_TIMEOUT, "flags timeout alone"});
+    sets.push_back({&t.ports6, &e.ports6, kKeyTypeV6V6Port, kKeyLenV6V6Port, NFT_SET_TIMEOUT, "flags timeout alone"});
+  }
   for (const auto& x : sets) {
     if (!x.set->exists) {
       s.reason = fmt::format("set {} of table {} does not exist", *x.name, table);
@@ -503,8 +535,8 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
   // pairs, and prerouting drops a source that is not its interface's registered guest (an
   // inverted lookup: a plain one would drop the registered guests instead).
   const ChainSeen& forward = *at[kHostChainForward].first;
-  for (const std::string* set : {&e.set4, &e.set6})
-    if (!chain_looks_up(forward, *set, false)) {
+  for (const std::string* set : {&e.set4, &e.set6, &e.ports4, &e.ports6})
+    if (!set->empty() && !chain_looks_up(forward, *set, false)) {
       s.reason = fmt::format("no rule of chain {} looks up set {}: the pairs dnsward vouches for are "
                              "not what the host forwards",
                              shown_name(forward.name), *set);
@@ -518,17 +550,6 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                              shown_name(pre.name), *set, *set);
       return s;
     }
-  // The guard's rules are the forward chain's: with --sni-guard, a ruleset printed without
-  // them forwards connections on guarded ports unjudged; one printed with them, under a
-  // dnsward without, holds them for a queue nobody reads.
-  if (at[kHostChainForward].second.guard != e.guard) {
-    s.reason = e.guard ? "the host ruleset in force was printed without --sni-guard: sandboxes' connections "
-                         "on guarded ports would be forwarded unjudged (print it with `nft-rules --host "
-                         "--sni-guard`)"
-                       : "the host ruleset in force was printed with --sni-guard, but serve runs without "
-                         "it: sandboxes' connections on guarded ports wait for a verdict that never comes";
-    return s;
-  }
   s.state = RulesetStatus::State::InForce;
   return s;
 }

@@ -1,5 +1,6 @@
 #include "dnsward/vouch_ledger.hpp"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -17,16 +18,19 @@ std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
                                    std::vector<std::vector<std::size_t>>* origin) {
   std::vector<ElemMsg> msgs;
   if (origin) origin->clear();
-  // Deletes first: in one batch, a delete then an add of the same element replaces it.
+  // Deletes first: in one batch, a delete then an add of the same element replaces it. One
+  // message holds elements of one set: the address sets, then the port sets (ports=).
   for (const ElemOp op : {ElemOp::Del, ElemOp::AddExcl, ElemOp::AddIfMissing, ElemOp::Add}) {
-    for (const uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
+    for (int set = 0; set < 4; ++set) {
+      const uint8_t family = set % 2 ? AF_INET6 : AF_INET;
+      const bool ported = set >= 2;
       std::size_t open = SIZE_MAX;  // the message being filled
       for (std::size_t i = 0; i < changes.size(); ++i) {
         const ElemChange& c = changes[i];
-        if (c.op != op || c.addr.family != family) continue;
+        if (c.op != op || c.addr.family != family || (c.port != 0) != ported) continue;
         const bool own = i < alone.size() && alone[i];
         if (own || open == SIZE_MAX || msgs[open].elems.size() >= kElemsPerMsg) {
-          msgs.push_back({op, family, {}});
+          msgs.push_back({op, family, {}, ported});
           if (origin) origin->emplace_back();
           open = own ? SIZE_MAX : msgs.size() - 1;
           msgs.back().elems.push_back(c);
@@ -112,7 +116,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
           // Shorter than needed (or unreadable): replaced, for at least what it had.
           if (exists && left != kNoExpiry) work[w].timeout_ms = std::max(work[w].timeout_ms, left);
           work[w].op = ElemOp::Add;
-          extra.push_back({ElemOp::Del, work[w].addr, 0, work[w].guest});
+          extra.push_back({ElemOp::Del, work[w].key(), 0});
           extra_from.push_back(kNoSlot);
         }
         progress = true;
@@ -120,7 +124,7 @@ bool commit_batch(ElementPort& port, std::vector<ElemChange> work, std::vector<s
         // The kernel holds it, though we did not know: a plain re-add would keep its old
         // timeout on kernels before 6.12, so replace it.
         work[w].op = ElemOp::Add;
-        extra.push_back({ElemOp::Del, work[w].addr, 0, work[w].guest});
+        extra.push_back({ElemOp::Del, work[w].key(), 0});
         extra_from.push_back(kNoSlot);
         progress = true;
       } else {
@@ -215,11 +219,29 @@ uint32_t VouchLedger::intern(std::string_view pattern) {
 }
 
 std::string SetKey::text() const {
-  return guest.family ? guest.text() + ">" + addr.text() : addr.text();
+  std::string t = guest.family ? guest.text() + ">" + addr.text() : addr.text();
+  if (port) t += fmt::format("@{}/{}", proto == IPPROTO_UDP ? "udp" : "tcp", port);
+  return t;
 }
 
 bool SetKey::parse(std::string_view s, SetKey& out) {
   out = SetKey{};
+  if (const auto at = s.find('@'); at != std::string_view::npos) {
+    // A port element: "@tcp/N" or "@udp/N", N from 1 to 65535.
+    const std::string_view pp = s.substr(at + 1);
+    s = s.substr(0, at);
+    const std::string_view num = pp.substr(std::min<std::size_t>(4, pp.size()));
+    uint32_t n = 0;
+    const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+    if (pp.size() < 5 || (pp.substr(0, 4) != "tcp/" && pp.substr(0, 4) != "udp/") || ec != std::errc() ||
+        end != num.data() + num.size() || n == 0 || n > 65535)
+      return false;
+    const uint8_t proto = pp[0] == 'u' ? IPPROTO_UDP : IPPROTO_TCP;
+    if (!parse(s, out)) return false;
+    out.proto = proto;
+    out.port = uint16_t(n);
+    return true;
+  }
   const auto gt = s.find('>');
   if (gt == std::string_view::npos) return IpAddr::parse(std::string(s), out.addr);
   // Host mode: a guest pairs with destinations of its own family (the sets are v4 . v4 and
@@ -261,7 +283,7 @@ std::vector<ElemChange> VouchLedger::removals_of(const std::vector<IpAddr>& gues
     if (!k.guest.family || std::find(guests.begin(), guests.end(), k.guest) == guests.end()) continue;
     // Maybe held counts: a delete of what is gone costs an ENOENT, never a hole.
     if (r.kernel_ms <= now_ms && r.prior_ms <= now_ms) continue;
-    dels.push_back({ElemOp::Del, k.addr, 0, k.guest});
+    dels.push_back({ElemOp::Del, k, 0});
   }
   return dels;
 }
@@ -306,7 +328,7 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     if (!held && r && r->prior_ms >= want) {
       // The kernel may still hold it at least this long (or for ever: someone else's
       // permanent element): add it if it is missing, and leave it as it is if not.
-      changes.push_back({ElemOp::AddIfMissing, i.addr, want - now_ms, i.guest});
+      changes.push_back({ElemOp::AddIfMissing, i.key(), want - now_ms});
       effective_ms.push_back(r->prior_ms);
       continue;
     }
@@ -316,15 +338,15 @@ std::vector<ElemChange> VouchLedger::plan(const std::vector<VouchItem>& items, u
     if (!held) {
       // Exclusive: if the kernel holds it after all, EEXIST says so, instead of a silent
       // no-op that would keep its old, shorter timeout (kernels before 6.12).
-      changes.push_back({ElemOp::AddExcl, i.addr, timeout, i.guest});
+      changes.push_back({ElemOp::AddExcl, i.key(), timeout});
       effective_ms.push_back(want);
     } else if (mode == RefreshMode::Update) {
-      changes.push_back({ElemOp::Add, i.addr, timeout, i.guest});  // in place, with an expiration
+      changes.push_back({ElemOp::Add, i.key(), timeout});  // in place, with an expiration
       effective_ms.push_back(want);
     } else {
-      changes.push_back({ElemOp::Del, i.addr, 0, i.guest});
+      changes.push_back({ElemOp::Del, i.key(), 0});
       effective_ms.push_back(0);
-      changes.push_back({ElemOp::Add, i.addr, timeout, i.guest});
+      changes.push_back({ElemOp::Add, i.key(), timeout});
       effective_ms.push_back(want);
     }
   }
@@ -388,7 +410,10 @@ void VouchLedger::committed(const std::vector<VouchItem>& items,
     if (pid == UINT32_MAX) r.audit = true;
     else if (std::find(r.patterns.begin(), r.patterns.end(), pid) == r.patterns.end())
       r.patterns.push_back(pid);
-    for (const std::string& n : names) add_name(r, n);
+    // The guard judges connections by the address element's names; a port element's port
+    // is never guarded (its rule comes after the guard's), so it binds none.
+    if (!i.port)
+      for (const std::string& n : names) add_name(r, n);
   }
 }
 
@@ -423,6 +448,7 @@ bool VouchLedger::would_overflow_names(const std::vector<VouchItem>& items, cons
   const std::vector<std::string> names = names_of(who);
   std::vector<bool> seen;
   for (const VouchItem& i : items) {
+    if (i.port) continue;  // binds no name (committed)
     const auto it = records_.find(i.key());
     // One pass over the names it has, whatever their number (a hostile zone may send the
     // longest chains it can).
@@ -489,8 +515,8 @@ void VouchLedger::reread_done() {
   // set by position, and elements collected between two datagrams shift the rest).
 }
 
-std::vector<ElemChange> VouchLedger::revocations(
-    const VoucherJudge& keep, const AuditJudge& keep_audit, uint64_t now_ms) const {
+std::vector<ElemChange> VouchLedger::revocations(const VoucherJudge& keep, const AuditJudge& keep_audit,
+                                                 uint64_t now_ms, const PortJudge& keep_port) const {
   std::vector<ElemChange> dels;
   // Each (guest, pattern) judged once: a Voucher, or -1. Single-VM mode has one guest (none).
   std::unordered_map<IpAddr, std::vector<int8_t>, IpAddrHash> kept_by_guest;
@@ -519,13 +545,15 @@ std::vector<ElemChange> VouchLedger::revocations(
       if (kept[p] < 0) kept[p] = int8_t(keep(key.guest, patterns_[p]));
       const auto v = Voucher(kept[p]);
       if (v == Voucher::ListedPrivate || (v == Voucher::Listed && !special)) {
+        // A port element: only while the entry still names its port.
+        if (key.port && keep_port && !keep_port(key.guest, patterns_[p], key.proto, key.port)) continue;
         stays = true;
         break;
       }
     }
     if (!stays && r.audit)
       for_each_name(r.names, [&](std::string_view n) { stays = stays || keep_audit(key.guest, n); });
-    if (!stays) dels.push_back({ElemOp::Del, a, 0, key.guest});
+    if (!stays) dels.push_back({ElemOp::Del, key, 0});
   }
   return dels;
 }
@@ -572,7 +600,7 @@ void VouchLedger::expire(uint64_t now_ms) {
 
 std::size_t VouchLedger::held(uint8_t family, uint64_t now_ms) const {
   std::size_t n = 0;
-  for (const auto& [k, r] : records_) n += k.addr.family == family && r.kernel_ms > now_ms;
+  for (const auto& [k, r] : records_) n += k.addr.family == family && !k.port && r.kernel_ms > now_ms;
   return n;
 }
 

@@ -19,6 +19,9 @@
 
 namespace dnsward {
 
+/// The port set of ports= (--sni-guard) next to an address set: "<set>_ports".
+inline std::string ports_set_name(const std::string& set) { return set + "_ports"; }
+
 /// A socket address with the text it was written as.
 struct Endpoint {
   sockaddr_storage addr{};

@@ -41,6 +41,11 @@ struct NftTarget {
   /// --sni-guard: the ruleset in force must be one printed with it (its chain's mark says
   /// guard=on; in host mode its forward chain's), or guarded connections would pass unjudged.
   bool guard = false;
+  /// --sni-guard: the port sets of ports= (ports_set_name(set4/set6)), keyed (guest .)
+  /// destination . protocol . port, checked or created next to the address sets and
+  /// filled with the port elements of entries that have ports=. Empty: none.
+  std::string ports4, ports6;
+  bool ports() const { return !ports4.empty(); }
 };
 
 /// Fault-injection hooks for NftSets' three netlink sockets (see NetlinkFaults), for tests
@@ -79,7 +84,7 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   /// Deletes every element the kernel holds whose vouchers are all rejected by keep (see
   /// VouchLedger::revocations); an element that is gone already never hides the others.
   RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
-                              uint64_t now_ms) override;
+                              uint64_t now_ms, const PortJudge& keep_port = {}) override;
 
   /// The event socket, for the event loop; call on_events() when it is readable.
   int event_fd() const;
@@ -155,6 +160,12 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
 
  private:
   bool ensure(std::string& err);
+  /// The set an element of this family goes to: the address set, or with a port the port set.
+  const std::string& set_of(uint8_t family, bool ported) const {
+    return ported ? (family == AF_INET ? t_.ports4 : t_.ports6) : (family == AF_INET ? t_.set4 : t_.set6);
+  }
+  /// The set stage k (1 to 4) of a reread dumps: set4, set6, ports4, ports6.
+  const std::string& stage_set(int k) const { return set_of(k % 2 ? AF_INET : AF_INET6, k > 2); }
   /// Deletes dels (from the ledger's revocations or removals) and records the outcome.
   RevokeOutcome delete_elements(const std::vector<ElemChange>& dels);
   /// The message that adds (or deletes) one anti-spoofing pair.
@@ -182,7 +193,7 @@ class NftSets : public ElementPort, public SetWriter, public RulesetWatch {
   RefreshMode mode_;
   NetlinkSocket nl_;    // batches and checks, answered at once
   NetlinkSocket dump_;  // dumps of the sets, read as they come
-  int dump_stage_ = 0;  // 0: none; 1: reading set4; 2: reading set6
+  int dump_stage_ = 0;  // 0: none; 1: reading set4; 2: set6; 3: ports4; 4: ports6 (stage_set)
   uint64_t dump_started_ms_ = 0;  // the reread
   uint64_t stage_started_ms_ = 0;  // the dump of the set being read
   // Another change came while a dump was being read: the rest of that dump is stale (and a

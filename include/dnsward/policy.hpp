@@ -11,6 +11,17 @@
 
 namespace dnsward {
 
+/// One port of a ports= key: a protocol (IPPROTO_TCP or IPPROTO_UDP) and a port.
+struct PortSpec {
+  uint8_t proto = 6;  ///< IPPROTO_TCP (6) or IPPROTO_UDP (17)
+  uint16_t port = 0;  ///< 1 to 65535
+  bool operator==(const PortSpec&) const = default;
+  /// "22" for TCP, "123/udp" for UDP: the form ports= takes.
+  std::string text() const { return std::to_string(port) + (proto == 17 ? "/udp" : ""); }
+};
+/// At most this many ports in one ports= value.
+inline constexpr std::size_t kMaxEntryPorts = 16;
+
 /// One allowlist line.
 struct Entry {
   enum class Kind : uint8_t {
@@ -29,6 +40,9 @@ struct Entry {
   /// sni=any: connections to this entry's addresses need not name a bound name (the first-
   /// flight guard lets any first flight through), for clients that send no server_name.
   bool sni_any = false;
+  /// ports=: with --sni-guard, the ports (beyond the guarded ones) this entry's addresses
+  /// are opened on; empty: the guarded ports only. Without the guard it changes nothing.
+  std::vector<PortSpec> ports;
   /// For wildcard entries: the query types allowed below it (types=; default A, AAAA,
   /// CNAME, HTTPS, SVCB) and the distinct names allowed per minute (budget=; 0: no limit).
   /// Names under a wildcard are a channel to whoever runs that zone: these limit it.
@@ -48,6 +62,7 @@ enum class KeyKind : uint8_t {
   TypeList,   ///< RR types separated by commas: mnemonics or TYPEnnn (RFC 3597)
   PerMinute,  ///< a number of names per minute, 1 to 9999999
   Any,        ///< the word `any` alone
+  PortList,   ///< ports separated by commas: N (TCP) or N/udp, 1 to 65535, each once, at most 16
 };
 
 /// One allowlist key, declared once: the parser, `check`, `explain`, the ready-to-fill lines
@@ -74,6 +89,7 @@ inline constexpr AllowlistKey kAllowlistKeys[] = {
     {"types", KeyKind::TypeList, "the query types allowed below a wildcard", false, nullptr},
     {"budget", KeyKind::PerMinute, "distinct names a minute allowed below a wildcard", false, nullptr},
     {"sni", KeyKind::Any, "with --sni-guard, any first flight may reach its addresses", false, nullptr},
+    {"ports", KeyKind::PortList, "with --sni-guard, the other ports its addresses are opened on", false, nullptr},
 };
 
 /// How many keys keep their value as text (Text and Date kinds).
@@ -87,9 +103,12 @@ inline constexpr std::size_t kTextKeyCount = [] {
 const AllowlistKey* find_allowlist_key(std::string_view name);
 /// Checks a value for a key of that kind; false with the reason ("reviewed=2026-13-01 is not
 /// a date of the form YYYY-MM-DD") if it is not a valid one. Types and budgets are parsed
-/// into them when given.
+/// into them when given, and so are ports.
 bool check_key_value(const AllowlistKey& key, std::string_view value, std::string& reason,
-                     std::vector<uint16_t>* types = nullptr, uint32_t* budget = nullptr);
+                     std::vector<uint16_t>* types = nullptr, uint32_t* budget = nullptr,
+                     std::vector<PortSpec>* ports = nullptr);
+/// ports as a ports= value: "22,9418,123/udp".
+std::string ports_text(const std::vector<PortSpec>& ports);
 /// The known keys as "owner, why, ..., budget", for messages.
 std::string allowlist_key_names();
 /// A ready-to-fill allowlist line for name: every justification key with an empty value,
@@ -147,6 +166,8 @@ class Policy {
   bool allows_type(std::size_t i, uint16_t qtype) const;
   /// Entry i's budget of distinct names per minute (0: none).
   uint32_t budget(std::size_t i) const;
+  /// Entry i's ports= (empty: none given).
+  const std::vector<PortSpec>& ports(std::size_t i) const;
   /// The first entry with exactly this pattern, or -1.
   int32_t find_pattern(std::string_view pattern) const;
   /// A short version of the loaded policy: 8 hex digits of a hash over every entry's
@@ -178,6 +199,7 @@ class Policy {
     std::array<std::string, kTextKeyCount> text;
     std::vector<uint16_t> types;  // empty: the default set
     uint32_t budget = 0;
+    std::vector<PortSpec> ports;  // ports=; empty: none
   };
 
   uint32_t find_child(uint32_t parent, const uint8_t* label, std::size_t len) const;

@@ -48,9 +48,10 @@ class SetWriter {
   virtual bool vouch(const std::vector<VouchItem>& items, uint64_t now_ms, const Provenance& who,
                      std::string& err) = 0;
   /// Deletes every element whose vouchers keep(pattern) all reject (audit-vouched ones:
-  /// unless keep_audit(name) holds for one of their names).
+  /// unless keep_audit(name) holds for one of their names; port elements also when
+  /// keep_port, given, says their entry no longer names their port).
   virtual RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
-                                      uint64_t now_ms) = 0;
+                                      uint64_t now_ms, const PortJudge& keep_port = {}) = 0;
   /// Whether vouching items for who would bind an element to more than cap names (who.name
   /// and its CNAME chain, each once, added to those it has); which gets that element and
   /// bound how many names it has. The caller must then withhold the answer: a name left

@@ -115,6 +115,12 @@ inline constexpr uint32_t kKeyTypeV4V4 = (7u << 6) | 7u, kKeyLenV4V4 = 8;    ///
 inline constexpr uint32_t kKeyTypeV6V6 = (8u << 6) | 8u, kKeyLenV6V6 = 32;   ///< ipv6_addr . ipv6_addr (520)
 inline constexpr uint32_t kKeyTypeIfV4 = (41u << 6) | 7u, kKeyLenIfV4 = 20;  ///< ifname . ipv4_addr (2631)
 inline constexpr uint32_t kKeyTypeIfV6 = (41u << 6) | 8u, kKeyLenIfV6 = 32;  ///< ifname . ipv6_addr (2632)
+/// ports= (--sni-guard): address . inet_proto (12) . inet_service (13).
+inline constexpr uint32_t kKeyTypeV4Port = (((7u << 6) | 12u) << 6) | 13u, kKeyLenV4Port = 12;
+inline constexpr uint32_t kKeyTypeV6Port = (((8u << 6) | 12u) << 6) | 13u, kKeyLenV6Port = 24;
+/// Host mode's: guest . destination . inet_proto . inet_service.
+inline constexpr uint32_t kKeyTypeV4V4Port = (((kKeyTypeV4V4 << 6) | 12u) << 6) | 13u, kKeyLenV4V4Port = 16;
+inline constexpr uint32_t kKeyTypeV6V6Port = (((kKeyTypeV6V6 << 6) | 12u) << 6) | 13u, kKeyLenV6V6Port = 40;
 
 /// dnsward's table, as the kernel holds it.
 struct TableSeen {
@@ -124,6 +130,8 @@ struct TableSeen {
   uint32_t flags = 0;
   std::vector<ChainSeen> chains;
   SetSeen set4, set6;
+  /// With --sni-guard: the port sets of ports= (read only when expected).
+  SetSeen ports4, ports6;
   /// Host mode: the sandboxes' (interface . guest address) sets (kSandboxSet4, kSandboxSet6).
   SetSeen sbx4, sbx6;
 };
@@ -135,6 +143,9 @@ struct RulesetExpectation {
   std::string set4, set6;
   bool need4 = true, need6 = true;  ///< the family's table sees IPv4 / IPv6
   bool guard = false;  ///< serve --sni-guard: the chain must be marked guard=on
+  /// With --sni-guard: the port sets of ports=, judged like set4/set6 (type address .
+  /// inet_proto . inet_service, flags timeout alone, looked up); empty: none expected.
+  std::string ports4, ports6;
 };
 
 /// Whether dnsward's ruleset is in force, and why not.
@@ -188,6 +199,9 @@ struct HostRulesetExpectation {
   std::string set4, set6;  ///< the (guest . destination) sets dnsward fills
   std::string sbx4, sbx6;  ///< the (interface . guest address) sets of registered sandboxes
   bool guard = false;      ///< serve --sni-guard: the forward chain must be marked guard=on
+  /// With --sni-guard: the (guest . destination . protocol . port) sets of ports=, judged
+  /// like set4/set6 and looked up by forward; empty: none expected.
+  std::string ports4, ports6;
 };
 
 /// Judges the host table read from the kernel: in force when the table has no flags; the

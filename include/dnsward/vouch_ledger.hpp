@@ -24,21 +24,31 @@ enum class RefreshMode {
 
 /// A set element's key: the destination address and, in host mode, the guest it is opened
 /// for (the host's sets are keyed `guest . destination`, so sandbox A's answer opens nothing
-/// for sandbox B). guest.family is 0 in single-VM mode.
+/// for sandbox B). guest.family is 0 in single-VM mode. With a port (ports= under
+/// --sni-guard), the element of the port sets: (guest .) destination . protocol . port.
 struct SetKey {
   IpAddr guest;
   IpAddr addr;
+  uint8_t proto = 0;  ///< IPPROTO_TCP or IPPROTO_UDP with a port; 0 without
+  uint16_t port = 0;  ///< 0: the address element (the address sets)
   SetKey() = default;
   SetKey(const IpAddr& a) : addr(a) {}  // NOLINT: single-VM mode's key is the address
-  SetKey(const IpAddr& g, const IpAddr& a) : guest(g), addr(a) {}
-  bool operator==(const SetKey& o) const { return guest == o.guest && addr == o.addr; }
-  /// "ADDR", or "GUEST>ADDR" in host mode (the ledger file's and the logs' form).
+  SetKey(const IpAddr& g, const IpAddr& a, uint8_t pr = 0, uint16_t po = 0)
+      : guest(g), addr(a), proto(pr), port(po) {}
+  bool operator==(const SetKey& o) const {
+    return guest == o.guest && addr == o.addr && proto == o.proto && port == o.port;
+  }
+  /// An element of the port sets (ports=), not of the address sets.
+  bool ported() const { return port != 0; }
+  /// "ADDR", or "GUEST>ADDR" in host mode (the ledger file's and the logs' form), followed
+  /// by "@tcp/PORT" or "@udp/PORT" for a port element.
   std::string text() const;
   static bool parse(std::string_view s, SetKey& out);
 };
 struct SetKeyHash {
   std::size_t operator()(const SetKey& k) const {
-    return IpAddrHash{}(k.addr) * 31u + (k.guest.family ? IpAddrHash{}(k.guest) : 0u);
+    return (IpAddrHash{}(k.addr) * 31u + (k.guest.family ? IpAddrHash{}(k.guest) : 0u)) * 31u +
+           (std::size_t(k.proto) << 16 | k.port);
   }
 };
 
@@ -49,7 +59,9 @@ struct VouchItem {
   IpAddr addr;
   uint32_t timeout_s = 0;  ///< never 0: nftables reads 0 as "never expires"
   IpAddr guest;            ///< host mode: the guest it is opened for
-  SetKey key() const { return {guest, addr}; }
+  uint8_t proto = 0;       ///< ports=: the port element's protocol (see SetKey)
+  uint16_t port = 0;       ///< ports=: its port; 0: the address element
+  SetKey key() const { return {guest, addr, proto, port}; }
 };
 
 /// Who vouched: the deciding entry's pattern (empty in audit mode for a name no entry
@@ -84,17 +96,23 @@ struct ElemChange {
   ElemChange() = default;
   ElemChange(ElemOp o, const IpAddr& a, uint64_t t = 0, const IpAddr& g = {})
       : op(o), addr(a), timeout_ms(t), guest(g) {}
+  ElemChange(ElemOp o, const SetKey& k, uint64_t t)
+      : op(o), addr(k.addr), timeout_ms(t), guest(k.guest), proto(k.proto), port(k.port) {}
   ElemOp op = ElemOp::Add;
   IpAddr addr;
   uint64_t timeout_ms = 0;  ///< for adds
   IpAddr guest;             ///< host mode: the guest half of the key
-  SetKey key() const { return {guest, addr}; }
+  uint8_t proto = 0;        ///< a port element's (SetKey)
+  uint16_t port = 0;
+  SetKey key() const { return {guest, addr, proto, port}; }
 };
-/// One netlink message: elements of one family, one operation.
+/// One netlink message: elements of one family, one operation, one kind of set (the
+/// address sets, or the port sets of ports=).
 struct ElemMsg {
   ElemOp op;
   uint8_t family;
   std::vector<ElemChange> elems;
+  bool ported = false;
 };
 
 /// The kernel side of commit_changes: sends msgs as ONE nftables batch (a transaction, all
@@ -143,9 +161,10 @@ bool commit_changes(ElementPort& port, const std::vector<ElemChange>& changes,
                     std::vector<ChangeResult>& results, std::string& err, int& errno_out,
                     SetKey* failed = nullptr, std::vector<uint64_t>* held_left = nullptr);
 
-/// Groups changes into messages: one per (operation, family) run, at most kElemsPerMsg
-/// elements each; changes whose index is in alone get a message of their own. Deletes come
-/// first, so that in one batch a delete + add replaces an element.
+/// Groups changes into messages: one per (operation, set) run (the family's address set, or its
+/// port set for port elements), at most kElemsPerMsg elements each; changes whose index is in
+/// alone get a message of their own. Deletes come first, so that in one batch a delete + add
+/// replaces an element.
 std::vector<ElemMsg> pack_messages(const std::vector<ElemChange>& changes,
                                    const std::vector<bool>& alone,
                                    std::vector<std::vector<std::size_t>>* origin = nullptr);
@@ -198,6 +217,10 @@ enum class Voucher : uint8_t {
 using VoucherJudge = std::function<Voucher(const IpAddr& guest, std::string_view pattern)>;
 /// Whether an element vouched in audit mode for a name stays, for that guest.
 using AuditJudge = std::function<bool(const IpAddr& guest, std::string_view name)>;
+/// Whether the entry (by pattern) that vouched for a port element, listed still, still
+/// names its port in ports=: a reload that takes a port away revokes its elements.
+using PortJudge = std::function<bool(const IpAddr& guest, std::string_view pattern, uint8_t proto,
+                                     uint16_t port)>;
 
 /// Expiry value for an element the kernel holds without a timeout.
 inline constexpr uint64_t kNoExpiry = UINT64_MAX;
@@ -241,8 +264,10 @@ class VouchLedger {
   /// keeps (a Listed entry keeps no special-purpose address: a reload that takes private=yes
   /// away revokes them); audit-vouched elements are kept if keep_audit(name) holds for one of their
   /// names. Elements without provenance (not vouched by this ledger) are kept.
+  /// A port element stays only through a voucher that keeps it and keep_port (when given)
+  /// still names its port.
   std::vector<ElemChange> revocations(const VoucherJudge& keep, const AuditJudge& keep_audit,
-                                      uint64_t now_ms) const;
+                                      uint64_t now_ms, const PortJudge& keep_port = {}) const;
   /// Deletes for every element held (or maybe held) for one of guests: a sandbox removed.
   std::vector<ElemChange> removals_of(const std::vector<IpAddr>& guests, uint64_t now_ms) const;
   /// The guests (host mode) that have records.
@@ -276,7 +301,7 @@ class VouchLedger {
   const LedgerRecord* find(const SetKey& k) const;
   const LedgerRecord* find(const IpAddr& a) const { return find(SetKey{{}, a}); }
   std::size_t size() const { return records_.size(); }
-  /// Elements held per family (AF_INET, AF_INET6) as of now.
+  /// Address elements held per family (AF_INET, AF_INET6) as of now (port elements not).
   std::size_t held(uint8_t family, uint64_t now_ms) const;
   std::string_view pattern(uint32_t id) const { return patterns_[id]; }
 

@@ -3,7 +3,9 @@ and a TLS and HTTP server answering two names on ONE address (a shared CDN front
 "vm" namespace with the ruleset from `dnsward nft-rules --sni-guard`, dnsward as its only
 resolver, and real clients (curl; Python's ssl for ClientHellos written in pieces, without
 server_name, or in a TCP Fast Open SYN). Only www.allowed.test is on the allowlist; other.test
-lives on the same address.
+lives on the same address. git.allowed.test, with ports=22, lives on an address of its own;
+the internet side listens on TCP 22 and 2222 on every address, so a refused connection there
+is the vm's ruleset refusing it.
 
 The queue backend is the kernel's: nftables' own `queue` where the kernel has nft_queue (the
 6.1 guest), else the xt NFQUEUE target through iptables-nft (these machines' 6.18 kernel)."""
@@ -33,10 +35,30 @@ alias.allowed CNAME edge.cdn
 edge.cdn A 198.18.1.1
 other A 198.18.1.1
 nosni.allowed A 198.18.1.5
+git.allowed A 198.18.1.6
 """
 ALLOW = ("www.allowed.test\nalias.allowed.test\n"
-         'nosni.allowed.test sni=any why="a client that sends no server_name"\n')
+         'nosni.allowed.test sni=any why="a client that sends no server_name"\n'
+         'git.allowed.test ports=22 why="git over ssh"\n')
 NOSNI = "198.18.1.5"  # an address of its own: sni=any opens its address to any first flight
+GIT = "198.18.1.6"  # git.allowed.test's, with ports=22
+
+# A TCP service on 22 and 2222 of every address of the internet side: says "hello" and closes.
+BANNER = r"""
+import socket, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        c.sendall(b"hello\n")
+        c.close()
+for p in (22, 2222):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+threading.Event().wait()
+"""
 
 # The front end (test/data/tls_front.py): TLS on 443 and plain HTTP on 80, for any name (a
 # CDN serves its customers on one address); the certificate names every one, so only the
@@ -176,6 +198,7 @@ def set_up_world():
     sh(*ie, "ip", "addr", "add", f"{DNS_IP}/32", "dev", "lo")
     sh(*ie, "ip", "addr", "add", f"{SHARED}/32", "dev", "lo")
     sh(*ie, "ip", "addr", "add", f"{NOSNI}/32", "dev", "lo")
+    sh(*ie, "ip", "addr", "add", f"{GIT}/32", "dev", "lo")
     sh("ip", "netns", "exec", VM, "ip", "addr", "add", "198.18.0.2/24", "dev", f"dsv{TAG}")
     sh("ip", "netns", "exec", VM, "ip", "link", "set", f"dsv{TAG}", "mtu", "1500", "up")
     sh("ip", "netns", "exec", VM, "ip", "route", "add", "default", "via", "198.18.0.1")
@@ -196,9 +219,12 @@ def set_up_world():
     with open(os.path.join(workdir, "client.py"), "w") as f:
         f.write(CLIENT)
     start(INET, "/usr/bin/python3", FRONT, cert, key, "--plain", log=log)
+    start(INET, "/usr/bin/python3", "-c", BANNER, log=log)
     wait_for(lambda: sh(*ie, "curl", "-s", "--noproxy", "*", f"http://{SHARED}/",
                         check=False).returncode == 0,
              timeout=20, what="the front end answering")
+    wait_for(lambda: all(tcp_from(INET, GIT, p) == "hello" for p in (22, 2222)),
+             timeout=20, what="the TCP service answering on 22 and 2222")
 
     rules = sh(BIN, "nft-rules", "--upstream", DNS_IP, "--user", "dnsward", "--sni-guard",
                "--queue-backend", backend, *GUARD_OPTIONS).stdout
@@ -226,6 +252,18 @@ def tearDownModule():
         f.close()
     if workdir:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tcp_from(ns, addr, port):
+    """What a TCP connection from ns to addr:port reads ("hello"), or "refused", "timeout"."""
+    r = sh("ip", "netns", "exec", ns, "/usr/bin/python3", "-c",
+           "import socket, sys\n"
+           "try:\n"
+           f" s = socket.create_connection(('{addr}', {port}), timeout=5)\n"
+           " print(s.recv(64).decode().strip())\n"
+           "except ConnectionRefusedError:\n print('refused')\n"
+           "except socket.timeout:\n print('timeout')\n", check=False)
+    return r.stdout.strip()
 
 
 def curl(*args):
@@ -360,6 +398,25 @@ class SniGuard(unittest.TestCase):
         before = log().count("event=reload ")
         dnsward.send_signal(signal.SIGHUP)
         wait_for(lambda: log().count("event=reload ") > before, what="dnsward reloading its allowlist")
+
+    def test_a_vouched_address_without_ports_is_open_on_the_guarded_ports_only(self):
+        # www.allowed.test is vouched (setUp): TLS on 443 passes the guard; TCP 22 and 2222
+        # on the same address, where the service listens, are refused by the ruleset.
+        self.assertEqual(curl("https://www.allowed.test/"), (0, 200))
+        self.assertEqual(tcp_from(VM, SHARED, 22), "refused")
+        self.assertEqual(tcp_from(VM, SHARED, 2222), "refused")
+
+    def test_an_entry_with_ports_opens_its_address_on_those_ports_once_answered(self):
+        # Before an answer vouches for it, git's address is closed on every port.
+        self.assertEqual(tcp_from(VM, GIT, 22), "refused")
+        self.assertIn(GIT, in_vm("dig", "+short", "@127.0.0.1", "git.allowed.test").stdout)
+        # The answer reached dig only after the element was in the kernel's port set.
+        elements = in_vm("nft", "list", "set", "inet", "dnsward", "allowed4_ports").stdout
+        self.assertIn(f"{GIT} . tcp . 22 ", elements)
+        self.assertEqual(tcp_from(VM, GIT, 22), "hello")
+        self.assertEqual(tcp_from(VM, GIT, 2222), "refused")  # not named by ports=
+        # ports=22 opens git's address only: the shared front end stays closed on 22.
+        self.assertEqual(tcp_from(VM, SHARED, 22), "refused")
 
     def test_a_tfo_syn_with_a_wrong_name_is_dropped_and_the_connection_then_reset(self):
         before = len(events("first-flight-rejected", reason="tfo"))

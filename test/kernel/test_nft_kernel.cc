@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -94,6 +95,11 @@ using Elements = std::map<std::string, Held>;  // by address text
 
 std::string text_of(const void* key, uint32_t len) {
   char out[INET6_ADDRSTRLEN] = {};
+  if (len != 4 && len != 16) {  // a concatenation (a port set's key): its bytes in hex
+    std::string hex;
+    for (uint32_t i = 0; i < len; ++i) hex += fmt::format("{:02x}", static_cast<const uint8_t*>(key)[i]);
+    return hex;
+  }
   inet_ntop(len == 4 ? AF_INET : AF_INET6, key, out, sizeof out);
   return out;
 }
@@ -1230,6 +1236,100 @@ TEST_CASE("ruleset: a table of 20,000 chains is judged without reading their rul
                 sets.ruleset().reason);
   CHECK(sets.ruleset_rules_read() == 13);
   REQUIRE(nft("delete table inet " + table) == 0);
+}
+
+// =======================================================================================
+// ports= (issue 13): the port sets, as `nft-rules --sni-guard` declares them.
+
+namespace {
+VouchItem port_item(const char* addr, uint32_t timeout_s, uint8_t proto, uint16_t port) {
+  VouchItem i{ip(addr), timeout_s};
+  i.proto = proto;
+  i.port = port;
+  return i;
+}
+/// Whether the kernel holds the element `nft get element` names (one command line).
+bool nft_has(const std::string& table, const std::string& set, const std::string& elem) {
+  const std::string cmd = "nft 'get element inet " + table + " " + set + " { " + elem + " }' >/dev/null 2>&1";
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) && WEXITSTATUS(rc) == 0;
+}
+}  // namespace
+
+TEST_CASE("ports: port elements reach the port sets nft-rules --sni-guard declares, and a restart reads them back") {
+  const std::string table = "pt_sets";
+  // The ruleset as printed (the xt backend: this kernel's nftables has no queue expression):
+  // NftSets refuses sets of another type than it writes, so this checks the key encoding.
+  REQUIRE(load(ruleset_text(table, {"--sni-guard", "--queue-backend", "xt"})) == 0);
+  NftTarget t = target(table.c_str());
+  t.guard = true;
+  t.ports4 = "allowed4_ports";
+  t.ports6 = "allowed6_ports";
+  std::string err;
+  {
+    NftSets sets(t, RefreshMode::Auto);
+    CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+    REQUIRE_MESSAGE(sets.vouch({{ip("192.0.2.1"), 300}, port_item("192.0.2.1", 300, IPPROTO_TCP, 22),
+                                port_item("192.0.2.1", 300, IPPROTO_UDP, 123), {ip("2001:db8::1"), 300},
+                                port_item("2001:db8::1", 300, IPPROTO_TCP, 9418)},
+                               mono_ms(), kWho, err),
+                    err);
+    CHECK(nft_has(table, "allowed4", "192.0.2.1"));
+    CHECK(nft_has(table, "allowed4_ports", "192.0.2.1 . tcp . 22"));
+    CHECK(nft_has(table, "allowed4_ports", "192.0.2.1 . udp . 123"));
+    CHECK_FALSE(nft_has(table, "allowed4_ports", "192.0.2.1 . udp . 22"));
+    CHECK(nft_has(table, "allowed6_ports", "2001:db8::1 . tcp . 9418"));
+    const auto held = kernel_set(table, "allowed4_ports");
+    REQUIRE(held);
+    CHECK(held->size() == 2);
+    for (const auto& e : *held) CHECK(e.second.timeout_ms == 300000);
+  }
+  // A restart: the view is read from the kernel, port sets included.
+  NftSets again(t, RefreshMode::Auto);
+  const LedgerRecord* r = again.ledger().find(SetKey({}, ip("192.0.2.1"), IPPROTO_TCP, 22));
+  REQUIRE(r);
+  CHECK(r->kernel_ms > mono_ms() + 290000);
+  CHECK(again.ledger().find(SetKey({}, ip("2001:db8::1"), IPPROTO_TCP, 9418)));
+  // A revocation of a port its entry no longer names deletes that element alone (the
+  // ledger's provenance comes with the vouch; a restart without --state has none).
+  REQUIRE(again.vouch({{ip("192.0.2.1"), 300}, port_item("192.0.2.1", 300, IPPROTO_TCP, 22),
+                       port_item("192.0.2.1", 300, IPPROTO_UDP, 123)},
+                      mono_ms(), kWho, err));
+  const RevokeOutcome out = again.revoke_unless(
+      [](const IpAddr&, std::string_view) { return Voucher::Listed; },
+      [](const IpAddr&, std::string_view) { return false; }, mono_ms(),
+      [](const IpAddr&, std::string_view, uint8_t proto, uint16_t) { return proto == IPPROTO_UDP; });
+  CHECK(out.ok);
+  CHECK(out.deleted == 1);
+  CHECK_FALSE(nft_has(table, "allowed4_ports", "192.0.2.1 . tcp . 22"));
+  CHECK(nft_has(table, "allowed4_ports", "192.0.2.1 . udp . 123"));
+  CHECK(nft_has(table, "allowed4", "192.0.2.1"));
+  REQUIRE(nft("delete table inet " + table) == 0);
+}
+
+TEST_CASE("ports: without the ruleset, NftSets creates the port sets; one of another type is refused at start") {
+  NftTarget t = target("pt_create");
+  t.ports4 = "allowed4_ports";
+  t.ports6 = "allowed6_ports";
+  std::string err;
+  {
+    NftSets sets(t, RefreshMode::Auto);
+    REQUIRE_MESSAGE(sets.vouch({{ip("192.0.2.9"), 60}, port_item("192.0.2.9", 60, IPPROTO_TCP, 2222)}, mono_ms(), kWho, err),
+                    err);
+    CHECK(nft_has("pt_create", "allowed4_ports", "192.0.2.9 . tcp . 2222"));
+  }
+  REQUIRE(nft("delete set inet pt_create allowed6_ports") == 0);
+  REQUIRE(nft("add set inet pt_create allowed6_ports { type ipv6_addr . inet_service; flags timeout; }") == 0);
+  bool threw = false;
+  try {
+    NftSets sets(t, RefreshMode::Auto);
+  } catch (const NftError& e) {
+    threw = true;
+    CHECK(std::string(e.what()).find("allowed6_ports exists with another type; dnsward needs type ipv6_addr . "
+                                     "inet_proto . inet_service") != std::string::npos);
+  }
+  CHECK(threw);
+  REQUIRE(nft("delete table inet pt_create") == 0);
 }
 
 int main(int argc, char** argv) {

@@ -88,6 +88,11 @@ class FakeSets : public SetWriter {
       err = "injected failure";
       return false;
     }
+    // The port sets alone refuse (ports=): the answer must be withheld all the same.
+    if (failing_ports && std::any_of(items.begin(), items.end(), [](const VouchItem& i) { return i.port != 0; })) {
+      err = "injected failure of the port sets";
+      return false;
+    }
     if (on_vouch) std::exchange(on_vouch, nullptr)();  // once
     calls.push_back(names_of(who));
     for (const auto& it : items) {
@@ -117,7 +122,7 @@ class FakeSets : public SetWriter {
     return false;
   }
   RevokeOutcome revoke_unless(const VoucherJudge& keep, const AuditJudge& keep_audit,
-                              uint64_t now_ms) override {
+                              uint64_t now_ms, const PortJudge& keep_port = {}) override {
     RevokeOutcome out;
     for (auto it = elems.begin(); it != elems.end();) {
       bool kept = it->second.expires_ms <= now_ms;  // expired: the kernel dropped it already
@@ -130,6 +135,7 @@ class FakeSets : public SetWriter {
         }
         const Voucher v = keep(k.guest, it->second.patterns[i]);
         kept = v == Voucher::ListedPrivate || (v == Voucher::Listed && !is_special_purpose(k.addr));
+        if (kept && k.port && keep_port) kept = keep_port(k.guest, it->second.patterns[i], k.proto, k.port);
       }
       if (kept) {
         ++it;
@@ -145,6 +151,7 @@ class FakeSets : public SetWriter {
                                      [&](const auto& kv) { return kv.second.expires_ms > now_ms; }));
   }
   bool failing = false;
+  bool failing_ports = false;
   /// Runs inside the next vouch, which then succeeds: what NftSets::vouch() does when it
   /// finds a set gone without an event and judges the ruleset anew (RULESET_ON_VOUCH).
   std::function<void()> on_vouch;
@@ -377,6 +384,7 @@ class Runner {
       timers_.advance(std::stoull(w.at(1)));
     } else if (op == "SETS") {
       sets_.failing = w.at(1) == "fail";
+      sets_.failing_ports = w.at(1) == "fail-ports";
     } else if (op == "RULESET") {
       set_ruleset(w);
     } else if (op == "RULESET_ON_VOUCH") {

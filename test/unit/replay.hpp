@@ -19,7 +19,8 @@
 //                                   the block's records in the answer section
 //   UPSTREAM_FAIL NAME TYPE timeout|refused
 //   TIME_PASSES MS                  the fake clock moves; due timers run
-//   SETS fail|ok                    the set writer refuses (or takes) what comes next
+//   SETS fail|fail-ports|ok         the set writer refuses what comes next (fail-ports: any
+//                                   vouch with a port element of ports=), or takes it
 //   RULESET in-force | RULESET not-in-force REASON...
 //                                   the ruleset's state from now on (in force, id
 //                                   0123456789abcdef, 14 rules in chain output, until set)

@@ -1064,3 +1064,95 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only unjudged original
           std::string::npos);
   }
 }
+
+TEST_CASE("nft-rules --sni-guard opens a vouched address on the guarded ports and its ports= elements only") {
+  // Without the guard, every port of a vouched address, as before ports= existed.
+  const std::string plain = rendered({});
+  CHECK(plain.find("_ports") == std::string::npos);
+  auto has_rule = [](const std::vector<std::string>& lines, const std::string& body) {
+    return std::any_of(lines.begin(), lines.end(),
+                       [&](const std::string& l) { return l.rfind(body + " comment \"dnsward ", 0) == 0; });
+  };
+  auto index_of = [](const std::vector<std::string>& lines, const std::string& body) {
+    for (std::size_t i = 0; i < lines.size(); ++i)
+      if (lines[i].rfind(body + " comment \"dnsward ", 0) == 0) return i;
+    FAIL("no rule " << body);
+    return lines.size();
+  };
+  const auto pl = chain_lines(plain);
+  CHECK(has_rule(pl, "ip daddr @allowed4 accept"));
+  CHECK(has_rule(pl, "ip6 daddr @allowed6 accept"));
+
+  const std::string guarded = rendered({"--sni-guard"});
+  for (const auto& set : {std::pair{"allowed4_ports", "ipv4_addr"}, std::pair{"allowed6_ports", "ipv6_addr"}}) {
+    CAPTURE(set.first);
+    CHECK(guarded.find(fmt::format("\tset {} {{\n\t\ttype {} . inet_proto . inet_service\n\t\tflags timeout\n\t\tsize 65536\n",
+                                   set.first, set.second)) != std::string::npos);
+  }
+  const auto gl = chain_lines(guarded);
+  CHECK_FALSE(has_rule(gl, "ip daddr @allowed4 accept"));  // no longer every port
+  CHECK_FALSE(has_rule(gl, "ip6 daddr @allowed6 accept"));
+  CHECK(has_rule(gl, "ip daddr @allowed4 tcp dport { 443, 80 } accept"));
+  CHECK(has_rule(gl, "ip6 daddr @allowed6 tcp dport { 443, 80 } accept"));
+  CHECK(has_rule(gl, "ip daddr . meta l4proto . th dport @allowed4_ports accept"));
+  CHECK(has_rule(gl, "ip6 daddr . meta l4proto . th dport @allowed6_ports accept"));
+  // After the guard's rules: a port element never opens a guarded port (nor QUIC) unjudged.
+  const std::size_t ports4 = index_of(gl, "ip daddr . meta l4proto . th dport @allowed4_ports accept");
+  CHECK(index_of(gl, "udp dport { 443 } ip daddr @allowed4 counter reject") < ports4);
+  CHECK(index_of(gl, "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000 counter log "
+                     "prefix \"dnsward-sni-reject: \" reject with tcp reset") < ports4);
+  CHECK(index_of(gl, "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip daddr "
+                     "@allowed4 counter drop") < ports4);
+
+  // The guarded ports are the options'; the set names follow --nft-set4/6; a family's table
+  // declares its own family's port set only.
+  const auto ol = chain_lines(rendered({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--nft-family",
+                                        "ip", "--nft-set4", "v4"}));
+  CHECK(has_rule(ol, "ip daddr @v4 tcp dport { 8443, 8080 } accept"));
+  CHECK(has_rule(ol, "ip daddr . meta l4proto . th dport @v4_ports accept"));
+  const std::string ip_only = rendered({"--sni-guard", "--nft-family", "ip"});
+  CHECK(ip_only.find("allowed6_ports") == std::string::npos);
+
+  // A port set named after one address set must not be the other address set.
+  const auto clash = parse_nft_rules({"--sni-guard", "--nft-set4", "a", "--nft-set6", "a_ports"}, test_resolv_conf());
+  CHECK_FALSE(clash.config);
+  CHECK(clash.error == "--nft-set4 a and --nft-set6 a_ports: with --sni-guard each has a port set named after it "
+                       "(<set>_ports), which must not be the other");
+  CHECK(parse_nft_rules({"--nft-set4", "a", "--nft-set6", "a_ports"}, test_resolv_conf()).config);
+}
+
+TEST_CASE("judge: with --sni-guard the port sets of ports= are judged like the address sets") {
+  RulesetExpectation e = inet_dnsward();
+  e.ports4 = "allowed4_ports";
+  e.ports6 = "allowed6_ports";
+  auto guarded = [] {
+    TableSeen t = table_in_force();
+    t.ports4 = {true, 0x10, kKeyTypeV4Port, kKeyLenV4Port};
+    t.ports6 = {true, 0x10, kKeyTypeV6Port, kKeyLenV6Port};
+    t.chains[0].rules[1].lookups.push_back("allowed4_ports");
+    t.chains[0].rules[2].lookups.push_back("allowed6_ports");
+    return t;
+  };
+  // The marks say guard=on where serve runs with it: judged apart (their own test case).
+  e.guard = false;
+  REQUIRE_MESSAGE(judge_ruleset(guarded(), e).in_force(), judge_ruleset(guarded(), e).reason);
+  TableSeen t = guarded();
+  t.ports4.flags = 0x14;  // interval: an element would open ranges of addresses and ports
+  CHECK(judge_ruleset(t, e).reason.find("set allowed4_ports of table inet dnsward has flags interval, timeout") !=
+        std::string::npos);
+  t = guarded();
+  t.ports6.key_type = kKeyTypeV6;
+  CHECK(judge_ruleset(t, e).reason.find("set allowed6_ports of table inet dnsward is of another type than ipv6_addr . "
+                                        "inet_proto . inet_service") != std::string::npos);
+  t = guarded();
+  t.ports4.exists = false;
+  CHECK(judge_ruleset(t, e).reason.find("set allowed4_ports of table inet dnsward does not exist") != std::string::npos);
+  t = guarded();
+  t.chains[0].rules[2].lookups = {"allowed6"};
+  CHECK(judge_ruleset(t, e).reason.find("no rule of chain output looks up set allowed6_ports") != std::string::npos);
+  // Without ports expected (no --sni-guard), the port sets are not judged.
+  t = guarded();
+  t.ports4.flags = 0x14;
+  CHECK(judge_ruleset(t, inet_dnsward()).in_force());
+  CHECK(judge_ruleset(table_in_force(), inet_dnsward()).in_force());
+}

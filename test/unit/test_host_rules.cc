@@ -629,10 +629,17 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
                               return r.size() >= 6 && r.compare(r.size() - 6, 6, "accept") == 0;
                             }) - fwd.begin();
   std::ptrdiff_t last_guard = 0;
-  for (std::size_t i = 0; i < fwd.size(); ++i)
+  for (std::size_t i = 0; i < std::size_t(first_accept) + 1 && i < fwd.size(); ++i)
     if (fwd[i].find("tcp dport { 443, 80 }") != std::string::npos || fwd[i].find("udp dport { 443 }") != std::string::npos ||
         fwd[i].find("meta mark & 0x00c00000") != std::string::npos)
       last_guard = std::ptrdiff_t(i);
+  // (The vouched pairs' accept names the guarded ports too: past the first accept.)
+  std::ptrdiff_t guard_rules_after = 0;
+  for (std::size_t i = std::size_t(first_accept); i < fwd.size(); ++i)
+    if (fwd[i].find("ct mark") != std::string::npos || fwd[i].find("queue") != std::string::npos ||
+        fwd[i].find("udp dport { 443 }") != std::string::npos)
+      ++guard_rules_after;
+  CHECK(guard_rules_after == 0);
   CHECK(last_guard > 0);
   CHECK(last_guard < first_accept);
   CHECK(fwd.at(0) == "iifname != \"tap*\" return");
@@ -726,4 +733,65 @@ TEST_CASE("host judge: serve --host --sni-guard needs a host ruleset printed wit
   std::size_t rules = 0;
   for (const auto& c : guarded.chains) rules += c.rules.size();
   CHECK(judge_host_ruleset(guarded, e).rules == rules);
+}
+
+TEST_CASE("host ruleset with the guard (ports=): port sets keyed by guest, and pairs open on the guarded and ports= ports only") {
+  ServeConfig c = host_config(with({}));
+  const std::string plain = render_nft_rules(c);
+  CHECK(plain.find("_ports") == std::string::npos);
+  c.sni_guard = true;
+  const std::string text = render_nft_rules(c);
+  CHECK(text.find("\tset allowed4_ports {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags timeout\n") !=
+        std::string::npos);
+  CHECK(text.find("\tset allowed6_ports {\n\t\ttype ipv6_addr . ipv6_addr . inet_proto . inet_service\n\t\tflags timeout\n") !=
+        std::string::npos);
+  const auto chains = chains_of(text);
+  std::vector<std::string> fwd;
+  for (const auto& r : chains[kHostChainForward].rules) fwd.push_back(r.first);
+  const auto at = [&](const std::string& r) { return std::find(fwd.begin(), fwd.end(), r) - fwd.begin(); };
+  const auto n = std::ptrdiff_t(fwd.size());
+  CHECK(at("ip saddr . ip daddr @allowed4 accept") == n);  // no longer every port
+  CHECK(at("ip6 saddr . ip6 daddr @allowed6 accept") == n);
+  const auto est = at("ct direction original ct state established,related accept");
+  const auto v4 = at("ip saddr . ip daddr @allowed4 tcp dport { 443, 80 } accept");
+  const auto p4 = at("ip saddr . ip daddr . meta l4proto . th dport @allowed4_ports accept");
+  const auto v6 = at("ip6 saddr . ip6 daddr @allowed6 tcp dport { 443, 80 } accept");
+  const auto p6 = at("ip6 saddr . ip6 daddr . meta l4proto . th dport @allowed6_ports accept");
+  CHECK(est < v4);
+  CHECK(v4 < n);
+  CHECK(p4 < n);
+  CHECK(v6 < n);
+  CHECK(p6 < n);
+  CHECK(v4 + 1 == p4);
+  CHECK(v6 + 1 == p6);
+  CHECK(fwd.back() == "counter reject with icmpx type admin-prohibited");
+}
+
+TEST_CASE("host judge with the guard: the ports= sets keyed (guest . destination . protocol . port) must exist as printed and be looked up") {
+  TableSeen t = seen_from(host_text({"--sni-guard"}));
+  t.ports4 = {true, 0x10, kKeyTypeV4V4Port, kKeyLenV4V4Port};
+  t.ports6 = {true, 0x10, kKeyTypeV6V6Port, kKeyLenV6V6Port};
+  HostRulesetExpectation e = expectation();
+  e.guard = true;
+  e.ports4 = "allowed4_ports";
+  e.ports6 = "allowed6_ports";
+  RulesetStatus s = judge_host_ruleset(t, e);
+  CHECK_MESSAGE(s.in_force(), s.reason);
+  TableSeen bad = t;
+  bad.ports6.exists = false;
+  CHECK(judge_host_ruleset(bad, e).reason == "set allowed6_ports of table inet dnsward does not exist");
+  bad = t;
+  bad.ports4 = {true, 0x10, kKeyTypeV4Port, kKeyLenV4Port};  // the in-guest type: no guest in the key
+  CHECK(judge_host_ruleset(bad, e).reason ==
+        "set allowed4_ports of table inet dnsward is of type 29453 (key length 12), not ipv4_addr . ipv4_addr . "
+        "inet_proto . inet_service (key length 16)");
+  bad = t;
+  bad.ports4.flags = 0x10 | 0x1;  // interval
+  CHECK(judge_host_ruleset(bad, e).reason.find("set allowed4_ports of table inet dnsward has flags") == 0);
+  // A forward chain that no longer looks the port set up opens no ports= port: the elements
+  // dnsward writes would not be what the host forwards.
+  bad = t;
+  for (auto& r : bad.chains[kHostChainForward].rules)
+    r.lookups.erase(std::remove(r.lookups.begin(), r.lookups.end(), "allowed6_ports"), r.lookups.end());
+  CHECK(judge_host_ruleset(bad, e).reason.find("no rule of chain forward looks up set allowed6_ports") == 0);
 }

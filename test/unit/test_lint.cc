@@ -90,6 +90,10 @@ TEST_CASE("custom entries need their justification; shipped ones do not") {
   CHECK(lint(shipped, debian(), o).empty());
   fs = run("intranet.example private=yes owner=a data=b unreachable=c reviewed=2026-11-01\n", debian());
   CHECK(has(fs, true, "private=yes: its why must name the internal endpoint"));
+  fs = run("git.example ports=22,123/udp owner=a data=b unreachable=c reviewed=2026-11-01\n", debian());
+  CHECK(has(fs, true, "'git.example' has ports=22,123/udp: its why must say what the sandbox reaches on those ports"));
+  fs = run(std::string("git.example ports=22") + kJust + "\n", debian());
+  CHECK_FALSE(has(fs, true, "has ports="));
 }
 
 TEST_CASE("reviews older than 90 days warn, or fail with --strict; past expiry fails") {

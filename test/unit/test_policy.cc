@@ -232,6 +232,7 @@ Samples samples(dnsward::KeyKind k) {
     case K::TypeList: return {"A,TXT,type99", "A,BOGUS", "{0}: unknown type 'BOGUS'"};
     case K::PerMinute: return {"5", "0", "{0}=0: must be a number of names per minute"};
     case K::Any: return {"any", "all", "{0}=all: the only value is any"};
+    case K::PortList: return {"22,9418,123/udp", "22,70000", "{0}: port 70000 is out of range (1 to 65535)"};
   }
   return {};
 }
@@ -293,6 +294,10 @@ TEST_CASE("every key of the table is accepted with a valid value and kept") {
       case K::TypeList: CHECK(e.types == std::vector<uint16_t>{1, 16, 99}); break;
       case K::PerMinute: CHECK(e.budget == 5); break;
       case K::Any: CHECK(e.sni_any); break;
+      case K::PortList:
+        CHECK(e.ports == std::vector<dnsward::PortSpec>{{6, 22}, {6, 9418}, {17, 123}});
+        CHECK(p.ports(0) == e.ports);
+        break;
     }
   }
 }
@@ -348,4 +353,56 @@ TEST_CASE("an allowlist path that is a directory is an error, not an empty list"
   REQUIRE(errors.size() == 1);
   CHECK(errors[0] == std::string(dir) + ": cannot read: not a file");
   rmdir(dir);
+}
+
+TEST_CASE("ports= refuses a bad port list with FILE:LINE: reason, and loads a good one") {
+  std::string seventeen, sixteen;
+  for (int i = 1; i <= 17; ++i) (i <= 16 ? sixteen : seventeen) += fmt::format("{}{}", i == 1 ? "" : ",", 1000 + i);
+  seventeen = sixteen + seventeen;
+  const struct { std::string value, reason; } bad[] = {
+      {"0", "ports: port 0 is out of range (1 to 65535)"},
+      {"65536", "ports: port 65536 is out of range (1 to 65535)"},
+      {"99999", "ports: port 99999 is out of range (1 to 65535)"},
+      {"123456", "ports: '123456' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"ssh", "ports: 'ssh' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"-22", "ports: '-22' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"+22", "ports: '+22' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"22,,23", "ports: '' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"22,", "ports: '' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"/udp", "ports: '/udp' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"22-25", "ports: '22-25' is not a port (N for TCP, N/udp for UDP, N from 1 to 65535)"},
+      {"22/sctp", "ports: '22/sctp' names no protocol dnsward opens (N for TCP, N/udp for UDP)"},
+      {"22/UDP", "ports: '22/UDP' names no protocol dnsward opens (N for TCP, N/udp for UDP)"},
+      {"22,22", "ports: 22 given twice"},
+      {"22,22/tcp", "ports: 22 given twice"},
+      {"123/udp,123/udp", "ports: 123/udp given twice"},
+      {seventeen, "ports: more than 16 ports; give the sandbox's service an address of its own instead"},
+  };
+  for (const auto& c : bad) {
+    CAPTURE(c.value);
+    std::vector<std::string> errs;
+    const Policy p = load("ok.example\ngit.example ports=" + c.value + " why=git\n", &errs);
+    REQUIRE(errs.size() == 1);
+    CHECK(errs[0] == "t.allow:2: " + c.reason);
+    CHECK(p.size() == 1);
+  }
+  // The limits themselves, and one port under both protocols, are fine.
+  const Policy p = load("a.example ports=1,65535,22,22/udp,9418/tcp\nb.example ports=" + sixteen + "\n");
+  CHECK(p.entry(0).ports == std::vector<dnsward::PortSpec>{{6, 1}, {6, 65535}, {6, 22}, {17, 22}, {6, 9418}});
+  CHECK(dnsward::ports_text(p.entry(0).ports) == "1,65535,22,22/udp,9418");
+  CHECK(p.ports(1).size() == 16);
+}
+
+TEST_CASE("ports= changes the list's version only through the entries that have it") {
+  const std::string rest = "b.example owner=o why=w\n";
+  const Policy without = load("a.example\n" + rest);
+  const Policy with = load("a.example ports=22\n" + rest);
+  const Policy other = load("a.example ports=2222\n" + rest);
+  CHECK(with.version() != without.version());
+  CHECK(other.version() != with.version());
+  // An entry without ports= hashes as before the key existed (pinned: lists' versions,
+  // which logs and denials carry, stay what they were).
+  CHECK(without.version() == load("b.example owner=o why=w\na.example\n").version());
+  CHECK(load("a.example\n").version() == "0c549b93");
+  CHECK(load("a.example why=w\n").version() == "754f5c53");
 }

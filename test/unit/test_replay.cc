@@ -26,7 +26,8 @@ const std::set<std::string> kScenarios = {
     "require_ruleset.rpl",                "status_answer.rpl",
     "status_without_nft.rpl",             "require_ruleset_no_retry.rpl",
     "require_ruleset_after_vouch.rpl",    "names_full_withholds_answer.rpl",
-    "cache_hit_binds_chain.rpl",
+    "cache_hit_binds_chain.rpl",          "ports_guard_vouches_port_elements.rpl",
+    "ports_without_guard_open_nothing_more.rpl", "reload_ports_revoked.rpl",
 };
 
 void play(const std::string& name) {
@@ -112,4 +113,13 @@ TEST_CASE("replay: an answer that would bind an address to more than --max-names
 }
 TEST_CASE("replay: a cache hit binds the same query and CNAME chain names as the upstream answer") {
   play("cache_hit_binds_chain.rpl");
+}
+TEST_CASE("replay: with --sni-guard an entry's ports= elements are vouched with its addresses, before the answer, or it is withheld") {
+  play("ports_guard_vouches_port_elements.rpl");
+}
+TEST_CASE("replay: without --sni-guard ports= vouches no port element") {
+  play("ports_without_guard_open_nothing_more.rpl");
+}
+TEST_CASE("replay: a reload revokes the port elements of ports it no longer names, and of entries gone") {
+  play("reload_ports_revoked.rpl");
 }

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -109,6 +110,12 @@ TEST_CASE("explain names the deciding entry, its place and its justification") {
   CHECK(lines.back() == "policy " + p.version());
   lines = explain_lines(p, "evil.example");
   CHECK(lines[0] == "evil.example: denied (NXDOMAIN): no allowlist entry matches it");
+  const Policy git = Policy::parse({{"t.allow", "git.example ports=22,123/udp why=git\n", false}}, e);
+  REQUIRE(e.empty());
+  const auto gl = explain_lines(git, "git.example");
+  CHECK(std::find(gl.begin(), gl.end(),
+                  "  ports=22,123/udp: with --sni-guard, its addresses are open on these ports too "
+                  "(without the guard every port is)") != gl.end());
   lines = explain_lines(p, "pypi.org");
   CHECK(lines[0].find("denied (NODATA)") != std::string::npos);
   lines = explain_lines(p, "a..b");

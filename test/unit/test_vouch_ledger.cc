@@ -3,6 +3,7 @@
 // delete of a missing one is ENOENT; a plain re-add refreshes the timeout only where the
 // kernel can update in place (6.12+); a full set is ENFILE.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -36,7 +37,9 @@ IpAddr v6(uint8_t last) {
 struct FakeKernel : ElementPort {
   bool update_in_place = false;  // kernel 6.12+
   std::size_t size = 0;          // 0: unlimited
-  std::map<std::string, uint64_t> held;  // address text -> expiry (ms, fake clock)
+  // key text -> expiry (ms, fake clock); a port set's elements under "ports:" + key text, so
+  // an element sent in a message for the other kind of set lands where no lookup finds it.
+  std::map<std::string, uint64_t> held;
   uint64_t now = 1'000'000;
   std::vector<std::vector<ElemMsg>> batches;
 
@@ -56,7 +59,7 @@ struct FakeKernel : ElementPort {
     bool failed = false;
     for (std::size_t i = 0; i < msgs.size(); ++i) {
       for (const ElemChange& c : msgs[i].elems) {
-        const std::string k = c.key().text();
+        const std::string k = (msgs[i].ported ? "ports:" : "") + c.key().text();
         const bool has = next.count(k) && next[k] > now;
         if (msgs[i].op == ElemOp::Del) {
           if (!has) results[i] = ENOENT;
@@ -76,11 +79,12 @@ struct FakeKernel : ElementPort {
     if (!failed) held = next;
     return true;
   }
-  uint64_t left(const SetKey& a) { return held.count(a.text()) ? held[a.text()] - now : 0; }
+  static std::string at(const SetKey& a) { return (a.port ? "ports:" : "") + a.text(); }
+  uint64_t left(const SetKey& a) { return held.count(at(a)) ? held[at(a)] - now : 0; }
   bool element_left(const SetKey& key, bool& exists, uint64_t& left_ms, std::string&) override {
-    const SetKey& a = key;
-    exists = held.count(a.text()) && held[a.text()] > now;
-    left_ms = !exists ? 0 : held[a.text()] >= UINT64_MAX / 4 ? kNoExpiry : held[a.text()] - now;
+    const std::string a = at(key);
+    exists = held.count(a) && held[a] > now;
+    left_ms = !exists ? 0 : held[a] >= UINT64_MAX / 4 ? kNoExpiry : held[a] - now;
     return true;
   }
 };
@@ -822,4 +826,117 @@ TEST_CASE("only an sni=any entry binds the any-name: an answer's CNAME to '*.' d
   REQUIRE(vouch(l, k, {{s.vouch[0].addr, 300}}, RefreshMode::Replace, "a.example", "a.example", &s.chain));
   CHECK_FALSE(l.bound(s.vouch[0].addr, kAnyName, k.now));
   CHECK(l.find(s.vouch[0].addr)->names == "a.example");
+}
+
+// ports= (issue 13): an entry's port elements, (guest .) address . protocol . port.
+
+namespace {
+VouchItem ported(const IpAddr& a, uint32_t t, uint8_t proto, uint16_t port, const IpAddr& g = {}) {
+  VouchItem i{a, t, g};
+  i.proto = proto;
+  i.port = port;
+  return i;
+}
+}  // namespace
+
+TEST_CASE("port elements go to the port sets in the same batch as their address, with the same timeout") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, ported(v4(1), 300, IPPROTO_TCP, 22), ported(v4(1), 300, IPPROTO_UDP, 123),
+                       {v6(1), 300}, ported(v6(1), 300, IPPROTO_TCP, 22)},
+                RefreshMode::Replace));
+  REQUIRE(k.batches.size() == 1);  // one transaction: the answer waits for all of it
+  CHECK(k.left(v4(1)) == 300000);
+  CHECK(k.left(SetKey({}, v4(1), IPPROTO_TCP, 22)) == 300000);
+  CHECK(k.left(SetKey({}, v4(1), IPPROTO_UDP, 123)) == 300000);
+  CHECK(k.left(SetKey({}, v6(1), IPPROTO_TCP, 22)) == 300000);
+  CHECK(k.held.size() == 5);
+  // Each message holds one kind of set: the port elements never go to an address set.
+  for (const ElemMsg& m : k.batches[0])
+    for (const ElemChange& c : m.elems) CHECK((c.port != 0) == m.ported);
+  // Refreshed like their address: ten seconds on, both are extended in one batch.
+  k.now += 10000;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, ported(v4(1), 300, IPPROTO_TCP, 22)}, RefreshMode::Replace));
+  CHECK(k.batches.size() == 2);
+  CHECK(k.left(v4(1)) == 300000);
+  CHECK(k.left(SetKey({}, v4(1), IPPROTO_TCP, 22)) == 300000);
+  // The guard's names are the address element's; port elements bind none, and the sets'
+  // fill counts address elements only.
+  CHECK(l.find(v4(1))->names == "www.test");
+  CHECK(l.find(SetKey({}, v4(1), IPPROTO_TCP, 22))->names.empty());
+  CHECK(l.held(AF_INET, k.now) == 1);
+}
+
+TEST_CASE("a full port set refuses the whole answer, its address included") {
+  FakeKernel k;
+  k.size = 1;  // room for the address element alone
+  VouchLedger l;
+  CHECK_FALSE(vouch(l, k, {{v4(1), 300}, ported(v4(1), 300, IPPROTO_TCP, 22)}, RefreshMode::Replace));
+  CHECK(k.held.empty());  // all or nothing
+}
+
+TEST_CASE("a reload revokes the port elements of an entry gone, and of a port its entry no longer names") {
+  FakeKernel k;
+  VouchLedger l;
+  REQUIRE(vouch(l, k, {{v4(1), 300}, ported(v4(1), 300, IPPROTO_TCP, 22), ported(v4(1), 300, IPPROTO_UDP, 123)},
+                RefreshMode::Replace, "git.test", "git.test"));
+  const auto none = [](const IpAddr&, std::string_view) { return false; };
+  // Still listed, now with ports=123/udp alone: 22/tcp goes, the rest stays.
+  auto dels = l.revocations(listed_if("git.test", Voucher::Listed), none, k.now,
+                            [](const IpAddr&, std::string_view p, uint8_t proto, uint16_t port) {
+                              return p == "git.test" && proto == IPPROTO_UDP && port == 123;
+                            });
+  REQUIRE(dels.size() == 1);
+  CHECK(dels[0].key() == SetKey({}, v4(1), IPPROTO_TCP, 22));
+  std::vector<ChangeResult> res;
+  std::string err;
+  int e = 0;
+  REQUIRE(commit_changes(k, dels, res, err, e));
+  l.revoked(dels, res);
+  CHECK(k.left(SetKey({}, v4(1), IPPROTO_TCP, 22)) == 0);
+  CHECK(k.left(SetKey({}, v4(1), IPPROTO_UDP, 123)) == 300000);
+  CHECK(k.left(v4(1)) == 300000);
+  // Gone from the list: the address and its port elements go.
+  dels = l.revocations(listed_if("other.test"), none, k.now);
+  CHECK(dels.size() == 2);
+}
+
+TEST_CASE("the ledger file keeps port elements apart from their address, and a bad port is refused") {
+  FakeKernel k;
+  VouchLedger l;
+  const IpAddr g = v4(101);
+  REQUIRE(vouch(l, k, {{v4(1), 300}, ported(v4(1), 300, IPPROTO_TCP, 22), ported(v4(2), 300, IPPROTO_UDP, 123, g)},
+                RefreshMode::Replace, "git.test", "git.test"));
+  const std::string text = l.serialize(k.now, 5'000'000);
+  CHECK(text.find("198.18.0.1@tcp/22\t") != std::string::npos);
+  CHECK(text.find("198.18.0.101>198.18.0.2@udp/123\t") != std::string::npos);
+  VouchLedger back;
+  std::string err;
+  REQUIRE_MESSAGE(back.merge_saved(text, k.now, 5'000'000, err), err);
+  REQUIRE(back.find(SetKey({}, v4(1), IPPROTO_TCP, 22)));
+  CHECK(back.find(SetKey({}, v4(1), IPPROTO_TCP, 22))->promised_ms > 0);
+  CHECK(back.find(SetKey(g, v4(2), IPPROTO_UDP, 123)));
+  CHECK_FALSE(back.find(SetKey({}, v4(1), IPPROTO_UDP, 22)));  // the protocol is part of the key
+  SetKey key;
+  for (const char* bad : {"198.18.0.1@tcp/0", "198.18.0.1@tcp/65536", "198.18.0.1@sctp/22", "198.18.0.1@tcp/",
+                          "198.18.0.1@tcp/22x", "198.18.0.1@", "@tcp/22", "198.18.0.1@udp/-1"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(SetKey::parse(bad, key));
+  }
+  REQUIRE(SetKey::parse("198.18.0.1@udp/65535", key));
+  CHECK(key.proto == IPPROTO_UDP);
+  CHECK(key.port == 65535);
+}
+
+TEST_CASE("host mode: a port element is keyed by guest too, and removals_of takes it with the guest") {
+  FakeKernel k;
+  VouchLedger l;
+  const IpAddr g1 = v4(101), g2 = v4(102);
+  REQUIRE(vouch(l, k, {{v4(1), 300, g1}, ported(v4(1), 300, IPPROTO_TCP, 22, g1), {v4(1), 300, g2}},
+                RefreshMode::Replace, "a.test", "a.test"));
+  CHECK(k.left(SetKey(g1, v4(1), IPPROTO_TCP, 22)) == 300000);
+  CHECK(k.left(SetKey(g2, v4(1), IPPROTO_TCP, 22)) == 0);
+  const auto dels = l.removals_of({g1}, k.now);
+  CHECK(dels.size() == 2);
+  for (const auto& d : dels) CHECK(d.guest == g1);
 }
