@@ -91,6 +91,7 @@ bool parse_tcp_packet(const uint8_t* p, std::size_t len, TcpPacket& out) {
   out.sport = be16(t);
   out.dport = be16(t + 2);
   out.seq = be32(t + 4);
+  out.ack_seq = be32(t + 8);
   const uint8_t flags = t[13];
   out.fin = flags & 0x01;
   out.syn = flags & 0x02;
@@ -275,6 +276,12 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
   auto it = flows_.find(k);
   const bool followed = it != flows_.end();
   if (it != flows_.end() && it->second.decided) {
+    if (it->second.confirming && it->second.start == t.seq + 1 && t.payload_len == 0) {
+      // The same handshake's SYN on a connection waiting for confirmation: its state (the
+      // bytes judged, which a resend must repeat) stays.
+      give(id, mark, GuardVerdict::Pass);
+      return;
+    }
     // A SYN after a verdict: the client starts over on the same ports (or retransmits).
     erase(it);
     it = flows_.end();
@@ -293,14 +300,11 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
       return;
     }
     const Judged j = judge(k, t.payload, t.payload_len, true);
-    if (j.verdict == GuardVerdict::Allow) {
-      ++counts_.allowed;
-      give(id, mark, GuardVerdict::Allow);
-      return;
-    }
-    if (j.verdict == GuardVerdict::Watch && j.hello_end == t.payload_len && pending_ < o_.max_flows &&
-        held_bytes_ + t.payload_len <= kMaxHeldBytes) {
-      // A TLS 1.3 ClientHello and nothing after it: followed from here like any other.
+    const bool whole = j.verdict == GuardVerdict::Allow || j.hello_end == t.payload_len;
+    if ((j.verdict == GuardVerdict::Allow || j.verdict == GuardVerdict::Watch) && whole &&
+        pending_ < o_.max_flows && make_room(t.payload_len, k)) {
+      // Followed from here like any other: a TLS 1.3 ClientHello watched to the next
+      // flight, anything else allowed and then confirmed (Flow::confirming).
       Flow f;
       f.start = t.seq + 1;
       f.bytes.assign(t.payload, t.payload + t.payload_len);
@@ -309,7 +313,9 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
       f.segments = 1;
       held_bytes_ += t.payload_len;
       ++pending_;
-      watch(k, flows_.emplace(k, std::move(f)).first->second, j);
+      Flow& followed_now = flows_.emplace(k, std::move(f)).first->second;
+      if (j.verdict == GuardVerdict::Watch) watch(k, followed_now, j);
+      else decide(k, followed_now, GuardVerdict::Allow, Reason::none, j.name);
       return;
     }
     count(Reason::tfo);
@@ -358,8 +364,15 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
     return;
   }
   Flow& f = it->second;
+  if (t.ack && !f.have_ack0) {
+    f.ack0 = t.ack_seq;
+    f.have_ack0 = true;
+  } else if (t.ack && f.have_ack0 && int32_t(t.ack_seq - f.ack0) > 0) {
+    f.answered = true;  // the client acknowledges data the server sent (RFC 9293 3.4)
+  }
   if (f.decided) {
-    give(id, mark, f.verdict);
+    if (f.confirming) on_confirming(k, f, t, id, mark);
+    else give(id, mark, f.verdict);
     return;
   }
   f.held.push_back({id, mark});
@@ -380,7 +393,7 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   const std::size_t off = off32, end = off + t.payload_len;
   if (f.bytes.size() < end) {
-    if (held_bytes_ + (end - f.bytes.size()) > kMaxHeldBytes) {
+    if (!make_room(end - f.bytes.size(), k)) {
       decide(k, f, GuardVerdict::Reject, Reason::full, "");
       return;
     }
@@ -576,27 +589,36 @@ SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bo
 
 void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name) {
   const std::size_t segments = f.watching ? f.hello_segments : f.segments;  // the first ClientHello's
+  // Allowed before the server answered: confirmed later (Flow::confirming), by a packet
+  // that shows it did; until then its packets are watched and its bytes kept.
+  // (An sni=any entry lets any first flight through: bytes resent differently pass too.)
+  const bool confirm = v == GuardVerdict::Allow && !f.answered && name != kAnyName;
+  const GuardVerdict given = confirm ? GuardVerdict::Watch : v;
   // Every held packet gets the verdict, in the order they came: reinjected in that order.
-  for (const Held& h : f.held) give(h.id, h.mark, v);
+  for (const Held& h : f.held) give(h.id, h.mark, given);
   f.held.clear();
   f.held.shrink_to_fit();
-  held_bytes_ -= f.bytes.size();
-  f.bytes = {};
-  f.have = {};
-  f.decided = true;
-  f.verdict = v;
-  --pending_;
-  f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
-  decided_expiry_.emplace_back(f.deadline_ms, k);
-  // Decided flows are few at a time (each lingers for seconds): past max_flows of them
-  // the oldest are forgotten early.
-  while (flows_.size() - pending_ > o_.max_flows && !decided_expiry_.empty()) {
-    const auto [at, key] = decided_expiry_.front();
-    decided_expiry_.pop_front();
-    const auto old = flows_.find(key);
-    if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k))
-      erase(old);
+  if (!confirm) {
+    held_bytes_ -= f.bytes.size();
+    f.bytes = {};
+    f.have = {};
   }
+  f.decided = true;
+  f.verdict = given;
+  f.confirming = confirm;
+  --pending_;
+  f.deadline_ms = timers_.now_ms() + (confirm ? kConfirmWindowMs : kDecidedLingerMs);
+  (confirm ? confirm_expiry_ : decided_expiry_).emplace_back(f.deadline_ms, k);
+  // Decided flows are few at a time (each lingers for seconds): past max_flows of them
+  // the oldest are forgotten early, lingering ones first.
+  for (auto* q : {&decided_expiry_, &confirm_expiry_})
+    while (flows_.size() - pending_ > o_.max_flows && !q->empty()) {
+      const auto [at, key] = q->front();
+      q->pop_front();
+      const auto old = flows_.find(key);
+      if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k))
+        erase(old);
+    }
   arm();
   if (v == GuardVerdict::Allow) {
     ++counts_.allowed;
@@ -610,6 +632,44 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   if (why == Reason::none) return;  // the client reset it itself
   count(why);
   reject_log(k, why, name);
+}
+
+void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  // Bytes resent over those judged must be the same (checked first, even in the packet
+  // that confirms); past them, the client's own.
+  const uint32_t off32 = t.seq - f.start;
+  bool bad = off32 >= (1u << 31);  // before the flight's start: never sent by its kernel
+  for (std::size_t i = 0; !bad && off32 < f.bytes.size() && i < t.payload_len && off32 + i < f.bytes.size(); ++i)
+    bad = f.have[off32 + i] && f.bytes[off32 + i] != t.payload[i];
+  if (!bad && !f.answered) {
+    give(id, mark, GuardVerdict::Watch);
+    return;
+  }
+  // Either way the judged bytes are no longer needed: the server answered, so it read
+  // them and nothing resent can change them now; or the connection is rejected.
+  held_bytes_ -= f.bytes.size();
+  f.bytes = {};
+  f.have = {};
+  f.confirming = false;
+  f.verdict = bad ? GuardVerdict::Reject : GuardVerdict::Allow;
+  f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
+  decided_expiry_.emplace_back(f.deadline_ms, k);
+  arm();
+  if (bad) {
+    count(Reason::conflict);
+    reject_log(k, Reason::conflict, "");
+  }
+  give(id, mark, f.verdict);
+}
+
+bool SniGuard::make_room(std::size_t need, const Key& keep) {
+  while (held_bytes_ + need > kMaxHeldBytes && !confirm_expiry_.empty()) {
+    const auto [at, key] = confirm_expiry_.front();
+    confirm_expiry_.pop_front();
+    const auto it = flows_.find(key);
+    if (it != flows_.end() && it->second.confirming && it->second.deadline_ms == at && !(key == keep)) erase(it);
+  }
+  return held_bytes_ + need <= kMaxHeldBytes;
 }
 
 void SniGuard::count(Reason why) {
@@ -651,6 +711,7 @@ void SniGuard::arm() {
   uint64_t next = UINT64_MAX;
   if (!pending_expiry_.empty()) next = pending_expiry_.front().first;
   if (!decided_expiry_.empty()) next = std::min(next, decided_expiry_.front().first);
+  if (!confirm_expiry_.empty()) next = std::min(next, confirm_expiry_.front().first);
   if (next == UINT64_MAX) return;
   const uint64_t now = timers_.now_ms();
   armed_ = true;
@@ -683,6 +744,14 @@ void SniGuard::sweep() {
     decided_expiry_.pop_front();
     const auto it = flows_.find(key);
     if (it != flows_.end() && it->second.decided && it->second.deadline_ms == at) erase(it);
+  }
+  while (!confirm_expiry_.empty() && confirm_expiry_.front().first <= now) {
+    const auto [at, key] = confirm_expiry_.front();
+    confirm_expiry_.pop_front();
+    // Never confirmed (a client that sent nothing after its flight): forgotten; its next
+    // data is reset, as with state lost.
+    const auto it = flows_.find(key);
+    if (it != flows_.end() && it->second.confirming && it->second.deadline_ms == at) erase(it);
   }
   arm();
 }

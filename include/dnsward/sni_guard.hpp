@@ -35,6 +35,7 @@ struct TcpPacket {
   IpAddr src, dst;
   uint16_t sport = 0, dport = 0;
   uint32_t seq = 0;
+  uint32_t ack_seq = 0;  ///< the acknowledgment number (meaningful with ack)
   bool syn = false, ack = false, rst = false, fin = false, urg = false;
   const uint8_t* payload = nullptr;
   std::size_t payload_len = 0;
@@ -152,6 +153,10 @@ inline constexpr std::size_t kMaxFlightSegments = 16;
 /// flight would need more is rejected (`full`). 4096 connections of 17 KiB each would
 /// otherwise be 68 MiB that untrusted code could make dnsward hold.
 inline constexpr std::size_t kMaxHeldBytes = 8u << 20;
+/// How long an allowed connection may wait for the server's answer to confirm it
+/// (SniGuard::Flow::confirming): past it the connection is forgotten, and its next data is
+/// reset (a plain HTTP connection kept alive and idle that long, say; clients retry).
+inline constexpr uint64_t kConfirmWindowMs = 120000;
 /// Deadlines are met to within this: one sweep serves those that fall due together.
 inline constexpr uint64_t kSweepSlackMs = 100;
 
@@ -207,6 +212,18 @@ class SniGuard {
     std::string sni;
     bool ccs = false;            ///< a change_cipher_spec record was read (one is allowed)
     std::size_t hello_segments = 0;  ///< segments of the first ClientHello (for the log)
+    /// The client's acknowledgment number on its first data (the server's ISN + 1 while the
+    /// server has sent nothing), and whether a later packet acknowledged more: the server
+    /// answered, so it read the flight judged.
+    uint32_t ack0 = 0;
+    bool have_ack0 = false, answered = false;
+    /// Allowed, not yet confirmed: the packets judged went on, but the server may never
+    /// have received them (dropped past the guard: a TTL of 1, congestion), and what the
+    /// client's kernel resends is read from its buffer again, where a zero-copy send or
+    /// sendfile() lets it change (the third review). Until the client's packets show that
+    /// the server answered, the connection stays queued (verdict Watch), and resent bytes
+    /// must be the bytes judged (bytes and have kept).
+    bool confirming = false;
   };
   enum class Reason : uint8_t {
 #define DNSWARD_GUARD_ENUM_(m, s) m,
@@ -236,6 +253,11 @@ class SniGuard {
   /// The flight's first ClientHello was judged Watch: held packets go on, the flow waits for
   /// the next flight.
   void watch(const Key& k, Flow& f, const Judged& j);
+  /// A packet of an allowed connection not confirmed yet (f.confirming).
+  void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
+  /// Frees room for need more held bytes by forgetting the connections waiting longest for
+  /// confirmation (their next data is reset, as with state lost); false if it cannot.
+  bool make_room(std::size_t need, const Key& keep);
   void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name);
   void reject_log(const Key& k, Reason why, const std::string& name);
   void count(Reason why);
@@ -253,7 +275,7 @@ class SniGuard {
   void erase(std::unordered_map<Key, Flow, KeyHash>::iterator it);
   // (deadline, key) in deadline order: connections waiting for their flight, and decided
   // ones lingering for late packets.
-  std::deque<std::pair<uint64_t, Key>> pending_expiry_, decided_expiry_;
+  std::deque<std::pair<uint64_t, Key>> pending_expiry_, decided_expiry_, confirm_expiry_;
   std::size_t pending_ = 0;  // flows not decided yet: what --queue-maxlen bounds
   std::size_t held_bytes_ = 0;  // sum of the pending flows' bytes.size()
   Timers::TimerId timer_ = 0;

@@ -7,6 +7,7 @@ container runtimes grant by default). The scripts need no waits: an attacker's p
 reach dnsward through one queue, in the order sent; the tests wait for the scripts' exit."""
 import os
 import shutil
+import subprocess
 import unittest
 
 import test_sni_guard as g
@@ -197,17 +198,77 @@ NET_RAW_ONLY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"
 
 g.GUARD_OPTIONS = ["--sni-ports", "443", "--sni-ports", "8443"]
 
+# A front end one routed hop away (through the "internet" namespace), as the internet is
+# from a microVM: a packet sent with an IP TTL of 1 passes the guard and dies at the router.
+FAR_NS = f"dwsfar{g.TAG}"
+FAR = "198.18.2.1"
+g.ZONE += "far.allowed A 198.18.2.1\n"
+g.ALLOW += "far.allowed.test\n"
+
+# The third review's attack, unprivileged: the judged request is sent with MSG_ZEROCOPY and
+# an IP TTL of 1, so it is allowed and then lost at the router; once the guard allowed it
+# (the test sees the log line and says "go" on stdin), the user buffer is rewritten (same
+# length) to name other.test, and the kernel's retransmission reads the rewritten pages.
+ZEROCOPY_RESEND = r"""
+import mmap, socket, sys
+addr = sys.argv[1]
+MSG_ZEROCOPY, SO_ZEROCOPY = 0x4000000, 60
+good = b"GET / HTTP/1.1\r\nHost: far.allowed.test\r\nConnection: close\r\n\r\n"
+evil = b"GET / HTTP/1.1\r\nHost: other.test\r\nX: 1\r\nConnection: close\r\n\r\n"
+assert len(good) == len(evil)
+buf = mmap.mmap(-1, 4096)
+buf[:len(good)] = good
+s = socket.create_connection((addr, 80), timeout=8)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+s.send(memoryview(buf)[:len(good)], MSG_ZEROCOPY)
+print("sent", flush=True)
+if sys.stdin.readline().strip() != "go":
+    sys.exit(1)
+buf[:len(evil)] = evil
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+r = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        r += d
+    print(r.decode(errors="replace").strip().splitlines()[-1] if r else "error empty")
+except OSError as e:
+    print("error", type(e).__name__, e)
+"""
+
 
 def setUpModule():
     g.setUpModule()
     try:
         set_up_attackers()
     except BaseException:
-        g.tearDownModule()  # unittest skips tearDownModule when setUpModule fails
+        tearDownModule()  # unittest skips tearDownModule when setUpModule fails
         raise
 
 
+def set_up_far():
+    ie, fe = ("ip", "netns", "exec", g.INET), ("ip", "netns", "exec", FAR_NS)
+    g.sh("ip", "netns", "add", FAR_NS)
+    g.sh("ip", "link", "add", f"dwsr{g.TAG}", "type", "veth", "peer", "name", f"dwsq{g.TAG}")
+    g.sh("ip", "link", "set", f"dwsr{g.TAG}", "netns", g.INET)
+    g.sh("ip", "link", "set", f"dwsq{g.TAG}", "netns", FAR_NS)
+    g.sh(*ie, "ip", "addr", "add", "198.18.2.254/24", "dev", f"dwsr{g.TAG}")
+    g.sh(*ie, "ip", "link", "set", f"dwsr{g.TAG}", "up")
+    g.sh(*ie, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    g.sh(*fe, "ip", "link", "set", "lo", "up")
+    g.sh(*fe, "ip", "addr", "add", f"{FAR}/24", "dev", f"dwsq{g.TAG}")
+    g.sh(*fe, "ip", "link", "set", f"dwsq{g.TAG}", "up")
+    g.sh(*fe, "ip", "route", "add", "default", "via", "198.18.2.254")
+    g.start(FAR_NS, "/usr/bin/python3", g.FRONT, os.path.join(g.workdir, "cert.pem"),
+            os.path.join(g.workdir, "key.pem"), "--plain", log=g.logs[0])
+
+
 def set_up_attackers():
+    set_up_far()
     with open(os.path.join(g.workdir, "rst_server.py"), "w") as f:
         f.write(RST_SERVER)
     g.start(g.INET, "/usr/bin/python3", os.path.join(g.workdir, "rst_server.py"),
@@ -217,13 +278,14 @@ def set_up_attackers():
     shutil.copy(os.path.join(here, "hrr_client.py"), g.workdir)
     with open(os.path.join(g.workdir, "rebase.py"), "w") as f:
         f.write(FINISH + open(os.path.join(here, "rebase_attack.py")).read())
-    for name, text in (("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
+    for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
         with open(os.path.join(g.workdir, name), "w") as f:
             f.write(text)
 
 
 def tearDownModule():
     g.tearDownModule()
+    g.sh("ip", "netns", "del", FAR_NS, check=False)
 
 
 def run(prefix, script, *args):
@@ -312,3 +374,31 @@ class Attack(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LostPastTheGuard(unittest.TestCase):
+    def test_a_request_lost_past_the_guard_and_resent_rewritten_is_reset(self):
+        """The third review's attack (unprivileged): allowed, lost at the router, resent from
+        rewritten zero-copy pages. The guard keeps watching until the server answered, and
+        resent bytes that differ from those judged reset the connection."""
+        g.wait_for(lambda: g.curl("http://far.allowed.test/") == (0, 200), timeout=20,
+                   what="the far front end reachable and vouched")
+        before = len(g.events("first-flight-rejected", reason="conflict", addr=FAR))
+        allowed = len(g.events("first-flight-allowed", name="far.allowed.test"))
+        p = subprocess.Popen(["ip", "netns", "exec", g.VM, *NOBODY, "/usr/bin/python3",
+                              os.path.join(g.workdir, "zerocopy_resend.py"), FAR],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "sent")
+            # The guard allowed the request (and it went on, to die at the router).
+            g.wait_for(lambda: len(g.events("first-flight-allowed", name="far.allowed.test")) > allowed,
+                       what="the guard's verdict on the request")
+            out, _ = p.communicate("go\n", timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        out = out.strip()
+        self.assertFalse(out.startswith("hello"), out)
+        self.assertTrue(out.startswith("error"), out)
+        self.assertEqual(len(g.events("first-flight-rejected", reason="conflict", addr=FAR)), before + 1)

@@ -77,11 +77,15 @@ class Names : public BoundNames {
 
 constexpr uint32_t kSeen = 0x00200000, kAllowed = 0x00400000, kRejected = 0x00800000;
 constexpr uint32_t kWatch = kSeen | kAllowed | kRejected;
+constexpr uint32_t kAnswered = 9000;  ///< an acknowledgment number past the server's first data
 
 struct Seg {
   std::string src = "10.0.0.2", dst = "198.51.100.7";
   uint16_t sport = 40000, dport = 443;
   uint32_t seq = 1000;
+  /// The client's acknowledgment number: 7000 while the server has sent nothing (its ISN
+  /// 6999), kAnswered once it has.
+  uint32_t ack = 7000;
   bool syn = false, rst = false;
   Bytes payload;
 };
@@ -121,6 +125,12 @@ Bytes packet(const Seg& s) {
   t[5] = uint8_t(s.seq >> 16);
   t[6] = uint8_t(s.seq >> 8);
   t[7] = uint8_t(s.seq);
+  if (!s.syn) {
+    t[8] = uint8_t(s.ack >> 24);
+    t[9] = uint8_t(s.ack >> 16);
+    t[10] = uint8_t(s.ack >> 8);
+    t[11] = uint8_t(s.ack);
+  }
   t[12] = 5 << 4;
   t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (s.rst ? 0x04 : 0) | (s.payload.empty() || s.syn ? 0 : 0x08));
   std::copy(s.payload.begin(), s.payload.end(), t + 20);
@@ -173,6 +183,7 @@ Bytes record(uint8_t type, std::size_t n, uint8_t x = 0xab) {
 Seg encrypted_flight(Seg s, uint32_t seq) {
   s.syn = false;
   s.seq = seq;
+  s.ack = kAnswered;  // sent after the server's answer
   s.payload = record(23, 53);
   return s;
 }
@@ -369,8 +380,15 @@ TEST_CASE("a TCP Fast Open SYN with a bound name passes (watched, as TLS 1.3); w
   const uint32_t ok = w.send(s);
   CHECK(w.out.given.back() == Given{ok, GuardVerdict::Watch, kWatch});
   // Followed from the SYN: the next flight is judged at the offset after the ClientHello.
-  const uint32_t next = w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
-  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, kSeen | kAllowed});
+  // Its acknowledgment number is the first seen (the SYN carries none): allowed, and
+  // confirmed by a later packet acknowledging more of the server's data.
+  Seg next = encrypted_flight(s, 1000 + uint32_t(s.payload.size()));
+  const uint32_t id = w.send(next);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  next.seq += uint32_t(next.payload.size());
+  next.ack = kAnswered + 100;
+  const uint32_t later = w.send(next);
+  CHECK(w.out.given.back() == Given{later, GuardVerdict::Allow, kSeen | kAllowed});
   w.names.bound_["198.51.100.7"] = {"registry.example"};
   s.sport = 40001;
   const uint32_t bad = w.send(s);
@@ -393,8 +411,13 @@ TEST_CASE("plain HTTP: the Host must be bound") {
   w.send(s);
   w.send(t);
   REQUIRE(w.out.given.size() == 2);
-  CHECK(w.out.given[0].v == GuardVerdict::Allow);
+  CHECK(w.out.given[0].v == GuardVerdict::Watch);  // allowed; confirmed once the server answered
   CHECK(w.out.given[1].v == GuardVerdict::Reject);
+  CHECK(w.guard->counts().allowed == 1);
+  s.seq += uint32_t(s.payload.size());
+  s.ack = kAnswered;  // the next request, after the response
+  w.send(s);
+  CHECK(w.out.given.back().v == GuardVerdict::Allow);
 }
 
 TEST_CASE("IPv6 connections are judged the same way") {
@@ -790,6 +813,7 @@ TEST_CASE("a second ClientHello repeating the first one's name is allowed") {
   Seg s;
   s.seq = watched(w, s);
   s.payload = cat(ccs(), tls13_hello("allowed.example"));
+  s.ack = kAnswered;  // after the server's HelloRetryRequest
   const uint32_t id = w.send(s);
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, kSeen | kAllowed}});
   CHECK(w.guard->counts().allowed == 1);
@@ -851,6 +875,7 @@ TEST_CASE("the client's next flight decides: encrypted or TLS 1.2 handshake allo
     Seg s;
     s.seq = watched(w, s);
     s.payload = c.next;
+    s.ack = kAnswered;  // sent after the server's answer
     const uint32_t id = w.send(s);
     REQUIRE(w.out.given.size() == 1);
     CHECK(w.out.given[0].id == id);
@@ -858,13 +883,145 @@ TEST_CASE("the client's next flight decides: encrypted or TLS 1.2 handshake allo
   }
 }
 
-TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed at once: no second one comes in the clear") {
+TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed, not watched for a second one: confirmed by the next flight") {
   World w;
   Seg s;
   w.handshake(s);
   s.payload = tls12_hello("allowed.example");
   const uint32_t id = w.send(s);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, kSeen | kAllowed}});
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
+  CHECK(w.guard->counts().allowed == 1);
+  // Its ClientKeyExchange, a handshake record that is no ClientHello, after the server's
+  // flight: allowed for good, whatever it holds.
+  s.seq += uint32_t(s.payload.size());
+  s.payload = record(22, 37, 0x01);
+  s.ack = kAnswered;
+  const uint32_t next = w.send(s);
+  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, kSeen | kAllowed});
+}
+
+// The third review: the guard's verdict must hold for what the server reads, though the
+// judged packets may be lost past the guard (an IP TTL of 1 drops them at the next router)
+// and the client's kernel resends from a buffer a zero-copy send or sendfile() lets it
+// rewrite. Until the server answered, an allowed connection stays watched.
+TEST_CASE("an allowed flight resent with other bytes before the server answered is rejected; resent the same, it passes") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  const uint32_t first = w.send(s);
+  CHECK(w.out.given == std::vector<Given>{{first, GuardVerdict::Watch, kWatch}});
+  const uint32_t same = w.send(s);  // lost past the guard, resent
+  CHECK(w.out.given.back() == Given{same, GuardVerdict::Watch, kWatch});
+  Seg part = s;  // a resend of the second half only, in another segment
+  part.seq += 10;
+  part.payload.erase(part.payload.begin(), part.payload.begin() + 10);
+  w.send(part);
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  Seg rewritten = s;
+  const std::string other = "GET / HTTP/1.1\r\nHost: pirate.example\r\n\r\n";  // same length
+  REQUIRE(other.size() == req.size());
+  rewritten.payload.assign(other.begin(), other.end());
+  const uint32_t bad = w.send(rewritten);
+  CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().conflict == 1);
+  const uint32_t after = w.send(s);  // the connection stays rejected
+  CHECK(w.out.given.back() == Given{after, GuardVerdict::Reject, kSeen | kRejected});
+  // Bytes before the flight's start (never sent by the client's kernel) reject it too.
+  World w2;
+  Seg t;
+  t.dport = 80;
+  w2.handshake(t);
+  t.payload = s.payload;
+  w2.send(t);
+  t.seq = 990;
+  const uint32_t early = w2.send(t);
+  CHECK(w2.out.given.back() == Given{early, GuardVerdict::Reject, kSeen | kRejected});
+}
+
+TEST_CASE("a SYN of the same handshake on a connection waiting for confirmation keeps what a resend must repeat") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  w.send(s);
+  Seg syn;
+  syn.dport = 80;
+  syn.syn = true;
+  syn.seq = 999;
+  const uint32_t id = w.send(syn);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
+  Seg rewritten = s;  // other bytes, though naming a bound name: not what was judged
+  const std::string other = "PUT / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  rewritten.payload.assign(other.begin(), other.end());
+  const uint32_t bad = w.send(rewritten);
+  CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+}
+
+TEST_CASE("an allowed connection is confirmed by a packet acknowledging the server's data, then allowed for good") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  w.send(s);
+  // Bytes past those judged are the client's own, watched until then.
+  Seg more = s;
+  more.seq += uint32_t(s.payload.size());
+  more.payload = {'x'};
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  w.send(more);
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  more.seq += 1;
+  more.ack = kAnswered;
+  const uint32_t confirmed = w.send(more);
+  CHECK(w.out.given.back() == Given{confirmed, GuardVerdict::Allow, kSeen | kAllowed});
+  // After it, as for any allowed connection: late packets get Allow unread.
+  Seg rewritten = s;
+  rewritten.payload.assign(rewritten.payload.size(), 'z');
+  const uint32_t late = w.send(rewritten);
+  CHECK(w.out.given.back() == Given{late, GuardVerdict::Allow, kSeen | kAllowed});
+}
+
+TEST_CASE("a packet that acknowledges the server's data but rewrites bytes judged is rejected, not allowed") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  w.send(s);
+  Seg rewritten = s;  // found by the fuzz target's oracle
+  const std::string other = "PUT / HTTP/1.1\r\nHost: python.example\r\n\r\nx";
+  rewritten.payload.assign(other.begin(), other.end());
+  rewritten.ack = kAnswered;
+  const uint32_t bad = w.send(rewritten);
+  CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+}
+
+TEST_CASE("an allowed connection never confirmed is forgotten at the deadline; its next data is reset") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  w.send(s);
+  CHECK(w.guard->flows() == 1);
+  w.timers.advance(kConfirmWindowMs - 1);
+  CHECK(w.guard->flows() == 1);  // not a millisecond early
+  w.timers.advance(1 + kSweepSlackMs);
+  CHECK(w.guard->flows() == 0);
+  s.ack = kAnswered;
+  s.seq += uint32_t(s.payload.size());
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().no_state == 1);
 }
 
 TEST_CASE("a TLS 1.3 ClientHello offering 0-RTT data is rejected: its records could hide a second ClientHello") {
