@@ -250,6 +250,14 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   o.note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
   o.note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
   o.rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
+  if (!o.host) {
+    // SO_MARK needs only CAP_NET_RAW since Linux 5.17: a socket marked with the verdict
+    // bits would pass as judged (the third review). Its packets carry the socket's mark
+    // from the start; dnsward's verdicts mark the packet, never the socket.
+    o.note("# The verdict bits are dnsward's to set: a socket that sets them itself (SO_MARK)");
+    o.note("# sends nothing on guarded ports.");
+    o.rule(fmt::format("tcp dport {} socket mark & 0x{:08x} != 0 counter drop", ports, m.mask()));
+  }
   if (c.queue_backend == QueueBackend::Nft) {
     o.note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
     o.note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes.");

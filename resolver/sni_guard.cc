@@ -233,7 +233,9 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     // TLS or HTTP client sends it, and before a verdict it would make the bytes judged differ
     // from those read (the first review's polyglot; the fuzz oracle found the bare ACK).
     const auto it = flows_.find(k);
-    if (it != flows_.end() && it->second.decided && it->second.verdict == GuardVerdict::Allow) {
+    // (A SYN starts another connection on these ports: never the old one's verdict; found
+    // by the fuzz target.)
+    if (it != flows_.end() && it->second.decided && it->second.verdict == GuardVerdict::Allow && !t.syn) {
       give(id, mark, GuardVerdict::Allow);  // after the flight: the application's business
       return;
     }
@@ -242,6 +244,8 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
       decide(k, it->second, GuardVerdict::Reject, Reason::urgent, "");
       return;
     }
+    // Waiting for confirmation: the connection is rejected (reset by the ruleset), and stays so.
+    if (it != flows_.end() && it->second.confirming) end_confirming(k, it->second, GuardVerdict::Reject);
     count(Reason::urgent);
     reject_log(k, Reason::urgent, "");
     give(id, mark, t.syn ? GuardVerdict::Drop : GuardVerdict::Reject);
@@ -647,19 +651,23 @@ void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t
   }
   // Either way the judged bytes are no longer needed: the server answered, so it read
   // them and nothing resent can change them now; or the connection is rejected.
-  held_bytes_ -= f.bytes.size();
-  f.bytes = {};
-  f.have = {};
-  f.confirming = false;
-  f.verdict = bad ? GuardVerdict::Reject : GuardVerdict::Allow;
-  f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
-  decided_expiry_.emplace_back(f.deadline_ms, k);
-  arm();
+  end_confirming(k, f, bad ? GuardVerdict::Reject : GuardVerdict::Allow);
   if (bad) {
     count(Reason::conflict);
     reject_log(k, Reason::conflict, "");
   }
   give(id, mark, f.verdict);
+}
+
+void SniGuard::end_confirming(const Key& k, Flow& f, GuardVerdict v) {
+  held_bytes_ -= f.bytes.size();
+  f.bytes = {};
+  f.have = {};
+  f.confirming = false;
+  f.verdict = v;
+  f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
+  decided_expiry_.emplace_back(f.deadline_ms, k);
+  arm();
 }
 
 bool SniGuard::make_room(std::size_t need, const Key& keep) {

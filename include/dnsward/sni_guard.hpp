@@ -255,6 +255,8 @@ class SniGuard {
   void watch(const Key& k, Flow& f, const Judged& j);
   /// A packet of an allowed connection not confirmed yet (f.confirming).
   void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
+  /// Ends the wait for confirmation with v (Allow: confirmed; Reject): the judged bytes go.
+  void end_confirming(const Key& k, Flow& f, GuardVerdict v);
   /// Frees room for need more held bytes by forgetting the connections waiting longest for
   /// confirmation (their next data is reset, as with state lost); false if it cannot.
   bool make_room(std::size_t need, const Key& keep);

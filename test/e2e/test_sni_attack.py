@@ -402,3 +402,24 @@ class LostPastTheGuard(unittest.TestCase):
         self.assertFalse(out.startswith("hello"), out)
         self.assertTrue(out.startswith("error"), out)
         self.assertEqual(len(g.events("first-flight-rejected", reason="conflict", addr=FAR)), before + 1)
+
+
+class MarkedSocket(unittest.TestCase):
+    def test_a_socket_marked_with_the_allowed_bit_sends_nothing_on_guarded_ports(self):
+        """The third review: SO_MARK needs only CAP_NET_RAW (Linux 5.17+); a socket marked
+        with the guard's allowed bit would pass as judged. The ruleset drops its packets."""
+        script = ("import socket, ssl\n"
+                  "s = socket.socket()\n"
+                  "s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x00400000)\n"
+                  "s.settimeout(3)\n"
+                  "try:\n"
+                  f"    s.connect(('{g.SHARED}', 443))\n"
+                  "    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+                  "    t = ctx.wrap_socket(s, server_hostname='other.test')\n"
+                  "    t.sendall(b'GET / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n')\n"
+                  "    print(t.recv(4096).decode(errors='replace').strip().splitlines()[-1])\n"
+                  "except OSError as e:\n"
+                  "    print('error', type(e).__name__)\n")
+        r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", "-c", script, check=False, timeout=30)
+        out = (r.stdout + r.stderr).strip()
+        self.assertEqual(out, "error TimeoutError", out)  # the SYN itself never leaves

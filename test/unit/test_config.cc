@@ -1046,7 +1046,12 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only unjudged original
   CHECK(nft.find("ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip6 daddr @allowed6 counter drop") != std::string::npos);
   CHECK(nft.find("udp dport { 443 } ip daddr @allowed4 counter reject") != std::string::npos);
   CHECK(nft.find("ct state invalid,untracked counter drop") != std::string::npos);
+  // A socket's own mark with a verdict bit (SO_MARK): dropped before any mark rule reads it.
+  const auto sock = nft.find("tcp dport { 443, 80 } socket mark & 0x00e00000 != 0 counter drop");
+  CHECK(sock != std::string::npos);
+  CHECK(sock < nft.find("meta mark & 0x00c00000 == 0x00400000 ct mark set"));
   const auto [xt_nft, xc] = rules({"--sni-guard", "--queue-backend", "xt"});
+  CHECK(xt_nft.find("socket mark & 0x00e00000 != 0 counter drop") != std::string::npos);
   CHECK(xt_nft.find(" queue num") == std::string::npos);  // the queue is iptables'
   for (const int af : {AF_INET, AF_INET6}) {
     const std::string xt = render_xt_rules(xc, af);

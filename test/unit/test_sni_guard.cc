@@ -1004,6 +1004,47 @@ TEST_CASE("a packet that acknowledges the server's data but rewrites bytes judge
   CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
 }
 
+TEST_CASE("urgent data on a connection waiting for confirmation rejects it for good") {
+  World w;
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+  s.payload.assign(req.begin(), req.end());
+  w.send(s);
+  Seg ack = s;
+  ack.seq += uint32_t(s.payload.size());
+  ack.payload.clear();
+  Bytes p = packet(ack);  // a bare ACK with an urgent pointer (found by the fuzz target)
+  p[20 + 13] |= 0x20;
+  p[20 + 19] = 5;
+  w.guard->on_packet(77, 0, p.data(), p.size(), true);
+  CHECK(w.out.given.back() == Given{77, GuardVerdict::Reject, kSeen | kRejected});
+  Seg more = s;  // the server's answer acknowledged: still rejected
+  more.seq += uint32_t(s.payload.size());
+  more.payload = {'x'};
+  more.ack = kAnswered;
+  w.send(more);
+  CHECK(w.out.given.back().v == GuardVerdict::Reject);
+}
+
+TEST_CASE("an urgent SYN on the ports of an allowed connection is dropped, never given its verdict") {
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  Seg syn;  // another connection on the same ports (found by the fuzz target)
+  syn.syn = true;
+  syn.seq = 4999;
+  Bytes p = packet(syn);
+  p[20 + 13] |= 0x20;  // URG
+  w.guard->on_packet(66, 0, p.data(), p.size(), true);
+  CHECK(w.out.given.back() == Given{66, GuardVerdict::Drop, 0});
+}
+
 TEST_CASE("an allowed connection never confirmed is forgotten at the deadline; its next data is reset") {
   World w;
   Seg s;
