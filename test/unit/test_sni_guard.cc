@@ -900,17 +900,25 @@ TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed, not watched for
   CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
+namespace {
+const std::string kGet = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
+/// A plain HTTP connection of w, handshake done, with kGet as its payload (not sent).
+Seg http_get(World& w) {
+  Seg s;
+  s.dport = 80;
+  w.handshake(s);
+  s.payload.assign(kGet.begin(), kGet.end());
+  return s;
+}
+}  // namespace
+
 // The third review: the guard's verdict must hold for what the server reads, though the
 // judged packets may be lost past the guard (an IP TTL of 1 drops them at the next router)
 // and the client's kernel resends from a buffer a zero-copy send or sendfile() lets it
 // rewrite. Until the server answered, an allowed connection stays watched.
 TEST_CASE("an allowed flight resent with other bytes before the server answered is rejected; resent the same, it passes") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   const uint32_t first = w.send(s);
   CHECK(w.out.given == std::vector<Given>{{first, GuardVerdict::Watch, kWatch}});
   const uint32_t same = w.send(s);  // lost past the guard, resent
@@ -922,7 +930,7 @@ TEST_CASE("an allowed flight resent with other bytes before the server answered 
   CHECK(w.out.given.back().v == GuardVerdict::Watch);
   Seg rewritten = s;
   const std::string other = "GET / HTTP/1.1\r\nHost: pirate.example\r\n\r\n";  // same length
-  REQUIRE(other.size() == req.size());
+  REQUIRE(other.size() == kGet.size());
   rewritten.payload.assign(other.begin(), other.end());
   const uint32_t bad = w.send(rewritten);
   CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
@@ -943,11 +951,7 @@ TEST_CASE("an allowed flight resent with other bytes before the server answered 
 
 TEST_CASE("a SYN of the same handshake on a connection waiting for confirmation keeps what a resend must repeat") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   w.send(s);
   Seg syn;
   syn.dport = 80;
@@ -964,11 +968,7 @@ TEST_CASE("a SYN of the same handshake on a connection waiting for confirmation 
 
 TEST_CASE("an allowed connection is confirmed by a packet acknowledging the server's data, then allowed for good") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   w.send(s);
   // Bytes past those judged are the client's own, watched until then.
   Seg more = s;
@@ -990,11 +990,7 @@ TEST_CASE("an allowed connection is confirmed by a packet acknowledging the serv
 
 TEST_CASE("a packet that acknowledges the server's data but rewrites bytes judged is rejected, not allowed") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   w.send(s);
   Seg rewritten = s;  // found by the fuzz target's oracle
   const std::string other = "PUT / HTTP/1.1\r\nHost: python.example\r\n\r\nx";
@@ -1006,11 +1002,7 @@ TEST_CASE("a packet that acknowledges the server's data but rewrites bytes judge
 
 TEST_CASE("urgent data on a connection waiting for confirmation rejects it for good") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   w.send(s);
   Seg ack = s;
   ack.seq += uint32_t(s.payload.size());
@@ -1047,11 +1039,7 @@ TEST_CASE("an urgent SYN on the ports of an allowed connection is dropped, never
 
 TEST_CASE("an allowed connection never confirmed is forgotten at the deadline; its next data is reset") {
   World w;
-  Seg s;
-  s.dport = 80;
-  w.handshake(s);
-  const std::string req = "GET / HTTP/1.1\r\nHost: python.example\r\n\r\n";
-  s.payload.assign(req.begin(), req.end());
+  Seg s = http_get(w);
   w.send(s);
   CHECK(w.guard->flows() == 1);
   w.timers.advance(kConfirmWindowMs - 1);
