@@ -90,11 +90,12 @@ meta.allowed.test
 #   RULESET: what `dnsward nft-rules` needs (the README lists it; the in-guest check proves
 #        that this list is enough).
 #   LATER: what the host-mode and SNI issues use (queue verdicts, conntrack over netlink,
-#        redirection), loaded so that the guest shows they load on 6.1.
+#        redirection, the guard's `socket mark`), loaded so that the guest shows they load
+#        on 6.1.
 NET = ["virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay", "veth", "tun"]
 RULESET = ["nf_tables", "nft_ct", "nft_reject_inet", "nft_log", "nf_log_syslog"]
 LATER = ["nft_queue", "nfnetlink_queue", "nf_conntrack_netlink", "nft_redir", "nft_nat",
-         "nft_chain_nat"]
+         "nft_chain_nat", "nft_socket"]
 # Loaded late by the in-guest check, to show that serve notices a ruleset that failed to load.
 LOG_MODULES = ["nft_log", "nf_log_syslog"]
 
