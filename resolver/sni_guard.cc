@@ -369,10 +369,11 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   Flow& f = it->second;
   if (t.ack && !f.have_ack0) {
-    f.ack0 = t.ack_seq;
+    f.ack0 = f.ack_max = t.ack_seq;
     f.have_ack0 = true;
   } else if (t.ack && f.have_ack0 && int32_t(t.ack_seq - f.ack0) > 0) {
     f.answered = true;  // the client acknowledges data the server sent (RFC 9293 3.4)
+    if (int32_t(t.ack_seq - f.ack_max) > 0) f.ack_max = t.ack_seq;
   }
   if (f.decided) {
     if (f.confirming) on_confirming(k, f, t, id, mark);
@@ -428,6 +429,7 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   const Judged j = contiguous == 0  ? Judged{}
                    : f.watching     ? judge_next(k, f, contiguous, last_segment)
                                     : judge(k, f.bytes.data(), contiguous, last_segment);
+  if (j.second_hello) rebase_answer(f);
   if (j.verdict == GuardVerdict::Watch) {
     watch(k, f, j);
     return;
@@ -460,6 +462,7 @@ void SniGuard::watch(const Key& k, Flow& f, const Judged& j) {
   // The next flight may have begun in the segments already here.
   const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
   const Judged n = judge_next(k, f, contiguous, false);
+  if (n.second_hello) rebase_answer(f);
   if (n.verdict != GuardVerdict::Pass) {
     decide(k, f, n.verdict, n.why, n.name);
     return;
@@ -587,6 +590,7 @@ SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bo
     if (r.trailing > 0) return reject(Reason::malformed);
     if (r.sni != f.sni || !names_.bound(set_key(k), r.sni, timers_.now_ms())) return reject(Reason::mismatch);
     j.verdict = GuardVerdict::Allow;
+    j.second_hello = true;
     return j;
   }
 }
@@ -657,6 +661,14 @@ void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t
     reject_log(k, Reason::conflict, "");
   }
   give(id, mark, f.verdict);
+}
+
+void SniGuard::rebase_answer(Flow& f) {
+  // The server's data so far was its HelloRetryRequest, an answer to the first ClientHello:
+  // the second one is confirmed only by an acknowledgment of data sent after it (the
+  // fourth review: lost past the guard and resent rewritten, it named another server).
+  f.ack0 = f.ack_max;
+  f.answered = false;
 }
 
 void SniGuard::end_confirming(const Key& k, Flow& f, GuardVerdict v) {

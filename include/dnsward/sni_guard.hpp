@@ -215,7 +215,7 @@ class SniGuard {
     /// The client's acknowledgment number on its first data (the server's ISN + 1 while the
     /// server has sent nothing), and whether a later packet acknowledged more: the server
     /// answered, so it read the flight judged.
-    uint32_t ack0 = 0;
+    uint32_t ack0 = 0, ack_max = 0;  ///< ack_max: the highest acknowledgment seen
     bool have_ack0 = false, answered = false;
     /// Allowed, not yet confirmed: the packets judged went on, but the server may never
     /// have received them (dropped past the guard: a TTL of 1, congestion), and what the
@@ -237,6 +237,7 @@ class SniGuard {
     Reason why = Reason::none;
     std::string name;
     std::size_t hello_end = 0;  ///< Watch: where the ClientHello's records end
+    bool second_hello = false;  ///< Allow of a second ClientHello (after a HelloRetryRequest)
   };
 
   /// Why a flight that a parser did not find whole and well-formed is rejected.
@@ -257,6 +258,8 @@ class SniGuard {
   void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
   /// Ends the wait for confirmation with v (Allow: confirmed; Reject): the judged bytes go.
   void end_confirming(const Key& k, Flow& f, GuardVerdict v);
+  /// A second ClientHello was judged: only data the server sends after it confirms it.
+  static void rebase_answer(Flow& f);
   /// Frees room for need more held bytes by forgetting the connections waiting longest for
   /// confirmation (their next data is reset, as with state lost); false if it cannot.
   bool make_room(std::size_t need, const Key& keep);

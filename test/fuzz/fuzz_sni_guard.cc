@@ -58,6 +58,7 @@ struct Sent {
   bool syn = false, urg = false;
   uint32_t seq = 0;
   uint32_t ack = kServerIsn + 1;  ///< the client's acknowledgment number
+  bool new_epoch = false;  ///< a SYN sent after the last connection ended
   std::vector<uint8_t> payload;
 };
 
@@ -67,6 +68,9 @@ class Oracle : public VerdictPort {
     require(id < sent.size());
     require(given.insert(id).second);  // one verdict per packet
     const Sent& s = sent[id];
+    // A SYN that is not dropped after the last connection ended starts another: what was
+    // delivered on that one is not this one's stream.
+    if (s.syn && s.new_epoch && v != GuardVerdict::Drop) new_stream();
     if (!s.payload.empty()) require(v != GuardVerdict::Pass);
     if (v == GuardVerdict::Reject) ended = true;  // the ruleset resets the connection
     if (v == GuardVerdict::Drop || v == GuardVerdict::Reject) return;
@@ -152,8 +156,7 @@ class Oracle : public VerdictPort {
   std::vector<std::pair<uint32_t, uint8_t>> delivered;
   /// A new connection on the same ports (a SYN after a reset or a final verdict): what was
   /// delivered on the last one is not this one's stream.
-  void syn_sent() {
-    if (!ended) return;
+  void new_stream() {
     delivered.clear();
     ended = allowed = checked = urgent_delivered = fresh = after_allow = false;
   }
@@ -223,7 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
         case 0:  // a SYN
           s.syn = true;
           s.seq = kIsn;
-          oracle.syn_sent();
+          s.new_epoch = oracle.ended || guard.flows() == 0;  // (forgotten at a deadline)
           break;
         case 1:  // time passes
           clock.advance(uint64_t(tag) * 100);
@@ -241,7 +244,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
           i += 4;
           len = std::min(len, size - i);
           s.syn = tag % 5 == 4 && (tag & 0x80);
-          if (s.syn) oracle.syn_sent();
+          s.new_epoch = s.syn && (oracle.ended || guard.flows() == 0);
           s.urg = tag & 0x40;
           if (tag & 0x20) s.ack = kServerIsn + 1 + 500;  // sent after the server answered
           s.seq = s.syn ? kIsn : kIsn + 1 + off - 256;

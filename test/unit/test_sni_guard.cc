@@ -808,15 +808,34 @@ TEST_CASE("after a HelloRetryRequest a second ClientHello naming another name is
   CHECK(w.guard->counts().allowed == 0);
 }
 
-TEST_CASE("a second ClientHello repeating the first one's name is allowed") {
+TEST_CASE("a second ClientHello repeating the first one's name is allowed, confirmed only by an answer to it") {
   World w;
   Seg s;
   s.seq = watched(w, s);
-  s.payload = cat(ccs(), tls13_hello("allowed.example"));
-  s.ack = kAnswered;  // after the server's HelloRetryRequest
+  const Bytes second = cat(ccs(), tls13_hello("allowed.example"));
+  s.payload = second;
+  s.ack = kAnswered;  // after the server's HelloRetryRequest, which answered the first one
   const uint32_t id = w.send(s);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Allow, kSeen | kAllowed}});
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
   CHECK(w.guard->counts().allowed == 1);
+  // Lost past the guard and resent rewritten (the fourth review): rejected, though the
+  // HelloRetryRequest was acknowledged already.
+  World w2;
+  Seg t;
+  t.seq = watched(w2, t);
+  t.payload = second;
+  t.ack = kAnswered;
+  w2.send(t);
+  Seg rewritten = t;
+  rewritten.payload = cat(ccs(), tls13_hello("allowed.exampl0"));
+  const uint32_t bad = w2.send(rewritten);
+  CHECK(w2.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+  // The client's Finished, after the server's ServerHello: confirmed.
+  s.seq += uint32_t(second.size());
+  s.payload = record(23, 53);
+  s.ack = kAnswered + 200;
+  const uint32_t fin = w.send(s);
+  CHECK(w.out.given.back() == Given{fin, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
 TEST_CASE("a change_cipher_spec sent alone passes watched; the second ClientHello after it is still judged") {
