@@ -226,11 +226,9 @@ int serve(const std::vector<std::string>& args) {
         // The xt queue is iptables-nft's, outside the ruleset serve judges by its marks:
         // without it nothing is queued and the backstop holds every guarded connection.
         const std::string hook = cfg.host ? "FORWARD" : "OUTPUT";
-        for (const auto& [family, tool] : {std::pair{uint8_t(NFPROTO_IPV4), "iptables"},
-                                           std::pair{uint8_t(NFPROTO_IPV6), "ip6tables"}}) {
-          if ((family == NFPROTO_IPV4 && cfg.nft_family == NftFamily::Ip6) ||
-              (family == NFPROTO_IPV6 && cfg.nft_family == NftFamily::Ip))
-            continue;
+        for (const auto& [af, family, tool] : {std::tuple{AF_INET, uint8_t(NFPROTO_IPV4), "iptables"},
+                                               std::tuple{AF_INET6, uint8_t(NFPROTO_IPV6), "ip6tables"}}) {
+          if (!sees(cfg.nft_family, af)) continue;
           std::vector<XtRuleSeen> rules;
           std::string err;
           const std::string why =

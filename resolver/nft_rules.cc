@@ -16,6 +16,11 @@
 #include "dnsward/ruleset_check.hpp"
 
 namespace dnsward {
+
+bool sees(NftFamily f, int af) {
+  return f == NftFamily::Inet || (f == NftFamily::Ip ? af == AF_INET : af == AF_INET6);
+}
+
 namespace {
 
 std::string ip_of(const Endpoint& e) {
@@ -30,11 +35,6 @@ std::string ip_of(const Endpoint& e) {
 const char* nfproto(const Endpoint& e) { return e.family() == AF_INET ? "ip" : "ip6"; }
 
 bool is_v6_cidr(const std::string& cidr) { return cidr.find(':') != std::string::npos; }
-
-/// Whether a table of this family sees traffic of the address family (AF_INET/AF_INET6).
-bool sees(NftFamily f, int af) {
-  return f == NftFamily::Inet || (f == NftFamily::Ip ? af == AF_INET : af == AF_INET6);
-}
 
 /// A line of a table as printed: its indent, its text and its kind. The ruleset's id is the
 /// hash of the lines that are neither notes nor marks, so it names the whole text nft loads

@@ -26,6 +26,8 @@ inline constexpr const char* kSandboxSet6 = "sandboxes6";
 
 /// The ruleset for c's nft group, listen addresses, upstreams, user and --allow CIDRs, as
 /// `nft -f` reads it; with c.host the host ruleset (render_host_rules). Pure.
+/// Whether a table of this family sees traffic of the address family (AF_INET/AF_INET6).
+bool sees(NftFamily f, int af);
 std::string render_nft_rules(const ServeConfig& c);
 
 /// The first-flight guard's queue for --queue-backend xt, as iptables-restore reads it (af
