@@ -419,14 +419,17 @@ std::string render_nft_rules(const ServeConfig& c) {
   } else {
     // ports= (issue 13): with the guard, a vouched address is open on the guarded ports only,
     // where the rules above judged the first flight; other ports only as (address . protocol
-    // . port) elements of entries that name them. These come after the guard's rules, so a
-    // port element never opens a guarded port unjudged.
+    // . port) elements of entries that name them. These come after the guard's rules, whose
+    // queue matches only addresses in the address set: so the port element's rule wants its
+    // address there too, or a port element outliving its address (each key is refreshed on
+    // its own) would open a guarded port unjudged (a review of the vouch path).
     note("# The holes dnsward punched, one per answered address: on the guarded ports only");
     note("# (judged above), and on the ports an entry names (ports=), one element per port.");
     for (const auto& [yes, set, proto] : {std::tuple{v4, &c.nft_set4, "ip"}, std::tuple{v6, &c.nft_set6, "ip6"}}) {
       if (!yes) continue;
       rule(fmt::format("{} daddr @{} tcp dport {} accept", proto, *set, port_set(c)));
-      rule(fmt::format("{} daddr . meta l4proto . th dport @{} accept", proto, ports_set_name(*set)));
+      rule(fmt::format("{0} daddr @{1} {0} daddr . meta l4proto . th dport @{2} accept", proto, *set,
+                       ports_set_name(*set)));
     }
   }
   if (!c.nft_allow.empty()) {
@@ -651,7 +654,8 @@ std::string render_host_rules(const ServeConfig& c) {
     for (const char* f : {"ip", "ip6"}) {
       const std::string& set = f[2] ? c.nft_set6 : c.nft_set4;
       rule(fmt::format("{0} saddr . {0} daddr @{1} tcp dport {2} accept", f, set, port_set(c)));
-      rule(fmt::format("{0} saddr . {0} daddr . meta l4proto . th dport @{1} accept", f, ports_set_name(set)));
+      rule(fmt::format("{0} saddr . {0} daddr @{1} {0} saddr . {0} daddr . meta l4proto . th dport @{2} accept", f,
+                       set, ports_set_name(set)));
     }
   }
   note("# Everything else: counted, logged, and rejected so that clients fail fast.");

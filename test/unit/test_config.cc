@@ -1099,10 +1099,10 @@ TEST_CASE("nft-rules --sni-guard opens a vouched address on the guarded ports an
   CHECK_FALSE(has_rule(gl, "ip6 daddr @allowed6 accept"));
   CHECK(has_rule(gl, "ip daddr @allowed4 tcp dport { 443, 80 } accept"));
   CHECK(has_rule(gl, "ip6 daddr @allowed6 tcp dport { 443, 80 } accept"));
-  CHECK(has_rule(gl, "ip daddr . meta l4proto . th dport @allowed4_ports accept"));
-  CHECK(has_rule(gl, "ip6 daddr . meta l4proto . th dport @allowed6_ports accept"));
+  CHECK(has_rule(gl, "ip daddr @allowed4 ip daddr . meta l4proto . th dport @allowed4_ports accept"));
+  CHECK(has_rule(gl, "ip6 daddr @allowed6 ip6 daddr . meta l4proto . th dport @allowed6_ports accept"));
   // After the guard's rules: a port element never opens a guarded port (nor QUIC) unjudged.
-  const std::size_t ports4 = index_of(gl, "ip daddr . meta l4proto . th dport @allowed4_ports accept");
+  const std::size_t ports4 = index_of(gl, "ip daddr @allowed4 ip daddr . meta l4proto . th dport @allowed4_ports accept");
   CHECK(index_of(gl, "udp dport { 443 } ip daddr @allowed4 counter reject") < ports4);
   CHECK(index_of(gl, "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000 counter log "
                      "prefix \"dnsward-sni-reject: \" reject with tcp reset") < ports4);
@@ -1114,7 +1114,7 @@ TEST_CASE("nft-rules --sni-guard opens a vouched address on the guarded ports an
   const auto ol = chain_lines(rendered({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--nft-family",
                                         "ip", "--nft-set4", "v4"}));
   CHECK(has_rule(ol, "ip daddr @v4 tcp dport { 8443, 8080 } accept"));
-  CHECK(has_rule(ol, "ip daddr . meta l4proto . th dport @v4_ports accept"));
+  CHECK(has_rule(ol, "ip daddr @v4 ip daddr . meta l4proto . th dport @v4_ports accept"));
   const std::string ip_only = rendered({"--sni-guard", "--nft-family", "ip"});
   CHECK(ip_only.find("allowed6_ports") == std::string::npos);
 

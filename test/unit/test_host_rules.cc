@@ -754,9 +754,9 @@ TEST_CASE("host ruleset with the guard (ports=): port sets keyed by guest, and p
   CHECK(at("ip6 saddr . ip6 daddr @allowed6 accept") == n);
   const auto est = at("ct direction original ct state established,related accept");
   const auto v4 = at("ip saddr . ip daddr @allowed4 tcp dport { 443, 80 } accept");
-  const auto p4 = at("ip saddr . ip daddr . meta l4proto . th dport @allowed4_ports accept");
+  const auto p4 = at("ip saddr . ip daddr @allowed4 ip saddr . ip daddr . meta l4proto . th dport @allowed4_ports accept");
   const auto v6 = at("ip6 saddr . ip6 daddr @allowed6 tcp dport { 443, 80 } accept");
-  const auto p6 = at("ip6 saddr . ip6 daddr . meta l4proto . th dport @allowed6_ports accept");
+  const auto p6 = at("ip6 saddr . ip6 daddr @allowed6 ip6 saddr . ip6 daddr . meta l4proto . th dport @allowed6_ports accept");
   CHECK(est < v4);
   CHECK(v4 < n);
   CHECK(p4 < n);
