@@ -34,10 +34,13 @@ RUNS = int(os.environ.get("RUNS", "3"))
 ELEMENTS = int(os.environ.get("ELEMENTS", "500"))
 NAMES = 32  # per element: the default --max-names-per-element
 
-# The bare front end on 8443: reads the first bytes, answers one byte, reads the client's
-# next flight, answers another, closes.
+# The bare front end on 8443: reads the first bytes, answers with a TLS 1.3 ServerHello
+# record (canned: the guard reads the server's first record, which says that no second
+# ClientHello comes, RFC 8446 4.1.4), reads the client's next flight, answers a byte, closes.
 BARE = r"""
 import socket, threading
+body = bytes([3, 3]) + bytes(range(0x40, 0x60)) + bytes([32]) + bytes(range(0xa0, 0xc0)) + bytes([0x13, 1, 0, 0, 6, 0, 43, 0, 2, 3, 4])
+SH = bytes([22, 3, 3]) + (len(body) + 4).to_bytes(2, "big") + bytes([2]) + len(body).to_bytes(3, "big") + body
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8443))
@@ -47,7 +50,7 @@ def one(c):
     try:
         c.settimeout(5)
         if c.recv(65536):
-            c.sendall(b"x")
+            c.sendall(SH)
             if c.recv(65536):
                 c.sendall(b"y")
     except OSError:
@@ -60,10 +63,10 @@ while True:
 """
 
 # In the vm: N connections one after another, each sending the canned ClientHello (TLS 1.3),
-# waiting for the answer, then sending a next flight as a TLS 1.3 client does (an
-# application_data record the size of an encrypted Finished: the guard watches a TLS 1.3
-# connection until it, RFC 8446 4.1.4) and waiting for the second answer; prints each setup
-# latency (connect() to the first answer) in microseconds (0: failed).
+# waiting for the ServerHello, then sending a next flight as a TLS 1.3 client does (an
+# application_data record the size of an encrypted Finished) and waiting for the second
+# answer; prints each setup latency (connect() to the first answer) in microseconds (0:
+# failed).
 CLIENT = r"""
 import socket, sys, time
 addr, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -76,7 +79,7 @@ for _ in range(n):
     try:
         s.connect((addr, 8443))
         s.sendall(hello)
-        ok = s.recv(1) == b"x"
+        ok = s.recv(1) == bytes([22])
         t1 = time.perf_counter_ns()
         s.sendall(bytes([23, 3, 3, 0, 53]) + bytes(53))
         ok = ok and s.recv(1) == b"y"

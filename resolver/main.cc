@@ -224,15 +224,16 @@ int serve(const std::vector<std::string>& args) {
       }
       if (cfg.queue_backend == QueueBackend::Xt) {
         // The xt queue is iptables-nft's, outside the ruleset serve judges by its marks:
-        // without it nothing is queued and the backstop holds every guarded connection.
-        const std::string hook = cfg.host ? "FORWARD" : "OUTPUT";
+        // without it nothing is queued and the backstop holds every guarded connection; and
+        // without the reply jump the server's packets, which confirm a verdict, never come.
+        const std::vector<XtJump> jumps = xt_guard_jumps(cfg);
         for (const auto& [af, family, tool] : {std::tuple{AF_INET, uint8_t(NFPROTO_IPV4), "iptables"},
                                                std::tuple{AF_INET6, uint8_t(NFPROTO_IPV6), "ip6tables"}}) {
           if (!sees(cfg.nft_family, af)) continue;
           std::vector<XtRuleSeen> rules;
           std::string err;
           const std::string why =
-              read_xt_mangle(family, rules, err) ? judge_xt_queue(rules, hook, uint16_t(cfg.queue_num)) : err;
+              read_xt_mangle(family, rules, err) ? judge_xt_queue(rules, jumps, uint16_t(cfg.queue_num)) : err;
           if (!why.empty()) {
             std::fprintf(stderr,
                          "dnsward: --queue-backend xt: the guard's queue is not loaded (%s mangle: %s); load "

@@ -49,9 +49,10 @@ struct Out {
 /// The table's lines printed after the preamble, each Mark line (a chain's comment) and
 /// each Rule line marked once the id and the rule counts are known, as `dnsward serve`
 /// reads them back (ruleset_check.hpp). A Mark opens a chain: the rules after it, up to the
-/// next Mark, are that chain's. With host, marks also name their chain's place (k of m).
-/// With guard (--sni-guard), the chain that holds the guard's rules says so (guard=on): the
-/// one chain in-guest, the forward chain in host mode.
+/// next Mark, are that chain's. With more than one chain (host mode; in-guest with
+/// --sni-guard), marks also name their chain's place (k of m). With guard (--sni-guard),
+/// the chains that hold the guard's rules say so (guard=on): both in-guest (output and
+/// input), the forward chain in host mode.
 std::string print_marked(std::string r, const std::vector<Out>& table, bool host, bool guard = false) {
   std::vector<std::string> hashed;
   std::vector<std::size_t> rules;  // per chain, in order
@@ -62,6 +63,7 @@ std::string print_marked(std::string r, const std::vector<Out>& table, bool host
   }
   const uint64_t id = ruleset_id(hashed);
   const std::size_t chains = rules.size();
+  const bool places = host || chains > 1;
   std::size_t k = 0, i = 0;  // the chain being printed (k - 1), the next rule in it
   for (const Out& o : table) {
     const std::string tabs(std::size_t(o.indent), '\t');
@@ -70,15 +72,15 @@ std::string print_marked(std::string r, const std::vector<Out>& table, bool host
       case Kind::Note: r += o.text.empty() ? "\n" : tabs + o.text + "\n"; break;
       case Kind::Mark:
         r += fmt::format("{}comment \"{}\"\n", tabs,
-                         host ? ruleset_chain_comment(id, rules[k], k, chains, guard && k == kHostChainForward)
-                              : ruleset_chain_comment(id, rules[k], guard));
+                         places ? ruleset_chain_comment(id, rules[k], k, chains, guard && (!host || k == kHostChainForward))
+                                : ruleset_chain_comment(id, rules[k], guard));
         ++k;
         i = 0;
         break;
       case Kind::Rule: {
         const std::size_t n = rules[k - 1];
         r += fmt::format("{}{} comment \"{}\"\n", tabs, o.text,
-                         host ? ruleset_rule_comment(id, i, n, k - 1, chains) : ruleset_rule_comment(id, i, n));
+                         places ? ruleset_rule_comment(id, i, n, k - 1, chains) : ruleset_rule_comment(id, i, n));
         ++i;
         break;
       }
@@ -218,24 +220,44 @@ std::string tls_port_set(const ServeConfig& c) { return port_list(port_numbers(c
 }  // namespace
 
 namespace {
-/// Where render_guard_rules() writes, and how the chain it writes into names a vouched
+/// Where render_guard_rules() writes, and how the chains it writes into name a vouched
 /// destination: `ip daddr @set` in-guest, `ip saddr . ip daddr @set` (guest . destination)
-/// in host mode, whose rejected connections' log lines are rate-limited.
+/// in host mode, whose rejected connections' log lines are rate-limited. The client's
+/// packets go to note/rule; the server's (the reply direction) to reply_note/reply_rule:
+/// in-guest the input chain (the output hook never sees them), in host mode the head of the
+/// forward chain (the host's own traffic, replies from the uplink included, returns after it).
 struct GuardRuleOut {
   std::function<void(std::string)> note, rule;
   std::function<void(const std::string& match)> reset;  ///< the logged reset of what matches
   std::function<std::string(const char* proto, const std::string& set)> vouched;
+  std::function<void(std::string)> reply_note, reply_rule;
+  /// A reply from a vouched destination: `ip saddr @set` in-guest, `ip daddr . ip saddr
+  /// @set` in host mode (the guest is a reply's destination).
+  std::function<std::string(const char* proto, const std::string& set)> vouched_reply;
+  /// What a real server's packet matches and a forged one does not: in-guest `iif != "lo"`,
+  /// in host mode `iifname != <--sandbox-ifaces>`.
+  std::string outside;
   std::vector<std::pair<const char*, const std::string*>> families;  ///< ("ip", &set4), ...
   bool host = false;
 };
 
-/// The first-flight guard's rules (--sni-guard), one text for the in-guest output chain and
-/// the host's forward chain.
+/// The first-flight guard's rules (--sni-guard), one text for the in-guest output and input
+/// chains and the host's forward chain.
 void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   const GuardMarks m = *guard_mark_bits(c.guard_marks);
-  const std::string ports = port_set(c), tls = tls_port_set(c);
+  const std::string ports = port_set(c), tls = tls_port_set(c), http = port_list(port_numbers(c.http_ports));
   const std::string verdicts = fmt::format("0x{:08x}", m.allowed | m.rejected);
   const char* dest = o.host ? "a destination dnsward vouched for that guest" : "a vouched address";
+  // The rules that move dnsward's verdict (the packet mark of a repeated packet) into the
+  // conntrack mark, behind `prefix`: wherever a queued packet comes back (NF_REPEAT runs
+  // its hook again), they must come first. Each side's rules take only that side's packets,
+  // the ones it queues: a packet of the other side with the bits set was marked by its
+  // sender (SO_MARK on a raw socket's forged "server" packet, whose mark crosses lo).
+  auto mark_rules = [&](const std::function<void(std::string)>& rule, const std::string& prefix) {
+    for (const uint32_t bit : {m.allowed, m.rejected})
+      rule(fmt::format("{0}meta mark & {1} == 0x{2:08x} ct mark set ct mark & 0x{3:08x} | 0x{2:08x}", prefix, verdicts,
+                       bit, ~(m.allowed | m.rejected)));
+  };
   o.note(fmt::format("# The first-flight guard (--sni-guard). A new TCP connection to {}", dest));
   o.note(fmt::format("# on a guarded port ({}) goes to dnsward (netfilter queue {}) until its first flight", ports,
                      c.queue_num));
@@ -264,9 +286,7 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
     o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
                        "0x{:08x}",
                        ports, ~(m.allowed | m.rejected)));
-    for (const uint32_t bit : {m.allowed, m.rejected})
-      o.rule(fmt::format("meta mark & {0} == 0x{1:08x} ct mark set ct mark & 0x{2:08x} | 0x{1:08x}", verdicts, bit,
-                         ~(m.allowed | m.rejected)));
+    mark_rules(o.rule, "ct direction original ");
   } else {
     o.note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this");
     o.note(fmt::format("# kernel's nftables has no queue expression): load `nft-rules{} --print iptables`.",
@@ -274,38 +294,112 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   }
   o.reset(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x}", ports, verdicts, m.rejected));
   if (c.queue_backend == QueueBackend::Nft) {
-    o.note("# Queued: the SYN (where the flight's sequence numbers start; a TCP Fast Open SYN");
-    o.note("# carries the flight itself) and packets with payload (`@ih,0,8 0-255`: the first");
-    o.note("# byte after the TCP header, which a bare ACK does not have, so it is not queued).");
+    // The client's plain SYN is not queued: the client writes its own sequence numbers (a
+    // raw socket forges them), the server's SYN-ACK acknowledges the one it took.
+    o.note("# Queued: packets with payload (`@ih,0,8 0-255`: the first byte after the TCP header,");
+    o.note("# which a bare ACK does not have, so it is not queued), a TCP Fast Open SYN's too,");
+    o.note("# which carries the flight itself. A plain SYN is not: where the flight's sequence");
+    o.note("# numbers start is what the server's SYN-ACK acknowledges (queued with its replies).");
     for (const auto& f : o.families)
-      for (const char* what : {"tcp flags syn", "@ih,0,8 0-255"})
-        o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
-                           "{} {} queue num {}",
-                           ports, verdicts, m.seen, what, o.vouched(f.first, *f.second), c.queue_num));
+      o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
+                         "@ih,0,8 0-255 {} queue num {}",
+                         ports, verdicts, m.seen, o.vouched(f.first, *f.second), c.queue_num));
   }
+  // The server's kernel takes the byte an urgent pointer points at out of the stream (without
+  // SO_OOBINLINE; RFC 9293 3.8.5 keeps urgent data for old applications), and any segment's
+  // pointer counts, a bare ACK's too, which is never queued: a raw socket's would make the
+  // server read other bytes than those judged. No TLS or HTTP client sends one.
+  o.note("# An urgent pointer on a connection not decided yet is dropped, whatever the segment:");
+  o.note("# the server would take the byte it points at out of the flight judged.");
+  o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 tcp flags urg counter drop", ports,
+                     verdicts));
   o.note("# Payload to a vouched destination on a connection not judged (not queued: the queue");
   o.note("# rule is missing, or dnsward could not read the packet) never leaves; but for a packet");
-  o.note("# marked with both verdict bits: a TLS 1.3 ClientHello that passed, on a connection");
-  o.note("# watched until the client's next flight (the server may ask for a second");
-  o.note("# ClientHello, RFC 8446 4.1.4). QUIC (HTTP/3) carries its ClientHello in encrypted");
-  o.note("# Initial packets: rejected, clients fall back to TCP, where the guard reads it.");
+  o.note("# marked with both verdict bits: a flight that passed, on a connection watched until");
+  o.note("# the server's packets show it read that flight (and, after a TLS 1.3 ClientHello,");
+  o.note("# whether it asks for a second one, RFC 8446 4.1.4). QUIC (HTTP/3) carries its");
+  o.note("# ClientHello in encrypted Initial packets: rejected, clients fall back to TCP, where");
+  o.note("# the guard reads it.");
   for (const auto& f : o.families) {
     o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
                        "{} counter drop",
                        ports, verdicts, verdicts, verdicts, o.vouched(f.first, *f.second)));
     o.rule(fmt::format("udp dport {} {} counter reject", tls, o.vouched(f.first, *f.second)));
   }
+
+  // The server's packets. The acknowledgment numbers a client sends prove nothing (a raw
+  // socket writes any); the server's show what it received: its SYN-ACK where the client's
+  // stream starts, its later packets how much of the judged flight it read, and its first
+  // record whether it asked for a second ClientHello (a HelloRetryRequest).
+  const std::string out = o.outside + " ";
+  o.reply_note("# The first-flight guard (--sni-guard): the server's packets of connections it has not");
+  o.reply_note("# decided go to dnsward too. A client's acknowledgment numbers can be forged (a raw");
+  o.reply_note("# socket); the server's show what it received: its SYN-ACK, where the client's stream");
+  o.reply_note("# starts; its later packets, how much of the judged flight it read; on TLS ports its");
+  o.reply_note("# first record, whether it asked for a second ClientHello (RFC 8446 4.1.4).");
+  if (o.host) {
+    o.reply_note(fmt::format("# Only what comes from outside ({}): a reply comes from the uplink,", o.outside));
+    o.reply_note("# never from a sandbox's tap.");
+  } else {
+    o.reply_note("# Only what comes from outside (iif != \"lo\"): a raw socket's forged \"server\" packet");
+    o.reply_note("# to this host's own address comes in on lo; the real server's never does.");
+  }
+  if (c.queue_backend == QueueBackend::Nft) {
+    // The mark rules here too, behind `outside`: queued replies come back through this
+    // hook, never on lo (in-guest) or from a tap (host); a packet on lo keeps the mark its
+    // sender gave it (SO_MARK), and only dnsward may set a verdict.
+    o.reply_note("# dnsward's verdict on a server's packet moves into the conntrack mark, as the");
+    o.reply_note(o.host ? "# client's does; never from a sandbox's packet."
+                        : "# client's does; never from a packet on lo, which keeps the mark its sender set.");
+    mark_rules(o.reply_rule, out + "ct direction reply ");
+    o.reply_note("# Queued, of a connection without a verdict: on TLS ports the SYN-ACK and packets with");
+    o.reply_note("# payload; on HTTP ports every packet, bare ACKs too (the server's ACK of the request");
+    o.reply_note("# confirms it).");
+    // config refuses a port in both --sni-ports and --http-ports (a flight is TLS or HTTP).
+    const std::string undecided =
+        fmt::format("ct direction reply ct mark & {} == 0 meta mark & 0x{:08x} == 0", verdicts, m.seen);
+    for (const auto& f : o.families) {
+      const std::string vouched = o.vouched_reply(f.first, *f.second);
+      for (const char* what : {"tcp flags syn ", "@ih,0,8 0-255 "})
+        o.reply_rule(fmt::format("{}tcp sport {} {} {}{} queue num {}", out, tls, undecided, what, vouched, c.queue_num));
+      o.reply_rule(fmt::format("{}tcp sport {} {} {} queue num {}", out, http, undecided, vouched, c.queue_num));
+    }
+  } else {
+    o.reply_note("# --queue-backend xt: the queue of the server's packets and the mark rules are");
+    o.reply_note(fmt::format("# iptables-nft's (`nft-rules{} --print iptables`, hooked into {}).",
+                             o.host ? " --host --sni-guard" : "", o.host ? "FORWARD" : "INPUT"));
+  }
+  // The verdict may come with a server's packet (its first record, say): dropped here, after
+  // its mark moved, as is everything the server sends on a rejected connection.
+  o.reply_note("# A rejected connection's server packets never reach the client (the one whose");
+  o.reply_note("# verdict rejected it included).");
+  o.reply_rule(fmt::format("{}tcp sport {} ct direction reply ct mark & {} == 0x{:08x} counter drop", out, ports,
+                           verdicts, m.rejected));
 }
 }  // namespace
+
+std::vector<XtJump> xt_guard_jumps(const ServeConfig& c) {
+  if (!c.host) return {{"OUTPUT", "", "", false}, {"INPUT", "!lo", "", true}};
+  // iptables spells nft's iifname wildcard `tap*` as `tap+` (check_iface_pattern allows
+  // '*' only last, and no '+').
+  std::string ifaces = c.sandbox_ifaces;
+  if (!ifaces.empty() && ifaces.back() == '*') ifaces.back() = '+';
+  return {{"FORWARD", ifaces, "", false}, {"FORWARD", "!" + ifaces, ifaces, true}};
+}
 
 std::string render_xt_rules(const ServeConfig& c, int af) {
   const GuardMarks m = *guard_mark_bits(c.guard_marks);
   const uint32_t verdicts = m.allowed | m.rejected;
+  auto commas = [](const std::vector<uint16_t>& ports) {
+    std::string r;
+    for (const uint16_t p : ports) r += fmt::format("{}{}", r.empty() ? "" : ",", p);
+    return r;
+  };
   std::vector<uint16_t> all = port_numbers(c.sni_ports);
   for (const uint16_t p : port_numbers(c.http_ports))
     if (std::find(all.begin(), all.end(), p) == all.end()) all.push_back(p);
-  std::string ports;
-  for (const uint16_t p : all) ports += fmt::format("{}{}", ports.empty() ? "" : ",", p);
+  const std::string ports = commas(all), tls = commas(port_numbers(c.sni_ports)),
+                    http = commas(port_numbers(c.http_ports));
   const char* tool = af == AF_INET ? "iptables" : "ip6tables";
   std::string r;
   r += fmt::format("# Generated by `dnsward nft-rules {}--sni-guard --queue-backend xt --print {}`: the\n",
@@ -315,12 +409,16 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
   r += "# and drops what this does not queue:\n";
   r += fmt::format("#   dnsward nft-rules ... --print {0} | {0}-nft-restore --noflush\n", tool);
   if (c.host) {
-    r += fmt::format("# Host mode: hooked into FORWARD for what arrives on the sandboxes' interfaces ({})\n",
+    r += fmt::format("# Host mode: hooked into FORWARD for what arrives on the sandboxes' interfaces ({}),\n",
                      c.sandbox_ifaces);
-    r += "# only. xt cannot read the vouched (guest . destination) sets: every such connection on\n";
-    r += "# a guarded port is queued, and dnsward passes those to pairs it did not vouch for.\n";
+    r += "# and for the replies that leave on them from elsewhere. xt cannot read the vouched\n";
+    r += "# (guest . destination) sets: every such connection on a guarded port is queued, and\n";
+    r += "# dnsward passes those to pairs it did not vouch for.\n";
+  } else {
+    r += "# Hooked into OUTPUT for the client's packets and into INPUT, not from lo, for the\n";
+    r += "# server's (a raw socket's forged \"server\" packet to this host comes in on lo).\n";
   }
-  r += "# The chain is replaced on each load; the jump to it is added again (harmless twice).\n";
+  r += "# The chain is replaced on each load; the jumps to it are added again (harmless twice).\n";
   r += "# NF_REPEAT runs this chain again: the first two rules move dnsward's verdict (the\n";
   r += "# packet mark) into the conntrack mark, so the connection is not queued again.\n";
   r += "*mangle\n:DNSWARD_GUARD - [0:0]\n";
@@ -333,25 +431,35 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
                    m.allowed, 0, verdicts);
   r += fmt::format("-A DNSWARD_GUARD -m mark --mark 0x{0:x}/0x{1:x} -j CONNMARK --set-xmark 0x{0:x}/0x{1:x}\n",
                    m.rejected, verdicts);
-  // The SYN (where the flight's sequence numbers start; a TCP Fast Open SYN carries the
-  // flight) and packets with payload: u32 reads the first 4 bytes after the TCP header
-  // (IPv4: past IHL*4 and doff*4; IPv6: past the fixed 40 bytes), which a bare ACK lacks, so
-  // it is not queued. A payload of 1 to 3 bytes is not queued either: the nft ruleset drops
-  // it as unjudged.
-  const char* payload = af == AF_INET ? "0>>22&0x3C@12>>26&0x3C@0&0x0=0" : "52>>26&0x3C@40&0x0=0";
-  for (const std::string what : {std::string("--tcp-flags SYN SYN"), fmt::format("-m u32 --u32 \"{}\"", payload)})
-    r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --dports {} {} -m conntrack --ctdir ORIGINAL "
-                     "-m connmark --mark 0x0/0x{:x} -m mark --mark 0x0/0x{:x} -j NFQUEUE --queue-num {}\n",
-                     ports, what, verdicts, m.seen, c.queue_num);
-  if (c.host) {
-    // iptables spells nft's iifname wildcard `tap*` as `tap+` (check_iface_pattern allows
-    // '*' only last, and no '+').
-    std::string ifaces = c.sandbox_ifaces;
-    if (!ifaces.empty() && ifaces.back() == '*') ifaces.back() = '+';
-    r += fmt::format("-I FORWARD -i {} -j DNSWARD_GUARD\nCOMMIT\n", ifaces);
-  } else {
-    r += "-I OUTPUT -j DNSWARD_GUARD\nCOMMIT\n";
+  // Of an undecided connection (no verdict bit in the conntrack mark, no judged bit on the
+  // packet), queued: the client's packets with payload, which u32 tells by the first 4 bytes
+  // after the TCP header (IPv4: past IHL*4 and doff*4; IPv6: past the fixed 40 bytes), a TCP
+  // Fast Open SYN's too, not a bare ACK's; a payload of 1 to 3 bytes is not queued either
+  // (the nft ruleset drops it as unjudged). Not the client's plain SYN: where its stream
+  // starts is what the server's SYN-ACK acknowledges (a raw socket forges the client's own
+  // numbers). The server's: on TLS ports its SYN-ACK and packets with payload; on HTTP
+  // ports every packet, its bare ACK of the request too. --ctdir keeps each side to its own.
+  const std::string undecided = fmt::format("-m connmark --mark 0x0/0x{:x} -m mark --mark 0x0/0x{:x} -j NFQUEUE "
+                                            "--queue-num {}",
+                                            verdicts, m.seen, c.queue_num);
+  const std::string payload =
+      fmt::format("-m u32 --u32 \"{}\" ", af == AF_INET ? "0>>22&0x3C@12>>26&0x3C@0&0x0=0" : "52>>26&0x3C@40&0x0=0");
+  r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --dports {} {}-m conntrack --ctdir ORIGINAL {}\n", ports,
+                   payload, undecided);
+  // config refuses a port in both --sni-ports and --http-ports (a flight is TLS or HTTP).
+  for (const std::string& what : {std::string("--tcp-flags SYN SYN "), payload})
+    r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --sports {} {}-m conntrack --ctdir REPLY {}\n", tls, what,
+                     undecided);
+  r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --sports {} -m conntrack --ctdir REPLY {}\n", http, undecided);
+  // Each hook's jump takes its side's packets only: a server in the guest (or a guest's, in
+  // host mode) on a guarded port has its clients' packets come in and its replies go out,
+  // and neither is the guard's.
+  for (const XtJump& j : xt_guard_jumps(c)) {
+    const std::string ifaces = xt_iface_options(j);
+    r += fmt::format("-I {}{}{} -m conntrack --ctdir {} -j DNSWARD_GUARD\n", j.chain, ifaces.empty() ? "" : " ",
+                     ifaces, j.reply ? "REPLY" : "ORIGINAL");
   }
+  r += "COMMIT\n";
   return r;
 }
 
@@ -369,17 +477,26 @@ std::string render_nft_rules(const ServeConfig& c) {
   auto note = [&](std::string t) { body.push_back({std::move(t), false}); };
   auto rule = [&](std::string t) { body.push_back({std::move(t), true}); };
   const std::string chain_type = "type filter hook output priority filter; policy drop;";
+  // With --sni-guard, a second chain: the server's packets, which the output hook never
+  // sees, on the input hook (policy accept: it judges the guard's replies, not ingress).
+  std::vector<Line> input;
   if (c.sni_guard) {
     std::vector<std::pair<const char*, const std::string*>> families;
     if (v4) families.emplace_back("ip", &c.nft_set4);
     if (v6) families.emplace_back("ip6", &c.nft_set6);
     render_guard_rules(c, GuardRuleOut{
-        note, rule,
-        [&](const std::string& match) {
+        .note = note,
+        .rule = rule,
+        .reset = [&](const std::string& match) {
           rule(match + " counter log prefix \"dnsward-sni-reject: \" reject with tcp reset");
         },
-        [](const char* proto, const std::string& set) { return fmt::format("{} daddr @{}", proto, set); },
-        families, false});
+        .vouched = [](const char* proto, const std::string& set) { return fmt::format("{} daddr @{}", proto, set); },
+        .reply_note = [&](std::string t) { input.push_back({std::move(t), false}); },
+        .reply_rule = [&](std::string t) { input.push_back({std::move(t), true}); },
+        .vouched_reply = [](const char* proto, const std::string& set) { return fmt::format("{} saddr @{}", proto, set); },
+        .outside = "iif != \"lo\"",
+        .families = families,
+        .host = false});
     note("");
   }
   note("# Connections opened while their address was vouched for outlive its expiry; only");
@@ -476,6 +593,15 @@ std::string render_nft_rules(const ServeConfig& c) {
   table.push_back({0, "", Kind::Note});
   for (const Line& l : body) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
   table.push_back({1, "}", Kind::Text});
+  if (c.sni_guard) {
+    table.push_back({0, "", Kind::Note});
+    table.push_back({1, fmt::format("chain {} {{", kGuestChains[kGuestChainInput].name), Kind::Text});
+    table.push_back({2, "type filter hook input priority filter; policy accept;", Kind::Text});
+    table.push_back({2, "", Kind::Mark});
+    table.push_back({0, "", Kind::Note});
+    for (const Line& l : input) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
+    table.push_back({1, "}", Kind::Text});
+  }
   table.push_back({0, "}", Kind::Text});
 
   std::string r;
@@ -483,12 +609,14 @@ std::string render_nft_rules(const ServeConfig& c) {
   r += "# Generated by `dnsward nft-rules`: default-deny egress for a sandbox whose only\n";
   r += "# resolver is dnsward. Load it before `dnsward serve` starts; loading it again\n";
   r += "# replaces it (and empties the sets: dnsward notices and vouches again).\n";
-  r += "# dnsward serve checks that the chain below is in force, by its comments: keep them.\n";
+  r += fmt::format("# dnsward serve checks that the {} in force, by {} comments: keep them.\n",
+                   c.sni_guard ? "chains below are" : "chain below is", c.sni_guard ? "their" : "its");
   if (!v6) r += "# A table of family ip sees IPv4 only: this ruleset leaves IPv6 alone.\n";
   if (!v4) r += "# A table of family ip6 sees IPv6 only: this ruleset leaves IPv4 alone.\n";
   r += fmt::format("table {} {}\ndelete table {} {}\n\n", family, c.nft_table, family, c.nft_table);
   // `dnsward serve` checks that this chain is in force by these marks (ruleset_check.hpp):
-  // the chain's comment names the ruleset and its rule count, each rule's comment its place.
+  // the chain's comment names the ruleset and its rule count, each rule's comment its place
+  // (and with --sni-guard, its chain's place among kGuestChains).
   return print_marked(std::move(r), table, false, c.sni_guard);
 }
 
@@ -516,9 +644,10 @@ std::string render_host_rules(const ServeConfig& c) {
                           "ip6 saddr { fe80::/10, :: } ip6 daddr ff02::/16 ip6 hoplimit 1";
 
   std::vector<Out> t;
+  std::vector<Out>* into = &t;  // where note() and rule() write: t, or a part printed later
   auto text = [&](int indent, std::string s) { t.push_back({indent, std::move(s), Kind::Text}); };
-  auto note = [&](std::string s) { t.push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); };
-  auto rule = [&](std::string s) { t.push_back({2, std::move(s), Kind::Rule}); };
+  auto note = [&](std::string s) { into->push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); };
+  auto rule = [&](std::string s) { into->push_back({2, std::move(s), Kind::Rule}); };
   // A logged verdict is two rules: the log line, at most 10 a second (a guest decides how
   // many packets it sends, and the host's log is not its to flood), then the counted
   // verdict. One rule cannot do both: `limit` is a match, and a packet over the limit would
@@ -536,15 +665,20 @@ std::string render_host_rules(const ServeConfig& c) {
     text(1, "}");
     t.push_back({0, "", Kind::Note});
   };
-  // Opens chain k of kHostChains: its name, its hook line, its mark, then the rule for
-  // traffic that is not the sandboxes': the host's own goes on untouched.
-  auto chain = [&](std::size_t k) {
+  // Opens chain k of kHostChains: its name, its hook line, its mark, the rules of head (the
+  // guard's for what comes back to the sandboxes), then the rule for traffic that is not the
+  // sandboxes': the host's own goes on untouched.
+  auto chain = [&](std::size_t k, const std::vector<Out>& head = {}) {
     const HostChain& h = kHostChains[k];
     static constexpr const char* kHooks[] = {"prerouting", "input", "forward"};
     text(1, fmt::format("chain {} {{", h.name));
     text(2, fmt::format("type {} hook {} priority {}; policy accept;", h.type, kHooks[h.hook], h.priority));
     t.push_back({2, "", Kind::Mark});  // the chain's comment, once the id is known
     t.push_back({0, "", Kind::Note});
+    if (!head.empty()) {
+      t.insert(t.end(), head.begin(), head.end());
+      note("");
+    }
     note("# Only traffic from the sandboxes' interfaces: the host's own is left as it is.");
     rule(fmt::format("iifname != \"{}\" return", c.sandbox_ifaces));
   };
@@ -610,22 +744,35 @@ std::string render_host_rules(const ServeConfig& c) {
   logged("", "dnsward-host-input: ", "reject with icmpx type admin-prohibited");
   end_chain(false);
 
-  chain(kHostChainForward);
+  // The guard's rules: the client's (from the sandboxes) in the forward chain's body, the
+  // server's at its head, before the host's own traffic returns (replies come from the
+  // uplink). Keyed (guest . destination): a name bound for one sandbox lets no other through.
+  std::vector<Out> guard, replies;
+  if (c.sni_guard) {
+    into = &guard;
+    render_guard_rules(c, GuardRuleOut{
+        .note = note,
+        .rule = rule,
+        .reset = [&](const std::string& match) { logged(match, "dnsward-sni-reject: ", "reject with tcp reset"); },
+        .vouched = [](const char* proto,
+                      const std::string& name) { return fmt::format("{0} saddr . {0} daddr @{1}", proto, name); },
+        .reply_note = [&](std::string s) { replies.push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); },
+        .reply_rule = [&](std::string s) { replies.push_back({2, std::move(s), Kind::Rule}); },
+        .vouched_reply = [](const char* proto,
+                            const std::string& name) { return fmt::format("{0} daddr . {0} saddr @{1}", proto, name); },
+        .outside = fmt::format("iifname != \"{}\"", c.sandbox_ifaces),
+        .families = {{"ip", &c.nft_set4}, {"ip6", &c.nft_set6}},
+        .host = true});
+    into = &t;
+  }
+  chain(kHostChainForward, replies);
   note("");
   note("# Link-local sources never leave their link (prerouting let them in for ND and MLD).");
   rule("ip6 saddr { fe80::/10, :: } counter drop");
   note("# DNS goes to dnsward only (what is left of port 53 here is of a family it does not");
   note("# listen on); DNS over TLS or QUIC (853) would resolve around it.");
   logged("meta l4proto { udp, tcp } th dport { 53, 853 }", "dnsward-host-dns-drop: ", "drop");
-  if (c.sni_guard) {
-    // Keyed (guest . destination): a name bound for one sandbox lets no other through.
-    render_guard_rules(c, GuardRuleOut{
-        note, rule, [&](const std::string& match) { logged(match, "dnsward-sni-reject: ", "reject with tcp reset"); },
-        [](const char* proto, const std::string& set) {
-          return fmt::format("{0} saddr . {0} daddr @{1}", proto, set);
-        },
-        {{"ip", &c.nft_set4}, {"ip6", &c.nft_set6}}, true});
-  }
+  t.insert(t.end(), guard.begin(), guard.end());
   if (!c.nft_allow.empty()) {
     note("# Always reachable (--allow), special-purpose or not.");
     for (const auto& a : c.nft_allow) rule(fmt::format("{} daddr {} accept", is_v6_cidr(a) ? "ip6" : "ip", a));
@@ -684,11 +831,13 @@ std::string nft_rules_help() {
          "--allow CIDRs allowed; everything else counted, logged and rejected. The options are\n"
          "those of `dnsward serve`, with the same defaults. Check it with `nft -c -f -`.\n"
          "Its chain and rules carry comments by which `dnsward serve` sees that it is in force.\n"
+         "With --sni-guard a second chain, input, queues the servers' packets (--print\n"
+         "iptables|ip6tables: the xt queue, hooked into OUTPUT and INPUT).\n"
          "With --host it prints the host's ruleset instead: for sandboxes on --sandbox-ifaces,\n"
          "sources checked against the registered (interface . address) pairs, DNS redirected\n"
          "to dnsward's --listen port, only vouched (guest . destination) pairs forwarded; with\n"
          "--sni-guard the guard's rules in its forward chain (and --print iptables|ip6tables the\n"
-         "xt queue, hooked into FORWARD for --sandbox-ifaces).\n\n"
+         "xt queue, hooked into FORWARD in on --sandbox-ifaces and out to them).\n\n"
          "Options:\n" +
          options_help(kNftRules);
 }

@@ -1023,11 +1023,12 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     if (e > 0) err = failure("listing the chains of table " + t_.table, e);
     return false;
   }
-  // `nft-rules` prints one chain (four with --host): a table with more is not in force
-  // whatever their rules hold (judge_ruleset), so they are not read. 20,000 chains of 5
-  // rules each, read and matched, stalled answers for seconds.
-  const std::size_t printed = t_.host ? kHostChainCount : 1;
-  if (seen.chains.size() != printed) return true;
+  // `nft-rules` prints one chain (two with --sni-guard, four with --host): a table with more
+  // is not in force whatever their rules hold (judge_ruleset), so they are not read. 20,000
+  // chains of 5 rules each, read and matched, stalled answers for seconds. In-guest two are
+  // read whether or not serve runs with the guard: a guarded ruleset under a dnsward
+  // without it is judged by its marks, rules included, and named as such.
+  if (t_.host ? seen.chains.size() != kHostChainCount : seen.chains.size() > kGuestGuardChains) return true;
   // Their rules, in the order the kernel evaluates them; read no further than each chain's
   // mark declares (one more makes it not in force: the rest are only counted).
   std::vector<std::size_t> caps;

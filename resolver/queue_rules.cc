@@ -18,11 +18,28 @@
 
 namespace dnsward {
 
-std::string judge_xt_queue(const std::vector<XtRuleSeen>& rules, const std::string& hook_chain, uint16_t queue_num) {
-  bool jumped = false;
+std::string xt_iface_text(const void* data, std::size_t len, bool negated) {
+  const auto* d = static_cast<const char*>(data);
+  if (!d) len = 0;
+  const auto name = std::size_t(std::find(d, d + len, '\0') - d);
+  // iptables-nft compares an exact name with its NUL, a `+` prefix without (the data of
+  // `-i tap+` is "tap"; of `-i lo`, "lo\0").
+  return std::string(negated ? "!" : "") + std::string(d, name) + (name == len ? "+" : "");
+}
+
+std::string xt_iface_options(const XtJump& j) {
+  std::string r;
+  for (const auto& [flag, spec] : {std::pair{"-i", &j.in}, std::pair{"-o", &j.out}}) {
+    if (spec->empty()) continue;
+    const bool negated = (*spec)[0] == '!';
+    r += fmt::format("{}{}{} {}", r.empty() ? "" : " ", negated ? "! " : "", flag, spec->substr(negated ? 1 : 0));
+  }
+  return r;
+}
+
+std::string judge_xt_queue(const std::vector<XtRuleSeen>& rules, const std::vector<XtJump>& jumps, uint16_t queue_num) {
   std::size_t queues = 0;
   for (const XtRuleSeen& r : rules) {
-    if (r.chain == hook_chain && r.jump == kXtGuardChain) jumped = true;
     if (r.chain != kXtGuardChain || !r.nfqueue) continue;
     // --queue-bypass would pass packets on unjudged while no dnsward listens: fail open.
     if (r.bypass) return fmt::format("chain {} queues with --queue-bypass (fail open)", kXtGuardChain);
@@ -30,10 +47,23 @@ std::string judge_xt_queue(const std::vector<XtRuleSeen>& rules, const std::stri
       return fmt::format("chain {} queues to {}, not --queue-num {}", kXtGuardChain, r.queue_num, queue_num);
     ++queues;
   }
-  if (queues < 2)
-    return fmt::format("chain {} has {} NFQUEUE rule{} to queue {} (the SYN's and the payload's are needed)",
+  if (queues < kXtGuardQueues)
+    return fmt::format("chain {} has {} NFQUEUE rule{} to queue {} (the client's payload's, and the server's "
+                       "SYN-ACK's, payload's and HTTP packets' are needed)",
                        kXtGuardChain, queues, queues == 1 ? "" : "s", queue_num);
-  if (!jumped) return fmt::format("chain {} has no jump to {}", hook_chain, kXtGuardChain);
+  // Each hook's jump, told apart by its interfaces (host mode jumps from FORWARD twice): the
+  // server's packets that confirm a verdict come only through the reply jump, and in-guest
+  // only not from lo, where a raw socket's forged "server" packet would come in.
+  for (const XtJump& j : jumps) {
+    const bool found = std::any_of(rules.begin(), rules.end(), [&](const XtRuleSeen& r) {
+      return r.chain == j.chain && r.jump == kXtGuardChain && r.in == j.in && r.out == j.out;
+    });
+    if (!found) {
+      const std::string ifaces = xt_iface_options(j);
+      return fmt::format("chain {} has no jump to {}{}{} (the {}'s packets)", j.chain, kXtGuardChain,
+                         ifaces.empty() ? "" : " with ", ifaces, j.reply ? "server" : "client");
+    }
+  }
   return "";
 }
 
@@ -56,13 +86,26 @@ bool read_xt_mangle(uint8_t family, std::vector<XtRuleSeen>& out, std::string& e
               nftnl_rule_is_set(r, NFTNL_RULE_CHAIN)) {
             XtRuleSeen seen;
             seen.chain = nftnl_rule_get_str(r, NFTNL_RULE_CHAIN);
+            // `-i`/`-o` are a `meta load iifname/oifname` into a register and a `cmp` of it.
+            std::string* iface = nullptr;
+            uint32_t iface_reg = 0;
             nftnl_expr_iter* it = nftnl_expr_iter_create(r);
             for (nftnl_expr* x = nftnl_expr_iter_next(it); x; x = nftnl_expr_iter_next(it)) {
               const char* name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
               if (!name) continue;
-              if (std::strcmp(name, "immediate") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_IMM_VERDICT) &&
-                  int(nftnl_expr_get_u32(x, NFTNL_EXPR_IMM_VERDICT)) == NFT_JUMP &&
-                  nftnl_expr_is_set(x, NFTNL_EXPR_IMM_CHAIN)) {
+              if (std::strcmp(name, "meta") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_META_DREG)) {
+                const uint32_t key = nftnl_expr_get_u32(x, NFTNL_EXPR_META_KEY);
+                iface = key == NFT_META_IIFNAME ? &seen.in : key == NFT_META_OIFNAME ? &seen.out : nullptr;
+                iface_reg = nftnl_expr_get_u32(x, NFTNL_EXPR_META_DREG);
+              } else if (std::strcmp(name, "cmp") == 0 && iface &&
+                         nftnl_expr_get_u32(x, NFTNL_EXPR_CMP_SREG) == iface_reg) {
+                uint32_t len = 0;
+                const void* data = nftnl_expr_get_data(x, NFTNL_EXPR_CMP_DATA, &len);
+                *iface = xt_iface_text(data, len, nftnl_expr_get_u32(x, NFTNL_EXPR_CMP_OP) == NFT_CMP_NEQ);
+                iface = nullptr;
+              } else if (std::strcmp(name, "immediate") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_IMM_VERDICT) &&
+                         int(nftnl_expr_get_u32(x, NFTNL_EXPR_IMM_VERDICT)) == NFT_JUMP &&
+                         nftnl_expr_is_set(x, NFTNL_EXPR_IMM_CHAIN)) {
                 seen.jump = nftnl_expr_get_str(x, NFTNL_EXPR_IMM_CHAIN);
               } else if (std::strcmp(name, "target") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_TG_NAME) &&
                          std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_TG_NAME), "NFQUEUE") == 0) {

@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <initializer_list>
 #include <iterator>
+#include <utility>
 
 namespace dnsward {
 namespace {
@@ -74,6 +76,9 @@ static_assert(kHostChains[kHostChainPrerouting].hook == NF_INET_PRE_ROUTING &&
               kHostChains[kHostChainInput].hook == NF_INET_LOCAL_IN &&
               kHostChains[kHostChainForward].hook == NF_INET_FORWARD);
 static_assert(std::size(kHostChains) == kHostChainCount);
+static_assert(kGuestChains[kGuestChainOutput].hook == NF_INET_LOCAL_OUT &&
+              kGuestChains[kGuestChainInput].hook == NF_INET_LOCAL_IN);
+static_assert(std::size(kGuestChains) == kGuestGuardChains);
 
 /// Why chain c does not hold exactly the rules its mark declares, in order, or "" if it
 /// does. A rule inserted before the final reject (an `accept`, say) opens what the ruleset
@@ -109,8 +114,9 @@ bool chain_looks_up(const ChainSeen& c, const std::string& set, bool negated) {
 /// Why a marked chain is not the ruleset in force, or "" if it is.
 std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
   const std::string name = shown_name(c.name);
-  // A host ruleset's chain is not the single-VM chain, whatever its hook.
-  if (mark.chains != 0)
+  // A host ruleset's chain is not the single-VM chain, whatever its hook (a guarded
+  // ruleset's output chain is marked as chain 0 of 2: its caller checked the place).
+  if (mark.chains != 0 && mark.chains != kGuestGuardChains)
     return fmt::format("chain {} carries the mark of a host ruleset (`nft-rules --host`), chain "
                        "{} of {}", name, mark.chain, mark.chains);
   // A regular chain is reached only by a jump from a base chain: its rules see no packet of
@@ -132,6 +138,23 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
   return "";
 }
 
+/// Why chain c, marked as chain mark.chain of mark.chains, is not the chain `want` of that
+/// place as `nft-rules` prints it (a base chain of its type on its hook, holding exactly
+/// its marked rules in order), or "" if it is. Policies are not judged here.
+std::string judge_placed_chain(const ChainSeen& c, const ChainMark& mark, const HostChain& want) {
+  const std::string name = shown_name(c.name);
+  if (!c.base)
+    return fmt::format("chain {} (chain {} of {}) is not a base chain (no hook): its rules see no packet", name,
+                       mark.chain, mark.chains);
+  if (c.type != want.type)
+    return fmt::format("chain {} (chain {} of {}) is of type {}, not {}", name, mark.chain, mark.chains,
+                       shown_name(c.type), want.type);
+  if (c.hook != want.hook)
+    return fmt::format("chain {} (chain {} of {}) is on the {} hook, not {}", name, mark.chain, mark.chains,
+                       hook_name(c.hook), hook_name(want.hook));
+  return judge_rules(c, mark);
+}
+
 /// Why table t's flags keep its chains from being in force, or "" if they do not.
 std::string judge_table_flags(const TableSeen& t, const std::string& table) {
   constexpr uint32_t kPersist = 0x4;  // NFT_TABLE_F_PERSIST (6.9+), not in older headers
@@ -147,12 +170,12 @@ std::string judge_table_flags(const TableSeen& t, const std::string& table) {
   return "";
 }
 
-/// The names of t's chains but `except`, shown, at most five.
-std::string chain_names(const TableSeen& t, const ChainSeen* except) {
+/// The names of t's chains but those in `except`, shown, at most five.
+std::string chain_names(const TableSeen& t, std::initializer_list<const ChainSeen*> except) {
   std::string out;
   std::size_t n = 0;
   for (const ChainSeen& c : t.chains) {
-    if (&c == except) continue;
+    if (std::find(except.begin(), except.end(), &c) != except.end()) continue;
     if (n++ == 5) {
       out += ", ...";
       break;
@@ -294,36 +317,52 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     s.reason = fmt::format("table {} does not exist", table);
     return s;
   }
-  // Marked chains, base chains first: the id shown is that of the one closest to being in
-  // force, and when none is, the reason given is that one's.
+  // Marked chains, base chains first and among them the output chain's place first: the id
+  // shown is that of the one closest to being in force, and when none is, the reason given
+  // is that one's.
   std::vector<std::pair<const ChainSeen*, ChainMark>> marked;
   for (const ChainSeen& c : t.chains)
     if (const auto m = parse_chain_comment(c.comment)) marked.emplace_back(&c, *m);
-  std::stable_partition(marked.begin(), marked.end(), [](const auto& p) { return p.first->base; });
+  std::stable_sort(marked.begin(), marked.end(), [](const auto& a, const auto& b) {
+    return std::pair{!a.first->base, a.second.chain} < std::pair{!b.first->base, b.second.chain};
+  });
+  // With --sni-guard `nft-rules` prints two chains, marked with their places (kGuestChains):
+  // the server's packets come in on the input hook, which the output chain never sees.
+  const bool two = !marked.empty() && marked.front().second.chains == kGuestGuardChains;
+  const std::pair<const ChainSeen*, ChainMark>* input = nullptr;
+  for (const auto& p : marked)
+    if (two && !input && p.first != marked.front().first && p.second.chains == kGuestGuardChains &&
+        p.second.chain == kGuestChainInput)
+      input = &p;
   if (!marked.empty()) {
     s.id = fmt::format("{:016x}", marked.front().second.id);
-    s.chain = shown_name(marked.front().first->name);
-    s.rules = marked.front().second.rules;
+    s.chain = shown_name(marked.front().first->name) + (input ? "," + shown_name(input->first->name) : "");
+    s.rules = marked.front().second.rules + (input ? input->second.rules : 0);
   }
   if (auto why = judge_table_flags(t, table); !why.empty()) {
     s.reason = std::move(why);
     return s;
   }
   if (marked.empty()) {
-    const std::string list = chain_names(t, nullptr);
+    const std::string list = chain_names(t, {});
     s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules` prints "
                            "({}): its ruleset is not loaded (did `nft -f` of it fail?)",
                            table, list.empty() ? "the table has no chain" : "its chains: " + list);
     return s;
   }
-  // `nft-rules` prints one chain. Another chain in the table, whatever its hook and
-  // priority, can undo what the filter decided: a postrouting or route chain rewriting
-  // `ip daddr` after the output filter accepted the address, say.
-  if (t.chains.size() > 1) {
-    s.reason = fmt::format("table {} holds {} chains where `nft-rules` prints one ({}); besides "
-                           "it: {}: another chain of the table can rewrite or reroute what its "
-                           "filter let through",
-                           table, t.chains.size(), s.chain, chain_names(t, marked.front().first));
+  // `nft-rules` prints one chain (two with --sni-guard). Another chain in the table,
+  // whatever its hook and priority, can undo what the filter decided: a postrouting or route
+  // chain rewriting `ip daddr` after the output filter accepted the address, say.
+  if (t.chains.size() > (two ? kGuestGuardChains : 1)) {
+    s.reason = two ? fmt::format("table {} holds {} chains where `nft-rules --sni-guard` prints two ({}); "
+                                 "besides them: {}: another chain of the table can rewrite or reroute what "
+                                 "its filter let through",
+                                 table, t.chains.size(), s.chain,
+                                 chain_names(t, {marked.front().first, input ? input->first : nullptr}))
+                   : fmt::format("table {} holds {} chains where `nft-rules` prints one ({}); besides "
+                                 "it: {}: another chain of the table can rewrite or reroute what its "
+                                 "filter let through",
+                                 table, t.chains.size(), s.chain, chain_names(t, {marked.front().first}));
     return s;
   }
   // The sets the chain looks up. An interval set holds ranges: dnsward's elements, which
@@ -359,7 +398,26 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     }
   }
   const auto& [c, mark] = marked.front();
+  // Both places, as the host judge wants its four: without the input chain the server's
+  // packets, which confirm what the guard judged, never reach dnsward.
+  for (const auto& [k, found] : {std::pair{kGuestChainOutput, mark.chain == kGuestChainOutput},
+                                 std::pair{kGuestChainInput, input != nullptr}})
+    if (two && !found) {
+      s.reason = fmt::format("table {} holds no chain marked as chain {} of {} (the {} chain, type {} on the {} "
+                             "hook): the ruleset is not whole",
+                             table, k, kGuestGuardChains, kGuestChains[k].name, kGuestChains[k].type,
+                             hook_name(kGuestChains[k].hook));
+      return s;
+    }
   s.reason = judge_chain(*c, mark, e);
+  if (s.reason.empty() && input) {
+    const auto& [in, in_mark] = *input;
+    s.reason = in_mark.id != mark.id
+                   ? fmt::format("chains {} and {} of table {} carry marks of two rulesets (ids {:016x} and "
+                                 "{:016x}): it holds parts of two loads",
+                                 shown_name(c->name), shown_name(in->name), table, mark.id, in_mark.id)
+                   : judge_placed_chain(*in, in_mark, kGuestChains[kGuestChainInput]);
+  }
   // With --sni-guard, a ruleset printed without it lets connections on guarded ports pass
   // unjudged; one printed with it, under a dnsward without, holds them for nobody.
   if (s.reason.empty() && mark.guard != e.guard)
@@ -367,6 +425,17 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
                          "ports would pass unjudged (print it with `nft-rules --sni-guard`)"
                        : "the ruleset in force was printed with --sni-guard, but serve runs without "
                          "it: connections on guarded ports wait for a verdict that never comes";
+  // The guard's rules come in two chains. One chain marked guard=on is of an older
+  // `nft-rules --sni-guard`, which queued the client's SYN and none of the server's packets:
+  // the guard would wait for a SYN-ACK that never comes.
+  if (s.reason.empty() && mark.guard != two)
+    s.reason = mark.guard ? fmt::format("chain {} is marked guard=on, but not as chain 0 of {}: the ruleset was "
+                                        "printed by an older `nft-rules --sni-guard`, which queues none of the "
+                                        "server's packets (print it again)",
+                                        shown_name(c->name), kGuestGuardChains)
+                          : fmt::format("chain {} is marked as chain 0 of {} without guard=on, which `nft-rules` "
+                                        "does not print",
+                                        shown_name(c->name), kGuestGuardChains);
   if (s.reason.empty()) s.state = RulesetStatus::State::InForce;
   return s;
 }
@@ -407,7 +476,7 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
     return s;
   }
   if (!first) {
-    const std::string list = chain_names(t, nullptr);
+    const std::string list = chain_names(t, {});
     s.reason = fmt::format("no chain of table {} carries the comment `dnsward nft-rules --host` "
                            "prints ({}): its ruleset is not loaded (did `nft -f` of it fail?)",
                            table, list.empty() ? "the table has no chain" : "its chains: " + list);
@@ -507,30 +576,11 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
       return s;
     }
   }
-  for (std::size_t k = 0; k < kHostChainCount; ++k) {
-    const auto& [c, mark] = at[k];
-    const HostChain& want = kHostChains[k];
-    const std::string name = shown_name(c->name);
-    if (!c->base) {
-      s.reason = fmt::format("chain {} (chain {} of {}) is not a base chain (no hook): its rules "
-                             "see no packet", name, k, kHostChainCount);
-      return s;
-    }
-    if (c->type != want.type) {
-      s.reason = fmt::format("chain {} (chain {} of {}) is of type {}, not {}", name, k,
-                             kHostChainCount, shown_name(c->type), want.type);
-      return s;
-    }
-    if (c->hook != want.hook) {
-      s.reason = fmt::format("chain {} (chain {} of {}) is on the {} hook, not {}", name, k,
-                             kHostChainCount, hook_name(c->hook), hook_name(want.hook));
-      return s;
-    }
-    if (auto why = judge_rules(*c, mark); !why.empty()) {
+  for (std::size_t k = 0; k < kHostChainCount; ++k)
+    if (auto why = judge_placed_chain(*at[k].first, at[k].second, kHostChains[k]); !why.empty()) {
       s.reason = std::move(why);
       return s;
     }
-  }
   // What makes it host enforcement: forward accepts only vouched (guest . destination)
   // pairs, and prerouting drops a source that is not its interface's registered guest (an
   // inverted lookup: a plain one would drop the registered guests instead).

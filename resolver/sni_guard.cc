@@ -48,6 +48,15 @@ class SandboxField {
 
 }  // namespace
 
+GuardVerdict SniGuard::late(const Flow& f) {
+  // A packet queued after its connection's verdict: queued before the conntrack mark was
+  // set (segments written back to back), it passes as the verdict says; but it may be the
+  // first of another connection on the same ports (a SYN clears the mark, and the guard
+  // sees no plain SYN), whose data a raw socket can send before the server's SYN-ACK starts
+  // it anew here. So an Allow is given as Watch: it passes, and marks nothing allowed.
+  return f.verdict == GuardVerdict::Allow ? GuardVerdict::Watch : f.verdict;
+}
+
 SniGuard::Reason SniGuard::refusal(FlightStatus s) {
   switch (s) {
     case FlightStatus::NotTls: return Reason::not_tls;
@@ -201,16 +210,21 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
                          bool checksum_pending) {
   ++counts_.packets;
   TcpPacket t;
-  if (!parse_tcp_packet(pkt, len, t) || (!is_sni_port(t.dport) && !is_http_port(t.dport))) {
-    // Not what the queue rule sends (not TCP to a guarded port, or unreadable: IPv6
-    // extension headers, say): left to the rest of the ruleset, whose rule after the queue
-    // drops unjudged payload to vouched addresses on guarded ports.
+  if (!parse_tcp_packet(pkt, len, t)) {
+    // Not what the queue rules send (not TCP, or unreadable: IPv6 extension headers, say):
+    // left to the rest of the ruleset, whose rule after the queue drops unjudged payload to
+    // vouched addresses on guarded ports.
     ++counts_.unparsed;
     give(id, mark, GuardVerdict::Pass);
     return;
   }
-  const Key k{t.src, t.dst, t.sport, t.dport};
-  if (!names_.known(set_key(k))) {
+  // The client's packets are to a guarded port of a vouched destination; the server's
+  // (queued in the reply direction, see Flow) from one. k is the client's view either way.
+  const bool to_guarded = is_sni_port(t.dport) || is_http_port(t.dport);
+  const bool from_guarded = is_sni_port(t.sport) || is_http_port(t.sport);
+  const Key out{t.src, t.dst, t.sport, t.dport}, back{t.dst, t.src, t.dport, t.sport};
+  const bool client = to_guarded && names_.known(set_key(out));
+  if (!client && !(from_guarded && names_.known(set_key(back)))) {
     // Not an address dnsward vouched for (loopback, an --allow range, or an element whose
     // record a restart without --state lost): nothing to judge it by. The ruleset decides
     // as without the guard; for an address in the sets it drops the payload unjudged.
@@ -218,6 +232,7 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     give(id, mark, GuardVerdict::Pass);
     return;
   }
+  const Key& k = client ? out : back;
   if (!checksum_pending && !tcp_checksum_ok(pkt, len)) {
     // A segment the server will discard must not be judged: a raw socket's ClientHello with
     // a wrong checksum would win a verdict for the bytes that follow it (review). Dropped,
@@ -225,6 +240,10 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     count(Reason::checksum);
     reject_log(k, Reason::checksum, "");
     give(id, mark, GuardVerdict::Drop);
+    return;
+  }
+  if (!client) {
+    on_reply(k, t, id, mark);
     return;
   }
   if (t.urg && !t.rst) {
@@ -236,7 +255,7 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     // (A SYN starts another connection on these ports: never the old one's verdict; found
     // by the fuzz target.)
     if (it != flows_.end() && it->second.decided && it->second.verdict == GuardVerdict::Allow && !t.syn) {
-      give(id, mark, GuardVerdict::Allow);  // after the flight: the application's business
+      give(id, mark, late(it->second));  // after the flight: the application's business
       return;
     }
     if (it != flows_.end() && !it->second.decided) {
@@ -252,14 +271,7 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     return;
   }
   if (t.rst) {
-    if (const auto it = flows_.find(k); it != flows_.end()) {
-      // Held packets must not wait for a deadline after the client gave up.
-      if (!it->second.decided && !it->second.held.empty())
-        decide(k, it->second, GuardVerdict::Reject, Reason::none, "");
-      else
-        erase(it);
-    }
-    give(id, mark, GuardVerdict::Pass);
+    on_reset(k, id, mark);
     return;
   }
   if (t.syn) {
@@ -269,115 +281,262 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
   if (t.payload_len == 0) {
     // The handshake's ACK, a bare FIN: nothing to judge, and nothing reaches the server.
     const auto it = flows_.find(k);
-    give(id, mark, it != flows_.end() && it->second.decided ? it->second.verdict : GuardVerdict::Pass);
+    give(id, mark, it != flows_.end() && it->second.decided ? late(it->second) : GuardVerdict::Pass);
     return;
   }
   on_data(k, t, id, mark);
 }
 
-void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
-  const uint64_t now = timers_.now_ms();
-  auto it = flows_.find(k);
-  const bool followed = it != flows_.end();
-  if (it != flows_.end() && it->second.decided) {
-    if (it->second.confirming && it->second.start == t.seq + 1 && t.payload_len == 0) {
-      // The same handshake's SYN on a connection waiting for confirmation: its state (the
-      // bytes judged, which a resend must repeat) stays.
-      give(id, mark, GuardVerdict::Pass);
-      return;
-    }
-    // A SYN after a verdict: the client starts over on the same ports (or retransmits).
-    erase(it);
-    it = flows_.end();
+void SniGuard::on_reset(const Key& k, uint32_t id, uint32_t mark) {
+  if (const auto it = flows_.find(k); it != flows_.end()) {
+    // Held packets must not wait for a deadline after either side gave up.
+    if (!it->second.decided && !it->second.held.empty())
+      decide(k, it->second, GuardVerdict::Reject, Reason::none, "");
+    else
+      erase(it);
   }
-  if (t.payload_len > 0) {
-    // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Judged alone; unless it
-    // is a whole first flight naming a bound name, the SYN is dropped and the client sends
-    // a plain SYN again (its data follows the handshake, where it is judged as usual). Only
-    // on a connection not followed yet: a SYN with payload on one whose handshake was seen
-    // is no Fast Open (the kernel retransmits a lost SYN-data as a plain SYN) but a raw
-    // socket's way to have another flight judged than the one the socket sends (review).
-    if (followed || t.urg) {
-      count(Reason::tfo);
-      reject_log(k, Reason::tfo, "");
-      give(id, mark, GuardVerdict::Drop);
-      return;
-    }
-    const Judged j = judge(k, t.payload, t.payload_len, true);
-    const bool whole = j.verdict == GuardVerdict::Allow || j.hello_end == t.payload_len;
-    if ((j.verdict == GuardVerdict::Allow || j.verdict == GuardVerdict::Watch) && whole &&
-        pending_ < o_.max_flows && make_room(t.payload_len, k)) {
-      // Followed from here like any other: a TLS 1.3 ClientHello watched to the next
-      // flight, anything else allowed and then confirmed (Flow::confirming).
-      Flow f;
-      f.start = t.seq + 1;
-      f.bytes.assign(t.payload, t.payload + t.payload_len);
-      f.have.assign(t.payload_len, true);
-      f.held.push_back({id, mark});
-      f.segments = 1;
-      held_bytes_ += t.payload_len;
-      ++pending_;
-      Flow& followed_now = flows_.emplace(k, std::move(f)).first->second;
-      if (j.verdict == GuardVerdict::Watch) watch(k, followed_now, j);
-      else decide(k, followed_now, GuardVerdict::Allow, Reason::none, j.name);
-      return;
-    }
+  give(id, mark, GuardVerdict::Pass);
+}
+
+void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  if (t.payload_len == 0) {
+    // A plain SYN (the ruleset queues only a Fast Open one): where the stream starts is the
+    // server's SYN-ACK's to say, not the client's, whose raw socket could send SYNs the
+    // server never takes (the second review).
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Judged alone; unless it is
+  // a whole first flight naming a bound name, the SYN is dropped and the client sends a
+  // plain SYN again (its data follows the handshake, where it is judged as usual). Only on
+  // a connection not followed yet: one on a followed connection is no Fast Open (the
+  // kernel retransmits a lost SYN-data as a plain SYN) but a raw socket's (review).
+  const auto it = flows_.find(k);
+  if (it != flows_.end() || t.urg) {
     count(Reason::tfo);
-    reject_log(k, Reason::tfo, j.name);
+    reject_log(k, Reason::tfo, "");
     give(id, mark, GuardVerdict::Drop);
+    return;
+  }
+  const Judged j = judge(k, t.payload, t.payload_len, true);
+  if (j.verdict == GuardVerdict::Allow && j.end == t.payload_len && pending_ < o_.max_flows &&
+      make_room(t.payload_len, k)) {
+    // Followed from here like any other, confirmed by the server's answer; the SYN-ACK must
+    // acknowledge this SYN (on_syn_ack()).
+    Flow f;
+    f.start = t.seq + 1;  // the SYN takes one sequence number (RFC 9293 3.4)
+    f.bytes.assign(t.payload, t.payload + t.payload_len);
+    f.have.assign(t.payload_len, true);
+    f.held.push_back({id, mark});
+    f.segments = 1;
+    held_bytes_ += t.payload_len;
+    ++pending_;
+    Flow& followed = flows_.emplace(k, std::move(f)).first->second;
+    decide(k, followed, GuardVerdict::Allow, Reason::none, j.name, j.end, j.tls13);
+    return;
+  }
+  count(Reason::tfo);
+  reject_log(k, Reason::tfo, j.name);
+  give(id, mark, GuardVerdict::Drop);
+}
+
+void SniGuard::on_reply(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  if (t.rst) {
+    on_reset(k, id, mark);  // the server's: what the client sends next meets no state
+    return;
+  }
+  const auto it = flows_.find(k);
+  if (t.syn) {
+    on_syn_ack(k, t, id, mark);
     return;
   }
   if (it == flows_.end()) {
-    if (pending_ >= o_.max_flows) {
-      // No room to follow one more connection: the SYN is dropped (the client retries),
-      // never passed unfollowed, and no followed connection is evicted.
-      count(Reason::full);
+    // No state (its SYN-ACK came before dnsward, or it was forgotten): nothing to confirm.
+    // The client's next data is reset.
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  Flow& f = it->second;
+  if (f.have_syn_ack && t.payload_len > 0) {
+    // Keep the server's first bytes, in order (an honest server sends them in order; a gap
+    // waits for the bytes that fill it).
+    const uint32_t off = t.seq - f.srv_start;
+    if (off <= f.srv.size() && off < kServerHelloPrefix)
+      for (std::size_t i = f.srv.size() - off; i < t.payload_len && f.srv.size() < kServerHelloPrefix; ++i)
+        f.srv.push_back(t.payload[i]);
+  }
+  if (!f.decided) {
+    // The flight is not judged yet (a server that speaks first), or the server's answer to
+    // the first ClientHello goes on after its HelloRetryRequest: nothing to decide.
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  if (!f.confirming) {
+    give(id, mark, late(f));
+    return;
+  }
+  confirm_by(k, f, t, id, mark);
+}
+
+void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  if (!t.ack) {
+    // A SYN from the server's port (a simultaneous open, RFC 9293 3.5): no client does this
+    // on a guarded port. Nothing is followed, so the client's data is reset.
+    give(id, mark, GuardVerdict::Pass);
+    return;
+  }
+  // The server's acknowledgment of the client's SYN: the client's stream starts here.
+  const uint32_t start = t.ack_seq;
+  auto it = flows_.find(k);
+  if (it != flows_.end()) {
+    Flow& f = it->second;
+    if (f.have_syn_ack && f.srv_start == t.seq + 1 && f.start == start) {
+      // Sent again (its ACK was lost, or the client's SYN came twice).
+      give(id, mark, f.decided ? late(f) : GuardVerdict::Pass);
+      return;
+    }
+    if (!f.have_syn_ack) {
+      // A Fast Open SYN's flow (on_syn()): the server acknowledges none of its data or all
+      // of it (RFC 7413 3); then the client sends it again, or the server holds it.
+      if (start != f.start && start != uint32_t(f.start + f.judged_end)) {
+        end_confirming(k, f, GuardVerdict::Reject);
+        count(Reason::conflict);
+        reject_log(k, Reason::conflict, "");
+        give(id, mark, GuardVerdict::Reject);
+        return;
+      }
+      f.have_syn_ack = true;
+      f.srv_start = t.seq + 1;
+      if (f.confirming) confirm_by(k, f, t, id, mark);
+      else give(id, mark, late(f));
+      return;
+    }
+    if (!f.decided) {
+      // Another SYN-ACK while the flight is followed: a server answers one SYN with one ISN.
+      // Dropped: the state stays, and a real new handshake gets through once it expires.
+      count(Reason::conflict);
+      reject_log(k, Reason::conflict, "");
       give(id, mark, GuardVerdict::Drop);
       return;
     }
-    Flow f;
-    f.start = t.seq + 1;  // the SYN takes one sequence number (RFC 9293 3.4)
-    f.deadline_ms = now + o_.timeout_ms;
-    it = flows_.emplace(k, std::move(f)).first;
-    ++pending_;
-    pending_expiry_.emplace_back(it->second.deadline_ms, k);
-    arm();
-  } else if (it->second.start != t.seq + 1) {
-    // A SYN of another sequence number on a connection followed and not decided: never
-    // where the flight starts. The kernel retransmits its SYN with the same one; a raw
-    // socket's SYN would move the start before the real stream, so that bytes the server
-    // discards as old fill the head of the flight judged (the second review's attack).
-    // Dropped; a client that really starts over gets through once this state expires.
-    count(Reason::conflict);
-    reject_log(k, Reason::conflict, "");
+    // A new handshake on the same ports after a verdict (the client's SYN took the
+    // verdict out of the conntrack mark): judged anew.
+    erase(it);
+  }
+  if (pending_ >= o_.max_flows) {
+    // No room to follow one more connection: the SYN-ACK is dropped (the server sends it
+    // again), never passed unfollowed, and no followed connection is evicted.
+    count(Reason::full);
     give(id, mark, GuardVerdict::Drop);
     return;
   }
+  Flow f;
+  f.start = start;
+  f.have_syn_ack = true;
+  f.srv_start = t.seq + 1;
+  f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
+  it = flows_.emplace(k, std::move(f)).first;
+  ++pending_;
+  pending_expiry_.emplace_back(it->second.deadline_ms, k);
+  arm();
   give(id, mark, GuardVerdict::Pass);
+}
+
+void SniGuard::confirm_by(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  // Acknowledged up to judged_end: the server holds every byte from start to there (see
+  // Flow). Short of it (or not yet acknowledging, or before the SYN-ACK fixed where the
+  // stream starts): still waiting.
+  if (!f.have_syn_ack || !t.ack || int32_t(t.ack_seq - uint32_t(f.start + f.judged_end)) < 0) {
+    give(id, mark, GuardVerdict::Watch);
+    return;
+  }
+  if (f.tls13 && !f.after_hrr) {
+    switch (server_answer(f)) {
+      case ServerAnswer::need_more:
+        give(id, mark, GuardVerdict::Watch);
+        return;
+      case ServerAnswer::hello_retry:
+        // RFC 8446 4.1.4: the server reads a second ClientHello, which OpenSSL's server
+        // takes with another server_name: judged too.
+        give(id, mark, GuardVerdict::Watch);
+        second_flight(k, f);
+        return;
+      case ServerAnswer::alert:
+        // The server refused the ClientHello: the client reads why; the connection stays
+        // queued (it will read no other ClientHello), and is forgotten with the window.
+        give(id, mark, GuardVerdict::Watch);
+        return;
+      case ServerAnswer::other:
+        // No TLS answer: what such a server reads next is nothing judged here.
+        end_confirming(k, f, GuardVerdict::Reject);
+        count(Reason::not_tls);
+        reject_log(k, Reason::not_tls, f.sni);
+        give(id, mark, GuardVerdict::Reject);
+        return;
+      case ServerAnswer::server_hello:
+        break;  // committed to the ClientHello judged
+    }
+  }
+  end_confirming(k, f, GuardVerdict::Allow);
+  give(id, mark, GuardVerdict::Allow);
+}
+
+SniGuard::ServerAnswer SniGuard::server_answer(const Flow& f) {
+  // RFC 8446 4.1.3: a HelloRetryRequest is a ServerHello whose random is SHA-256 of
+  // "HelloRetryRequest".
+  static constexpr uint8_t kHrrRandom[32] = {
+      0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+      0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c};
+  const std::vector<uint8_t>& d = f.srv;
+  if (d.empty()) return ServerAnswer::need_more;
+  if (d[0] == 21) return ServerAnswer::alert;
+  if (d[0] != 22) return ServerAnswer::other;
+  if (d.size() < 6) return ServerAnswer::need_more;
+  // A ServerHello shorter than its random in the first record (fragmented across records,
+  // which no server does): not read further, refused.
+  if (d[5] != 2 || be16(d.data() + 3) < 4 + 2 + 32) return ServerAnswer::other;
+  if (d.size() < kServerHelloPrefix) return ServerAnswer::need_more;
+  return std::memcmp(d.data() + 11, kHrrRandom, sizeof kHrrRandom) == 0 ? ServerAnswer::hello_retry
+                                                                          : ServerAnswer::server_hello;
+}
+
+void SniGuard::second_flight(const Key& k, Flow& f) {
+  if (pending_ >= o_.max_flows) {
+    end_confirming(k, f, GuardVerdict::Reject);
+    count(Reason::full);
+    reject_log(k, Reason::full, f.sni);
+    return;
+  }
+  f.decided = false;
+  f.confirming = false;
+  f.verdict = GuardVerdict::Pass;
+  f.watching = true;
+  f.after_hrr = true;
+  f.next_at = f.judged_end;
+  f.limit = f.judged_end + kMaxFlightBytes;
+  f.segments = 0;
+  ++pending_;
+  // The second ClientHello comes after the server's answer: --first-flight-timeout from now.
+  f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
+  pending_expiry_.emplace_back(f.deadline_ms, k);
+  arm();
 }
 
 void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark) {
   auto it = flows_.find(k);
   if (it == flows_.end()) {
-    // Data without a handshake seen: the state expired or dnsward restarted in between.
-    // Guessing where the flight starts could be played (bytes before the guess, sent
-    // later, would reach the server unjudged): reset.
+    // Data without the server's SYN-ACK seen: the state expired or dnsward restarted in
+    // between, or the handshake is a raw socket's. Guessing where the flight starts could
+    // be played (bytes before the guess, sent later, would reach the server unjudged): reset.
     count(Reason::no_state);
     reject_log(k, Reason::no_state, "");
     give(id, mark, GuardVerdict::Reject);
     return;
   }
   Flow& f = it->second;
-  if (t.ack && !f.have_ack0) {
-    f.ack0 = f.ack_max = t.ack_seq;
-    f.have_ack0 = true;
-  } else if (t.ack && f.have_ack0 && int32_t(t.ack_seq - f.ack0) > 0) {
-    f.answered = true;  // the client acknowledges data the server sent (RFC 9293 3.4)
-    if (int32_t(t.ack_seq - f.ack_max) > 0) f.ack_max = t.ack_seq;
-  }
   if (f.decided) {
     if (f.confirming) on_confirming(k, f, t, id, mark);
-    else give(id, mark, f.verdict);
+    else give(id, mark, late(f));
     return;
   }
   f.held.push_back({id, mark});
@@ -426,13 +585,14 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
   const bool last_segment = f.segments >= kMaxFlightSegments;
-  const Judged j = contiguous == 0  ? Judged{}
-                   : f.watching     ? judge_next(k, f, contiguous, last_segment)
-                                    : judge(k, f.bytes.data(), contiguous, last_segment);
-  if (j.second_hello) rebase_answer(f);
-  if (j.verdict == GuardVerdict::Watch) {
-    watch(k, f, j);
-    return;
+  Judged j = contiguous == 0  ? Judged{}
+             : f.watching     ? judge_next(k, f, contiguous, last_segment)
+                              : judge(k, f.bytes.data(), contiguous, last_segment);
+  if (j.verdict == GuardVerdict::Allow && is_sni_port(k.dport) && f.bytes.size() > j.end && j.name != kAnyName) {
+    // TLS bytes after the ClientHello before the server answered it: no client sends any
+    // (0-RTT was refused in judge()), and a server that answers with a HelloRetryRequest
+    // would read them as the second ClientHello, unjudged.
+    j = Judged{GuardVerdict::Reject, Reason::early_data, j.name};
   }
   if (j.verdict == GuardVerdict::Pass) {
     if (last_segment) {
@@ -445,32 +605,7 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
     }
     return;  // held until more arrives, or the deadline
   }
-  decide(k, f, j.verdict, j.why, j.name);
-}
-
-void SniGuard::watch(const Key& k, Flow& f, const Judged& j) {
-  f.watching = true;
-  f.next_at = j.hello_end;
-  f.limit = j.hello_end + kMaxFlightBytes;
-  f.sni = j.name;
-  f.hello_segments = f.segments;
-  f.segments = 0;
-  // The next flight comes after the server's answer: --first-flight-timeout from now.
-  f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
-  pending_expiry_.emplace_back(f.deadline_ms, k);
-  arm();
-  // The next flight may have begun in the segments already here.
-  const std::size_t contiguous = std::find(f.have.begin(), f.have.end(), false) - f.have.begin();
-  const Judged n = judge_next(k, f, contiguous, false);
-  if (n.second_hello) rebase_answer(f);
-  if (n.verdict != GuardVerdict::Pass) {
-    decide(k, f, n.verdict, n.why, n.name);
-    return;
-  }
-  // Held packets that carry part of the next flight wait for its verdict, with the rest.
-  if (f.next_at != f.bytes.size()) return;
-  for (const Held& h : f.held) give(h.id, h.mark, GuardVerdict::Watch);
-  f.held.clear();
+  decide(k, f, j.verdict, j.why, j.name, j.end, j.tls13);
 }
 
 SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance) const {
@@ -485,9 +620,9 @@ SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t 
   if (names_.any(set_key(k), timers_.now_ms())) {
     j.name = std::string(kAnyName);
     j.verdict = GuardVerdict::Allow;
+    j.end = len;
     return j;
   }
-  bool tls13 = false;
   if (is_sni_port(k.dport)) {
     const ClientHelloResult r = parse_client_hello(data, len);
     if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
@@ -501,27 +636,27 @@ SniGuard::Judged SniGuard::judge(const Key& k, const uint8_t* data, std::size_t 
     // be read after a HelloRetryRequest without a flight of its own to judge.
     if (r.trailing > 0) return reject(Reason::malformed);
     if (r.offers_tls13 && r.has_early_data) {
-      // 0-RTT data (RFC 8446 4.2.10) follows the ClientHello in application_data records,
-      // which look like the encrypted handshake that tells judge_next() the server took
-      // this ClientHello; and after a HelloRetryRequest the server skips them and reads a
-      // second ClientHello. Refused: the client's next connection goes without it.
+      // 0-RTT data (RFC 8446 4.2.10) follows the ClientHello before the server answers,
+      // unjudged; and after a HelloRetryRequest the server skips it and reads a second
+      // ClientHello. Refused: the client's next connection goes without it.
       return reject(Reason::early_data);
     }
-    tls13 = r.offers_tls13;
-    j.hello_end = r.hello_end;
+    j.tls13 = r.offers_tls13;
+    j.end = r.hello_end;
   } else {
     const HttpHostResult r = parse_http_host(data, len);
     if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
     if (r.status != FlightStatus::Complete) return reject(refusal(r.status));
     j.name = r.host;
     if (r.host.empty()) return reject(Reason::no_name);
+    // What follows the head (a body, pipelined requests) is the client's: HTTP/1.x has no
+    // second head that a front end routes by. The bytes here are judged all the same.
+    j.end = len;
   }
   if (!names_.bound(set_key(k), j.name, timers_.now_ms())) return reject(Reason::mismatch);
-  // TLS 1.3 lets the server ask for a second ClientHello (HelloRetryRequest, RFC 8446
-  // 4.1.4), which is judged too: the connection is watched to the client's next flight. TLS
-  // 1.2 has none in the clear (renegotiation is encrypted), and HTTP/1.x no second head
-  // that a front end routes by.
-  j.verdict = tls13 ? GuardVerdict::Watch : GuardVerdict::Allow;
+  // Allowed once the server has the bytes judged; TLS 1.3 also lets the server ask for a
+  // second ClientHello (HelloRetryRequest, RFC 8446 4.1.4), judged too (decide()).
+  j.verdict = GuardVerdict::Allow;
   return j;
 }
 
@@ -532,11 +667,6 @@ SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bo
     j.why = why;
     return j;
   };
-  auto allow = [&j, &f] {
-    j.verdict = GuardVerdict::Allow;
-    j.name = f.sni;
-    return j;
-  };
   const uint8_t* d = f.bytes.data();
   constexpr std::size_t kHeader = 5;  // RFC 8446 5.1: type, legacy_record_version, length
   for (;;) {
@@ -544,63 +674,46 @@ SniGuard::Judged SniGuard::judge_next(const Key& k, Flow& f, std::size_t len, bo
     if (len - pos < kHeader) return final_chance ? reject(Reason::too_large) : j;
     const uint8_t type = d[pos];
     const std::size_t rec_len = be16(d + pos + 3);
-    switch (type) {
-      case 20:
-        // change_cipher_spec: one byte 0x01, which a TLS 1.3 client sends once, before its
-        // second flight or its second ClientHello, for middleboxes (RFC 8446 D.4).
-        if (f.ccs || rec_len != 1) return reject(Reason::malformed);
-        if (len - pos < kHeader + 1) return final_chance ? reject(Reason::too_large) : j;
-        if (d[pos + kHeader] != 1) return reject(Reason::malformed);
-        f.ccs = true;
-        f.next_at = pos + kHeader + 1;
-        continue;
-      case 23:
-        // application_data: encrypted with keys from the server's answer, which was a
-        // ServerHello, so no second ClientHello can come. After a HelloRetryRequest a
-        // server reads a plaintext ClientHello and skips encrypted records only if 0-RTT
-        // was offered (RFC 8446 4.1.2, 4.2.10), which judge() refused.
-        return allow();
-      case 21:
-        return reject(Reason::alert);
-      case 22:
-        break;
-      default:
-        return reject(Reason::malformed);
+    if (type == 20) {
+      // change_cipher_spec: one byte 0x01, which a TLS 1.3 client sends once, before its
+      // second ClientHello, for middleboxes (RFC 8446 D.4).
+      if (f.ccs || rec_len != 1) return reject(Reason::malformed);
+      if (len - pos < kHeader + 1) return final_chance ? reject(Reason::too_large) : j;
+      if (d[pos + kHeader] != 1) return reject(Reason::malformed);
+      f.ccs = true;
+      f.next_at = pos + kHeader + 1;
+      continue;
     }
-    // RFC 8446 5.1: "Implementations MUST NOT send zero-length fragments of Handshake types".
-    if (rec_len == 0) return reject(Reason::malformed);
+    if (type == 21) return reject(Reason::alert);
+    // After a HelloRetryRequest a server takes nothing but a ClientHello (RFC 8446 4.1.4:
+    // anything else aborts the handshake); nothing else is read as one here.
+    if (type != 22 || rec_len == 0) return reject(Reason::malformed);
     if (len - pos < kHeader + 1) return final_chance ? reject(Reason::too_large) : j;
-    if (d[pos + kHeader] != 1) {
-      // Another handshake message than a ClientHello: TLS 1.2's ClientKeyExchange or
-      // Certificate (the server chose 1.2), or, after the change_cipher_spec, 1.2's
-      // encrypted Finished. After a HelloRetryRequest a server takes nothing but a
-      // ClientHello (RFC 8446 4.1.4: anything else aborts the handshake).
-      return allow();
-    }
-    // A second ClientHello, after a HelloRetryRequest. It must repeat the first one's name
-    // (RFC 8446 4.1.2: the same ClientHello but for key_share, early_data, cookie and
-    // padding); OpenSSL's server takes another. A TLS 1.2 encrypted Finished whose first
-    // byte happens to be 1 (when resuming with a suite without explicit nonce) comes here
-    // too, and is rejected: a rare reset rather than a second name unread.
+    if (d[pos + kHeader] != 1) return reject(Reason::malformed);
+    // It must repeat the first one's name (RFC 8446 4.1.2: the same ClientHello but for
+    // key_share, early_data, cookie and padding); OpenSSL's server takes another.
     const ClientHelloResult r = parse_client_hello(d + pos, len - pos);
     if (r.status == FlightStatus::NeedMore) return final_chance ? reject(Reason::too_large) : j;
     if (r.status != FlightStatus::Complete) return reject(refusal(r.status));
     j.name = r.sni;
     if (!r.has_sni) return reject(Reason::no_name);
     if (r.trailing > 0) return reject(Reason::malformed);
+    if (r.has_early_data) return reject(Reason::early_data);  // RFC 8446 4.2.10: never in the second
     if (r.sni != f.sni || !names_.bound(set_key(k), r.sni, timers_.now_ms())) return reject(Reason::mismatch);
     j.verdict = GuardVerdict::Allow;
-    j.second_hello = true;
+    j.end = pos + r.hello_end;
     return j;
   }
 }
 
-void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name) {
+void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name, std::size_t end,
+                      bool tls13) {
   const std::size_t segments = f.watching ? f.hello_segments : f.segments;  // the first ClientHello's
-  // Allowed before the server answered: confirmed later (Flow::confirming), by a packet
-  // that shows it did; until then its packets are watched and its bytes kept.
-  // (An sni=any entry lets any first flight through: bytes resent differently pass too.)
-  const bool confirm = v == GuardVerdict::Allow && !f.answered && name != kAnyName;
+  if (!f.watching) f.hello_segments = f.segments;
+  // Allowed: confirmed later by the server's answer (Flow::confirming); until then the
+  // connection's packets are watched and its bytes kept. (An sni=any entry lets any first
+  // flight through: bytes resent differently pass too.)
+  const bool confirm = v == GuardVerdict::Allow && name != kAnyName;
   const GuardVerdict given = confirm ? GuardVerdict::Watch : v;
   // Every held packet gets the verdict, in the order they came: reinjected in that order.
   for (const Held& h : f.held) give(h.id, h.mark, given);
@@ -610,6 +723,10 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
     held_bytes_ -= f.bytes.size();
     f.bytes = {};
     f.have = {};
+  } else {
+    f.judged_end = end;
+    f.sni = name;
+    if (!f.after_hrr) f.tls13 = tls13;
   }
   f.decided = true;
   f.verdict = given;
@@ -629,6 +746,7 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
     }
   arm();
   if (v == GuardVerdict::Allow) {
+    if (f.after_hrr) return;  // counted and logged at the first ClientHello
     ++counts_.allowed;
     if (log::enabled(LogLevel::Debug)) {  // the addresses' text only when it is written
       const SandboxField sandbox(tenant_of_, k.src);
@@ -643,32 +761,24 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
 }
 
 void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark) {
-  // Bytes resent over those judged must be the same (checked first, even in the packet
-  // that confirms); past them, the client's own.
+  // Bytes resent over those judged must be the same; past them, on a TLS port, nothing
+  // before the server's answer (see on_data()); on an HTTP port, the client's own.
   const uint32_t off32 = t.seq - f.start;
-  bool bad = off32 >= (1u << 31);  // before the flight's start: never sent by its kernel
-  for (std::size_t i = 0; !bad && off32 < f.bytes.size() && i < t.payload_len && off32 + i < f.bytes.size(); ++i)
-    bad = f.have[off32 + i] && f.bytes[off32 + i] != t.payload[i];
-  if (!bad && !f.answered) {
+  Reason bad = off32 >= (1u << 31) ? Reason::conflict : Reason::none;  // before the start: never its kernel's
+  for (std::size_t i = 0; bad == Reason::none && off32 < f.bytes.size() && i < t.payload_len &&
+                          off32 + i < f.bytes.size();
+       ++i)
+    if (f.have[off32 + i] && f.bytes[off32 + i] != t.payload[i]) bad = Reason::conflict;
+  if (bad == Reason::none && is_sni_port(k.dport) && uint64_t(off32) + t.payload_len > f.judged_end)
+    bad = Reason::early_data;
+  if (bad == Reason::none) {
     give(id, mark, GuardVerdict::Watch);
     return;
   }
-  // Either way the judged bytes are no longer needed: the server answered, so it read
-  // them and nothing resent can change them now; or the connection is rejected.
-  end_confirming(k, f, bad ? GuardVerdict::Reject : GuardVerdict::Allow);
-  if (bad) {
-    count(Reason::conflict);
-    reject_log(k, Reason::conflict, "");
-  }
-  give(id, mark, f.verdict);
-}
-
-void SniGuard::rebase_answer(Flow& f) {
-  // The server's data so far was its HelloRetryRequest, an answer to the first ClientHello:
-  // the second one is confirmed only by an acknowledgment of data sent after it (the
-  // fourth review: lost past the guard and resent rewritten, it named another server).
-  f.ack0 = f.ack_max;
-  f.answered = false;
+  end_confirming(k, f, GuardVerdict::Reject);
+  count(bad);
+  reject_log(k, bad, "");
+  give(id, mark, GuardVerdict::Reject);
 }
 
 void SniGuard::end_confirming(const Key& k, Flow& f, GuardVerdict v) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dnsward/config.hpp"
+#include "dnsward/queue_rules.hpp"
 
 namespace dnsward {
 
@@ -32,10 +33,16 @@ std::string render_nft_rules(const ServeConfig& c);
 
 /// The first-flight guard's queue for --queue-backend xt, as iptables-restore reads it (af
 /// AF_INET: iptables, AF_INET6: ip6tables): a chain in table mangle that moves dnsward's
-/// verdict marks into the conntrack mark and queues unjudged connections on guarded ports,
-/// jumped to from OUTPUT; with c.host from FORWARD, for packets in on c.sandbox_ifaces only.
+/// verdict marks into the conntrack mark and queues the client's payload and the server's
+/// packets of undecided connections on guarded ports, jumped to as xt_guard_jumps(c) says.
 /// Pure.
 std::string render_xt_rules(const ServeConfig& c, int af);
+
+/// The jumps into DNSWARD_GUARD that render_xt_rules prints and `serve` requires
+/// (judge_xt_queue): in-guest from OUTPUT (the client's packets) and from INPUT, not from lo
+/// (the server's); with c.host from FORWARD, in on c.sandbox_ifaces (the client's), and out
+/// to them, not in on them (the server's).
+std::vector<XtJump> xt_guard_jumps(const ServeConfig& c);
 
 /// The host ruleset (`nft-rules --host`): table inet c.nft_table with the vouched sets
 /// c.nft_set4/6 keyed by (guest . destination), the sandbox sets kSandboxSet4/6 keyed by

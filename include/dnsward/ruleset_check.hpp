@@ -5,7 +5,9 @@
 // load (`nft -f` loads all or nothing) leaves exactly that. Rule bodies are known by their
 // comments, not parsed back; only the lookups of dnsward's sets are read from them. The
 // table is judged whole: its flags, its two sets' flags, and that it holds no chain but the
-// marked one (another chain of its own could rewrite what the filter let through).
+// marked one (another chain of its own could rewrite what the filter let through). With
+// --sni-guard `nft-rules` prints two chains in-guest, each marked with its place ("...
+// chain=k/2", kGuestChains): output, and input, where the server's packets are queued.
 //
 // Host mode (`nft-rules --host`) prints four chains, each marked with its place among them
 // ("... chain=k/4"), and two more sets: the sandboxes' (interface . guest address) pairs.
@@ -158,7 +160,7 @@ struct RulesetStatus {
   State state = State::NotChecked;
   std::string reason;  ///< why not in force (or not checked)
   std::string id;      ///< 16 hex digits of the marked chain's id, when one was found
-  std::string chain;   ///< the marked chain judged
+  std::string chain;   ///< the marked chain(s) judged, comma-separated
   std::size_t rules = 0;
   bool in_force() const { return state == State::InForce; }
   /// "in-force", "not-in-force" or "not-checked": the word logs and the status answer use.
@@ -172,10 +174,15 @@ struct RulesetStatus {
 /// turns one address into a range up to the top of the address space), the table holds
 /// exactly one chain, and that chain carries the chain comment, is a base chain of type
 /// filter on the output hook with policy drop, holds exactly the marked rules in order (no
-/// other rule), and looks up each set the family needs. Pure.
+/// other rule), and looks up each set the family needs. A ruleset printed with --sni-guard
+/// holds exactly the two chains of kGuestChains, of one id, each marked with its place: the
+/// output chain judged as above, the input chain a base chain of type filter on the input
+/// hook holding exactly its marked rules (its policy is accept, and not judged). The output
+/// chain's mark says guard=on exactly when e.guard. Pure.
 RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e);
 
-/// One of the chains `nft-rules --host` prints, in the order of their marks (chain=k/4).
+/// One of the chains `nft-rules` prints where it prints more than one (host mode; in-guest
+/// with --sni-guard), in the order of their marks (chain=k/m).
 struct HostChain {
   const char* name;
   const char* type;      ///< "filter" or "nat"
@@ -192,6 +199,16 @@ inline constexpr HostChain kHostChains[] = {
 };
 inline constexpr std::size_t kHostChainPrerouting = 0, kHostChainRedirect = 1, kHostChainInput = 2,
                              kHostChainForward = 3, kHostChainCount = 4;
+
+/// The chains `nft-rules --sni-guard` prints in-guest: the output chain (policy drop) and
+/// the input chain (policy accept), where the server's packets of connections the guard has
+/// not decided are queued (the output hook never sees them). Without the guard the output
+/// chain alone, marked without a place.
+inline constexpr HostChain kGuestChains[] = {
+    {"output", "filter", 3 /* NF_INET_LOCAL_OUT */, "filter"},
+    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter"},
+};
+inline constexpr std::size_t kGuestChainOutput = 0, kGuestChainInput = 1, kGuestGuardChains = 2;
 
 /// What the host judge needs to know of serve's configuration (family inet always).
 struct HostRulesetExpectation {

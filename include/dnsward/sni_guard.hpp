@@ -2,12 +2,13 @@
 // addresses: registries sit on shared CDN front ends, so a vouched address reaches every
 // other customer of that CDN by naming it in TLS's server_name or HTTP's Host (domain
 // fronting). The ruleset sends each new connection to a vouched address on a guarded port to
-// dnsward (nfqueue) until its first flight is judged: the ClientHello's server_name (or the
-// Host of a plain HTTP request) must be a name whose answer vouched for that destination
-// (the vouch ledger's bound names). A packet is never passed on unjudged: each gets a
-// verdict of NF_REPEAT with a packet mark, and rules move the mark into the conntrack mark,
-// so a judged connection never leaves the kernel again; a rejected one is reset by the
-// ruleset (a queue verdict cannot send a reset).
+// dnsward (nfqueue), both ways, until its first flight is judged and the server has shown
+// that it read that flight: the ClientHello's server_name (or the Host of a plain HTTP
+// request) must be a name whose answer vouched for that destination (the vouch ledger's
+// bound names). A client packet is never passed on unjudged: each gets a verdict of
+// NF_REPEAT with a packet mark, and rules move the mark into the conntrack mark, so a
+// decided connection never leaves the kernel again; a rejected one is reset by the ruleset
+// (a queue verdict cannot send a reset).
 //
 // Pure: packets come in as bytes with the kernel's id and mark, verdicts go out through
 // VerdictPort, names are asked of BoundNames and time comes from Timers, so unit tests drive
@@ -51,16 +52,16 @@ bool tcp_checksum_ok(const uint8_t* pkt, std::size_t len);
 /// mark's "judged" bit (the queue rule skips it), and Allow/Reject add their bit, which the
 /// ruleset copies into the conntrack mark.
 enum class GuardVerdict : uint8_t {
-  Pass,    ///< not decided by this packet (SYN, bare ACK): the ruleset goes on as usual
-  Allow,   ///< the connection named a bound name: never queued again
+  Pass,    ///< not decided by this packet (a SYN-ACK, a bare ACK): the ruleset goes on as usual
+  Allow,   ///< the connection named a bound name and the server read it: never queued again
   Reject,  ///< the connection is reset by the ruleset, now and for any later packet
-  Drop,    ///< NF_DROP: the client retransmits (a TCP Fast Open SYN, or no room to follow it)
-  /// A TLS 1.3 ClientHello named a bound name, but the server may answer it with a
-  /// HelloRetryRequest and read a second ClientHello (RFC 8446 4.1.4), which OpenSSL's server
-  /// takes with another server_name: the packet goes on to the server, and the connection
-  /// stays queued until the client's next flight shows which it is. Marked with both the
-  /// allowed and the rejected bit, which the ruleset moves into no conntrack mark and lets
-  /// past the drop of unjudged payload.
+  Drop,    ///< NF_DROP: the sender retransmits (a TCP Fast Open SYN, a SYN-ACK with no room to follow it)
+  /// The first flight named a bound name, but the server has not shown yet that it received
+  /// exactly those bytes (see SniGuard::Flow::confirming), or, after a TLS 1.3 ClientHello,
+  /// whether it answered with a HelloRetryRequest and will read a second one (RFC 8446
+  /// 4.1.4). The packet goes on; the connection stays queued in both directions. Marked
+  /// with both the allowed and the rejected bit, which the ruleset moves into no conntrack
+  /// mark and lets past the drop of unjudged payload.
   Watch,
 };
 const char* guard_verdict_name(GuardVerdict v);
@@ -112,18 +113,18 @@ class LedgerBoundNames : public BoundNames {
 #define DNSWARD_GUARD_REASONS(X)                                                               \
   X(mismatch, "mismatch")         /* the name is not bound to the destination */              \
   X(no_name, "no_name")           /* a ClientHello without server_name, or no Host */         \
-  X(not_tls, "not_tls")           /* a TLS port's first bytes are no TLS handshake */         \
+  X(not_tls, "not_tls")           /* a TLS port's first bytes (or the server's) are no TLS */ \
   X(not_http, "not_http")         /* an HTTP port's first bytes are no HTTP/1.x request */    \
   X(malformed, "malformed")       /* inconsistent lengths, a duplicate extension, ... */      \
   X(too_large, "too_large")       /* over the byte or segment bounds before it ended */       \
-  X(conflict, "conflict")         /* two segments disagree on the same bytes */               \
+  X(conflict, "conflict")         /* two segments disagree on the same bytes, or SYN-ACKs */  \
   X(timeout, "timeout")           /* no whole first flight within --first-flight-timeout */   \
-  X(no_state, "no_state")         /* data with no handshake seen (state lost or evicted) */   \
+  X(no_state, "no_state")         /* data with no SYN-ACK seen (state lost or evicted) */     \
   X(tfo, "tfo")                   /* a TCP Fast Open SYN that did not carry a bound name */   \
-  X(urgent, "urgent")             /* urgent data: the server's stream would differ */        \
+  X(urgent, "urgent")             /* urgent data: the server's stream would differ */         \
   X(checksum, "checksum")         /* a wrong checksum: the server would discard the packet */ \
   X(full, "full")                 /* --queue-maxlen connections followed already */           \
-  X(early_data, "early_data")     /* TLS 1.3 0-RTT data offered: see judge_next() */          \
+  X(early_data, "early_data")     /* 0-RTT offered, or TLS bytes before the server answered */ \
   X(alert, "alert")               /* a plaintext alert after the ClientHello: it gave up */
 
 struct GuardCounts {
@@ -155,8 +156,11 @@ inline constexpr std::size_t kMaxFlightSegments = 16;
 inline constexpr std::size_t kMaxHeldBytes = 8u << 20;
 /// How long an allowed connection may wait for the server's answer to confirm it
 /// (SniGuard::Flow::confirming): past it the connection is forgotten, and its next data is
-/// reset (a plain HTTP connection kept alive and idle that long, say; clients retry).
+/// reset (a server that never answers; clients retry).
 inline constexpr uint64_t kConfirmWindowMs = 120000;
+/// The server's first bytes kept: a record header, a handshake header, legacy_version and
+/// the random (RFC 8446 4.1.3), which says whether a ServerHello is a HelloRetryRequest.
+inline constexpr std::size_t kServerHelloPrefix = 5 + 4 + 2 + 32;
 /// Deadlines are met to within this: one sweep serves those that fall due together.
 inline constexpr uint64_t kSweepSlackMs = 100;
 
@@ -194,8 +198,21 @@ class SniGuard {
   struct Held {
     uint32_t id, mark;
   };
+  /// One connection, followed from the server's SYN-ACK (or a Fast Open SYN) until the
+  /// server has shown that it read the flight judged.
+  ///
+  /// Why the server's packets, not the client's: a client with a raw socket (CAP_NET_RAW in
+  /// a guest; a guest's root in host mode) can have a segment judged that the server then
+  /// discards (an old timestamp, RFC 7323 5.3 PAWS; a TTL of 1) and forge its own
+  /// acknowledgment numbers (the third review). The server's SYN-ACK says where the
+  /// client's stream starts (its acknowledgment number is the client's ISN + 1, RFC 9293
+  /// 3.4), and an acknowledgment from the server of the flight's last byte says that the
+  /// server holds every byte from that start to it (acknowledgments are cumulative, RFC 9293
+  /// 3.10.7.4). Every client byte on its way there passed this guard while the connection
+  /// was queued, and each copy of each byte had to agree with the bytes judged: so the
+  /// server read the bytes judged, whatever it discarded on the way.
   struct Flow {
-    uint32_t start = 0;          ///< sequence number of the first byte of the flight
+    uint32_t start = 0;          ///< sequence number of the client's first byte (its ISN + 1)
     uint64_t deadline_ms = 0;    ///< rejected (held packets) or forgotten (none) after it
     std::vector<uint8_t> bytes;  ///< the flight as received, by offset from start
     std::vector<bool> have;      ///< which of bytes arrived
@@ -203,27 +220,35 @@ class SniGuard {
     std::size_t segments = 0;
     bool decided = false;        ///< verdict given; late packets get the same
     GuardVerdict verdict = GuardVerdict::Pass;
-    /// After a TLS 1.3 ClientHello (Watch): the client's next flight is read from next_at
-    /// (past the ClientHello and any change_cipher_spec records since), up to limit; its
-    /// ClientHello, if it sends another, must name sni again.
+    /// The server's SYN-ACK was seen: start is its acknowledgment number, srv_start its own
+    /// ISN + 1. (Not yet, for a Fast Open SYN's flow: start is the SYN's, checked against the
+    /// SYN-ACK when it comes.)
+    bool have_syn_ack = false;
+    uint32_t srv_start = 0;
+    /// The first bytes the server sent (up to kServerHelloPrefix): its first record, which
+    /// says whether it answered a TLS 1.3 ClientHello with a HelloRetryRequest.
+    std::vector<uint8_t> srv;
+    /// After a HelloRetryRequest: the client's second flight is read from next_at (past the
+    /// first ClientHello and any change_cipher_spec records since), up to limit; it must be a
+    /// ClientHello naming sni again.
     bool watching = false;
     std::size_t next_at = 0;
     std::size_t limit = kMaxFlightBytes;
     std::string sni;
     bool ccs = false;            ///< a change_cipher_spec record was read (one is allowed)
     std::size_t hello_segments = 0;  ///< segments of the first ClientHello (for the log)
-    /// The client's acknowledgment number on its first data (the server's ISN + 1 while the
-    /// server has sent nothing), and whether a later packet acknowledged more: the server
-    /// answered, so it read the flight judged.
-    uint32_t ack0 = 0, ack_max = 0;  ///< ack_max: the highest acknowledgment seen
-    bool have_ack0 = false, answered = false;
-    /// Allowed, not yet confirmed: the packets judged went on, but the server may never
-    /// have received them (dropped past the guard: a TTL of 1, congestion), and what the
-    /// client's kernel resends is read from its buffer again, where a zero-copy send or
-    /// sendfile() lets it change (the third review). Until the client's packets show that
-    /// the server answered, the connection stays queued (verdict Watch), and resent bytes
-    /// must be the bytes judged (bytes and have kept).
+    /// Allowed, not yet confirmed (verdict Watch): the packets judged went on, but the
+    /// server may never have taken them (dropped past the guard, discarded by its TCP), and
+    /// what the client resends can differ (a zero-copy send, a raw socket). Until a server
+    /// packet acknowledges judged_end, resent bytes must be the bytes judged (bytes and have
+    /// kept), and nothing is read past judged_end on a TLS port (no client sends before the
+    /// server's answer). Then, after a ClientHello offering TLS 1.3 (tls13), the server's
+    /// first record decides: a ServerHello allows the connection, a HelloRetryRequest sends
+    /// it back to following the second ClientHello (watching).
     bool confirming = false;
+    std::size_t judged_end = 0;  ///< offset past the last byte judged
+    bool tls13 = false;
+    bool after_hrr = false;      ///< the server sent its HelloRetryRequest already
   };
   enum class Reason : uint8_t {
 #define DNSWARD_GUARD_ENUM_(m, s) m,
@@ -236,34 +261,45 @@ class SniGuard {
     GuardVerdict verdict = GuardVerdict::Pass;  ///< Pass: more is needed
     Reason why = Reason::none;
     std::string name;
-    std::size_t hello_end = 0;  ///< Watch: where the ClientHello's records end
-    bool second_hello = false;  ///< Allow of a second ClientHello (after a HelloRetryRequest)
+    std::size_t end = 0;  ///< Allow: the offset past the last byte judged
+    bool tls13 = false;   ///< Allow: a ClientHello offering TLS 1.3
   };
+  /// What the server's first record says (Flow::srv).
+  enum class ServerAnswer : uint8_t { need_more, server_hello, hello_retry, alert, other };
 
   /// Why a flight that a parser did not find whole and well-formed is rejected.
   static Reason refusal(FlightStatus s);
+  static ServerAnswer server_answer(const Flow& f);
+  /// The verdict of a packet of a connection decided already (see the definition).
+  static GuardVerdict late(const Flow& f);
   void give(uint32_t id, uint32_t mark, GuardVerdict v);
+  /// A reset from either side: the connection's state goes (held packets rejected first).
+  void on_reset(const Key& k, uint32_t id, uint32_t mark);
   void on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
   void on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
-  /// Judges the first flight received so far: Pass while more is needed, Watch for a TLS 1.3
-  /// ClientHello that names a bound name.
+  /// A packet of the server's (k is the client's view: src the client).
+  void on_reply(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
+  void on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_t mark);
+  /// A server packet of a connection waiting for confirmation: does it confirm it?
+  void confirm_by(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
+  /// Judges the first flight received so far: Pass while more is needed; Allow of a bound
+  /// name is confirmed later (decide()).
   Judged judge(const Key& k, const uint8_t* data, std::size_t len, bool final_chance) const;
-  /// Judges the client's next flight after a TLS 1.3 ClientHello (f.watching), from f.next_at
-  /// to len; moves f.next_at past change_cipher_spec records read.
+  /// Judges the client's second flight after a HelloRetryRequest (f.watching), from
+  /// f.next_at to len; moves f.next_at past change_cipher_spec records read.
   Judged judge_next(const Key& k, Flow& f, std::size_t len, bool final_chance) const;
-  /// The flight's first ClientHello was judged Watch: held packets go on, the flow waits for
-  /// the next flight.
-  void watch(const Key& k, Flow& f, const Judged& j);
-  /// A packet of an allowed connection not confirmed yet (f.confirming).
+  /// The server sent a HelloRetryRequest: the connection is followed again, for the
+  /// second ClientHello.
+  void second_flight(const Key& k, Flow& f);
+  /// A client packet of an allowed connection not confirmed yet (f.confirming).
   void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
   /// Ends the wait for confirmation with v (Allow: confirmed; Reject): the judged bytes go.
   void end_confirming(const Key& k, Flow& f, GuardVerdict v);
-  /// A second ClientHello was judged: only data the server sends after it confirms it.
-  static void rebase_answer(Flow& f);
   /// Frees room for need more held bytes by forgetting the connections waiting longest for
   /// confirmation (their next data is reset, as with state lost); false if it cannot.
   bool make_room(std::size_t need, const Key& keep);
-  void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name);
+  void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name, std::size_t end = 0,
+              bool tls13 = false);
   void reject_log(const Key& k, Reason why, const std::string& name);
   void count(Reason why);
   void arm();

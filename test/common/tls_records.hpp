@@ -70,4 +70,33 @@ inline TlsBytes records(const TlsBytes& msg, std::size_t frag = 16384) {
   return out;
 }
 
+// The server's answer to a TLS 1.3 ClientHello, as its first record (RFC 8446 4.1.3): a
+// ServerHello, or with retry a HelloRetryRequest (a ServerHello whose random is SHA-256 of
+// "HelloRetryRequest"), each with a session id echo, TLS_AES_128_GCM_SHA256 and a
+// supported_versions extension saying TLS 1.3.
+inline TlsBytes server_hello(bool retry) {
+  static constexpr uint8_t kHrr[32] = {0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c,
+                                       0x02, 0x1e, 0x65, 0xb8, 0x91, 0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb,
+                                       0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c};
+  TlsBytes body{2, 0, 0, 0};
+  put16(body, 0x0303);
+  for (int i = 0; i < 32; ++i) body.push_back(retry ? kHrr[i] : uint8_t(0x40 + i));
+  body.push_back(32);
+  for (int i = 0; i < 32; ++i) body.push_back(uint8_t(0xa0 + i));
+  put16(body, 0x1301);
+  body.push_back(0);
+  put16(body, 6);
+  put16(body, 43);  // supported_versions
+  put16(body, 2);
+  put16(body, 0x0304);
+  const std::size_t n = body.size() - 4;
+  body[1] = uint8_t(n >> 16);
+  body[2] = uint8_t(n >> 8);
+  body[3] = uint8_t(n);
+  TlsBytes out{0x16, 0x03, 0x03};
+  put16(out, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
 }  // namespace dnsward::testing

@@ -1,6 +1,7 @@
-# CAP_NET_RAW only. A bare raw SYN with another ISN on a followed connection, before its data,
-# moves where dnsward thinks the first flight starts (on_syn: start = seq + 1 while nothing is
-# held). dnsward then judges P || D, where P (raw, k bytes just before the real stream) plus the
+# CAP_NET_RAW only (the second review). A bare raw SYN with another ISN on a followed
+# connection, before its data, moved where dnsward thought the first flight starts (then the
+# client's SYN said; now the server's SYN-ACK does, and the raw SYN is not even queued).
+# dnsward then judged P || D, where P (raw, k bytes just before the real stream) plus the
 # kernel socket's ClientHello D parse as one ClientHello naming www.allowed.test. The server's
 # TCP drops P as old data (before rcv_nxt) and reads D alone: a ClientHello naming other.test.
 import socket, struct, sys
@@ -45,6 +46,11 @@ a1, srv1 = ack, seq + 1   # a1: where the kernel socket's data starts
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 # The three go through dnsward's queue in the order sent: no waits between them.
 raw.sendto(seg(src, sport, a1 - k - 1, 0, 0x02), (addr, 0))        # bare SYN: start = a1 - k
-raw.sendto(seg(src, sport, a1 - k, srv1, 0x18, P), (addr, 0))       # P at offset 0, held
+try:
+    raw.sendto(seg(src, sport, a1 - k, srv1, 0x18, P), (addr, 0))   # P at offset 0, held
+except PermissionError:
+    # Rejected at once: the flight starts where the server's SYN-ACK said (a1), and P is
+    # before it (the ruleset's drop makes sendto say EPERM).
+    print("dropped", flush=True)
 s.sendall(D)                                                        # D at offset k
 finish(s, tls, incoming, outgoing)

@@ -74,11 +74,9 @@ else:
 finish(s, tls, incoming, outgoing)
 """
 
-RAW_SYN = FINISH + r"""
-import socket, ssl, struct, sys
-sys.path.insert(0, sys.argv[1])
-from sni_polyglot import hello as make_hello
-addr, cafile = sys.argv[2:4]
+# The TCP checksum (RFC 9293 3.1) of a segment a raw socket sends.
+CSUM = r"""
+import struct
 def csum(b):
     if len(b) % 2:
         b += b"\0"
@@ -86,6 +84,13 @@ def csum(b):
     while s >> 16:
         s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
+"""
+
+RAW_SYN = FINISH + CSUM + r"""
+import socket, ssl, struct, sys
+sys.path.insert(0, sys.argv[1])
+from sni_polyglot import hello as make_hello
+addr, cafile = sys.argv[2:4]
 def hello(name):
     return make_hello(name, ["http/1.1"], cafile)
 s = socket.create_connection((addr, 443), timeout=5)   # handshake by the kernel: SYN passes
@@ -190,6 +195,69 @@ s, t, i, o = conn("other.test", port)
 finish(s, t, i, o)
 """
 
+# CAP_NET_RAW, the third review's attack on the old confirmation: the kernel socket opens the
+# connection; a raw socket sends a ClientHello naming the allowed name over the bytes the
+# socket will send, with an IP TTL of 1 (the guard judges it, the router drops it: the server
+# never reads it, as with a segment it discards by PAWS), then an encrypted-looking record
+# after it acknowledging server data that was never sent (which once confirmed the
+# connection). The socket then sends its own ClientHello, naming other.test.
+RAW_LOST = FINISH + CSUM + r"""
+import socket, struct, sys
+sys.path.insert(0, sys.argv[1])
+from sni_polyglot import hello
+addr, cafile, name = sys.argv[2:5]
+def seg(src, sport, seq, ack, flags, payload=b"", urg=0):
+    tcp = struct.pack("!HHIIBBHHH", sport, 443, seq & 0xffffffff, ack & 0xffffffff, 5 << 4, flags, 65535, 0, urg) + payload
+    pseudo = socket.inet_aton(src) + socket.inet_aton(addr) + struct.pack("!BBH", 0, 6, len(tcp))
+    return tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+sniff = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+sniff.settimeout(5)
+s = socket.create_connection((addr, 443), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+src, sport = s.getsockname()
+while True:  # the SYN-ACK: its seq is the server's ISN, its ack where our data starts
+    pkt = sniff.recv(65535)
+    ihl = (pkt[0] & 15) * 4
+    sp, dp, seq, ack, _, fl = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
+    if sp == 443 and dp == sport and fl & 0x12 == 0x12:
+        break
+a1, srv1 = ack, seq + 1
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+good = hello(name, ["http/1.1"], cafile)[3]
+def send_raw(pkt):
+    try:
+        raw.sendto(pkt, (addr, 0))
+    except PermissionError:  # the ruleset dropped it (a verdict, or a rule): sendto says EPERM
+        print("dropped", flush=True)
+send_raw(seg(src, sport, a1, srv1, 0x18, good))
+send_raw(seg(src, sport, a1 + len(good), srv1 + 4000, 0x18, bytes([23, 3, 3, 0, 1, 0])))
+tls, incoming, outgoing, evil = hello("other.test", ["http/1.1"], cafile)
+try:
+    s.sendall(evil)
+except OSError as e:  # reset already
+    print("error", type(e).__name__, e)
+    sys.exit(0)
+finish(s, tls, incoming, outgoing)
+"""
+
+# CAP_NET_RAW: a bare ACK (no payload, so never queued) with an urgent pointer into the
+# first flight not sent yet; then the socket sends the polyglot D, which the guard reads as
+# naming www.allowed.test, and whose byte u the server's kernel would take out of the
+# stream, leaving S, which names other.test.
+RAW_URGENT_ACK = RAW_LOST.split("raw = socket.socket(")[0] + r"""
+import sni_polyglot
+tls, incoming, outgoing, S, D, u = sni_polyglot.build("other.test", "www.allowed.test", cafile)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+# BSD urgent semantics (Linux's default): the pointer points one past the urgent byte.
+try:
+    raw.sendto(seg(src, sport, a1, srv1, 0x30, b"", urg=u + 1), (addr, 0))
+except PermissionError:  # dropped by the ruleset
+    print("dropped", flush=True)
+s.sendall(D)
+finish(s, tls, incoming, outgoing)
+"""
+
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
           "--bounding-set=-all"]
 NET_RAW_ONLY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
@@ -278,7 +346,7 @@ def set_up_attackers():
     shutil.copy(os.path.join(here, "hrr_client.py"), g.workdir)
     with open(os.path.join(g.workdir, "rebase.py"), "w") as f:
         f.write(FINISH + open(os.path.join(here, "rebase_attack.py")).read())
-    for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
+    for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("raw_lost.py", RAW_LOST), ("raw_urgent_ack.py", RAW_URGENT_ACK), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
         with open(os.path.join(g.workdir, name), "w") as f:
             f.write(text)
 
@@ -340,10 +408,12 @@ class Attack(unittest.TestCase):
         # Second review: a bare raw SYN at ISN - k on a followed connection, then k raw bytes
         # the server discards as old, which with the socket's real ClientHello (other.test)
         # read as one ClientHello naming the allowed name.
-        before = len(g.events("first-flight-rejected", reason="conflict"))
+        # The raw SYN is not even queued now: where the flight starts is what the server's
+        # SYN-ACK acknowledged, and P, before it, rejects the connection.
+        before = len(g.events("first-flight-rejected", reason="malformed"))
         out = run(NET_RAW_ONLY, "rebase.py", g.workdir, g.SHARED, self.cert)
         self.assertRefused(out.splitlines()[-1] if out else out)
-        self.assertGreater(len(g.events("first-flight-rejected", reason="conflict")), before)
+        self.assertGreater(len(g.events("first-flight-rejected", reason="malformed")), before)
 
     def test_a_hello_retry_request_does_not_let_the_second_client_hello_name_another_server(self):
         """The second review's bypass: an unprivileged client whose first ClientHello names the
@@ -434,6 +504,41 @@ class SecondHelloLostPastTheGuard(unittest.TestCase):
                 p.wait()
         self.assertNotIn("hello other.test", out)
         self.assertEqual(len(g.events("first-flight-rejected", reason="conflict", addr=FAR)), before + 1, out)
+
+
+class RawSocketPastTheGuard(unittest.TestCase):
+    """CAP_NET_RAW (root in a guest, in host mode): segments the server never reads and
+    acknowledgments it never sent. The guard takes confirmation from the server's own
+    packets (its SYN-ACK says where the flight starts, its acknowledgment that it holds
+    it), so neither allows anything."""
+
+    def test_a_raw_client_hello_lost_past_the_guard_and_a_forged_acknowledgment_allow_nothing(self):
+        g.wait_for(lambda: g.curl("http://far.allowed.test/") == (0, 200), timeout=20,
+                   what="the far front end reachable and vouched")
+        before = len(g.events("first-flight-rejected", reason="early_data", addr=FAR))
+        # conntrack marks an acknowledgment of data the server never sent invalid, and the
+        # ruleset drops invalid packets on guarded ports; but not when it is liberal (which
+        # some hosts set, Kubernetes' kube-proxy among them): the guard must hold either way.
+        liberal = ("ip", "netns", "exec", g.VM, "sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=")
+        g.sh(*liberal[:-1], liberal[-1] + "1")
+        try:
+            out = run(NET_RAW_ONLY, "raw_lost.py", g.workdir, FAR, os.path.join(g.workdir, "cert.pem"),
+                      "far.allowed.test")
+        finally:
+            g.sh(*liberal[:-1], liberal[-1] + "0")
+        self.assertNotIn("other.test", out.replace("error", ""), out)
+        self.assertTrue(out.startswith("error"), out)
+        # The record after the ClientHello, sent before the server answered: rejected.
+        self.assertEqual(len(g.events("first-flight-rejected", reason="early_data", addr=FAR)), before + 1)
+
+    def test_an_urgent_pointer_on_a_raw_bare_ack_never_reaches_the_server(self):
+        out = run(NET_RAW_ONLY, "raw_urgent_ack.py", g.workdir, g.SHARED, os.path.join(g.workdir, "cert.pem"),
+                  "www.allowed.test")
+        self.assertNotIn("other.test", out.replace("error", ""), out)
+        # The ACK never left (the ruleset's drop); the server read the polyglot whole, which
+        # is no ClientHello it takes.
+        self.assertEqual(out.splitlines()[0], "dropped", out)
+        self.assertTrue(out.splitlines()[-1].startswith("error"), out)
 
 
 class MarkedSocket(unittest.TestCase):

@@ -1,25 +1,33 @@
-// libFuzzer: the first-flight guard (sni_guard.hpp) fed one connection's packets as a client
-// might write them: SYNs (with or without a Fast Open payload), segments at any offset and of
-// any content, resets, and time passing. The oracle is the guard's promise, checked against
-// what the server would receive (the payload of every packet not dropped or rejected):
-// - no packet with payload is ever passed unjudged (a Pass verdict for payload);
-// - whenever bytes were delivered up to the connection's Allow (after all verdicts of one
-//   packet are given), those from
-//   the flight's start agree wherever two packets overlap and begin with a whole
-//   ClientHello (port 443) or HTTP head (port 80) that names a bound name, with nothing
-//   after the ClientHello in its record and no 0-RTT offered with TLS 1.3;
-// - and, as a TLS 1.3 server that sent a HelloRetryRequest would read them (RFC 8446
-//   4.1.4): past any change_cipher_spec records, a handshake record that begins a second
-//   ClientHello, once whole, names the first one's name;
-// - every packet gets exactly one verdict, in the end (the deadline rejects what waits);
-// - the connection is allowed for good only once a segment acknowledged the server's data;
-// - no segment with urgent data (which the server's kernel takes out of the stream) passes
-//   before the connection is allowed.
+// libFuzzer: the first-flight guard (sni_guard.hpp) fed one connection's packets both ways,
+// the client's as untrusted code with a raw socket might write them (SYNs with or without a
+// Fast Open payload, segments at any offset, of any content, with any acknowledgment number,
+// urgent or not, resets), and the server's as an honest TCP and TLS (or HTTP) server would
+// answer them. Any client packet may be discarded by the server after the guard passed it
+// (an old timestamp, RFC 7323 5.3; a TTL of 1): the attacker's choice, one bit per packet.
+//
+// The model server keeps the bytes it took, by offset from the stream's start, in two
+// variants (the first copy of a byte kept, or the last copy before it is read in order),
+// acknowledges what it holds in order, and reads the first ClientHello (or HTTP head) once
+// whole; it answers with a ServerHello, a HelloRetryRequest (after which it reads a second
+// ClientHello, RFC 8446 4.1.4), or an alert. The oracle is the guard's promise, checked
+// against what the server reads:
+// - while a connection is not allowed for good, a whole first ClientHello the server holds
+//   names a bound name, with nothing after it in its record and no 0-RTT offered; after a
+//   HelloRetryRequest, a whole second ClientHello names the same; a whole HTTP head names a
+//   bound host;
+// - a connection is allowed for good only once the server holds all of that (and, after a
+//   ClientHello offering TLS 1.3, has answered it with a ServerHello);
+// - no client packet with payload is passed unjudged (a Pass verdict);
+// - no urgent data reaches the server before the connection is allowed;
+// - every packet queued gets exactly one verdict, in the end (the deadline rejects what
+//   waits).
+// Packets go through a model of the ruleset (World::queued): what it does not queue never
+// reaches the guard (a plain SYN, a reset, the server's bare ACKs on a TLS port), and a
+// client's urgent pointer on a connection without a verdict is dropped.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -30,6 +38,7 @@
 #include "dnsward/client_hello.hpp"
 #include "dnsward/sni_guard.hpp"
 #include "../common/fake_timers.hpp"
+#include "../common/tls_records.hpp"
 
 using namespace dnsward;
 
@@ -40,6 +49,7 @@ void require(bool ok) {
 }
 
 using Clock = testing::FakeTimers;
+using Bytes = std::vector<uint8_t>;
 
 class Names : public BoundNames {
  public:
@@ -51,161 +61,250 @@ class Names : public BoundNames {
   std::string names(const SetKey&) const override { return "allowed.example,x.test"; }
 };
 
-constexpr uint32_t kIsn = 999;  // the flight starts at 1000
-constexpr uint32_t kServerIsn = 7000;  // an acknowledgment past 7001: the server answered
+constexpr uint32_t kIsn = 999;  // the client's stream starts at 1000
 
 struct Sent {
-  bool syn = false, urg = false;
-  uint32_t seq = 0;
-  uint32_t ack = kServerIsn + 1;  ///< the client's acknowledgment number
-  bool new_epoch = false;  ///< a SYN sent after the last connection ended
-  std::vector<uint8_t> payload;
+  bool from_server = false;
+  bool syn = false, ack = true, urg = false, rst = false;
+  bool discarded = false;  ///< the server drops it after the guard (a client packet)
+  uint32_t seq = 0, ack_seq = 0;
+  Bytes payload;
 };
 
-class Oracle : public VerdictPort {
+/// What the server holds of the client's stream: bytes by offset from its start.
+struct Stream {
+  bool keep_first = true;
+  std::map<uint32_t, uint8_t> bytes;
+  std::size_t in_order = 0;  ///< bytes [0, in_order) held in order: read, never replaced
+  void take(uint32_t off, const Bytes& p) {
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      const uint32_t o = off + uint32_t(i);
+      if (o >= (1u << 31) || o < in_order) continue;  // before the start, or old: dropped
+      if (keep_first) bytes.emplace(o, p[i]);
+      else bytes[o] = p[i];
+    }
+    while (bytes.count(uint32_t(in_order))) ++in_order;
+  }
+  Bytes read() const {
+    Bytes r;
+    for (std::size_t o = 0; o < in_order; ++o) r.push_back(bytes.at(uint32_t(o)));
+    return r;
+  }
+};
+
+enum class Tls { wait_hello, sent_retry, done };
+
+class World : public VerdictPort {
  public:
+  explicit World(uint16_t p) : port(p) {
+    streams[1].keep_first = false;
+  }
   void verdict(uint32_t id, GuardVerdict v, uint32_t) override {
     require(id < sent.size());
     require(given.insert(id).second);  // one verdict per packet
     const Sent& s = sent[id];
-    // A SYN that is not dropped after the last connection ended starts another: what was
-    // delivered on that one is not this one's stream.
-    if (s.syn && s.new_epoch && v != GuardVerdict::Drop) new_stream();
-    if (!s.payload.empty()) require(v != GuardVerdict::Pass);
-    if (v == GuardVerdict::Reject) ended = true;  // the ruleset resets the connection
-    if (v == GuardVerdict::Drop || v == GuardVerdict::Reject) return;
-    // Urgent data leaves the server's stream: what the guard judged would not be what it
-    // reads, so none may pass before the first flight is allowed.
-    if (s.urg && !checked) urgent_delivered = true;
-    // Delivered to the server: its bytes, by offset from the flight's start.
-    const uint32_t off = s.seq + (s.syn ? 1 : 0) - (kIsn + 1);
-    for (std::size_t i = 0; i < s.payload.size(); ++i) delivered.emplace_back(off + uint32_t(i), s.payload[i]);
-    if (v == GuardVerdict::Allow) {
-      // Allowed for good (the kernel queues nothing more of the connection) only once the
-      // server answered: before, the packets judged may have been lost past the guard and
-      // the client's resend may say something else (the third review).
-      require(answered_sent());
+    if (!s.from_server && !s.payload.empty()) require(v != GuardVerdict::Pass);
+    if (v == GuardVerdict::Drop) return;
+    if (v == GuardVerdict::Allow && ct != Ct::allowed && !allowed) {
+      // Allowed for good: the kernel queues nothing more of the connection. The server must
+      // hold the flight judged, and have answered a TLS 1.3 ClientHello with a ServerHello.
+      require(state != State::none && confirmed());
       allowed = true;
-      ended = true;  // a later SYN opens another connection
     }
-    if (!s.payload.empty()) fresh = true;
+    // The ruleset moves the verdict into the conntrack mark (Watch and Pass: none).
+    if (v == GuardVerdict::Allow) ct = Ct::allowed;
+    if (v == GuardVerdict::Reject) ct = Ct::rejected;
+    deliver(s);
   }
-  /// After each packet and each passage of time: the verdicts of one decision come together
-  /// (held packets in the order they came, so later bytes may come first), and the server
-  /// gets them together.
-  void settle() {
-    if (allowed && !checked) {
-      checked = true;
-      require(!urgent_delivered);
-    }
-    // Up to the verdict that allows the connection: after it the kernel queues nothing more
-    // of it (here, late packets get Allow unread), and what the client sends is its own.
-    if (fresh && !after_allow) {
-      fresh = false;
-      check_delivered();
-      after_allow = allowed;
-    }
+  /// A packet through the ruleset, as nft-rules --sni-guard writes it: a client's SYN clears
+  /// the verdict from the conntrack mark; packets of connections without a verdict are
+  /// queued (the client's with payload, a Fast Open SYN's too; the server's SYN-ACK and
+  /// data, and on port 80 every packet of the server's); a rejected connection's packets
+  /// are reset (the client's) or dropped (the server's); the rest pass.
+  bool queued(const Sent& s) {
+    if (!s.from_server && s.syn) ct = Ct::none;
+    if (ct != Ct::none) return false;
+    if (!s.from_server) return !s.payload.empty();
+    return s.syn || !s.payload.empty() || port == 80;
   }
-  void check_delivered() {
-    std::map<uint32_t, uint8_t> bytes;
-    uint32_t first_conflict = UINT32_MAX;  // where two delivered packets disagree, first
-    for (const auto& [off, b] : delivered) {
-      const auto [it, fresh] = bytes.emplace(off, b);
-      if (!fresh && it->second != b) first_conflict = std::min(first_conflict, off);
+  /// The packet reaches the other end (unless the ruleset rejects it).
+  void deliver(const Sent& s) {
+    if (ct == Ct::rejected) return;  // reset or dropped by the ruleset
+    if (s.from_server) {
+      if (s.syn && state == State::syn_received) state = State::established;  // the client got it
+      return;
     }
-    std::vector<uint8_t> stream;
-    for (uint32_t o = 0; bytes.count(o); ++o) stream.push_back(bytes[o]);
-    Names n;
-    // The bytes judged (the ClientHello, a second one, the HTTP head): the server may have
-    // read either copy of a byte two packets disagree on, so none may be among them. Past
-    // them the bytes are the client's own.
-    std::size_t judged = 0;
-    if (port == 443) {
-      const ClientHelloResult r = parse_client_hello(stream.data(), stream.size());
-      require(r.status == FlightStatus::Complete && r.has_sni && n.bound({}, r.sni, 0) && r.trailing == 0);
-      judged = r.hello_end;
-      if (r.offers_tls13) {
-        require(!r.has_early_data);
+    if (s.discarded) return;  // dropped past the guard, or by the server's TCP
+    if (s.rst) {
+      ended = true;
+      return;
+    }
+    if (s.syn && (state == State::none || ended)) {
+      new_connection();
+      client_isn = s.seq;
+    }
+    if (state == State::none || ended) return;  // no connection: the server answers with a reset
+    // Before the client has the SYN-ACK it cannot acknowledge the server's ISN, and the
+    // server takes no data without that (RFC 9293 3.10.7.3); only a Fast Open SYN's.
+    if (state != State::established && !s.syn) return;
+    if (s.urg && !allowed) urgent_delivered = true;
+    const uint32_t off = s.seq + (s.syn ? 1 : 0) - (client_isn + 1);
+    if (s.syn && !tfo_taken) return;  // a Fast Open cookie it does not take: data ignored
+    for (Stream& st : streams) st.take(off, s.payload);
+  }
+  void new_connection() {
+    ++epoch;
+    state = State::syn_received;
+    for (Stream& st : streams) {
+      Stream fresh;
+      fresh.keep_first = st.keep_first;
+      st = std::move(fresh);
+    }
+    ended = allowed = urgent_delivered = false;
+    tls = Tls::wait_hello;
+    srv_sent = 0;
+    first_sni.clear();
+    tls13 = false;
+  }
+  uint32_t server_isn() const { return 7000 + epoch * 100000; }
+  uint32_t acked() const { return client_isn + 1 + uint32_t(streams[0].in_order); }
+
+  /// The oracle over what the server reads, after each step, while the connection is not
+  /// allowed for good (after it the bytes that matter were read and acknowledged).
+  void check() {
+    if (ended || allowed || state == State::none) return;
+    require(!urgent_delivered);
+    for (const Stream& st : streams) {
+      const Bytes d = st.read();
+      Names n;
+      if (port == 443) {
+        const ClientHelloResult r = parse_client_hello(d.data(), d.size());
+        if (r.status != FlightStatus::Complete) continue;
+        require(r.has_sni && n.bound({}, r.sni, 0) && r.trailing == 0 && !(r.offers_tls13 && r.has_early_data));
+        if (tls == Tls::wait_hello) continue;
         std::size_t pos = r.hello_end;
-        while (stream.size() - pos >= 6 && stream[pos] == 20 && stream[pos + 3] == 0 && stream[pos + 4] == 1)
-          pos += 6;  // change_cipher_spec records, which a lenient server skips
-        if (stream.size() - pos >= 6 && stream[pos] == 22 && stream[pos + 5] == 1) {
-          const ClientHelloResult second = parse_client_hello(stream.data() + pos, stream.size() - pos);
-          if (second.status == FlightStatus::Complete) {
-            require(second.has_sni && second.sni == r.sni);
-            judged = pos + second.hello_end;
-          } else {
-            judged = stream.size();  // a second ClientHello begun: all of it so far
-          }
+        while (d.size() - pos >= 6 && d[pos] == 20 && d[pos + 3] == 0 && d[pos + 4] == 1) pos += 6;
+        if (d.size() - pos >= 6 && d[pos] == 22 && d[pos + 5] == 1) {
+          const ClientHelloResult second = parse_client_hello(d.data() + pos, d.size() - pos);
+          if (second.status == FlightStatus::Complete) require(second.has_sni && second.sni == r.sni);
         }
+      } else {
+        const HttpHostResult r = parse_http_host(d.data(), d.size());
+        if (r.status == FlightStatus::Complete) require(n.bound({}, r.host, 0));
       }
-    } else {
-      const HttpHostResult r = parse_http_host(stream.data(), stream.size());
-      require(r.status == FlightStatus::Complete && n.bound({}, r.host, 0));
-      judged = r.head_end;
     }
-    require(first_conflict >= judged);  // overlapping packets agree on the bytes judged
   }
-  bool answered_sent() const {
-    for (const Sent& x : sent)
-      if (!x.syn && !x.payload.empty() && x.ack != kServerIsn + 1) return true;
-    return false;
+  /// Whether the server holds what a final Allow needs.
+  bool confirmed() const {
+    for (const Stream& st : streams) {
+      const Bytes d = st.read();
+      Names n;
+      if (port == 443) {
+        const ClientHelloResult r = parse_client_hello(d.data(), d.size());
+        if (r.status != FlightStatus::Complete || !r.has_sni || !n.bound({}, r.sni, 0)) return false;
+        if (r.offers_tls13 && tls != Tls::done) return false;
+      } else {
+        const HttpHostResult r = parse_http_host(d.data(), d.size());
+        if (r.status != FlightStatus::Complete || !n.bound({}, r.host, 0)) return false;
+      }
+    }
+    return true;
   }
+  /// The server's answer to what it read, as an honest server gives it (empty: a bare ACK).
+  Bytes answer(uint8_t variant) {
+    const Bytes d = streams[0].read();
+    if (port == 80) {
+      if (variant % 4 == 3 || parse_http_host(d.data(), d.size()).status != FlightStatus::Complete) return {};
+      const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+      return Bytes(ok.begin(), ok.end());
+    }
+    const ClientHelloResult r = parse_client_hello(d.data(), d.size());
+    if (variant % 4 == 3 || r.status != FlightStatus::Complete) return {};
+    if (tls == Tls::wait_hello) {
+      first_sni = r.sni;
+      tls13 = r.offers_tls13;
+      if (variant % 4 == 2) {
+        ended = true;  // an alert, and the server closes
+        return {21, 3, 3, 0, 2, 2, 40};
+      }
+      if (variant % 4 == 1 && r.offers_tls13) {
+        tls = Tls::sent_retry;
+        return testing::server_hello(true);
+      }
+      tls = Tls::done;
+      return testing::server_hello(false);
+    }
+    if (tls == Tls::sent_retry) {
+      std::size_t pos = r.hello_end;
+      while (d.size() - pos >= 6 && d[pos] == 20 && d[pos + 3] == 0 && d[pos + 4] == 1) pos += 6;
+      if (d.size() - pos < 6 || parse_client_hello(d.data() + pos, d.size() - pos).status != FlightStatus::Complete)
+        return {};
+      tls = Tls::done;
+      return testing::server_hello(false);
+    }
+    return {};
+  }
+
+  enum class State { none, syn_received, established } state = State::none;
+  uint16_t port;
   std::vector<Sent> sent;
   std::set<uint32_t> given;
-  std::vector<std::pair<uint32_t, uint8_t>> delivered;
-  /// A new connection on the same ports (a SYN after a reset or a final verdict): what was
-  /// delivered on the last one is not this one's stream.
-  void new_stream() {
-    delivered.clear();
-    ended = allowed = checked = urgent_delivered = fresh = after_allow = false;
-  }
-  bool allowed = false, checked = false, urgent_delivered = false, fresh = false, after_allow = false;
-  bool ended = false;  ///< reset or finally judged since the last SYN
-  uint16_t port = 443;
+  Stream streams[2];
+  uint32_t epoch = 0;
+  uint32_t client_isn = kIsn;  ///< the ISN of the SYN the server took
+  uint32_t srv_sent = 0;  ///< bytes the server sent on this connection
+  /// ended: the server's connection is gone (a reset it took, or its alert); allowed: the
+  /// connection was allowed for good (after it, what the client sends is its own).
+  bool ended = false, allowed = false, urgent_delivered = false, tfo_taken = false;
+  enum class Ct { none, allowed, rejected } ct = Ct::none;  ///< the conntrack mark's verdict
+  Tls tls = Tls::wait_hello;
+  std::string first_sni;
+  bool tls13 = false;
 };
 
-std::vector<uint8_t> packet(uint16_t dport, const Sent& s, bool rst) {
-  std::vector<uint8_t> p(40 + s.payload.size());
+Bytes packet(uint16_t port, const Sent& s) {
+  Bytes p(40 + s.payload.size());
   const std::size_t total = p.size();
   p[0] = 0x45;
   p[2] = uint8_t(total >> 8);
   p[3] = uint8_t(total);
   p[8] = 64;
   p[9] = IPPROTO_TCP;
-  const uint8_t src[4] = {10, 0, 0, 2}, dst[4] = {198, 51, 100, 7};
-  std::memcpy(&p[12], src, 4);
-  std::memcpy(&p[16], dst, 4);
+  const uint8_t client[4] = {10, 0, 0, 2}, server[4] = {198, 51, 100, 7};
+  std::memcpy(&p[12], s.from_server ? server : client, 4);
+  std::memcpy(&p[16], s.from_server ? client : server, 4);
   uint8_t* t = &p[20];
-  t[0] = 0x9c;
-  t[1] = 0x40;
+  const uint16_t cport = 40000, sport = s.from_server ? port : cport, dport = s.from_server ? cport : port;
+  t[0] = uint8_t(sport >> 8);
+  t[1] = uint8_t(sport);
   t[2] = uint8_t(dport >> 8);
   t[3] = uint8_t(dport);
-  t[4] = uint8_t(s.seq >> 24);
-  t[5] = uint8_t(s.seq >> 16);
-  t[6] = uint8_t(s.seq >> 8);
-  t[7] = uint8_t(s.seq);
-  if (!s.syn) {
-    t[8] = uint8_t(s.ack >> 24);
-    t[9] = uint8_t(s.ack >> 16);
-    t[10] = uint8_t(s.ack >> 8);
-    t[11] = uint8_t(s.ack);
+  for (int i = 0; i < 4; ++i) {
+    t[4 + i] = uint8_t(s.seq >> (24 - 8 * i));
+    t[8 + i] = s.ack ? uint8_t(s.ack_seq >> (24 - 8 * i)) : 0;
   }
   t[12] = 5 << 4;
-  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (rst ? 0x04 : 0) | (s.urg ? 0x20 : 0));
+  t[13] = uint8_t((s.syn ? 0x02 : 0) | (s.ack ? 0x10 : 0) | (s.rst ? 0x04 : 0) | (s.urg ? 0x20 : 0));
   if (!s.payload.empty()) std::memcpy(t + 20, s.payload.data(), s.payload.size());
   return p;
 }
 
 }  // namespace
 
-// Input: one byte choosing the port (odd: 80), then operations: a tag byte, and for data a
-// 16-bit offset (from 256 before the flight's start), a 16-bit length and the payload. A
-// data tag's 0x20 bit: the segment acknowledges data from the server (it answered).
+// Input: one byte (bit 0: port 80, else 443; bit 1: the server takes Fast Open data), then
+// operations, each a tag byte whose low three bits say which:
+//   0 a client SYN; 1 time passes; 2 a client reset; 3 the server's SYN-ACK;
+//   4 the server answers (one more byte: 0 ServerHello, 1 HelloRetryRequest, 2 alert, 3 a
+//     bare ACK, in its low two bits; the rest, a split point into two segments);
+//   5-7 a client segment: a 16-bit offset (from 256 before the stream's start), a 16-bit
+//     length, then the payload; tag bit 0x20 with 7: a Fast Open SYN carrying it.
+// Tag bit 0x80: the server discards the client's packet; 0x40: urgent; 0x08: the client's
+// acknowledgment number is another (a raw socket's forgery); 0x10 with a SYN: its ISN is
+// 100 before the usual one.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
-  Oracle oracle;
-  oracle.port = (data[0] & 1) ? 80 : 443;
+  World w((data[0] & 1) ? 80 : 443);
+  w.tfo_taken = data[0] & 2;
   Clock clock;
   Names names;
   GuardOptions o;
@@ -215,52 +314,90 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   o.max_flows = 4;
   o.timeout_ms = 10000;
   {
-    SniGuard guard(o, names, oracle, clock);
+    SniGuard guard(o, names, w, clock);
     std::size_t i = 1;
     int ops = 0;
+    auto send = [&](Sent s) {
+      const uint32_t id = uint32_t(w.sent.size());
+      w.sent.push_back(s);
+      if (w.queued(s)) {
+        const Bytes p = packet(w.port, s);
+        guard.on_packet(id, 0, p.data(), p.size(), true);
+      } else {
+        w.given.insert(id);  // the ruleset's alone
+        // An urgent pointer on a connection without a verdict is dropped (a raw socket's
+        // bare ACK would point it into the flight, and the server take a byte out of it).
+        if (!(s.urg && !s.from_server && w.ct == World::Ct::none)) w.deliver(s);
+      }
+      w.check();
+    };
     while (i < size && ops++ < 64) {
       const uint8_t tag = data[i++];
       Sent s;
-      bool rst = false;
-      switch (tag % 5) {
-        case 0:  // a SYN
+      s.discarded = tag & 0x80;
+      s.ack_seq = (tag & 0x08) ? w.server_isn() + 5000 : w.server_isn() + 1 + w.srv_sent;
+      switch (tag & 7) {
+        case 0:
           s.syn = true;
-          s.seq = kIsn;
-          s.new_epoch = oracle.ended || guard.flows() == 0;  // (forgotten at a deadline)
+          s.ack = false;
+          s.seq = (tag & 0x10) ? kIsn - 100 : kIsn;  // a raw socket's SYN may say another ISN
+          s.urg = tag & 0x40;
+          send(s);
           break;
-        case 1:  // time passes
+        case 1:
           clock.advance(uint64_t(tag) * 100);
-          oracle.settle();
-          continue;
-        case 2:  // a reset
-          rst = true;
-          s.seq = kIsn + 1;
-          oracle.ended = true;
+          w.check();
           break;
-        default: {  // a segment (tag % 5 == 4 with the SYN flag: Fast Open)
+        case 2:
+          s.rst = true;
+          s.seq = kIsn + 1;
+          send(s);
+          break;
+        case 3:  // the server's SYN-ACK, as it would send it: only to a SYN it received
+          if (w.state != World::State::syn_received) break;
+          s.from_server = true;
+          s.syn = true;
+          s.seq = w.server_isn();
+          s.ack_seq = w.acked();
+          send(s);
+          break;
+        case 4: {
+          if (i >= size) return 0;
+          const uint8_t variant = data[i++];
+          if (w.state != World::State::established || w.ended) break;
+          const Bytes answer = w.answer(variant);
+          const std::size_t split = std::min<std::size_t>(variant >> 2, answer.size());
+          for (const auto& [from, to] : {std::pair{std::size_t(0), split}, std::pair{split, answer.size()}}) {
+            if (from == to && !(from == 0 && answer.empty())) continue;
+            Sent r;
+            r.from_server = true;
+            r.seq = w.server_isn() + 1 + w.srv_sent;
+            r.ack_seq = w.acked();
+            r.payload.assign(answer.begin() + long(from), answer.begin() + long(to));
+            w.srv_sent += uint32_t(to - from);
+            send(r);
+          }
+          break;
+        }
+        default: {
           if (i + 4 > size) return 0;
           const uint32_t off = uint32_t(data[i]) << 8 | data[i + 1];
           std::size_t len = std::size_t(data[i + 2]) << 8 | data[i + 3];
           i += 4;
           len = std::min(len, size - i);
-          s.syn = tag % 5 == 4 && (tag & 0x80);
-          s.new_epoch = s.syn && (oracle.ended || guard.flows() == 0);
+          s.syn = (tag & 7) == 7 && (tag & 0x20);
+          s.ack = !s.syn;
           s.urg = tag & 0x40;
-          if (tag & 0x20) s.ack = kServerIsn + 1 + 500;  // sent after the server answered
-          s.seq = s.syn ? kIsn : kIsn + 1 + off - 256;
+          s.seq = s.syn ? ((tag & 0x10) ? kIsn - 100 : kIsn) : kIsn + 1 + off - 256;
           s.payload.assign(data + i, data + i + len);
           i += len;
+          send(s);
         }
       }
-      const uint32_t id = uint32_t(oracle.sent.size());
-      oracle.sent.push_back(s);
-      const std::vector<uint8_t> p = packet(oracle.port, s, rst);
-      guard.on_packet(id, 0, p.data(), p.size(), true);
-      oracle.settle();
     }
     clock.advance(3600 * 1000);  // every deadline passes
     // Every packet got its verdict: none is left waiting in the queue for ever.
-    require(oracle.given.size() == oracle.sent.size());
+    require(w.given.size() == w.sent.size());
   }
   return 0;
 }

@@ -698,10 +698,12 @@ std::string rendered(std::vector<std::string> args) {
   return render_nft_rules(*r.config);
 }
 
-/// The lines of the output chain's body, trimmed of tabs.
-std::vector<std::string> chain_lines(const std::string& rules) {
+/// The lines of a chain's body (the output chain's unless named), trimmed of tabs.
+std::vector<std::string> chain_lines(const std::string& rules, const std::string& chain = "output") {
   std::vector<std::string> out;
-  std::istringstream in(rules.substr(rules.find("\tchain output {")));
+  const auto at = rules.find("\tchain " + chain + " {");
+  REQUIRE(at != std::string::npos);
+  std::istringstream in(rules.substr(at));
   std::string line;
   std::getline(in, line);
   while (std::getline(in, line) && line != "\t}") {
@@ -870,6 +872,31 @@ TableSeen table_in_force(uint64_t id = 0xabcdef0123456789ull, std::size_t n = 4)
   return t;
 }
 
+/// The table as the kernel holds it when `nft-rules --sni-guard` is loaded: table_in_force's
+/// output chain marked as chain 0 of 2 with guard=on, and the input chain, chain 1 of 2.
+TableSeen guarded_in_force(uint64_t id = 0xabcdef0123456789ull) {
+  TableSeen t = table_in_force(id);
+  ChainSeen& out = t.chains[0];
+  out.comment = ruleset_chain_comment(id, out.rules.size(), kGuestChainOutput, kGuestGuardChains, true);
+  for (std::size_t i = 0; i < out.rules.size(); ++i)
+    out.rules[i].comment = ruleset_rule_comment(id, i, out.rules.size(), kGuestChainOutput, kGuestGuardChains);
+  ChainSeen in;
+  in.name = "input";
+  in.base = true;
+  in.hook = 1;    // NF_INET_LOCAL_IN
+  in.policy = 1;  // NF_ACCEPT
+  in.type = "filter";
+  in.comment = ruleset_chain_comment(id, 3, kGuestChainInput, kGuestGuardChains, true);
+  for (std::size_t i = 0; i < 3; ++i) {
+    RuleSeen r;
+    r.handle = 20 + i;
+    r.comment = ruleset_rule_comment(id, i, 3, kGuestChainInput, kGuestGuardChains);
+    in.rules.push_back(r);
+  }
+  t.chains.push_back(in);
+  return t;
+}
+
 RulesetExpectation inet_dnsward() {
   RulesetExpectation e;
   e.family = "inet";
@@ -1006,67 +1033,221 @@ TEST_CASE("judge: a chain's name is shown escaped, so it cannot pass for fields 
 
 TEST_CASE("judge: serve --sni-guard needs a ruleset printed with it, and serve without it one printed without") {
   RulesetExpectation e = inet_dnsward();
-  TableSeen plain = table_in_force();
-  TableSeen guarded = table_in_force();
-  const auto mark = parse_chain_comment(guarded.chains[0].comment);
-  REQUIRE(mark);
-  guarded.chains[0].comment = ruleset_chain_comment(mark->id, mark->rules, true);
+  const TableSeen plain = table_in_force();
+  const TableSeen guarded = guarded_in_force();
   REQUIRE(parse_chain_comment(guarded.chains[0].comment)->guard);
   CHECK(judge_ruleset(plain, e).in_force());
   CHECK(judge_ruleset(guarded, e).reason.find("printed with --sni-guard, but serve runs without it") !=
         std::string::npos);
   e.guard = true;
-  CHECK(judge_ruleset(guarded, e).in_force());
+  const RulesetStatus s = judge_ruleset(guarded, e);
+  CHECK_MESSAGE(s.in_force(), s.reason);
+  CHECK(s.chain == "output,input");  // both chains named, and the rules of both counted
+  CHECK(s.rules == 7);
+  CHECK(s.id == "abcdef0123456789");
   CHECK(judge_ruleset(plain, e).reason.find("printed without --sni-guard") != std::string::npos);
   CHECK_FALSE(judge_ruleset(plain, e).in_force());
 }
 
-TEST_CASE("nft-rules --sni-guard: every queue rule judges only unjudged original-direction packets once") {
+TEST_CASE("judge: with --sni-guard the input chain, where the server's packets are queued, must be there as printed") {
+  RulesetExpectation e = inet_dnsward();
+  e.guard = true;
+  REQUIRE(judge_ruleset(guarded_in_force(), e).in_force());
+  auto input_mark = [](const TableSeen& t) { return parse_chain_comment(t.chains[1].comment).value(); };
+  const struct {
+    const char* what;
+    std::function<void(TableSeen&)> change;
+    std::string says;
+  } cases[] = {
+      {"the input chain deleted", [](TableSeen& t) { t.chains.pop_back(); },
+       "table inet dnsward holds no chain marked as chain 1 of 2 (the input chain, type filter on the input hook): "
+       "the ruleset is not whole"},
+      {"the output chain deleted", [](TableSeen& t) { t.chains.erase(t.chains.begin()); },
+       "table inet dnsward holds no chain marked as chain 0 of 2 (the output chain, type filter on the output hook): "
+       "the ruleset is not whole"},
+      {"the input chain unmarked", [](TableSeen& t) { t.chains[1].comment.clear(); },
+       "table inet dnsward holds no chain marked as chain 1 of 2"},
+      {"the input chain marked as the output's place",
+       [&](TableSeen& t) {
+         const ChainMark m = input_mark(t);
+         t.chains[1].comment = ruleset_chain_comment(m.id, m.rules, kGuestChainOutput, kGuestGuardChains, true);
+       },
+       "table inet dnsward holds no chain marked as chain 1 of 2"},
+      {"the input chain on another hook", [](TableSeen& t) { t.chains[1].hook = 0; },
+       "chain input (chain 1 of 2) is on the prerouting hook, not input"},
+      {"the input chain unhooked", [](TableSeen& t) { t.chains[1].base = false; },
+       "chain input (chain 1 of 2) is not a base chain (no hook): its rules see no packet"},
+      {"the input chain of another type", [](TableSeen& t) { t.chains[1].type = "route"; },
+       "chain input (chain 1 of 2) is of type route, not filter"},
+      {"a rule of the input chain deleted", [](TableSeen& t) { t.chains[1].rules.erase(t.chains[1].rules.begin()); },
+       "rule 0 of chain input (handle 21, comment \"dnsward 1/3 id=abcdef0123456789 chain=1/2\") is not the rule"},
+      {"a rule appended to the input chain",
+       [](TableSeen& t) {
+         RuleSeen r;
+         r.handle = 99;
+         t.chains[1].rules.push_back(r);
+       },
+       "chain input holds 4 rules where its comment declares 3"},
+      {"the input chain of another load",
+       [&](TableSeen& t) { t.chains[1] = guarded_in_force(0x1111111111111111ull).chains[1]; },
+       "chains output and input of table inet dnsward carry marks of two rulesets (ids abcdef0123456789 and "
+       "1111111111111111): it holds parts of two loads"},
+      {"a third chain",
+       [](TableSeen& t) {
+         ChainSeen post;
+         post.name = "post";
+         t.chains.push_back(post);
+       },
+       "table inet dnsward holds 3 chains where `nft-rules --sni-guard` prints two (output,input); besides them: post"},
+      // What `nft-rules --sni-guard` printed before the server's packets were queued: the
+      // output chain alone, marked guard=on without a place.
+      {"an older guarded ruleset",
+       [](TableSeen& t) {
+         t = table_in_force();
+         t.chains[0].comment = ruleset_chain_comment(0xabcdef0123456789ull, 4, true);
+       },
+       "chain output is marked guard=on, but not as chain 0 of 2: the ruleset was printed by an older `nft-rules "
+       "--sni-guard`, which queues none of the server's packets (print it again)"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    TableSeen t = guarded_in_force();
+    c.change(t);
+    const RulesetStatus r = judge_ruleset(t, e);
+    CHECK(r.state == RulesetStatus::State::NotInForce);
+    CHECK_MESSAGE(r.reason.find(c.says) != std::string::npos, r.reason);
+  }
+  // Two places without guard=on are not what nft-rules prints, whatever serve runs with.
+  TableSeen t = guarded_in_force();
+  for (ChainSeen& ch : t.chains) {
+    const ChainMark m = parse_chain_comment(ch.comment).value();
+    ch.comment = ruleset_chain_comment(m.id, m.rules, m.chain, m.chains, false);
+  }
+  CHECK(judge_ruleset(t, inet_dnsward()).reason ==
+        "chain output is marked as chain 0 of 2 without guard=on, which `nft-rules` does not print");
+  // The input chain's policy is not judged (accept as printed; drop cuts the guest off, it
+  // opens nothing), nor are its lookups (the xt backend's input chain makes none).
+  t = guarded_in_force();
+  t.chains[1].policy = 0;
+  CHECK(judge_ruleset(t, e).in_force());
+}
+
+TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undecided connections, each side in its own chain") {
   // The rules the queue's verdicts depend on, as printed (the xt backend is what this
   // machine's kernel runs; the nft one runs in the 6.1 guest): a queue rule without the
-  // direction, the verdict-bits or the seen-bit condition would queue replies, judged
-  // connections, or the same packet for ever; without the backstop, unjudged payload would
-  // leave; QUIC is rejected on the TLS ports only.
+  // direction, the verdict-bits or the seen-bit condition would queue the other side's
+  // packets, judged connections, or the same packet for ever; without the backstop, unjudged
+  // payload would leave; QUIC is rejected on the TLS ports only.
   auto rules = [](std::vector<std::string> args) {
     const ParseOutcome r = parse_nft_rules(args, test_resolv_conf());
     REQUIRE_MESSAGE(r.config, r.error);
     return std::pair{render_nft_rules(*r.config), *r.config};
   };
+  auto body = [](const std::string& line) { return line.substr(0, line.rfind(" comment \"dnsward ")); };
   const auto [nft, c] = rules({"--sni-guard"});
-  std::size_t queues = 0;
-  std::istringstream in(nft);
-  for (std::string line; std::getline(in, line);) {
-    if (line.find(" queue num 53") == std::string::npos) continue;
-    ++queues;
-    CHECK(line.find("ct direction original ct mark & 0x00c00000 == 0 meta mark & 0x00200000 == 0") != std::string::npos);
-    CHECK(line.find("bypass") == std::string::npos);
-  }
-  CHECK(queues == 4);
+  // The client's side (output): its payload only, a TCP Fast Open SYN's included; its plain
+  // SYN no longer (the server's SYN-ACK says where its stream starts).
+  std::vector<std::string> out_queues;
+  for (const auto& l : chain_lines(nft))
+    if (l.find(" queue num 53") != std::string::npos) out_queues.push_back(body(l));
+  CHECK(out_queues == std::vector<std::string>{
+                          "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 meta mark & 0x00200000 "
+                          "== 0 @ih,0,8 0-255 ip daddr @allowed4 queue num 53",
+                          "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 meta mark & 0x00200000 "
+                          "== 0 @ih,0,8 0-255 ip6 daddr @allowed6 queue num 53"});
+  CHECK(nft.find("tcp flags syn ip daddr") == std::string::npos);
+  // The SYN still clears a reused entry's verdict, in the client's direction only.
+  CHECK(nft.find("tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
+                 "0xff3fffff comment") != std::string::npos);
+  // The server's side (input): the mark rules, then from a vouched address not on lo, of an
+  // undecided connection: on TLS ports the SYN-ACK and payload, on HTTP ports every packet;
+  // then a rejected connection's server packets dropped.
+  std::vector<std::string> in;
+  for (const auto& l : chain_lines(nft, "input"))
+    if (!l.empty() && l[0] != '#' && l.rfind("type ", 0) != 0 && l.rfind("comment ", 0) != 0) in.push_back(body(l));
+  const std::string reply = "ct direction reply ct mark & 0x00c00000 == 0 meta mark & 0x00200000 == 0 ";
+  CHECK(in == std::vector<std::string>{
+                  "iif != \"lo\" ct direction reply meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+                  "iif != \"lo\" ct direction reply meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+                  "iif != \"lo\" tcp sport { 443 } " + reply + "tcp flags syn ip saddr @allowed4 queue num 53",
+                  "iif != \"lo\" tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip saddr @allowed4 queue num 53",
+                  "iif != \"lo\" tcp sport { 80 } " + reply + "ip saddr @allowed4 queue num 53",
+                  "iif != \"lo\" tcp sport { 443 } " + reply + "tcp flags syn ip6 saddr @allowed6 queue num 53",
+                  "iif != \"lo\" tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip6 saddr @allowed6 queue num 53",
+                  "iif != \"lo\" tcp sport { 80 } " + reply + "ip6 saddr @allowed6 queue num 53",
+                  "iif != \"lo\" tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop"});
+  CHECK(chain_lines(nft, "input").at(0) == "type filter hook input priority filter; policy accept;");
+  for (const std::string& chain : {"output", "input"})
+    for (const auto& l : chain_lines(nft, chain))
+      if (l.find(" queue ") != std::string::npos && l[0] != '#') CHECK(l.find("bypass") == std::string::npos);
+  // The options reach the server's side: ports, marks, queue; a family's table its own family.
+  const std::string other = rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
+                                   "--guard-marks", "0x07000000", "--nft-family", "ip"})
+                                .first;
+  CHECK(other.find("iif != \"lo\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0 meta mark & "
+                   "0x01000000 == 0 ip saddr @allowed4 queue num 7 comment") != std::string::npos);
+  CHECK(other.find("iif != \"lo\" tcp sport { 8443, 8080 } ct direction reply ct mark & 0x06000000 == 0x04000000 "
+                   "counter drop comment") != std::string::npos);
+  CHECK(other.find("ip6 saddr") == std::string::npos);
+  // Without the guard, one chain and nothing of it.
+  const std::string plain = rules({}).first;
+  CHECK(plain.find("chain input") == std::string::npos);
+  CHECK(plain.find("ct mark") == std::string::npos);
+
   CHECK(nft.find("ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip daddr @allowed4 counter drop") != std::string::npos);
   CHECK(nft.find("ct mark & 0x00c00000 == 0 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 ip6 daddr @allowed6 counter drop") != std::string::npos);
   CHECK(nft.find("udp dport { 443 } ip daddr @allowed4 counter reject") != std::string::npos);
   CHECK(nft.find("ct state invalid,untracked counter drop") != std::string::npos);
+  // An urgent pointer on a connection not decided, a bare ACK's (never queued) too: dropped,
+  // after the queue (urgent data the guard rejects and counts itself) and with either backend.
+  const auto urg = nft.find("tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 tcp flags urg counter drop");
+  CHECK(urg != std::string::npos);
+  CHECK(urg > nft.find("@ih,0,8 0-255 ip daddr @allowed4 queue num"));
   // A socket's own mark with a verdict bit (SO_MARK): dropped before any mark rule reads it.
   const auto sock = nft.find("tcp dport { 443, 80 } socket mark & 0x00e00000 != 0 counter drop");
   CHECK(sock != std::string::npos);
   CHECK(sock < nft.find("meta mark & 0x00c00000 == 0x00400000 ct mark set"));
+  // The client's verdicts move from the client's packets only: a forged "server" packet that
+  // a raw socket marks (SO_MARK) passes output, in the reply direction, and sets nothing.
+  for (const uint32_t bit : {0x00400000u, 0x00800000u})
+    CHECK(nft.find(fmt::format("\t\tct direction original meta mark & 0x00c00000 == 0x{0:08x} ct mark set ct mark & "
+                               "0xff3fffff | 0x{0:08x} comment",
+                               bit)) != std::string::npos);
+
+  // --queue-backend xt: nft keeps the socket-mark drop and the rejected server packets' drop
+  // (its input chain holds nothing else); the queue and the mark rules are iptables'.
   const auto [xt_nft, xc] = rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(xt_nft.find("socket mark & 0x00e00000 != 0 counter drop") != std::string::npos);
-  CHECK(xt_nft.find(" queue num") == std::string::npos);  // the queue is iptables'
-  for (const int af : {AF_INET, AF_INET6}) {
-    const std::string xt = render_xt_rules(xc, af);
-    std::size_t nfq = 0;
-    std::istringstream x(xt);
-    for (std::string line; std::getline(x, line);) {
-      if (line.find("-j NFQUEUE") == std::string::npos) continue;
-      ++nfq;
-      CHECK(line.find("--ctdir ORIGINAL") != std::string::npos);
-      CHECK(line.find("-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
-      CHECK(line.find("bypass") == std::string::npos);
+  CHECK(xt_nft.find("ct mark & 0x00c00000 == 0 tcp flags urg counter drop") != std::string::npos);
+  CHECK(xt_nft.find(" queue num") == std::string::npos);
+  CHECK(xt_nft.find("ct mark set") == std::string::npos);
+  std::size_t xt_input = 0;
+  for (const auto& l : chain_lines(xt_nft, "input"))
+    if (!l.empty() && l[0] != '#' && l.rfind("type ", 0) != 0 && l.rfind("comment ", 0) != 0) {
+      ++xt_input;
+      CHECK(body(l) == "iif != \"lo\" tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop");
     }
-    CHECK(nfq == 2);
+  CHECK(xt_input == 1);
+  for (const int af : {AF_INET, AF_INET6}) {
+    CAPTURE(af);
+    const std::string xt = render_xt_rules(xc, af);
+    const std::string u32 = af == AF_INET ? "-m u32 --u32 \"0>>22&0x3C@12>>26&0x3C@0&0x0=0\" "
+                                          : "-m u32 --u32 \"52>>26&0x3C@40&0x0=0\" ";
+    const std::string undecided = "-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE --queue-num 53";
+    std::vector<std::string> nfq;
+    std::istringstream x(xt);
+    for (std::string line; std::getline(x, line);)
+      if (line.find("-j NFQUEUE") != std::string::npos) nfq.push_back(line);
+    CHECK(nfq == std::vector<std::string>{
+                     "-A DNSWARD_GUARD -p tcp -m multiport --dports 443,80 " + u32 + "-m conntrack --ctdir ORIGINAL " + undecided,
+                     "-A DNSWARD_GUARD -p tcp -m multiport --sports 443 --tcp-flags SYN SYN -m conntrack --ctdir REPLY " + undecided,
+                     "-A DNSWARD_GUARD -p tcp -m multiport --sports 443 " + u32 + "-m conntrack --ctdir REPLY " + undecided,
+                     "-A DNSWARD_GUARD -p tcp -m multiport --sports 80 -m conntrack --ctdir REPLY " + undecided});
     CHECK(xt.find("--tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL -j CONNMARK --and-mark 0xff3fffff") !=
           std::string::npos);
+    // Each hook's jump takes its own side's packets; the server's never from lo.
+    CHECK(xt.find("\n-I OUTPUT -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
+                  "-I INPUT ! -i lo -m conntrack --ctdir REPLY -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
   }
 }
 

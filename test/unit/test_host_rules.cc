@@ -1,7 +1,9 @@
 // `dnsward nft-rules --host`, the host's ruleset, and judge_host_ruleset, which tells from
 // the table the kernel holds whether that ruleset is in force. The judge is fed the shape
 // of the very text the renderer prints (its chains, marks and set lookups, read back from
-// the text as the kernel would hold them), then that shape with one thing changed.
+// the text as the kernel would hold them), then that shape with one thing changed. So is
+// judge_ruleset with the in-guest ruleset of --sni-guard, whose two chains are marked with
+// their places as the host's are.
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -96,7 +98,7 @@ TableSeen seen_from(const std::string& text) {
   t.set6 = {true, 0x10, kKeyTypeV6V6, kKeyLenV6V6};
   t.sbx4 = {true, 0, kKeyTypeIfV4, kKeyLenIfV4};
   t.sbx6 = {true, 0, kKeyTypeIfV6, kKeyLenIfV6};
-  const std::map<std::string, uint32_t> hooks = {{"prerouting", 0}, {"input", 1}, {"forward", 2}};
+  const std::map<std::string, uint32_t> hooks = {{"prerouting", 0}, {"input", 1}, {"forward", 2}, {"output", 3}};
   uint64_t handle = 1;
   for (const PrintedChain& p : chains_of(text)) {
     ChainSeen c;
@@ -108,7 +110,7 @@ TableSeen seen_from(const std::string& text) {
     c.base = hook_word == "hook";
     c.type = type;
     c.hook = hooks.at(hook);
-    c.policy = 1;
+    c.policy = p.type_line.find("policy drop;") != std::string::npos ? 0 : 1;
     for (const auto& [body, comment] : p.rules) {
       RuleSeen r;
       r.handle = handle++;
@@ -589,37 +591,46 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   CHECK(parse_chain_comment(chains[0].comment).value().id !=
         parse_chain_comment(chains_of(host_text()).at(0).comment).value().id);
 
-  const std::vector<std::string> fwd = forward_rules({"--sni-guard"});
+  const std::vector<std::string> all = forward_rules({"--sni-guard"});
+  // The server's side comes first (below); the client's after the host's own traffic returned.
+  const auto ret = std::find(all.begin(), all.end(), "iifname != \"tap*\" return");
+  REQUIRE(ret != all.end());
+  const std::vector<std::string> fwd(ret, all.end());
   const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
   const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0";
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
                         "0xff3fffff") == 1);
+  // The client's verdicts move from the client's packets only (the server's have their own rules, above).
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000") == 1);
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000") == 1);
+  CHECK(count_with(fwd, "ct direction original meta mark & 0x00c00000 == 0x00400000 ct mark set") == 1);
+  CHECK(count_with(fwd, "ct direction original meta mark & 0x00c00000 == 0x00800000 ct mark set") == 1);
   // A rejected connection is reset, its log line rate-limited like the host's others.
   const std::string rejected = "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000";
   CHECK(count_with(fwd, rejected + " " + lim + "\"dnsward-sni-reject: \"") == 1);
   CHECK(count_with(fwd, rejected + " counter reject with tcp reset") == 1);
-  // Queued: SYNs and payload of unjudged connections to pairs this guest had vouched, per family.
+  // Queued from the guests: payload of unjudged connections to pairs this guest had vouched,
+  // per family; a plain SYN no longer (the server's SYN-ACK says where the stream starts).
   std::size_t queues = 0;
   for (const auto& r : fwd) {
     if (r.find(" queue num 53") == std::string::npos) continue;
     ++queues;
-    CHECK(r.find(unjudged + " meta mark & 0x00200000 == 0 ") != std::string::npos);
+    CHECK(r.find(unjudged + " meta mark & 0x00200000 == 0 @ih,0,8 0-255 ") != std::string::npos);
     CHECK(r.find("bypass") == std::string::npos);
     const bool v6 = r.find("ip6 saddr . ip6 daddr @allowed6 queue num 53") != std::string::npos;
     CHECK((v6 || r.find("ip saddr . ip daddr @allowed4 queue num 53") != std::string::npos));
   }
-  CHECK(queues == 4);
-  CHECK(count_with(fwd, "tcp flags syn ip saddr . ip daddr @allowed4 queue") == 1);
-  CHECK(count_with(fwd, "@ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 queue") == 1);
+  CHECK(queues == 2);
+  CHECK(count_with(all, "tcp flags syn ip saddr . ip daddr") == 0);
   // The backstop and QUIC, per pair.
   const std::string unwatched = " meta mark & 0x00c00000 != 0x00c00000";  // a watched TLS 1.3 flight passes
   CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
   CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
+  // A guest's urgent pointer before the verdict, a bare ACK's too (never queued).
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 tcp flags urg counter drop") == 1);
   // Never by destination alone: the sets are keyed (guest . destination).
   CHECK(count_with(fwd, "ip saddr . ip daddr @allowed4") + count_with(fwd, "ip6 saddr . ip6 daddr @allowed6") ==
         count_with(fwd, "daddr @allowed"));
@@ -656,8 +667,48 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   const auto other = forward_rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
                                     "--guard-marks", "0x07000000"});
   CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0 meta mark & "
-                          "0x01000000 == 0 tcp flags syn ip saddr . ip daddr @allowed4 queue num 7") == 1);
+                          "0x01000000 == 0 @ih,0,8 0-255 ip saddr . ip daddr @allowed4 queue num 7") == 1);
   CHECK(count_with(other, "udp dport { 8443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
+  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8443 } ct direction reply ct mark & 0x06000000 == 0 meta "
+                          "mark & 0x01000000 == 0 tcp flags syn ip daddr . ip saddr @allowed4 queue num 7") == 1);
+  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0 meta "
+                          "mark & 0x01000000 == 0 ip6 daddr . ip6 saddr @allowed6 queue num 7") == 1);
+}
+
+TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are queued at the forward chain's head, from the uplink only") {
+  const std::vector<std::string> fwd = forward_rules({"--sni-guard"});
+  // A reply comes in from the uplink: the host's own traffic returns at the rule that lets
+  // everything not from a tap go, so the server's side comes before it. Keyed (guest .
+  // destination) with the guest as the reply's destination; never from a tap.
+  const std::string from = "iifname != \"tap*\" ";
+  const std::string reply = "ct direction reply ct mark & 0x00c00000 == 0 meta mark & 0x00200000 == 0 ";
+  const std::vector<std::string> head = {
+      from + "ct direction reply meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+      from + "ct direction reply meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+      from + "tcp sport { 443 } " + reply + "tcp flags syn ip daddr . ip saddr @allowed4 queue num 53",
+      from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip daddr . ip saddr @allowed4 queue num 53",
+      from + "tcp sport { 80 } " + reply + "ip daddr . ip saddr @allowed4 queue num 53",
+      from + "tcp sport { 443 } " + reply + "tcp flags syn ip6 daddr . ip6 saddr @allowed6 queue num 53",
+      from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip6 daddr . ip6 saddr @allowed6 queue num 53",
+      from + "tcp sport { 80 } " + reply + "ip6 daddr . ip6 saddr @allowed6 queue num 53",
+      from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop",
+      "iifname != \"tap*\" return",
+  };
+  REQUIRE(fwd.size() > head.size());
+  CHECK(std::vector<std::string>(fwd.begin(), fwd.begin() + std::ptrdiff_t(head.size())) == head);
+  // Every chain but forward still lets the host's own traffic go first; forward right after
+  // the server's side, every rule of which matches only what does not come from a tap.
+  const auto chains = chains_of(host_text({"--sni-guard"}));
+  for (std::size_t k = 0; k < kHostChainCount; ++k)
+    if (k != kHostChainForward) CHECK(chains[k].rules.at(0).first == "iifname != \"tap*\" return");
+  // The interface pattern is the option's.
+  const auto vm = forward_rules({"--sni-guard", "--sandbox-ifaces", "vm-*"});
+  CHECK(vm.at(2).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
+  CHECK(vm.at(9) == "iifname != \"vm-*\" return");
+  // xt: the queue and the mark rules are iptables'; nft keeps the rejected replies' drop.
+  const auto xt = forward_rules({"--sni-guard", "--queue-backend", "xt"});
+  CHECK(xt.at(0) == from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop");
+  CHECK(xt.at(1) == "iifname != \"tap*\" return");
 }
 
 TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and backstop, the queue is iptables' on FORWARD") {
@@ -669,6 +720,7 @@ TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and 
   CHECK(count_with(fwd, "@ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
   CHECK(count_with(fwd, "@ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
+  CHECK(count_with(fwd, "ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop") == 1);
   CHECK(parse_chain_comment(chains_of(host_text({"--sni-guard", "--queue-backend", "xt"})).at(kHostChainForward).comment)
             .value()
             .guard);
@@ -676,34 +728,51 @@ TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and 
   for (const int af : {AF_INET, AF_INET6}) {
     CAPTURE(af);
     const std::string xt = render_xt_rules(host_config(with({"--sni-guard", "--queue-backend", "xt"})), af);
-    // Hooked into FORWARD, for the sandboxes' interfaces only (nft's `tap*` is iptables' `tap+`).
-    CHECK(xt.find("\n-I FORWARD -i tap+ -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
+    // Hooked into FORWARD for the sandboxes' interfaces (nft's `tap*` is iptables' `tap+`):
+    // the client's packets in on them, the server's out to them from elsewhere.
+    CHECK(xt.find("\n-I FORWARD -i tap+ -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
+                  "-I FORWARD ! -i tap+ -o tap+ -m conntrack --ctdir REPLY -j DNSWARD_GUARD\nCOMMIT\n") !=
+          std::string::npos);
     CHECK(xt.find("OUTPUT") == std::string::npos);
-    std::size_t nfq = 0;
+    CHECK(xt.find("INPUT") == std::string::npos);
+    std::size_t nfq = 0, replies = 0;
     std::istringstream x(xt);
     for (std::string line; std::getline(x, line);) {
       if (line.find("-j NFQUEUE") == std::string::npos) continue;
       ++nfq;
-      CHECK(line.find("--ctdir ORIGINAL") != std::string::npos);
+      // The client's to the guarded ports, the server's from them: each on its own side.
+      const bool reply = line.find("--ctdir REPLY") != std::string::npos;
+      replies += reply;
+      CHECK(line.find(reply ? "-m multiport --sports " : "-m multiport --dports 443,80 ") != std::string::npos);
+      CHECK(line.find(reply ? "--ctdir ORIGINAL" : "--ctdir REPLY") == std::string::npos);
       CHECK(line.find("-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
       CHECK(line.find("bypass") == std::string::npos);
     }
-    CHECK(nfq == 2);
+    CHECK(nfq == 4);
+    CHECK(replies == 3);
     CHECK(xt.find("--tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL -j CONNMARK --and-mark 0xff3fffff") !=
           std::string::npos);
+    CHECK(xt.find("--ctdir ORIGINAL -m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE") !=
+          std::string::npos);
+    CHECK(xt.find("--tcp-flags SYN SYN -m conntrack --ctdir ORIGINAL") == std::string::npos);
     CHECK(xt.find("nft-rules --host --sni-guard --queue-backend xt --print") != std::string::npos);
   }
   const auto ifaces = [](const char* pattern) {
     return render_xt_rules(host_config(with({"--sni-guard", "--queue-backend", "xt", "--sandbox-ifaces", pattern})),
                            AF_INET);
   };
-  CHECK(ifaces("vm-*").find("\n-I FORWARD -i vm-+ -j DNSWARD_GUARD\n") != std::string::npos);
-  CHECK(ifaces("tap7").find("\n-I FORWARD -i tap7 -j DNSWARD_GUARD\n") != std::string::npos);
-  // In-guest, the same queue hooks OUTPUT, for every interface.
+  CHECK(ifaces("vm-*").find("\n-I FORWARD -i vm-+ -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
+                            "-I FORWARD ! -i vm-+ -o vm-+ -m conntrack --ctdir REPLY -j DNSWARD_GUARD\n") !=
+        std::string::npos);
+  CHECK(ifaces("tap7").find("\n-I FORWARD -i tap7 -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
+                            "-I FORWARD ! -i tap7 -o tap7 -m conntrack --ctdir REPLY -j DNSWARD_GUARD\n") !=
+        std::string::npos);
+  // In-guest, the same queue hooks OUTPUT for every interface, and INPUT but for lo.
   const auto guest = parse_nft_rules({"--sni-guard", "--queue-backend", "xt"}, "/nonexistent/resolv.conf");
   REQUIRE(guest.config);
   const std::string in_guest = render_xt_rules(*guest.config, AF_INET);
-  CHECK(in_guest.find("\n-I OUTPUT -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
+  CHECK(in_guest.find("\n-I OUTPUT -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
+                      "-I INPUT ! -i lo -m conntrack --ctdir REPLY -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);
   CHECK(in_guest.find("FORWARD") == std::string::npos);
 }
 
@@ -794,4 +863,100 @@ TEST_CASE("host judge with the guard: the ports= sets keyed (guest . destination
   for (auto& r : bad.chains[kHostChainForward].rules)
     r.lookups.erase(std::remove(r.lookups.begin(), r.lookups.end(), "allowed6_ports"), r.lookups.end());
   CHECK(judge_host_ruleset(bad, e).reason.find("no rule of chain forward looks up set allowed6_ports") == 0);
+}
+
+namespace {
+/// The in-guest ruleset printed with args (no resolv.conf: one upstream given).
+std::string guest_text(std::vector<std::string> args) {
+  args.insert(args.end(), {"--upstream", "192.0.2.53", "--user", "root"});
+  const auto r = parse_nft_rules(args, "/nonexistent/resolv.conf");
+  REQUIRE_MESSAGE(r.config, r.error);
+  return render_nft_rules(*r.config);
+}
+/// The in-guest table as the kernel holds it once text is loaded, with the sets as declared.
+TableSeen guest_seen(const std::string& text) {
+  TableSeen t = seen_from(text);
+  t.set4 = {true, 0x10, kKeyTypeV4, kKeyLenV4};
+  t.set6 = {true, 0x10, kKeyTypeV6, kKeyLenV6};
+  t.ports4 = {true, 0x10, kKeyTypeV4Port, kKeyLenV4Port};
+  t.ports6 = {true, 0x10, kKeyTypeV6Port, kKeyLenV6Port};
+  t.sbx4 = t.sbx6 = {};
+  return t;
+}
+RulesetExpectation guest_expectation(bool guard) {
+  RulesetExpectation e;
+  e.family = "inet";
+  e.table = "dnsward";
+  e.set4 = "allowed4";
+  e.set6 = "allowed6";
+  e.guard = guard;
+  e.ports4 = "allowed4_ports";
+  e.ports6 = "allowed6_ports";
+  return e;
+}
+}  // namespace
+
+TEST_CASE("in-guest ruleset --sni-guard: output and input chains, each marked with its place and one id, in force as printed") {
+  for (const auto& args : {std::vector<std::string>{"--sni-guard"},
+                           std::vector<std::string>{"--sni-guard", "--queue-backend", "xt"}}) {
+    CAPTURE(args.size());
+    const std::string text = guest_text(args);
+    const auto chains = chains_of(text);
+    REQUIRE(chains.size() == kGuestGuardChains);
+    std::optional<uint64_t> id;
+    for (std::size_t k = 0; k < kGuestGuardChains; ++k) {
+      const PrintedChain& c = chains[k];
+      CAPTURE(c.name);
+      CHECK(c.name == kGuestChains[k].name);
+      CHECK(c.type_line == (k == kGuestChainOutput ? "type filter hook output priority filter; policy drop;"
+                                                   : "type filter hook input priority filter; policy accept;"));
+      const auto mark = parse_chain_comment(c.comment);
+      REQUIRE_MESSAGE(mark, c.comment);
+      CHECK(mark->chain == k);
+      CHECK(mark->chains == kGuestGuardChains);
+      CHECK(mark->rules == c.rules.size());
+      CHECK(mark->guard);  // both hold the guard's rules
+      if (!id) id = mark->id;
+      CHECK(mark->id == *id);
+      for (std::size_t i = 0; i < c.rules.size(); ++i) {
+        const auto m = parse_rule_comment(c.rules[i].second);
+        REQUIRE_MESSAGE(m, c.rules[i].second);
+        CHECK(m->index == i);
+        CHECK(m->chain == k);
+        CHECK(m->chains == kGuestGuardChains);
+        CHECK(m->id == *id);
+      }
+    }
+    // Judged from its shape as loaded: in force under serve --sni-guard, and not without it
+    // (nor with its input chain gone, nor with it on another hook).
+    const TableSeen t = guest_seen(text);
+    RulesetStatus s = judge_ruleset(t, guest_expectation(true));
+    CHECK_MESSAGE(s.in_force(), s.reason);
+    CHECK(s.chain == "output,input");
+    CHECK(s.rules == chains[0].rules.size() + chains[1].rules.size());
+    s = judge_ruleset(t, guest_expectation(false));
+    CHECK_MESSAGE(s.reason.find("printed with --sni-guard, but serve runs without it") != std::string::npos, s.reason);
+    TableSeen cut = t;
+    cut.chains.pop_back();
+    s = judge_ruleset(cut, guest_expectation(true));
+    CHECK_MESSAGE(s.reason.find("holds no chain marked as chain 1 of 2 (the input chain") != std::string::npos, s.reason);
+    cut = t;
+    cut.chains[1].hook = 3;
+    s = judge_ruleset(cut, guest_expectation(true));
+    CHECK_MESSAGE(s.reason == "chain input (chain 1 of 2) is on the output hook, not input", s.reason);
+  }
+  // One id for both chains, covering the input chain's text too.
+  const auto id_of = [](std::vector<std::string> args) {
+    return parse_chain_comment(chains_of(guest_text(std::move(args))).at(1).comment).value().id;
+  };
+  CHECK(id_of({"--sni-guard"}) != id_of({"--sni-guard", "--http-ports", "8080"}));
+  // Without the guard: the output chain alone, marked without a place, judged in force.
+  const std::string plain = guest_text({});
+  REQUIRE(chains_of(plain).size() == 1);
+  CHECK(parse_chain_comment(chains_of(plain)[0].comment).value().chains == 0);
+  RulesetExpectation e = guest_expectation(false);
+  e.ports4 = e.ports6 = "";
+  const RulesetStatus s = judge_ruleset(guest_seen(plain), e);
+  CHECK_MESSAGE(s.in_force(), s.reason);
+  CHECK(s.chain == "output");
 }

@@ -87,6 +87,7 @@ struct Seg {
   /// 6999), kAnswered once it has.
   uint32_t ack = 7000;
   bool syn = false, rst = false;
+  bool synack = false;  ///< the server's SYN-ACK (acknowledging ack)
   Bytes payload;
 };
 
@@ -125,14 +126,15 @@ Bytes packet(const Seg& s) {
   t[5] = uint8_t(s.seq >> 16);
   t[6] = uint8_t(s.seq >> 8);
   t[7] = uint8_t(s.seq);
-  if (!s.syn) {
+  if (!s.syn || s.synack) {
     t[8] = uint8_t(s.ack >> 24);
     t[9] = uint8_t(s.ack >> 16);
     t[10] = uint8_t(s.ack >> 8);
     t[11] = uint8_t(s.ack);
   }
   t[12] = 5 << 4;
-  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (s.rst ? 0x04 : 0) | (s.payload.empty() || s.syn ? 0 : 0x08));
+  t[13] = uint8_t((s.syn ? 0x02 : 0x10) | (s.synack ? 0x12 : 0) | (s.rst ? 0x04 : 0) |
+                  (s.payload.empty() || s.syn ? 0 : 0x08));
   std::copy(s.payload.begin(), s.payload.end(), t + 20);
   return p;
 }
@@ -160,14 +162,28 @@ struct World {
     guard->on_packet(id, mark, p.data(), p.size(), true);  // as a local socket's: no checksum yet
     return id;
   }
-  /// A handshake (SYN at seq 999, so the flight starts at 1000), its verdict checked.
-  void handshake(Seg s) {
-    s.syn = true;
-    s.seq = 999;
-    const uint32_t id = send(s);
+  /// A handshake: the server's SYN-ACK (its ISN 6999, acknowledging the client's SYN at
+  /// seq 999, so the flight starts at 1000), its verdict checked.
+  void handshake(const Seg& s) {
+    const uint32_t id = send(from_server(s, 6999, 1000, {}, true));
     REQUIRE(out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
     out.given.clear();
   }
+  /// A packet of the server's on the client's connection s: at seq, acknowledging ack.
+  static Seg from_server(const Seg& s, uint32_t seq, uint32_t ack, Bytes payload = {}, bool synack = false) {
+    Seg r;
+    r.src = s.dst;
+    r.dst = s.src;
+    r.sport = s.dport;
+    r.dport = s.sport;
+    r.seq = seq;
+    r.ack = ack;
+    r.syn = r.synack = synack;
+    r.payload = std::move(payload);
+    return r;
+  }
+  /// The server's first data (its stream starts at 7000), acknowledging ack.
+  uint32_t answer(const Seg& s, uint32_t ack, Bytes payload) { return send(from_server(s, 7000, ack, std::move(payload))); }
 };
 
 Bytes slice(const Bytes& b, std::size_t from, std::size_t to) { return Bytes(b.begin() + long(from), b.begin() + long(to)); }
@@ -178,29 +194,25 @@ Bytes record(uint8_t type, std::size_t n, uint8_t x = 0xab) {
   r.insert(r.end(), n, x);
   return r;
 }
-/// The client's next flight after a TLS 1.3 ClientHello that the server took: its
-/// encrypted Finished (an application_data record), sent at seq.
-Seg encrypted_flight(Seg s, uint32_t seq) {
-  s.syn = false;
-  s.seq = seq;
-  s.ack = kAnswered;  // sent after the server's answer
-  s.payload = record(23, 53);
-  return s;
-}
 
 }  // namespace
 
-TEST_CASE("a TLS 1.3 ClientHello naming a bound name passes watched (both bits); the encrypted next flight allows") {
+TEST_CASE("a TLS 1.3 ClientHello naming a bound name passes watched (both bits); the server's ServerHello acknowledging all of it allows") {
   World w;
   Seg s;
   w.handshake(s);
   s.payload = curl_hello();
   const uint32_t id = w.send(s, 0x00000005);  // bits of other software's kept as they are
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, 0x00000005 | kWatch}});
-  CHECK(w.guard->counts().allowed == 0);
-  // The server answered with a ServerHello: the client's next flight is encrypted.
-  const uint32_t next = w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())), 0x00000005);
-  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, 0x00000005 | kSeen | kAllowed});
+  CHECK(w.guard->counts().allowed == 1);
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  // An acknowledgment short of its last byte: the server may not hold the rest (lost past
+  // the guard, or discarded), nothing is confirmed.
+  const uint32_t part = w.send(World::from_server(s, 7000, end - 1, testing::server_hello(false)));
+  CHECK(w.out.given.back() == Given{part, GuardVerdict::Watch, kWatch});
+  // The ServerHello acknowledging all of it: the server is committed to it, allowed for good.
+  const uint32_t hello = w.answer(s, end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{hello, GuardVerdict::Allow, kSeen | kAllowed});
   CHECK(w.guard->counts().allowed == 1);
 }
 
@@ -356,22 +368,26 @@ TEST_CASE("without server_name, not TLS, or malformed: rejected with the reason 
   CHECK(w.out.given[0].v == GuardVerdict::Reject);
 }
 
-TEST_CASE("later packets of a decided connection get the same verdict") {
+TEST_CASE("later packets of an allowed connection pass watched, never marking a connection allowed again") {
   World w;
   Seg s;
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
-  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  w.answer(s, end, testing::server_hello(false));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  // Queued before the conntrack mark was set (segments written back to back): they pass.
+  const uint32_t srv = w.send(World::from_server(s, 7090, end, Bytes(100, 0x17)));
+  CHECK(w.out.given.back() == Given{srv, GuardVerdict::Watch, kWatch});
   Seg more = s;
-  more.seq = 1000 + uint32_t(s.payload.size()) + 58;
+  more.seq = end;
   more.payload = {1, 2, 3};
-  const uint32_t id = w.send(more);  // queued before the conntrack mark was set
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+  const uint32_t id = w.send(more);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
 }
 
-TEST_CASE("a TCP Fast Open SYN with a bound name passes (watched, as TLS 1.3); with another it is dropped") {
+TEST_CASE("a TCP Fast Open SYN with a bound name passes watched, confirmed by the server; with another it is dropped") {
   World w;
   Seg s;
   s.syn = true;
@@ -379,16 +395,34 @@ TEST_CASE("a TCP Fast Open SYN with a bound name passes (watched, as TLS 1.3); w
   s.payload = curl_hello();
   const uint32_t ok = w.send(s);
   CHECK(w.out.given.back() == Given{ok, GuardVerdict::Watch, kWatch});
-  // Followed from the SYN: the next flight is judged at the offset after the ClientHello.
-  // Its acknowledgment number is the first seen (the SYN carries none): allowed, and
-  // confirmed by a later packet acknowledging more of the server's data.
-  Seg next = encrypted_flight(s, 1000 + uint32_t(s.payload.size()));
-  const uint32_t id = w.send(next);
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
-  next.seq += uint32_t(next.payload.size());
-  next.ack = kAnswered + 100;
-  const uint32_t later = w.send(next);
-  CHECK(w.out.given.back() == Given{later, GuardVerdict::Allow, kSeen | kAllowed});
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  // The SYN-ACK acknowledges the data (the server took it, RFC 7413): its ServerHello is
+  // still to say whether it reads a second ClientHello.
+  const uint32_t synack = w.send(World::from_server(s, 6999, end, {}, true));
+  CHECK(w.out.given.back() == Given{synack, GuardVerdict::Watch, kWatch});
+  const uint32_t hello = w.answer(s, end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{hello, GuardVerdict::Allow, kSeen | kAllowed});
+  // A server that took none of it: the client sends it again after the handshake, where it
+  // must be the bytes judged.
+  Seg u = s;
+  u.sport = 40004;
+  w.send(u);
+  const uint32_t none = w.send(World::from_server(u, 6999, 1000, {}, true));
+  CHECK(w.out.given.back() == Given{none, GuardVerdict::Watch, kWatch});
+  Seg resent = u;
+  resent.syn = false;
+  resent.seq = 1000;
+  const uint32_t again = w.send(resent);
+  CHECK(w.out.given.back() == Given{again, GuardVerdict::Watch, kWatch});
+  const uint32_t hello2 = w.answer(u, end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{hello2, GuardVerdict::Allow, kSeen | kAllowed});
+  // A SYN-ACK acknowledging neither the SYN alone nor all its data answers another SYN.
+  Seg t = s;
+  t.sport = 40003;
+  w.send(t);
+  const uint32_t odd = w.send(World::from_server(t, 6999, end - 5, {}, true));
+  CHECK(w.out.given.back() == Given{odd, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().conflict == 1);
   w.names.bound_["198.51.100.7"] = {"registry.example"};
   s.sport = 40001;
   const uint32_t bad = w.send(s);
@@ -397,7 +431,7 @@ TEST_CASE("a TCP Fast Open SYN with a bound name passes (watched, as TLS 1.3); w
   CHECK(w.guard->counts().tfo == 1);
 }
 
-TEST_CASE("plain HTTP: the Host must be bound") {
+TEST_CASE("plain HTTP: the Host must be bound; the server's acknowledgment of the request confirms it") {
   World w;
   Seg s, t;
   s.dport = t.dport = 80;
@@ -411,13 +445,12 @@ TEST_CASE("plain HTTP: the Host must be bound") {
   w.send(s);
   w.send(t);
   REQUIRE(w.out.given.size() == 2);
-  CHECK(w.out.given[0].v == GuardVerdict::Watch);  // allowed; confirmed once the server answered
+  CHECK(w.out.given[0].v == GuardVerdict::Watch);  // allowed; confirmed once the server has it
   CHECK(w.out.given[1].v == GuardVerdict::Reject);
   CHECK(w.guard->counts().allowed == 1);
-  s.seq += uint32_t(s.payload.size());
-  s.ack = kAnswered;  // the next request, after the response
-  w.send(s);
-  CHECK(w.out.given.back().v == GuardVerdict::Allow);
+  // The server's bare ACK of the whole request (the ruleset queues them on HTTP ports).
+  const uint32_t ack = w.send(World::from_server(s, 7000, 1000 + uint32_t(s.payload.size())));
+  CHECK(w.out.given.back() == Given{ack, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
 TEST_CASE("IPv6 connections are judged the same way") {
@@ -433,15 +466,14 @@ TEST_CASE("IPv6 connections are judged the same way") {
   CHECK(w.out.given[0].v == GuardVerdict::Watch);
 }
 
-TEST_CASE("past --queue-maxlen followed connections a new SYN is dropped, none evicted") {
+TEST_CASE("past --queue-maxlen followed connections a new SYN-ACK is dropped, none evicted") {
   World w(false, 2);
   Seg a, b, c;
   b.sport = 40001;
   c.sport = 40002;
   w.handshake(a);
   w.handshake(b);
-  c.syn = true;
-  const uint32_t id = w.send(c);
+  const uint32_t id = w.send(World::from_server(c, 6999, 1000, {}, true));
   CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
   CHECK(w.guard->counts().full == 1);
   a.payload = curl_hello();
@@ -626,15 +658,12 @@ TEST_CASE("a new handshake on the ports of a decided connection is judged anew, 
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
-  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  w.answer(s, 1000 + uint32_t(s.payload.size()), testing::server_hello(false));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
   w.names.bound_["198.51.100.7"] = {"registry.example"};
-  Seg again;
-  again.syn = true;
-  again.seq = 4999;
-  const uint32_t syn = w.send(again);
-  CHECK(w.out.given.back() == Given{syn, GuardVerdict::Pass, kSeen});
-  again.syn = false;
+  Seg again;  // the server's SYN-ACK of the new handshake says where its flight starts
+  const uint32_t synack = w.send(World::from_server(again, 8999, 5000, {}, true));
+  CHECK(w.out.given.back() == Given{synack, GuardVerdict::Pass, kSeen});
   again.seq = 5000;
   again.payload = curl_hello();
   const uint32_t id = w.send(again);
@@ -725,23 +754,27 @@ TEST_CASE("an element an sni=any entry vouched for lets any first flight through
   CHECK(w.out.given[1].v == GuardVerdict::Allow);
 }
 
-TEST_CASE("a SYN of another sequence number on a followed connection is dropped: the flight's start never moves") {
-  // The second review's attack: a raw socket's bare SYN at ISN - k moves the start k bytes
-  // before the real stream; k bytes the server discards as old then head the flight judged.
+TEST_CASE("where the flight starts is the server's SYN-ACK's to say: a client's SYN moves nothing, another SYN-ACK is dropped") {
+  // The second review's attack: a raw socket's bare SYN at ISN - k moved the start k bytes
+  // before the real stream; k bytes the server discards as old then headed the flight judged.
   World w;
   Seg s;
-  w.handshake(s);  // ISN 999: the flight starts at 1000
+  w.handshake(s);  // acknowledging 1000: the flight starts there
   Seg syn = s;
   syn.syn = true;
   syn.seq = 899;
   const uint32_t id = w.send(syn);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Drop, 0}});
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}});
+  const uint32_t other = w.send(World::from_server(s, 5555, 900, {}, true));
+  CHECK(w.out.given.back() == Given{other, GuardVerdict::Drop, 0});
   CHECK(w.guard->counts().conflict == 1);
-  // The kernel's own retransmission (same ISN) still passes, and the flight still starts at 1000.
+  // The same SYN-ACK again passes, and the flight still starts at 1000: bytes before it
+  // reject the connection.
   w.handshake(s);
-  s.payload = curl_hello();
-  w.send(s);
-  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  s.seq = 900;
+  s.payload = Bytes(100, 0x16);
+  const uint32_t before = w.send(s);
+  CHECK(w.out.given.back() == Given{before, GuardVerdict::Reject, kSeen | kRejected});
 }
 
 TEST_CASE("an urgent pointer on a bare ACK before the verdict rejects the connection (it may point into later bytes)") {
@@ -779,16 +812,21 @@ Bytes cat(Bytes a, const Bytes& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
 }
-/// The connection of w after handshake and a first ClientHello naming allowed.example, given
-/// Watch; returns the sequence number after it.
+/// The connection of w after handshake, a first ClientHello naming allowed.example (given
+/// Watch) and the server's HelloRetryRequest acknowledging it (Watch: the server reads a
+/// second ClientHello); returns the sequence number after the first. The server's next
+/// byte is 7000 + the HelloRetryRequest's size (kAfterHrr).
 uint32_t watched(World& w, Seg& s) {
   w.handshake(s);
   s.payload = tls13_hello("allowed.example");
   const uint32_t id = w.send(s);
-  REQUIRE(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  const uint32_t hrr = w.answer(s, end, testing::server_hello(true));
+  REQUIRE(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}, {hrr, GuardVerdict::Watch, kWatch}});
   w.out.given.clear();
-  return 1000 + uint32_t(s.payload.size());
+  return end;
 }
+const uint32_t kAfterHrr = 7000 + uint32_t(testing::server_hello(true).size());
 }  // namespace
 
 TEST_CASE("after a HelloRetryRequest a second ClientHello naming another name is rejected, even a bound one") {
@@ -805,7 +843,7 @@ TEST_CASE("after a HelloRetryRequest a second ClientHello naming another name is
     w.out.given.clear();
   }
   CHECK(w.guard->counts().mismatch == 2);
-  CHECK(w.guard->counts().allowed == 0);
+  CHECK(w.guard->counts().allowed == 2);  // the first ClientHellos
 }
 
 TEST_CASE("a second ClientHello repeating the first one's name is allowed, confirmed only by an answer to it") {
@@ -814,28 +852,27 @@ TEST_CASE("a second ClientHello repeating the first one's name is allowed, confi
   s.seq = watched(w, s);
   const Bytes second = cat(ccs(), tls13_hello("allowed.example"));
   s.payload = second;
-  s.ack = kAnswered;  // after the server's HelloRetryRequest, which answered the first one
   const uint32_t id = w.send(s);
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
-  CHECK(w.guard->counts().allowed == 1);
-  // Lost past the guard and resent rewritten (the fourth review): rejected, though the
-  // HelloRetryRequest was acknowledged already.
+  const uint32_t end2 = s.seq + uint32_t(second.size());
+  // The server's change_cipher_spec after its HelloRetryRequest (RFC 8446 D.4) acknowledges
+  // the first ClientHello only: nothing confirmed.
+  const uint32_t srv_ccs = w.send(World::from_server(s, kAfterHrr, s.seq, ccs()));
+  CHECK(w.out.given.back() == Given{srv_ccs, GuardVerdict::Watch, kWatch});
+  // Lost past the guard and resent rewritten (the fourth review): rejected.
   World w2;
   Seg t;
   t.seq = watched(w2, t);
   t.payload = second;
-  t.ack = kAnswered;
   w2.send(t);
   Seg rewritten = t;
   rewritten.payload = cat(ccs(), tls13_hello("allowed.exampl0"));
   const uint32_t bad = w2.send(rewritten);
   CHECK(w2.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
-  // The client's Finished, after the server's ServerHello: confirmed.
-  s.seq += uint32_t(second.size());
-  s.payload = record(23, 53);
-  s.ack = kAnswered + 200;
-  const uint32_t fin = w.send(s);
-  CHECK(w.out.given.back() == Given{fin, GuardVerdict::Allow, kSeen | kAllowed});
+  // The ServerHello acknowledging the second: allowed for good.
+  const uint32_t hello = w.send(World::from_server(s, kAfterHrr + 6, end2, testing::server_hello(false)));
+  CHECK(w.out.given.back() == Given{hello, GuardVerdict::Allow, kSeen | kAllowed});
+  CHECK(w.guard->counts().allowed == 1);
 }
 
 TEST_CASE("a change_cipher_spec sent alone passes watched; the second ClientHello after it is still judged") {
@@ -870,23 +907,22 @@ TEST_CASE("a second ClientHello split over segments is held until whole, then ju
                                          {ib, GuardVerdict::Reject, kSeen | kRejected}});
 }
 
-TEST_CASE("the client's next flight decides: encrypted or TLS 1.2 handshake allows, an alert or junk rejects") {
+TEST_CASE("after a HelloRetryRequest only a ClientHello is read: anything else rejects the connection") {
   struct Case {
     const char* what;
     Bytes next;
-    GuardVerdict v;
   };
   const Case cases[] = {
-      {"TLS 1.3 encrypted Finished", record(23, 53), GuardVerdict::Allow},
-      {"CCS, then the encrypted Finished", cat(ccs(), record(23, 53)), GuardVerdict::Allow},
-      {"TLS 1.2 ClientKeyExchange", cat(record(22, 37, 0x10), ccs()), GuardVerdict::Allow},
-      {"TLS 1.2 resumption: CCS and an encrypted Finished", cat(ccs(), record(22, 40, 0x00)), GuardVerdict::Allow},
-      {"a plaintext alert", record(21, 2), GuardVerdict::Reject},
-      {"two change_cipher_spec records", cat(ccs(), ccs()), GuardVerdict::Reject},
-      {"a change_cipher_spec of two bytes", record(20, 2, 1), GuardVerdict::Reject},
-      {"a zero-length handshake record", record(22, 0), GuardVerdict::Reject},
-      {"a record of an unknown type", record(24, 3), GuardVerdict::Reject},
-      {"a handshake record beginning a malformed ClientHello", record(22, 40, 0x01), GuardVerdict::Reject},
+      {"an encrypted record", record(23, 53)},
+      {"CCS, then an encrypted record", cat(ccs(), record(23, 53))},
+      {"another handshake message", cat(record(22, 37, 0x10), ccs())},
+      {"a plaintext alert", record(21, 2)},
+      {"two change_cipher_spec records", cat(ccs(), ccs())},
+      {"a change_cipher_spec of two bytes", record(20, 2, 1)},
+      {"a zero-length handshake record", record(22, 0)},
+      {"a record of an unknown type", record(24, 3)},
+      {"a handshake record beginning a malformed ClientHello", record(22, 40, 0x01)},
+      {"a ClientHello offering 0-RTT", tls13_hello("allowed.example", {testing::Ext{42, {}}})},
   };
   for (const Case& c : cases) {
     CAPTURE(std::string(c.what));
@@ -894,15 +930,52 @@ TEST_CASE("the client's next flight decides: encrypted or TLS 1.2 handshake allo
     Seg s;
     s.seq = watched(w, s);
     s.payload = c.next;
-    s.ack = kAnswered;  // sent after the server's answer
     const uint32_t id = w.send(s);
-    REQUIRE(w.out.given.size() == 1);
-    CHECK(w.out.given[0].id == id);
-    CHECK(w.out.given[0].v == c.v);
+    CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
   }
 }
 
-TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed, not watched for a second one: confirmed by the next flight") {
+TEST_CASE("after a TLS 1.3 ClientHello the server's first record decides: a ServerHello allows, an alert waits, anything else rejects") {
+  struct Case {
+    const char* what;
+    Bytes answer;
+    GuardVerdict v;
+  };
+  const Bytes sh = testing::server_hello(false);
+  Bytes short_hello = record(22, 20, 0x02);  // a ServerHello record too short for its random
+  const Case cases[] = {
+      {"a ServerHello", sh, GuardVerdict::Allow},
+      {"a HelloRetryRequest", testing::server_hello(true), GuardVerdict::Watch},
+      {"an alert", record(21, 2), GuardVerdict::Watch},
+      {"an encrypted record", record(23, 40), GuardVerdict::Reject},
+      {"another handshake message", record(22, 40, 0x0b), GuardVerdict::Reject},
+      {"a ServerHello whose random is not in its first record", short_hello, GuardVerdict::Reject},
+      {"the first 20 bytes of a ServerHello", slice(sh, 0, 20), GuardVerdict::Watch},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(std::string(c.what));
+    World w;
+    Seg s;
+    w.handshake(s);
+    s.payload = tls13_hello("allowed.example");
+    w.send(s);
+    const uint32_t id = w.answer(s, 1000 + uint32_t(s.payload.size()), c.answer);
+    CHECK(w.out.given.back().id == id);
+    CHECK(w.out.given.back().v == c.v);
+  }
+  // The rest of a ServerHello that came in parts: allowed once its random is read.
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = tls13_hello("allowed.example");
+  w.send(s);
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  w.answer(s, end, slice(sh, 0, 20));
+  const uint32_t rest = w.send(World::from_server(s, 7020, end, slice(sh, 20, sh.size())));
+  CHECK(w.out.given.back() == Given{rest, GuardVerdict::Allow, kSeen | kAllowed});
+}
+
+TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed once the server acknowledges it, its first record unread") {
   World w;
   Seg s;
   w.handshake(s);
@@ -910,13 +983,10 @@ TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed, not watched for
   const uint32_t id = w.send(s);
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
   CHECK(w.guard->counts().allowed == 1);
-  // Its ClientKeyExchange, a handshake record that is no ClientHello, after the server's
-  // flight: allowed for good, whatever it holds.
-  s.seq += uint32_t(s.payload.size());
-  s.payload = record(22, 37, 0x01);
-  s.ack = kAnswered;
-  const uint32_t next = w.send(s);
-  CHECK(w.out.given.back() == Given{next, GuardVerdict::Allow, kSeen | kAllowed});
+  // TLS 1.2 has no HelloRetryRequest: the server's first data acknowledging it allows, what
+  // ever its record holds.
+  const uint32_t answer = w.answer(s, 1000 + uint32_t(s.payload.size()), record(23, 40));
+  CHECK(w.out.given.back() == Given{answer, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
 namespace {
@@ -985,26 +1055,74 @@ TEST_CASE("a SYN of the same handshake on a connection waiting for confirmation 
   CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
 }
 
-TEST_CASE("an allowed connection is confirmed by a packet acknowledging the server's data, then allowed for good") {
+TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all of it, never by the client's, then allowed for good") {
   World w;
   Seg s = http_get(w);
   w.send(s);
-  // Bytes past those judged are the client's own, watched until then.
+  // Bytes past those judged are the client's own (a body), watched until then.
   Seg more = s;
   more.seq += uint32_t(s.payload.size());
   more.payload = {'x'};
-  CHECK(w.out.given.back().v == GuardVerdict::Watch);
   w.send(more);
   CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  // The client's acknowledgment of server data (a raw socket's, say) confirms nothing.
   more.seq += 1;
   more.ack = kAnswered;
-  const uint32_t confirmed = w.send(more);
+  w.send(more);
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  const uint32_t short_of_it = w.send(World::from_server(s, 7000, end - 1));
+  CHECK(w.out.given.back() == Given{short_of_it, GuardVerdict::Watch, kWatch});
+  const uint32_t confirmed = w.send(World::from_server(s, 7000, end));
   CHECK(w.out.given.back() == Given{confirmed, GuardVerdict::Allow, kSeen | kAllowed});
-  // After it, as for any allowed connection: late packets get Allow unread.
+  // After it, as for any allowed connection: late packets pass unread.
   Seg rewritten = s;
   rewritten.payload.assign(rewritten.payload.size(), 'z');
   const uint32_t late = w.send(rewritten);
-  CHECK(w.out.given.back() == Given{late, GuardVerdict::Allow, kSeen | kAllowed});
+  CHECK(w.out.given.back() == Given{late, GuardVerdict::Watch, kWatch});
+}
+
+TEST_CASE("a segment the server discards (PAWS, a TTL of 1) cannot stand in for the one it reads") {
+  // The third review: a raw socket's ClientHello naming a bound name, which the server
+  // discards, judged in place of the socket's own naming another. The server never
+  // acknowledges it; the socket's own ClientHello over the same bytes disagrees.
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = tls13_hello("allowed.example");
+  w.send(s);
+  CHECK(w.out.given.back().v == GuardVerdict::Watch);
+  Seg real = s;
+  real.payload = tls13_hello("allowed.exampl0");  // the same length: other bytes, same range
+  REQUIRE(real.payload.size() == s.payload.size());
+  const uint32_t id = w.send(real);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().conflict == 1);
+  // And one that starts later, over bytes never judged: the server cannot acknowledge
+  // past the gap before them, and they are rejected when they come.
+  World w2;
+  Seg t;
+  w2.handshake(t);
+  t.seq = 1100;
+  t.payload = tls13_hello("allowed.example");
+  w2.send(t);
+  const uint32_t gap = w2.send(World::from_server(t, 7000, 1000));  // the server has nothing
+  CHECK(w2.out.given.back().id == gap);
+  CHECK(w2.out.given.back().v != GuardVerdict::Allow);
+}
+
+TEST_CASE("the server's reset ends the connection: the client's next data is reset") {
+  World w;
+  Seg s = http_get(w);
+  w.send(s);
+  Seg rst = World::from_server(s, 7000, 1000);
+  rst.rst = true;
+  const uint32_t id = w.send(rst);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
+  CHECK(w.guard->flows() == 0);
+  s.seq += uint32_t(s.payload.size());
+  const uint32_t next = w.send(s);
+  CHECK(w.out.given.back() == Given{next, GuardVerdict::Reject, kSeen | kRejected});
 }
 
 TEST_CASE("a packet that acknowledges the server's data but rewrites bytes judged is rejected, not allowed") {
@@ -1045,7 +1163,7 @@ TEST_CASE("an urgent SYN on the ports of an allowed connection is dropped, never
   w.handshake(s);
   s.payload = curl_hello();
   w.send(s);
-  w.send(encrypted_flight(s, 1000 + uint32_t(s.payload.size())));
+  w.answer(s, 1000 + uint32_t(s.payload.size()), testing::server_hello(false));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
   Seg syn;  // another connection on the same ports (found by the fuzz target)
   syn.syn = true;
@@ -1095,13 +1213,26 @@ TEST_CASE("a second ClientHello in the first one's record is rejected, not left 
   CHECK(w.guard->counts().malformed == 1);
 }
 
-TEST_CASE("the next flight in the ClientHello's own segment is judged with it") {
+TEST_CASE("TLS bytes after the ClientHello before the server's answer reject the connection (read unjudged after a HelloRetryRequest)") {
   World w;
   Seg s;
   w.handshake(s);
   s.payload = cat(tls13_hello("allowed.example"), cat(ccs(), tls13_hello("other.example")));
   const uint32_t id = w.send(s);
   CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().early_data == 1);
+  // The same sent after the ClientHello was judged, in a segment of its own.
+  World w2;
+  Seg t;
+  w2.handshake(t);
+  t.payload = tls13_hello("allowed.example");
+  w2.send(t);
+  CHECK(w2.out.given.back().v == GuardVerdict::Watch);
+  t.seq = 1000 + uint32_t(t.payload.size());
+  t.payload = cat(ccs(), tls13_hello("other.example"));
+  const uint32_t bad = w2.send(t);
+  CHECK(w2.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w2.guard->counts().early_data == 1);
 }
 
 TEST_CASE("a watched connection's ClientHello sent again passes again at once; rewritten, it is rejected") {
@@ -1124,21 +1255,6 @@ TEST_CASE("a watched connection's ClientHello sent again passes again at once; r
   CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
   CHECK(w.out.given[w.out.given.size() - 2] == Given{held, GuardVerdict::Reject, kSeen | kRejected});
   CHECK(w.guard->counts().conflict == 1);
-}
-
-TEST_CASE("a segment with the ClientHello and the start of the next flight waits for the next flight's verdict") {
-  World w;
-  Seg s;
-  w.handshake(s);
-  const Bytes hello = tls13_hello("allowed.example"), next = cat(ccs(), tls13_hello("other.example"));
-  s.payload = cat(hello, slice(next, 0, 30));
-  const uint32_t first = w.send(s);
-  CHECK(w.out.given.empty());  // the start of a second ClientHello is not sent on unjudged
-  s.seq = 1000 + uint32_t(s.payload.size());
-  s.payload = slice(next, 30, next.size());
-  const uint32_t rest = w.send(s);
-  CHECK(w.out.given == std::vector<Given>{{first, GuardVerdict::Reject, kSeen | kRejected},
-                                         {rest, GuardVerdict::Reject, kSeen | kRejected}});
 }
 
 TEST_CASE("a watched connection whose next flight never comes is forgotten at the deadline; data after it is reset") {
@@ -1195,4 +1311,46 @@ TEST_CASE("LedgerBoundNames::any asks the policy in force of the entries that vo
   CHECK_FALSE(names.any(k, now + 301 * 1000));  // expired: nothing vouches for it any more
   CHECK_FALSE(names.any(SetKey{{}, IpAddr::v4(a8)}, now));
   CHECK_FALSE(names.bound(k, kAnyName, now));  // "*" is never a bound name
+}
+
+TEST_CASE("a new connection's data sent before the server's SYN-ACK does not ride the last one's Allow") {
+  // Found by the fuzz target's model: after an allowed connection, a reset and a SYN (the
+  // guard sees neither; the SYN clears the conntrack mark), a raw socket's data on the same
+  // ports before the SYN-ACK was queued and given the old Allow, which marked the new
+  // connection allowed before anything was judged.
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  w.answer(s, 1000 + uint32_t(s.payload.size()), testing::server_hello(false));
+  REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  Seg early = s;
+  early.seq = 1000;
+  early.payload = tls13_hello("other.example");
+  const uint32_t id = w.send(early);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  // Its SYN-ACK starts it anew: its flight is judged.
+  const uint32_t synack = w.send(World::from_server(s, 55555, 1000, {}, true));
+  CHECK(w.out.given.back() == Given{synack, GuardVerdict::Pass, kSeen});
+  const uint32_t flight = w.send(early);
+  CHECK(w.out.given.back() == Given{flight, GuardVerdict::Reject, kSeen | kRejected});
+}
+
+TEST_CASE("a HelloRetryRequest when --queue-maxlen connections are followed already rejects its connection") {
+  // Following the second ClientHello takes a place like any flight: none is evicted for it.
+  World w(false, 1);
+  Seg a, b;
+  b.sport = 40001;
+  w.handshake(a);
+  a.payload = tls13_hello("allowed.example");
+  w.send(a);
+  w.handshake(b);  // followed, its flight not come yet: the one place taken
+  const uint32_t hrr = w.answer(a, 1000 + uint32_t(a.payload.size()), testing::server_hello(true));
+  CHECK(w.out.given.back() == Given{hrr, GuardVerdict::Watch, kWatch});
+  CHECK(w.guard->counts().full == 1);
+  a.seq = 1000 + uint32_t(a.payload.size());
+  a.payload = cat(ccs(), tls13_hello("allowed.example"));
+  const uint32_t second = w.send(a);
+  CHECK(w.out.given.back() == Given{second, GuardVerdict::Reject, kSeen | kRejected});
 }

@@ -32,12 +32,14 @@ re() { echo "$1" | sed 's/\./\\./g'; }  # a name or address as an ERE matching o
 # --- The ruleset of `nft-rules --sni-guard` loads, with nftables' queue ---------------------
 dnsward nft-rules --upstream "$dw_upstream" --user dnsward --sni-guard > $SNI_RULES
 if nft -f $SNI_RULES 2>/tmp/nft-sni.err; then
-  # Four queue rules (SYN and payload, IPv4 and IPv6), each nftables' own queue to 53 (no
-  # xt NFQUEUE), none with `bypass`: with no reader on the queue it drops, never passes.
+  # Eight queue rules, each nftables' own queue to 53 (no xt NFQUEUE), none with `bypass`
+  # (with no reader on the queue it drops, never passes): the client's payload in output,
+  # the server's SYN-ACK, payload and HTTP packets in input (six), IPv4 and IPv6 each.
   q=$(nft list table inet dnsward | grep -E ' queue ')
-  is sni_guard_ruleset_loads_with_nft_queue_on_6_1 "4 4 0 0" \
+  is sni_guard_ruleset_loads_with_nft_queue_on_6_1 "8 8 0 0 6" \
     "$(echo "$q" | grep -c .) $(echo "$q" | grep -cE 'queue (num|to) 53( |$)') \
-$(echo "$q" | grep -c bypass) $(nft list ruleset | grep -ci nfqueue)"
+$(echo "$q" | grep -c bypass) $(nft list ruleset | grep -ci nfqueue) \
+$(nft list chain inet dnsward input | grep -cE ' queue ')"
 else
   check sni_guard_ruleset_loads_with_nft_queue_on_6_1 fail \
     "nft -f: $(head -c 600 /tmp/nft-sni.err | tr '\n' ' ')"
