@@ -306,37 +306,14 @@ void SniGuard::on_syn(const Key& k, const TcpPacket& t, uint32_t id, uint32_t ma
     give(id, mark, GuardVerdict::Pass);
     return;
   }
-  // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Judged alone; unless it is
-  // a whole first flight naming a bound name, the SYN is dropped and the client sends a
-  // plain SYN again (its data follows the handshake, where it is judged as usual). Only on
-  // a connection not followed yet: one on a followed connection is no Fast Open (the
-  // kernel retransmits a lost SYN-data as a plain SYN) but a raw socket's (review).
-  const auto it = flows_.find(k);
-  if (it != flows_.end() || t.urg) {
-    count(Reason::tfo);
-    reject_log(k, Reason::tfo, "");
-    give(id, mark, GuardVerdict::Drop);
-    return;
-  }
-  const Judged j = judge(k, t.payload, t.payload_len, true);
-  if (j.verdict == GuardVerdict::Allow && j.end == t.payload_len && pending_ < o_.max_flows &&
-      make_room(t.payload_len, k)) {
-    // Followed from here like any other, confirmed by the server's answer; the SYN-ACK must
-    // acknowledge this SYN (on_syn_ack()).
-    Flow f;
-    f.start = t.seq + 1;  // the SYN takes one sequence number (RFC 9293 3.4)
-    f.bytes.assign(t.payload, t.payload + t.payload_len);
-    f.have.assign(t.payload_len, true);
-    f.held.push_back({id, mark});
-    f.segments = 1;
-    held_bytes_ += t.payload_len;
-    ++pending_;
-    Flow& followed = flows_.emplace(k, std::move(f)).first->second;
-    decide(k, followed, GuardVerdict::Allow, Reason::none, j.name, j.end, j.tls13);
-    return;
-  }
+  // TCP Fast Open (RFC 7413): the first flight rides on the SYN. Dropped, whatever it
+  // names: a SYN-ACK acknowledging its data looks just like one answering a plain SYN whose
+  // ISN is the data's length further on (the fifth review: a raw SYN-data the server never
+  // took, then the socket's own SYN at that ISN, and the SYN-ACK confirmed a flight the
+  // server never read). Linux sends the SYN again without data and the data after the
+  // handshake, where it is judged as usual; it costs the client one retransmission timeout.
   count(Reason::tfo);
-  reject_log(k, Reason::tfo, j.name);
+  reject_log(k, Reason::tfo, "");
   give(id, mark, GuardVerdict::Drop);
 }
 
@@ -357,7 +334,7 @@ void SniGuard::on_reply(const Key& k, const TcpPacket& t, uint32_t id, uint32_t 
     return;
   }
   Flow& f = it->second;
-  if (f.have_syn_ack && t.payload_len > 0) {
+  if (t.payload_len > 0) {
     // Keep the server's first bytes, in order (an honest server sends them in order; a gap
     // waits for the bytes that fill it).
     const uint32_t off = t.seq - f.srv_start;
@@ -390,25 +367,9 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
   auto it = flows_.find(k);
   if (it != flows_.end()) {
     Flow& f = it->second;
-    if (f.have_syn_ack && f.srv_start == t.seq + 1 && f.start == start) {
+    if (f.srv_start == t.seq + 1 && f.start == start) {
       // Sent again (its ACK was lost, or the client's SYN came twice).
       give(id, mark, f.decided ? late(f) : GuardVerdict::Pass);
-      return;
-    }
-    if (!f.have_syn_ack) {
-      // A Fast Open SYN's flow (on_syn()): the server acknowledges none of its data or all
-      // of it (RFC 7413 3); then the client sends it again, or the server holds it.
-      if (start != f.start && start != uint32_t(f.start + f.judged_end)) {
-        end_confirming(k, f, GuardVerdict::Reject);
-        count(Reason::conflict);
-        reject_log(k, Reason::conflict, "");
-        give(id, mark, GuardVerdict::Reject);
-        return;
-      }
-      f.have_syn_ack = true;
-      f.srv_start = t.seq + 1;
-      if (f.confirming) confirm_by(k, f, t, id, mark);
-      else give(id, mark, late(f));
       return;
     }
     if (!f.decided) {
@@ -432,7 +393,6 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
   }
   Flow f;
   f.start = start;
-  f.have_syn_ack = true;
   f.srv_start = t.seq + 1;
   f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
   it = flows_.emplace(k, std::move(f)).first;
@@ -444,9 +404,8 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
 
 void SniGuard::confirm_by(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark) {
   // Acknowledged up to judged_end: the server holds every byte from start to there (see
-  // Flow). Short of it (or not yet acknowledging, or before the SYN-ACK fixed where the
-  // stream starts): still waiting.
-  if (!f.have_syn_ack || !t.ack || int32_t(t.ack_seq - uint32_t(f.start + f.judged_end)) < 0) {
+  // Flow). Short of it (or not acknowledging at all): still waiting.
+  if (!t.ack || int32_t(t.ack_seq - uint32_t(f.start + f.judged_end)) < 0) {
     give(id, mark, GuardVerdict::Watch);
     return;
   }

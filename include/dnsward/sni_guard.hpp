@@ -120,7 +120,7 @@ class LedgerBoundNames : public BoundNames {
   X(conflict, "conflict")         /* two segments disagree on the same bytes, or SYN-ACKs */  \
   X(timeout, "timeout")           /* no whole first flight within --first-flight-timeout */   \
   X(no_state, "no_state")         /* data with no SYN-ACK seen (state lost or evicted) */     \
-  X(tfo, "tfo")                   /* a TCP Fast Open SYN that did not carry a bound name */   \
+  X(tfo, "tfo")                   /* a TCP Fast Open SYN: dropped, the client sends it plain */   \
   X(urgent, "urgent")             /* urgent data: the server's stream would differ */         \
   X(checksum, "checksum")         /* a wrong checksum: the server would discard the packet */ \
   X(full, "full")                 /* --queue-maxlen connections followed already */           \
@@ -198,7 +198,7 @@ class SniGuard {
   struct Held {
     uint32_t id, mark;
   };
-  /// One connection, followed from the server's SYN-ACK (or a Fast Open SYN) until the
+  /// One connection, followed from the server's SYN-ACK until the
   /// server has shown that it read the flight judged.
   ///
   /// Why the server's packets, not the client's: a client with a raw socket (CAP_NET_RAW in
@@ -220,10 +220,7 @@ class SniGuard {
     std::size_t segments = 0;
     bool decided = false;        ///< verdict given; late packets get the same
     GuardVerdict verdict = GuardVerdict::Pass;
-    /// The server's SYN-ACK was seen: start is its acknowledgment number, srv_start its own
-    /// ISN + 1. (Not yet, for a Fast Open SYN's flow: start is the SYN's, checked against the
-    /// SYN-ACK when it comes.)
-    bool have_syn_ack = false;
+    /// The server's ISN + 1, from its SYN-ACK (whose acknowledgment number is start).
     uint32_t srv_start = 0;
     /// The first bytes the server sent (up to kServerHelloPrefix): its first record, which
     /// says whether it answered a TLS 1.3 ClientHello with a HelloRetryRequest.

@@ -93,6 +93,9 @@ class World:
 
     def build(self):
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The host sends no ICMP time exceeded (many routers do not): a guest's SYN sent with an
+        # IP TTL of 1 dies here silently, and its socket keeps trying (the Fast Open attack).
+        sh("nft", "-f", "-", input="table inet quiet {\n chain out {\n  type filter hook output priority 0; policy accept;\n  icmp type time-exceeded drop\n }\n}\n")
         for sid, n in SANDBOXES.items():
             ns = guest_ns(sid)
             self.add_ns(ns)
@@ -234,11 +237,12 @@ class HostSniGuard(unittest.TestCase):
         self.assertEqual(curl("A", "-H", "Host: a.test", f"http://{SHARED}/"), (0, "hello a.test sni=-\n"))
 
     def test_a_name_bound_for_sandbox_a_does_not_let_sandbox_b_use_it(self):
-        before = len(events("sni-mismatch", name="a.test", src=guest4("B")))
+        mismatch = dict(name="a.test", addr=SHARED, port="443", src=guest4("B"), sandbox="B")
+        before = len(events("sni-mismatch", **mismatch))
         code, body = curl("B", "--resolve", f"a.test:443:{SHARED}", "https://a.test/")
         self.assertIsNone(body)
         self.assertIn(code, (35, 56), "curl should see the connection reset during the handshake")
-        lines = events("sni-mismatch", name="a.test", addr=SHARED, port="443", src=guest4("B"), sandbox="B")
+        lines = events("sni-mismatch", **mismatch)
         self.assertEqual(len(lines), before + 1, world.log()[-2000:])
         # The names bound to (B . SHARED): B's own, never the one A resolved.
         self.assertEqual(re.search(r"bound=(\S+)", lines[-1]).group(1), "b.test")
@@ -250,6 +254,22 @@ class HostSniGuard(unittest.TestCase):
         self.assertIsNone(body)
         self.assertEqual(code, 56, "curl should see the connection reset")
         self.assertTrue(events("sni-mismatch", name="a.test", port="80", src=guest4("B"), sandbox="B"))
+
+    def test_a_guest_s_root_cannot_make_a_lost_fast_open_syn_confirm_a_flight(self):
+        """The fifth review (of 87f6510), from a guest's root: a raw Fast Open SYN naming b.test
+        with a TCP MD5 option (the front end, which has no key, discards it), then the
+        socket's own SYN at the ISN just past its data; the SYN-ACK acknowledged exactly that
+        data and the host guard confirmed it, and B reached a.test ("hello a.test sni=-").
+        Fast Open SYNs are dropped now."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        before = len(events("first-flight-rejected", reason="tfo", src=guest4("B"), sandbox="B"))
+        r = in_guest("B", "/usr/bin/python3", os.path.join(here, "tfo_rebase_attack.py"), SHARED, "80", "http",
+                     here, world.cert, "b.test", "a.test", "md5", timeout=40)
+        out = (r.stdout + r.stderr).strip()
+        self.assertNotIn("hello a.test", out)
+        self.assertTrue(out.splitlines()[-1].startswith("error"), out)
+        self.assertNotIn("no connect", out)  # the socket's own SYN got through: the attack ran
+        self.assertEqual(len(events("first-flight-rejected", reason="tfo", src=guest4("B"), sandbox="B")), before + 1, out)
 
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),

@@ -327,6 +327,9 @@ def set_up_far():
     g.sh(*ie, "ip", "addr", "add", "198.18.2.254/24", "dev", f"dwsr{g.TAG}")
     g.sh(*ie, "ip", "link", "set", f"dwsr{g.TAG}", "up")
     g.sh(*ie, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    # The router sends no ICMP time exceeded (many do not): a SYN sent with an IP TTL of 1 dies
+    # there silently, and its socket keeps trying (the Fast Open attack below).
+    g.sh(*ie, "nft", "-f", "-", input="table inet quiet {\n chain out {\n  type filter hook output priority 0; policy accept;\n  icmp type time-exceeded drop\n }\n}\n")
     g.sh(*fe, "ip", "link", "set", "lo", "up")
     g.sh(*fe, "ip", "addr", "add", f"{FAR}/24", "dev", f"dwsq{g.TAG}")
     g.sh(*fe, "ip", "link", "set", f"dwsq{g.TAG}", "up")
@@ -346,6 +349,8 @@ def set_up_attackers():
     shutil.copy(os.path.join(here, "hrr_client.py"), g.workdir)
     with open(os.path.join(g.workdir, "rebase.py"), "w") as f:
         f.write(FINISH + open(os.path.join(here, "rebase_attack.py")).read())
+    with open(os.path.join(g.workdir, "tfo_rebase.py"), "w") as f:
+        f.write(FINISH + open(os.path.join(here, "tfo_rebase_attack.py")).read())
     for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("raw_lost.py", RAW_LOST), ("raw_urgent_ack.py", RAW_URGENT_ACK), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
         with open(os.path.join(g.workdir, name), "w") as f:
             f.write(text)
@@ -530,6 +535,24 @@ class RawSocketPastTheGuard(unittest.TestCase):
         self.assertTrue(out.startswith("error"), out)
         # The record after the ClientHello, sent before the server answered: rejected.
         self.assertEqual(len(g.events("first-flight-rejected", reason="early_data", addr=FAR)), before + 1)
+
+    def test_a_lost_fast_open_syn_cannot_make_the_next_syn_ack_confirm_its_flight(self):
+        """The fifth review (of 87f6510): the SYN-ACK of the kernel's own SYN at the ISN just
+        past a lost raw Fast Open SYN's data acknowledged exactly that data, and confirmed a
+        flight the server never read; the socket then named other.test over HTTP and TLS 1.2
+        ("hello other.test sni=other.test"). Fast Open SYNs are dropped now."""
+        g.wait_for(lambda: g.curl("http://far.allowed.test/") == (0, 200), timeout=20,
+                   what="the far front end reachable and vouched")
+        for port, mode in ((80, "http"), (443, "tls")):
+            with self.subTest(mode=mode):
+                before = len(g.events("first-flight-rejected", reason="tfo", addr=FAR, port=str(port)))
+                out = run(NET_RAW_ONLY, "tfo_rebase.py", FAR, str(port), mode, g.workdir,
+                          os.path.join(g.workdir, "cert.pem"), "far.allowed.test", "other.test", "ttl1")
+                self.assertNotIn("other.test", out.replace("error", ""), out)
+                self.assertTrue(out.splitlines()[-1].startswith("error"), out)
+                self.assertNotIn("no connect", out)  # the socket's own SYN got through: the attack ran
+                self.assertEqual(len(g.events("first-flight-rejected", reason="tfo", addr=FAR, port=str(port))),
+                                 before + 1, out)
 
     def test_an_urgent_pointer_on_a_raw_bare_ack_never_reaches_the_server(self):
         out = run(NET_RAW_ONLY, "raw_urgent_ack.py", g.workdir, g.SHARED, os.path.join(g.workdir, "cert.pem"),
