@@ -231,9 +231,6 @@ struct GuardRuleOut {
   std::function<void(const std::string& match)> reset;  ///< the logged reset of what matches
   std::function<std::string(const char* proto, const std::string& set)> vouched;
   std::function<void(std::string)> reply_note, reply_rule;
-  /// A reply from a vouched destination: `ip saddr @set` in-guest, `ip daddr . ip saddr
-  /// @set` in host mode (the guest is a reply's destination).
-  std::function<std::string(const char* proto, const std::string& set)> vouched_reply;
   /// What a real server's packet matches and a forged one does not: in-guest `iif != "lo"`,
   /// in host mode `iifname != <--sandbox-ifaces>`.
   std::string outside;
@@ -280,13 +277,33 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
     o.note("# sends nothing on guarded ports.");
     o.rule(fmt::format("tcp dport {} socket mark & 0x{:08x} != 0 counter drop", ports, m.mask()));
   }
+  // Whether a connection is guarded is decided once, at its SYN, and kept in its conntrack
+  // mark (both verdict bits: guarded, no verdict yet): the rules below key on that, not on
+  // the sets, whose element may expire while the connection is open. Keyed on the sets, a
+  // connection opened while its destination was vouched and sent its first flight after
+  // the element expired went out unjudged through the established-connection accept (a
+  // sixth review did it, unprivileged, in host mode).
+  o.note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
+  o.note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes. One to");
+  o.note(fmt::format("# {} is marked guarded (both verdict bits): whatever becomes of the", dest));
+  o.note("# element, the connection's payload waits for dnsward's verdict.");
+  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
+                     "0x{:08x}",
+                     ports, ~(m.allowed | m.rejected)));
+  for (const auto& f : o.families)
+    o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn {} ct mark set ct mark | "
+                       "{}",
+                       ports, o.vouched(f.first, *f.second), verdicts));
+  // TCP Fast Open (RFC 7413) puts the first flight in the SYN; a SYN-ACK acknowledging its
+  // data cannot be told from the answer to a plain SYN further on (the fifth review), so it
+  // is never judged: dropped here, before any queue (xt's runs before this chain, and sees
+  // no guarded mark yet). Linux sends the SYN again without data, and the data after.
+  o.note("# A TCP Fast Open SYN (a SYN with payload) is dropped: the client sends it again plain.");
+  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 counter drop",
+                     ports));
+  const std::string guarded = fmt::format("ct mark & {0} == {0}", verdicts);  // guarded, no verdict yet
   if (c.queue_backend == QueueBackend::Nft) {
-    o.note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
-    o.note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes.");
-    o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
-                       "0x{:08x}",
-                       ports, ~(m.allowed | m.rejected)));
-    mark_rules(o.rule, "ct direction original ");
+    mark_rules(o.rule, "ct direction original " + guarded + " ");
   } else {
     o.note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this");
     o.note(fmt::format("# kernel's nftables has no queue expression): load `nft-rules{} --print iptables`.",
@@ -300,10 +317,8 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
     o.note("# which a bare ACK does not have, so it is not queued), a TCP Fast Open SYN's too,");
     o.note("# which carries the flight itself. A plain SYN is not: where the flight's sequence");
     o.note("# numbers start is what the server's SYN-ACK acknowledges (queued with its replies).");
-    for (const auto& f : o.families)
-      o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & 0x{:08x} == 0 "
-                         "@ih,0,8 0-255 {} queue num {}",
-                         ports, verdicts, m.seen, o.vouched(f.first, *f.second), c.queue_num));
+    o.rule(fmt::format("tcp dport {} ct direction original {} meta mark & 0x{:08x} == 0 @ih,0,8 0-255 queue num {}",
+                       ports, guarded, m.seen, c.queue_num));
   }
   // The server's kernel takes the byte an urgent pointer points at out of the stream (without
   // SO_OOBINLINE; RFC 9293 3.8.5 keeps urgent data for old applications), and any segment's
@@ -311,8 +326,7 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // server read other bytes than those judged. No TLS or HTTP client sends one.
   o.note("# An urgent pointer on a connection not decided yet is dropped, whatever the segment:");
   o.note("# the server would take the byte it points at out of the flight judged.");
-  o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 tcp flags urg counter drop", ports,
-                     verdicts));
+  o.rule(fmt::format("tcp dport {} ct direction original {} tcp flags urg counter drop", ports, guarded));
   o.note("# Payload to a vouched destination on a connection not judged (not queued: the queue");
   o.note("# rule is missing, or dnsward could not read the packet) never leaves; but for a packet");
   o.note("# marked with both verdict bits: a flight that passed, on a connection watched until");
@@ -320,12 +334,10 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   o.note("# whether it asks for a second one, RFC 8446 4.1.4). QUIC (HTTP/3) carries its");
   o.note("# ClientHello in encrypted Initial packets: rejected, clients fall back to TCP, where");
   o.note("# the guard reads it.");
-  for (const auto& f : o.families) {
-    o.rule(fmt::format("tcp dport {} ct direction original ct mark & {} == 0 meta mark & {} != {} @ih,0,8 0-255 "
-                       "{} counter drop",
-                       ports, verdicts, verdicts, verdicts, o.vouched(f.first, *f.second)));
+  o.rule(fmt::format("tcp dport {} ct direction original {} meta mark & {} != {} @ih,0,8 0-255 counter drop", ports,
+                     guarded, verdicts, verdicts));
+  for (const auto& f : o.families)
     o.rule(fmt::format("udp dport {} {} counter reject", tls, o.vouched(f.first, *f.second)));
-  }
 
   // The server's packets. The acknowledgment numbers a client sends prove nothing (a raw
   // socket writes any); the server's show what it received: its SYN-ACK where the client's
@@ -351,19 +363,15 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
     o.reply_note("# dnsward's verdict on a server's packet moves into the conntrack mark, as the");
     o.reply_note(o.host ? "# client's does; never from a sandbox's packet."
                         : "# client's does; never from a packet on lo, which keeps the mark its sender set.");
-    mark_rules(o.reply_rule, out + "ct direction reply ");
+    mark_rules(o.reply_rule, out + "ct direction reply " + guarded + " ");
     o.reply_note("# Queued, of a connection without a verdict: on TLS ports the SYN-ACK and packets with");
     o.reply_note("# payload; on HTTP ports every packet, bare ACKs too (the server's ACK of the request");
     o.reply_note("# confirms it).");
     // config refuses a port in both --sni-ports and --http-ports (a flight is TLS or HTTP).
-    const std::string undecided =
-        fmt::format("ct direction reply ct mark & {} == 0 meta mark & 0x{:08x} == 0", verdicts, m.seen);
-    for (const auto& f : o.families) {
-      const std::string vouched = o.vouched_reply(f.first, *f.second);
-      for (const char* what : {"tcp flags syn ", "@ih,0,8 0-255 "})
-        o.reply_rule(fmt::format("{}tcp sport {} {} {}{} queue num {}", out, tls, undecided, what, vouched, c.queue_num));
-      o.reply_rule(fmt::format("{}tcp sport {} {} {} queue num {}", out, http, undecided, vouched, c.queue_num));
-    }
+    const std::string undecided = fmt::format("ct direction reply {} meta mark & 0x{:08x} == 0", guarded, m.seen);
+    for (const char* what : {"tcp flags syn ", "@ih,0,8 0-255 "})
+      o.reply_rule(fmt::format("{}tcp sport {} {} {}queue num {}", out, tls, undecided, what, c.queue_num));
+    o.reply_rule(fmt::format("{}tcp sport {} {} queue num {}", out, http, undecided, c.queue_num));
   } else {
     o.reply_note("# --queue-backend xt: the queue of the server's packets and the mark rules are");
     o.reply_note(fmt::format("# iptables-nft's (`nft-rules{} --print iptables`, hooked into {}).",
@@ -411,27 +419,25 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
   if (c.host) {
     r += fmt::format("# Host mode: hooked into FORWARD for what arrives on the sandboxes' interfaces ({}),\n",
                      c.sandbox_ifaces);
-    r += "# and for the replies that leave on them from elsewhere. xt cannot read the vouched\n";
-    r += "# (guest . destination) sets: every such connection on a guarded port is queued, and\n";
-    r += "# dnsward passes those to pairs it did not vouch for.\n";
+    r += "# and for the replies that leave on them from elsewhere.\n";
   } else {
     r += "# Hooked into OUTPUT for the client's packets and into INPUT, not from lo, for the\n";
     r += "# server's (a raw socket's forged \"server\" packet to this host comes in on lo).\n";
   }
+  r += "# xt cannot read the vouched sets: it queues the connections whose SYN the nft ruleset\n";
+  r += "# marked guarded (both verdict bits in the conntrack mark), and only those.\n";
   r += "# The chain is replaced on each load; the jumps to it are added again (harmless twice).\n";
   r += "# NF_REPEAT runs this chain again: the first two rules move dnsward's verdict (the\n";
   r += "# packet mark) into the conntrack mark, so the connection is not queued again.\n";
   r += "*mangle\n:DNSWARD_GUARD - [0:0]\n";
-  // A new handshake is judged anew: conntrack can reuse a closed entry, verdict and all,
-  // for a SYN on the same ports (after a reset without FIN), so its verdict bits go first.
-  r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --dports {} --tcp-flags SYN,ACK SYN -m conntrack "
-                   "--ctdir ORIGINAL -j CONNMARK --and-mark 0x{:x}\n",
-                   ports, ~verdicts);
-  r += fmt::format("-A DNSWARD_GUARD -m mark --mark 0x{0:x}/0x{2:x} -j CONNMARK --set-xmark 0x{0:x}/0x{2:x}\n",
-                   m.allowed, 0, verdicts);
-  r += fmt::format("-A DNSWARD_GUARD -m mark --mark 0x{0:x}/0x{1:x} -j CONNMARK --set-xmark 0x{0:x}/0x{1:x}\n",
-                   m.rejected, verdicts);
-  // Of an undecided connection (no verdict bit in the conntrack mark, no judged bit on the
+  // Which connections are guarded is the nft ruleset's to say, at their SYN (it reads the
+  // vouched sets, which xt cannot): both verdict bits in the conntrack mark. Only those are
+  // queued here, and only those take a verdict.
+  for (const uint32_t bit : {m.allowed, m.rejected})
+    r += fmt::format("-A DNSWARD_GUARD -m connmark --mark 0x{1:x}/0x{1:x} -m mark --mark 0x{0:x}/0x{1:x} -j CONNMARK "
+                     "--set-xmark 0x{0:x}/0x{1:x}\n",
+                     bit, verdicts);
+  // Of a guarded, undecided connection (both verdict bits in the conntrack mark, no judged bit on the
   // packet), queued: the client's packets with payload, which u32 tells by the first 4 bytes
   // after the TCP header (IPv4: past IHL*4 and doff*4; IPv6: past the fixed 40 bytes), a TCP
   // Fast Open SYN's too, not a bare ACK's; a payload of 1 to 3 bytes is not queued either
@@ -439,8 +445,8 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
   // starts is what the server's SYN-ACK acknowledges (a raw socket forges the client's own
   // numbers). The server's: on TLS ports its SYN-ACK and packets with payload; on HTTP
   // ports every packet, its bare ACK of the request too. --ctdir keeps each side to its own.
-  const std::string undecided = fmt::format("-m connmark --mark 0x0/0x{:x} -m mark --mark 0x0/0x{:x} -j NFQUEUE "
-                                            "--queue-num {}",
+  const std::string undecided = fmt::format("-m connmark --mark 0x{0:x}/0x{0:x} -m mark --mark 0x0/0x{1:x} -j NFQUEUE "
+                                            "--queue-num {2}",
                                             verdicts, m.seen, c.queue_num);
   const std::string payload =
       fmt::format("-m u32 --u32 \"{}\" ", af == AF_INET ? "0>>22&0x3C@12>>26&0x3C@0&0x0=0" : "52>>26&0x3C@40&0x0=0");
@@ -493,7 +499,6 @@ std::string render_nft_rules(const ServeConfig& c) {
         .vouched = [](const char* proto, const std::string& set) { return fmt::format("{} daddr @{}", proto, set); },
         .reply_note = [&](std::string t) { input.push_back({std::move(t), false}); },
         .reply_rule = [&](std::string t) { input.push_back({std::move(t), true}); },
-        .vouched_reply = [](const char* proto, const std::string& set) { return fmt::format("{} saddr @{}", proto, set); },
         .outside = "iif != \"lo\"",
         .families = families,
         .host = false});
@@ -758,8 +763,6 @@ std::string render_host_rules(const ServeConfig& c) {
                       const std::string& name) { return fmt::format("{0} saddr . {0} daddr @{1}", proto, name); },
         .reply_note = [&](std::string s) { replies.push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); },
         .reply_rule = [&](std::string s) { replies.push_back({2, std::move(s), Kind::Rule}); },
-        .vouched_reply = [](const char* proto,
-                            const std::string& name) { return fmt::format("{0} daddr . {0} saddr @{1}", proto, name); },
         .outside = fmt::format("iifname != \"{}\"", c.sandbox_ifaces),
         .families = {{"ip", &c.nft_set4}, {"ip6", &c.nft_set6}},
         .host = true});

@@ -225,9 +225,17 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
   const Key out{t.src, t.dst, t.sport, t.dport}, back{t.dst, t.src, t.dport, t.sport};
   const bool client = to_guarded && names_.known(set_key(out));
   if (!client && !(from_guarded && names_.known(set_key(back)))) {
-    // Not an address dnsward vouched for (loopback, an --allow range, or an element whose
-    // record a restart without --state lost): nothing to judge it by. The ruleset decides
-    // as without the guard; for an address in the sets it drops the payload unjudged.
+    if (to_guarded && t.payload_len > 0) {
+      // The ruleset queues only connections it marked guarded at their SYN, to a destination
+      // vouched then: one whose record is gone since (expired and purged, or a restart
+      // without --state) has nothing left to be judged by. Reset, never passed.
+      count(Reason::no_state);
+      reject_log(out, Reason::no_state, "");
+      give(id, mark, t.syn ? GuardVerdict::Drop : GuardVerdict::Reject);
+      return;
+    }
+    // Not a guarded connection's packet (a server's whose record is gone: it confirms
+    // nothing; or not what the queue rules send): left to the ruleset.
     ++counts_.unparsed;
     give(id, mark, GuardVerdict::Pass);
     return;

@@ -122,7 +122,7 @@ class World : public VerdictPort {
   /// data, and on port 80 every packet of the server's); a rejected connection's packets
   /// are reset (the client's) or dropped (the server's); the rest pass.
   bool queued(const Sent& s) {
-    if (!s.from_server && s.syn) ct = Ct::none;
+    if (!s.from_server && s.syn) ct = Ct::none;  // to a vouched destination: guarded, undecided
     if (ct != Ct::none) return false;
     if (!s.from_server) return !s.payload.empty();
     return s.syn || !s.payload.empty() || port == 80;
@@ -317,7 +317,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     SniGuard guard(o, names, w, clock);
     std::size_t i = 1;
     int ops = 0;
-    auto send = [&](Sent s) {
+    auto through = [&](const Sent& s) {  // the ruleset, then the guard if it queues it
       const uint32_t id = uint32_t(w.sent.size());
       w.sent.push_back(s);
       if (w.queued(s)) {
@@ -330,6 +330,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
         if (!(s.urg && !s.from_server && w.ct == World::Ct::none)) w.deliver(s);
       }
       w.check();
+    };
+    auto send = [&](Sent s) {
+      if (!s.from_server && s.syn && !s.payload.empty()) {
+        // A Fast Open SYN: dropped by the ruleset, before any queue (it would be the guard's
+        // to drop too).
+        w.ct = World::Ct::none;  // the SYN's rules, before the drop, cleared the verdict
+        w.sent.push_back(s);
+        w.given.insert(uint32_t(w.sent.size() - 1));
+        w.check();
+        return;
+      }
+      through(s);
     };
     while (i < size && ops++ < 64) {
       const uint8_t tag = data[i++];

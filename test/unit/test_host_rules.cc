@@ -597,40 +597,44 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   REQUIRE(ret != all.end());
   const std::vector<std::string> fwd(ret, all.end());
   const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
-  const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0";
+  const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0x00c00000";  // guarded, undecided
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
                         "0xff3fffff") == 1);
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 "
+                        "counter drop") == 1);  // a Fast Open SYN, never judged
+  // A SYN to a pair vouched for this guest marks its connection guarded, then and for good.
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip saddr . ip daddr "
+                        "@allowed4 ct mark set ct mark | 0x00c00000") == 1);
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip6 saddr . ip6 daddr "
+                        "@allowed6 ct mark set ct mark | 0x00c00000") == 1);
   // The client's verdicts move from the client's packets only (the server's have their own rules, above).
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000") == 1);
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000") == 1);
-  CHECK(count_with(fwd, "ct direction original meta mark & 0x00c00000 == 0x00400000 ct mark set") == 1);
-  CHECK(count_with(fwd, "ct direction original meta mark & 0x00c00000 == 0x00800000 ct mark set") == 1);
+  CHECK(count_with(fwd, unjudged + " meta mark & 0x00c00000 == 0x00400000 ct mark set") == 1);
+  CHECK(count_with(fwd, unjudged + " meta mark & 0x00c00000 == 0x00800000 ct mark set") == 1);
   // A rejected connection is reset, its log line rate-limited like the host's others.
   const std::string rejected = "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000";
   CHECK(count_with(fwd, rejected + " " + lim + "\"dnsward-sni-reject: \"") == 1);
   CHECK(count_with(fwd, rejected + " counter reject with tcp reset") == 1);
-  // Queued from the guests: payload of unjudged connections to pairs this guest had vouched,
-  // per family; a plain SYN no longer (the server's SYN-ACK says where the stream starts).
+  // Queued from the guests: payload of guarded, undecided connections (the conntrack mark
+  // their SYN got, not the sets, whose pair may expire meanwhile: the sixth review); a plain
+  // SYN no longer (the server's SYN-ACK says where the stream starts).
   std::size_t queues = 0;
   for (const auto& r : fwd) {
     if (r.find(" queue num 53") == std::string::npos) continue;
     ++queues;
-    CHECK(r.find(unjudged + " meta mark & 0x00200000 == 0 @ih,0,8 0-255 ") != std::string::npos);
-    CHECK(r.find("bypass") == std::string::npos);
-    const bool v6 = r.find("ip6 saddr . ip6 daddr @allowed6 queue num 53") != std::string::npos;
-    CHECK((v6 || r.find("ip saddr . ip daddr @allowed4 queue num 53") != std::string::npos));
+    CHECK(r == "tcp dport { 443, 80 } " + unjudged + " meta mark & 0x00200000 == 0 @ih,0,8 0-255 queue num 53");
   }
-  CHECK(queues == 2);
-  CHECK(count_with(all, "tcp flags syn ip saddr . ip daddr") == 0);
-  // The backstop and QUIC, per pair.
-  const std::string unwatched = " meta mark & 0x00c00000 != 0x00c00000";  // a watched TLS 1.3 flight passes
-  CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
-  CHECK(count_with(fwd, unjudged + unwatched + " @ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
+  CHECK(queues == 1);
+  CHECK(count_with(all, "tcp flags syn ip saddr . ip daddr @allowed4 queue") == 0);
+  // The backstop (by the conntrack mark too) and QUIC, per pair.
+  const std::string unwatched = " meta mark & 0x00c00000 != 0x00c00000";  // a watched flight passes
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } " + unjudged + unwatched + " @ih,0,8 0-255 counter drop") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
   // A guest's urgent pointer before the verdict, a bare ACK's too (never queued).
-  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0 tcp flags urg counter drop") == 1);
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } " + unjudged + " tcp flags urg counter drop") == 1);
   // Never by destination alone: the sets are keyed (guest . destination).
   CHECK(count_with(fwd, "ip saddr . ip daddr @allowed4") + count_with(fwd, "ip6 saddr . ip6 daddr @allowed6") ==
         count_with(fwd, "daddr @allowed"));
@@ -666,31 +670,31 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   // The options reach the rules: ports, queue number, marks.
   const auto other = forward_rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
                                     "--guard-marks", "0x07000000"});
-  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0 meta mark & "
-                          "0x01000000 == 0 @ih,0,8 0-255 ip saddr . ip daddr @allowed4 queue num 7") == 1);
+  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0x06000000 meta mark & "
+                          "0x01000000 == 0 @ih,0,8 0-255 queue num 7") == 1);
+  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original tcp flags & (syn | ack) == syn ip saddr . ip "
+                          "daddr @allowed4 ct mark set ct mark | 0x06000000") == 1);
   CHECK(count_with(other, "udp dport { 8443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
-  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8443 } ct direction reply ct mark & 0x06000000 == 0 meta "
-                          "mark & 0x01000000 == 0 tcp flags syn ip daddr . ip saddr @allowed4 queue num 7") == 1);
-  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0 meta "
-                          "mark & 0x01000000 == 0 ip6 daddr . ip6 saddr @allowed6 queue num 7") == 1);
+  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8443 } ct direction reply ct mark & 0x06000000 == 0x06000000 "
+                          "meta mark & 0x01000000 == 0 tcp flags syn queue num 7") == 1);
+  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0x06000000 "
+                          "meta mark & 0x01000000 == 0 queue num 7") == 1);
 }
 
 TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are queued at the forward chain's head, from the uplink only") {
   const std::vector<std::string> fwd = forward_rules({"--sni-guard"});
   // A reply comes in from the uplink: the host's own traffic returns at the rule that lets
   // everything not from a tap go, so the server's side comes before it. Keyed (guest .
-  // destination) with the guest as the reply's destination; never from a tap.
+  // destination) through the conntrack mark the guest's SYN got; never from a tap.
   const std::string from = "iifname != \"tap*\" ";
-  const std::string reply = "ct direction reply ct mark & 0x00c00000 == 0 meta mark & 0x00200000 == 0 ";
+  const std::string guarded = "ct mark & 0x00c00000 == 0x00c00000 ";
+  const std::string reply = "ct direction reply " + guarded + "meta mark & 0x00200000 == 0 ";
   const std::vector<std::string> head = {
-      from + "ct direction reply meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
-      from + "ct direction reply meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
-      from + "tcp sport { 443 } " + reply + "tcp flags syn ip daddr . ip saddr @allowed4 queue num 53",
-      from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip daddr . ip saddr @allowed4 queue num 53",
-      from + "tcp sport { 80 } " + reply + "ip daddr . ip saddr @allowed4 queue num 53",
-      from + "tcp sport { 443 } " + reply + "tcp flags syn ip6 daddr . ip6 saddr @allowed6 queue num 53",
-      from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 ip6 daddr . ip6 saddr @allowed6 queue num 53",
-      from + "tcp sport { 80 } " + reply + "ip6 daddr . ip6 saddr @allowed6 queue num 53",
+      from + "ct direction reply " + guarded + "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+      from + "ct direction reply " + guarded + "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+      from + "tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
+      from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
+      from + "tcp sport { 80 } " + reply + "queue num 53",
       from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop",
       "iifname != \"tap*\" return",
   };
@@ -704,7 +708,7 @@ TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are q
   // The interface pattern is the option's.
   const auto vm = forward_rules({"--sni-guard", "--sandbox-ifaces", "vm-*"});
   CHECK(vm.at(2).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
-  CHECK(vm.at(9) == "iifname != \"vm-*\" return");
+  CHECK(vm.at(6) == "iifname != \"vm-*\" return");
   // xt: the queue and the mark rules are iptables'; nft keeps the rejected replies' drop.
   const auto xt = forward_rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(xt.at(0) == from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop");
@@ -714,11 +718,13 @@ TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are q
 TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and backstop, the queue is iptables' on FORWARD") {
   const std::vector<std::string> fwd = forward_rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(count_with(fwd, " queue ") == 0);
-  CHECK(count_with(fwd, "ct mark set") == 0);  // the two mark rules and the SYN's are iptables'
+  // The two mark rules are iptables'; the SYN's (which read the pair sets) nft's, with either backend.
+  CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set") == 0);
+  CHECK(count_with(fwd, "ct mark set") == 3);
   CHECK(count_with(fwd, "ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "counter reject with tcp reset") == 2);  // the guard's and the final one
-  CHECK(count_with(fwd, "@ih,0,8 0-255 ip saddr . ip daddr @allowed4 counter drop") == 1);
-  CHECK(count_with(fwd, "@ih,0,8 0-255 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
+  CHECK(count_with(fwd, "ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 counter "
+                        "drop") == 1);
   CHECK(count_with(fwd, "udp dport { 443 } ip6 saddr . ip6 daddr @allowed6 counter reject") == 1);
   CHECK(count_with(fwd, "ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop") == 1);
   CHECK(parse_chain_comment(chains_of(host_text({"--sni-guard", "--queue-backend", "xt"})).at(kHostChainForward).comment)
@@ -745,14 +751,13 @@ TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and 
       replies += reply;
       CHECK(line.find(reply ? "-m multiport --sports " : "-m multiport --dports 443,80 ") != std::string::npos);
       CHECK(line.find(reply ? "--ctdir ORIGINAL" : "--ctdir REPLY") == std::string::npos);
-      CHECK(line.find("-m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
+      CHECK(line.find("-m connmark --mark 0xc00000/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
       CHECK(line.find("bypass") == std::string::npos);
     }
     CHECK(nfq == 4);
     CHECK(replies == 3);
-    CHECK(xt.find("--tcp-flags SYN,ACK SYN -m conntrack --ctdir ORIGINAL -j CONNMARK --and-mark 0xff3fffff") !=
-          std::string::npos);
-    CHECK(xt.find("--ctdir ORIGINAL -m connmark --mark 0x0/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE") !=
+    CHECK(xt.find("CONNMARK --and-mark") == std::string::npos);  // the SYN's rules are nft's
+    CHECK(xt.find("--ctdir ORIGINAL -m connmark --mark 0xc00000/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE") !=
           std::string::npos);
     CHECK(xt.find("--tcp-flags SYN SYN -m conntrack --ctdir ORIGINAL") == std::string::npos);
     CHECK(xt.find("nft-rules --host --sni-guard --queue-backend xt --print") != std::string::npos);

@@ -253,9 +253,9 @@ TEST_CASE("host mode: a name bound for one guest does not let another guest use 
   w.send(b);
   REQUIRE(w.out.given.size() == 2);
   CHECK(w.out.given[0].v == GuardVerdict::Watch);
-  // Nothing was vouched for b: left to the ruleset, whose (guest . destination) set has no
-  // element for it. Never allowed.
-  CHECK(w.out.given[1].v == GuardVerdict::Pass);
+  // Nothing was vouched for b (the ruleset would not have marked it guarded, and it would
+  // not be queued): reset, never allowed.
+  CHECK(w.out.given[1].v == GuardVerdict::Reject);
 }
 
 TEST_CASE("a ClientHello in two segments is held until whole, then both get the verdict in order") {
@@ -517,15 +517,22 @@ TEST_CASE("urgent data in a first flight rejects the connection: the server woul
   CHECK(w.guard->counts().urgent == 1);
 }
 
-TEST_CASE("an address dnsward never vouched for is left to the ruleset, unjudged") {
+TEST_CASE("a queued flight to a destination dnsward has no record of is reset; a server's packet passes") {
+  // The ruleset queues only connections it marked guarded at their SYN (to a destination
+  // vouched then): no record now means it expired and was purged, or a restart without
+  // --state lost it. Nothing is left to judge by; passing it would let the flight out
+  // unjudged (the sixth review's expiry attack).
   World w;
   Seg s;
-  s.dst = "127.0.0.1";  // loopback, or an --allow range: no record in the ledger
-  w.handshake(s);
+  s.dst = "198.51.100.99";  // no record in the ledger
+  w.handshake(s);  // the server's SYN-ACK: nothing to follow either
   s.payload = curl_hello();
   const uint32_t id = w.send(s);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}});
+  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().no_state == 1);
   CHECK(w.guard->counts().allowed == 0);
+  const uint32_t srv = w.answer(s, 1000, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{srv, GuardVerdict::Pass, kSeen});
 }
 
 namespace {

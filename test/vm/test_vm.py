@@ -45,6 +45,7 @@ plain_http_to_the_allowed_name_passes_the_guard
 tls_naming_another_name_on_the_vouched_address_is_reset
 plain_http_with_another_host_on_the_vouched_address_is_reset
 tls_to_the_allowed_name_still_passes_after_the_resets
+a_first_flight_after_the_element_expired_is_still_judged
 with_dnsward_stopped_a_guarded_connection_times_out
 """.split()  # the first-flight guard with --queue-backend nft (guest/sni_guard.sh)
 
