@@ -283,17 +283,32 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // connection opened while its destination was vouched and sent its first flight after
   // the element expired went out unjudged through the established-connection accept (a
   // sixth review did it, unprivileged, in host mode).
-  o.note("# A new handshake is judged anew: conntrack can reuse a closed entry, verdict and");
-  o.note("# all, for a SYN on the same ports (after a reset without FIN), so its mark goes. One to");
-  o.note(fmt::format("# {} is marked guarded (both verdict bits): whatever becomes of the", dest));
-  o.note("# element, the connection's payload waits for dnsward's verdict.");
-  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
-                     "0x{:08x}",
-                     ports, ~(m.allowed | m.rejected)));
+  // A SYN on an entry that was guarded (conntrack reuses a closed entry, mark and all, and
+  // lets a SYN through on one it ignores the SYN of) makes it guarded and undecided again,
+  // whatever the sets say by now: a new handshake is judged anew, and never escapes the
+  // guard by coming after its destination's element expired (the seventh review). A SYN on
+  // any other entry is guarded if it goes to a vouched destination.
+  o.note("# A SYN to " + std::string(dest) + " marks its connection guarded (both verdict bits in");
+  o.note("# the conntrack mark): whatever becomes of the element, its payload waits for dnsward's");
+  o.note("# verdict. A SYN on an entry that was guarded (conntrack reuses a closed entry, mark and");
+  o.note("# all) makes it guarded again, without a verdict: a new handshake is judged anew.");
+  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark & {} != 0 ct mark "
+                     "set ct mark | {}",
+                     ports, verdicts, verdicts));
   for (const auto& f : o.families)
     o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn {} ct mark set ct mark | "
                        "{}",
                        ports, o.vouched(f.first, *f.second), verdicts));
+  // conntrack picks a connection up mid-stream (nf_conntrack_tcp_loose, on by default): an
+  // entry with no SYN seen has no guarded mark, and was accepted as a vouched destination's
+  // (the seventh review: a raw RST with a TTL of 1 ended the host's entry, the server's
+  // connection lived on, and its next flight was picked up unjudged; in-guest, an idle
+  // half-closed connection outliving its entry). Dropped, either direction.
+  o.note("# A connection conntrack picked up mid-stream (no SYN seen, so no guarded mark) to " + std::string(dest));
+  o.note("# is dropped: its first flight would go unjudged.");
+  for (const auto& f : o.families)
+    o.rule(fmt::format("tcp dport {} ct mark & {} == 0 tcp flags & syn == 0 {} counter drop", ports, verdicts,
+                       o.vouched(f.first, *f.second)));
   // TCP Fast Open (RFC 7413) puts the first flight in the SYN; a SYN-ACK acknowledging its
   // data cannot be told from the answer to a plain SYN further on (the fifth review), so it
   // is never judged: dropped here, before any queue (xt's runs before this chain, and sees

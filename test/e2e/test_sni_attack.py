@@ -189,6 +189,10 @@ s, t, i, o = conn("www.allowed.test")
 port = s.getsockname()[1]
 finish(s, t, i, o, host="www.allowed.test")
 s.close()  # finish() returned: the front end's reset has arrived
+if len(sys.argv) > 3:  # the test ends the element's life first, and says "go"
+    print("expire", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        sys.exit(1)
 # 2: the same ports again, within the 10 s conntrack keeps a closed entry: the SYN is
 # "ignored" by conntrack and rides the old entry, whose mark says allowed.
 s, t, i, o = conn("other.test", port)
@@ -396,6 +400,32 @@ class Attack(unittest.TestCase):
         out = run(NOBODY, "reuse.py", g.SHARED, self.cert)
         self.assertRefused(out.splitlines()[-1])
         self.assertEqual(len(g.events("sni-mismatch", name="other.test", port="8443")), before + 1)
+
+    def test_reusing_the_ports_after_the_element_expired_is_judged_too(self):
+        """The seventh review (of 58a883e), unprivileged: the same reuse, but the address's
+        element expires in between. The SYN cleared the verdict and, the element gone, did not
+        mark the connection guarded again; conntrack took the reused entry as established, and
+        the ClientHello naming other.test went out unjudged. A SYN on an entry that was guarded
+        makes it guarded again, whatever the sets say."""
+        judged = lambda: len(g.events("sni-mismatch", port="8443")) + len(
+            g.events("first-flight-rejected", reason="no_state", port="8443"))
+        before = judged()
+        p = subprocess.Popen(["ip", "netns", "exec", g.VM, *NOBODY, "/usr/bin/python3",
+                              os.path.join(g.workdir, "reuse.py"), g.SHARED, self.cert, "expire"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            first = p.stdout.readline().strip()
+            self.assertEqual(p.stdout.readline().strip(), "expire", first)
+            # As its timeout would: the element leaves the kernel's set (dnsward notices, and
+            # rereads the set: nothing adds it back before the next answer).
+            g.in_vm("nft", "delete", "element", "inet", "dnsward", "allowed4", "{ %s }" % g.SHARED)
+            out, _ = p.communicate("go\n", timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertRefused(out.strip().splitlines()[-1])
+        self.assertEqual(judged(), before + 1, out)
 
     def test_a_bare_cr_cannot_hide_a_second_host(self):
         before = len(g.events("first-flight-rejected", reason="malformed", port="80"))

@@ -1163,11 +1163,18 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undeci
   CHECK(tfo < nft.find(" queue num 53"));
   CHECK(rules({"--sni-guard", "--queue-backend", "xt"}).first.find("== syn @ih,0,8 0-255 counter drop") !=
         std::string::npos);
-  // The SYN clears a reused entry's verdict, in the client's direction only; one to a
-  // vouched address marks the connection guarded, then and for good.
+  // A SYN on an entry that was guarded makes it guarded and undecided again, whatever the
+  // sets say (the seventh review: a reused entry's new handshake after the element expired);
+  // one to a vouched address marks the connection guarded, then and for good.
   const auto syn_clear = nft.find("tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark "
-                                  "set ct mark & 0xff3fffff comment");
+                                  "& 0x00c00000 != 0 ct mark set ct mark | 0x00c00000 comment");
   CHECK(syn_clear != std::string::npos);
+  CHECK(nft.find("ct mark set ct mark & 0xff3fffff comment") == std::string::npos);  // never downgraded
+  // A connection conntrack picked up mid-stream to a vouched address: dropped, either direction.
+  for (const char* f : {"ip daddr @allowed4", "ip6 daddr @allowed6"})
+    CHECK(nft.find(fmt::format("tcp dport {{ 443, 80 }} ct mark & 0x00c00000 == 0 tcp flags & syn == 0 {} counter drop "
+                               "comment",
+                               f)) != std::string::npos);
   for (const char* f : {"ip daddr @allowed4", "ip6 daddr @allowed6"})
     CHECK(nft.find(fmt::format("tcp dport {{ 443, 80 }} ct direction original tcp flags & (syn | ack) == syn {} ct mark "
                                "set ct mark | 0x00c00000 comment",

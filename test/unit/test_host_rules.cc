@@ -599,8 +599,13 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
   const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0x00c00000";  // guarded, undecided
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
-  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark set ct mark & "
-                        "0xff3fffff") == 1);
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark & 0x00c00000 "
+                        "!= 0 ct mark set ct mark | 0x00c00000") == 1);
+  CHECK(count_with(fwd, "ct mark set ct mark & 0xff3fffff") == 2);  // the verdicts' only: a SYN never downgrades
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 tcp flags & syn == 0 ip saddr . ip daddr "
+                        "@allowed4 counter drop") == 1);  // picked up mid-stream
+  CHECK(count_with(fwd, "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 tcp flags & syn == 0 ip6 saddr . ip6 daddr "
+                        "@allowed6 counter drop") == 1);
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 "
                         "counter drop") == 1);  // a Fast Open SYN, never judged
   // A SYN to a pair vouched for this guest marks its connection guarded, then and for good.
