@@ -303,12 +303,14 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // entry with no SYN seen has no guarded mark, and was accepted as a vouched destination's
   // (the seventh review: a raw RST with a TTL of 1 ended the host's entry, the server's
   // connection lived on, and its next flight was picked up unjudged; in-guest, an idle
-  // half-closed connection outliving its entry). Dropped, either direction.
-  o.note("# A connection conntrack picked up mid-stream (no SYN seen, so no guarded mark) to " + std::string(dest));
-  o.note("# is dropped: its first flight would go unjudged.");
+  // half-closed connection outliving its entry). After the SYN rules above, anything to a
+  // vouched destination on a guarded port still without a verdict bit is not guarded:
+  // dropped, whatever its direction or flags (the eighth review: a SYN-flagged segment with
+  // data on an entry the server's packet had opened).
+  o.note("# A connection to " + std::string(dest) + " that is not guarded by now (conntrack picked it");
+  o.note("# up mid-stream, or saw the server first) is dropped: its first flight would go unjudged.");
   for (const auto& f : o.families)
-    o.rule(fmt::format("tcp dport {} ct mark & {} == 0 tcp flags & syn == 0 {} counter drop", ports, verdicts,
-                       o.vouched(f.first, *f.second)));
+    o.rule(fmt::format("tcp dport {} ct mark & {} == 0 {} counter drop", ports, verdicts, o.vouched(f.first, *f.second)));
   // TCP Fast Open (RFC 7413) puts the first flight in the SYN; a SYN-ACK acknowledging its
   // data cannot be told from the answer to a plain SYN further on (the fifth review), so it
   // is never judged: dropped here, before any queue (xt's runs before this chain, and sees
