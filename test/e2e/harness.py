@@ -2,6 +2,7 @@
 loopback, an optional recording relay in front of it (to see what reached the upstream),
 and the real dnsward binary. Nothing here talks to the machine's own resolver."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,6 +80,15 @@ def require(*programs, root=True):
     if missing:
         raise unittest.SkipTest(f"cannot run here: missing {', '.join(missing)}")
     # A missing dnsward binary is no outside reason: it fails the tests, never skips them.
+
+
+def fast_open_drops(chain_text):
+    """Packets the guard's Fast Open rule (a SYN with payload on a guarded port, dropped) counted,
+    read from `nft list chain` text."""
+    for line in chain_text.splitlines():
+        if "tcp flags" in line and "@ih,0,8" in line and "meta mark" not in line:
+            return int(re.search(r"counter packets (\d+)", line).group(1))
+    raise AssertionError("no Fast Open rule in\n" + chain_text)
 
 
 def wait_for(fn, timeout=10.0, what="condition"):

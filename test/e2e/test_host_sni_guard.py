@@ -19,7 +19,7 @@ import unittest
 import dns.message
 import dns.query
 
-from harness import BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
+from harness import fast_open_drops, BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 NET = f"dwg{TAG}net"
@@ -206,11 +206,7 @@ def curl(sid, *args):
 
 def tfo_drops():
     """Packets the forward chain's Fast Open rule dropped (a SYN with payload on a guarded port)."""
-    text = sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout
-    for line in text.splitlines():
-        if "tcp flags" in line and "@ih,0,8" in line and "meta mark" not in line:
-            return int(re.search(r"counter packets (\d+)", line).group(1))
-    raise AssertionError("no Fast Open rule in\n" + text)
+    return fast_open_drops(sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout)
 
 
 def events(kind, **fields):

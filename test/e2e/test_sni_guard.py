@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import BIN, clean_env, queue_backend, require, sh, terminate, wait_for, write_knot_config
+from harness import fast_open_drops, BIN, clean_env, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 INET, VM = f"dwsinet{TAG}", f"dwsvm{TAG}"
@@ -286,11 +286,7 @@ def log():
 
 def tfo_drops():
     """Packets the output chain's Fast Open rule dropped (a SYN with payload on a guarded port)."""
-    text = in_vm("nft", "list", "chain", "inet", "dnsward", "output").stdout
-    for line in text.splitlines():
-        if "tcp flags" in line and "@ih,0,8" in line and "meta mark" not in line:
-            return int(re.search(r"counter packets (\d+)", line).group(1))
-    raise AssertionError("no Fast Open rule in\n" + text)
+    return fast_open_drops(in_vm("nft", "list", "chain", "inet", "dnsward", "output").stdout)
 
 
 def events(kind, **fields):

@@ -149,7 +149,7 @@ class World : public VerdictPort {
     if (state != State::established && !s.syn) return;
     if (s.urg && !allowed) urgent_delivered = true;
     const uint32_t off = s.seq + (s.syn ? 1 : 0) - (client_isn + 1);
-    if (s.syn && !tfo_taken) return;  // a Fast Open cookie it does not take: data ignored
+    if (s.syn) return;  // no Fast Open SYN gets this far (the ruleset drops them): no data
     for (Stream& st : streams) st.take(off, s.payload);
   }
   void new_connection() {
@@ -255,7 +255,7 @@ class World : public VerdictPort {
   uint32_t srv_sent = 0;  ///< bytes the server sent on this connection
   /// ended: the server's connection is gone (a reset it took, or its alert); allowed: the
   /// connection was allowed for good (after it, what the client sends is its own).
-  bool ended = false, allowed = false, urgent_delivered = false, tfo_taken = false;
+  bool ended = false, allowed = false, urgent_delivered = false;
   enum class Ct { none, allowed, rejected } ct = Ct::none;  ///< the conntrack mark's verdict
   Tls tls = Tls::wait_hello;
   std::string first_sni;
@@ -291,7 +291,7 @@ Bytes packet(uint16_t port, const Sent& s) {
 
 }  // namespace
 
-// Input: one byte (bit 0: port 80, else 443; bit 1: the server takes Fast Open data), then
+// Input: one byte (bit 0: port 80, else 443), then
 // operations, each a tag byte whose low three bits say which:
 //   0 a client SYN; 1 time passes; 2 a client reset; 3 the server's SYN-ACK;
 //   4 the server answers (one more byte: 0 ServerHello, 1 HelloRetryRequest, 2 alert, 3 a
@@ -304,7 +304,6 @@ Bytes packet(uint16_t port, const Sent& s) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   World w((data[0] & 1) ? 80 : 443);
-  w.tfo_taken = data[0] & 2;
   Clock clock;
   Names names;
   GuardOptions o;
