@@ -91,6 +91,30 @@ def fast_open_drops(chain_text):
     raise AssertionError("no Fast Open rule in\n" + chain_text)
 
 
+def pickup_drops(chain_text):
+    """Packets the guard's rule for connections picked up mid-stream (to a vouched destination on
+    a guarded port, with no guarded mark) dropped, summed over the families the ruleset sees,
+    read from `nft list chain` text: in-guest `ip daddr @set`, in host mode `ip saddr . ip
+    daddr @set`."""
+    n = [int(m.group(1)) for m in re.finditer(
+        r"ct mark & 0x[0-9a-f]+ == 0x0+ (?:ip6? saddr \. )?ip6? daddr @\S+ counter packets (\d+) bytes \d+ drop ",
+        chain_text)]
+    if not n:
+        raise AssertionError("no mid-stream pickup rule in\n" + chain_text)
+    return sum(n)
+
+
+def conntrack_has(sport, dport, ns=None):
+    """Whether the conntrack table (of namespace ns, else this process's) has an entry of a TCP
+    connection with these ports. An expired entry is not listed: listing it reaps it."""
+    if ns is None:
+        with open("/proc/net/nf_conntrack") as f:
+            text = f.read()
+    else:
+        text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack").stdout
+    return any(l.split()[2] == "tcp" and f" sport={sport} dport={dport} " in l for l in text.splitlines())
+
+
 def wait_for(fn, timeout=10.0, what="condition"):
     """Polls fn until it returns something true, or fails after timeout seconds. The short
     pause between polls is the only sleep in the tests: it paces a poll that has a

@@ -19,7 +19,7 @@ import unittest
 import dns.message
 import dns.query
 
-from harness import fast_open_drops, BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
+from harness import conntrack_has, fast_open_drops, pickup_drops, BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 NET = f"dwg{TAG}net"
@@ -278,6 +278,59 @@ class HostSniGuard(unittest.TestCase):
         self.assertTrue(out.splitlines()[-1].startswith("error"), out)
         self.assertNotIn("no connect", out)  # the socket's own SYN got through: the attack ran
         self.assertEqual(dropped(), before + 1, out)  # the raw Fast Open SYN
+
+    def test_a_flight_after_the_host_forgot_the_idle_connection_is_dropped(self):
+        """The seventh review (of 58a883e): a guest's connection left idle until the host's
+        conntrack entry is gone (a guest's root can end it sooner: a raw reset with an IP TTL
+        of 1, which the front end never sees) sends its request with no SYN before it. The
+        host's conntrack picks it up mid-stream (nf_conntrack_tcp_loose) as a new entry that
+        no SYN rule marked guarded, and it was forwarded as going to a vouched pair: A asked
+        for b.test. It is dropped now."""
+        if not os.path.exists("/proc/net/nf_conntrack"):
+            self.skipTest("no /proc/net/nf_conntrack: conntrack entries cannot be watched here")
+        script = ("import socket, sys\n"
+                  f"s = socket.create_connection(('{SHARED}', 80), timeout=5)\n"
+                  "print(s.getsockname()[1], flush=True)\n"
+                  "if sys.stdin.readline().strip() != 'go':\n"
+                  "    sys.exit(1)\n"
+                  "s.sendall(b'GET / HTTP/1.1\\r\\nHost: b.test\\r\\nConnection: close\\r\\n\\r\\n')\n"
+                  "r = b''\n"
+                  "try:\n"
+                  "    while True:\n"
+                  "        d = s.recv(65536)\n"
+                  "        if not d:\n"
+                  "            break\n"
+                  "        r += d\n"
+                  "    print(r.decode(errors='replace').strip().splitlines()[-1] if r else 'error empty')\n"
+                  "except OSError as e:\n"
+                  "    print('error', type(e).__name__)\n")
+        key = "net.netfilter.nf_conntrack_tcp_timeout_established"
+        old = sh("sysctl", "-q", "-n", key).stdout.strip()
+        chain = lambda: sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout
+        before = pickup_drops(chain())
+        # The host's established entries live for a second, as if the connection had been
+        # idle for days; only this test's connection is open meanwhile.
+        sh("sysctl", "-q", "-w", f"{key}=1")
+        p = subprocess.Popen(["ip", "netns", "exec", guest_ns("A"), "/usr/bin/python3", "-c", script],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            try:
+                port = p.stdout.readline().strip()
+                self.assertTrue(port.isdigit(), port)
+                self.assertTrue(conntrack_has(port, 80), "the connection's host entry, before it expires")
+                wait_for(lambda: not conntrack_has(port, 80), timeout=20,
+                         what="the idle connection's host conntrack entry gone")
+            finally:
+                sh("sysctl", "-q", "-w", f"{key}={old}")
+            out, _ = p.communicate("go\n", timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        out = out.strip()
+        self.assertNotIn("b.test", out, out)
+        self.assertTrue(out.startswith("error"), out)
+        self.assertGreater(pickup_drops(chain()), before, out)  # the request, and its retransmissions
 
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),

@@ -262,6 +262,24 @@ s.sendall(D)
 finish(s, tls, incoming, outgoing)
 """
 
+# Unprivileged: a connection opened, and left idle until conntrack forgets it (an idle
+# connection outlives its entry: five days by default, seconds where a host shortened it).
+# Its first flight then comes with no SYN before it: conntrack picks it up mid-stream
+# (nf_conntrack_tcp_loose) as a new entry, which no SYN rule marked guarded.
+PICKUP = FINISH + r"""
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from sni_polyglot import hello
+addr, cafile = sys.argv[2:4]
+s = socket.create_connection((addr, 443), timeout=5)
+print(s.getsockname()[1], flush=True)
+if sys.stdin.readline().strip() != "go":
+    sys.exit(1)
+tls, incoming, outgoing, evil = hello("other.test", ["http/1.1"], cafile)
+s.sendall(evil)
+finish(s, tls, incoming, outgoing)
+"""
+
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
           "--bounding-set=-all"]
 NET_RAW_ONLY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
@@ -355,7 +373,7 @@ def set_up_attackers():
         f.write(FINISH + open(os.path.join(here, "rebase_attack.py")).read())
     with open(os.path.join(g.workdir, "tfo_rebase.py"), "w") as f:
         f.write(FINISH + open(os.path.join(here, "tfo_rebase_attack.py")).read())
-    for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("raw_lost.py", RAW_LOST), ("raw_urgent_ack.py", RAW_URGENT_ACK), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE)):
+    for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("raw_lost.py", RAW_LOST), ("raw_urgent_ack.py", RAW_URGENT_ACK), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE), ("pickup.py", PICKUP)):
         with open(os.path.join(g.workdir, name), "w") as f:
             f.write(text)
 
@@ -594,6 +612,47 @@ class RawSocketPastTheGuard(unittest.TestCase):
         # is no ClientHello it takes.
         self.assertEqual(out.splitlines()[0], "dropped", out)
         self.assertTrue(out.splitlines()[-1].startswith("error"), out)
+
+
+class PickedUpMidStream(unittest.TestCase):
+    def test_a_first_flight_after_conntrack_forgot_the_idle_connection_is_dropped(self):
+        """The seventh review (of 58a883e), unprivileged in-guest: a connection left idle until
+        its conntrack entry is gone sends its ClientHello (naming other.test) with no SYN
+        before it. conntrack picks it up as a new entry (nf_conntrack_tcp_loose) with no
+        guarded mark: neither queued nor held back, it was accepted as going to a vouched
+        address, and the front end answered for other.test. It is dropped now."""
+        if not os.path.exists("/proc/net/nf_conntrack"):
+            self.skipTest("no /proc/net/nf_conntrack: conntrack entries cannot be watched here")
+        self.assertEqual(g.curl("http://www.allowed.test/"), (0, 200))
+        timeout = ("ip", "netns", "exec", g.VM, "sysctl", "-q", "-n", "net.netfilter.nf_conntrack_tcp_timeout_established")
+        old = g.sh(*timeout).stdout.strip()
+        chain = lambda: g.in_vm("nft", "list", "chain", "inet", "dnsward", "output").stdout
+        before = g.pickup_drops(chain())
+        # An established entry lives for a second, as if the connection had been idle for
+        # days; only this test's connection is open meanwhile.
+        g.sh(*timeout[:6], "-w", f"{timeout[-1]}=1")
+        p = subprocess.Popen(["ip", "netns", "exec", g.VM, *NOBODY, "/usr/bin/python3",
+                              os.path.join(g.workdir, "pickup.py"), g.workdir, g.SHARED,
+                              os.path.join(g.workdir, "cert.pem")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            try:
+                port = p.stdout.readline().strip()
+                self.assertTrue(port.isdigit(), port)
+                self.assertTrue(g.conntrack_has(port, 443, g.VM), "the connection's entry, before it expires")
+                g.wait_for(lambda: not g.conntrack_has(port, 443, g.VM), timeout=20,
+                           what="the idle connection's conntrack entry gone")
+            finally:
+                g.sh(*timeout[:6], "-w", f"{timeout[-1]}={old}")
+            out, _ = p.communicate("go\n", timeout=40)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        out = out.strip()
+        self.assertNotIn("other.test", out.replace("error", ""), out)
+        self.assertTrue(out.splitlines()[-1].startswith("error"), out)
+        self.assertGreater(g.pickup_drops(chain()), before, out)  # the flight itself, and its retransmissions
 
 
 class MarkedSocket(unittest.TestCase):
