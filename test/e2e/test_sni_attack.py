@@ -369,10 +369,9 @@ def set_up_attackers():
     here = os.path.dirname(os.path.abspath(__file__))
     shutil.copy(os.path.join(here, "sni_polyglot.py"), g.workdir)
     shutil.copy(os.path.join(here, "hrr_client.py"), g.workdir)
-    with open(os.path.join(g.workdir, "rebase.py"), "w") as f:
-        f.write(FINISH + open(os.path.join(here, "rebase_attack.py")).read())
-    with open(os.path.join(g.workdir, "tfo_rebase.py"), "w") as f:
-        f.write(FINISH + open(os.path.join(here, "tfo_rebase_attack.py")).read())
+    for name, source in (("rebase.py", "rebase_attack.py"), ("tfo_rebase.py", "tfo_rebase_attack.py")):
+        with open(os.path.join(here, source)) as src, open(os.path.join(g.workdir, name), "w") as f:
+            f.write(FINISH + src.read())
     for name, text in (("zerocopy_resend.py", ZEROCOPY_RESEND), ("urgent.py", URGENT), ("raw_syn.py", RAW_SYN), ("raw_lost.py", RAW_LOST), ("raw_urgent_ack.py", RAW_URGENT_ACK), ("bare_cr.py", BARE_CR), ("reuse.py", REUSE), ("pickup.py", PICKUP)):
         with open(os.path.join(g.workdir, name), "w") as f:
             f.write(text)
@@ -494,9 +493,6 @@ class Attack(unittest.TestCase):
         out = run(NOBODY, "hrr_client.py", g.SHARED, "443", "www.allowed.test", "www.allowed.test")
         self.assertTrue(out.startswith("hello") and "www.allowed.test" in out, out)
 
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class LostPastTheGuard(unittest.TestCase):
@@ -674,3 +670,7 @@ class MarkedSocket(unittest.TestCase):
         r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", "-c", script, check=False, timeout=30)
         out = (r.stdout + r.stderr).strip()
         self.assertEqual(out, "error TimeoutError", out)  # the SYN itself never leaves
+
+
+if __name__ == "__main__":
+    unittest.main()
