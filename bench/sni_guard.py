@@ -10,10 +10,17 @@ resolver and the ruleset of `nft-rules --sni-guard`):
   --sni-guard and the address vouched again), run after run alternating.
 - memory per bound name: dnsward's RSS before and after binding ELEMENTS x 32 names (a
   wildcard zone, each name its own query, 32 names to each address).
+- with PERF=1, where dnsward's CPU goes: one more guarded run (not in the medians) under
+  `perf record -g -p PID`, its samples split into the packet carried on after a verdict
+  (everything under nfqnl_reinject, the receiving side's TCP included), task switches
+  (finish_task_switch: dnsward sleeps in epoll_wait between packets), dnsward's own code
+  (user space) and the rest of the kernel (reading packets and writing verdicts).
 
 Run as root from the repository: bench/run-sni-guard [build-dir]."""
 import os
 import resource
+import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -143,6 +150,27 @@ def run_clients(path):
     return [x for x in lat if x], failed
 
 
+def perf_split(data):
+    """Shares of dnsward's perf samples (percent): the packet carried on after a verdict, task
+    switches, user space, the rest of the kernel."""
+    def report(*args):
+        return subprocess.run(["perf", "report", "-i", data, "--stdio", *args], capture_output=True, text=True,
+                              timeout=300).stdout
+    def share(text, symbol, column):
+        for line in text.splitlines():
+            f = line.split()
+            if len(f) >= 4 and f[3] == symbol and f[0].endswith("%"):
+                return float(f[column].rstrip("%"))
+        return 0.0
+    children = report("--children", "--sort", "symbol", "-g", "none")
+    onward = share(children, "nfqnl_reinject", 0)
+    switches = share(children, "finish_task_switch.isra.0", 1) or share(children, "finish_task_switch", 1)
+    kernel = sum(float(l.split()[0].rstrip("%")) for l in report("--no-children", "--sort", "dso", "-g", "none").splitlines()
+                 if "[kernel.kallsyms]" in l.split()[1:2] and l.split()[0].endswith("%"))
+    user = 100.0 - kernel
+    return onward, switches, user, 100.0 - onward - switches - user
+
+
 def load_rules(guard):
     extra = ["--sni-guard", "--queue-backend", world.backend, *world.GUARD_OPTIONS] if guard else []
     rules = world.sh(world.BIN, "nft-rules", "--upstream", world.DNS_IP, "--user", "dnsward", *extra).stdout
@@ -236,6 +264,26 @@ def main():
               f"{statistics.median(pair_added):.1f} us (runs: {', '.join(f'{c:.1f}' for c in pair_added)})")
         print(f"machine CPU added per connection (guard minus none): median {statistics.median(machine_added):.1f} us "
               f"(runs: {', '.join(f'{c:.1f}' for c in machine_added)})")
+        if os.environ.get("PERF") == "1" and not shutil.which("perf"):
+            print("profiled run: not run, perf is missing (scripts/install-deps bench installs linux-perf)")
+        elif os.environ.get("PERF") == "1":
+            load_rules(True)
+            data = os.path.join(world.workdir, "perf.data")
+            u0, s0 = cpu_ticks(pid)
+            rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o", data, "-p", str(pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _, failed = run_clients(hello)
+            finally:
+                rec.send_signal(signal.SIGINT)  # perf writes its file and exits
+                rec.wait(timeout=120)
+            u1, s1 = cpu_ticks(pid)
+            total = (u1 - u0 + s1 - s0) * 1e6 / os.sysconf("SC_CLK_TCK") / N
+            parts = perf_split(data)
+            print(f"profiled run (perf attached, not in the medians): {total:.1f} us per connection, of it "
+                  + ", ".join(f"{label} {share:.0f}% ({share * total / 100:.0f} us)" for label, share in
+                              zip(("the packet carried on after the verdict", "task switches", "user space",
+                                   "the rest of the kernel"), parts)))
         for label, v in (("with the guard", guarded), ("without", plain)):
             print(f"setup latency {label}: p50 {pct(v, 50)} us, p99 {pct(v, 99)} us ({len(v)} connections)")
         print(f"added latency: p50 {pct(guarded, 50) - pct(plain, 50)} us, p99 {pct(guarded, 99) - pct(plain, 99)} us")
