@@ -392,19 +392,26 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
     // verdict out of the conntrack mark): judged anew.
     erase(it);
   }
+  std::string tenant = tenant_of_ ? tenant_of_(k.src) : std::string();
   if (pending_ >= o_.max_flows) {
-    // No room to follow one more connection: the SYN-ACK is dropped (the server sends it
-    // again), never passed unfollowed, and no followed connection is evicted.
-    count(Reason::full);
-    give(id, mark, GuardVerdict::Drop);
-    return;
+    const auto u = use_.find(tenant);
+    if (!make_pending_room(u == use_.end() ? 0 : u->second.pending)) {
+      // No room to follow one more connection, and this tenant holds as many waiting as
+      // any: the SYN-ACK is dropped (the server sends it again), never passed unfollowed.
+      count(Reason::full);
+      give(id, mark, GuardVerdict::Drop);
+      return;
+    }
   }
   Flow f;
   f.start = start;
   f.srv_start = t.seq + 1;
   f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
+  Use& u = use_[tenant];
+  if (u.flows++ == 0) u.tenant = std::move(tenant);
+  f.use = &u;
   it = flows_.emplace(k, std::move(f)).first;
-  ++pending_;
+  tally(it->second, true);
   pending_expiry_.emplace_back(it->second.deadline_ms, k);
   arm();
   give(id, mark, GuardVerdict::Pass);
@@ -468,12 +475,14 @@ SniGuard::ServerAnswer SniGuard::server_answer(const Flow& f) {
 }
 
 void SniGuard::second_flight(const Key& k, Flow& f) {
-  if (pending_ >= o_.max_flows) {
+  // (make_pending_room refuses only connections not decided yet: never f, which is.)
+  if (pending_ >= o_.max_flows && !make_pending_room(f.use->pending)) {
     end_confirming(k, f, GuardVerdict::Reject);
     count(Reason::full);
     reject_log(k, Reason::full, f.sni);
     return;
   }
+  tally(f, false);
   f.decided = false;
   f.confirming = false;
   f.verdict = GuardVerdict::Pass;
@@ -482,7 +491,7 @@ void SniGuard::second_flight(const Key& k, Flow& f) {
   f.next_at = f.judged_end;
   f.limit = f.judged_end + kMaxFlightBytes;
   f.segments = 0;
-  ++pending_;
+  tally(f, true);
   // The second ClientHello comes after the server's answer: --first-flight-timeout from now.
   f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
   pending_expiry_.emplace_back(f.deadline_ms, k);
@@ -524,13 +533,14 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   const std::size_t off = off32, end = off + t.payload_len;
   if (f.bytes.size() < end) {
-    if (!make_room(end - f.bytes.size(), k)) {
+    if (!make_room(end - f.bytes.size(), k, f)) {
       decide(k, f, GuardVerdict::Reject, Reason::full, "");
       return;
     }
-    held_bytes_ += end - f.bytes.size();
+    tally(f, false);
     f.bytes.resize(end);
     f.have.resize(end, false);
+    tally(f, true);
   }
   for (std::size_t i = 0; i < t.payload_len; ++i) {
     if (f.have[off + i] && f.bytes[off + i] != t.payload[i]) {
@@ -686,8 +696,8 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   for (const Held& h : f.held) give(h.id, h.mark, given);
   f.held.clear();
   f.held.shrink_to_fit();
+  tally(f, false);
   if (!confirm) {
-    held_bytes_ -= f.bytes.size();
     f.bytes = {};
     f.have = {};
   } else {
@@ -698,19 +708,34 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   f.decided = true;
   f.verdict = given;
   f.confirming = confirm;
-  --pending_;
+  tally(f, true);
   f.deadline_ms = timers_.now_ms() + (confirm ? kConfirmWindowMs : kDecidedLingerMs);
   (confirm ? confirm_expiry_ : decided_expiry_).emplace_back(f.deadline_ms, k);
   // Decided flows are few at a time (each lingers for seconds): past max_flows of them
-  // the oldest are forgotten early, lingering ones first.
-  for (auto* q : {&decided_expiry_, &confirm_expiry_})
-    while (flows_.size() - pending_ > o_.max_flows && !q->empty()) {
-      const auto [at, key] = q->front();
-      q->pop_front();
-      const auto old = flows_.find(key);
-      if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k))
-        erase(old);
-    }
+  // the oldest lingering ones are forgotten early (their connections carry their verdict in
+  // the conntrack mark already), then connections waiting for confirmation, of the tenant
+  // with most of them (see Use): the oldest of those.
+  while (flows_.size() - pending_ > o_.max_flows && !decided_expiry_.empty()) {
+    const auto [at, key] = decided_expiry_.front();
+    decided_expiry_.pop_front();
+    const auto old = flows_.find(key);
+    if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k)) erase(old);
+  }
+  while (flows_.size() - pending_ > o_.max_flows) {
+    Use* from = heaviest(&Use::confirming);
+    if (from == nullptr) break;
+    trim(confirm_expiry_, true);
+    auto victim = [&](bool any) {
+      return std::find_if(confirm_expiry_.begin(), confirm_expiry_.end(), [&](const auto& e) {
+        const Flow* w = live(e, true);
+        return w != nullptr && (any || w->use == from) && !(e.second == k);
+      });
+    };
+    auto it = victim(false);
+    if (it == confirm_expiry_.end()) it = victim(true);  // its only one is k: the oldest other
+    if (it == confirm_expiry_.end()) break;
+    erase(flows_.find(it->second));
+  }
   arm();
   if (v == GuardVerdict::Allow) {
     if (f.after_hrr) return;  // counted and logged at the first ClientHello
@@ -749,24 +774,120 @@ void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t
 }
 
 void SniGuard::end_confirming(const Key& k, Flow& f, GuardVerdict v) {
-  held_bytes_ -= f.bytes.size();
+  tally(f, false);
   f.bytes = {};
   f.have = {};
   f.confirming = false;
+  tally(f, true);
   f.verdict = v;
   f.deadline_ms = timers_.now_ms() + kDecidedLingerMs;
   decided_expiry_.emplace_back(f.deadline_ms, k);
   arm();
 }
 
-bool SniGuard::make_room(std::size_t need, const Key& keep) {
-  while (held_bytes_ + need > kMaxHeldBytes && !confirm_expiry_.empty()) {
-    const auto [at, key] = confirm_expiry_.front();
-    confirm_expiry_.pop_front();
-    const auto it = flows_.find(key);
-    if (it != flows_.end() && it->second.confirming && it->second.deadline_ms == at && !(key == keep)) erase(it);
+bool SniGuard::make_room(std::size_t need, const Key& keep, Flow& mine) {
+  while (held_bytes_ + need > kMaxHeldBytes) {
+    // Another tenant gives room only while it holds more than this one will: so a tenant
+    // flooding the guard with flights takes room from itself, never from a smaller one.
+    Use* from = heaviest(&Use::held);
+    const bool other = from != nullptr && from != mine.use && from->held > mine.use->held + need;
+    if (!other) from = mine.use;
+    auto of = [&](bool confirming) {
+      return [&, confirming](const std::pair<uint64_t, Key>& e) {
+        const Flow* v = live(e, confirming);
+        return v != nullptr && v->use == from && !v->bytes.empty() && !(e.second == keep);
+      };
+    };
+    trim(confirm_expiry_, true);
+    trim(pending_expiry_, false);
+    // Its connections waiting longest for confirmation first: forgotten (their next data
+    // is reset). Then, of another tenant only, the flights waiting longest for a verdict:
+    // refused. (This tenant's own: the flight that needs the room is refused instead.)
+    if (auto c = std::find_if(confirm_expiry_.begin(), confirm_expiry_.end(), of(true)); c != confirm_expiry_.end()) {
+      erase(flows_.find(c->second));
+      continue;
+    }
+    const auto p = other ? std::find_if(pending_expiry_.begin(), pending_expiry_.end(), of(false))
+                         : pending_expiry_.end();
+    if (p == pending_expiry_.end()) return false;
+    refuse_full(p->second);
   }
-  return held_bytes_ + need <= kMaxHeldBytes;
+  return true;
+}
+
+bool SniGuard::make_pending_room(std::size_t mine) {
+  Use* from = heaviest(&Use::pending);
+  // Only from a tenant that holds more than this one will once it has its room.
+  if (from == nullptr || from->pending <= mine + 1) return false;
+  trim(pending_expiry_, false);
+  const auto p = std::find_if(pending_expiry_.begin(), pending_expiry_.end(), [&](const auto& e) {
+    const Flow* v = live(e, false);
+    return v != nullptr && v->use == from;
+  });
+  if (p == pending_expiry_.end()) return false;
+  refuse_full(p->second);
+  return true;
+}
+
+void SniGuard::refuse_full(const Key& k) {
+  const auto it = flows_.find(k);
+  // Its held packets are rejected (reset); data it sends later meets no state (reset too).
+  for (const Held& h : it->second.held) give(h.id, h.mark, GuardVerdict::Reject);
+  count(Reason::full);
+  reject_log(k, Reason::full, "");
+  erase(it);
+}
+
+SniGuard::Use* SniGuard::heaviest(std::size_t Use::*what) {
+  Use* most = nullptr;
+  for (auto& [tenant, u] : use_)
+    if (u.*what > 0 && (most == nullptr || u.*what > most->*what)) most = &u;
+  return most;
+}
+
+SniGuard::Flow* SniGuard::live(const std::pair<uint64_t, Key>& entry, bool confirming) {
+  const auto it = flows_.find(entry.second);
+  if (it == flows_.end() || it->second.deadline_ms != entry.first) return nullptr;
+  Flow& f = it->second;
+  return (confirming ? f.decided && f.confirming : !f.decided) ? &f : nullptr;
+}
+
+void SniGuard::trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming) {
+  // The scans for a tenant's oldest start at the front: stale entries there would be walked
+  // past again and again (a tenant at a bound makes a scan per packet).
+  while (!q.empty() && live(q.front(), confirming) == nullptr) q.pop_front();
+}
+
+void SniGuard::tally(const Flow& f, bool add) {
+  auto move = [add](std::size_t& n, std::size_t by) { n = add ? n + by : n - by; };
+  const std::size_t waiting = f.decided ? 0 : 1;
+  move(pending_, waiting);
+  move(f.use->pending, waiting);
+  move(held_bytes_, f.bytes.size());
+  move(f.use->held, f.bytes.size());
+  move(f.use->confirming, f.confirming ? 1 : 0);
+}
+
+bool SniGuard::check_use() const {
+  std::unordered_map<const Use*, Use> sum;
+  std::size_t pending = 0, held = 0;
+  for (const auto& [k, f] : flows_) {
+    Use& u = sum[f.use];
+    ++u.flows;
+    u.pending += f.decided ? 0 : 1;
+    u.held += f.bytes.size();
+    u.confirming += f.confirming ? 1 : 0;
+    pending += f.decided ? 0 : 1;
+    held += f.bytes.size();
+  }
+  if (pending != pending_ || held != held_bytes_ || sum.size() != use_.size()) return false;
+  for (const auto& [tenant, u] : use_) {
+    const auto s = sum.find(&u);
+    if (s == sum.end() || u.tenant != tenant || s->second.flows != u.flows || s->second.pending != u.pending ||
+        s->second.held != u.held || s->second.confirming != u.confirming)
+      return false;
+  }
+  return true;
 }
 
 void SniGuard::count(Reason why) {
@@ -854,9 +975,10 @@ void SniGuard::sweep() {
 }
 
 void SniGuard::erase(std::unordered_map<Key, Flow, KeyHash>::iterator it) {
-  if (!it->second.decided) --pending_;
-  held_bytes_ -= it->second.bytes.size();
+  tally(it->second, false);
+  Use* u = it->second.use;
   flows_.erase(it);
+  if (--u->flows == 0) use_.erase(std::string(u->tenant));
 }
 
 }  // namespace dnsward

@@ -177,6 +177,8 @@ class SniGuard {
   void on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::size_t len, bool checksum_pending);
 
   const GuardCounts& counts() const { return counts_; }
+  /// Whether the totals and every tenant's use agree with the flows followed (tests, fuzz).
+  bool check_use() const;
   std::size_t flows() const { return flows_.size(); }
   /// Host mode: the sandbox a guest address is registered to ("" if none), so that the
   /// guard's log lines say sandbox=ID beside src=, as the lines of its queries do.
@@ -198,6 +200,17 @@ class SniGuard {
   struct Held {
     uint32_t id, mark;
   };
+  /// What one tenant holds of the bounds every connection shares (--queue-maxlen followed
+  /// connections, kMaxHeldBytes of kept flights): in host mode a sandbox, in-guest the one
+  /// guest. At a bound, room is taken from the tenant that holds most, so no sandbox can
+  /// have another's connections refused or forgotten by opening many of its own.
+  struct Use {
+    std::string tenant;          ///< its key in use_
+    std::size_t flows = 0;       ///< connections followed (the entry goes with the last)
+    std::size_t pending = 0;     ///< of them not decided yet
+    std::size_t held = 0;        ///< bytes of their flights kept
+    std::size_t confirming = 0;  ///< allowed, waiting for the server to confirm
+  };
   /// One connection, followed from the server's SYN-ACK until the
   /// server has shown that it read the flight judged.
   ///
@@ -212,6 +225,7 @@ class SniGuard {
   /// was queued, and each copy of each byte had to agree with the bytes judged: so the
   /// server read the bytes judged, whatever it discarded on the way.
   struct Flow {
+    Use* use = nullptr;          ///< its tenant's (use_'s values keep their address)
     uint32_t start = 0;          ///< sequence number of the client's first byte (its ISN + 1)
     uint64_t deadline_ms = 0;    ///< rejected (held packets) or forgotten (none) after it
     std::vector<uint8_t> bytes;  ///< the flight as received, by offset from start
@@ -292,9 +306,29 @@ class SniGuard {
   void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
   /// Ends the wait for confirmation with v (Allow: confirmed; Reject): the judged bytes go.
   void end_confirming(const Key& k, Flow& f, GuardVerdict v);
-  /// Frees room for need more held bytes by forgetting the connections waiting longest for
-  /// confirmation (their next data is reset, as with state lost); false if it cannot.
-  bool make_room(std::size_t need, const Key& keep);
+  /// Frees room for need more held bytes for keep's flight (see Use): from the tenant that
+  /// holds most if it holds more than keep's would, else from keep's own. Its connections
+  /// waiting longest for confirmation are forgotten (their next data is reset, as with
+  /// state lost); another tenant's flights not judged yet are rejected (`full`) after
+  /// those. False if it cannot.
+  bool make_room(std::size_t need, const Key& keep, Flow& mine);
+  /// Room for one more connection not decided yet, of a tenant holding mine of them, when
+  /// --queue-maxlen are: the oldest of the tenant holding most is refused (`full`), if that
+  /// tenant holds more than mine + 1. False (no room) otherwise.
+  bool make_pending_room(std::size_t mine);
+  /// Refuses a connection not decided yet to make room (`full`): its held packets are
+  /// rejected, and it is forgotten.
+  void refuse_full(const Key& k);
+  /// The tenant holding most of what (nullptr if none).
+  Use* heaviest(std::size_t Use::*what);
+  /// Adds (or takes away) what f holds to its tenant's and the totals: around each change
+  /// of f's state, so that they always agree with the flows (check_use() says whether).
+  void tally(const Flow& f, bool add);
+  /// A flow's entry in q that is still its own (the flow there, in the state q is for):
+  /// q's entries go stale when their flow moves on or goes.
+  Flow* live(const std::pair<uint64_t, Key>& entry, bool confirming);
+  /// Pops q's stale entries off its front.
+  void trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming);
   void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name, std::size_t end = 0,
               bool tls13 = false);
   void reject_log(const Key& k, Reason why, const std::string& name);
@@ -315,7 +349,8 @@ class SniGuard {
   // ones lingering for late packets.
   std::deque<std::pair<uint64_t, Key>> pending_expiry_, decided_expiry_, confirm_expiry_;
   std::size_t pending_ = 0;  // flows not decided yet: what --queue-maxlen bounds
-  std::size_t held_bytes_ = 0;  // sum of the pending flows' bytes.size()
+  std::size_t held_bytes_ = 0;  // sum of the flows' bytes.size()
+  std::unordered_map<std::string, Use> use_;  // by tenant (tenant_of_, "" without it)
   Timers::TimerId timer_ = 0;
   bool armed_ = false;
   GuardCounts counts_;

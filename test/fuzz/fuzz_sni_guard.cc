@@ -322,6 +322,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
       if (w.queued(s)) {
         const Bytes p = packet(w.port, s);
         guard.on_packet(id, 0, p.data(), p.size(), true);
+        require(guard.check_use());  // what each tenant holds agrees with the flows
       } else {
         w.given.insert(id);  // the ruleset's alone
         // An urgent pointer on a connection without a verdict is dropped (a raw socket's
@@ -409,6 +410,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     clock.advance(3600 * 1000);  // every deadline passes
     // Every packet got its verdict: none is left waiting in the queue for ever.
     require(w.given.size() == w.sent.size());
+    require(guard.check_use() && guard.flows() == 0);  // and nothing is held after
   }
   return 0;
 }

@@ -437,6 +437,117 @@ TEST_CASE("past --queue-maxlen followed connections a new SYN-ACK is dropped, no
   CHECK(w.out.given.back().v == GuardVerdict::Watch);  // the followed one was kept
 }
 
+namespace {
+/// Host mode with two sandboxes: A at 10.0.0.2, B at 10.0.0.3, each with the front end's
+/// names bound.
+void two_tenants(World& w) {
+  w.names.bound_.clear();
+  for (const char* g : {"10.0.0.2", "10.0.0.3"})
+    w.names.bound_[std::string(g) + ">198.51.100.7"] = {"allowed.example", "python.example"};
+  w.guard->set_tenant_of([](const IpAddr& a) { return a.text() == "10.0.0.2" ? "A" : a.text() == "10.0.0.3" ? "B" : ""; });
+}
+}  // namespace
+
+TEST_CASE("past --queue-maxlen a sandbox waiting on fewer connections takes the place of the oldest of the one waiting on most") {
+  World w(true, 3);
+  two_tenants(w);
+  std::vector<Seg> a(3);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    a[i].sport = uint16_t(40000 + i);
+    w.handshake(a[i]);
+  }
+  // A holds every place: its own next SYN-ACK is dropped, none of its others evicted.
+  Seg a4;
+  a4.sport = 40003;
+  uint32_t id = w.send(World::from_server(a4, 6999, 1000, {}, true));
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+  // B's is followed: A's oldest gives its place up (full), B's connection is judged.
+  Seg b;
+  b.src = "10.0.0.3";
+  id = w.send(World::from_server(b, 6999, 1000, {}, true));
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
+  CHECK(w.guard->counts().full == 2);
+  CHECK(w.guard->check_use());
+  b.payload = curl_hello();
+  id = w.send(b);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  a[0].payload = a[1].payload = curl_hello();
+  id = w.send(a[0]);  // forgotten: reset, never passed unjudged
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  id = w.send(a[1]);  // kept
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  // Now B waits on none, A on one: a second of B's takes no place from A (1 <= 0 + 1).
+  CHECK(w.guard->check_use());
+}
+
+TEST_CASE("first flights held past the byte bound are taken from the sandbox holding most, never from a smaller one") {
+  World w(true);
+  two_tenants(w);
+  const std::size_t each = kMaxFlightBytes - 1;
+  const std::size_t fit = kMaxHeldBytes / each;
+  std::vector<uint32_t> ids;
+  for (std::size_t i = 0; i < fit; ++i) {
+    Seg s;
+    s.sport = uint16_t(20000 + i);
+    w.handshake(s);
+    s.seq = 1001;  // one byte after the start: never contiguous, so held
+    s.payload.assign(each - 1, 0x16);
+    ids.push_back(w.send(s));
+  }
+  CHECK(w.out.given.empty());
+  // B's flight needs room A holds: A's oldest flight is refused (its held packet reset).
+  Seg b;
+  b.src = "10.0.0.3";
+  w.handshake(b);
+  b.seq = 1001;
+  b.payload.assign(each - 1, 0x16);
+  const uint32_t held = w.send(b);
+  REQUIRE(w.out.given.size() == 1);
+  CHECK(w.out.given[0] == Given{ids.front(), GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().full == 1);
+  CHECK(w.guard->check_use());
+  // A's next flight past the bound: A holds most, so it is A's own that is refused.
+  Seg a;
+  a.sport = 30000;
+  w.handshake(a);
+  a.seq = 1001;
+  a.payload.assign(each - 1, 0x16);
+  const uint32_t refused = w.send(a);
+  REQUIRE(w.out.given.size() == 1);
+  CHECK(w.out.given[0] == Given{refused, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().full == 2);
+  // B's flight was kept: its first byte completes a ClientHello-less flight, still judged.
+  CHECK(held != refused);
+  CHECK(w.guard->check_use());
+}
+
+TEST_CASE("past --queue-maxlen decided connections the ones waiting for confirmation are forgotten from the sandbox with most") {
+  World w(true, 2);
+  two_tenants(w);
+  Seg b;
+  b.src = "10.0.0.3";
+  w.handshake(b);
+  b.payload = curl_hello();
+  w.send(b);  // B's: allowed, waiting for the server (the oldest)
+  std::vector<Seg> a(3);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    a[i].sport = uint16_t(41000 + i);
+    w.handshake(a[i]);
+    a[i].payload = curl_hello();
+    w.send(a[i]);
+  }
+  CHECK(w.guard->check_use());
+  // A's two oldest were forgotten for A's later ones; B's, older than all, was kept.
+  const uint32_t end = 1000 + uint32_t(curl_hello().size());
+  uint32_t id = w.answer(b, end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+  id = w.answer(a[2], end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+  id = w.answer(a[0], end, testing::server_hello(false));
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});  // no state: nothing to confirm
+  CHECK(w.guard->check_use());
+}
+
 TEST_CASE("packets that are not TCP to a guarded port pass to the ruleset unjudged") {
   World w;
   Seg s;
