@@ -48,6 +48,36 @@ class SandboxField {
 
 }  // namespace
 
+bool SniGuard::acks_seen(const Flow& f, const TcpPacket& t) {
+  // RFC 9293 3.10.7.4: a segment without ACK is dropped by the server, it opens nothing.
+  return !t.ack || uint32_t(t.ack_seq - f.srv_start) <= f.srv_seen;
+}
+
+void SniGuard::on_bare(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark) {
+  // The handshake's ACK, a bare FIN: nothing to judge. But a server in SYN-cookie mode opens
+  // its connection on a bare ACK whose acknowledgment number is the cookie of a SYN with
+  // another ISN, predictable from the one seen (C(X + d) = C(X) + d on one tuple within a
+  // minute), and would then read the flight from d bytes in (the ninth review): a client's
+  // ACK of a connection followed may acknowledge only what the server was seen to send.
+  if (f.decided && !f.confirming) {
+    give(id, mark, late(f));
+    return;
+  }
+  if (!acks_seen(f, t)) {
+    if (!f.decided) {
+      f.held.push_back({id, mark});
+      decide(k, f, GuardVerdict::Reject, Reason::unsent_ack, "");
+      return;
+    }
+    end_confirming(k, f, GuardVerdict::Reject);
+    count(Reason::unsent_ack);
+    reject_log(k, Reason::unsent_ack, f.sni);
+    give(id, mark, GuardVerdict::Reject);
+    return;
+  }
+  give(id, mark, f.decided ? GuardVerdict::Watch : GuardVerdict::Pass);
+}
+
 GuardVerdict SniGuard::late(const Flow& f) {
   // A packet queued after its connection's verdict: queued before the conntrack mark was
   // set (segments written back to back), it passes as the verdict says; but it may be the
@@ -287,9 +317,12 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     return;
   }
   if (t.payload_len == 0) {
-    // The handshake's ACK, a bare FIN: nothing to judge, and nothing reaches the server.
     const auto it = flows_.find(k);
-    give(id, mark, it != flows_.end() && it->second.decided ? late(it->second) : GuardVerdict::Pass);
+    if (it == flows_.end()) {
+      give(id, mark, GuardVerdict::Pass);  // nothing followed: its data will meet no state
+      return;
+    }
+    on_bare(k, it->second, t, id, mark);
     return;
   }
   on_data(k, t, id, mark);
@@ -342,13 +375,31 @@ void SniGuard::on_reply(const Key& k, const TcpPacket& t, uint32_t id, uint32_t 
     return;
   }
   Flow& f = it->second;
-  if (t.payload_len > 0) {
+  // Whether the packet continues the server's stream that starts at the SYN-ACK seen here:
+  // a server in SYN-cookie mode answers SYNs with other ISNs statelessly, and its cookies are
+  // predictable from one seen (C(X + d) = C(X) + d on one tuple within a minute), so a raw
+  // socket can have the server open its connection d bytes into the flight judged here, read
+  // only the bytes from there and acknowledge them all (the ninth review). That connection's
+  // packets start d past srv_start: never contiguous with what was seen from it.
+  const uint32_t off = t.seq - f.srv_start;
+  const bool in_stream = off <= f.srv_seen;
+  if (in_stream && (t.payload_len > 0 || t.fin)) {
     // Keep the server's first bytes, in order (an honest server sends them in order; a gap
     // waits for the bytes that fill it).
-    const uint32_t off = t.seq - f.srv_start;
     if (off <= f.srv.size() && off < kServerHelloPrefix)
       for (std::size_t i = f.srv.size() - off; i < t.payload_len && f.srv.size() < kServerHelloPrefix; ++i)
         f.srv.push_back(t.payload[i]);
+    // How far it reaches, bounded well below a wrap of the sequence space.
+    // (A FIN takes a sequence number too: the client acknowledges it.)
+    const uint32_t reach = off + uint32_t(t.payload_len) + (t.fin ? 1 : 0);
+    f.srv_seen = std::min<uint32_t>(std::max<uint32_t>(f.srv_seen, reach), kMaxServerSeen);
+  }
+  if (!in_stream && (!f.decided || f.confirming)) {
+    // Not the server whose SYN-ACK started the flight here (a cookie server's connection
+    // opened further on: see on_bare), or a segment ahead of a gap: dropped (an honest
+    // server sends it again), so that nothing of such a connection reaches the client.
+    give(id, mark, GuardVerdict::Drop);
+    return;
   }
   if (!f.decided) {
     // The flight is not judged yet (a server that speaks first), or the server's answer to
@@ -424,7 +475,10 @@ void SniGuard::confirm_by(const Key& k, Flow& f, const TcpPacket& t, uint32_t id
     give(id, mark, GuardVerdict::Watch);
     return;
   }
-  if (f.tls13 && !f.after_hrr) {
+  // On a TLS port the server's first record decides (a TLS 1.2 server's too: its ServerHello
+  // or an alert, nothing else), after a ClientHello offering TLS 1.3 whether it asks for
+  // a second one.
+  if (is_sni_port(k.dport) && !f.after_hrr) {
     switch (server_answer(f)) {
       case ServerAnswer::need_more:
         give(id, mark, GuardVerdict::Watch);
@@ -517,6 +571,11 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   f.held.push_back({id, mark});
   ++f.segments;
+  if (!acks_seen(f, t)) {
+    // (see on_bare)
+    decide(k, f, GuardVerdict::Reject, Reason::unsent_ack, "");
+    return;
+  }
   if (t.urg) {
     // Urgent data is taken out of the stream by the server's kernel (without SO_OOBINLINE):
     // the bytes it reads would not be the bytes judged here (the review's polyglot
@@ -757,6 +816,7 @@ void SniGuard::on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t
   // before the server's answer (see on_data()); on an HTTP port, the client's own.
   const uint32_t off32 = t.seq - f.start;
   Reason bad = off32 >= (1u << 31) ? Reason::conflict : Reason::none;  // before the start: never its kernel's
+  if (!acks_seen(f, t)) bad = Reason::unsent_ack;  // (see on_bare)
   for (std::size_t i = 0; bad == Reason::none && off32 < f.bytes.size() && i < t.payload_len &&
                           off32 + i < f.bytes.size();
        ++i)

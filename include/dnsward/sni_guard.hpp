@@ -125,7 +125,8 @@ class LedgerBoundNames : public BoundNames {
   X(checksum, "checksum")         /* a wrong checksum: the server would discard the packet */ \
   X(full, "full")                 /* --queue-maxlen connections followed already */           \
   X(early_data, "early_data")     /* 0-RTT offered, or TLS bytes before the server answered */ \
-  X(alert, "alert")               /* a plaintext alert after the ClientHello: it gave up */
+  X(alert, "alert")               /* a plaintext alert after the ClientHello: it gave up */  \
+  X(unsent_ack, "unsent_ack")     /* acknowledges server bytes never seen sent (SYN cookies) */
 
 struct GuardCounts {
 #define DNSWARD_GUARD_FIELD_(m, s) uint64_t m = 0;
@@ -161,6 +162,9 @@ inline constexpr uint64_t kConfirmWindowMs = 120000;
 /// The server's first bytes kept: a record header, a handshake header, legacy_version and
 /// the random (RFC 8446 4.1.3), which says whether a ServerHello is a HelloRetryRequest.
 inline constexpr std::size_t kServerHelloPrefix = 5 + 4 + 2 + 32;
+/// How far Flow::srv_seen follows the server's stream: a server sends its answer long
+/// before, and the bound keeps offsets far from a wrap of the sequence space.
+inline constexpr uint32_t kMaxServerSeen = 1u << 30;
 /// Deadlines are met to within this: one sweep serves those that fall due together.
 inline constexpr uint64_t kSweepSlackMs = 100;
 
@@ -236,6 +240,9 @@ class SniGuard {
     GuardVerdict verdict = GuardVerdict::Pass;
     /// The server's ISN + 1, from its SYN-ACK (whose acknowledgment number is start).
     uint32_t srv_start = 0;
+    /// Bytes of the server's stream from srv_start seen here without a gap: only a packet
+    /// that starts within them is the server's of this flight (see SniGuard::on_reply).
+    uint32_t srv_seen = 0;
     /// The first bytes the server sent (up to kServerHelloPrefix): its first record, which
     /// says whether it answered a TLS 1.3 ClientHello with a HelloRetryRequest.
     std::vector<uint8_t> srv;
@@ -283,6 +290,10 @@ class SniGuard {
   static ServerAnswer server_answer(const Flow& f);
   /// The verdict of a packet of a connection decided already (see the definition).
   static GuardVerdict late(const Flow& f);
+  /// Whether a client packet acknowledges only server bytes seen here (Flow::srv_seen).
+  static bool acks_seen(const Flow& f, const TcpPacket& t);
+  /// A client's bare ACK (or FIN) of a connection followed.
+  void on_bare(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
   void give(uint32_t id, uint32_t mark, GuardVerdict v);
   /// A reset from either side: the connection's state goes (held packets rejected first).
   void on_reset(const Key& k, uint32_t id, uint32_t mark);

@@ -186,6 +186,8 @@ struct World {
   uint32_t answer(const Seg& s, uint32_t ack, Bytes payload) { return send(from_server(s, 7000, ack, std::move(payload))); }
 };
 
+const std::string kGetAllowed = "GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n";
+
 Bytes slice(const Bytes& b, std::size_t from, std::size_t to) { return Bytes(b.begin() + long(from), b.begin() + long(to)); }
 
 /// A TLS record of the given type whose body is n bytes of x.
@@ -739,6 +741,7 @@ TEST_CASE("a new handshake on the ports of a decided connection is judged anew, 
   const uint32_t synack = w.send(World::from_server(again, 8999, 5000, {}, true));
   CHECK(w.out.given.back() == Given{synack, GuardVerdict::Pass, kSeen});
   again.seq = 5000;
+  again.ack = 9000;
   again.payload = curl_hello();
   const uint32_t id = w.send(again);
   CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
@@ -1049,18 +1052,114 @@ TEST_CASE("after a TLS 1.3 ClientHello the server's first record decides: a Serv
   CHECK(w.out.given.back() == Given{rest, GuardVerdict::Allow, kSeen | kAllowed});
 }
 
-TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed once the server acknowledges it, its first record unread") {
+TEST_CASE("a TLS 1.2 ClientHello naming a bound name is allowed by the server's ServerHello; a first record that is no TLS answer rejects") {
+  for (const bool tls_answer : {true, false}) {
+    CAPTURE(tls_answer);
+    World w;
+    Seg s;
+    w.handshake(s);
+    s.payload = tls12_hello("allowed.example");
+    const uint32_t id = w.send(s);
+    CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
+    CHECK(w.guard->counts().allowed == 1);
+    // TLS 1.2 has no HelloRetryRequest, but its server answers with a ServerHello (or an
+    // alert) too: anything else is no TLS server's answer to the ClientHello judged.
+    const uint32_t answer = w.answer(s, 1000 + uint32_t(s.payload.size()),
+                                     tls_answer ? testing::server_hello(false) : record(23, 40));
+    CHECK(w.out.given.back() == (tls_answer ? Given{answer, GuardVerdict::Allow, kSeen | kAllowed}
+                                            : Given{answer, GuardVerdict::Reject, kSeen | kRejected}));
+    CHECK(w.guard->counts().not_tls == (tls_answer ? 0 : 1));
+  }
+}
+
+TEST_CASE("a server packet that does not continue the stream of the SYN-ACK seen is dropped and confirms nothing (SYN cookies)") {
+  // The ninth review: a server in SYN-cookie mode opens its connection at any ISN whose
+  // cookie checks, predictable from the one seen; it reads the flight from d bytes in and
+  // acknowledges all of it, from a stream of its own that starts d past the SYN-ACK seen.
+  for (const uint16_t port : {uint16_t(443), uint16_t(80)}) {
+    CAPTURE(port);
+    World w;
+    Seg s;
+    s.dport = port;
+    w.handshake(s);
+    s.payload = port == 443 ? tls12_hello("allowed.example") : Bytes(kGetAllowed.begin(), kGetAllowed.end());
+    w.send(s);
+    const uint32_t end = 1000 + uint32_t(s.payload.size());
+    const uint32_t d = 40;  // the shifted connection's ISN, and so its every number, is d further
+    const Bytes answer = port == 443 ? Bytes(testing::server_hello(false)) : Bytes{'H', 'T', 'T', 'P'};
+    uint32_t id = w.send(World::from_server(s, 7000 + d, end, answer));
+    CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+    id = w.send(World::from_server(s, 7000 + d, end));  // a bare ACK of it all
+    CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+    CHECK(w.guard->counts().allowed == 1);
+    // The server of the SYN-ACK seen: its answer from srv_start confirms.
+    id = w.send(World::from_server(s, 7000, end, answer));
+    CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+  }
+}
+
+TEST_CASE("a client's acknowledgment of server bytes never seen sent rejects its connection (a SYN cookie's ACK)") {
+  // The ninth review: the bare ACK that opens a cookie server's connection d bytes into the
+  // flight acknowledges the cookie, d past the SYN-ACK seen; or data does. Before the flight
+  // is judged, while it waits for confirmation, on TLS and HTTP ports, with and without data.
+  for (const uint16_t port : {uint16_t(443), uint16_t(80)})
+    for (const bool confirming : {false, true})
+      for (const bool data : {false, true}) {
+        CAPTURE(port);
+        CAPTURE(confirming);
+        CAPTURE(data);
+        World w;
+        Seg s;
+        s.dport = port;
+        w.handshake(s);
+        const Bytes flight = port == 443 ? tls12_hello("allowed.example") : Bytes(kGetAllowed.begin(), kGetAllowed.end());
+        Seg ok = s;  // the handshake's ACK: acknowledges the SYN-ACK seen, and passes
+        const uint32_t handshake = w.send(ok);
+        CHECK(w.out.given.back() == Given{handshake, GuardVerdict::Pass, kSeen});
+        Seg bad = s;
+        bad.ack = 7000 + 40;
+        if (confirming) {
+          s.payload = flight;
+          w.send(s);
+          REQUIRE(w.out.given.back().v == GuardVerdict::Watch);
+          bad.seq = 1000 + uint32_t(flight.size());
+          if (data) bad.payload = {'x'};
+        } else if (data) {
+          bad.payload = flight;
+        }
+        const uint32_t id = w.send(bad);
+        CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+        CHECK(w.guard->counts().unsent_ack == 1);
+        CHECK(w.guard->check_use());
+      }
+}
+
+TEST_CASE("the server's bytes and its FIN seen are what the client may acknowledge") {
   World w;
   Seg s;
+  s.dport = 80;
   w.handshake(s);
-  s.payload = tls12_hello("allowed.example");
-  const uint32_t id = w.send(s);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Watch, kWatch}});
-  CHECK(w.guard->counts().allowed == 1);
-  // TLS 1.2 has no HelloRetryRequest: the server's first data acknowledging it allows, what
-  // ever its record holds.
-  const uint32_t answer = w.answer(s, 1000 + uint32_t(s.payload.size()), record(23, 40));
-  CHECK(w.out.given.back() == Given{answer, GuardVerdict::Allow, kSeen | kAllowed});
+  s.payload.assign(kGetAllowed.begin(), kGetAllowed.end());
+  w.send(s);
+  const uint32_t end = 1000 + uint32_t(s.payload.size());
+  // The server acknowledges part of it and sends 4 bytes and its FIN (a sequence number).
+  Seg fin = World::from_server(s, 7000, end - 1, {'H', 'T', 'T', 'P'});
+  w.send(fin);
+  Seg f2 = World::from_server(s, 7004, end - 1);
+  const Bytes p = packet(f2);
+  Bytes finp = p;
+  finp[20 + 13] |= 0x01;  // FIN
+  w.guard->on_packet(w.next_id++, 0, finp.data(), finp.size(), true);
+  Seg ack = s;
+  ack.seq = end;
+  ack.payload.clear();
+  ack.ack = 7005;  // its 4 bytes and its FIN
+  const uint32_t id = w.send(ack);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  CHECK(w.guard->counts().unsent_ack == 0);
+  ack.ack = 7006;  // one past
+  const uint32_t past = w.send(ack);
+  CHECK(w.out.given.back() == Given{past, GuardVerdict::Reject, kSeen | kRejected});
 }
 
 namespace {
@@ -1129,7 +1228,7 @@ TEST_CASE("a SYN of the same handshake on a connection waiting for confirmation 
   CHECK(w.out.given.back() == Given{bad, GuardVerdict::Reject, kSeen | kRejected});
 }
 
-TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all of it, never by the client's, then allowed for good") {
+TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all of it, then allowed for good") {
   World w;
   Seg s = http_get(w);
   w.send(s);
@@ -1137,11 +1236,6 @@ TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all
   Seg more = s;
   more.seq += uint32_t(s.payload.size());
   more.payload = {'x'};
-  w.send(more);
-  CHECK(w.out.given.back().v == GuardVerdict::Watch);
-  // The client's acknowledgment of server data (a raw socket's, say) confirms nothing.
-  more.seq += 1;
-  more.ack = kAnswered;
   w.send(more);
   CHECK(w.out.given.back().v == GuardVerdict::Watch);
   const uint32_t end = 1000 + uint32_t(s.payload.size());
