@@ -432,11 +432,14 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
       return;
     }
     if (!f.decided) {
-      // Another SYN-ACK while the flight is followed: a server answers one SYN with one ISN.
-      // Dropped: the state stays, and a real new handshake gets through once it expires.
-      count(Reason::conflict);
-      reject_log(k, Reason::conflict, "");
-      give(id, mark, GuardVerdict::Drop);
+      // Another SYN-ACK while the flight is followed: a server answers one SYN with one ISN,
+      // and no client's kernel sends a second SYN with another. A server in SYN-cookie mode
+      // answers a raw socket's SYN with an ISN d further with a cookie d further, and its
+      // ACK of that cookie would open the server's connection d bytes into the flight judged
+      // here (the ninth review): conntrack learnt the cookie from this very SYN-ACK, and that
+      // bare ACK is never queued. The connection is rejected: that ACK meets the reset.
+      f.held.push_back({id, mark});
+      decide(k, f, GuardVerdict::Reject, Reason::conflict, "");
       return;
     }
     // A new handshake on the same ports after a verdict (the client's SYN took the

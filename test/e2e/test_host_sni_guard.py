@@ -332,6 +332,40 @@ class HostSniGuard(unittest.TestCase):
         self.assertTrue(out.startswith("error"), out)
         self.assertGreater(pickup_drops(chain()), before, out)  # the request, and its retransmissions
 
+    def test_a_guest_s_root_cannot_have_a_syn_cookie_server_read_the_flight_from_further_in(self):
+        """The ninth review (of 357ab82): with the front end sending SYN cookies (as a SYN flood
+        makes any server do; here always, tcp_syncookies=2), B's root had it open its
+        connection d bytes into a request for b.test, at a cookie predicted from the one the
+        guard saw, and read a request for a.test hidden there ("hello a.test sni=-"); the
+        cookie's ACK came with data, or alone. A second SYN-ACK with another ISN now rejects
+        the connection, and the guard takes only acknowledgments of server bytes it saw sent
+        and server packets that continue the stream it saw start."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        cookies = ("ip", "netns", "exec", NET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
+        old = sh(*cookies).stdout.strip()
+        in_guest("B", "nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
+                 "  type filter hook output priority 0; policy accept;\n"
+                 f"  ip daddr {SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
+        sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
+        try:
+            for mode in ("data", "bare"):
+                with self.subTest(mode=mode):
+                    # The first of the cookie's SYN-ACK (conflict) and the ACK of it (unsent_ack)
+                    # to reach the guard rejects the connection; the other meets the reset.
+                    rejected = lambda: sum(len(events("first-flight-rejected", reason=why, sandbox="B"))
+                                           for why in ("conflict", "unsent_ack"))
+                    before = rejected()
+                    r = in_guest("B", "/usr/bin/python3", os.path.join(here, "cookie_shift_attack.py"), guest4("B"),
+                                 SHARED, "80", mode, "b.test", "a.test", timeout=40)
+                    out = (r.stdout + r.stderr).strip()
+                    self.assertNotIn("a.test", out, out)
+                    self.assertNotIn("no SYN-ACK", out)  # the attack ran
+                    self.assertTrue(out.startswith("error reset"), out)
+                    self.assertEqual(rejected(), before + 1, out)
+        finally:
+            sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
+            in_guest("B", "nft", "delete", "table", "inet", "cookie_attack")
+
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),
                          (0, "hello b.test sni=b.test\n"))

@@ -831,27 +831,40 @@ TEST_CASE("an element an sni=any entry vouched for lets any first flight through
   CHECK(w.out.given[1].v == GuardVerdict::Allow);
 }
 
-TEST_CASE("where the flight starts is the server's SYN-ACK's to say: a client's SYN moves nothing, another SYN-ACK is dropped") {
+TEST_CASE("where the flight starts is the server's SYN-ACK's to say: a client's SYN moves nothing, another SYN-ACK rejects the connection") {
   // The second review's attack: a raw socket's bare SYN at ISN - k moved the start k bytes
   // before the real stream; k bytes the server discards as old then headed the flight judged.
+  {
+    World w;
+    Seg s;
+    w.handshake(s);  // acknowledging 1000: the flight starts there
+    Seg syn = s;
+    syn.syn = true;
+    syn.seq = 899;
+    const uint32_t id = w.send(syn);
+    CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}});
+    // The same SYN-ACK again passes, and the flight still starts at 1000: bytes before it
+    // reject the connection.
+    w.handshake(s);
+    s.seq = 900;
+    s.payload = Bytes(100, 0x16);
+    const uint32_t before = w.send(s);
+    CHECK(w.out.given.back() == Given{before, GuardVerdict::Reject, kSeen | kRejected});
+  }
+  // A second SYN-ACK with another ISN, for a SYN with another: what a server in SYN-cookie
+  // mode sends a raw socket's SYN, its cookie d further for an ISN d further (the ninth
+  // review). The connection is rejected: its reset is what stops the ACK that would open the
+  // server's connection there, which is never queued (conntrack learnt the cookie from this
+  // very SYN-ACK). No client's kernel answers one SYN-ACK with another SYN.
   World w;
   Seg s;
-  w.handshake(s);  // acknowledging 1000: the flight starts there
-  Seg syn = s;
-  syn.syn = true;
-  syn.seq = 899;
-  const uint32_t id = w.send(syn);
-  CHECK(w.out.given == std::vector<Given>{{id, GuardVerdict::Pass, kSeen}});
-  const uint32_t other = w.send(World::from_server(s, 5555, 900, {}, true));
-  CHECK(w.out.given.back() == Given{other, GuardVerdict::Drop, 0});
-  CHECK(w.guard->counts().conflict == 1);
-  // The same SYN-ACK again passes, and the flight still starts at 1000: bytes before it
-  // reject the connection.
   w.handshake(s);
-  s.seq = 900;
-  s.payload = Bytes(100, 0x16);
-  const uint32_t before = w.send(s);
-  CHECK(w.out.given.back() == Given{before, GuardVerdict::Reject, kSeen | kRejected});
+  s.payload = Bytes(curl_hello().begin(), curl_hello().begin() + 100);  // a flight not whole yet
+  const uint32_t held = w.send(s);
+  const uint32_t other = w.send(World::from_server(s, 6999 + 40, 1000 + 40, {}, true));
+  CHECK(w.out.given == std::vector<Given>{{held, GuardVerdict::Reject, kSeen | kRejected},
+                                          {other, GuardVerdict::Reject, kSeen | kRejected}});
+  CHECK(w.guard->counts().conflict == 1);
 }
 
 TEST_CASE("an urgent pointer on a bare ACK before the verdict rejects the connection (it may point into later bytes)") {
