@@ -651,6 +651,40 @@ class PickedUpMidStream(unittest.TestCase):
         self.assertGreater(g.pickup_drops(chain()), before, out)  # the flight itself, and its retransmissions
 
 
+class SynCookieServer(unittest.TestCase):
+    def test_a_syn_cookie_server_cannot_be_made_to_read_the_flight_from_further_in(self):
+        """The ninth review's attack (CAP_NET_RAW in-guest; e2e_host_sni_guard runs it from a
+        guest's root): the front end sends SYN cookies (as a SYN flood makes any server do;
+        here always), a raw SYN's cookie predicts the cookie of a SYN d further, and its ACK
+        would open the front end's connection d bytes into a request for the allowed name,
+        where one for other.test hides. The cookie's ACK with data, and alone."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        cookies = ("ip", "netns", "exec", g.INET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
+        old = g.sh(*cookies).stdout.strip()
+        # The VM's kernel would reset the raw socket's connections: its RSTs go nowhere.
+        g.in_vm("nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
+                "  type filter hook output priority 0; policy accept;\n"
+                f"  ip daddr {g.SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
+        g.sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
+        try:
+            for mode in ("data", "bare"):
+                with self.subTest(mode=mode):
+                    rejected = lambda: sum(len(g.events("first-flight-rejected", reason=why, addr=g.SHARED))
+                                           for why in ("conflict", "unsent_ack"))
+                    before = rejected()
+                    r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", os.path.join(here, "cookie_shift_attack.py"),
+                                "198.18.0.2", g.SHARED, "80", mode, "www.allowed.test", "other.test", check=False,
+                                timeout=40)
+                    out = (r.stdout + r.stderr).strip()
+                    self.assertNotIn("other.test", out, out)
+                    # (Sends after the reset fail locally: the ruleset rejects them, EPERM.)
+                    self.assertEqual(out.splitlines()[-1], "error reset", out)  # not "error no SYN-ACK": it ran
+                    self.assertEqual(rejected(), before + 1, out)
+        finally:
+            g.sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
+            g.in_vm("nft", "delete", "table", "inet", "cookie_attack", check=False)
+
+
 class MarkedSocket(unittest.TestCase):
     def test_a_socket_marked_with_the_allowed_bit_sends_nothing_on_guarded_ports(self):
         """The third review: SO_MARK needs only CAP_NET_RAW (Linux 5.17+); a socket marked
