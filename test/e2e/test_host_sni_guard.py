@@ -205,8 +205,9 @@ def curl(sid, *args):
 
 
 def tfo_drops():
-    """Packets the forward chain's Fast Open rule dropped (a SYN with payload on a guarded port)."""
-    return fast_open_drops(sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout)
+    """Packets the guard_forward chain's Fast Open rule dropped (a SYN with payload on a guarded
+    port), before the queue."""
+    return fast_open_drops(sh("nft", "list", "chain", "inet", "dnsward", "guard_forward").stdout)
 
 
 def events(kind, **fields):
