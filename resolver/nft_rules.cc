@@ -920,13 +920,15 @@ std::string nft_rules_help() {
          "--allow CIDRs allowed; everything else counted, logged and rejected. The options are\n"
          "those of `dnsward serve`, with the same defaults. Check it with `nft -c -f -`.\n"
          "Its chain and rules carry comments by which `dnsward serve` sees that it is in force.\n"
-         "With --sni-guard a second chain, input, queues the servers' packets (--print\n"
-         "iptables|ip6tables: the xt queue, hooked into OUTPUT and INPUT).\n"
+         "With --sni-guard three more chains: input, for the servers' packets, and before\n"
+         "output and input the guard chains, which clear every packet's verdict bits and\n"
+         "queue (--print iptables|ip6tables: the xt queue, hooked into OUTPUT and INPUT).\n"
          "With --host it prints the host's ruleset instead: for sandboxes on --sandbox-ifaces,\n"
          "sources checked against the registered (interface . address) pairs, DNS redirected\n"
          "to dnsward's --listen port, only vouched (guest . destination) pairs forwarded; with\n"
-         "--sni-guard the guard's rules in its forward chain (and --print iptables|ip6tables the\n"
-         "xt queue, hooked into FORWARD in on --sandbox-ifaces and out to them).\n\n"
+         "--sni-guard the guard's rules in its forward chain and guard_forward (and --print\n"
+         "iptables|ip6tables the xt queue, hooked into FORWARD in on --sandbox-ifaces and out\n"
+         "to them).\n\n"
          "Options:\n" +
          options_help(kNftRules);
 }

@@ -133,7 +133,7 @@ std::string judge_priority(const ChainSeen& c, const ChainMark& mark, const Host
 std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
   const std::string name = shown_name(c.name);
   // A host ruleset's chain is not the single-VM chain, whatever its hook (a guarded
-  // ruleset's output chain is marked as chain 0 of 2: its caller checked the place).
+  // ruleset's output chain is marked as chain 0 of 4: its caller checked the place).
   if (mark.chains == kGuestGuardChainsRepeat && mark.guard)
     return fmt::format("chain {} is marked as chain {} of {}: the ruleset was printed by an older `nft-rules "
                        "--sni-guard`, whose chains read dnsward's verdict where it queued (NF_REPEAT); this "

@@ -2,7 +2,7 @@
 // the table the kernel holds whether that ruleset is in force. The judge is fed the shape
 // of the very text the renderer prints (its chains, marks and set lookups, read back from
 // the text as the kernel would hold them), then that shape with one thing changed. So is
-// judge_ruleset with the in-guest ruleset of --sni-guard, whose two chains are marked with
+// judge_ruleset with the in-guest ruleset of --sni-guard, whose four chains are marked with
 // their places as the host's are.
 #include <doctest/doctest.h>
 
