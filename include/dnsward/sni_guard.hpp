@@ -74,6 +74,27 @@ class VerdictPort {
   virtual void verdict(uint32_t id, GuardVerdict v, uint32_t mark) = 0;
 };
 
+/// The guard's verdicts, kept to a ruleset in force. Every verdict but Drop is NF_ACCEPT,
+/// which goes on to the chains after the queue: only a ruleset of `nft-rules`' layout (its
+/// judge says in force) moves the verdict into the conntrack mark and resets a rejected
+/// connection there. Under one of an older layout, whose chain queued where it read the
+/// verdicts (NF_REPEAT), or one edited, accept would pass a rejected flight on: while
+/// in_force() says no, every packet is dropped instead (its sender retransmits; the
+/// connection waits for a ruleset in force, or times out: fail closed).
+class RulesetGatedVerdicts : public VerdictPort {
+ public:
+  RulesetGatedVerdicts(VerdictPort& out, std::function<bool()> in_force)
+      : out_(out), in_force_(std::move(in_force)) {}
+  void verdict(uint32_t id, GuardVerdict v, uint32_t mark) override;
+  /// Verdicts turned into Drop because the ruleset was not in force.
+  uint64_t dropped() const { return dropped_; }
+
+ private:
+  VerdictPort& out_;
+  std::function<bool()> in_force_;
+  uint64_t dropped_ = 0;
+};
+
 /// The names bound to vouched elements (the vouch ledger's, through NftSets).
 class BoundNames {
  public:
