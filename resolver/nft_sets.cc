@@ -1006,6 +1006,7 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
           ch.name = nftnl_chain_get_str(c, NFTNL_CHAIN_NAME);
           ch.base = nftnl_chain_is_set(c, NFTNL_CHAIN_HOOKNUM);
           if (ch.base) ch.hook = nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM);
+          if (ch.base && nftnl_chain_is_set(c, NFTNL_CHAIN_PRIO)) ch.priority = nftnl_chain_get_s32(c, NFTNL_CHAIN_PRIO);
           ch.policy = nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY) ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
                                                                 : uint32_t(NF_ACCEPT);
           if (nftnl_chain_is_set(c, NFTNL_CHAIN_TYPE)) ch.type = nftnl_chain_get_str(c, NFTNL_CHAIN_TYPE);
@@ -1023,12 +1024,14 @@ bool NftSets::read_ruleset(TableSeen& seen, std::string& err) {
     if (e > 0) err = failure("listing the chains of table " + t_.table, e);
     return false;
   }
-  // `nft-rules` prints one chain (two with --sni-guard, four with --host): a table with more
-  // is not in force whatever their rules hold (judge_ruleset), so they are not read. 20,000
-  // chains of 5 rules each, read and matched, stalled answers for seconds. In-guest two are
-  // read whether or not serve runs with the guard: a guarded ruleset under a dnsward
-  // without it is judged by its marks, rules included, and named as such.
-  if (t_.host ? seen.chains.size() != kHostChainCount : seen.chains.size() > kGuestGuardChains) return true;
+  // `nft-rules` prints one chain (four with --sni-guard, four with --host, five with both): a
+  // table with more is not in force whatever their rules hold (judge_ruleset), so they are
+  // not read. 20,000 chains of 5 rules each, read and matched, stalled answers for seconds.
+  // In-guest four are read whether or not serve runs with the guard: a guarded ruleset under
+  // a dnsward without it is judged by its marks, rules included, and named as such.
+  if (t_.host ? seen.chains.size() != kHostChainCount && seen.chains.size() != kHostGuardChainCount
+              : seen.chains.size() > kGuestGuardChains)
+    return true;
   // Their rules, in the order the kernel evaluates them; read no further than each chain's
   // mark declares (one more makes it not in force: the rest are only counted).
   std::vector<std::size_t> caps;

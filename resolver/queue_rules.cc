@@ -40,6 +40,14 @@ std::string xt_iface_options(const XtJump& j) {
 std::string judge_xt_queue(const std::vector<XtRuleSeen>& rules, const std::vector<XtJump>& jumps, uint16_t queue_num) {
   std::size_t queues = 0;
   for (const XtRuleSeen& r : rules) {
+    // `nft-rules` before dnsward's verdict became NF_ACCEPT printed CONNMARK rules here that
+    // moved the packet mark into the conntrack mark, read where the packet was queued. The
+    // nft ruleset's filter chain does that now, after its guard chain cleared forged marks:
+    // such rules are of another layout than the nft ruleset loaded beside them.
+    if (r.chain == kXtGuardChain && r.connmark)
+      return fmt::format("chain {} holds CONNMARK rules: it was printed by an older `nft-rules`, for verdicts "
+                         "repeated in this chain (NF_REPEAT); load it again",
+                         kXtGuardChain);
     if (r.chain != kXtGuardChain || !r.nfqueue) continue;
     // --queue-bypass would pass packets on unjudged while no dnsward listens: fail open.
     if (r.bypass) return fmt::format("chain {} queues with --queue-bypass (fail open)", kXtGuardChain);
@@ -107,6 +115,9 @@ bool read_xt_mangle(uint8_t family, std::vector<XtRuleSeen>& out, std::string& e
                          int(nftnl_expr_get_u32(x, NFTNL_EXPR_IMM_VERDICT)) == NFT_JUMP &&
                          nftnl_expr_is_set(x, NFTNL_EXPR_IMM_CHAIN)) {
                 seen.jump = nftnl_expr_get_str(x, NFTNL_EXPR_IMM_CHAIN);
+              } else if (std::strcmp(name, "target") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_TG_NAME) &&
+                         std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_TG_NAME), "CONNMARK") == 0) {
+                seen.connmark = true;
               } else if (std::strcmp(name, "target") == 0 && nftnl_expr_is_set(x, NFTNL_EXPR_TG_NAME) &&
                          std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_TG_NAME), "NFQUEUE") == 0) {
                 // xt_NFQ_info (revision 0) begins with the queue number; revision 2 adds a

@@ -74,11 +74,19 @@ std::string printable(std::string_view s) {
 static_assert(kHostChains[kHostChainPrerouting].hook == NF_INET_PRE_ROUTING &&
               kHostChains[kHostChainRedirect].hook == NF_INET_PRE_ROUTING &&
               kHostChains[kHostChainInput].hook == NF_INET_LOCAL_IN &&
-              kHostChains[kHostChainForward].hook == NF_INET_FORWARD);
-static_assert(std::size(kHostChains) == kHostChainCount);
+              kHostChains[kHostChainForward].hook == NF_INET_FORWARD &&
+              kHostChains[kHostChainGuard].hook == NF_INET_FORWARD);
+static_assert(std::size(kHostChains) == kHostGuardChainCount);
 static_assert(kGuestChains[kGuestChainOutput].hook == NF_INET_LOCAL_OUT &&
-              kGuestChains[kGuestChainInput].hook == NF_INET_LOCAL_IN);
+              kGuestChains[kGuestChainInput].hook == NF_INET_LOCAL_IN &&
+              kGuestChains[kGuestChainGuardOutput].hook == NF_INET_LOCAL_OUT &&
+              kGuestChains[kGuestChainGuardInput].hook == NF_INET_LOCAL_IN);
 static_assert(std::size(kGuestChains) == kGuestGuardChains);
+// The guard's chains between conntrack (NF_IP_PRI_CONNTRACK, -200: they read and set the
+// conntrack mark) and iptables' mangle (NF_IP_PRI_MANGLE, -150: the xt queue), and the
+// chains that read the verdicts after both.
+static_assert(kGuardChainPrio > -200 && kGuardChainPrio < -150 && kGuestChains[kGuestChainOutput].prio > -150 &&
+              kGuestChains[kGuestChainInput].prio > -150 && kHostChains[kHostChainForward].prio > -150);
 
 /// Why chain c does not hold exactly the rules its mark declares, in order, or "" if it
 /// does. A rule inserted before the final reject (an `accept`, say) opens what the ruleset
@@ -111,11 +119,27 @@ bool chain_looks_up(const ChainSeen& c, const std::string& set, bool negated) {
   return false;
 }
 
+/// Why chain c, marked as chain mark.chain of mark.chains, is not at the priority of `want`
+/// (when that is judged), or "" if it is. The guard's chains must run before the queue and
+/// the filter chains after it: a verdict bit is read only where the clear came first.
+std::string judge_priority(const ChainSeen& c, const ChainMark& mark, const HostChain& want) {
+  if (!want.prio_judged || c.priority == want.prio) return "";
+  return fmt::format("chain {} (chain {} of {}) is at priority {}, not {} ({}): the guard's verdict marks are "
+                     "cleared before the queue and read after it, so its chains' order is part of the ruleset",
+                     shown_name(c.name), mark.chain, mark.chains, c.priority, want.prio, want.priority);
+}
+
 /// Why a marked chain is not the ruleset in force, or "" if it is.
 std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const RulesetExpectation& e) {
   const std::string name = shown_name(c.name);
   // A host ruleset's chain is not the single-VM chain, whatever its hook (a guarded
-  // ruleset's output chain is marked as chain 0 of 2: its caller checked the place).
+  // ruleset's output chain is marked as chain 0 of 4: its caller checked the place).
+  if (mark.chains == kGuestGuardChainsRepeat && mark.guard)
+    return fmt::format("chain {} is marked as chain {} of {}: the ruleset was printed by an older `nft-rules "
+                       "--sni-guard`, whose chains read dnsward's verdict where it queued (NF_REPEAT); this "
+                       "dnsward's verdicts go on to a later chain, which that ruleset lacks, so rejected "
+                       "connections would not be reset (print it again)",
+                       name, mark.chain, mark.chains);
   if (mark.chains != 0 && mark.chains != kGuestGuardChains)
     return fmt::format("chain {} carries the mark of a host ruleset (`nft-rules --host`), chain "
                        "{} of {}", name, mark.chain, mark.chains);
@@ -127,6 +151,8 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
     return fmt::format("chain {} is on the {} hook, not output", name, hook_name(c.hook));
   if (c.policy != NF_DROP)
     return fmt::format("chain {} has policy {}, not drop", name, c.policy == NF_ACCEPT ? "accept" : "other");
+  if (mark.chains == kGuestGuardChains)
+    if (auto why = judge_priority(c, mark, kGuestChains[kGuestChainOutput]); !why.empty()) return why;
   if (auto why = judge_rules(c, mark); !why.empty()) return why;
   for (const auto& [need, set] : {std::pair{e.need4, &e.set4}, std::pair{e.need6, &e.set6},
                                   std::pair{e.need4 && !e.ports4.empty(), &e.ports4},
@@ -140,8 +166,9 @@ std::string judge_chain(const ChainSeen& c, const ChainMark& mark, const Ruleset
 
 /// Why chain c, marked as chain mark.chain of mark.chains, is not the chain `want` of that
 /// place as `nft-rules` prints it (a base chain of its type on its hook, holding exactly
-/// its marked rules in order), or "" if it is. Policies are not judged here.
-std::string judge_placed_chain(const ChainSeen& c, const ChainMark& mark, const HostChain& want) {
+/// its marked rules in order), or "" if it is. Policies are not judged here; priorities only
+/// of a ruleset printed with the guard (guard), whose verdicts depend on them.
+std::string judge_placed_chain(const ChainSeen& c, const ChainMark& mark, const HostChain& want, bool guard) {
   const std::string name = shown_name(c.name);
   if (!c.base)
     return fmt::format("chain {} (chain {} of {}) is not a base chain (no hook): its rules see no packet", name,
@@ -152,6 +179,8 @@ std::string judge_placed_chain(const ChainSeen& c, const ChainMark& mark, const 
   if (c.hook != want.hook)
     return fmt::format("chain {} (chain {} of {}) is on the {} hook, not {}", name, mark.chain, mark.chains,
                        hook_name(c.hook), hook_name(want.hook));
+  if (guard)
+    if (auto why = judge_priority(c, mark, want); !why.empty()) return why;
   return judge_rules(c, mark);
 }
 
@@ -326,18 +355,23 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
   std::stable_sort(marked.begin(), marked.end(), [](const auto& a, const auto& b) {
     return std::pair{!a.first->base, a.second.chain} < std::pair{!b.first->base, b.second.chain};
   });
-  // With --sni-guard `nft-rules` prints two chains, marked with their places (kGuestChains):
-  // the server's packets come in on the input hook, which the output chain never sees.
-  const bool two = !marked.empty() && marked.front().second.chains == kGuestGuardChains;
-  const std::pair<const ChainSeen*, ChainMark>* input = nullptr;
-  for (const auto& p : marked)
-    if (two && !input && p.first != marked.front().first && p.second.chains == kGuestGuardChains &&
-        p.second.chain == kGuestChainInput)
-      input = &p;
+  // With --sni-guard `nft-rules` prints four chains, marked with their places (kGuestChains):
+  // the server's packets come in on the input hook, which the output chain never sees, and
+  // each hook's guard chain clears the verdict bits before the queue.
+  const bool guarded = !marked.empty() && marked.front().second.chains == kGuestGuardChains;
+  const std::pair<const ChainSeen*, ChainMark>* places[kGuestGuardChains] = {};
+  if (guarded)
+    for (const auto& p : marked)
+      if (p.second.chains == kGuestGuardChains && !places[p.second.chain]) places[p.second.chain] = &p;
   if (!marked.empty()) {
     s.id = fmt::format("{:016x}", marked.front().second.id);
-    s.chain = shown_name(marked.front().first->name) + (input ? "," + shown_name(input->first->name) : "");
-    s.rules = marked.front().second.rules + (input ? input->second.rules : 0);
+    s.chain = shown_name(marked.front().first->name);
+    s.rules = marked.front().second.rules;
+    for (const auto* p : places)
+      if (p && p != &marked.front()) {
+        s.chain += "," + shown_name(p->first->name);
+        s.rules += p->second.rules;
+      }
   }
   if (auto why = judge_table_flags(t, table); !why.empty()) {
     s.reason = std::move(why);
@@ -350,15 +384,31 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
                            table, list.empty() ? "the table has no chain" : "its chains: " + list);
     return s;
   }
-  // `nft-rules` prints one chain (two with --sni-guard). Another chain in the table,
+  // `nft-rules` prints one chain (four with --sni-guard). Another chain in the table,
   // whatever its hook and priority, can undo what the filter decided: a postrouting or route
   // chain rewriting `ip daddr` after the output filter accepted the address, say.
-  if (t.chains.size() > (two ? kGuestGuardChains : 1)) {
-    s.reason = two ? fmt::format("table {} holds {} chains where `nft-rules --sni-guard` prints two ({}); "
-                                 "besides them: {}: another chain of the table can rewrite or reroute what "
-                                 "its filter let through",
-                                 table, t.chains.size(), s.chain,
-                                 chain_names(t, {marked.front().first, input ? input->first : nullptr}))
+  // A host ruleset without the guard has as many chains as an in-guest one with it (four):
+  // its marks say no guard=on, which every chain of an in-guest guarded ruleset says.
+  if (guarded && !marked.front().second.guard) {
+    s.reason = fmt::format("chain {} carries the mark of a host ruleset (`nft-rules --host`), chain {} of {}, or of "
+                           "an in-guest one without guard=on, which `nft-rules` does not print",
+                           shown_name(marked.front().first->name), marked.front().second.chain,
+                           marked.front().second.chains);
+    return s;
+  }
+  // An older `nft-rules --sni-guard` printed two chains, for dnsward's NF_REPEAT verdicts.
+  if (marked.front().second.chains == kGuestGuardChainsRepeat) {
+    s.reason = judge_chain(*marked.front().first, marked.front().second, e);
+    if (!s.reason.empty()) return s;
+  }
+  if (t.chains.size() > (guarded ? kGuestGuardChains : 1)) {
+    std::initializer_list<const ChainSeen*> seen_places = {
+        places[0] ? places[0]->first : nullptr, places[1] ? places[1]->first : nullptr,
+        places[2] ? places[2]->first : nullptr, places[3] ? places[3]->first : nullptr};
+    s.reason = guarded ? fmt::format("table {} holds {} chains where `nft-rules --sni-guard` prints {} ({}); "
+                                     "besides them: {}: another chain of the table can rewrite or reroute what "
+                                     "its filter let through",
+                                     table, t.chains.size(), kGuestGuardChains, s.chain, chain_names(t, seen_places))
                    : fmt::format("table {} holds {} chains where `nft-rules` prints one ({}); besides "
                                  "it: {}: another chain of the table can rewrite or reroute what its "
                                  "filter let through",
@@ -398,11 +448,11 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
     }
   }
   const auto& [c, mark] = marked.front();
-  // Both places, as the host judge wants its four: without the input chain the server's
-  // packets, which confirm what the guard judged, never reach dnsward.
-  for (const auto& [k, found] : {std::pair{kGuestChainOutput, mark.chain == kGuestChainOutput},
-                                 std::pair{kGuestChainInput, input != nullptr}})
-    if (two && !found) {
+  // Every place, as the host judge wants its chains: without the input chain the server's
+  // packets, which confirm what the guard judged, never reach dnsward; without a guard
+  // chain a forged verdict mark reaches the chain that reads verdicts.
+  for (std::size_t k = 0; guarded && k < kGuestGuardChains; ++k)
+    if (!places[k] || (k == kGuestChainOutput && places[k] != &marked.front())) {
       s.reason = fmt::format("table {} holds no chain marked as chain {} of {} (the {} chain, type {} on the {} "
                              "hook): the ruleset is not whole",
                              table, k, kGuestGuardChains, kGuestChains[k].name, kGuestChains[k].type,
@@ -410,13 +460,13 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
       return s;
     }
   s.reason = judge_chain(*c, mark, e);
-  if (s.reason.empty() && input) {
-    const auto& [in, in_mark] = *input;
-    s.reason = in_mark.id != mark.id
+  for (std::size_t k = 1; s.reason.empty() && guarded && k < kGuestGuardChains; ++k) {
+    const auto& [other, other_mark] = *places[k];
+    s.reason = other_mark.id != mark.id
                    ? fmt::format("chains {} and {} of table {} carry marks of two rulesets (ids {:016x} and "
                                  "{:016x}): it holds parts of two loads",
-                                 shown_name(c->name), shown_name(in->name), table, mark.id, in_mark.id)
-                   : judge_placed_chain(*in, in_mark, kGuestChains[kGuestChainInput]);
+                                 shown_name(c->name), shown_name(other->name), table, mark.id, other_mark.id)
+                   : judge_placed_chain(*other, other_mark, kGuestChains[k], true);
   }
   // With --sni-guard, a ruleset printed without it lets connections on guarded ports pass
   // unjudged; one printed with it, under a dnsward without, holds them for nobody.
@@ -425,10 +475,10 @@ RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e) {
                          "ports would pass unjudged (print it with `nft-rules --sni-guard`)"
                        : "the ruleset in force was printed with --sni-guard, but serve runs without "
                          "it: connections on guarded ports wait for a verdict that never comes";
-  // The guard's rules come in two chains. One chain marked guard=on is of an older
+  // The guard's rules come in four chains. One chain marked guard=on is of an older
   // `nft-rules --sni-guard`, which queued the client's SYN and none of the server's packets:
   // the guard would wait for a SYN-ACK that never comes.
-  if (s.reason.empty() && mark.guard != two)
+  if (s.reason.empty() && mark.guard != guarded)
     s.reason = mark.guard ? fmt::format("chain {} is marked guard=on, but not as chain 0 of {}: the ruleset was "
                                         "printed by an older `nft-rules --sni-guard`, which queues none of the "
                                         "server's packets (print it again)",
@@ -449,18 +499,19 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
     return s;
   }
   // The chains by the place their marks name; the id and the names shown are those found.
-  std::pair<const ChainSeen*, ChainMark> at[kHostChainCount] = {};
+  // Four places, five with the guard (guard_forward): n is what the first marked chain says.
+  std::pair<const ChainSeen*, ChainMark> at[kHostGuardChainCount] = {};
   const ChainSeen* first = nullptr;
   ChainMark first_mark;
   std::size_t rules = 0;
   for (const ChainSeen& c : t.chains) {
     const auto m = parse_chain_comment(c.comment);
-    if (!m || m->chains != kHostChainCount) continue;
+    if (!m || (m->chains != kHostChainCount && m->chains != kHostGuardChainCount)) continue;
     if (!first) {
       first = &c;
       first_mark = *m;
     }
-    if (!at[m->chain].first) {
+    if (m->chains == first_mark.chains && !at[m->chain].first) {
       at[m->chain] = {&c, *m};
       rules += m->rules;
     }
@@ -482,7 +533,8 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                            table, list.empty() ? "the table has no chain" : "its chains: " + list);
     return s;
   }
-  // Exactly the four marked chains, of one ruleset. Another chain of the table, whatever its
+  const std::size_t n = first_mark.chains;
+  // Exactly the marked chains, of one ruleset. Another chain of the table, whatever its
   // hook and priority, can undo what they decide (a postrouting chain rewriting `ip daddr`
   // after forward accepted the pair, say); two copies of one place are a mix of loads.
   for (const ChainSeen& c : t.chains) {
@@ -495,13 +547,13 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                              table, name);
       return s;
     }
-    if (m->chains != kHostChainCount) {
+    if (m->chains != n) {
       s.reason = fmt::format("chain {} of table {} carries the mark of {}, not of chain k of {} as "
                              "`nft-rules --host` prints",
                              name, table,
                              m->chains ? fmt::format("chain {} of {}", m->chain, m->chains)
                                        : std::string("a single-VM ruleset"),
-                             kHostChainCount);
+                             n);
       return s;
     }
     if (m->id != first_mark.id) {
@@ -512,15 +564,15 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
     }
     if (at[m->chain].first != &c) {
       s.reason = fmt::format("chains {} and {} of table {} both carry the mark of chain {} of {}",
-                             shown_name(at[m->chain].first->name), name, table, m->chain, kHostChainCount);
+                             shown_name(at[m->chain].first->name), name, table, m->chain, n);
       return s;
     }
   }
-  for (std::size_t k = 0; k < kHostChainCount; ++k)
+  for (std::size_t k = 0; k < n; ++k)
     if (!at[k].first) {
       s.reason = fmt::format("table {} holds no chain marked as chain {} of {} (the {} chain, "
                              "type {} on the {} hook): the ruleset is not whole",
-                             table, k, kHostChainCount, kHostChains[k].name, kHostChains[k].type,
+                             table, k, n, kHostChains[k].name, kHostChains[k].type,
                              hook_name(kHostChains[k].hook));
       return s;
     }
@@ -534,6 +586,19 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
                          "--sni-guard`)"
                        : "the host ruleset in force was printed with --sni-guard, but serve runs without "
                          "it: sandboxes' connections on guarded ports wait for a verdict that never comes";
+    return s;
+  }
+  // An older `nft-rules --host --sni-guard` printed four chains: its forward chain read
+  // dnsward's verdicts where it queued them (NF_REPEAT). This dnsward's verdicts go on to
+  // the chains after the queue, and only guard_forward, before it, clears forged marks.
+  if (n != (e.guard ? kHostGuardChainCount : kHostChainCount)) {
+    s.reason = e.guard ? fmt::format("the host ruleset in force has {} chains where `nft-rules --host --sni-guard` "
+                                     "prints {}: it was printed by an older nft-rules, whose forward chain reads "
+                                     "dnsward's verdict where it queued (NF_REPEAT); with this dnsward's verdicts "
+                                     "rejected connections would not be reset (print it again)",
+                                     n, kHostGuardChainCount)
+                       : fmt::format("the host ruleset in force has {} chains where `nft-rules --host` prints {}",
+                                     n, kHostChainCount);
     return s;
   }
   // The vouched sets, keyed by (guest . destination), and the sandboxes' sets, keyed by
@@ -576,8 +641,8 @@ RulesetStatus judge_host_ruleset(const TableSeen& t, const HostRulesetExpectatio
       return s;
     }
   }
-  for (std::size_t k = 0; k < kHostChainCount; ++k)
-    if (auto why = judge_placed_chain(*at[k].first, at[k].second, kHostChains[k]); !why.empty()) {
+  for (std::size_t k = 0; k < n; ++k)
+    if (auto why = judge_placed_chain(*at[k].first, at[k].second, kHostChains[k], e.guard); !why.empty()) {
       s.reason = std::move(why);
       return s;
     }

@@ -166,6 +166,15 @@ bool tcp_checksum_ok(const uint8_t* p, std::size_t len) {
   return sum == 0xffff;
 }
 
+void RulesetGatedVerdicts::verdict(uint32_t id, GuardVerdict v, uint32_t mark) {
+  if (v != GuardVerdict::Drop && !in_force_()) {
+    ++dropped_;
+    out_.verdict(id, GuardVerdict::Drop, 0);
+    return;
+  }
+  out_.verdict(id, v, mark);
+}
+
 const char* guard_verdict_name(GuardVerdict v) {
   switch (v) {
     case GuardVerdict::Pass: return "pass";

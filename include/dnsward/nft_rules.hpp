@@ -32,9 +32,10 @@ bool sees(NftFamily f, int af);
 std::string render_nft_rules(const ServeConfig& c);
 
 /// The first-flight guard's queue for --queue-backend xt, as iptables-restore reads it (af
-/// AF_INET: iptables, AF_INET6: ip6tables): a chain in table mangle that moves dnsward's
-/// verdict marks into the conntrack mark and queues the client's payload and the server's
-/// packets of undecided connections on guarded ports, jumped to as xt_guard_jumps(c) says.
+/// AF_INET: iptables, AF_INET6: ip6tables): a chain in table mangle (priority -150, between
+/// the nft ruleset's guard chains and its filter chains, which move dnsward's verdict marks
+/// into the conntrack mark) that queues the client's payload and the server's packets of
+/// undecided connections on guarded ports, jumped to as xt_guard_jumps(c) says.
 /// Pure.
 std::string render_xt_rules(const ServeConfig& c, int af);
 
@@ -48,7 +49,8 @@ std::vector<XtJump> xt_guard_jumps(const ServeConfig& c);
 /// c.nft_set4/6 keyed by (guest . destination), the sandbox sets kSandboxSet4/6 keyed by
 /// (interface . guest address), and the chains of kHostChains (ruleset_check.hpp), touching
 /// only traffic that arrives on c.sandbox_ifaces. With c.sni_guard the forward chain holds
-/// the first-flight guard's rules for vouched (guest . destination) pairs. Pure.
+/// the first-flight guard's rules for vouched (guest . destination) pairs that read its
+/// verdicts, and a fifth chain, guard_forward (kHostChainGuard), those before its queue. Pure.
 std::string render_host_rules(const ServeConfig& c);
 
 /// The destinations the host ruleset rejects from sandboxes whatever was vouched for, as

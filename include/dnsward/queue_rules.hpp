@@ -25,6 +25,7 @@ struct XtRuleSeen {
   bool nfqueue = false;   ///< its target is xt NFQUEUE
   uint16_t queue_num = 0;
   bool bypass = false;    ///< NFQUEUE --queue-bypass (revision 2 and later)
+  bool connmark = false;  ///< its target is xt CONNMARK (an older print's verdict rules)
   /// The interfaces it matches (-i, -o) as xt_iface_text spells them; "" for none.
   std::string in, out;
 };
@@ -50,8 +51,9 @@ std::string xt_iface_text(const void* data, std::size_t len, bool negated);
 std::string xt_iface_options(const XtJump& j);
 
 /// "" when rules hold each of jumps (its chain and interfaces; the direction is not read)
-/// and DNSWARD_GUARD queues to queue_num at least kXtGuardQueues times, never with bypass;
-/// else why not.
+/// and DNSWARD_GUARD queues to queue_num at least kXtGuardQueues times, never with bypass,
+/// and holds no CONNMARK rule (an older print's, which moved the verdict where it queued, for
+/// NF_REPEAT); else why not.
 std::string judge_xt_queue(const std::vector<XtRuleSeen>& rules, const std::vector<XtJump>& jumps, uint16_t queue_num);
 
 /// Reads table mangle of family (NFPROTO_IPV4 or NFPROTO_IPV6) from the kernel: false with

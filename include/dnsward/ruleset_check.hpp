@@ -6,11 +6,13 @@
 // comments, not parsed back; only the lookups of dnsward's sets are read from them. The
 // table is judged whole: its flags, its two sets' flags, and that it holds no chain but the
 // marked one (another chain of its own could rewrite what the filter let through). With
-// --sni-guard `nft-rules` prints two chains in-guest, each marked with its place ("...
-// chain=k/2", kGuestChains): output, and input, where the server's packets are queued.
+// --sni-guard `nft-rules` prints four chains in-guest, each marked with its place ("...
+// chain=k/4", kGuestChains): output and input, which read dnsward's verdicts, and before
+// each, guard_output and guard_input, which clear every packet's verdict bits and queue.
 //
-// Host mode (`nft-rules --host`) prints four chains, each marked with its place among them
-// ("... chain=k/4"), and two more sets: the sandboxes' (interface . guest address) pairs.
+// Host mode (`nft-rules --host`) prints four chains (five with --sni-guard: guard_forward),
+// each marked with its place among them ("... chain=k/4", "k/5"), and two more sets: the
+// sandboxes' (interface . guest address) pairs.
 // judge_host_ruleset judges that table the same way: by its marks, its sets' kernel types
 // and flags, and the lookups its rules make.
 #pragma once
@@ -83,6 +85,7 @@ struct ChainSeen {
   bool base = false;          ///< has a hook (a base chain); a regular chain sees no packet
   uint32_t hook = 0;          ///< NF_INET_* when base
   uint32_t policy = 1;        ///< NF_DROP (0) or NF_ACCEPT (1), when base
+  int32_t priority = 0;       ///< the hook priority, when base
   std::string type;           ///< "filter", "route", "nat", when base
   std::string comment;        ///< "" without one
   std::vector<RuleSeen> rules;  ///< in the order the kernel evaluates them
@@ -175,9 +178,10 @@ struct RulesetStatus {
 /// exactly one chain, and that chain carries the chain comment, is a base chain of type
 /// filter on the output hook with policy drop, holds exactly the marked rules in order (no
 /// other rule), and looks up each set the family needs. A ruleset printed with --sni-guard
-/// holds exactly the two chains of kGuestChains, of one id, each marked with its place: the
-/// output chain judged as above, the input chain a base chain of type filter on the input
-/// hook holding exactly its marked rules (its policy is accept, and not judged). The output
+/// holds exactly the four chains of kGuestChains, of one id, each marked with its place: the
+/// output chain judged as above, each other a base chain of its type on its hook holding
+/// exactly its marked rules (their policy is accept, and not judged); with the guard every
+/// chain's priority is judged too, as the guard's verdicts depend on their order. The output
 /// chain's mark says guard=on exactly when e.guard. Pure.
 RulesetStatus judge_ruleset(const TableSeen& t, const RulesetExpectation& e);
 
@@ -188,27 +192,51 @@ struct HostChain {
   const char* type;      ///< "filter" or "nat"
   uint32_t hook;         ///< NF_INET_*
   const char* priority;  ///< as nft names it
+  int32_t prio;          ///< the same, as the kernel holds it
+  /// Whether the judge checks prio: for the guard's chains and those after them, whose order
+  /// against each other and against iptables' mangle (-150) decides whose mark a rule reads.
+  bool prio_judged;
 };
+
+/// The first-flight guard's chains run at this priority: after conntrack (-200: their rules
+/// read and set the conntrack mark) and before everything that queues or reads a verdict:
+/// iptables-nft's mangle chains (-150), where --queue-backend xt queues, and the filter
+/// chains (0), where the verdicts move into the conntrack mark. dnsward's verdict is
+/// NF_ACCEPT, which goes on at the next hook entry: so a packet reaches the filter chain with
+/// verdict bits only if dnsward gave them (nfqueue.cc).
+inline constexpr int32_t kGuardChainPrio = -175;
+
 /// The host ruleset's chains: anti-spoofing and the mark before conntrack; DNS redirected
-/// to dnsward; what reaches the host itself; what is forwarded.
+/// to dnsward; what reaches the host itself; what is forwarded; with --sni-guard (the fifth
+/// place, printed only with it), the guard's chain on the forward hook before the queue.
 inline constexpr HostChain kHostChains[] = {
-    {"prerouting", "filter", 0 /* NF_INET_PRE_ROUTING */, "raw"},
-    {"dns_redirect", "nat", 0 /* NF_INET_PRE_ROUTING */, "dstnat"},
-    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter"},
-    {"forward", "filter", 2 /* NF_INET_FORWARD */, "filter"},
+    {"prerouting", "filter", 0 /* NF_INET_PRE_ROUTING */, "raw", -300, false},
+    {"dns_redirect", "nat", 0 /* NF_INET_PRE_ROUTING */, "dstnat", -100, false},
+    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter", 0, false},
+    {"forward", "filter", 2 /* NF_INET_FORWARD */, "filter", 0, true},
+    {"guard_forward", "filter", 2 /* NF_INET_FORWARD */, "mangle - 25", kGuardChainPrio, true},
 };
 inline constexpr std::size_t kHostChainPrerouting = 0, kHostChainRedirect = 1, kHostChainInput = 2,
-                             kHostChainForward = 3, kHostChainCount = 4;
+                             kHostChainForward = 3, kHostChainGuard = 4, kHostChainCount = 4,
+                             kHostGuardChainCount = 5;
 
 /// The chains `nft-rules --sni-guard` prints in-guest: the output chain (policy drop) and
-/// the input chain (policy accept), where the server's packets of connections the guard has
-/// not decided are queued (the output hook never sees them). Without the guard the output
-/// chain alone, marked without a place.
+/// the input chain (policy accept), where dnsward's verdicts on the client's and the
+/// server's packets move into the conntrack mark (the output hook never sees the server's);
+/// and before each, at kGuardChainPrio, guard_output and guard_input, which clear every
+/// packet's verdict bits and hold what must come before the queue (the queue itself on the
+/// nft backend). Without the guard the output chain alone, marked without a place.
 inline constexpr HostChain kGuestChains[] = {
-    {"output", "filter", 3 /* NF_INET_LOCAL_OUT */, "filter"},
-    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter"},
+    {"output", "filter", 3 /* NF_INET_LOCAL_OUT */, "filter", 0, true},
+    {"input", "filter", 1 /* NF_INET_LOCAL_IN */, "filter", 0, true},
+    {"guard_output", "filter", 3 /* NF_INET_LOCAL_OUT */, "mangle - 25", kGuardChainPrio, true},
+    {"guard_input", "filter", 1 /* NF_INET_LOCAL_IN */, "mangle - 25", kGuardChainPrio, true},
 };
-inline constexpr std::size_t kGuestChainOutput = 0, kGuestChainInput = 1, kGuestGuardChains = 2;
+inline constexpr std::size_t kGuestChainOutput = 0, kGuestChainInput = 1, kGuestChainGuardOutput = 2,
+                             kGuestChainGuardInput = 3, kGuestGuardChains = 4;
+/// The chains an older `nft-rules --sni-guard` printed in-guest (output and input, for
+/// dnsward's NF_REPEAT verdicts): recognised only to say so.
+inline constexpr std::size_t kGuestGuardChainsRepeat = 2;
 
 /// What the host judge needs to know of serve's configuration (family inet always).
 struct HostRulesetExpectation {

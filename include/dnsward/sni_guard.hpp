@@ -6,9 +6,10 @@
 // that it read that flight: the ClientHello's server_name (or the Host of a plain HTTP
 // request) must be a name whose answer vouched for that destination (the vouch ledger's
 // bound names). A client packet is never passed on unjudged: each gets a verdict of
-// NF_REPEAT with a packet mark, and rules move the mark into the conntrack mark, so a
-// decided connection never leaves the kernel again; a rejected one is reset by the ruleset
-// (a queue verdict cannot send a reset).
+// NF_ACCEPT with a packet mark, and rules in the chain after the queue move the mark into
+// the conntrack mark, so a decided connection never leaves the kernel again; a rejected one
+// is reset by the ruleset (a queue verdict cannot send a reset). A chain before the queue
+// clears every packet's verdict bits: only dnsward's verdict carries them.
 //
 // Pure: packets come in as bytes with the kernel's id and mark, verdicts go out through
 // VerdictPort, names are asked of BoundNames and time comes from Timers, so unit tests drive
@@ -48,9 +49,9 @@ bool parse_tcp_packet(const uint8_t* pkt, std::size_t len, TcpPacket& out);
 /// with the IPv4 or IPv6 pseudo-header).
 bool tcp_checksum_ok(const uint8_t* pkt, std::size_t len);
 
-/// What becomes of one queued packet. Every verdict but Drop is NF_REPEAT with the packet
-/// mark's "judged" bit (the queue rule skips it), and Allow/Reject add their bit, which the
-/// ruleset copies into the conntrack mark.
+/// What becomes of one queued packet. Every verdict but Drop is NF_ACCEPT with the packet
+/// mark's "judged" bit, and Allow/Reject add their bit, which the ruleset's chain after the
+/// queue copies into the conntrack mark.
 enum class GuardVerdict : uint8_t {
   Pass,    ///< not decided by this packet (a SYN-ACK, a bare ACK): the ruleset goes on as usual
   Allow,   ///< the connection named a bound name and the server read it: never queued again
@@ -71,6 +72,27 @@ class VerdictPort {
  public:
   virtual ~VerdictPort() = default;
   virtual void verdict(uint32_t id, GuardVerdict v, uint32_t mark) = 0;
+};
+
+/// The guard's verdicts, kept to a ruleset in force. Every verdict but Drop is NF_ACCEPT,
+/// which goes on to the chains after the queue: only a ruleset of `nft-rules`' layout (its
+/// judge says in force) moves the verdict into the conntrack mark and resets a rejected
+/// connection there. Under one of an older layout, whose chain queued where it read the
+/// verdicts (NF_REPEAT), or one edited, accept would pass a rejected flight on: while
+/// in_force() says no, every packet is dropped instead (its sender retransmits; the
+/// connection waits for a ruleset in force, or times out: fail closed).
+class RulesetGatedVerdicts : public VerdictPort {
+ public:
+  RulesetGatedVerdicts(VerdictPort& out, std::function<bool()> in_force)
+      : out_(out), in_force_(std::move(in_force)) {}
+  void verdict(uint32_t id, GuardVerdict v, uint32_t mark) override;
+  /// Verdicts turned into Drop because the ruleset was not in force.
+  uint64_t dropped() const { return dropped_; }
+
+ private:
+  VerdictPort& out_;
+  std::function<bool()> in_force_;
+  uint64_t dropped_ = 0;
 };
 
 /// The names bound to vouched elements (the vouch ledger's, through NftSets).

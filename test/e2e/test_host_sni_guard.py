@@ -205,8 +205,9 @@ def curl(sid, *args):
 
 
 def tfo_drops():
-    """Packets the forward chain's Fast Open rule dropped (a SYN with payload on a guarded port)."""
-    return fast_open_drops(sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout)
+    """Packets the guard_forward chain's Fast Open rule dropped (a SYN with payload on a guarded
+    port), before the queue."""
+    return fast_open_drops(sh("nft", "list", "chain", "inet", "dnsward", "guard_forward").stdout)
 
 
 def events(kind, **fields):
@@ -306,7 +307,7 @@ class HostSniGuard(unittest.TestCase):
                   "    print('error', type(e).__name__)\n")
         key = "net.netfilter.nf_conntrack_tcp_timeout_established"
         old = sh("sysctl", "-q", "-n", key).stdout.strip()
-        chain = lambda: sh("nft", "list", "chain", "inet", "dnsward", "forward").stdout
+        chain = lambda: sh("nft", "list", "chain", "inet", "dnsward", "guard_forward").stdout
         before = pickup_drops(chain())
         # The host's established entries live for a second, as if the connection had been
         # idle for days; only this test's connection is open meanwhile.

@@ -285,8 +285,9 @@ def log():
 
 
 def tfo_drops():
-    """Packets the output chain's Fast Open rule dropped (a SYN with payload on a guarded port)."""
-    return fast_open_drops(in_vm("nft", "list", "chain", "inet", "dnsward", "output").stdout)
+    """Packets the guard_output chain's Fast Open rule dropped (a SYN with payload on a guarded
+    port), before the queue."""
+    return fast_open_drops(in_vm("nft", "list", "chain", "inet", "dnsward", "guard_output").stdout)
 
 
 def events(kind, **fields):

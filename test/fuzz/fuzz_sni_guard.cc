@@ -23,7 +23,12 @@
 //   waits).
 // Packets go through a model of the ruleset (World::queued): what it does not queue never
 // reaches the guard (a plain SYN, a reset, the server's bare ACKs on a TLS port), and a
-// client's urgent pointer on a connection without a verdict is dropped.
+// client's urgent pointer on a connection without a verdict is dropped. A verdict goes on
+// (NF_ACCEPT) to the chain after the queue, which moves it into the conntrack mark and
+// resets a rejected connection (World::verdict); the real ruleset drops a client's urgent
+// segment before its queue, which this model queues all the same (its payload reaches the
+// guard, a harder case than the ruleset lets through: the guard's own urgent check stays
+// exercised).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>

@@ -903,9 +903,20 @@ ChainMark mark_of(const std::string& text) {
   return *m;
 }
 
-/// The handles of the rules of chain `output`, in order, as `nft -a` lists them.
-std::vector<uint64_t> rule_handles(const std::string& table) {
-  const std::string cmd = "nft -a list chain inet " + table + " output";
+/// What `nft ARGS` prints (run through popen: ARGS is one trusted command line).
+std::string nft_output(const std::string& args) {
+  FILE* f = popen(("nft " + args).c_str(), "r");
+  REQUIRE(f);
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  pclose(f);
+  return out;
+}
+
+/// The handles of the rules of chain `chain` (default output), in order, as `nft -a` lists them.
+std::vector<uint64_t> rule_handles(const std::string& table, const std::string& chain = "output") {
+  const std::string cmd = "nft -a list chain inet " + table + " " + chain;
   FILE* f = popen(cmd.c_str(), "r");
   REQUIRE(f);
   std::vector<uint64_t> out;
@@ -1067,6 +1078,63 @@ TEST_CASE("ruleset: each way out of force is noticed by its event, with its reas
     CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
     CHECK(sets.ruleset().id == id);
   }
+}
+
+TEST_CASE("ruleset --sni-guard: the guard chains that clear forged verdict marks, at their priority, are part of it") {
+  // dnsward's verdict is NF_ACCEPT: the guard chains (priority -175, before iptables' mangle
+  // at -150 and the filter chains at 0) clear every packet's verdict bits before the queue;
+  // without them, or after the queue, a mark a packet's sender set would read as a verdict.
+  const std::string table = "rs_guard";
+  const std::string text = ruleset_text(table, {"--sni-guard", "--queue-backend", "xt"});
+  REQUIRE(load(text) == 0);
+  NftTarget t = target(table.c_str());
+  t.guard = true;
+  t.ports4 = "allowed4_ports";
+  t.ports6 = "allowed6_ports";
+  NftSets sets(t, RefreshMode::Auto);
+  REQUIRE_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+  CHECK(sets.ruleset().chain == "output,input,guard_output,guard_input");
+  // The kernel holds `priority mangle - 25` as -175.
+  const std::string listed = nft_output("list chain inet " + table + " guard_output");
+  CHECK_MESSAGE(listed.find("type filter hook output priority -175; policy accept;") != std::string::npos, listed);
+  const struct {
+    const char* what;
+    std::function<void()> change;
+    std::string says;
+  } cases[] = {
+      {"guard_output deleted", [&] { REQUIRE(nft("delete chain inet " + table + " guard_output") == 0); },
+       "holds no chain marked as chain 2 of 4 (the guard_output chain"},
+      {"guard_input deleted", [&] { REQUIRE(nft("delete chain inet " + table + " guard_input") == 0); },
+       "holds no chain marked as chain 3 of 4 (the guard_input chain"},
+      {"guard_input after iptables' mangle",
+       [&] {
+         REQUIRE(nft("delete chain inet " + table + " guard_input") == 0);
+         std::string later = text;
+         const auto at = later.find("hook input priority mangle - 25");
+         REQUIRE(at != std::string::npos);
+         later.replace(at, 31, "hook input priority mangle + 5");
+         REQUIRE(load(later) == 0);
+       },
+       "chain guard_input (chain 3 of 4) is at priority -145, not -175"},
+      {"the clear deleted from guard_output",
+       [&] {
+         REQUIRE(nft(fmt::format("delete rule inet {} guard_output handle {}", table,
+                                 rule_handles(table, "guard_output").at(0))) == 0);
+       },
+       "rule 0 of chain guard_output"},
+  };
+  for (const auto& c : cases) {
+    const std::string what = c.what;
+    CAPTURE(what);
+    c.change();
+    sets.on_events();
+    CHECK(sets.ruleset().state == RulesetStatus::State::NotInForce);
+    CHECK_MESSAGE(sets.ruleset().reason.find(c.says) != std::string::npos, sets.ruleset().reason);
+    REQUIRE(load(text) == 0);
+    sets.on_events();
+    CHECK_MESSAGE(sets.ruleset().in_force(), sets.ruleset().reason);
+  }
+  REQUIRE(nft("delete table inet " + table) == 0);
 }
 
 namespace {

@@ -873,27 +873,33 @@ TableSeen table_in_force(uint64_t id = 0xabcdef0123456789ull, std::size_t n = 4)
 }
 
 /// The table as the kernel holds it when `nft-rules --sni-guard` is loaded: table_in_force's
-/// output chain marked as chain 0 of 2 with guard=on, and the input chain, chain 1 of 2.
+/// output chain marked as chain 0 of 4 with guard=on; the input chain, chain 1 of 4 (3
+/// rules); and the guard chains guard_output and guard_input at priority -175, chains 2 and 3
+/// of 4 (2 rules each).
 TableSeen guarded_in_force(uint64_t id = 0xabcdef0123456789ull) {
   TableSeen t = table_in_force(id);
   ChainSeen& out = t.chains[0];
   out.comment = ruleset_chain_comment(id, out.rules.size(), kGuestChainOutput, kGuestGuardChains, true);
   for (std::size_t i = 0; i < out.rules.size(); ++i)
     out.rules[i].comment = ruleset_rule_comment(id, i, out.rules.size(), kGuestChainOutput, kGuestGuardChains);
-  ChainSeen in;
-  in.name = "input";
-  in.base = true;
-  in.hook = 1;    // NF_INET_LOCAL_IN
-  in.policy = 1;  // NF_ACCEPT
-  in.type = "filter";
-  in.comment = ruleset_chain_comment(id, 3, kGuestChainInput, kGuestGuardChains, true);
-  for (std::size_t i = 0; i < 3; ++i) {
-    RuleSeen r;
-    r.handle = 20 + i;
-    r.comment = ruleset_rule_comment(id, i, 3, kGuestChainInput, kGuestGuardChains);
-    in.rules.push_back(r);
+  for (const auto& [k, n] : {std::pair{kGuestChainInput, std::size_t(3)}, std::pair{kGuestChainGuardOutput, std::size_t(2)},
+                             std::pair{kGuestChainGuardInput, std::size_t(2)}}) {
+    ChainSeen in;
+    in.name = kGuestChains[k].name;
+    in.base = true;
+    in.hook = kGuestChains[k].hook;
+    in.priority = kGuestChains[k].prio;
+    in.policy = 1;  // NF_ACCEPT
+    in.type = "filter";
+    in.comment = ruleset_chain_comment(id, n, k, kGuestGuardChains, true);
+    for (std::size_t i = 0; i < n; ++i) {
+      RuleSeen r;
+      r.handle = 20 + 10 * k + i;
+      r.comment = ruleset_rule_comment(id, i, n, k, kGuestGuardChains);
+      in.rules.push_back(r);
+    }
+    t.chains.push_back(in);
   }
-  t.chains.push_back(in);
   return t;
 }
 
@@ -1042,8 +1048,8 @@ TEST_CASE("judge: serve --sni-guard needs a ruleset printed with it, and serve w
   e.guard = true;
   const RulesetStatus s = judge_ruleset(guarded, e);
   CHECK_MESSAGE(s.in_force(), s.reason);
-  CHECK(s.chain == "output,input");  // both chains named, and the rules of both counted
-  CHECK(s.rules == 7);
+  CHECK(s.chain == "output,input,guard_output,guard_input");  // each chain named, the rules of all counted
+  CHECK(s.rules == 11);
   CHECK(s.id == "abcdef0123456789");
   CHECK(judge_ruleset(plain, e).reason.find("printed without --sni-guard") != std::string::npos);
   CHECK_FALSE(judge_ruleset(plain, e).in_force());
@@ -1059,28 +1065,50 @@ TEST_CASE("judge: with --sni-guard the input chain, where the server's packets a
     std::function<void(TableSeen&)> change;
     std::string says;
   } cases[] = {
-      {"the input chain deleted", [](TableSeen& t) { t.chains.pop_back(); },
-       "table inet dnsward holds no chain marked as chain 1 of 2 (the input chain, type filter on the input hook): "
+      {"the input chain deleted", [](TableSeen& t) { t.chains.erase(t.chains.begin() + 1); },
+       "table inet dnsward holds no chain marked as chain 1 of 4 (the input chain, type filter on the input hook): "
        "the ruleset is not whole"},
+      {"the guard_input chain deleted", [](TableSeen& t) { t.chains.pop_back(); },
+       "table inet dnsward holds no chain marked as chain 3 of 4 (the guard_input chain, type filter on the input "
+       "hook): the ruleset is not whole"},
       {"the output chain deleted", [](TableSeen& t) { t.chains.erase(t.chains.begin()); },
-       "table inet dnsward holds no chain marked as chain 0 of 2 (the output chain, type filter on the output hook): "
+       "table inet dnsward holds no chain marked as chain 0 of 4 (the output chain, type filter on the output hook): "
        "the ruleset is not whole"},
       {"the input chain unmarked", [](TableSeen& t) { t.chains[1].comment.clear(); },
-       "table inet dnsward holds no chain marked as chain 1 of 2"},
+       "table inet dnsward holds no chain marked as chain 1 of 4"},
+      // Without a guard chain, a verdict mark a packet's sender set reaches the chains that
+      // read verdicts: the clear before the queue is part of the ruleset.
+      {"the guard_output chain deleted", [](TableSeen& t) { t.chains.erase(t.chains.begin() + 2); },
+       "table inet dnsward holds no chain marked as chain 2 of 4 (the guard_output chain, type filter on the output "
+       "hook): the ruleset is not whole"},
+      {"the guard_output chain after the filter chain", [](TableSeen& t) { t.chains[2].priority = 10; },
+       "chain guard_output (chain 2 of 4) is at priority 10, not -175 (mangle - 25)"},
+      {"the guard_input chain after iptables' mangle", [](TableSeen& t) { t.chains[3].priority = -140; },
+       "chain guard_input (chain 3 of 4) is at priority -140, not -175 (mangle - 25)"},
+      {"the output chain before the guard chains", [](TableSeen& t) { t.chains[0].priority = -180; },
+       "chain output (chain 0 of 4) is at priority -180, not 0 (filter)"},
+      {"the input chain before iptables' mangle", [](TableSeen& t) { t.chains[1].priority = -160; },
+       "chain input (chain 1 of 4) is at priority -160, not 0 (filter)"},
+      {"a rule of the guard_output chain deleted",
+       [](TableSeen& t) { t.chains[2].rules.erase(t.chains[2].rules.begin()); },
+       "rule 0 of chain guard_output (handle 41, comment \"dnsward 1/2 id=abcdef0123456789 chain=2/4\") is not the "
+       "rule"},
+      {"the guard_input chain on the output hook", [](TableSeen& t) { t.chains[3].hook = 3; },
+       "chain guard_input (chain 3 of 4) is on the output hook, not input"},
       {"the input chain marked as the output's place",
        [&](TableSeen& t) {
          const ChainMark m = input_mark(t);
          t.chains[1].comment = ruleset_chain_comment(m.id, m.rules, kGuestChainOutput, kGuestGuardChains, true);
        },
-       "table inet dnsward holds no chain marked as chain 1 of 2"},
+       "table inet dnsward holds no chain marked as chain 1 of 4"},
       {"the input chain on another hook", [](TableSeen& t) { t.chains[1].hook = 0; },
-       "chain input (chain 1 of 2) is on the prerouting hook, not input"},
+       "chain input (chain 1 of 4) is on the prerouting hook, not input"},
       {"the input chain unhooked", [](TableSeen& t) { t.chains[1].base = false; },
-       "chain input (chain 1 of 2) is not a base chain (no hook): its rules see no packet"},
+       "chain input (chain 1 of 4) is not a base chain (no hook): its rules see no packet"},
       {"the input chain of another type", [](TableSeen& t) { t.chains[1].type = "route"; },
-       "chain input (chain 1 of 2) is of type route, not filter"},
+       "chain input (chain 1 of 4) is of type route, not filter"},
       {"a rule of the input chain deleted", [](TableSeen& t) { t.chains[1].rules.erase(t.chains[1].rules.begin()); },
-       "rule 0 of chain input (handle 21, comment \"dnsward 1/3 id=abcdef0123456789 chain=1/2\") is not the rule"},
+       "rule 0 of chain input (handle 31, comment \"dnsward 1/3 id=abcdef0123456789 chain=1/4\") is not the rule"},
       {"a rule appended to the input chain",
        [](TableSeen& t) {
          RuleSeen r;
@@ -1098,7 +1126,22 @@ TEST_CASE("judge: with --sni-guard the input chain, where the server's packets a
          post.name = "post";
          t.chains.push_back(post);
        },
-       "table inet dnsward holds 3 chains where `nft-rules --sni-guard` prints two (output,input); besides them: post"},
+       "table inet dnsward holds 5 chains where `nft-rules --sni-guard` prints 4 "
+       "(output,input,guard_output,guard_input); besides them: post"},
+      // What `nft-rules --sni-guard` printed while dnsward's verdict was NF_REPEAT: output and
+      // input, read where they queued, with no chain clearing the verdict bits before.
+      {"a ruleset printed for NF_REPEAT verdicts",
+       [](TableSeen& t) {
+         t.chains.resize(2);
+         for (ChainSeen& ch : t.chains) {
+           const ChainMark m = parse_chain_comment(ch.comment).value();
+           ch.comment = ruleset_chain_comment(m.id, m.rules, m.chain, kGuestGuardChainsRepeat, true);
+           for (std::size_t i = 0; i < ch.rules.size(); ++i)
+             ch.rules[i].comment = ruleset_rule_comment(m.id, i, m.rules, m.chain, kGuestGuardChainsRepeat);
+         }
+       },
+       "chain output is marked as chain 0 of 2: the ruleset was printed by an older `nft-rules --sni-guard`, whose "
+       "chains read dnsward's verdict where it queued (NF_REPEAT)"},
       // What `nft-rules --sni-guard` printed before the server's packets were queued: the
       // output chain alone, marked guard=on without a place.
       {"an older guarded ruleset",
@@ -1106,7 +1149,7 @@ TEST_CASE("judge: with --sni-guard the input chain, where the server's packets a
          t = table_in_force();
          t.chains[0].comment = ruleset_chain_comment(0xabcdef0123456789ull, 4, true);
        },
-       "chain output is marked guard=on, but not as chain 0 of 2: the ruleset was printed by an older `nft-rules "
+       "chain output is marked guard=on, but not as chain 0 of 4: the ruleset was printed by an older `nft-rules "
        "--sni-guard`, which queues none of the server's packets (print it again)"},
   };
   for (const auto& c : cases) {
@@ -1124,7 +1167,8 @@ TEST_CASE("judge: with --sni-guard the input chain, where the server's packets a
     ch.comment = ruleset_chain_comment(m.id, m.rules, m.chain, m.chains, false);
   }
   CHECK(judge_ruleset(t, inet_dnsward()).reason ==
-        "chain output is marked as chain 0 of 2 without guard=on, which `nft-rules` does not print");
+        "chain output carries the mark of a host ruleset (`nft-rules --host`), chain 0 of 4, or of an in-guest one "
+        "without guard=on, which `nft-rules` does not print");
   // The input chain's policy is not judged (accept as printed; drop cuts the guest off, it
   // opens nothing), nor are its lookups (the xt backend's input chain makes none).
   t = guarded_in_force();
@@ -1135,128 +1179,131 @@ TEST_CASE("judge: with --sni-guard the input chain, where the server's packets a
 TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undecided connections, each side in its own chain") {
   // The rules the queue's verdicts depend on, as printed (the xt backend is what this
   // machine's kernel runs; the nft one runs in the 6.1 guest): a queue rule without the
-  // direction, the verdict-bits or the seen-bit condition would queue the other side's
-  // packets, judged connections, or the same packet for ever; without the backstop, unjudged
-  // payload would leave; QUIC is rejected on the TLS ports only.
+  // direction or the verdict-bits condition would queue the other side's packets or judged
+  // connections; without the backstop, unjudged payload would leave; QUIC is rejected on the
+  // TLS ports only. dnsward's verdict is NF_ACCEPT: each hook's guard chain clears the
+  // verdict bits and queues, the filter chain after it reads the verdicts.
   auto rules = [](std::vector<std::string> args) {
     const ParseOutcome r = parse_nft_rules(args, test_resolv_conf());
     REQUIRE_MESSAGE(r.config, r.error);
     return std::pair{render_nft_rules(*r.config), *r.config};
   };
   auto body = [](const std::string& line) { return line.substr(0, line.rfind(" comment \"dnsward ")); };
+  auto bodies = [&](const std::string& text, const std::string& chain) {
+    std::vector<std::string> out;
+    for (const auto& l : chain_lines(text, chain))
+      if (!l.empty() && l[0] != '#' && l.rfind("type ", 0) != 0 && l.rfind("comment ", 0) != 0) out.push_back(body(l));
+    return out;
+  };
   const auto [nft, c] = rules({"--sni-guard"});
-  // The client's side (output): its payload only, a TCP Fast Open SYN's included; its plain
-  // SYN no longer (the server's SYN-ACK says where its stream starts).
-  std::vector<std::string> out_queues;
-  for (const auto& l : chain_lines(nft))
-    if (l.find(" queue num 53") != std::string::npos) out_queues.push_back(body(l));
+  const std::string clear = "meta mark & 0x00e00000 != 0 counter meta mark set meta mark & 0xff1fffff";
+  // The client's side, before the queue (guard_output, priority -175): every packet's verdict
+  // bits cleared first; the SYN rules, the drops of invalid packets, picked-up connections,
+  // Fast Open SYNs and urgent pointers; the queue last (NF_ACCEPT goes on to the next chain).
   // Queued by the conntrack mark the SYN set (guarded: both verdict bits), not by the sets,
-  // whose element may expire while the connection is open (the sixth review).
-  CHECK(out_queues == std::vector<std::string>{
-                          "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00c00000 meta mark & "
-                          "0x00200000 == 0 @ih,0,8 0-255 queue num 53"});
+  // whose element may expire while the connection is open (the sixth review); its plain SYN
+  // not (the server's SYN-ACK says where its stream starts).
+  const std::string guarded = "ct mark & 0x00c00000 == 0x00c00000";
+  CHECK(chain_lines(nft, "guard_output").at(0) == "type filter hook output priority mangle - 25; policy accept;");
+  CHECK(bodies(nft, "guard_output") ==
+        std::vector<std::string>{
+            clear,
+            "tcp dport { 443, 80 } ct state invalid,untracked counter drop",
+            "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark & 0x00c00000 != 0 ct "
+            "mark set ct mark | 0x00c00000",
+            "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip daddr @allowed4 ct mark set "
+            "ct mark | 0x00c00000",
+            "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip6 daddr @allowed6 ct mark set "
+            "ct mark | 0x00c00000",
+            "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip daddr @allowed4 counter drop",
+            "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip6 daddr @allowed6 counter drop",
+            "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 counter drop",
+            "tcp dport { 443, 80 } ct direction original " + guarded + " tcp flags urg counter drop",
+            "tcp dport { 443, 80 } ct direction original " + guarded + " @ih,0,8 0-255 queue num 53"});
   CHECK(nft.find("tcp flags syn ip daddr") == std::string::npos);
-  // A Fast Open SYN is dropped by the ruleset, with either backend, before any queue.
-  const auto tfo = nft.find("tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 "
-                            "counter drop comment");
-  CHECK(tfo != std::string::npos);
-  CHECK(tfo < nft.find(" queue num 53"));
-  CHECK(rules({"--sni-guard", "--queue-backend", "xt"}).first.find("== syn @ih,0,8 0-255 counter drop") !=
-        std::string::npos);
-  // A SYN on an entry that was guarded makes it guarded and undecided again, whatever the
-  // sets say (the seventh review: a reused entry's new handshake after the element expired);
-  // one to a vouched address marks the connection guarded, then and for good.
-  const auto syn_clear = nft.find("tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark "
-                                  "& 0x00c00000 != 0 ct mark set ct mark | 0x00c00000 comment");
-  CHECK(syn_clear != std::string::npos);
+  CHECK(nft.find("socket mark") == std::string::npos);  // the clear covers a marked socket
   CHECK(nft.find("ct mark set ct mark & 0xff3fffff comment") == std::string::npos);  // never downgraded
-  // A connection conntrack picked up mid-stream to a vouched address: dropped, either direction.
-  for (const char* f : {"ip daddr @allowed4", "ip6 daddr @allowed6"})
-    CHECK(nft.find(fmt::format("tcp dport {{ 443, 80 }} ct mark & 0x00c00000 == 0 {} counter drop "
-                               "comment",
-                               f)) != std::string::npos);
-  for (const char* f : {"ip daddr @allowed4", "ip6 daddr @allowed6"})
-    CHECK(nft.find(fmt::format("tcp dport {{ 443, 80 }} ct direction original tcp flags & (syn | ack) == syn {} ct mark "
-                               "set ct mark | 0x00c00000 comment",
-                               f)) > syn_clear);
-  // The server's side (input): the mark rules, then from a vouched address not on lo, of an
-  // undecided connection: on TLS ports the SYN-ACK and payload, on HTTP ports every packet;
-  // then a rejected connection's server packets dropped.
-  std::vector<std::string> in;
-  for (const auto& l : chain_lines(nft, "input"))
-    if (!l.empty() && l[0] != '#' && l.rfind("type ", 0) != 0 && l.rfind("comment ", 0) != 0) in.push_back(body(l));
-  const std::string reply = "ct direction reply ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00200000 == 0 ";
-  CHECK(in == std::vector<std::string>{
-                  "iif != \"lo\" ct direction reply ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
-                  "iif != \"lo\" ct direction reply ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
-                  "iif != \"lo\" tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
-                  "iif != \"lo\" tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
-                  "iif != \"lo\" tcp sport { 80 } " + reply + "queue num 53",
-                  "iif != \"lo\" tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop"});
+  // The client's side, after the queue (output, priority filter): the verdict moves first
+  // (only of TCP packets conntrack does not call related), then the reset of a rejected
+  // connection, the backstop and QUIC's reject, before any accept.
+  const auto out = bodies(nft, "output");
+  REQUIRE(out.size() > 6);
+  CHECK(std::vector<std::string>(out.begin(), out.begin() + 6) ==
+        std::vector<std::string>{
+            "meta l4proto tcp ct state != related ct direction original " + guarded +
+                " meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+            "meta l4proto tcp ct state != related ct direction original " + guarded +
+                " meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+            "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000 counter log prefix "
+            "\"dnsward-sni-reject: \" reject with tcp reset",
+            "tcp dport { 443, 80 } ct direction original " + guarded +
+                " meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 counter drop",
+            "udp dport { 443 } ip daddr @allowed4 counter reject", "udp dport { 443 } ip6 daddr @allowed6 counter reject"});
+  CHECK(out.at(6) == "ct direction original ct state established,related accept");
+  for (const auto& l : out) CHECK(l.find(" queue ") == std::string::npos);
+  // The server's side, before the queue (guard_input): cleared, then from a vouched address
+  // not on lo, of an undecided connection: on TLS ports the SYN-ACK and payload, on HTTP
+  // ports every packet. After it (input): the mark rules, then a rejected connection's
+  // server packets dropped.
+  CHECK(chain_lines(nft, "guard_input").at(0) == "type filter hook input priority mangle - 25; policy accept;");
+  const std::string reply = "ct direction reply " + guarded + " ";
+  CHECK(bodies(nft, "guard_input") == std::vector<std::string>{
+                                          clear,
+                                          "iif != \"lo\" tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
+                                          "iif != \"lo\" tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
+                                          "iif != \"lo\" tcp sport { 80 } " + reply + "queue num 53"});
+  CHECK(bodies(nft, "input") ==
+        std::vector<std::string>{
+            "meta l4proto tcp ct state != related iif != \"lo\" " + reply +
+                "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+            "meta l4proto tcp ct state != related iif != \"lo\" " + reply +
+                "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+            "iif != \"lo\" tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop"});
   CHECK(chain_lines(nft, "input").at(0) == "type filter hook input priority filter; policy accept;");
-  for (const std::string& chain : {"output", "input"})
+  for (const std::string& chain : {"output", "input", "guard_output", "guard_input"})
     for (const auto& l : chain_lines(nft, chain))
       if (l.find(" queue ") != std::string::npos && l[0] != '#') CHECK(l.find("bypass") == std::string::npos);
-  // The options reach the server's side: ports, marks, queue; a family's table its own family.
+  // The options reach every chain: ports, marks, queue; a family's table its own family.
   const std::string other = rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
                                    "--guard-marks", "0x07000000", "--nft-family", "ip"})
                                 .first;
-  CHECK(other.find("iif != \"lo\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0x06000000 meta mark & "
-                   "0x01000000 == 0 queue num 7 comment") != std::string::npos);
+  CHECK(other.find("iif != \"lo\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0x06000000 queue num 7 "
+                   "comment") != std::string::npos);
   CHECK(other.find("tcp dport { 8443, 8080 } ct direction original tcp flags & (syn | ack) == syn ip daddr @allowed4 ct "
                    "mark set ct mark | 0x06000000 comment") != std::string::npos);
   CHECK(other.find("iif != \"lo\" tcp sport { 8443, 8080 } ct direction reply ct mark & 0x06000000 == 0x04000000 "
                    "counter drop comment") != std::string::npos);
+  CHECK(other.find("meta mark & 0x07000000 != 0 counter meta mark set meta mark & 0xf8ffffff comment") !=
+        std::string::npos);
   CHECK(other.find("ip6 saddr") == std::string::npos);
   // Without the guard, one chain and nothing of it.
   const std::string plain = rules({}).first;
   CHECK(plain.find("chain input") == std::string::npos);
+  CHECK(plain.find("chain guard_") == std::string::npos);
   CHECK(plain.find("ct mark") == std::string::npos);
+  CHECK(plain.find("meta mark") == std::string::npos);
 
-  // The backstop: a guarded connection's payload without dnsward's verdict, whatever the sets say.
-  CHECK(nft.find("tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 "
-                 "!= 0x00c00000 @ih,0,8 0-255 counter drop comment") != std::string::npos);
-  CHECK(nft.find("udp dport { 443 } ip daddr @allowed4 counter reject") != std::string::npos);
-  CHECK(nft.find("ct state invalid,untracked counter drop") != std::string::npos);
-  // An urgent pointer on a connection not decided, a bare ACK's (never queued) too: dropped,
-  // after the queue (urgent data the guard rejects and counts itself) and with either backend.
-  const auto urg = nft.find("tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00c00000 tcp flags urg counter drop");
-  CHECK(urg != std::string::npos);
-  CHECK(urg > nft.find("@ih,0,8 0-255 queue num"));
-  // A socket's own mark with a verdict bit (SO_MARK): dropped before any mark rule reads it.
-  const auto sock = nft.find("tcp dport { 443, 80 } socket mark & 0x00e00000 != 0 counter drop");
-  CHECK(sock != std::string::npos);
-  CHECK(sock < nft.find("meta mark & 0x00c00000 == 0x00400000 ct mark set"));
-  // The client's verdicts move from the client's packets only: a forged "server" packet that
-  // a raw socket marks (SO_MARK) passes output, in the reply direction, and sets nothing.
-  for (const uint32_t bit : {0x00400000u, 0x00800000u})
-    CHECK(nft.find(fmt::format("\t\tct direction original ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 == "
-                               "0x{0:08x} ct mark set ct mark & 0xff3fffff | 0x{0:08x} comment",
-                               bit)) != std::string::npos);
-
-  // --queue-backend xt: nft keeps the socket-mark drop and the rejected server packets' drop
-  // (its input chain holds nothing else); the queue and the mark rules are iptables'.
+  // --queue-backend xt: the same chains and rules but the queues, which are iptables' (in
+  // mangle at -150, between the guard chains and the filter chains); the mark rules are
+  // nft's now, in the filter chains, and iptables holds no CONNMARK rule.
   const auto [xt_nft, xc] = rules({"--sni-guard", "--queue-backend", "xt"});
-  CHECK(xt_nft.find("socket mark & 0x00e00000 != 0 counter drop") != std::string::npos);
-  CHECK(xt_nft.find("ct mark & 0x00c00000 == 0x00c00000 tcp flags urg counter drop") != std::string::npos);
   CHECK(xt_nft.find(" queue num") == std::string::npos);
-  // The SYN's mark rules are nft's with either backend (they read the sets; xt cannot).
-  CHECK(xt_nft.find("ip daddr @allowed4 ct mark set ct mark | 0x00c00000 comment") != std::string::npos);
-  CHECK(xt_nft.find("meta mark & 0x00c00000 == 0x00400000 ct mark set") == std::string::npos);
-  std::size_t xt_input = 0;
-  for (const auto& l : chain_lines(xt_nft, "input"))
-    if (!l.empty() && l[0] != '#' && l.rfind("type ", 0) != 0 && l.rfind("comment ", 0) != 0) {
-      ++xt_input;
-      CHECK(body(l) == "iif != \"lo\" tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop");
-    }
-  CHECK(xt_input == 1);
+  auto without_queues = [&](const std::string& text, const std::string& chain) {
+    std::vector<std::string> v = bodies(text, chain);
+    std::erase_if(v, [](const std::string& l) { return l.find(" queue num ") != std::string::npos; });
+    return v;
+  };
+  for (const std::string& chain : {"output", "input", "guard_output", "guard_input"}) {
+    CAPTURE(chain);
+    CHECK(bodies(xt_nft, chain) == without_queues(nft, chain));
+  }
+  CHECK(bodies(xt_nft, "guard_input") == std::vector<std::string>{clear});
   for (const int af : {AF_INET, AF_INET6}) {
     CAPTURE(af);
     const std::string xt = render_xt_rules(xc, af);
     const std::string u32 = af == AF_INET ? "-m u32 --u32 \"0>>22&0x3C@12>>26&0x3C@0&0x0=0\" "
                                           : "-m u32 --u32 \"52>>26&0x3C@40&0x0=0\" ";
-    const std::string undecided =
-        "-m connmark --mark 0xc00000/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE --queue-num 53";
+    const std::string undecided = "-m connmark --mark 0xc00000/0xc00000 -j NFQUEUE --queue-num 53";
     std::vector<std::string> nfq;
     std::istringstream x(xt);
     for (std::string line; std::getline(x, line);)
@@ -1266,11 +1313,8 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undeci
                      "-A DNSWARD_GUARD -p tcp -m multiport --sports 443 --tcp-flags SYN SYN -m conntrack --ctdir REPLY " + undecided,
                      "-A DNSWARD_GUARD -p tcp -m multiport --sports 443 " + u32 + "-m conntrack --ctdir REPLY " + undecided,
                      "-A DNSWARD_GUARD -p tcp -m multiport --sports 80 -m conntrack --ctdir REPLY " + undecided});
-    CHECK(xt.find("CONNMARK --and-mark") == std::string::npos);  // the SYN's rules are nft's
-    for (const char* bit : {"0x400000", "0x800000"})
-      CHECK(xt.find(fmt::format("-A DNSWARD_GUARD -m connmark --mark 0xc00000/0xc00000 -m mark --mark {0}/0xc00000 -j "
-                                "CONNMARK --set-xmark {0}/0xc00000\n",
-                                bit)) != std::string::npos);
+    CHECK(xt.find("CONNMARK") == std::string::npos);  // the verdicts move in nft's filter chains
+    CHECK(xt.find("-m mark") == std::string::npos);   // nothing here reads a packet mark
     // Each hook's jump takes its own side's packets; the server's never from lo.
     CHECK(xt.find("\n-I OUTPUT -m conntrack --ctdir ORIGINAL -j DNSWARD_GUARD\n"
                   "-I INPUT ! -i lo -m conntrack --ctdir REPLY -j DNSWARD_GUARD\nCOMMIT\n") != std::string::npos);

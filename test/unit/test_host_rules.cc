@@ -2,7 +2,7 @@
 // the table the kernel holds whether that ruleset is in force. The judge is fed the shape
 // of the very text the renderer prints (its chains, marks and set lookups, read back from
 // the text as the kernel would hold them), then that shape with one thing changed. So is
-// judge_ruleset with the in-guest ruleset of --sni-guard, whose two chains are marked with
+// judge_ruleset with the in-guest ruleset of --sni-guard, whose four chains are marked with
 // their places as the host's are.
 #include <doctest/doctest.h>
 
@@ -111,6 +111,15 @@ TableSeen seen_from(const std::string& text) {
     c.type = type;
     c.hook = hooks.at(hook);
     c.policy = p.type_line.find("policy drop;") != std::string::npos ? 0 : 1;
+    // The priority as nft computes it: a standard name, maybe with an offset ("mangle - 25").
+    if (const auto at = p.type_line.find("priority "); at != std::string::npos) {
+      const std::map<std::string, int32_t> names = {{"raw", -300}, {"mangle", -150}, {"dstnat", -100}, {"filter", 0}};
+      std::istringstream prio(p.type_line.substr(at + 9, p.type_line.find(';', at) - at - 9));
+      std::string name, op;
+      int32_t offset = 0;
+      prio >> name >> op >> offset;
+      c.priority = names.at(name) + (op == "-" ? -offset : op == "+" ? offset : 0);
+    }
     for (const auto& [body, comment] : p.rules) {
       RuleSeen r;
       r.handle = handle++;
@@ -568,11 +577,15 @@ TEST_CASE("host judge: any one deviation from the rendered ruleset takes it out 
 
 namespace {
 /// The forward chain's rule bodies of the host ruleset printed with more.
-std::vector<std::string> forward_rules(std::vector<std::string> more) {
+std::vector<std::string> forward_rules(std::vector<std::string> more, std::size_t k = kHostChainForward) {
   const auto chains = chains_of(host_text(std::move(more)));
   std::vector<std::string> out;
-  for (const auto& r : chains.at(kHostChainForward).rules) out.push_back(r.first);
+  for (const auto& r : chains.at(k).rules) out.push_back(r.first);
   return out;
+}
+/// The guard_forward chain's rule bodies (with --sni-guard: the guard's rules before the queue).
+std::vector<std::string> guard_forward_rules(std::vector<std::string> more) {
+  return forward_rules(std::move(more), kHostChainGuard);
 }
 std::size_t count_with(const std::vector<std::string>& rules, const std::string& part) {
   return std::size_t(std::count_if(rules.begin(), rules.end(),
@@ -583,19 +596,46 @@ std::size_t count_with(const std::vector<std::string>& rules, const std::string&
 TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destination) pairs' first flights before any accept") {
   const std::string text = host_text({"--sni-guard"});
   const auto chains = chains_of(text);
-  REQUIRE(chains.size() == kHostChainCount);
+  REQUIRE(chains.size() == kHostGuardChainCount);
   // The forward chain, and it alone, says guard=on; the ruleset's id covers the guard's rules.
-  for (std::size_t k = 0; k < kHostChainCount; ++k)
+  for (std::size_t k = 0; k < kHostGuardChainCount; ++k) {
     CHECK(parse_chain_comment(chains[k].comment).value().guard == (k == kHostChainForward));
+    CHECK(parse_chain_comment(chains[k].comment).value().chains == kHostGuardChainCount);
+  }
+  CHECK(chains[kHostChainGuard].name == "guard_forward");
+  CHECK(chains[kHostChainGuard].type_line == "type filter hook forward priority mangle - 25; policy accept;");
   for (const auto& c : chains_of(host_text())) CHECK_FALSE(parse_chain_comment(c.comment).value().guard);
   CHECK(parse_chain_comment(chains[0].comment).value().id !=
         parse_chain_comment(chains_of(host_text()).at(0).comment).value().id);
 
   const std::vector<std::string> all = forward_rules({"--sni-guard"});
   // The server's side comes first (below); the client's after the host's own traffic returned.
+  // Before the queue, in guard_forward, then after it, in forward: read here as one list.
   const auto ret = std::find(all.begin(), all.end(), "iifname != \"tap*\" return");
   REQUIRE(ret != all.end());
-  const std::vector<std::string> fwd(ret, all.end());
+  const std::vector<std::string> pre_all = guard_forward_rules({"--sni-guard"});
+  const auto pre_ret = std::find(pre_all.begin(), pre_all.end(), "iifname != \"tap*\" return");
+  REQUIRE(pre_ret != pre_all.end());
+  const std::vector<std::string> post(ret, all.end()), pre(pre_ret, pre_all.end());
+  std::vector<std::string> fwd = pre;
+  fwd.insert(fwd.end(), post.begin() + 1, post.end());
+  // What must come before the queue (and so before any verdict is read) is guard_forward's.
+  for (const char* part : {"ct state invalid,untracked counter drop", "== syn ct mark & 0x00c00000 != 0 ct mark set",
+                           "ct mark & 0x00c00000 == 0 ip saddr", "== syn @ih,0,8 0-255 counter drop",
+                           "tcp flags urg counter drop", " queue num 53"}) {
+    CAPTURE(part);
+    CHECK(count_with(pre, part) >= 1);
+    CHECK(count_with(post, part) == 0);
+  }
+  // What reads a verdict is forward's, after the queue.
+  for (const char* part : {"meta mark & 0x00c00000 == 0x00400000 ct mark set", "counter reject with tcp reset",
+                           "meta mark & 0x00c00000 != 0x00c00000"}) {
+    CAPTURE(part);
+    CHECK(count_with(pre_all, part) == 0);
+    CHECK(count_with(post, part) >= 1);
+  }
+  // guard_forward's first rule clears every forwarded packet's verdict bits, before the queue.
+  CHECK(pre_all.at(0) == "meta mark & 0x00e00000 != 0 counter meta mark set meta mark & 0xff1fffff");
   const std::string lim = "limit rate 10/second burst 20 packets log prefix ";
   const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0x00c00000";  // guarded, undecided
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
@@ -611,11 +651,13 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
                         "@allowed4 ct mark set ct mark | 0x00c00000") == 1);
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip6 saddr . ip6 daddr "
                         "@allowed6 ct mark set ct mark | 0x00c00000") == 1);
-  // The client's verdicts move from the client's packets only (the server's have their own rules, above).
+  // The client's verdicts move from the client's packets only (the server's have their own
+  // rules, above), and only of TCP packets conntrack does not call related (an ICMP error
+  // quoting a guarded connection moves nothing).
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000") == 1);
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000") == 1);
-  CHECK(count_with(fwd, unjudged + " meta mark & 0x00c00000 == 0x00400000 ct mark set") == 1);
-  CHECK(count_with(fwd, unjudged + " meta mark & 0x00c00000 == 0x00800000 ct mark set") == 1);
+  CHECK(count_with(fwd, "meta l4proto tcp ct state != related " + unjudged + " meta mark & 0x00c00000 == 0x00400000 ct mark set") == 1);
+  CHECK(count_with(fwd, "meta l4proto tcp ct state != related " + unjudged + " meta mark & 0x00c00000 == 0x00800000 ct mark set") == 1);
   // A rejected connection is reset, its log line rate-limited like the host's others.
   const std::string rejected = "tcp dport { 443, 80 } ct direction original ct mark & 0x00c00000 == 0x00800000";
   CHECK(count_with(fwd, rejected + " " + lim + "\"dnsward-sni-reject: \"") == 1);
@@ -627,10 +669,11 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   for (const auto& r : fwd) {
     if (r.find(" queue num 53") == std::string::npos) continue;
     ++queues;
-    CHECK(r == "tcp dport { 443, 80 } " + unjudged + " meta mark & 0x00200000 == 0 @ih,0,8 0-255 queue num 53");
+    CHECK(r == "tcp dport { 443, 80 } " + unjudged + " @ih,0,8 0-255 queue num 53");
   }
   CHECK(queues == 1);
-  CHECK(count_with(all, "tcp flags syn ip saddr . ip daddr @allowed4 queue") == 0);
+  CHECK(count_with(pre_all, "tcp flags syn ip saddr . ip daddr @allowed4 queue") == 0);
+  CHECK(pre.back().find(" queue num 53") != std::string::npos);  // the queue is guard_forward's last rule
   // The backstop (by the conntrack mark too) and QUIC, per pair.
   const std::string unwatched = " meta mark & 0x00c00000 != 0x00c00000";  // a watched flight passes
   CHECK(count_with(fwd, "tcp dport { 443, 80 } " + unjudged + unwatched + " @ih,0,8 0-255 counter drop") == 1);
@@ -641,8 +684,9 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   // Never by destination alone: the sets are keyed (guest . destination).
   CHECK(count_with(fwd, "ip saddr . ip daddr @allowed4") + count_with(fwd, "ip6 saddr . ip6 daddr @allowed6") ==
         count_with(fwd, "daddr @allowed"));
-  // Every guard rule comes before the first accept (established flows, --allow, vouched pairs)
-  // and after the host's own traffic went (rule 0).
+  // Every guard rule of forward comes before the first accept (established flows, --allow,
+  // vouched pairs) and after the host's own traffic went (rule 0).
+  fwd = post;
   const auto first_accept = std::find_if(fwd.begin(), fwd.end(), [](const std::string& r) {
                               return r.size() >= 6 && r.compare(r.size() - 6, 6, "accept") == 0;
                             }) - fwd.begin();
@@ -673,58 +717,79 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   // The options reach the rules: ports, queue number, marks.
   const auto other = forward_rules({"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080", "--queue-num", "7",
                                     "--guard-marks", "0x07000000"});
-  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0x06000000 meta mark & "
-                          "0x01000000 == 0 @ih,0,8 0-255 queue num 7") == 1);
-  CHECK(count_with(other, "tcp dport { 8443, 8080 } ct direction original tcp flags & (syn | ack) == syn ip saddr . ip "
-                          "daddr @allowed4 ct mark set ct mark | 0x06000000") == 1);
+  const std::vector<std::string> other_args = {"--sni-guard", "--sni-ports", "8443", "--http-ports", "8080",
+                                               "--queue-num", "7", "--guard-marks", "0x07000000"};
+  const auto other_pre = guard_forward_rules(other_args);
+  CHECK(count_with(other_pre, "tcp dport { 8443, 8080 } ct direction original ct mark & 0x06000000 == 0x06000000 "
+                              "@ih,0,8 0-255 queue num 7") == 1);
+  CHECK(count_with(other_pre, "tcp dport { 8443, 8080 } ct direction original tcp flags & (syn | ack) == syn ip saddr . "
+                              "ip daddr @allowed4 ct mark set ct mark | 0x06000000") == 1);
   CHECK(count_with(other, "udp dport { 8443 } ip saddr . ip daddr @allowed4 counter reject") == 1);
-  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8443 } ct direction reply ct mark & 0x06000000 == 0x06000000 "
-                          "meta mark & 0x01000000 == 0 tcp flags syn queue num 7") == 1);
-  CHECK(count_with(other, "iifname != \"tap*\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == 0x06000000 "
-                          "meta mark & 0x01000000 == 0 queue num 7") == 1);
+  CHECK(count_with(other_pre, "iifname != \"tap*\" tcp sport { 8443 } ct direction reply ct mark & 0x06000000 == "
+                              "0x06000000 tcp flags syn queue num 7") == 1);
+  CHECK(count_with(other_pre, "iifname != \"tap*\" tcp sport { 8080 } ct direction reply ct mark & 0x06000000 == "
+                              "0x06000000 queue num 7") == 1);
+  CHECK(other_pre.at(0) == "meta mark & 0x07000000 != 0 counter meta mark set meta mark & 0xf8ffffff");
 }
 
 TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are queued at the forward chain's head, from the uplink only") {
   const std::vector<std::string> fwd = forward_rules({"--sni-guard"});
+  const std::vector<std::string> pre = guard_forward_rules({"--sni-guard"});
   // A reply comes in from the uplink: the host's own traffic returns at the rule that lets
-  // everything not from a tap go, so the server's side comes before it. Keyed (guest .
+  // everything not from a tap go, so the server's side comes before it, in both chains: the
+  // queue in guard_forward (after the clear), the verdict's move in forward. Keyed (guest .
   // destination) through the conntrack mark the guest's SYN got; never from a tap.
   const std::string from = "iifname != \"tap*\" ";
   const std::string guarded = "ct mark & 0x00c00000 == 0x00c00000 ";
-  const std::string reply = "ct direction reply " + guarded + "meta mark & 0x00200000 == 0 ";
-  const std::vector<std::string> head = {
-      from + "ct direction reply " + guarded + "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
-      from + "ct direction reply " + guarded + "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
+  const std::string reply = "ct direction reply " + guarded;
+  const std::vector<std::string> pre_head = {
+      "meta mark & 0x00e00000 != 0 counter meta mark set meta mark & 0xff1fffff",
       from + "tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
       from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
       from + "tcp sport { 80 } " + reply + "queue num 53",
+      "iifname != \"tap*\" return",
+  };
+  const std::vector<std::string> head = {
+      "meta l4proto tcp ct state != related " + from + reply +
+          "meta mark & 0x00c00000 == 0x00400000 ct mark set ct mark & 0xff3fffff | 0x00400000",
+      "meta l4proto tcp ct state != related " + from + reply +
+          "meta mark & 0x00c00000 == 0x00800000 ct mark set ct mark & 0xff3fffff | 0x00800000",
       from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop",
       "iifname != \"tap*\" return",
   };
   REQUIRE(fwd.size() > head.size());
+  REQUIRE(pre.size() > pre_head.size());
   CHECK(std::vector<std::string>(fwd.begin(), fwd.begin() + std::ptrdiff_t(head.size())) == head);
-  // Every chain but forward still lets the host's own traffic go first; forward right after
-  // the server's side, every rule of which matches only what does not come from a tap.
+  CHECK(std::vector<std::string>(pre.begin(), pre.begin() + std::ptrdiff_t(pre_head.size())) == pre_head);
+  // Every chain but forward and guard_forward still lets the host's own traffic go first;
+  // they right after the server's side, every rule of which matches only what does not come
+  // from a tap (but guard_forward's clear, which takes every forwarded packet's bits).
   const auto chains = chains_of(host_text({"--sni-guard"}));
   for (std::size_t k = 0; k < kHostChainCount; ++k)
     if (k != kHostChainForward) CHECK(chains[k].rules.at(0).first == "iifname != \"tap*\" return");
   // The interface pattern is the option's.
-  const auto vm = forward_rules({"--sni-guard", "--sandbox-ifaces", "vm-*"});
-  CHECK(vm.at(2).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
-  CHECK(vm.at(6) == "iifname != \"vm-*\" return");
-  // xt: the queue and the mark rules are iptables'; nft keeps the rejected replies' drop.
+  const auto vm = guard_forward_rules({"--sni-guard", "--sandbox-ifaces", "vm-*"});
+  CHECK(vm.at(1).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
+  CHECK(vm.at(4) == "iifname != \"vm-*\" return");
+  // xt: the queue is iptables'; nft keeps the mark rules and the rejected replies' drop.
   const auto xt = forward_rules({"--sni-guard", "--queue-backend", "xt"});
-  CHECK(xt.at(0) == from + "tcp sport { 443, 80 } ct direction reply ct mark & 0x00c00000 == 0x00800000 counter drop");
-  CHECK(xt.at(1) == "iifname != \"tap*\" return");
+  CHECK(std::vector<std::string>(xt.begin(), xt.begin() + std::ptrdiff_t(head.size())) == head);
+  const auto xt_pre = guard_forward_rules({"--sni-guard", "--queue-backend", "xt"});
+  CHECK(xt_pre.at(0) == pre_head.at(0));
+  CHECK(xt_pre.at(1) == "iifname != \"tap*\" return");
 }
 
 TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and backstop, the queue is iptables' on FORWARD") {
   const std::vector<std::string> fwd = forward_rules({"--sni-guard", "--queue-backend", "xt"});
+  const std::vector<std::string> pre = guard_forward_rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(count_with(fwd, " queue ") == 0);
-  // The two mark rules are iptables'; the SYN's (which read the pair sets) nft's, with either backend.
-  CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set") == 0);
-  CHECK(count_with(fwd, "ct mark set") == 3);
-  CHECK(count_with(fwd, "ct state invalid,untracked counter drop") == 1);
+  CHECK(count_with(pre, " queue ") == 0);
+  // The mark rules are nft's, after the xt queue (mangle, -150), with either backend; so are
+  // the SYN's (which read the pair sets), before it.
+  CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set") == 2);  // the client's and the server's
+  CHECK(count_with(fwd, "ct mark set") == 4);
+  CHECK(count_with(pre, "ct mark set") == 3);
+  CHECK(count_with(pre, "ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "counter reject with tcp reset") == 2);  // the guard's and the final one
   CHECK(count_with(fwd, "ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 counter "
                         "drop") == 1);
@@ -754,14 +819,14 @@ TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and 
       replies += reply;
       CHECK(line.find(reply ? "-m multiport --sports " : "-m multiport --dports 443,80 ") != std::string::npos);
       CHECK(line.find(reply ? "--ctdir ORIGINAL" : "--ctdir REPLY") == std::string::npos);
-      CHECK(line.find("-m connmark --mark 0xc00000/0xc00000 -m mark --mark 0x0/0x200000") != std::string::npos);
+      CHECK(line.find("-m connmark --mark 0xc00000/0xc00000 -j NFQUEUE") != std::string::npos);
+      CHECK(line.find("-m mark") == std::string::npos);
       CHECK(line.find("bypass") == std::string::npos);
     }
     CHECK(nfq == 4);
     CHECK(replies == 3);
-    CHECK(xt.find("CONNMARK --and-mark") == std::string::npos);  // the SYN's rules are nft's
-    CHECK(xt.find("--ctdir ORIGINAL -m connmark --mark 0xc00000/0xc00000 -m mark --mark 0x0/0x200000 -j NFQUEUE") !=
-          std::string::npos);
+    CHECK(xt.find("CONNMARK") == std::string::npos);  // the SYN's and the verdicts' rules are nft's
+    CHECK(xt.find("--ctdir ORIGINAL -m connmark --mark 0xc00000/0xc00000 -j NFQUEUE") != std::string::npos);
     CHECK(xt.find("--tcp-flags SYN SYN -m conntrack --ctdir ORIGINAL") == std::string::npos);
     CHECK(xt.find("nft-rules --host --sni-guard --queue-backend xt --print") != std::string::npos);
   }
@@ -810,6 +875,39 @@ TEST_CASE("host judge: serve --host --sni-guard needs a host ruleset printed wit
   std::size_t rules = 0;
   for (const auto& c : guarded.chains) rules += c.rules.size();
   CHECK(judge_host_ruleset(guarded, e).rules == rules);
+  CHECK(judge_host_ruleset(guarded, e).chain == "prerouting,dns_redirect,input,forward,guard_forward");
+  // Without guard_forward (a verdict mark forged before the queue would reach forward's mark
+  // rules), or with it after iptables' mangle (where the xt queue is): not in force.
+  TableSeen cut = guarded;
+  cut.chains.pop_back();
+  s = judge_host_ruleset(cut, e);
+  CHECK_MESSAGE(s.reason.find("holds no chain marked as chain 4 of 5 (the guard_forward chain") != std::string::npos,
+                s.reason);
+  cut = guarded;
+  cut.chains[kHostChainGuard].priority = -140;
+  s = judge_host_ruleset(cut, e);
+  CHECK_MESSAGE(s.reason.find("chain guard_forward (chain 4 of 5) is at priority -140, not -175") == 0, s.reason);
+  cut = guarded;
+  cut.chains[kHostChainForward].priority = -180;
+  CHECK_FALSE(judge_host_ruleset(cut, e).in_force());
+  // What `nft-rules --host --sni-guard` printed for NF_REPEAT verdicts: four chains, the
+  // forward one guard=on (its rules read the verdict where they queued).
+  TableSeen repeat = guarded;
+  repeat.chains.pop_back();
+  for (ChainSeen& ch : repeat.chains) {
+    const auto m = parse_chain_comment(ch.comment).value();
+    ch.comment = ruleset_chain_comment(m.id, m.rules, m.chain, kHostChainCount, m.guard);
+    for (std::size_t i = 0; i < ch.rules.size(); ++i)
+      ch.rules[i].comment = ruleset_rule_comment(m.id, i, m.rules, m.chain, kHostChainCount);
+  }
+  s = judge_host_ruleset(repeat, e);
+  CHECK_MESSAGE(s.reason.find("the host ruleset in force has 4 chains where `nft-rules --host --sni-guard` prints 5: "
+                              "it was printed by an older nft-rules") == 0,
+                s.reason);
+  // The priorities of a ruleset printed without the guard are not judged.
+  TableSeen moved_plain = plain;
+  moved_plain.chains[kHostChainForward].priority = 10;
+  CHECK(judge_host_ruleset(moved_plain, expectation()).in_force());
 }
 
 TEST_CASE("host ruleset with the guard (ports=): port sets keyed by guest, and pairs open on the guarded and ports= ports only") {
@@ -904,7 +1002,7 @@ RulesetExpectation guest_expectation(bool guard) {
 }
 }  // namespace
 
-TEST_CASE("in-guest ruleset --sni-guard: output and input chains, each marked with its place and one id, in force as printed") {
+TEST_CASE("in-guest ruleset --sni-guard: output, input and the two guard chains, each marked with its place and one id, in force as printed") {
   for (const auto& args : {std::vector<std::string>{"--sni-guard"},
                            std::vector<std::string>{"--sni-guard", "--queue-backend", "xt"}}) {
     CAPTURE(args.size());
@@ -916,14 +1014,16 @@ TEST_CASE("in-guest ruleset --sni-guard: output and input chains, each marked wi
       const PrintedChain& c = chains[k];
       CAPTURE(c.name);
       CHECK(c.name == kGuestChains[k].name);
-      CHECK(c.type_line == (k == kGuestChainOutput ? "type filter hook output priority filter; policy drop;"
-                                                   : "type filter hook input priority filter; policy accept;"));
+      CHECK(c.type_line == (k == kGuestChainOutput        ? "type filter hook output priority filter; policy drop;"
+                            : k == kGuestChainInput       ? "type filter hook input priority filter; policy accept;"
+                            : k == kGuestChainGuardOutput ? "type filter hook output priority mangle - 25; policy accept;"
+                                                          : "type filter hook input priority mangle - 25; policy accept;"));
       const auto mark = parse_chain_comment(c.comment);
       REQUIRE_MESSAGE(mark, c.comment);
       CHECK(mark->chain == k);
       CHECK(mark->chains == kGuestGuardChains);
       CHECK(mark->rules == c.rules.size());
-      CHECK(mark->guard);  // both hold the guard's rules
+      CHECK(mark->guard);  // all hold the guard's rules
       if (!id) id = mark->id;
       CHECK(mark->id == *id);
       for (std::size_t i = 0; i < c.rules.size(); ++i) {
@@ -940,18 +1040,29 @@ TEST_CASE("in-guest ruleset --sni-guard: output and input chains, each marked wi
     const TableSeen t = guest_seen(text);
     RulesetStatus s = judge_ruleset(t, guest_expectation(true));
     CHECK_MESSAGE(s.in_force(), s.reason);
-    CHECK(s.chain == "output,input");
-    CHECK(s.rules == chains[0].rules.size() + chains[1].rules.size());
+    CHECK(s.chain == "output,input,guard_output,guard_input");
+    CHECK(s.rules == chains[0].rules.size() + chains[1].rules.size() + chains[2].rules.size() + chains[3].rules.size());
     s = judge_ruleset(t, guest_expectation(false));
     CHECK_MESSAGE(s.reason.find("printed with --sni-guard, but serve runs without it") != std::string::npos, s.reason);
     TableSeen cut = t;
+    cut.chains.erase(cut.chains.begin() + 1);
+    s = judge_ruleset(cut, guest_expectation(true));
+    CHECK_MESSAGE(s.reason.find("holds no chain marked as chain 1 of 4 (the input chain") != std::string::npos, s.reason);
+    cut = t;
     cut.chains.pop_back();
     s = judge_ruleset(cut, guest_expectation(true));
-    CHECK_MESSAGE(s.reason.find("holds no chain marked as chain 1 of 2 (the input chain") != std::string::npos, s.reason);
+    CHECK_MESSAGE(s.reason.find("holds no chain marked as chain 3 of 4 (the guard_input chain") != std::string::npos,
+                  s.reason);
     cut = t;
     cut.chains[1].hook = 3;
     s = judge_ruleset(cut, guest_expectation(true));
-    CHECK_MESSAGE(s.reason == "chain input (chain 1 of 2) is on the output hook, not input", s.reason);
+    CHECK_MESSAGE(s.reason == "chain input (chain 1 of 4) is on the output hook, not input", s.reason);
+    // The guard chains' priority as printed: -175, between conntrack and iptables' mangle.
+    CHECK(t.chains[2].priority == -175);
+    cut = t;
+    cut.chains[2].priority = -150;
+    s = judge_ruleset(cut, guest_expectation(true));
+    CHECK_MESSAGE(s.reason.find("chain guard_output (chain 2 of 4) is at priority -150, not -175") == 0, s.reason);
   }
   // One id for both chains, covering the input chain's text too.
   const auto id_of = [](std::vector<std::string> args) {

@@ -52,6 +52,7 @@ std::vector<XtRuleSeen> seen_from(const std::string& text) {
       if (w[i] == "-j" && w[i + 1] == "NFQUEUE") r.nfqueue = true;
       if (w[i] == "--queue-num") r.queue_num = uint16_t(std::stoi(w[i + 1]));
       if (w[i] == "--queue-bypass") r.bypass = true;
+      if (w[i] == "-j" && w[i + 1] == "CONNMARK") r.connmark = true;
     }
     out.push_back(r);
   }
@@ -190,6 +191,17 @@ TEST_CASE("the xt judge names each missing or changed part of the queue") {
            if (x.nfqueue) x.bypass = true;
        },
        "chain DNSWARD_GUARD queues with --queue-bypass (fail open)"},
+      // The CONNMARK rules an older `nft-rules` printed here (for NF_REPEAT verdicts, read
+      // where they queued): another layout than the nft ruleset beside it.
+      {"a CONNMARK rule of an older print", &guest,
+       [](auto& r) {
+         XtRuleSeen x;
+         x.chain = kXtGuardChain;
+         x.connmark = true;
+         r.insert(r.begin(), x);
+       },
+       "chain DNSWARD_GUARD holds CONNMARK rules: it was printed by an older `nft-rules`, for verdicts repeated in "
+       "this chain (NF_REPEAT); load it again"},
       // An NFQUEUE elsewhere (another chain of mangle) is not the guard's.
       {"queues in another chain", &guest,
        [](auto& r) {

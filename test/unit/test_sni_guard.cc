@@ -1567,3 +1567,26 @@ TEST_CASE("a TCP Fast Open SYN is dropped whatever it names: its SYN-ACK could a
   CHECK(w.guard->counts().mismatch == 2);
   CHECK(w.guard->counts().allowed == 0);
 }
+
+TEST_CASE("under a ruleset not in force every verdict is a drop: accept would skip the reset an older ruleset made where it queued") {
+  Recorder out;
+  bool in_force = true;
+  RulesetGatedVerdicts gated(out, [&] { return in_force; });
+  gated.verdict(1, GuardVerdict::Allow, 0x00600000);
+  gated.verdict(2, GuardVerdict::Reject, 0x00a00000);
+  in_force = false;
+  for (const GuardVerdict v : {GuardVerdict::Allow, GuardVerdict::Reject, GuardVerdict::Watch, GuardVerdict::Pass,
+                               GuardVerdict::Drop})
+    gated.verdict(3, v, 0x00e00000);
+  in_force = true;
+  gated.verdict(4, GuardVerdict::Pass, 0x00200000);
+  CHECK(out.given == std::vector<Given>{{1, GuardVerdict::Allow, 0x00600000},
+                                         {2, GuardVerdict::Reject, 0x00a00000},
+                                         {3, GuardVerdict::Drop, 0},
+                                         {3, GuardVerdict::Drop, 0},
+                                         {3, GuardVerdict::Drop, 0},
+                                         {3, GuardVerdict::Drop, 0},
+                                         {3, GuardVerdict::Drop, 0x00e00000},
+                                         {4, GuardVerdict::Pass, 0x00200000}});
+  CHECK(gated.dropped() == 4);
+}

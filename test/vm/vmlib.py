@@ -90,7 +90,7 @@ meta.allowed.test
 #   RULESET: what `dnsward nft-rules` needs (the README lists it; the in-guest check proves
 #        that this list is enough).
 #   LATER: what the host-mode and SNI issues use (queue verdicts, conntrack over netlink,
-#        redirection, the guard's `socket mark`), loaded so that the guest shows they load
+#        redirection; nft_socket, which the guard's ruleset no longer uses), loaded so that the guest shows they load
 #        on 6.1.
 NET = ["virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay", "veth", "tun"]
 RULESET = ["nf_tables", "nft_ct", "nft_reject_inet", "nft_log", "nf_log_syslog"]

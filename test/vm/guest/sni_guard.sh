@@ -33,14 +33,20 @@ re() { echo "$1" | sed 's/\./\\./g'; }  # a name or address as an ERE matching o
 dnsward nft-rules --upstream "$dw_upstream" --user dnsward --sni-guard > $SNI_RULES
 if nft -f $SNI_RULES 2>/tmp/nft-sni.err; then
   # Four queue rules, each nftables' own queue to 53 (no xt NFQUEUE), none with `bypass`
-  # (with no reader on the queue it drops, never passes): the client's payload in output,
-  # the server's SYN-ACK, payload and HTTP packets in input (three), of connections the SYN
-  # marked guarded (both families alike).
+  # (with no reader on the queue it drops, never passes): the client's payload in
+  # guard_output, the server's SYN-ACK, payload and HTTP packets in guard_input (three), of
+  # connections the SYN marked guarded (both families alike); the guard chains at priority
+  # -175, before the filter chains that read dnsward's verdicts (NF_ACCEPT goes on to them).
   q=$(nft list table inet dnsward | grep -E ' queue ')
-  is sni_guard_ruleset_loads_with_nft_queue_on_6_1 "4 4 0 0 3" \
+  is sni_guard_ruleset_loads_with_nft_queue_on_6_1 "4 4 0 0 1 3 0 0 -175 -175" \
     "$(echo "$q" | grep -c .) $(echo "$q" | grep -cE 'queue (num|to) 53( |$)') \
 $(echo "$q" | grep -c bypass) $(nft list ruleset | grep -ci nfqueue) \
-$(nft list chain inet dnsward input | grep -cE ' queue ')"
+$(nft list chain inet dnsward guard_output | grep -cE ' queue ') \
+$(nft list chain inet dnsward guard_input | grep -cE ' queue ') \
+$(nft list chain inet dnsward output | grep -cE ' queue ') \
+$(nft list chain inet dnsward input | grep -cE ' queue ') \
+$(nft list chain inet dnsward guard_output | sed -n 's/.*priority \(-*[0-9]*\);.*/\1/p') \
+$(nft list chain inet dnsward guard_input | sed -n 's/.*priority \(-*[0-9]*\);.*/\1/p')"
 else
   check sni_guard_ruleset_loads_with_nft_queue_on_6_1 fail \
     "nft -f: $(head -c 600 /tmp/nft-sni.err | tr '\n' ' ')"
