@@ -317,8 +317,8 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   o.pre_note("# verdict. A SYN on an entry that was guarded (conntrack reuses a closed entry, mark and");
   o.pre_note("# all) makes it guarded again, without a verdict: a new handshake is judged anew.");
   o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn ct mark & {} != 0 ct mark "
-                         "set ct mark | {}",
-                         ports, verdicts, verdicts));
+                         "set ct mark & 0x{:08x} | {}",
+                         ports, verdicts, ~m.seen, verdicts));
   for (const auto& f : o.families)
     o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags & (syn | ack) == syn {} ct mark set ct mark | "
                            "{}",
@@ -331,6 +331,25 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // vouched destination on a guarded port still without a verdict bit is not guarded:
   // dropped, whatever its direction or flags (the eighth review: a SYN-flagged segment with
   // data on an entry the server's packet had opened).
+  // A SYN cookie outlives the connection on its four-tuple: a server in SYN-cookie mode keeps
+  // nothing for a SYN it answers, and opens a connection for any later ACK of its cookie
+  // that reaches it (RFC 4987 3.6) once no socket holds the tuple. The ninth review got a
+  // cookie for one handshake, opened a second on the same ports that was allowed, ended it
+  // with a raw reset, and sent the first cookie's ACK with a request for another name: on
+  // the entry still marked allowed, in its window by construction, it was never queued, and
+  // the server read it. After a connection ends (a reset either way, the server's FIN) the
+  // client sends nothing more on it: its entry is marked closed (the judged bit, which only
+  // packets carry otherwise, in the conntrack mark), and the client's data on a closed entry
+  // is reset, unread. A SYN (above) clears it: a new handshake is judged anew.
+  o.pre_note("# A connection whose end was seen (a reset, the server's FIN: the judged bit in its");
+  o.pre_note("# conntrack mark) takes no more data from the client: a SYN cookie would open a");
+  o.pre_note("# server's connection on it, never queued. A new SYN clears the mark (above).");
+  o.pre_rule(fmt::format("tcp dport {} ct direction original tcp flags rst ct mark & {} != 0 ct mark set ct mark | "
+                         "0x{:08x}",
+                         ports, verdicts, m.seen));
+  o.pre_rule(fmt::format("tcp dport {} ct direction original ct mark & 0x{:08x} != 0 @ih,0,8 0-255 counter reject "
+                         "with tcp reset",
+                         ports, m.seen));
   o.pre_note("# A connection to " + std::string(dest) + " that is not guarded by now (conntrack picked it");
   o.pre_note("# up mid-stream, or saw the server first) is dropped: its first flight would go unjudged.");
   for (const auto& f : o.families)
@@ -393,6 +412,12 @@ void render_guard_rules(const ServeConfig& c, const GuardRuleOut& o) {
   // stream starts, its later packets how much of the judged flight it read, and its first
   // record whether it asked for a second ClientHello (a HelloRetryRequest).
   const std::string out = o.outside + " ";
+  o.reply_pre_note("# The first-flight guard (--sni-guard): the server's end of a guarded connection (its");
+  o.reply_pre_note("# FIN or reset) marks its entry closed: the client's data after it is reset (a SYN");
+  o.reply_pre_note("# cookie would open a server's connection on it).");
+  o.reply_pre_rule(fmt::format("{}tcp sport {} ct direction reply tcp flags & (fin | rst) != 0 ct mark & {} != 0 ct "
+                               "mark set ct mark | 0x{:08x}",
+                               out, ports, verdicts, m.seen));
   if (c.queue_backend == QueueBackend::Nft) {
     o.reply_pre_note("# The first-flight guard (--sni-guard): the server's packets of connections it has not");
     o.reply_pre_note("# decided go to dnsward too. A client's acknowledgment numbers can be forged (a raw");

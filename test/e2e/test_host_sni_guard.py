@@ -367,6 +367,31 @@ class HostSniGuard(unittest.TestCase):
             sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
             in_guest("B", "nft", "delete", "table", "inet", "cookie_attack")
 
+    def test_a_syn_cookie_cannot_open_a_connection_on_an_entry_allowed_for_another_name(self):
+        """The ninth review (of 357ab82), from B's root, against a front end sending SYN
+        cookies: a cookie got for one handshake (rejected), a second handshake on the same
+        ports allowed for b.test, that connection ended by a raw reset, and
+        the first cookie's ACK with a request for a.test on the entry still allowed: the
+        front end opened a connection from the cookie and answered ("hello a.test sni=-"). A
+        connection's end in either direction (a reset; the server's FIN) now marks its entry
+        closed: the client's data after it is reset."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        cookies = ("ip", "netns", "exec", NET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
+        old = sh(*cookies).stdout.strip()
+        in_guest("B", "nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
+                 "  type filter hook output priority 0; policy accept;\n"
+                 f"  ip daddr {SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
+        sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
+        try:
+            r = in_guest("B", "/usr/bin/python3", os.path.join(here, "cookie_resurrect_attack.py"), guest4("B"),
+                         SHARED, "b.test", "a.test", timeout=60)
+            out = (r.stdout + r.stderr).strip()
+            self.assertNotIn("a.test", out, out)
+            self.assertEqual(out, "error reset")  # and not an earlier step's error: the attack ran
+        finally:
+            sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
+            in_guest("B", "nft", "delete", "table", "inet", "cookie_attack")
+
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),
                          (0, "hello b.test sni=b.test\n"))

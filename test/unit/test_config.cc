@@ -1210,11 +1210,17 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undeci
             clear,
             "tcp dport { 443, 80 } ct state invalid,untracked counter drop",
             "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark & 0x00c00000 != 0 ct "
-            "mark set ct mark | 0x00c00000",
+            "mark set ct mark & 0xffdfffff | 0x00c00000",
             "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip daddr @allowed4 ct mark set "
             "ct mark | 0x00c00000",
             "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ip6 daddr @allowed6 ct mark set "
             "ct mark | 0x00c00000",
+            // A connection's end marks its entry closed (the judged bit); the client's data on a
+            // closed entry is reset (a SYN cookie would open a server's connection on it).
+            "tcp dport { 443, 80 } ct direction original tcp flags rst ct mark & 0x00c00000 != 0 ct mark set ct mark | "
+            "0x00200000",
+            "tcp dport { 443, 80 } ct direction original ct mark & 0x00200000 != 0 @ih,0,8 0-255 counter reject with "
+            "tcp reset",
             "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip daddr @allowed4 counter drop",
             "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip6 daddr @allowed6 counter drop",
             "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn @ih,0,8 0-255 counter drop",
@@ -1247,8 +1253,11 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undeci
   // server packets dropped.
   CHECK(chain_lines(nft, "guard_input").at(0) == "type filter hook input priority mangle - 25; policy accept;");
   const std::string reply = "ct direction reply " + guarded + " ";
+  const std::string closing = "iif != \"lo\" tcp sport { 443, 80 } ct direction reply tcp flags & (fin | rst) != 0 ct "
+                              "mark & 0x00c00000 != 0 ct mark set ct mark | 0x00200000";
   CHECK(bodies(nft, "guard_input") == std::vector<std::string>{
                                           clear,
+                                          closing,
                                           "iif != \"lo\" tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
                                           "iif != \"lo\" tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
                                           "iif != \"lo\" tcp sport { 80 } " + reply + "queue num 53"});
@@ -1297,7 +1306,7 @@ TEST_CASE("nft-rules --sni-guard: every queue rule judges only packets of undeci
     CAPTURE(chain);
     CHECK(bodies(xt_nft, chain) == without_queues(nft, chain));
   }
-  CHECK(bodies(xt_nft, "guard_input") == std::vector<std::string>{clear});
+  CHECK(bodies(xt_nft, "guard_input") == std::vector<std::string>{clear, closing});
   for (const int af : {AF_INET, AF_INET6}) {
     CAPTURE(af);
     const std::string xt = render_xt_rules(xc, af);

@@ -628,7 +628,8 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
     CHECK(count_with(post, part) == 0);
   }
   // What reads a verdict is forward's, after the queue.
-  for (const char* part : {"meta mark & 0x00c00000 == 0x00400000 ct mark set", "counter reject with tcp reset",
+  for (const char* part : {"meta mark & 0x00c00000 == 0x00400000 ct mark set",
+                           "ct direction original ct mark & 0x00c00000 == 0x00800000",
                            "meta mark & 0x00c00000 != 0x00c00000"}) {
     CAPTURE(part);
     CHECK(count_with(pre_all, part) == 0);
@@ -640,7 +641,13 @@ TEST_CASE("host ruleset --sni-guard: the forward chain judges (guest . destinati
   const std::string unjudged = "ct direction original ct mark & 0x00c00000 == 0x00c00000";  // guarded, undecided
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct direction original tcp flags & (syn | ack) == syn ct mark & 0x00c00000 "
-                        "!= 0 ct mark set ct mark | 0x00c00000") == 1);
+                        "!= 0 ct mark set ct mark & 0xffdfffff | 0x00c00000") == 1);
+  // A connection's end marks its entry closed (the judged bit in the conntrack mark): the
+  // guest's data after it is reset (a SYN cookie would open a server's connection on it).
+  CHECK(count_with(pre, "tcp dport { 443, 80 } ct direction original tcp flags rst ct mark & 0x00c00000 != 0 ct mark "
+                        "set ct mark | 0x00200000") == 1);
+  CHECK(count_with(pre, "tcp dport { 443, 80 } ct direction original ct mark & 0x00200000 != 0 @ih,0,8 0-255 counter "
+                        "reject with tcp reset") == 1);
   CHECK(count_with(fwd, "ct mark set ct mark & 0xff3fffff") == 2);  // the verdicts' only: a SYN never downgrades
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip saddr . ip daddr @allowed4 counter drop") == 1);  // picked up mid-stream
   CHECK(count_with(fwd, "tcp dport { 443, 80 } ct mark & 0x00c00000 == 0 ip6 saddr . ip6 daddr @allowed6 counter drop") == 1);
@@ -742,8 +749,11 @@ TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are q
   const std::string from = "iifname != \"tap*\" ";
   const std::string guarded = "ct mark & 0x00c00000 == 0x00c00000 ";
   const std::string reply = "ct direction reply " + guarded;
+  const std::string closing = "tcp sport { 443, 80 } ct direction reply tcp flags & (fin | rst) != 0 ct mark & "
+                              "0x00c00000 != 0 ct mark set ct mark | 0x00200000";
   const std::vector<std::string> pre_head = {
       "meta mark & 0x00e00000 != 0 counter meta mark set meta mark & 0xff1fffff",
+      from + closing,
       from + "tcp sport { 443 } " + reply + "tcp flags syn queue num 53",
       from + "tcp sport { 443 } " + reply + "@ih,0,8 0-255 queue num 53",
       from + "tcp sport { 80 } " + reply + "queue num 53",
@@ -769,14 +779,16 @@ TEST_CASE("host ruleset --sni-guard: the servers' replies to vouched pairs are q
     if (k != kHostChainForward) CHECK(chains[k].rules.at(0).first == "iifname != \"tap*\" return");
   // The interface pattern is the option's.
   const auto vm = guard_forward_rules({"--sni-guard", "--sandbox-ifaces", "vm-*"});
-  CHECK(vm.at(1).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
-  CHECK(vm.at(4) == "iifname != \"vm-*\" return");
+  CHECK(vm.at(1) == "iifname != \"vm-*\" " + closing);
+  CHECK(vm.at(2).rfind("iifname != \"vm-*\" tcp sport { 443 } ct direction reply", 0) == 0);
+  CHECK(vm.at(5) == "iifname != \"vm-*\" return");
   // xt: the queue is iptables'; nft keeps the mark rules and the rejected replies' drop.
   const auto xt = forward_rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(std::vector<std::string>(xt.begin(), xt.begin() + std::ptrdiff_t(head.size())) == head);
   const auto xt_pre = guard_forward_rules({"--sni-guard", "--queue-backend", "xt"});
   CHECK(xt_pre.at(0) == pre_head.at(0));
-  CHECK(xt_pre.at(1) == "iifname != \"tap*\" return");
+  CHECK(xt_pre.at(1) == from + closing);
+  CHECK(xt_pre.at(2) == "iifname != \"tap*\" return");
 }
 
 TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and backstop, the queue is iptables' on FORWARD") {
@@ -788,7 +800,7 @@ TEST_CASE("host ruleset --sni-guard --queue-backend xt: nft keeps the reset and 
   // the SYN's (which read the pair sets), before it.
   CHECK(count_with(fwd, "meta mark & 0x00c00000 == 0x00400000 ct mark set") == 2);  // the client's and the server's
   CHECK(count_with(fwd, "ct mark set") == 4);
-  CHECK(count_with(pre, "ct mark set") == 3);
+  CHECK(count_with(pre, "ct mark set") == 5);  // the SYN's three, the ends' two
   CHECK(count_with(pre, "ct state invalid,untracked counter drop") == 1);
   CHECK(count_with(fwd, "counter reject with tcp reset") == 2);  // the guard's and the final one
   CHECK(count_with(fwd, "ct mark & 0x00c00000 == 0x00c00000 meta mark & 0x00c00000 != 0x00c00000 @ih,0,8 0-255 counter "
