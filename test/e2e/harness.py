@@ -1,6 +1,7 @@
 """Shared fixtures for the end-to-end tests: a real knot upstream serving test zones on
 loopback, an optional recording relay in front of it (to see what reached the upstream),
 and the real dnsward binary. Nothing here talks to the machine's own resolver."""
+import contextlib
 import os
 import re
 import shutil
@@ -89,6 +90,29 @@ def fast_open_drops(chain_text):
         if "tcp flags" in line and "@ih,0,8" in line and "meta mark" not in line:
             return int(re.search(r"counter packets (\d+)", line).group(1))
     raise AssertionError("no Fast Open rule in\n" + chain_text)
+
+
+@contextlib.contextmanager
+def syn_cookies(server_ns, client, dst, priority=0):
+    """The attacks on the guard through SYN cookies, set up and undone after: the front end in
+    server_ns always answers with cookies (net.ipv4.tcp_syncookies=2, as a SYN flood makes
+    any server do), and the client's namespace (client: the command prefix that runs there)
+    drops its kernel's RSTs to dst, but the raw scripts' (rawtcp.MARK), at that priority
+    (before dnsward's chains where they share a hook: its guard chains take a reset as a
+    connection's end)."""
+    import rawtcp
+    key = "net.ipv4.tcp_syncookies"
+    server = ("ip", "netns", "exec", server_ns)
+    old = sh(*server, "sysctl", "-q", "-n", key).stdout.strip()
+    sh(*client, "nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
+       f"  type filter hook output priority {priority}; policy accept;\n"
+       f"  ip daddr {dst} tcp flags rst meta mark != {rawtcp.MARK:#x} drop\n }}\n}}\n")
+    try:
+        sh(*server, "sysctl", "-q", "-w", f"{key}=2")
+        yield
+    finally:
+        sh(*server, "sysctl", "-q", "-w", f"{key}={old}")
+        sh(*client, "nft", "delete", "table", "inet", "cookie_attack", check=False)
 
 
 def pickup_drops(chain_text):

@@ -19,7 +19,7 @@ import unittest
 import dns.message
 import dns.query
 
-from harness import conntrack_has, fast_open_drops, pickup_drops, BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
+from harness import conntrack_has, fast_open_drops, pickup_drops, syn_cookies, BIN, clean_env, enter_new_netns, free_port, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 NET = f"dwg{TAG}net"
@@ -342,30 +342,21 @@ class HostSniGuard(unittest.TestCase):
         the connection, and the guard takes only acknowledgments of server bytes it saw sent
         and server packets that continue the stream it saw start."""
         here = os.path.dirname(os.path.abspath(__file__))
-        cookies = ("ip", "netns", "exec", NET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
-        old = sh(*cookies).stdout.strip()
-        in_guest("B", "nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
-                 "  type filter hook output priority 0; policy accept;\n"
-                 f"  ip daddr {SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
-        sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
-        try:
-            for mode in ("data", "bare"):
-                with self.subTest(mode=mode):
-                    # The first of the cookie's SYN-ACK (conflict) and the ACK of it (unsent_ack)
-                    # to reach the guard rejects the connection; the other meets the reset.
-                    rejected = lambda: sum(len(events("first-flight-rejected", reason=why, sandbox="B"))
-                                           for why in ("conflict", "unsent_ack"))
-                    before = rejected()
+        for mode in ("data", "bare"):
+            with self.subTest(mode=mode):
+                # The first of the cookie's SYN-ACK (conflict) and the ACK of it (unsent_ack) to
+                # reach the guard rejects the connection; the other meets the reset.
+                rejected = lambda: sum(len(events("first-flight-rejected", reason=why, sandbox="B"))
+                                       for why in ("conflict", "unsent_ack"))
+                before = rejected()
+                with syn_cookies(NET, ("ip", "netns", "exec", guest_ns("B")), SHARED):
                     r = in_guest("B", "/usr/bin/python3", os.path.join(here, "cookie_shift_attack.py"), guest4("B"),
                                  SHARED, "80", mode, "b.test", "a.test", timeout=40)
-                    out = (r.stdout + r.stderr).strip()
-                    self.assertNotIn("a.test", out, out)
-                    self.assertNotIn("no SYN-ACK", out)  # the attack ran
-                    self.assertTrue(out.startswith("error reset"), out)
-                    self.assertEqual(rejected(), before + 1, out)
-        finally:
-            sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
-            in_guest("B", "nft", "delete", "table", "inet", "cookie_attack")
+                out = (r.stdout + r.stderr).strip()
+                self.assertNotIn("a.test", out, out)
+                self.assertNotIn("no SYN-ACK", out)  # the attack ran
+                self.assertTrue(out.startswith("error reset"), out)
+                self.assertEqual(rejected(), before + 1, out)
 
     def test_a_syn_cookie_cannot_open_a_connection_on_an_entry_allowed_for_another_name(self):
         """The ninth review (of 357ab82), from B's root, against a front end sending SYN
@@ -376,21 +367,12 @@ class HostSniGuard(unittest.TestCase):
         connection's end in either direction (a reset; the server's FIN) now marks its entry
         closed: the client's data after it is reset."""
         here = os.path.dirname(os.path.abspath(__file__))
-        cookies = ("ip", "netns", "exec", NET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
-        old = sh(*cookies).stdout.strip()
-        in_guest("B", "nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
-                 "  type filter hook output priority 0; policy accept;\n"
-                 f"  ip daddr {SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
-        sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
-        try:
+        with syn_cookies(NET, ("ip", "netns", "exec", guest_ns("B")), SHARED):
             r = in_guest("B", "/usr/bin/python3", os.path.join(here, "cookie_resurrect_attack.py"), guest4("B"),
                          SHARED, "b.test", "a.test", timeout=60)
-            out = (r.stdout + r.stderr).strip()
-            self.assertNotIn("a.test", out, out)
-            self.assertEqual(out, "error reset")  # and not an earlier step's error: the attack ran
-        finally:
-            sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
-            in_guest("B", "nft", "delete", "table", "inet", "cookie_attack")
+        out = (r.stdout + r.stderr).strip()
+        self.assertNotIn("a.test", out, out)
+        self.assertEqual(out, "error reset")  # and not an earlier step's error: the attack ran
 
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),

@@ -5,12 +5,14 @@ front end reports the TLS server_name and HTTP Host it saw. Clients run as `nobo
 capabilities unless the test says otherwise (the raw SYN needs CAP_NET_RAW alone, which
 container runtimes grant by default). The scripts need no waits: an attacker's packets
 reach dnsward through one queue, in the order sent; the tests wait for the scripts' exit."""
+import inspect
 import os
 import re
 import shutil
 import subprocess
 import unittest
 
+import rawtcp
 import test_sni_guard as g
 
 # Finishes a TLS handshake whose ClientHello was already sent on s, asks for other.test and
@@ -75,17 +77,9 @@ else:
 finish(s, tls, incoming, outgoing)
 """
 
-# The TCP checksum (RFC 9293 3.1) of a segment a raw socket sends.
-CSUM = r"""
-import struct
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
-"""
+# The TCP checksum (RFC 9293 3.1) of a segment a raw socket sends: rawtcp's, written into the
+# scripts below (some run without the test's directory on their path).
+CSUM = "\nimport struct\n" + inspect.getsource(rawtcp.csum)
 
 RAW_SYN = FINISH + CSUM + r"""
 import socket, ssl, struct, sys
@@ -370,6 +364,7 @@ def set_up_attackers():
     here = os.path.dirname(os.path.abspath(__file__))
     shutil.copy(os.path.join(here, "sni_polyglot.py"), g.workdir)
     shutil.copy(os.path.join(here, "hrr_client.py"), g.workdir)
+    shutil.copy(os.path.join(here, "rawtcp.py"), g.workdir)
     for name, source in (("rebase.py", "rebase_attack.py"), ("tfo_rebase.py", "tfo_rebase_attack.py")):
         with open(os.path.join(here, source)) as src, open(os.path.join(g.workdir, name), "w") as f:
             f.write(FINISH + src.read())
@@ -662,65 +657,44 @@ class PickedUpMidStream(unittest.TestCase):
 
 
 class SynCookieServer(unittest.TestCase):
+    """The ninth review's attacks through a front end's SYN cookies, with CAP_NET_RAW in-guest
+    (e2e_host_sni_guard runs them from a guest's root). The VM's kernel's RSTs are dropped
+    before dnsward's chains see them (priority -300, before conntrack's -200): an attacker
+    without CAP_NET_ADMIN cannot, and its kernel's reset of the raw handshake marks the entry
+    closed at once."""
+
+    def setUp(self):
+        self.here = os.path.dirname(os.path.abspath(__file__))
+
+    def attack(self, script, *args):
+        with g.syn_cookies(g.INET, ("ip", "netns", "exec", g.VM), g.SHARED, priority=-300):
+            r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", os.path.join(self.here, script), "198.18.0.2", g.SHARED,
+                        *args, check=False, timeout=60)
+        return (r.stdout + r.stderr).strip()
+
     def test_a_syn_cookie_server_cannot_be_made_to_read_the_flight_from_further_in(self):
-        """The ninth review's attack (CAP_NET_RAW in-guest; e2e_host_sni_guard runs it from a
-        guest's root): the front end sends SYN cookies (as a SYN flood makes any server do;
-        here always), a raw SYN's cookie predicts the cookie of a SYN d further, and its ACK
-        would open the front end's connection d bytes into a request for the allowed name,
-        where one for other.test hides. The cookie's ACK with data, and alone."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        cookies = ("ip", "netns", "exec", g.INET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
-        old = g.sh(*cookies).stdout.strip()
-        # The VM's kernel would reset the raw socket's connections: its RSTs are dropped before
-        # dnsward's chains see them (priority -300, before conntrack's -200). An attacker without
-        # CAP_NET_ADMIN cannot: its kernel's reset marks the entry closed at once.
-        g.in_vm("nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
-                "  type filter hook output priority -300; policy accept;\n"
-                f"  ip daddr {g.SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
-        g.sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
-        try:
-            for mode in ("data", "bare"):
-                with self.subTest(mode=mode):
-                    rejected = lambda: sum(len(g.events("first-flight-rejected", reason=why, addr=g.SHARED))
-                                           for why in ("conflict", "unsent_ack"))
-                    before = rejected()
-                    r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", os.path.join(here, "cookie_shift_attack.py"),
-                                "198.18.0.2", g.SHARED, "80", mode, "www.allowed.test", "other.test", check=False,
-                                timeout=40)
-                    out = (r.stdout + r.stderr).strip()
-                    self.assertNotIn("other.test", out, out)
-                    # (Sends after the reset fail locally: the ruleset rejects them, EPERM.)
-                    self.assertEqual(out.splitlines()[-1], "error reset", out)  # not "error no SYN-ACK": it ran
-                    self.assertEqual(rejected(), before + 1, out)
-        finally:
-            g.sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
-            g.in_vm("nft", "delete", "table", "inet", "cookie_attack", check=False)
+        """A raw SYN's cookie predicts the cookie of a SYN d further, and its ACK would open the
+        front end's connection d bytes into a request for the allowed name, where one for
+        other.test hides. The cookie's ACK with data, and alone."""
+        for mode in ("data", "bare"):
+            with self.subTest(mode=mode):
+                rejected = lambda: sum(len(g.events("first-flight-rejected", reason=why, addr=g.SHARED))
+                                       for why in ("conflict", "unsent_ack"))
+                before = rejected()
+                out = self.attack("cookie_shift_attack.py", "80", mode, "www.allowed.test", "other.test")
+                self.assertNotIn("other.test", out, out)
+                # (Sends after the reset fail locally: the ruleset rejects them, EPERM.)
+                self.assertEqual(out.splitlines()[-1], "error reset", out)  # not "error no SYN-ACK": it ran
+                self.assertEqual(rejected(), before + 1, out)
 
     def test_a_syn_cookie_cannot_open_a_connection_on_an_entry_allowed_for_another_name(self):
-        """The ninth review's second attack (CAP_NET_RAW in-guest; e2e_host_sni_guard runs it
-        from a guest's root): a cookie got for a handshake the guard rejected, a second
-        handshake on the same ports allowed for www.allowed.test and ended by a raw reset, then
-        the first cookie's ACK with a request for other.test on the entry still allowed. The
-        reset marks the entry closed now: the request is reset, unread."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        cookies = ("ip", "netns", "exec", g.INET, "sysctl", "-q", "-n", "net.ipv4.tcp_syncookies")
-        old = g.sh(*cookies).stdout.strip()
-        # The VM's kernel would reset the raw socket's connections: its RSTs are dropped before
-        # dnsward's chains see them (priority -300, before conntrack's -200). An attacker without
-        # CAP_NET_ADMIN cannot: its kernel's reset marks the entry closed at once.
-        g.in_vm("nft", "-f", "-", input="table inet cookie_attack {\n chain out {\n"
-                "  type filter hook output priority -300; policy accept;\n"
-                f"  ip daddr {g.SHARED} tcp flags rst meta mark != 0x77 drop\n }}\n}}\n")
-        g.sh(*cookies[:6], "-w", f"{cookies[-1]}=2")
-        try:
-            r = g.in_vm(*NET_RAW_ONLY, "/usr/bin/python3", os.path.join(here, "cookie_resurrect_attack.py"),
-                        "198.18.0.2", g.SHARED, "www.allowed.test", "other.test", check=False, timeout=60)
-            out = (r.stdout + r.stderr).strip()
-            self.assertNotIn("other.test", out, out)
-            self.assertEqual(out.splitlines()[-1], "error reset", out + g.log()[-2500:])  # not an earlier step's error: it ran
-        finally:
-            g.sh(*cookies[:6], "-w", f"{cookies[-1]}={old}")
-            g.in_vm("nft", "delete", "table", "inet", "cookie_attack", check=False)
+        """A cookie got for a handshake the guard rejected, a second handshake on the same ports
+        allowed for www.allowed.test and ended by a raw reset, then the first cookie's ACK with
+        a request for other.test on the entry still allowed. The reset marks the entry closed
+        now: the request is reset, unread."""
+        out = self.attack("cookie_resurrect_attack.py", "www.allowed.test", "other.test")
+        self.assertNotIn("other.test", out, out)
+        self.assertEqual(out.splitlines()[-1], "error reset", out)  # not an earlier step's error: it ran
 
 
 # The allowed bit of the default --guard-marks (0x00200000 judged, 0x00400000 allowed,

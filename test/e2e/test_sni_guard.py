@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import conntrack_has, fast_open_drops, pickup_drops, BIN, clean_env, queue_backend, require, sh, terminate, wait_for, write_knot_config
+from harness import conntrack_has, fast_open_drops, pickup_drops, syn_cookies, BIN, clean_env, queue_backend, require, sh, terminate, wait_for, write_knot_config
 
 TAG = f"{os.getpid() % 100000}"
 INET, VM = f"dwsinet{TAG}", f"dwsvm{TAG}"

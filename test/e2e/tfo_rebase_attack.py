@@ -9,15 +9,9 @@
 # usage: tfo_rebase_attack.py ADDR PORT http|tls WORKDIR CAFILE GOOD EVIL ttl1|md5
 #   (for tls, run with the test's finish() prepended)
 import select, socket, struct, sys
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
 addr, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, sys.argv[4])
+from rawtcp import csum
 good_name, evil_name, lose = sys.argv[6], sys.argv[7], sys.argv[8]
 if mode == "http":
     good = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % good_name.encode()
