@@ -223,6 +223,23 @@ int serve(const std::vector<std::string>& args) {
         std::fprintf(stderr, "dnsward: --sni-guard: netfilter queue %u: %s\n", cfg.queue_num, e.what());
         return 1;
       }
+      {
+        // With conntrack liberal (kube-proxy sets it), an ACK outside a connection's window
+        // passes: the bare ACK of a SYN cookie the guard never saw reaches the server, which
+        // then opens a connection further into the flight (see the README: a server that
+        // takes data acknowledging only the SYN-ACK seen would read it). Not refused: the
+        // host's choice, said at start.
+        std::FILE* f = std::fopen("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal", "r");
+        int liberal = 0;
+        if (f != nullptr) {
+          if (std::fscanf(f, "%d", &liberal) != 1) liberal = 0;
+          std::fclose(f);
+        }
+        if (liberal != 0)
+          log::warn("event=conntrack-liberal msg={}",
+                    log::quote("net.netfilter.nf_conntrack_tcp_be_liberal=1: the first-flight guard cannot count on "
+                               "conntrack to drop a SYN cookie's bare ACK; set it to 0 where you can"));
+      }
       if (cfg.queue_backend == QueueBackend::Xt) {
         // The xt queue is iptables-nft's, outside the ruleset serve judges by its marks:
         // without it nothing is queued and the backstop holds every guarded connection; and

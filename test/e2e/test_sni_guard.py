@@ -387,6 +387,14 @@ class SniGuard(unittest.TestCase):
                           check=False, timeout=20)
             r = serve()
             self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertNotIn("event=conntrack-liberal", r.stderr)
+            # With conntrack liberal, serve says at start that a SYN cookie's bare ACK is not
+            # stopped by conntrack (README: the SYN-cookie defences).
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1")
+            r = serve()
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("event=conntrack-liberal", r.stderr)
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=0")
             self.assertIn("dnsward: --queue-backend xt: the guard's queue is not loaded (iptables mangle: "
                           "chain DNSWARD_GUARD has 0 NFQUEUE rules to queue 53", r.stderr)
             # IPv4's loaded, IPv6's not: still refused, naming ip6tables.
