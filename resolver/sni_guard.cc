@@ -435,7 +435,12 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
   auto it = flows_.find(k);
   if (it != flows_.end()) {
     Flow& f = it->second;
-    if (f.srv_start == t.seq + 1 && f.start == start) {
+    // A SYN-ACK reaches dnsward only while the conntrack mark says guarded and undecided:
+    // on a connection decided and no longer watched, a SYN made it so again, and this is a
+    // new handshake, judged anew even with the same numbers (the tenth review: a SYN with
+    // the same ISN after a raw reset, and a server in SYN-cookie mode answers it with the
+    // same cookie; taken as sent again, the lingering Allow passed the next flight).
+    if (f.srv_start == t.seq + 1 && f.start == start && !(f.decided && !f.confirming)) {
       // Sent again (its ACK was lost, or the client's SYN came twice).
       give(id, mark, f.decided ? late(f) : GuardVerdict::Pass);
       return;
@@ -577,8 +582,16 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   Flow& f = it->second;
   if (f.decided) {
-    if (f.confirming) on_confirming(k, f, t, id, mark);
-    else give(id, mark, late(f));
+    if (f.confirming) {
+      on_confirming(k, f, t, id, mark);
+    } else {
+      // Client data queued after the connection was allowed for good: queued before its
+      // conntrack mark said so (the client's kernel resends it, unqueued, then), or data of
+      // a new connection on the same ports whose handshake dnsward did not see (a forged
+      // SYN-ACK on lo, a SYN the server dropped: the tenth review), which a SYN-cookie
+      // server would open a connection for. Dropped, never passed on the old Allow.
+      give(id, mark, f.verdict == GuardVerdict::Allow ? GuardVerdict::Drop : late(f));
+    }
     return;
   }
   f.held.push_back({id, mark});

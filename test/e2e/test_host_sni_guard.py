@@ -378,6 +378,19 @@ class HostSniGuard(unittest.TestCase):
                 self.assertNotIn("a.test", out, out)
                 self.assertEqual(out, "error reset")  # and not an earlier step's error: the attack ran
 
+    def test_a_new_handshake_with_the_same_numbers_does_not_ride_the_last_verdict(self):
+        """The tenth review (of 0fcd89b), from B's root, against a front end sending SYN
+        cookies: a connection allowed for b.test and ended by a raw reset, a SYN with the same
+        ISN within dnsward's linger, the same cookie back, and a request for a.test, which
+        passed on the old Allow ("hello a.test sni=-"). Judged anew now."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        with syn_cookies(NET, ("ip", "netns", "exec", guest_ns("B")), SHARED):
+            r = in_guest("B", "/usr/bin/python3", os.path.join(here, "cookie_linger_attack.py"), guest4("B"), SHARED,
+                         "b.test", "a.test", timeout=60)
+        out = (r.stdout + r.stderr).strip()
+        self.assertNotIn("a.test", out, out)
+        self.assertEqual(out, "error reset")  # and not an earlier step's error: the attack ran
+
     def test_sandbox_b_reaches_its_own_name_on_the_same_address(self):
         self.assertEqual(curl("B", "--resolve", f"b.test:443:{SHARED}", "https://b.test/"),
                          (0, "hello b.test sni=b.test\n"))

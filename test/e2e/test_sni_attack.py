@@ -700,6 +700,16 @@ class SynCookieServer(unittest.TestCase):
                 self.assertNotIn("other.test", out, out)
                 self.assertEqual(out.splitlines()[-1], "error reset", out)  # not an earlier step's error: it ran
 
+    def test_a_new_handshake_with_the_same_numbers_does_not_ride_the_last_verdict(self):
+        """The tenth review: an allowed connection ended by a raw reset, a SYN with the same ISN
+        within dnsward's linger of the decided connection, the front end's same cookie, and a
+        request for other.test: taken as the old connection's SYN-ACK sent again, the request
+        passed on the old Allow, and the front end opened a connection from the cookie. The
+        SYN-ACK of a decided connection starts a new one now, judged anew."""
+        out = self.attack("cookie_linger_attack.py", "www.allowed.test", "other.test")
+        self.assertNotIn("other.test", out, out)
+        self.assertEqual(out.splitlines()[-1], "error reset", out)  # not an earlier step's error: it ran
+
 
 # The allowed bit of the default --guard-marks (0x00200000 judged, 0x00400000 allowed,
 # 0x00800000 rejected).

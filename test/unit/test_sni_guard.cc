@@ -370,7 +370,7 @@ TEST_CASE("without server_name, not TLS, or malformed: rejected with the reason 
   CHECK(w.out.given[0].v == GuardVerdict::Reject);
 }
 
-TEST_CASE("later packets of an allowed connection pass watched, never marking a connection allowed again") {
+TEST_CASE("later packets of an allowed connection: the server's pass watched, the client's data is dropped (resent unqueued)") {
   World w;
   Seg s;
   w.handshake(s);
@@ -379,14 +379,17 @@ TEST_CASE("later packets of an allowed connection pass watched, never marking a 
   const uint32_t end = 1000 + uint32_t(s.payload.size());
   w.answer(s, end, testing::server_hello(false));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
-  // Queued before the conntrack mark was set (segments written back to back): they pass.
+  // Queued before the conntrack mark was set (segments written back to back): the
+  // server's pass; the client's data is dropped, never passed on the old Allow (it may be a
+  // new connection's whose handshake dnsward did not see: the tenth review), and its kernel
+  // resends it once the mark says allowed, unqueued.
   const uint32_t srv = w.send(World::from_server(s, 7090, end, Bytes(100, 0x17)));
   CHECK(w.out.given.back() == Given{srv, GuardVerdict::Watch, kWatch});
   Seg more = s;
   more.seq = end;
   more.payload = {1, 2, 3};
   const uint32_t id = w.send(more);
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
 }
 
 TEST_CASE("plain HTTP: the Host must be bound; the server's acknowledgment of the request confirms it") {
@@ -1256,11 +1259,11 @@ TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all
   CHECK(w.out.given.back() == Given{short_of_it, GuardVerdict::Watch, kWatch});
   const uint32_t confirmed = w.send(World::from_server(s, 7000, end));
   CHECK(w.out.given.back() == Given{confirmed, GuardVerdict::Allow, kSeen | kAllowed});
-  // After it, as for any allowed connection: late packets pass unread.
+  // After it, late client data is dropped unread (resent unqueued once the mark says allowed).
   Seg rewritten = s;
   rewritten.payload.assign(rewritten.payload.size(), 'z');
   const uint32_t late = w.send(rewritten);
-  CHECK(w.out.given.back() == Given{late, GuardVerdict::Watch, kWatch});
+  CHECK(w.out.given.back() == Given{late, GuardVerdict::Drop, 0});
 }
 
 TEST_CASE("a segment the server discards (PAWS, a TTL of 1) cannot stand in for the one it reads") {
@@ -1510,7 +1513,7 @@ TEST_CASE("a new connection's data sent before the server's SYN-ACK does not rid
   early.seq = 1000;
   early.payload = tls13_hello("other.example");
   const uint32_t id = w.send(early);
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Watch, kWatch});
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
   // Its SYN-ACK starts it anew: its flight is judged.
   const uint32_t synack = w.send(World::from_server(s, 55555, 1000, {}, true));
   CHECK(w.out.given.back() == Given{synack, GuardVerdict::Pass, kSeen});
@@ -1589,4 +1592,22 @@ TEST_CASE("under a ruleset not in force every verdict is a drop: accept would sk
                                          {3, GuardVerdict::Drop, 0x00e00000},
                                          {4, GuardVerdict::Pass, 0x00200000}});
   CHECK(gated.dropped() == 4);
+}
+
+TEST_CASE("a SYN-ACK after a connection was allowed starts a new one, judged anew, even with the same numbers (SYN cookies)") {
+  // The tenth review: after a raw reset, a SYN with the same ISN; a server in SYN-cookie mode
+  // answers with the same cookie, and the lingering Allow passed the next flight, naming
+  // another name, as the old connection's.
+  World w;
+  Seg s;
+  w.handshake(s);
+  s.payload = curl_hello();
+  w.send(s);
+  w.answer(s, 1000 + uint32_t(s.payload.size()), testing::server_hello(false));
+  REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  w.handshake(s);  // the same SYN-ACK: passes, and starts a flow of its own
+  s.payload = tls13_hello("other.example");
+  const uint32_t id = w.send(s);
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
+  CHECK(w.guard->counts().mismatch == 1);
 }
