@@ -480,7 +480,7 @@ void SniGuard::on_syn_ack(const Key& k, const TcpPacket& t, uint32_t id, uint32_
   f.use = &u;
   it = flows_.emplace(k, std::move(f)).first;
   tally(it->second, true);
-  pending_expiry_.emplace_back(it->second.deadline_ms, k);
+  wait_pending(k, it->second);
   arm();
   give(id, mark, GuardVerdict::Pass);
 }
@@ -565,7 +565,7 @@ void SniGuard::second_flight(const Key& k, Flow& f) {
   tally(f, true);
   // The second ClientHello comes after the server's answer: --first-flight-timeout from now.
   f.deadline_ms = timers_.now_ms() + o_.timeout_ms;
-  pending_expiry_.emplace_back(f.deadline_ms, k);
+  wait_pending(k, f);
   arm();
 }
 
@@ -617,7 +617,7 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
   }
   const std::size_t off = off32, end = off + t.payload_len;
   if (f.bytes.size() < end) {
-    if (!make_room(end - f.bytes.size(), k, f)) {
+    if (!make_room(end - f.bytes.size(), f)) {
       decide(k, f, GuardVerdict::Reject, Reason::full, "");
       return;
     }
@@ -794,7 +794,10 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   f.confirming = confirm;
   tally(f, true);
   f.deadline_ms = timers_.now_ms() + (confirm ? kConfirmWindowMs : kDecidedLingerMs);
-  (confirm ? confirm_expiry_ : decided_expiry_).emplace_back(f.deadline_ms, k);
+  if (confirm)
+    wait_confirming(k, f);
+  else
+    decided_expiry_.emplace_back(f.deadline_ms, k);
   // Decided flows are few at a time (each lingers for seconds): past max_flows of them
   // the oldest lingering ones are forgotten early (their connections carry their verdict in
   // the conntrack mark already), then connections waiting for confirmation, of the tenant
@@ -808,17 +811,15 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   while (flows_.size() - pending_ > o_.max_flows) {
     Use* from = heaviest(&Use::confirming);
     if (from == nullptr) break;
-    trim(confirm_expiry_, true);
-    auto victim = [&](bool any) {
-      return std::find_if(confirm_expiry_.begin(), confirm_expiry_.end(), [&](const auto& e) {
-        const Flow* w = live(e, true);
-        return w != nullptr && (any || w->use == from) && !(e.second == k);
-      });
-    };
-    auto it = victim(false);
-    if (it == confirm_expiry_.end()) it = victim(true);  // its only one is k: the oldest other
-    if (it == confirm_expiry_.end()) break;
-    erase(flows_.find(it->second));
+    Flow* victim = trim(from->confirm_q, true, from);
+    // Its only one is k, the one just decided: the oldest of anyone's instead.
+    const std::deque<std::pair<uint64_t, Key>>* q = &from->confirm_q;
+    if (victim == nullptr || q->front().second == k) {
+      victim = trim(confirm_expiry_, true);
+      q = &confirm_expiry_;
+    }
+    if (victim == nullptr || q->front().second == k) break;
+    erase(flows_.find(q->front().second));
   }
   arm();
   if (v == GuardVerdict::Allow) {
@@ -870,32 +871,33 @@ void SniGuard::end_confirming(const Key& k, Flow& f, GuardVerdict v) {
   arm();
 }
 
-bool SniGuard::make_room(std::size_t need, const Key& keep, Flow& mine) {
+void SniGuard::wait_pending(const Key& k, Flow& f) {
+  pending_expiry_.emplace_back(f.deadline_ms, k);
+  f.use->pending_q.emplace_back(f.deadline_ms, k);
+}
+
+void SniGuard::wait_confirming(const Key& k, Flow& f) {
+  confirm_expiry_.emplace_back(f.deadline_ms, k);
+  f.use->confirm_q.emplace_back(f.deadline_ms, k);
+}
+
+bool SniGuard::make_room(std::size_t need, Flow& mine) {
   while (held_bytes_ + need > kMaxHeldBytes) {
     // Another tenant gives room only while it holds more than this one will: so a tenant
     // flooding the guard with flights takes room from itself, never from a smaller one.
     Use* from = heaviest(&Use::held);
     const bool other = from != nullptr && from != mine.use && from->held > mine.use->held + need;
     if (!other) from = mine.use;
-    auto of = [&](bool confirming) {
-      return [&, confirming](const std::pair<uint64_t, Key>& e) {
-        const Flow* v = live(e, confirming);
-        return v != nullptr && v->use == from && !v->bytes.empty() && !(e.second == keep);
-      };
-    };
-    trim(confirm_expiry_, true);
-    trim(pending_expiry_, false);
-    // Its connections waiting longest for confirmation first: forgotten (their next data
-    // is reset). Then, of another tenant only, the flights waiting longest for a verdict:
-    // refused. (This tenant's own: the flight that needs the room is refused instead.)
-    if (auto c = std::find_if(confirm_expiry_.begin(), confirm_expiry_.end(), of(true)); c != confirm_expiry_.end()) {
-      erase(flows_.find(c->second));
+    // Its connection waiting longest for confirmation first: forgotten (its next data is
+    // reset). Then, of another tenant only, its flight waiting longest for a verdict: refused.
+    // (This tenant's own: the flight that needs the room is refused instead.) mine waits for
+    // its verdict, never for confirmation, and is never another tenant's.
+    if (trim(from->confirm_q, true, from) != nullptr) {
+      erase(flows_.find(from->confirm_q.front().second));
       continue;
     }
-    const auto p = other ? std::find_if(pending_expiry_.begin(), pending_expiry_.end(), of(false))
-                         : pending_expiry_.end();
-    if (p == pending_expiry_.end()) return false;
-    refuse_full(p->second);
+    if (!other || trim(from->pending_q, false, from) == nullptr) return false;
+    refuse_full(from->pending_q.front().second);
   }
   return true;
 }
@@ -903,14 +905,8 @@ bool SniGuard::make_room(std::size_t need, const Key& keep, Flow& mine) {
 bool SniGuard::make_pending_room(std::size_t mine) {
   Use* from = heaviest(&Use::pending);
   // Only from a tenant that holds more than this one will once it has its room.
-  if (from == nullptr || from->pending <= mine + 1) return false;
-  trim(pending_expiry_, false);
-  const auto p = std::find_if(pending_expiry_.begin(), pending_expiry_.end(), [&](const auto& e) {
-    const Flow* v = live(e, false);
-    return v != nullptr && v->use == from;
-  });
-  if (p == pending_expiry_.end()) return false;
-  refuse_full(p->second);
+  if (from == nullptr || from->pending <= mine + 1 || trim(from->pending_q, false, from) == nullptr) return false;
+  refuse_full(from->pending_q.front().second);
   return true;
 }
 
@@ -937,10 +933,16 @@ SniGuard::Flow* SniGuard::live(const std::pair<uint64_t, Key>& entry, bool confi
   return (confirming ? f.decided && f.confirming : !f.decided) ? &f : nullptr;
 }
 
-void SniGuard::trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming) {
-  // The scans for a tenant's oldest start at the front: stale entries there would be walked
-  // past again and again (a tenant at a bound makes a scan per packet).
-  while (!q.empty() && live(q.front(), confirming) == nullptr) q.pop_front();
+SniGuard::Flow* SniGuard::trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming, const Use* owner) {
+  // Entries go stale when their flow moves on or goes; they leave from the front, here or by
+  // their deadline (sweep), so the front is always the oldest live one.
+  while (!q.empty()) {
+    ++trim_steps_;
+    Flow* f = live(q.front(), confirming);
+    if (f != nullptr && (owner == nullptr || f->use == owner)) return f;
+    q.pop_front();
+  }
+  return nullptr;
 }
 
 void SniGuard::tally(const Flow& f, bool add) {
@@ -1056,6 +1058,11 @@ void SniGuard::sweep() {
     const auto it = flows_.find(key);
     if (it != flows_.end() && it->second.confirming && it->second.deadline_ms == at) erase(it);
   }
+  // Each tenant's entries leave by their deadline too (those still live went above): the
+  // deques hold no more than the connections of the last window.
+  for (auto& [tenant, u] : use_)
+    for (auto* q : {&u.pending_q, &u.confirm_q})
+      while (!q->empty() && q->front().first <= now) q->pop_front();
   arm();
 }
 

@@ -205,6 +205,9 @@ class SniGuard {
   const GuardCounts& counts() const { return counts_; }
   /// Whether the totals and every tenant's use agree with the flows followed (tests, fuzz).
   bool check_use() const;
+  /// Deque entries examined finding room (SniGuard::trim): each is popped once, so this
+  /// grows with the connections followed, never with packets times stale entries (tests).
+  uint64_t trim_steps() const { return trim_steps_; }
   std::size_t flows() const { return flows_.size(); }
   /// Host mode: the sandbox a guest address is registered to ("" if none), so that the
   /// guard's log lines say sandbox=ID beside src=, as the lines of its queries do.
@@ -236,6 +239,11 @@ class SniGuard {
     std::size_t pending = 0;     ///< of them not decided yet
     std::size_t held = 0;        ///< bytes of their flights kept
     std::size_t confirming = 0;  ///< allowed, waiting for the server to confirm
+    /// Its flows' entries (deadline, key) in the order they began to wait for a verdict, or
+    /// for confirmation: where room is taken from a tenant, its oldest is found at the front
+    /// (stale entries popped first), never by a scan over every tenant's (the tenth review:
+    /// stale entries pinned behind a live one made each packet at a bound walk them all).
+    std::deque<std::pair<uint64_t, Key>> pending_q, confirm_q;
   };
   /// One connection, followed from the server's SYN-ACK until the
   /// server has shown that it read the flight judged.
@@ -339,12 +347,12 @@ class SniGuard {
   void on_confirming(const Key& k, Flow& f, const TcpPacket& t, uint32_t id, uint32_t mark);
   /// Ends the wait for confirmation with v (Allow: confirmed; Reject): the judged bytes go.
   void end_confirming(const Key& k, Flow& f, GuardVerdict v);
-  /// Frees room for need more held bytes for keep's flight (see Use): from the tenant that
-  /// holds most if it holds more than keep's would, else from keep's own. Its connections
+  /// Frees room for need more held bytes for mine's flight (see Use): from the tenant that
+  /// holds most if it holds more than mine's would, else from mine's own. Its connections
   /// waiting longest for confirmation are forgotten (their next data is reset, as with
   /// state lost); another tenant's flights not judged yet are rejected (`full`) after
   /// those. False if it cannot.
-  bool make_room(std::size_t need, const Key& keep, Flow& mine);
+  bool make_room(std::size_t need, Flow& mine);
   /// Room for one more connection not decided yet, of a tenant holding mine of them, when
   /// --queue-maxlen are: the oldest of the tenant holding most is refused (`full`), if that
   /// tenant holds more than mine + 1. False (no room) otherwise.
@@ -360,8 +368,13 @@ class SniGuard {
   /// A flow's entry in q that is still its own (the flow there, in the state q is for):
   /// q's entries go stale when their flow moves on or goes.
   Flow* live(const std::pair<uint64_t, Key>& entry, bool confirming);
-  /// Pops q's stale entries off its front.
-  void trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming);
+  /// Pops q's stale entries off its front (not live, or another tenant's than owner's);
+  /// the front entry's flow after, or nullptr.
+  Flow* trim(std::deque<std::pair<uint64_t, Key>>& q, bool confirming, const Use* owner = nullptr);
+  /// f (key k) begins to wait for its verdict (pending) or for confirmation (confirming) until
+  /// f.deadline_ms: an entry in the deque the sweep reads, and in its tenant's.
+  void wait_pending(const Key& k, Flow& f);
+  void wait_confirming(const Key& k, Flow& f);
   void decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const std::string& name, std::size_t end = 0,
               bool tls13 = false);
   void reject_log(const Key& k, Reason why, const std::string& name);
@@ -384,6 +397,7 @@ class SniGuard {
   std::size_t pending_ = 0;  // flows not decided yet: what --queue-maxlen bounds
   std::size_t held_bytes_ = 0;  // sum of the flows' bytes.size()
   std::unordered_map<std::string, Use> use_;  // by tenant (tenant_of_, "" without it)
+  uint64_t trim_steps_ = 0;
   Timers::TimerId timer_ = 0;
   bool armed_ = false;
   GuardCounts counts_;

@@ -1611,3 +1611,41 @@ TEST_CASE("a SYN-ACK after a connection was allowed starts a new one, judged ane
   CHECK(w.out.given.back() == Given{id, GuardVerdict::Reject, kSeen | kRejected});
   CHECK(w.guard->counts().mismatch == 1);
 }
+
+TEST_CASE("room at a bound is found without walking stale entries again and again (tenth review)") {
+  // Sandbox B keeps one connection waiting for confirmation; sandbox A confirmed 3000 (each
+  // leaves a stale entry behind B's, which pinned them at the front of one deque that every
+  // packet at a bound walked), then fills the byte bound and keeps sending flights.
+  World w(true);
+  two_tenants(w);
+  Seg b;
+  b.src = "10.0.0.3";
+  w.handshake(b);
+  b.payload = curl_hello();
+  w.send(b);
+  REQUIRE(w.out.given.back().v == GuardVerdict::Watch);
+  const uint32_t end = 1000 + uint32_t(curl_hello().size());
+  for (uint16_t i = 0; i < 3000; ++i) {
+    Seg a;
+    a.sport = uint16_t(10000 + i);
+    w.handshake(a);
+    a.payload = curl_hello();
+    w.send(a);
+    w.answer(a, end, testing::server_hello(false));
+    REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
+  }
+  const std::size_t each = kMaxFlightBytes - 1;
+  for (std::size_t i = 0; i < kMaxHeldBytes / each + 1000; ++i) {
+    Seg a;
+    a.sport = uint16_t(20000 + i);
+    w.handshake(a);
+    a.seq = 1001;  // one byte after the start: never contiguous, so held
+    a.payload.assign(each - 1, 0x16);
+    w.send(a);
+  }
+  CHECK(w.guard->counts().full == 1000);  // A's own flights past the bound, never B's
+  CHECK(w.guard->check_use());
+  CHECK(w.guard->trim_steps() < 10000);   // about one per entry, not 1000 x 3000
+  const uint32_t id = w.answer(b, end, testing::server_hello(false));  // B's still waits, and is confirmed
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+}
