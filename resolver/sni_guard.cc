@@ -302,7 +302,9 @@ void SniGuard::on_packet(uint32_t id, uint32_t mark, const uint8_t* pkt, std::si
     // (A SYN starts another connection on these ports: never the old one's verdict; found
     // by the fuzz target.)
     if (it != flows_.end() && it->second.decided && it->second.verdict == GuardVerdict::Allow && !t.syn) {
-      give(id, mark, late(it->second));  // after the flight: the application's business
+      // After the flight: the application's business, as late data is (on_data); the
+      // ruleset drops urgent segments of undecided connections before the queue anyway.
+      give(id, mark, GuardVerdict::Pass);
       return;
     }
     if (it != flows_.end() && !it->second.decided) {
@@ -589,8 +591,12 @@ void SniGuard::on_data(const Key& k, const TcpPacket& t, uint32_t id, uint32_t m
       // conntrack mark said so (the client's kernel resends it, unqueued, then), or data of
       // a new connection on the same ports whose handshake dnsward did not see (a forged
       // SYN-ACK on lo, a SYN the server dropped: the tenth review), which a SYN-cookie
-      // server would open a connection for. Dropped, never passed on the old Allow.
-      give(id, mark, f.verdict == GuardVerdict::Allow ? GuardVerdict::Drop : late(f));
+      // server would open a connection for. Never passed on the old Allow: Pass, no verdict
+      // bit, leaves it to the conntrack mark, which the ruleset reads after the queue: the
+      // old connection's says allowed by now and it goes on; a new connection's says guarded,
+      // undecided, and the backstop drops it. (Dropping it here too stalled an HTTP body sent
+      // in small writes behind its head by a retransmission timeout: the eleventh review.)
+      give(id, mark, f.verdict == GuardVerdict::Allow ? GuardVerdict::Pass : late(f));
     }
     return;
   }
@@ -804,6 +810,11 @@ void SniGuard::decide(const Key& k, Flow& f, GuardVerdict v, Reason why, const s
   // with most of them (see Use): the oldest of those.
   while (flows_.size() - pending_ > o_.max_flows && !decided_expiry_.empty()) {
     const auto [at, key] = decided_expiry_.front();
+    // k's own entry, just added, is the newest: every older one is gone, and popping it
+    // would leave k with no deadline, followed for ever (the eleventh review: such leaked
+    // flows kept the bound exceeded, and every later decision forgot every connection
+    // waiting for confirmation, any sandbox's).
+    if (key == k && at == f.deadline_ms) break;
     decided_expiry_.pop_front();
     const auto old = flows_.find(key);
     if (old != flows_.end() && old->second.decided && old->second.deadline_ms == at && !(key == k)) erase(old);

@@ -710,6 +710,20 @@ class SynCookieServer(unittest.TestCase):
         self.assertNotIn("other.test", out, out)
         self.assertEqual(out.splitlines()[-1], "error reset", out)  # not an earlier step's error: it ran
 
+    def test_a_new_handshake_dnsward_never_saw_does_not_ride_the_last_verdict(self):
+        """The eleventh review: the same, but the new handshake never reaches dnsward (its SYN
+        has a wrong checksum, which the server's side drops; its SYN-ACK is forged on lo,
+        never queued): the request, queued, met the lingering Allow and passed. It gets no
+        verdict bit now, and the ruleset's backstop drops it on the undecided entry."""
+        g.sh("ip", "netns", "exec", g.INET, "nft", "-f", "-", input="table inet bad_checksum {\n chain pre {\n"
+             "  type filter hook prerouting priority -400; policy accept;\n  tcp checksum 0xdead drop\n }\n}\n")
+        try:
+            out = self.attack("cookie_unseen_attack.py", "www.allowed.test", "other.test")
+        finally:
+            g.sh("ip", "netns", "exec", g.INET, "nft", "delete", "table", "inet", "bad_checksum", check=False)
+        self.assertNotIn("other.test", out, out)
+        self.assertEqual(out.splitlines()[-1], "error no answer", out)  # REQ1 was answered: the attack ran
+
 
 # The allowed bit of the default --guard-marks (0x00200000 judged, 0x00400000 allowed,
 # 0x00800000 rejected).

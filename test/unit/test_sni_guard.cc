@@ -370,7 +370,7 @@ TEST_CASE("without server_name, not TLS, or malformed: rejected with the reason 
   CHECK(w.out.given[0].v == GuardVerdict::Reject);
 }
 
-TEST_CASE("later packets of an allowed connection: the server's pass watched, the client's data is dropped (resent unqueued)") {
+TEST_CASE("later packets of an allowed connection: the server's pass watched, the client's data with no verdict (the conntrack mark decides)") {
   World w;
   Seg s;
   w.handshake(s);
@@ -380,16 +380,16 @@ TEST_CASE("later packets of an allowed connection: the server's pass watched, th
   w.answer(s, end, testing::server_hello(false));
   REQUIRE(w.out.given.back().v == GuardVerdict::Allow);
   // Queued before the conntrack mark was set (segments written back to back): the
-  // server's pass; the client's data is dropped, never passed on the old Allow (it may be a
-  // new connection's whose handshake dnsward did not see: the tenth review), and its kernel
-  // resends it once the mark says allowed, unqueued.
+  // server's pass; the client's data gets no verdict bit, never the old Allow (it may be a
+  // new connection's whose handshake dnsward did not see: the tenth review): the ruleset's
+  // backstop drops it if the conntrack mark still says undecided, and lets it go if allowed.
   const uint32_t srv = w.send(World::from_server(s, 7090, end, Bytes(100, 0x17)));
   CHECK(w.out.given.back() == Given{srv, GuardVerdict::Watch, kWatch});
   Seg more = s;
   more.seq = end;
   more.payload = {1, 2, 3};
   const uint32_t id = w.send(more);
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
 }
 
 TEST_CASE("plain HTTP: the Host must be bound; the server's acknowledgment of the request confirms it") {
@@ -1259,11 +1259,11 @@ TEST_CASE("an allowed request is confirmed by the server's acknowledgment of all
   CHECK(w.out.given.back() == Given{short_of_it, GuardVerdict::Watch, kWatch});
   const uint32_t confirmed = w.send(World::from_server(s, 7000, end));
   CHECK(w.out.given.back() == Given{confirmed, GuardVerdict::Allow, kSeen | kAllowed});
-  // After it, late client data is dropped unread (resent unqueued once the mark says allowed).
+  // After it, late client data gets no verdict bit: the conntrack mark decides.
   Seg rewritten = s;
   rewritten.payload.assign(rewritten.payload.size(), 'z');
   const uint32_t late = w.send(rewritten);
-  CHECK(w.out.given.back() == Given{late, GuardVerdict::Drop, 0});
+  CHECK(w.out.given.back() == Given{late, GuardVerdict::Pass, kSeen});
 }
 
 TEST_CASE("a segment the server discards (PAWS, a TTL of 1) cannot stand in for the one it reads") {
@@ -1513,7 +1513,7 @@ TEST_CASE("a new connection's data sent before the server's SYN-ACK does not rid
   early.seq = 1000;
   early.payload = tls13_hello("other.example");
   const uint32_t id = w.send(early);
-  CHECK(w.out.given.back() == Given{id, GuardVerdict::Drop, 0});
+  CHECK(w.out.given.back() == Given{id, GuardVerdict::Pass, kSeen});
   // Its SYN-ACK starts it anew: its flight is judged.
   const uint32_t synack = w.send(World::from_server(s, 55555, 1000, {}, true));
   CHECK(w.out.given.back() == Given{synack, GuardVerdict::Pass, kSeen});
@@ -1648,4 +1648,28 @@ TEST_CASE("room at a bound is found without walking stale entries again and agai
   CHECK(w.guard->trim_steps() < 10000);   // about one per entry, not 1000 x 3000
   const uint32_t id = w.answer(b, end, testing::server_hello(false));  // B's still waits, and is confirmed
   CHECK(w.out.given.back() == Given{id, GuardVerdict::Allow, kSeen | kAllowed});
+}
+
+TEST_CASE("a connection decided while the decided bound is exceeded still expires (eleventh review)") {
+  // Two connections allowed and waiting for confirmation fill --queue-maxlen 2 decided
+  // ones; a third, rejected, was decided past the bound: the loop that forgets lingering
+  // ones popped its own deadline, and it was followed for ever.
+  World w(false, 2);
+  for (const uint16_t port : {uint16_t(40001), uint16_t(40002)}) {
+    Seg a;
+    a.sport = port;
+    w.handshake(a);
+    a.payload = curl_hello();
+    w.send(a);
+    REQUIRE(w.out.given.back().v == GuardVerdict::Watch);
+  }
+  Seg r;
+  r.sport = 40003;
+  w.handshake(r);
+  r.payload = tls13_hello("other.example");
+  w.send(r);
+  REQUIRE(w.out.given.back().v == GuardVerdict::Reject);
+  w.timers.advance(3600 * 1000);  // every window and linger passes
+  CHECK(w.guard->flows() == 0);
+  CHECK(w.guard->check_use());
 }
