@@ -17,7 +17,9 @@
 //   bound host;
 // - a connection is allowed for good only once the server holds all of that (and, after a
 //   ClientHello offering TLS 1.3, has answered it with a ServerHello);
-// - no client packet with payload is passed unjudged (a Pass verdict);
+// - no client packet with payload is passed unjudged: one given no verdict bit (Pass, a late
+//   packet of an allowed connection) goes on only if the conntrack mark says allowed by
+//   then, as the ruleset's backstop drops it otherwise;
 // - no urgent data reaches the server before the connection is allowed;
 // - every packet queued gets exactly one verdict, in the end (the deadline rejects what
 //   waits).
@@ -108,8 +110,10 @@ class World : public VerdictPort {
     require(id < sent.size());
     require(given.insert(id).second);  // one verdict per packet
     const Sent& s = sent[id];
-    if (!s.from_server && !s.payload.empty()) require(v != GuardVerdict::Pass);
     if (v == GuardVerdict::Drop) return;
+    // The backstop after the queue: client payload without both verdict bits on a
+    // connection the conntrack mark does not call allowed never leaves.
+    if (!s.from_server && !s.payload.empty() && v == GuardVerdict::Pass && ct != Ct::allowed) return;
     if (v == GuardVerdict::Allow && ct != Ct::allowed && !allowed) {
       // Allowed for good: the kernel queues nothing more of the connection. The server must
       // hold the flight judged, and have answered a TLS 1.3 ClientHello with a ServerHello.
