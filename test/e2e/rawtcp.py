@@ -67,3 +67,22 @@ class Raw:
         self.send(isn, 0, SYN, opts=MSS)
         got = self.until(lambda p: p["flags"] & 0x12 == 0x12 and p["ack"] == (isn + 1) & 0xffffffff)
         return got[-1]["seq"] if got and got[-1]["flags"] & 0x12 == 0x12 else None
+
+
+def answer(got):
+    """What an attack script prints of the server's packets after its request: `error reset`,
+    the answer's last line, or `error no answer`."""
+    if any(p["flags"] & RST for p in got):
+        return "error reset"
+    text = b"".join(p["data"] for p in got).decode(errors="replace").strip()
+    return text.splitlines()[-1] if text else "error no answer"
+
+
+def tries(attack, n=3):
+    """attack() again while it returns None (the cookie changed between its SYNs: Linux's
+    cookies count minutes, and a minute's turn twice in three tries takes minutes)."""
+    for _ in range(n):
+        out = attack()
+        if out is not None:
+            return out
+    return "error the cookie changed each time"
